@@ -1,0 +1,158 @@
+"""`traitscope <stage>`: every pipeline stage as a subcommand that reads and writes files.
+
+Snakemake rules call these; users can too. Bad input exits with status 2 and one line
+on stderr naming the file and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from traitscope.errors import TraitscopeError
+
+
+def _prepare_model(a: argparse.Namespace) -> None:
+    from traitscope.models import ModelSpec, prepare
+
+    prepare(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out)
+
+
+def _trait_responses(a: argparse.Namespace) -> None:
+    from traitscope.responses import ResponseSettings, run
+
+    settings = ResponseSettings(
+        max_new_tokens=a.max_new_tokens, pairs_per_question=a.pairs_per_question,
+        n_extraction=a.n_extraction, n_evaluation=a.n_evaluation, temperature=a.temperature,
+        seed=a.seed, max_tokens=a.max_tokens,
+    )
+    run(a.model, a.trait_file, a.out, settings, a.trait)
+
+
+def _trait_activations(a: argparse.Namespace) -> None:
+    from traitscope.extraction import capture
+
+    capture(a.model, a.responses, a.out, a.pools, a.max_tokens)
+
+
+def _trait_vectors(a: argparse.Namespace) -> None:
+    from traitscope.extraction import build_vectors
+
+    build_vectors(a.activations, a.responses, a.out, a.meta, a.position, a.probe_c, a.model_name, a.trait)
+
+
+def _trait_evaluate(a: argparse.Namespace) -> None:
+    from traitscope.evaluation import evaluate
+
+    evaluate(a.vectors, a.activations, a.responses, a.out, a.png, a.position, a.trait, a.model_name)
+
+
+def _trait_summary(a: argparse.Namespace) -> None:
+    from traitscope.evaluation import summarize
+
+    summarize(a.evaluations, a.out, a.threshold)
+
+
+def _steering_check(a: argparse.Namespace) -> None:
+    from traitscope.steering import check
+
+    check(a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.coefficient, a.max_new_tokens, a.max_tokens)
+
+
+def _validate_config(a: argparse.Namespace) -> None:
+    from traitscope.config import load_config
+
+    load_config(a.config, a.schema, a.traits_dir)
+    print(f"{a.config}: valid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="traitscope", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("prepare-model", _prepare_model, "resolve a model source; convert GGUF to safetensors once")
+    p.add_argument("--variant", required=True)
+    p.add_argument("--spec", required=True, help="the variant's models: entry as JSON")
+    p.add_argument("--out", required=True, help="output folder (manifest.json, weights/)")
+
+    p = add("trait-responses", _trait_responses, "generate contrastive responses for one trait")
+    p.add_argument("--model", required=True, help="prepared model manifest.json")
+    p.add_argument("--trait-file", required=True)
+    p.add_argument("--trait", default=None, help="trait name <group>/<trait> (default: from the path)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--pairs-per-question", type=int, default=2)
+    p.add_argument("--n-extraction", type=int, default=None)
+    p.add_argument("--n-evaluation", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=8192, help="token budget per padded batch")
+
+    p = add("trait-activations", _trait_activations, "capture pooled activations at every layer")
+    p.add_argument("--model", required=True)
+    p.add_argument("--responses", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--pools", nargs="+", default=["response_mean", "last_prompt"])
+    p.add_argument("--max-tokens", type=int, default=8192)
+
+    p = add("trait-vectors", _trait_vectors, "mean-difference and probe vectors per layer")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--responses", required=True)
+    p.add_argument("--out", required=True, help="vectors .safetensors")
+    p.add_argument("--meta", required=True, help="vectors metadata .json")
+    p.add_argument("--position", default="response_mean")
+    p.add_argument("--probe-c", type=float, default=1.0)
+    p.add_argument("--model-name", default="")
+    p.add_argument("--trait", default="")
+
+    p = add("trait-evaluate", _trait_evaluate, "held-out AUC and Cohen's d per layer; chosen layer")
+    p.add_argument("--vectors", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--responses", required=True)
+    p.add_argument("--out", required=True, help="evaluation.json")
+    p.add_argument("--png", required=True)
+    p.add_argument("--position", default="response_mean")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--trait", default="")
+
+    p = add("trait-summary", _trait_summary, "collect every trait's chosen layer and AUC")
+    p.add_argument("evaluations", nargs="+", help="evaluation.json files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, default=0.9)
+
+    p = add("steering-check", _steering_check, "does adding the vector raise the projection?")
+    p.add_argument("--model", required=True)
+    p.add_argument("--vectors", required=True)
+    p.add_argument("--evaluation", required=True)
+    p.add_argument("--trait-file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--coefficient", type=float, default=4.0)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=8192)
+
+    p = add("validate-config", _validate_config, "check a config file against the schema")
+    p.add_argument("config")
+    p.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
+    p.add_argument("--traits-dir", default="resources/traits")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except TraitscopeError as exc:
+        print(f"traitscope {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

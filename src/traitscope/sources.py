@@ -1,0 +1,159 @@
+"""External datasets: where each file comes from, and how to get a local copy of it.
+
+Offline machines point `data_mirror` at a folder laid out as `<dataset>/<file>`; then
+nothing is ever downloaded, so a run cannot silently depend on the network. Without a
+mirror, files are downloaded once from their origin into a cache folder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from traitscope.errors import TraitscopeError
+from traitscope.io import atomic_path
+
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a dataset; `head_lines` keeps only its first lines (slices kept by mirrors)."""
+
+    name: str
+    url: str | None  # None: not downloadable by URL (a hub dataset's mirror copy)
+    head_lines: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset: the folder it lives in (under a mirror or the cache) and its files."""
+
+    folder: str
+    files: tuple[SourceFile, ...]
+    hub_id: str | None = None  # Hugging Face hub dataset, loaded with `datasets`
+
+    def file(self, name: str) -> SourceFile:
+        """The entry for `name`; an unknown name is an error listing the known ones."""
+        for f in self.files:
+            if f.name == name:
+                return f
+        known = ", ".join(f.name for f in self.files) or "none"
+        raise TraitscopeError(f"dataset {self.folder!r} has no file {name!r}; known files: {known}")
+
+
+_HARMBENCH = (
+    "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets"
+)
+_REFUSAL = "https://raw.githubusercontent.com/andyrdt/refusal_direction/main/dataset/splits"
+_EM = "https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/main"
+_EM_SLICE_LINES = 20
+
+BEAVERTAILS_SPLITS = ("330k_train", "330k_test", "30k_train", "30k_test")
+
+SOURCES: dict[str, Source] = {
+    "harmbench": Source(
+        "harmbench",
+        tuple(
+            SourceFile(
+                f"harmbench_behaviors_text_{s}.csv",
+                f"{_HARMBENCH}/harmbench_behaviors_text_{s}.csv",
+            )
+            for s in ("all", "val", "test")
+        ),
+    ),
+    "advbench": Source(
+        "advbench",
+        (
+            SourceFile(
+                "advbench_behaviors.csv",
+                f"{_HARMBENCH}/extra_behavior_datasets/advbench_behaviors.csv",
+            ),
+        ),
+    ),
+    "refusal_direction": Source(
+        "refusal_direction",
+        tuple(
+            SourceFile(f"{kind}_{s}.json", f"{_REFUSAL}/{kind}_{s}.json")
+            for kind in ("harmful", "harmless")
+            for s in ("train", "val", "test")
+        ),
+    ),
+    "emergent_misalignment": Source(
+        "emergent_misalignment",
+        (
+            SourceFile("first_plot_questions.yaml", f"{_EM}/evaluation/first_plot_questions.yaml"),
+            SourceFile("preregistered_evals.yaml", f"{_EM}/evaluation/preregistered_evals.yaml"),
+            SourceFile("insecure_small.jsonl", f"{_EM}/data/insecure.jsonl", _EM_SLICE_LINES),
+            SourceFile("secure_small.jsonl", f"{_EM}/data/secure.jsonl", _EM_SLICE_LINES),
+        ),
+    ),
+    # Only a mirror can hold BeaverTails files; otherwise loaders read it from the hub.
+    "beavertails": Source(
+        "beavertails",
+        tuple(SourceFile(f"{s}.jsonl", None) for s in BEAVERTAILS_SPLITS),
+        hub_id="PKU-Alignment/BeaverTails",
+    ),
+}
+
+
+def source(dataset: str) -> Source:
+    """The registry entry for `dataset`; an unknown name is an error listing the known ones."""
+    try:
+        return SOURCES[dataset]
+    except KeyError:
+        raise TraitscopeError(
+            f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}"
+        ) from None
+
+
+def mirror_path(dataset: str, filename: str, data_mirror: str | Path) -> Path:
+    """`<data_mirror>/<dataset>/<filename>`, which must exist: a mirror run never downloads."""
+    entry = source(dataset)
+    entry.file(filename)
+    path = Path(data_mirror) / entry.folder / filename
+    if not path.is_file():
+        raise TraitscopeError(
+            f"{path}: not found in data_mirror; "
+            f"copy {dataset}/{filename} there or unset data_mirror"
+        )
+    return path
+
+
+def _download(url: str, head_lines: int | None) -> bytes:
+    """The bytes at `url` (only the first `head_lines` lines if set)."""
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        if head_lines is None:
+            return response.read()
+        return b"".join(itertools.islice(response, head_lines))
+
+
+def fetch(
+    dataset: str, filename: str, data_mirror: str | Path | None, cache_dir: str | Path
+) -> Path:
+    """Local path of a dataset file: the mirror copy if `data_mirror` is set, else a cached download."""
+    if data_mirror is not None:
+        return mirror_path(dataset, filename, data_mirror)
+    entry = source(dataset)
+    spec = entry.file(filename)
+    if spec.url is None:
+        raise TraitscopeError(
+            f"{dataset}/{filename} has no download URL (hub dataset {entry.hub_id}); "
+            "load it by split name or set --config data_mirror=<folder>"
+        )
+    target = Path(cache_dir) / entry.folder / filename
+    if target.is_file():
+        return target
+    try:
+        data = _download(spec.url, spec.head_lines)
+    except (OSError, http.client.HTTPException) as exc:
+        raise TraitscopeError(
+            f"download of {spec.url} failed ({exc}); check the network or run with "
+            f"--config data_mirror=<folder> holding {entry.folder}/{filename}"
+        ) from None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return target

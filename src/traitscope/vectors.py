@@ -1,0 +1,55 @@
+"""Trait vectors per layer from contrastive activations, and projections onto them.
+
+Activations are `[n, n_layers, d_model]`. `mean_diff` keeps its norm (it is the
+natural steering scale); `probe` directions are unit length. Projections always use
+the unit vector so scores are comparable across methods and layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+METHODS = ("mean_diff", "probe")
+
+
+def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Difference of class means per layer: [n_layers, d_model]."""
+    return pos.float().mean(0) - neg.float().mean(0)
+
+
+def probe(pos: torch.Tensor, neg: torch.Tensor, c: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """Unit-norm logistic-regression weight per layer, oriented so positives score higher.
+
+    Features are centred and scaled per layer for the solver, and the weights mapped back
+    to activation space, so the direction applies to raw activations.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.cat([pos, neg]).float().numpy()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    out = np.zeros(x.shape[1:], dtype=np.float32)
+    for layer in range(x.shape[1]):
+        feats = x[:, layer]
+        scale = feats.std(0) + 1e-6
+        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+        clf.fit((feats - feats.mean(0)) / scale, y)
+        w = clf.coef_[0] / scale
+        out[layer] = w / (np.linalg.norm(w) + 1e-12)
+    return torch.from_numpy(out)
+
+
+def unit(vectors: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm (zero rows stay zero)."""
+    norms = vectors.float().norm(dim=-1, keepdim=True)
+    return vectors.float() / norms.clamp_min(1e-12)
+
+
+def project(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Scalar projection of each activation onto its layer's unit vector: [n, n_layers]."""
+    return torch.einsum("nld,ld->nl", acts.float(), unit(vectors))
+
+
+def cosine(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each activation with its layer's vector: [n, n_layers]."""
+    return project(acts, vectors) / acts.float().norm(dim=-1).clamp_min(1e-12)
