@@ -33,7 +33,7 @@ class Activations:
         save_safetensors(path, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Activations":
+    def load(cls, path: str | Path) -> Activations:
         from safetensors import safe_open
 
         try:
@@ -43,6 +43,8 @@ class Activations:
                 positions = json.loads(meta["positions"])
                 per_layer = [f.get_tensor(f"layer.{layer}").float() for layer in layers]
         except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise TraitscopeError(f"{path}: not a traitscope activation file ({exc}); rerun its capture") from None
+            raise TraitscopeError(
+                f"{path}: not a traitscope activation file ({exc}); rerun its capture"
+            ) from None
         data = {p: torch.stack([t[:, j] for t in per_layer], dim=1) for j, p in enumerate(positions)}
         return cls(layers=layers, data=data)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 256) -> Iterator[list[int]]:
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int = 256
+) -> Iterator[list[int]]:
     """Yield index lists sorted by length so each padded batch holds at most `max_tokens`.
 
     A sequence longer than the budget still gets a batch of its own rather than failing.

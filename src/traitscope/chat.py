@@ -38,7 +38,9 @@ def messages_for(user: str, system: str | None = None) -> list[dict[str, str]]:
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """Chat-template text ending with the assistant header, ready for prefill or generation."""
     if not getattr(tokenizer, "chat_template", None):
-        raise TraitscopeError("tokenizer has no chat template; set models.<variant>.chat_template in the config")
+        raise TraitscopeError(
+            "tokenizer has no chat template; set models.<variant>.chat_template in the config"
+        )
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -77,8 +79,10 @@ def encode(
         pre = tokenizer(prefill, add_special_tokens=False)["input_ids"]
         ids += pre
         segments += [SEGMENT_CODE["prefill"]] * len(pre)
-    resp = response if isinstance(response, list) else (
-        tokenizer(response, add_special_tokens=False)["input_ids"] if response else []
+    resp = (
+        response
+        if isinstance(response, list)
+        else (tokenizer(response, add_special_tokens=False)["input_ids"] if response else [])
     )
     ids += list(resp)
     segments += [SEGMENT_CODE["response"]] * len(resp)

@@ -24,9 +24,13 @@ def _trait_responses(a: argparse.Namespace) -> None:
     from traitscope.responses import ResponseSettings, run
 
     settings = ResponseSettings(
-        max_new_tokens=a.max_new_tokens, pairs_per_question=a.pairs_per_question,
-        n_extraction=a.n_extraction, n_evaluation=a.n_evaluation, temperature=a.temperature,
-        seed=a.seed, max_tokens=a.max_tokens,
+        max_new_tokens=a.max_new_tokens,
+        pairs_per_question=a.pairs_per_question,
+        n_extraction=a.n_extraction,
+        n_evaluation=a.n_evaluation,
+        temperature=a.temperature,
+        seed=a.seed,
+        max_tokens=a.max_tokens,
     )
     run(a.model, a.trait_file, a.out, settings, a.trait)
 
@@ -58,7 +62,9 @@ def _trait_summary(a: argparse.Namespace) -> None:
 def _steering_check(a: argparse.Namespace) -> None:
     from traitscope.steering import check
 
-    check(a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.coefficient, a.max_new_tokens, a.max_tokens)
+    check(
+        a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.coefficient, a.max_new_tokens, a.max_tokens
+    )
 
 
 def _validate_config(a: argparse.Namespace) -> None:

@@ -19,12 +19,19 @@ from traitscope.stats import auc, cohens_d
 from traitscope.vectors import project
 
 
-def layer_scores(pos: torch.Tensor, neg: torch.Tensor, vectors: torch.Tensor, layers: list[int]) -> list[dict]:
+def layer_scores(
+    pos: torch.Tensor, neg: torch.Tensor, vectors: torch.Tensor, layers: list[int]
+) -> list[dict]:
     """AUC and Cohen's d of projections per layer, positives vs negatives."""
     sp, sn = project(pos, vectors).numpy(), project(neg, vectors).numpy()
     return [
-        {"layer": layer, "auc": auc(sp[:, i], sn[:, i]), "cohens_d": cohens_d(sp[:, i], sn[:, i]),
-         "mean_positive": float(sp[:, i].mean()), "mean_negative": float(sn[:, i].mean())}
+        {
+            "layer": layer,
+            "auc": auc(sp[:, i], sn[:, i]),
+            "cohens_d": cohens_d(sp[:, i], sn[:, i]),
+            "mean_positive": float(sp[:, i].mean()),
+            "mean_negative": float(sn[:, i].mean()),
+        }
         for i, layer in enumerate(layers)
     ]
 
@@ -39,9 +46,16 @@ def choose(scores: dict[str, list[dict]]) -> dict:
     return {"method": method, "layer": s["layer"], "auc": s["auc"], "cohens_d": s["cohens_d"]}
 
 
-def evaluate(vectors_path: str | Path, activations: str | Path, responses: str | Path,
-             out_json: str | Path, out_png: str | Path, position: str = "response_mean",
-             trait: str = "", model_name: str = "") -> dict:
+def evaluate(
+    vectors_path: str | Path,
+    activations: str | Path,
+    responses: str | Path,
+    out_json: str | Path,
+    out_png: str | Path,
+    position: str = "response_mean",
+    trait: str = "",
+    model_name: str = "",
+) -> dict:
     """Score every layer of every method on the evaluation split; write JSON and a PNG."""
     table = read_responses(responses)
     acts = Activations.load(activations)
@@ -54,8 +68,11 @@ def evaluate(vectors_path: str | Path, activations: str | Path, responses: str |
         raise TraitscopeError(f"{responses}: need at least 2 positive and 2 negative evaluation rows")
     scores = {m: layer_scores(pos, neg, v, acts.layers) for m, v in vectors.items()}
     result = {
-        "trait": trait, "model": model_name, "position": position,
-        "n_positive": len(pos), "n_negative": len(neg),
+        "trait": trait,
+        "model": model_name,
+        "position": position,
+        "n_positive": len(pos),
+        "n_negative": len(neg),
         "methods": scores,
         "chosen_by_method": {m: choose({m: rows}) for m, rows in scores.items()},
         "chosen": choose(scores),
@@ -75,8 +92,13 @@ def _figure(result: dict):
     for method, rows in result["methods"].items():
         layers = [r["layer"] for r in rows]
         ax_auc.plot(layers, [r["auc"] for r in rows], marker="o", ms=3, label=method)
-        ax_d.plot(layers, [r["cohens_d"] if np.isfinite(r["cohens_d"]) else np.nan for r in rows],
-                  marker="o", ms=3, label=method)
+        ax_d.plot(
+            layers,
+            [r["cohens_d"] if np.isfinite(r["cohens_d"]) else np.nan for r in rows],
+            marker="o",
+            ms=3,
+            label=method,
+        )
     chosen = result["chosen"]
     for ax in (ax_auc, ax_d):
         ax.axvline(chosen["layer"], color="grey", ls="--", lw=1, label=f"chosen ({chosen['method']})")
@@ -85,8 +107,10 @@ def _figure(result: dict):
     ax_auc.set_ylabel("held-out ROC-AUC (positive vs negative)")
     ax_d.set_ylabel("held-out Cohen's d of projection (SD units)")
     ax_auc.legend(fontsize=8)
-    fig.suptitle(f"{result['trait']} on {result['model']}: separation by layer "
-                 f"(n={result['n_positive']}+{result['n_negative']})")
+    fig.suptitle(
+        f"{result['trait']} on {result['model']}: separation by layer "
+        f"(n={result['n_positive']}+{result['n_negative']})"
+    )
     fig.tight_layout()
     return fig
 
@@ -98,8 +122,11 @@ def summarize(evaluations: list[str | Path], out: str | Path, threshold: float =
     rows = {}
     for path in evaluations:
         result = json.loads(Path(path).read_text())
-        rows[result["trait"]] = {**result["chosen"], "n_positive": result["n_positive"],
-                                 "n_negative": result["n_negative"]}
+        rows[result["trait"]] = {
+            **result["chosen"],
+            "n_positive": result["n_positive"],
+            "n_negative": result["n_negative"],
+        }
     summary = {
         "traits": rows,
         "auc_threshold": threshold,

@@ -25,15 +25,22 @@ def read_responses(path: str | Path) -> pd.DataFrame:
     try:
         table = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
-        raise TraitscopeError(f"{path}: cannot read responses Parquet ({exc}); rerun trait-responses") from None
+        raise TraitscopeError(
+            f"{path}: cannot read responses Parquet ({exc}); rerun trait-responses"
+        ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise TraitscopeError(f"{path}: missing column(s) {', '.join(missing)}; rerun trait-responses")
     return table
 
 
-def capture(model_manifest: str | Path, responses: str | Path, out: str | Path,
-            pools: Sequence[str] = ("response_mean", "last_prompt"), max_tokens: int = 8192) -> Activations:
+def capture(
+    model_manifest: str | Path,
+    responses: str | Path,
+    out: str | Path,
+    pools: Sequence[str] = ("response_mean", "last_prompt"),
+    max_tokens: int = 8192,
+) -> Activations:
     """Residual stream at every layer for each response, pooled as asked, rows in table order."""
     table = read_responses(responses)
     model, tokenizer = models.load(model_manifest)
@@ -50,9 +57,16 @@ def capture(model_manifest: str | Path, responses: str | Path, out: str | Path,
     return acts
 
 
-def build_vectors(activations: str | Path, responses: str | Path, out_vectors: str | Path,
-                  out_meta: str | Path, position: str = "response_mean", probe_c: float = 1.0,
-                  model_name: str = "", trait: str = "") -> dict[str, torch.Tensor]:
+def build_vectors(
+    activations: str | Path,
+    responses: str | Path,
+    out_vectors: str | Path,
+    out_meta: str | Path,
+    position: str = "response_mean",
+    probe_c: float = 1.0,
+    model_name: str = "",
+    trait: str = "",
+) -> dict[str, torch.Tensor]:
     """Mean-difference and probe vectors per layer from the extraction split."""
     table = read_responses(responses)
     acts = Activations.load(activations)
@@ -66,8 +80,13 @@ def build_vectors(activations: str | Path, responses: str | Path, out_vectors: s
         raise TraitscopeError(f"{responses}: need at least 2 positive and 2 negative extraction rows")
     vectors = {"mean_diff": mean_diff(pos, neg), "probe": probe(pos, neg, c=probe_c)}
     meta = {
-        "model": model_name, "trait": trait, "position": position, "layers": acts.layers,
-        "methods": list(vectors), "n_positive": len(pos), "n_negative": len(neg),
+        "model": model_name,
+        "trait": trait,
+        "position": position,
+        "layers": acts.layers,
+        "methods": list(vectors),
+        "n_positive": len(pos),
+        "n_negative": len(neg),
         "dataset_sha256": sorted(set(table.get("trait_sha256", pd.Series([""])).astype(str))),
         "shape": list(vectors["mean_diff"].shape),
     }

@@ -20,7 +20,13 @@ class StopForward(Exception):
 def decoder_layers(model: Any) -> Any:
     """The model's list of decoder blocks, for the common HF layouts (peft-wrapped too)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    for path in (
+        "model.layers",
+        "model.language_model.layers",
+        "transformer.h",
+        "gpt_neox.layers",
+        "model.decoder.layers",
+    ):
         obj = inner
         for part in path.split("."):
             obj = getattr(obj, part, None)

@@ -39,7 +39,7 @@ class ModelSpec:
     dtype: str | None = None
 
     @classmethod
-    def from_config(cls, name: str, entry: dict[str, Any]) -> "ModelSpec":
+    def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = set(entry) - known
         if unknown:
@@ -79,7 +79,7 @@ def gguf_location(spec: ModelSpec) -> tuple[Path, str]:
     return folder, candidates[0].name
 
 
-def _load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[Any, Any]:
+def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[Any, Any]:
     """Load model and tokenizer straight from the spec's source (slow for GGUF)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,8 +95,12 @@ def _load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[A
         where, extra = str(folder), {"gguf_file": file}
     tokenizer = AutoTokenizer.from_pretrained(where, **common, **extra)
     model = AutoModelForCausalLM.from_pretrained(
-        where, dtype=dtype, device_map=device_map, use_safetensors=None if extra.get("gguf_file") else True,
-        **common, **extra,
+        where,
+        dtype=dtype,
+        device_map=device_map,
+        use_safetensors=None if extra.get("gguf_file") else True,
+        **common,
+        **extra,
     )
     return model, tokenizer
 
@@ -112,7 +116,7 @@ def prepare(spec: ModelSpec, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     manifest: dict[str, Any] = {"name": spec.name, "source": spec.source, "spec": _spec_dict(spec)}
     if spec.source in ("gguf_package", "gguf_path"):
-        model, tokenizer = _load_source(spec, dtype=torch.float32)
+        model, tokenizer = load_source(spec, dtype=torch.float32)
         model.config.__dict__.pop("quantization_config", None)
         model.hf_quantizer = None  # weights are de-quantized in memory; allow plain save
         weights = out_dir / "weights"
@@ -164,8 +168,14 @@ def resolve_dtype(name: str | None, device: str) -> Any:
     if name is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[name]
     except KeyError:
         raise TraitscopeError(f"dtype {name!r} unknown; use float32, bfloat16 or float16") from None
 
@@ -178,7 +188,9 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
-        raise TraitscopeError(f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model") from None
+        raise TraitscopeError(
+            f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
+        ) from None
     spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype or spec.dtype, device)
@@ -201,7 +213,9 @@ def set_chat_template(tokenizer: Any, spec: ModelSpec) -> None:
     """Use the config's template if given, else the tokenizer's; neither is a clear error."""
     if spec.chat_template:
         path = Path(spec.chat_template)
-        tokenizer.chat_template = path.read_text() if path.suffix == ".jinja" and path.is_file() else spec.chat_template
+        tokenizer.chat_template = (
+            path.read_text() if path.suffix == ".jinja" and path.is_file() else spec.chat_template
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise TraitscopeError(
             f"model {spec.name!r} has no chat template; set models.{spec.name}.chat_template in the config "

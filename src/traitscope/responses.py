@@ -43,16 +43,27 @@ def contrastive_rows(trait: Trait, settings: ResponseSettings) -> pd.DataFrame:
             for k in range(per_q):
                 pi = (qi + k) % n_pairs
                 for label, system in ((1, trait.pairs[pi].positive), (0, trait.pairs[pi].negative)):
-                    rows.append({
-                        "prompt_id": f"{trait.name}:{split}:q{qi}:p{pi}:{'pos' if label else 'neg'}",
-                        "trait": trait.name, "split": split, "label": label, "pair_index": pi,
-                        "question": question, "system": system,
-                    })
+                    rows.append(
+                        {
+                            "prompt_id": f"{trait.name}:{split}:q{qi}:p{pi}:{'pos' if label else 'neg'}",
+                            "trait": trait.name,
+                            "split": split,
+                            "label": label,
+                            "pair_index": pi,
+                            "question": question,
+                            "system": system,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
-def run(model_manifest: str | Path, trait_file: str | Path, out: str | Path, settings: ResponseSettings,
-        trait_name: str | None = None) -> pd.DataFrame:
+def run(
+    model_manifest: str | Path,
+    trait_file: str | Path,
+    out: str | Path,
+    settings: ResponseSettings,
+    trait_name: str | None = None,
+) -> pd.DataFrame:
     """Generate every contrastive response for one trait and write them as Parquet."""
     trait = load_trait(trait_file, trait_name)
     model, tokenizer = models.load(model_manifest)
@@ -60,8 +71,15 @@ def run(model_manifest: str | Path, trait_file: str | Path, out: str | Path, set
     prompts = [
         chat.encode(tokenizer, chat.messages_for(r.question, r.system)).ids for r in table.itertuples()
     ]
-    generated = generate(model, tokenizer, prompts, settings.max_new_tokens, settings.max_tokens,
-                         settings.temperature, settings.seed)
+    generated = generate(
+        model,
+        tokenizer,
+        prompts,
+        settings.max_new_tokens,
+        settings.max_tokens,
+        settings.temperature,
+        settings.seed,
+    )
     table["response"] = [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
     table["n_response_tokens"] = [len(g) for g in generated]
     table["trait_sha256"] = trait.sha256

@@ -134,7 +134,7 @@ def _download(url: str, head_lines: int | None) -> bytes:
 def fetch(
     dataset: str, filename: str, data_mirror: str | Path | None, cache_dir: str | Path
 ) -> Path:
-    """Local path of a dataset file: the mirror copy if `data_mirror` is set, else a cached download."""
+    """A dataset file's local copy: the mirror's if `data_mirror` is set, else a cached download."""
     if data_mirror is not None:
         return mirror_path(dataset, filename, data_mirror)
     entry = source(dataset)
@@ -154,6 +154,9 @@ def fetch(
             f"download of {spec.url} failed ({exc}); check the network or run with "
             f"--config data_mirror=<folder> holding {entry.folder}/{filename}"
         ) from None
+    if not data:
+        # Caching an empty body would make every later run reuse a useless file.
+        raise TraitscopeError(f"download of {spec.url} returned no data; retry or set data_mirror")
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return target

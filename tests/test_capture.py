@@ -1,0 +1,114 @@
+"""Chat segment tagging and activation capture on a tiny random model and SmolLM2."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from traitscope import chat
+from traitscope.capture import pooled_activations
+from traitscope.hooks import add_to_layer, decoder_layers, record, run_recorded
+
+LLAMA3_TEMPLATE = (  # Llama-3's layout and special tokens
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def tokens_of(tokenizer, enc: chat.Encoded, segment: str) -> str:
+    code = chat.SEGMENT_CODE[segment]
+    return tokenizer.decode([t for t, s in zip(enc.ids, enc.segments) if s == code])
+
+
+@pytest.fixture(params=["smollm2", "llama3_style"])
+def tokenizer(request, smollm2):
+    tok = smollm2[1]
+    if request.param == "llama3_style":  # a second template family on the same vocabulary
+        tok = copy.deepcopy(tok)
+        specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+        tok.add_special_tokens({"additional_special_tokens": specials})
+        tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
+def test_segments_reproduce_message_texts(tokenizer):
+    msgs = chat.messages_for("How do I bake bread?", "You are a cruel assistant.")
+    enc = chat.encode(tokenizer, msgs, prefill="Sure, here is", response=" how to bake.")
+    assert tokens_of(tokenizer, enc, "system").strip() == "You are a cruel assistant."
+    assert tokens_of(tokenizer, enc, "user").strip() == "How do I bake bread?"
+    assert tokens_of(tokenizer, enc, "prefill") == "Sure, here is"
+    assert tokens_of(tokenizer, enc, "response") == " how to bake."
+    prompt_text = tokenizer.decode(enc.ids[: enc.prompt_len])
+    assert prompt_text == chat.render_prompt(tokenizer, msgs)
+    assert all(s < chat.SEGMENT_CODE["prefill"] for s in enc.segments[: enc.prompt_len])
+
+
+def test_missing_chat_template_is_a_clear_error(smollm2):
+    from traitscope.errors import TraitscopeError
+
+    tok = copy.deepcopy(smollm2[1])
+    tok.chat_template = None
+    with pytest.raises(TraitscopeError, match="chat_template"):
+        chat.encode(tok, chat.messages_for("hi"))
+
+
+@pytest.mark.parametrize("prefill", ["", "Sure, I'd be happy to help. Here's"])
+def test_padded_batch_equals_each_prompt_alone(tiny_model, prefill):
+    model, tok = tiny_model
+    questions = ["Hi", "Tell me about the history of bread making in Europe, please.", "Why?"]
+    responses = ["Hello there.", "Bread began long ago in many places.", "Because it is so and so on."]
+    enc = [
+        chat.encode(tok, chat.messages_for(q, "Be brief."), prefill, r) for q, r in zip(questions, responses)
+    ]
+    layers = [0, 2]
+    pools = ["response_mean", "last_prompt"] + (["prefill_mean"] if prefill else [])
+    batched = pooled_activations(
+        model, enc, layers, pools, max_tokens=10_000, pad_id=tok.pad_token_id, progress=False
+    )
+    assert len({len(e.ids) for e in enc}) == 3  # the batch really pads
+    for i, e in enumerate(enc):
+        alone = pooled_activations(model, [e], layers, pools, pad_id=tok.pad_token_id, progress=False)
+        for pool in pools:
+            assert torch.allclose(batched[pool][i], alone[pool][0], atol=1e-5), pool
+
+
+def test_pooling_matches_manual_mean(tiny_model):
+    model, tok = tiny_model
+    e = chat.encode(tok, chat.messages_for("Hello"), response="A short reply here.")
+    pooled = pooled_activations(model, [e], [1], ["response_mean", "last_prompt"], progress=False)
+    hidden = run_recorded(model, [1], input_ids=torch.tensor([e.ids]))[1][0]
+    resp = [i for i, s in enumerate(e.segments) if s == chat.SEGMENT_CODE["response"]]
+    assert torch.allclose(pooled["response_mean"][0, 0], hidden[resp].mean(0), atol=1e-6)
+    assert torch.allclose(pooled["last_prompt"][0, 0], hidden[e.prompt_len - 1], atol=1e-6)
+
+
+def test_record_stops_after_deepest_layer_and_cleans_up(tiny_model):
+    model, _ = tiny_model
+    calls = []
+    last = decoder_layers(model)[-1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = run_recorded(model, [0], input_ids=torch.tensor([[1, 2, 3]]))
+    finally:
+        last.remove()
+    assert list(out) == [0] and calls == []
+    for block in decoder_layers(model):
+        assert not block._forward_hooks
+    with record(model, [1], stop_early=False) as store:
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert store[1].shape == (1, 3, 32)
+
+
+def test_steering_hook_adds_vector_and_removes_itself(tiny_model):
+    model, _ = tiny_model
+    ids = torch.tensor([[5, 6, 7]])
+    before = run_recorded(model, [1], input_ids=ids)[1]
+    vec = torch.ones(32)
+    with add_to_layer(model, 1, vec):
+        steered = run_recorded(model, [1], input_ids=ids)[1]
+    after = run_recorded(model, [1], input_ids=ids)[1]
+    assert torch.allclose(steered, before + 1, atol=1e-6)
+    assert torch.equal(before, after)

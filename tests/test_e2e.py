@@ -1,0 +1,114 @@
+"""End to end on the real SmolLM2: the Snakemake DAG on a tiny trait set.
+
+Results are recomputed independently from the written activations (sklearn AUC, numpy
+means) rather than compared with stored numbers, so a wrong stage fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from traitscope.activations import Activations
+from traitscope.extraction import load_vectors
+
+pytestmark = pytest.mark.e2e
+TRAITS = ["safety/evil", "safety/refusal"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(root, tmp_path_factory, smollm2_gguf):
+    work = tmp_path_factory.mktemp("e2e")
+    for name in ("workflow", "profiles", "envs"):
+        shutil.copytree(root / name, work / name)
+    for trait in TRAITS:  # a tiny trait set: a few questions, one pair each
+        data = yaml.safe_load((root / "resources/traits" / f"{trait}.yaml").read_text())
+        data["extraction_questions"] = data["extraction_questions"][:5]
+        data["evaluation_questions"] = data["evaluation_questions"][:4]
+        data["pairs"] = data["pairs"][:2]
+        dest = work / "traits" / f"{trait}.yaml"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(yaml.safe_dump(data))
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    config.update(traits_dir="traits", traits=TRAITS)
+    config["extraction"].update(max_new_tokens=12, pairs_per_question=1)
+    config["steering_check"].update(max_new_tokens=12)
+    (work / "config").mkdir()
+    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def trait_folder(run_dir, trait):
+    return run_dir / "results/traits/smollm2" / trait
+
+
+@pytest.mark.parametrize("trait", TRAITS)
+def test_vectors_and_evaluation_recompute(run_dir, trait):
+    folder = trait_folder(run_dir, trait)
+    table = pd.read_parquet(folder / "responses.parquet")
+    assert (table["response"].str.len() > 0).mean() > 0.8  # the model really generated text
+    acts = Activations.load(folder / "activations.safetensors")
+    x = acts.data["response_mean"].numpy()
+    assert x.shape == (len(table), 30, 576)
+    vectors = load_vectors(folder / "vectors.safetensors")
+    train = (table["split"] == "extraction").to_numpy()
+    label = table["label"].to_numpy()
+    expected = x[train & (label == 1)].mean(0) - x[train & (label == 0)].mean(0)
+    np.testing.assert_allclose(vectors["mean_diff"].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    chosen = evaluation["chosen"]
+    assert set(chosen) >= {"method", "layer", "auc", "cohens_d"}
+    held = table["split"] == "evaluation"
+    v = vectors[chosen["method"]].numpy()[chosen["layer"]]
+    scores = x[held.to_numpy(), chosen["layer"]] @ (v / np.linalg.norm(v))
+    assert chosen["auc"] == pytest.approx(roc_auc_score(label[held.to_numpy()], scores))
+    best = max(r["auc"] for m in evaluation["methods"].values() for r in m)
+    assert chosen["auc"] == best
+    summary = json.loads((run_dir / "results/traits/smollm2/summary.json").read_text())
+    assert summary["traits"][trait]["auc"] == chosen["auc"]
+
+
+def test_steering_check_reports_both_means(run_dir):
+    steering = json.loads((trait_folder(run_dir, "safety/evil") / "steering.json").read_text())
+    assert steering["difference"] == pytest.approx(
+        steering["mean_projection_steered"] - steering["mean_projection_unsteered"]
+    )
+    assert steering["n"] == 4 and steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
+
+
+def test_editing_one_trait_reruns_only_that_trait(run_dir):
+    path = run_dir / "traits/safety/refusal.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["description"] += " Edited."
+    path.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2"],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0
+    assert "results/traits/smollm2/safety/refusal/responses.parquet" in out
+    assert "safety/evil/responses.parquet" not in out
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[-1], re.M)}
+    assert counts["trait_responses"] == 1 and "prepare_model" not in counts
