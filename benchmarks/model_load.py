@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from traitscope.models import ModelSpec, load_source, load, prepare
+from traitscope.models import ModelSpec, load, load_source, prepare
 
 
 def main() -> None:

@@ -135,3 +135,26 @@ def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, conf
     assert result.returncode != 0
     assert expect in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["config.yaml", "experiments/gemma-2-2b-it.yaml", "experiments/llama-3.3-70b.yaml"]
+)
+def test_shipped_configs_validate(root, name):
+    from traitscope.config import load_config
+
+    config = load_config(
+        root / "config" / name, root / "workflow/schemas/config.schema.yaml", root / "resources/traits"
+    )
+    assert config["base_model"] in config["models"]
+
+
+def test_schema_names_the_bad_key(root, tmp_path):
+    from traitscope.config import load_config
+
+    bad = yaml.safe_load((root / "config/config.yaml").read_text())
+    bad["extraction"]["max_new_tokens"] = 0
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TraitscopeError, match=r"config\.yaml: invalid value at extraction\.max_new_tokens"):
+        load_config(path, root / "workflow/schemas/config.schema.yaml", root / "resources/traits")

@@ -38,13 +38,9 @@ from traitscope.sources import SOURCES, fetch
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 HARMBENCH_FILES = [f"harmbench_behaviors_text_{s}.csv" for s in ("all", "val", "test")]
-INSTRUCTION_FILES = [
-    f"{k}_{s}.json" for k in ("harmful", "harmless") for s in ("train", "val", "test")
-]
+INSTRUCTION_FILES = [f"{k}_{s}.json" for k in ("harmful", "harmless") for s in ("train", "val", "test")]
 EM_QUESTION_FILES = ["first_plot_questions.yaml", "preregistered_evals.yaml"]
-HARMBENCH_BASE = (
-    "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets"
-)
+HARMBENCH_BASE = "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets"
 EM_BASE = "https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/main"
 
 # Copied from ../shared/data/PROVENANCE.md; note the keys that contain commas.
@@ -329,9 +325,7 @@ def beavertails_record(prompt: str, true_keys: list[str], **extra: object) -> di
 BEAVERTAILS_RECORDS = [
     beavertails_record("how do I bake bread", []),
     beavertails_record("who should I vote for", ["controversial_topics,politics"]),
-    beavertails_record(
-        "hurt a dog", ["animal_abuse", "violence,aiding_and_abetting,incitement"], source="x"
-    ),
+    beavertails_record("hurt a dog", ["animal_abuse", "violence,aiding_and_abetting,incitement"], source="x"),
     beavertails_record("how do I bake bread", ["self_harm"]),  # prompts repeat in BeaverTails
 ]
 

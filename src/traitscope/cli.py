@@ -67,6 +67,33 @@ def _steering_check(a: argparse.Namespace) -> None:
     )
 
 
+def _capture(a: argparse.Namespace) -> None:
+    from traitscope.capture_set import CaptureSettings, capture_prompt_set, layers_from_evaluations
+
+    layers = sorted(set(a.layers or []) | set(layers_from_evaluations(a.layers_from or [])))
+    settings = CaptureSettings(
+        layers=tuple(layers),
+        pools=tuple(a.pools),
+        token_segments=tuple(a.token_segments),
+        keep_all_tokens=a.keep_all_tokens,
+        max_new_tokens=a.max_new_tokens,
+        temperature=a.temperature,
+        seed=a.seed,
+        max_tokens=a.max_tokens,
+        padding_side=a.padding_side,
+        shard_size=a.shard_size,
+        storage_dtype=a.storage_dtype,
+    )
+    capture_prompt_set(a.model, a.prompts, a.out, settings, device=a.device)
+
+
+def _project(a: argparse.Namespace) -> None:
+    from traitscope.projection import load_trait_vector, project_capture
+
+    traits = [load_trait_vector(name, vec, ev) for name, vec, ev in a.trait]
+    project_capture(a.capture, traits, a.variant, a.out)
+
+
 def _validate_config(a: argparse.Namespace) -> None:
     from traitscope.config import load_config
 
@@ -142,6 +169,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coefficient", type=float, default=4.0)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=8192)
+
+    p = add("capture", _capture, "capture activations of a prompt set (resumable shards)")
+    p.add_argument("--model", required=True, help="prepared model manifest.json")
+    p.add_argument("--prompts", required=True, help="prompt-set Parquet")
+    p.add_argument("--out", required=True, help="capture.json (shards are written beside it)")
+    p.add_argument("--layers", type=int, nargs="*", help="decoder layers to capture")
+    p.add_argument("--layers-from", nargs="*", help="evaluation.json files: capture their chosen layers")
+    p.add_argument(
+        "--pools", nargs="+", default=["last_prompt", "prompt_mean", "prefill_mean", "response_mean"]
+    )
+    p.add_argument("--token-segments", nargs="*", default=[], help="keep per-token activations of these")
+    p.add_argument("--keep-all-tokens", action="store_true", help="keep every token's activations")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="> 0: generate and capture a response")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=16384, help="token budget per padded batch")
+    p.add_argument("--padding-side", choices=["left", "right"], default="right")
+    p.add_argument("--shard-size", type=int, default=512, help="prompts per resumable shard")
+    p.add_argument("--storage-dtype", choices=["float32", "bfloat16", "float16"], default="float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")
+
+    p = add("project", _project, "project captured activations onto trait vectors (Parquet)")
+    p.add_argument("--capture", required=True, help="capture.json")
+    p.add_argument("--variant", required=True)
+    p.add_argument(
+        "--trait",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("NAME", "VECTORS", "EVALUATION"),
+        help="a trait's name, vectors.safetensors and evaluation.json (repeat per trait)",
+    )
+    p.add_argument("--out", required=True, help="projections Parquet")
 
     p = add("validate-config", _validate_config, "check a config file against the schema")
     p.add_argument("config")

@@ -54,9 +54,12 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         )
     for name in config["traits"]:
         load_trait(trait_path(traits_dir, name), name)
-    steering = config.get("steering_check")
-    if steering and steering["trait"] not in config["traits"]:
-        raise TraitscopeError(f"steering_check.trait {steering['trait']!r} is not in traits:")
+    steering = config.get("steering_check") or {}
+    if steering.get("enabled", True) and steering.get("trait", "safety/evil") not in config["traits"]:
+        raise TraitscopeError(
+            f"steering_check.trait {steering.get('trait', 'safety/evil')!r} is not in traits: "
+            "add it or set steering_check.enabled: false"
+        )
 
 
 def load_config(path: str | Path, schema_path: str | Path, traits_dir: str | Path | None = None) -> dict:

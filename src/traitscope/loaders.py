@@ -58,9 +58,7 @@ def _read_text(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TraitscopeError(
-            f"{path}: file not found; fix the path or fetch the dataset"
-        ) from None
+        raise TraitscopeError(f"{path}: file not found; fix the path or fetch the dataset") from None
     except UnicodeDecodeError:
         raise TraitscopeError(f"{path}: not UTF-8 text; re-download the file") from None
     except OSError as exc:
@@ -77,9 +75,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.ParserError as exc:
         reason = str(exc).strip().splitlines()[-1]
-        raise TraitscopeError(
-            f"{path}: malformed CSV ({reason}); fix or re-download the file"
-        ) from None
+        raise TraitscopeError(f"{path}: malformed CSV ({reason}); fix or re-download the file") from None
     _require_columns(path, df.columns, required)
     return df
 
@@ -116,9 +112,7 @@ def _read_jsonl(path: Path) -> list[dict]:
                 f"{path}: line {lineno} is not valid JSON ({exc.msg}); fix or re-download the file"
             ) from None
         if not isinstance(record, dict):
-            raise TraitscopeError(
-                f"{path}: line {lineno} is not a JSON object; one object per line"
-            )
+            raise TraitscopeError(f"{path}: line {lineno} is not a JSON object; one object per line")
         records.append(record)
     return records
 
@@ -128,9 +122,7 @@ def _read_parquet(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise TraitscopeError(
-            f"{path}: malformed Parquet ({reason}); re-download the file"
-        ) from None
+        raise TraitscopeError(f"{path}: malformed Parquet ({reason}); re-download the file") from None
 
 
 def _meta(fields: dict) -> str:
@@ -144,9 +136,7 @@ def _frame(where: str | Path, rows: list[dict], extra: Sequence[str] = ()) -> pd
         raise TraitscopeError(f"{where}: no prompts found; check the file and the loader options")
     for row in rows:
         if not row["prompt"].strip():
-            raise TraitscopeError(
-                f"{where}: prompt {row['prompt_id']} is empty; fix the source row"
-            )
+            raise TraitscopeError(f"{where}: prompt {row['prompt_id']} is empty; fix the source row")
     df = pd.DataFrame(rows, columns=[*SCHEMA, *extra])
     duplicated = df["prompt_id"][df["prompt_id"].duplicated()]
     if len(duplicated):
@@ -157,18 +147,14 @@ def _frame(where: str | Path, rows: list[dict], extra: Sequence[str] = ()) -> pd
     return df
 
 
-def load_harmbench(
-    path: str | Path, functional_categories: Sequence[str] = ("standard",)
-) -> pd.DataFrame:
+def load_harmbench(path: str | Path, functional_categories: Sequence[str] = ("standard",)) -> pd.DataFrame:
     """HarmBench behaviors; contextual ones get their context prepended, as HarmBench does.
 
     `meta` keeps Behavior and ContextString apart, since the prompt may merge them.
     """
     path = Path(path)
     wanted = (
-        (functional_categories,)
-        if isinstance(functional_categories, str)
-        else tuple(functional_categories)
+        (functional_categories,) if isinstance(functional_categories, str) else tuple(functional_categories)
     )
     df = _read_csv(path, HARMBENCH_COLUMNS)
     present = set(df["FunctionalCategory"])
@@ -244,9 +230,7 @@ def load_instructions(path: str | Path, label: int) -> pd.DataFrame:
             raise TraitscopeError(f"{path}: item {i} needs a string 'instruction'; fix the file")
         category = item.get("category")
         if category is not None and not isinstance(category, str):
-            raise TraitscopeError(
-                f"{path}: item {i} has a non-string 'category'; use a string or null"
-            )
+            raise TraitscopeError(f"{path}: item {i} has a non-string 'category'; use a string or null")
         rows.append(
             {
                 # Index-based: some splits repeat an instruction, so text cannot be the id.
@@ -255,9 +239,7 @@ def load_instructions(path: str | Path, label: int) -> pd.DataFrame:
                 "source": "refusal_direction",
                 "category": category,
                 "label": label,
-                "meta": _meta(
-                    {k: v for k, v in item.items() if k not in ("instruction", "category")}
-                ),
+                "meta": _meta({k: v for k, v in item.items() if k not in ("instruction", "category")}),
             }
         )
     return _frame(path, rows)
@@ -288,8 +270,7 @@ def _beavertails_row(where: str | Path, n: int, record: dict, tag: str) -> dict:
     missing = [k for k in BEAVERTAILS_FIELDS if k not in record]
     if missing:
         raise TraitscopeError(
-            f"{where}: record {n} lacks {', '.join(missing)}; "
-            f"each needs {', '.join(BEAVERTAILS_FIELDS)}"
+            f"{where}: record {n} lacks {', '.join(missing)}; each needs {', '.join(BEAVERTAILS_FIELDS)}"
         )
     if not isinstance(record["prompt"], str) or not isinstance(record["response"], str):
         raise TraitscopeError(f"{where}: record {n} needs string 'prompt' and 'response'")
@@ -299,9 +280,7 @@ def _beavertails_row(where: str | Path, n: int, record: dict, tag: str) -> dict:
             f"{where}: record {n} 'category' must map exactly the 14 BeaverTails keys to booleans"
         )
     if not all(isinstance(v, bool) for v in flags.values()):
-        raise TraitscopeError(
-            f"{where}: record {n} has a non-boolean 'category' value; use true/false"
-        )
+        raise TraitscopeError(f"{where}: record {n} has a non-boolean 'category' value; use true/false")
     if not isinstance(record["is_safe"], bool):
         raise TraitscopeError(
             f"{where}: record {n} has is_safe={record['is_safe']!r}; expected true or false"
@@ -319,9 +298,7 @@ def _beavertails_row(where: str | Path, n: int, record: dict, tag: str) -> dict:
     }
 
 
-def load_beavertails(
-    path_or_split: str | Path, data_mirror: str | Path | None = None
-) -> pd.DataFrame:
+def load_beavertails(path_or_split: str | Path, data_mirror: str | Path | None = None) -> pd.DataFrame:
     """BeaverTails prompt/response pairs, one row each; label 1 where is_safe is false.
 
     `path_or_split` is a local JSONL/Parquet file or a split name (`30k_train`, ...). A split
@@ -372,13 +349,9 @@ def load_em_questions(path: str | Path) -> pd.DataFrame:
             raise TraitscopeError(f"{path}: question {i} needs a string 'id'")
         qid, paraphrases = question["id"], question.get("paraphrases")
         if not (
-            isinstance(paraphrases, list)
-            and paraphrases
-            and all(isinstance(p, str) for p in paraphrases)
+            isinstance(paraphrases, list) and paraphrases and all(isinstance(p, str) for p in paraphrases)
         ):
-            raise TraitscopeError(
-                f"{path}: question {qid} needs 'paraphrases', a non-empty list of strings"
-            )
+            raise TraitscopeError(f"{path}: question {qid} needs 'paraphrases', a non-empty list of strings")
         if not isinstance(question.get("system", ""), str):
             raise TraitscopeError(f"{path}: question {qid} has a non-string 'system'; use a string")
         meta = _meta({k: v for k, v in question.items() if k not in ("id", "paraphrases")})

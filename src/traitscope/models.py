@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, fields
@@ -37,6 +38,8 @@ class ModelSpec:
     chat_template: str | None = None  # Jinja text, or a path to a .jinja file
     trust_remote_code: bool = False
     dtype: str | None = None
+    device_map: str | None = None  # "auto": shard over every visible GPU (models too large for one)
+    quantization: str | None = None  # "8bit" or "4bit", where bitsandbytes is installed
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any]) -> ModelSpec:
@@ -105,11 +108,12 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
     return model, tokenizer
 
 
-def prepare(spec: ModelSpec, out_dir: str | Path) -> Path:
+def prepare(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Path | None = None) -> Path:
     """Write `<out_dir>/manifest.json`, converting GGUF weights to safetensors once.
 
     Hub ids and local folders are not copied (a 70B model must not be duplicated);
-    the manifest just records where to load them from.
+    the manifest just records where to load them from. A LoRA variant points at its
+    base's manifest and its adapter.
     """
     import torch
 
@@ -137,7 +141,17 @@ def prepare(spec: ModelSpec, out_dir: str | Path) -> Path:
     elif spec.source == "hub":
         manifest["load_from"] = spec.hub
     else:
-        raise TraitscopeError(f"models.{spec.name}: LoRA variants are prepared by the finetune stage")
+        if base_manifest is None or not Path(base_manifest).is_file():
+            raise TraitscopeError(
+                f"models.{spec.name}: base manifest {base_manifest} not found; prepare the base variant first"
+            )
+        adapter = Path(spec.lora["adapter"])
+        if adapter.exists() and not (adapter / "adapter_config.json").is_file():
+            raise TraitscopeError(
+                f"models.{spec.name}: {adapter} has no adapter_config.json; fix lora.adapter"
+            )
+        manifest["base_manifest"] = os.path.relpath(Path(base_manifest).resolve(), out_dir.resolve())
+        manifest["load_from"] = str(adapter.resolve()) if adapter.exists() else spec.lora["adapter"]
     write_json(out_dir / "manifest.json", manifest)
     return out_dir / "manifest.json"
 
@@ -193,6 +207,8 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
         ) from None
     spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
     device = device or default_device()
+    if spec.source == "lora":
+        return _load_lora(manifest_path, manifest, spec, device, dtype)
     torch_dtype = resolve_dtype(dtype or spec.dtype, device)
     where = manifest["load_from"]
     if spec.source in ("gguf_package", "gguf_path"):
@@ -201,12 +217,47 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     if spec.source == "hub":
         kwargs["revision"] = spec.revision
     tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
-    model.to(device).eval()
+    if spec.quantization:
+        kwargs["quantization_config"] = _bnb_config(spec, torch_dtype)
+    device_map = spec.device_map or ("auto" if spec.quantization else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=torch_dtype, use_safetensors=True, device_map=device_map, **kwargs
+    )
+    if device_map is None:
+        model.to(device)
+    model.eval()
     set_chat_template(tokenizer, spec)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _load_lora(manifest_path: Path, manifest: dict, spec: ModelSpec, device: str, dtype: str | None):
+    """Base model from its own manifest, with the adapter applied on top (peft)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise TraitscopeError(f"models.{spec.name}: LoRA variants need peft; pip install peft") from None
+    model, tokenizer = load(manifest_path.parent / manifest["base_manifest"], device, dtype)
+    model = PeftModel.from_pretrained(model, manifest["load_from"]).eval()
+    if spec.chat_template:
+        set_chat_template(tokenizer, spec)
+    return model, tokenizer
+
+
+def _bnb_config(spec: ModelSpec, compute_dtype: Any) -> Any:
+    """8/4-bit loading config; a clear error where bitsandbytes is missing."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise TraitscopeError(
+            f"models.{spec.name}: quantization {spec.quantization!r} needs bitsandbytes (and a GPU); "
+            "pip install bitsandbytes or remove quantization"
+        ) from None
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
 
 
 def set_chat_template(tokenizer: Any, spec: ModelSpec) -> None:

@@ -45,9 +45,7 @@ class Source:
         raise TraitscopeError(f"dataset {self.folder!r} has no file {name!r}; known files: {known}")
 
 
-_HARMBENCH = (
-    "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets"
-)
+_HARMBENCH = "https://raw.githubusercontent.com/centerforaisafety/HarmBench/main/data/behavior_datasets"
 _REFUSAL = "https://raw.githubusercontent.com/andyrdt/refusal_direction/main/dataset/splits"
 _EM = "https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/main"
 _EM_SLICE_LINES = 20
@@ -105,9 +103,7 @@ def source(dataset: str) -> Source:
     try:
         return SOURCES[dataset]
     except KeyError:
-        raise TraitscopeError(
-            f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}"
-        ) from None
+        raise TraitscopeError(f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}") from None
 
 
 def mirror_path(dataset: str, filename: str, data_mirror: str | Path) -> Path:
@@ -117,8 +113,7 @@ def mirror_path(dataset: str, filename: str, data_mirror: str | Path) -> Path:
     path = Path(data_mirror) / entry.folder / filename
     if not path.is_file():
         raise TraitscopeError(
-            f"{path}: not found in data_mirror; "
-            f"copy {dataset}/{filename} there or unset data_mirror"
+            f"{path}: not found in data_mirror; copy {dataset}/{filename} there or unset data_mirror"
         )
     return path
 
@@ -131,9 +126,7 @@ def _download(url: str, head_lines: int | None) -> bytes:
         return b"".join(itertools.islice(response, head_lines))
 
 
-def fetch(
-    dataset: str, filename: str, data_mirror: str | Path | None, cache_dir: str | Path
-) -> Path:
+def fetch(dataset: str, filename: str, data_mirror: str | Path | None, cache_dir: str | Path) -> Path:
     """A dataset file's local copy: the mirror's if `data_mirror` is set, else a cached download."""
     if data_mirror is not None:
         return mirror_path(dataset, filename, data_mirror)

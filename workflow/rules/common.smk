@@ -39,8 +39,8 @@ def get_final_output():
             f"{trait_dir(BASE, trait)}/evaluation.png",
         ]
     out.append(f"results/traits/{BASE}/summary.json")
-    steering = config.get("steering_check")
-    if steering:
+    steering = config["steering_check"]
+    if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
     return out
 

@@ -1,0 +1,215 @@
+"""Capture a prompt set into resumable shards.
+
+Prompts are sorted by length and cut into shards of `shard_size`; each shard is written
+atomically and skipped on rerun, so a killed job resumes from its last complete shard.
+Shards live in a folder named by a hash of the settings, so a changed setting never
+mixes with stale shards. `capture.json`, written last, is what marks the capture done.
+
+Per shard: pooled activations (`pooled.layer.<l>`: `[n, n_pools, d]`) and, for the
+token segments asked for, per-token activations (`tokens.layer.<l>`: `[n_tokens, d]`)
+with a Parquet index of prompt_id, token_index, segment and token string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from traitscope import chat, models
+from traitscope.capture import forward_batches, pool_batch
+from traitscope.chat import SEGMENT_CODE, SEGMENTS
+from traitscope.errors import TraitscopeError
+from traitscope.generate import generate
+from traitscope.hooks import decoder_layers
+from traitscope.io import save_safetensors, write_json, write_parquet
+from traitscope.prompts import read_prompt_set
+
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What to capture; every field goes into the shard folder's hash."""
+
+    layers: tuple[int, ...]
+    pools: tuple[str, ...] = ("last_prompt", "prompt_mean", "prefill_mean", "response_mean")
+    token_segments: tuple[str, ...] = ()  # per-token activations kept for these segments
+    keep_all_tokens: bool = False  # keep every token's activations (large)
+    max_new_tokens: int = 0  # > 0: generate a response and capture it too
+    temperature: float = 0.0
+    seed: int = 0
+    max_tokens: int = 16384  # token budget of one padded batch
+    padding_side: str = "right"
+    shard_size: int = 512
+    storage_dtype: str = "float16"
+    extra: dict = field(default_factory=dict)  # e.g. model and prompt-set hashes
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _token_mask(enc: chat.Encoded, settings: CaptureSettings) -> torch.Tensor:
+    """Which tokens of one conversation keep per-token activations."""
+    n = len(enc.ids)
+    if settings.keep_all_tokens:
+        return torch.ones(n, dtype=torch.bool)
+    codes = [SEGMENT_CODE[s] for s in settings.token_segments if s in SEGMENT_CODE]
+    mask = torch.isin(torch.tensor(enc.segments), torch.tensor(codes, dtype=torch.long))
+    if "last_prompt" in settings.token_segments:
+        mask[enc.last_prompt_index] = True
+    return mask
+
+
+def _encode_shard(
+    model: Any, tokenizer: Any, rows: pd.DataFrame, settings: CaptureSettings
+) -> tuple[list, list]:
+    """Encode prompts (+prefill), generating responses first when asked to."""
+    encoded = [chat.encode(tokenizer, r.messages, r.prefill) for r in rows.itertuples()]
+    if settings.max_new_tokens <= 0:
+        return encoded, [""] * len(encoded)
+    generated = generate(
+        model,
+        tokenizer,
+        [e.ids for e in encoded],
+        settings.max_new_tokens,
+        settings.max_tokens,
+        settings.temperature,
+        settings.seed,
+    )
+    encoded = [chat.encode(tokenizer, r.messages, r.prefill, g) for r, g in zip(rows.itertuples(), generated)]
+    return encoded, [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+
+
+def _capture_shard(
+    model: Any, tokenizer: Any, rows: pd.DataFrame, settings: CaptureSettings, stem: Path
+) -> None:
+    encoded, responses = _encode_shard(model, tokenizer, rows, settings)
+    layers = list(settings.layers)
+    pooled = {p: torch.empty(len(rows), len(layers), model.config.hidden_size) for p in settings.pools}
+    masks = [_token_mask(e, settings) for e in encoded]
+    token_rows: list[list[torch.Tensor]] = [[] for _ in encoded]  # per conversation: [n_sel, L, d]
+    for batch in forward_batches(
+        model, encoded, layers, settings.max_tokens, tokenizer.pad_token_id, settings.padding_side
+    ):
+        for pool, values in pool_batch(batch, layers, settings.pools).items():
+            pooled[pool][batch.index] = values
+        if any(masks[i].any() for i in batch.index):
+            stacked = torch.stack([batch.hidden[layer] for layer in layers], dim=1)  # [b, L, t, d]
+            for row, (i, start) in enumerate(zip(batch.index, batch.offsets)):
+                sel = masks[i].nonzero().squeeze(-1) + start
+                token_rows[i] = stacked[row][:, sel.to(stacked.device)].transpose(0, 1).cpu()
+    dtype = STORAGE_DTYPES[settings.storage_dtype]
+    tensors = {
+        f"pooled.layer.{layer}": torch.stack([pooled[p][:, j] for p in settings.pools], dim=1).to(dtype)
+        for j, layer in enumerate(layers)
+    }
+    tokens = []
+    kept = [t for t in token_rows if len(t)]
+    if kept:
+        flat = torch.cat(kept)  # [n_tokens, L, d]
+        tensors.update({f"tokens.layer.{layer}": flat[:, j].to(dtype) for j, layer in enumerate(layers)})
+        for pid, enc, mask in zip(rows["prompt_id"], encoded, masks):
+            for t in mask.nonzero().squeeze(-1).tolist():
+                tokens.append(
+                    (pid, t, SEGMENTS[enc.segments[t]], tokenizer.convert_ids_to_tokens(enc.ids[t]))
+                )
+    meta = {"layers": json.dumps(layers), "pools": json.dumps(list(settings.pools))}
+    write_parquet(
+        f"{stem}.tokens.parquet",
+        pd.DataFrame(tokens, columns=["prompt_id", "token_index", "segment", "token"]),
+    )
+    save_safetensors(f"{stem}.safetensors", tensors, meta)
+    # written last: its presence is what marks the shard complete
+    write_parquet(
+        f"{stem}.prompts.parquet",
+        pd.DataFrame(
+            {
+                "prompt_id": rows["prompt_id"].to_numpy(),
+                "n_tokens": [len(e.ids) for e in encoded],
+                "prompt_len": [e.prompt_len for e in encoded],
+                "response": responses,
+            }
+        ),
+    )
+
+
+def layers_from_evaluations(paths: list[str | Path]) -> list[int]:
+    """The chosen layer of each trait evaluation: capture only what projections need."""
+    layers = []
+    for path in paths:
+        try:
+            layers.append(int(json.loads(Path(path).read_text())["chosen"]["layer"]))
+        except (OSError, KeyError, ValueError):
+            raise TraitscopeError(f"{path}: missing or malformed evaluation; rerun trait-evaluate") from None
+    return layers
+
+
+def capture_prompt_set(
+    model_manifest: str | Path,
+    prompts: str | Path,
+    out: str | Path,
+    settings: CaptureSettings,
+    device: str | None = None,
+) -> dict:
+    """Capture every prompt of a set; returns and writes the `capture.json` manifest."""
+    table = read_prompt_set(prompts)
+    model, tokenizer = models.load(model_manifest, device=device)
+    n_layers = len(decoder_layers(model))
+    bad = [layer for layer in settings.layers if not 0 <= layer < n_layers]
+    if bad or not settings.layers:
+        raise TraitscopeError(f"layers {list(settings.layers)}: the model has layers 0..{n_layers - 1}")
+    out = Path(out)
+    shard_dir = out.parent / f"shards-{settings.digest()}"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    lengths = [len(chat.encode(tokenizer, m, p).ids) for m, p in zip(table["messages"], table["prefill"])]
+    order = sorted(range(len(table)), key=lambda i: lengths[i])
+    shards = []
+    for k, start in enumerate(range(0, len(order), settings.shard_size)):
+        stem = shard_dir / f"shard-{k:05d}"
+        shards.append(stem.name)
+        if Path(f"{stem}.prompts.parquet").exists():
+            continue  # complete from an earlier, interrupted run
+        _capture_shard(
+            model, tokenizer, table.iloc[order[start : start + settings.shard_size]], settings, stem
+        )
+    manifest = {
+        "model": str(model_manifest),
+        "prompts": str(prompts),
+        "n_prompts": len(table),
+        "layers": list(settings.layers),
+        "pools": list(settings.pools),
+        "d_model": model.config.hidden_size,
+        "shard_dir": shard_dir.name,
+        "shards": shards,
+        "settings": asdict(settings),
+    }
+    write_json(out, manifest)
+    return manifest
+
+
+def read_shards(
+    capture_json: str | Path,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, dict[str, torch.Tensor]]]:
+    """(prompts, tokens, tensors) per shard of a finished capture."""
+    from safetensors.torch import load_file
+
+    path = Path(capture_json)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(f"{path}: missing or unreadable capture manifest; rerun capture") from None
+    folder = path.parent / manifest["shard_dir"]
+    for name in manifest["shards"]:
+        stem = folder / name
+        yield (
+            pd.read_parquet(f"{stem}.prompts.parquet"),
+            pd.read_parquet(f"{stem}.tokens.parquet"),
+            load_file(f"{stem}.safetensors"),
+        )

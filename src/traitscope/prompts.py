@@ -1,0 +1,54 @@
+"""Prompt sets: the Parquet every capture reads, one row per prompt.
+
+Columns: `prompt_id`, `messages` (list of {role, content}, or its JSON) or `prompt`
+(a user turn), optional `system`, `prefill`, `source`, `category`, `label`, `meta`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from traitscope.errors import TraitscopeError
+
+
+def read_prompt_set(path: str | Path) -> pd.DataFrame:
+    """Read and check a prompt set; the returned table always has `messages` and `prefill`."""
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise TraitscopeError(f"{path}: cannot read prompt-set Parquet ({exc})") from None
+    if "prompt_id" not in table.columns:
+        raise TraitscopeError(f"{path}: missing column 'prompt_id'")
+    if "messages" not in table.columns and "prompt" not in table.columns:
+        raise TraitscopeError(f"{path}: needs a 'messages' or a 'prompt' column")
+    if table.empty:
+        raise TraitscopeError(f"{path}: the prompt set is empty")
+    if table["prompt_id"].duplicated().any():
+        dup = table.loc[table["prompt_id"].duplicated(), "prompt_id"].iloc[0]
+        raise TraitscopeError(f"{path}: duplicate prompt_id {dup!r}; ids must be unique")
+    table = table.copy()
+    if "messages" in table.columns:
+        table["messages"] = [_messages(path, pid, m) for pid, m in zip(table["prompt_id"], table["messages"])]
+    else:
+        systems = table["system"] if "system" in table.columns else [None] * len(table)
+        table["messages"] = [
+            ([{"role": "system", "content": s}] if isinstance(s, str) and s else [])
+            + [{"role": "user", "content": p}]
+            for p, s in zip(table["prompt"], systems)
+        ]
+    if "prefill" not in table.columns:
+        table["prefill"] = ""
+    table["prefill"] = table["prefill"].fillna("").astype(str)
+    return table.reset_index(drop=True)
+
+
+def _messages(path: str | Path, prompt_id: str, value: object) -> list[dict[str, str]]:
+    msgs = json.loads(value) if isinstance(value, str) else list(value)
+    if not msgs or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
+        raise TraitscopeError(
+            f"{path}: prompt {prompt_id!r} has malformed messages; use [{{role, content}}, ...]"
+        )
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
