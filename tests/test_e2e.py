@@ -26,7 +26,7 @@ TRAITS = ["safety/evil", "safety/refusal"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(root, tmp_path_factory, smollm2_gguf):
+def run_dir(root, mirror, tmp_path_factory, smollm2_gguf):
     work = tmp_path_factory.mktemp("e2e")
     for name in ("workflow", "profiles", "envs"):
         shutil.copytree(root / name, work / name)
@@ -39,7 +39,9 @@ def run_dir(root, tmp_path_factory, smollm2_gguf):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(yaml.safe_dump(data))
     config = yaml.safe_load((root / "config/config.yaml").read_text())
-    config.update(traits_dir="traits", traits=TRAITS)
+    config.update(traits_dir="traits", traits=TRAITS, data_mirror=str(mirror))
+    for spec in config["prompt_sets"].values():
+        spec["n"] = 5
     config["extraction"].update(max_new_tokens=12, pairs_per_question=1)
     config["steering_check"].update(max_new_tokens=12)
     (work / "config").mkdir()
@@ -112,3 +114,22 @@ def test_editing_one_trait_reruns_only_that_trait(run_dir):
     assert "safety/evil/responses.parquet" not in out
     counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[-1], re.M)}
     assert counts["trait_responses"] == 1 and "prepare_model" not in counts
+
+
+def test_projections_cover_every_prompt_trait_and_chosen_layer(run_dir):
+    import pandas as pd
+
+    chosen = {
+        t: json.loads((trait_folder(run_dir, t) / "evaluation.json").read_text())["chosen"]["layer"]
+        for t in TRAITS
+    }
+    for prompt_set in ("harmbench_val", "harmless_val"):
+        prompts = pd.read_parquet(run_dir / f"results/prompts/{prompt_set}.parquet")
+        table = pd.read_parquet(run_dir / f"results/projections/smollm2/{prompt_set}.parquet")
+        assert len(prompts) == 5 and set(table["prompt_id"]) == set(prompts["prompt_id"])
+        assert set(table["layer"]) == set(chosen.values())  # only the chosen layers were captured
+        picked = table[table["chosen_layer"]]
+        assert {(t, layer) for t, layer in zip(picked["trait"], picked["layer"])} == set(chosen.items())
+        last = table[table["position"] == "last_prompt"]
+        assert len(last) == 5 * len(TRAITS) * len(set(chosen.values()))
+        assert last["score"].notna().all() and (last["cosine"].abs() <= 1 + 1e-5).all()

@@ -33,7 +33,34 @@ class Batch:
     offsets: list[int]  # column of each conversation's first token (non-zero under left padding)
     hidden: dict[int, torch.Tensor]  # layer -> [batch, width, d_model]
     segments: torch.Tensor  # [batch, width] segment codes, -1 on padding (on the model's device)
-    prompt_len: torch.Tensor  # [batch] tokens before prefill/response
+    prompt_len: torch.Tensor  # [batch] tokens before prefill/response (on the model's device)
+    first: torch.Tensor  # [batch] the offsets, on the model's device
+
+
+def _host_batch(
+    encoded: Sequence[Encoded], idx: list[int], pad_id: int, padding_side: str, pin: bool
+) -> dict:
+    """CPU tensors of one padded batch (pinned on GPU runs so the copy overlaps compute)."""
+    lengths = [len(encoded[i].ids) for i in idx]
+    width = max(lengths)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    segments = torch.full((len(idx), width), -1, dtype=torch.long)
+    offsets = [width - n if padding_side == "left" else 0 for n in lengths]
+    for row, (i, start, n) in enumerate(zip(idx, offsets, lengths)):
+        ids[row, start : start + n] = torch.tensor(encoded[i].ids)
+        segments[row, start : start + n] = torch.tensor(encoded[i].segments)
+    mask = (segments >= 0).long()
+    tensors = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp_min(0),
+        "segments": segments,
+        "prompt_len": torch.tensor([encoded[i].prompt_len for i in idx]),
+        "first": torch.tensor(offsets),
+    }
+    if pin:
+        tensors = {k: v.pin_memory() for k, v in tensors.items()}
+    return {"tensors": tensors, "offsets": offsets, "n_tokens": sum(lengths)}
 
 
 def forward_batches(
@@ -46,34 +73,32 @@ def forward_batches(
     progress: bool = True,
     desc: str = "capture",
 ) -> Iterator[Batch]:
-    """Run length-sorted token-budget batches, stopping each pass after the deepest layer."""
+    """Run length-sorted token-budget batches, stopping each pass after the deepest layer.
+
+    The next batch is assembled on the host while the device runs the current one.
+    """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     device = next(model.parameters()).device
+    pin = device.type == "cuda"
     lengths = [len(e.ids) for e in encoded]
+    plan = list(token_budget_batches(lengths, max_tokens))
     bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, disable=not progress, desc=desc)
-    for idx in token_budget_batches(lengths, max_tokens):
-        width = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        segments = torch.full((len(idx), width), -1, dtype=torch.long)
-        offsets = []
-        for row, i in enumerate(idx):
-            start = width - lengths[i] if padding_side == "left" else 0
-            ids[row, start : start + lengths[i]] = torch.tensor(encoded[i].ids)
-            segments[row, start : start + lengths[i]] = torch.tensor(encoded[i].segments)
-            offsets.append(start)
-        mask = (segments >= 0).long()
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    upcoming = _host_batch(encoded, plan[0], pad_id, padding_side, pin) if plan else None
+    for k, idx in enumerate(plan):
+        host = upcoming
+        t = {key: value.to(device, non_blocking=True) for key, value in host["tensors"].items()}
         hidden = run_recorded(
             model,
             layers,
-            input_ids=ids.to(device, non_blocking=True),
-            attention_mask=mask.to(device, non_blocking=True),
-            position_ids=positions.to(device, non_blocking=True),
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            position_ids=t["position_ids"],
         )
-        prompt_len = torch.tensor([encoded[i].prompt_len for i in idx])
-        yield Batch(list(idx), offsets, hidden, segments.to(device), prompt_len.to(device))
-        bar.update(sum(lengths[i] for i in idx))
+        if k + 1 < len(plan):  # host work for the next batch overlaps this batch's kernels
+            upcoming = _host_batch(encoded, plan[k + 1], pad_id, padding_side, pin)
+        yield Batch(list(idx), host["offsets"], hidden, t["segments"], t["prompt_len"], t["first"])
+        bar.update(host["n_tokens"])
     bar.close()
 
 
@@ -81,7 +106,7 @@ def pool_weights(batch: Batch, pool: str) -> torch.Tensor:
     """[batch, width] float32 weights summing to 1 over the pooled tokens (NaN row if none)."""
     seg = batch.segments
     cols = torch.arange(seg.shape[1], device=seg.device)
-    first = torch.tensor(batch.offsets, device=seg.device)
+    first = batch.first
     if pool == "last_prompt":
         mask = cols[None, :] == (first + batch.prompt_len - 1)[:, None]
     elif pool == "prompt_mean":

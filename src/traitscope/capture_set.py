@@ -27,7 +27,7 @@ from traitscope.capture import forward_batches, pool_batch
 from traitscope.chat import SEGMENT_CODE, SEGMENTS
 from traitscope.errors import TraitscopeError
 from traitscope.generate import generate
-from traitscope.hooks import decoder_layers
+from traitscope.hooks import compile_blocks, decoder_layers
 from traitscope.io import save_safetensors, write_json, write_parquet
 from traitscope.prompts import read_prompt_set
 
@@ -36,7 +36,7 @@ STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    """What to capture; every field goes into the shard folder's hash."""
+    """What to capture; fields that change the stored values name the shard folder."""
 
     layers: tuple[int, ...]
     pools: tuple[str, ...] = ("last_prompt", "prompt_mean", "prefill_mean", "response_mean")
@@ -49,10 +49,13 @@ class CaptureSettings:
     padding_side: str = "right"
     shard_size: int = 512
     storage_dtype: str = "float16"
+    compile: str = "auto"  # torch.compile the decoder blocks: "auto" = on GPU only
     extra: dict = field(default_factory=dict)  # e.g. model and prompt-set hashes
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of the settings that change what is stored (not how fast it is computed)."""
+        content = {k: v for k, v in asdict(self).items() if k not in ("max_tokens", "compile")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _token_mask(enc: chat.Encoded, settings: CaptureSettings) -> torch.Tensor:
@@ -165,8 +168,14 @@ def capture_prompt_set(
     bad = [layer for layer in settings.layers if not 0 <= layer < n_layers]
     if bad or not settings.layers:
         raise TraitscopeError(f"layers {list(settings.layers)}: the model has layers 0..{n_layers - 1}")
+    if settings.compile == "yes" or (settings.compile == "auto" and next(model.parameters()).is_cuda):
+        compile_blocks(model)
     out = Path(out)
-    shard_dir = out.parent / f"shards-{settings.digest()}"
+    # the folder names the inputs too: a changed prompt set or model must never resume old shards
+    inputs = [settings.digest(), Path(model_manifest).read_text()]
+    inputs += table[["prompt_id", "messages", "prefill"]].values.tolist()
+    key = hashlib.sha256(json.dumps(inputs, default=str).encode()).hexdigest()[:12]
+    shard_dir = out.parent / f"shards-{key}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     lengths = [len(chat.encode(tokenizer, m, p).ids) for m, p in zip(table["messages"], table["prefill"])]
     order = sorted(range(len(table)), key=lambda i: lengths[i])

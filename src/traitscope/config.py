@@ -54,6 +54,15 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         )
     for name in config["traits"]:
         load_trait(trait_path(traits_dir, name), name)
+    for i, capture in enumerate(config.get("captures") or []):
+        if capture["variant"] not in config["models"]:
+            raise TraitscopeError(
+                f"captures[{i}]: variant {capture['variant']!r} is not defined under models:"
+            )
+        if capture["prompt_set"] not in (config.get("prompt_sets") or {}):
+            raise TraitscopeError(
+                f"captures[{i}]: prompt set {capture['prompt_set']!r} is not defined under prompt_sets:"
+            )
     steering = config.get("steering_check") or {}
     if steering.get("enabled", True) and steering.get("trait", "safety/evil") not in config["traits"]:
         raise TraitscopeError(

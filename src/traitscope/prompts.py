@@ -33,6 +33,9 @@ def read_prompt_set(path: str | Path) -> pd.DataFrame:
     if "messages" in table.columns:
         table["messages"] = [_messages(path, pid, m) for pid, m in zip(table["prompt_id"], table["messages"])]
     else:
+        missing = [pid for pid, p in zip(table["prompt_id"], table["prompt"]) if not isinstance(p, str)]
+        if missing:
+            raise TraitscopeError(f"{path}: prompt {missing[0]!r} has no prompt text")
         systems = table["system"] if "system" in table.columns else [None] * len(table)
         table["messages"] = [
             ([{"role": "system", "content": s}] if isinstance(s, str) and s else [])
@@ -46,8 +49,18 @@ def read_prompt_set(path: str | Path) -> pd.DataFrame:
 
 
 def _messages(path: str | Path, prompt_id: str, value: object) -> list[dict[str, str]]:
-    msgs = json.loads(value) if isinstance(value, str) else list(value)
-    if not msgs or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in msgs):
+    try:
+        msgs = json.loads(value) if isinstance(value, str) else list(value)
+    except (ValueError, TypeError):  # not JSON, or a null / scalar cell
+        msgs = None
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+    ):
         raise TraitscopeError(
             f"{path}: prompt {prompt_id!r} has malformed messages; use [{{role, content}}, ...]"
         )

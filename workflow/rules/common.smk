@@ -6,7 +6,6 @@ from snakemake.utils import validate
 from traitscope.config import check
 from traitscope.errors import TraitscopeError
 
-
 validate(config, "../schemas/config.schema.yaml")
 try:
     check(config)
@@ -16,6 +15,8 @@ except TraitscopeError as exc:
 
 wildcard_constraints:
     model="[A-Za-z0-9_.-]+",
+    variant="[A-Za-z0-9_.-]+",
+    prompt_set="[A-Za-z0-9_.-]+",
     group="[A-Za-z0-9_-]+",
     trait="[A-Za-z0-9_-]+",
 
@@ -39,6 +40,7 @@ def get_final_output():
             f"{trait_dir(BASE, trait)}/evaluation.png",
         ]
     out.append(f"results/traits/{BASE}/summary.json")
+    out += [f"results/projections/{v}/{p}.parquet" for v, p in get_captures()]
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
@@ -50,6 +52,12 @@ def get_model_spec(wildcards):
     return json.dumps(config["models"][wildcards.model], sort_keys=True)
 
 
+def get_lora_base_manifest(wildcards):
+    """A LoRA variant is prepared after its base variant."""
+    lora = config["models"][wildcards.model].get("lora")
+    return [f"results/models/{lora['base']}/manifest.json"] if lora else []
+
+
 def get_manifest(wildcards):
     return f"results/models/{wildcards.model}/manifest.json"
 
@@ -59,7 +67,9 @@ def get_trait_file(wildcards):
 
 
 def get_evaluations(wildcards):
-    return [f"{trait_dir(wildcards.model, t)}/evaluation.json" for t in config["traits"]]
+    return [
+        f"{trait_dir(wildcards.model, t)}/evaluation.json" for t in config["traits"]
+    ]
 
 
 def get_steering(key):
@@ -75,3 +85,66 @@ def extraction(key):
 def opt(flag, value):
     """A CLI option, or nothing when the value is None (the CLI default applies)."""
     return "" if value is None else f"{flag} {value}"
+
+
+def get_captures():
+    """(variant, prompt_set) pairs to capture, from `captures:`."""
+    return [(c["variant"], c["prompt_set"]) for c in config["captures"]]
+
+
+def get_prompt_spec(wildcards):
+    """The prompt set's entry (without capture overrides) as JSON, for `traitscope prep`."""
+    spec = {
+        k: v
+        for k, v in config["prompt_sets"][wildcards.prompt_set].items()
+        if k != "capture"
+    }
+    return json.dumps(spec, sort_keys=True)
+
+
+def get_mirror_arg():
+    return opt("--data-mirror", config.get("data_mirror"))
+
+
+def capture_setting(wildcards, key):
+    """A capture setting: the prompt set's override, else the global `capture:` value."""
+    override = config["prompt_sets"][wildcards.prompt_set].get("capture", {})
+    return override.get(key, config["capture"][key])
+
+
+def get_capture_args(wildcards):
+    """Every capture setting as CLI options, so a changed setting reruns the capture."""
+    get = lambda key: capture_setting(wildcards, key)
+    args = [
+        f"--pools {' '.join(get('pools'))}",
+        f"--max-new-tokens {get('max_new_tokens')}",
+        f"--temperature {get('temperature')}",
+        f"--seed {get('seed')}",
+        f"--max-tokens {get('max_tokens')}",
+        f"--padding-side {get('padding_side')}",
+        f"--shard-size {get('shard_size')}",
+        f"--storage-dtype {get('storage_dtype')}",
+        f"--compile {get('compile')}",
+    ]
+    if get("token_segments"):
+        args.append(f"--token-segments {' '.join(get('token_segments'))}")
+    if get("keep_all_tokens"):
+        args.append("--keep-all-tokens")
+    return " ".join(args)
+
+
+def get_base_evaluations(wildcards):
+    """Every configured trait's evaluation on the base model: their chosen layers are captured."""
+    return [f"{trait_dir(BASE, t)}/evaluation.json" for t in config["traits"]]
+
+
+def get_base_vectors(wildcards):
+    return [f"{trait_dir(BASE, t)}/vectors.safetensors" for t in config["traits"]]
+
+
+def get_project_traits(wildcards, input):
+    """`--trait NAME VECTORS EVALUATION` for every trait (base-model vectors, any variant)."""
+    return " ".join(
+        f"--trait {t} {v} {e}"
+        for t, v, e in zip(config["traits"], input.vectors, input.evaluations)
+    )

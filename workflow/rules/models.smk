@@ -1,8 +1,8 @@
 rule prepare_model:
+    input:
+        base=get_lora_base_manifest,
     output:
         manifest="results/models/{model}/manifest.json",
-    params:
-        spec=get_model_spec,
     log:
         "results/logs/prepare_model/{model}.log",
     benchmark:
@@ -12,6 +12,11 @@ rule prepare_model:
     threads: 2
     resources:
         mem_mb=16000,
+    params:
+        spec=get_model_spec,
+        base=lambda wildcards, input: opt(
+            "--base-manifest", input.base[0] if input.base else None
+        ),
     shell:
         "traitscope prepare-model --variant {wildcards.model} --spec '{params.spec}' "
-        "--out results/models/{wildcards.model} 2> {log}"
+        "--out results/models/{wildcards.model} {params.base} 2> {log}"

@@ -4,14 +4,6 @@ rule trait_responses:
         trait=get_trait_file,
     output:
         "results/traits/{model}/{group}/{trait}/responses.parquet",
-    params:
-        max_new_tokens=extraction("max_new_tokens"),
-        pairs=extraction("pairs_per_question"),
-        n_extraction=opt("--n-extraction", extraction("n_extraction")),
-        n_evaluation=opt("--n-evaluation", extraction("n_evaluation")),
-        temperature=extraction("temperature"),
-        seed=extraction("seed"),
-        max_tokens=extraction("max_tokens"),
     log:
         "results/logs/trait_responses/{model}/{group}/{trait}.log",
     benchmark:
@@ -22,6 +14,14 @@ rule trait_responses:
     resources:
         gpu=1,
         mem_mb=16000,
+    params:
+        max_new_tokens=extraction("max_new_tokens"),
+        pairs=extraction("pairs_per_question"),
+        n_extraction=opt("--n-extraction", extraction("n_extraction")),
+        n_evaluation=opt("--n-evaluation", extraction("n_evaluation")),
+        temperature=extraction("temperature"),
+        seed=extraction("seed"),
+        max_tokens=extraction("max_tokens"),
     shell:
         "traitscope trait-responses --model {input.model} --trait-file {input.trait} "
         "--trait {wildcards.group}/{wildcards.trait} --out {output} "
@@ -36,9 +36,6 @@ rule trait_activations:
         responses="results/traits/{model}/{group}/{trait}/responses.parquet",
     output:
         "results/traits/{model}/{group}/{trait}/activations.safetensors",
-    params:
-        pools=" ".join(extraction("pools")),
-        max_tokens=extraction("max_tokens"),
     log:
         "results/logs/trait_activations/{model}/{group}/{trait}.log",
     benchmark:
@@ -49,6 +46,9 @@ rule trait_activations:
     resources:
         gpu=1,
         mem_mb=16000,
+    params:
+        pools=" ".join(extraction("pools")),
+        max_tokens=extraction("max_tokens"),
     shell:
         "traitscope trait-activations --model {input.model} --responses {input.responses} "
         "--out {output} --pools {params.pools} --max-tokens {params.max_tokens} 2> {log}"
@@ -61,9 +61,6 @@ rule trait_vectors:
     output:
         vectors="results/traits/{model}/{group}/{trait}/vectors.safetensors",
         meta="results/traits/{model}/{group}/{trait}/vectors.json",
-    params:
-        position=extraction("position"),
-        probe_c=extraction("probe_c"),
     log:
         "results/logs/trait_vectors/{model}/{group}/{trait}.log",
     conda:
@@ -71,6 +68,9 @@ rule trait_vectors:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        position=extraction("position"),
+        probe_c=extraction("probe_c"),
     shell:
         "traitscope trait-vectors --activations {input.activations} --responses {input.responses} "
         "--out {output.vectors} --meta {output.meta} --position {params.position} "
@@ -90,8 +90,6 @@ rule trait_evaluation:
             caption="../report/evaluation.rst",
             category="Trait vectors",
         ),
-    params:
-        position=extraction("position"),
     log:
         "results/logs/trait_evaluation/{model}/{group}/{trait}.log",
     conda:
@@ -99,6 +97,8 @@ rule trait_evaluation:
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        position=extraction("position"),
     shell:
         "traitscope trait-evaluate --vectors {input.vectors} --activations {input.activations} "
         "--responses {input.responses} --out {output.json} --png {output.png} "
@@ -128,10 +128,6 @@ rule steering_check:
         trait=get_trait_file,
     output:
         "results/traits/{model}/{group}/{trait}/steering.json",
-    params:
-        coefficient=get_steering("coefficient"),
-        max_new_tokens=get_steering("max_new_tokens"),
-        max_tokens=extraction("max_tokens"),
     log:
         "results/logs/steering_check/{model}/{group}/{trait}.log",
     benchmark:
@@ -142,6 +138,10 @@ rule steering_check:
     resources:
         gpu=1,
         mem_mb=16000,
+    params:
+        coefficient=get_steering("coefficient"),
+        max_new_tokens=get_steering("max_new_tokens"),
+        max_tokens=extraction("max_tokens"),
     shell:
         "traitscope steering-check --model {input.model} --vectors {input.vectors} "
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "

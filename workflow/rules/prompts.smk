@@ -1,0 +1,16 @@
+rule prep_prompts:
+    output:
+        "results/prompts/{prompt_set}.parquet",
+    log:
+        "results/logs/prep_prompts/{prompt_set}.log",
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        spec=get_prompt_spec,
+        mirror=get_mirror_arg(),
+    shell:
+        "traitscope prep --spec '{params.spec}' --out {output} {params.mirror} "
+        "--cache-dir results/cache 2> {log}"
