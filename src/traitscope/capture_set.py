@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,6 @@ class CaptureSettings:
     shard_size: int = 512
     storage_dtype: str = "float16"
     compile: str = "auto"  # torch.compile the decoder blocks: "auto" = on GPU only
-    extra: dict = field(default_factory=dict)  # e.g. model and prompt-set hashes
 
     def digest(self) -> str:
         """Hash of the settings that change what is stored (not how fast it is computed)."""
