@@ -44,7 +44,8 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
     ids = torch.tensor([[5, 6, 7, 8]])
     base, _ = load(base_manifest, device="cpu")
     variant, tokenizer = load(manifest, device="cpu")
-    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_folder), adapter_folder).eval()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    expected = PeftModel.from_pretrained(plain, adapter_folder).eval()
     with torch.inference_mode():
         out_variant = variant(input_ids=ids).logits
         assert not torch.allclose(out_variant, base(input_ids=ids).logits)
@@ -78,7 +79,9 @@ def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
     with pytest.raises(TraitscopeError, match=r"no chat template; set models\.bare\.chat_template"):
         load(manifest, device="cpu")
     template = tmp_path / "t.jinja"
-    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] ")
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
+    )
     spec = {"path": str(bare), "chat_template": str(template)}
     _, tokenizer = load(prepare(ModelSpec.from_config("bare", spec), tmp_path / "m2"), device="cpu")
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
