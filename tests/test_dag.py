@@ -33,7 +33,8 @@ def test_dry_run_lists_every_trait_stage(root, profile):
         assert counts[stage] == len(config["traits"]), (stage, counts)
     assert counts["prepare_model"] == 1 and counts["steering_check"] == 1
     assert counts["capture"] == counts["project"] == len(config["captures"])
-    assert counts["prep_prompts"] == len({c["prompt_set"] for c in config["captures"]})
+    assert counts["prep_prompts"] == len(config["prompt_sets"])  # captured sets and their sources
+    assert counts["prefill_analysis"] == int(config["experiments"]["prefill"]["enabled"])
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
 

@@ -42,6 +42,7 @@ def run_dir(root, mirror, tmp_path_factory, smollm2_gguf):
     config.update(traits_dir="traits", traits=TRAITS, data_mirror=str(mirror))
     for spec in config["prompt_sets"].values():
         spec["n"] = 5
+    config["experiments"]["prefill"]["traits"] = ["safety/evil", "safety/refusal"]
     config["extraction"].update(max_new_tokens=12, pairs_per_question=1)
     config["steering_check"].update(max_new_tokens=12)
     (work / "config").mkdir()
@@ -133,3 +134,33 @@ def test_projections_cover_every_prompt_trait_and_chosen_layer(run_dir):
         last = table[table["position"] == "last_prompt"]
         assert len(last) == 5 * len(TRAITS) * len(set(chosen.values()))
         assert last["score"].notna().all() and (last["cosine"].abs() <= 1 + 1e-5).all()
+
+
+def test_prefill_experiment_reports_every_comparison(run_dir):
+    import pandas as pd
+
+    result = json.loads((run_dir / "results/prefill/condition_comparison.json").read_text())
+    conditions = pd.read_parquet(run_dir / "results/prompts/prefill_conditions.parquet")
+    prefill = conditions.loc[conditions["condition"] == "C2", "prefill"].iloc[0]
+    traits = [t for t in ("safety/harm", "safety/refusal", "safety/evil") if t in TRAITS]
+    for key in ("C2_vs_C4", "C1_vs_C2", "C1_vs_C3"):
+        for trait in traits:
+            row = result["comparisons"][key][trait]
+            assert row["n_a"] == row["n_b"] == 5
+            assert row["ci_low"] <= row["cohens_d"] <= row["ci_high"] and row["p_holm"] >= row["p_value"]
+    # the per-token rows of a C2 prompt: the prefill segment spells the prefill exactly
+    table = pd.read_parquet(run_dir / "results/projections/smollm2/prefill_conditions.parquet")
+    c2 = conditions.loc[conditions["condition"] == "C2", "prompt_id"].iloc[0]
+    steps = table[(table["prompt_id"] == c2) & (table["token_index"] >= 0)]
+    assert {"prefill", "response"} <= set(steps["position"])
+    capture = json.loads((run_dir / "results/capture/smollm2/prefill_conditions/capture.json").read_text())
+    tokens = pd.concat(
+        pd.read_parquet(p)
+        for p in (run_dir / "results/capture/smollm2/prefill_conditions").glob("shards-*/*.tokens.parquet")
+    )
+    assert capture["n_prompts"] == len(conditions)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "results/models/smollm2/weights")
+    pre = tokens[(tokens["prompt_id"] == c2) & (tokens["segment"] == "prefill")].sort_values("token_index")
+    assert tok.convert_tokens_to_string(list(pre["token"])) == prefill

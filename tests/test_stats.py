@@ -1,10 +1,26 @@
 """Statistics against sklearn/scipy and hand-computed values."""
 
+import json
+
 import numpy as np
 import pytest
+from scipy.stats import f as f_dist
+from scipy.stats import mannwhitneyu, spearmanr, ttest_ind
+from sklearn.linear_model import LinearRegression
 from sklearn.metrics import roc_auc_score
 
-from traitscope.stats import auc, cohens_d
+from traitscope.stats import (
+    auc,
+    auc_with_ci,
+    bootstrap_ci,
+    cohens_d,
+    compare_groups,
+    first_divergence,
+    holm,
+    interaction_test,
+    spearman,
+    youden_threshold,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -31,3 +47,493 @@ def test_cohens_d_hand_computed():
 def test_cohens_d_zero_variance():
     assert cohens_d([1.0, 1.0], [1.0, 1.0]) == 0.0
     assert cohens_d([2.0, 2.0], [1.0, 1.0]) == np.inf
+
+
+# --- helpers for the comparisons below
+
+
+def _plain_json(result: dict) -> None:
+    """Results go straight into JSON reports: plain Python scalars, no NaN or inf."""
+    json.dumps(result, allow_nan=False)
+    for key, value in result.items():
+        assert type(value) in (int, float, str), (key, type(value))
+
+
+def _mean_diff(a, b):
+    return float(np.mean(a) - np.mean(b))
+
+
+# --- bootstrap_ci
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 50)
+    low, high = bootstrap_ci(a, b, cohens_d, n_boot=1000, seed=3)
+    assert isinstance(low, float) and isinstance(high, float)
+    assert low < cohens_d(a, b) < high
+    assert bootstrap_ci(a, b, cohens_d, n_boot=1000, seed=3) == (low, high)
+    assert bootstrap_ci(a, b, cohens_d, n_boot=1000, seed=4) != (low, high)
+
+
+def test_bootstrap_ci_level_widens_interval():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.5, 1.0, 30), rng.normal(0.0, 1.0, 30)
+    low90, high90 = bootstrap_ci(a, b, _mean_diff, n_boot=2000, level=0.90)
+    low99, high99 = bootstrap_ci(a, b, _mean_diff, n_boot=2000, level=0.99)
+    assert low99 < low90 < high90 < high99
+
+
+def test_bootstrap_ci_width_shrinks_with_n():
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (20, 80, 320):
+        low, high = bootstrap_ci(rng.normal(0.5, 1, n), rng.normal(0, 1, n), cohens_d, n_boot=1000)
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    # CI width of a mean difference scales like 1/sqrt(n): quadrupling n roughly halves it
+    assert widths[2] / widths[0] == pytest.approx(0.25, abs=0.1)
+
+
+def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0.3, 1.0, 100), rng.exponential(1.0, 120)
+    ours = bootstrap_ci(a, b, _mean_diff, n_boot=20000, level=0.9)
+    ref = bootstrap(
+        (a, b),
+        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+        n_resamples=20000,
+        confidence_level=0.9,
+        method="percentile",
+        random_state=np.random.default_rng(9),
+    ).confidence_interval
+    # different random draws: agree to Monte-Carlo error (the CI itself is ~0.4 wide)
+    assert ours == pytest.approx((ref.low, ref.high), abs=0.015)
+
+
+def test_bootstrap_ci_coverage_of_known_shift():
+    rng = np.random.default_rng(11)
+    true_shift, hits, reps = 0.7, 0, 200
+    for rep in range(reps):
+        a, b = rng.normal(true_shift, 1.0, 40), rng.normal(0.0, 1.0, 40)
+        low, high = bootstrap_ci(a, b, _mean_diff, n_boot=400, seed=rep)
+        hits += low <= true_shift <= high
+    assert 0.88 <= hits / reps <= 0.99
+
+
+@pytest.mark.parametrize(
+    "a, b, kwargs, match",
+    [
+        ([1.0], [1.0, 2.0], {}, "at least 2"),
+        ([1.0, 2.0], [], {}, "at least 2"),
+        ([1.0, np.nan], [1.0, 2.0], {}, "NaN"),
+        ([[1.0, 2.0]], [1.0, 2.0], {}, "1-D"),
+        ([1.0, 2.0], [1.0, 2.0], {"level": 1.0}, "level"),
+        ([1.0, 2.0], [1.0, 2.0], {"n_boot": 0}, "n_boot"),
+        # both groups constant: Cohen's d is infinite on every resample
+        ([2.0, 2.0], [1.0, 1.0], {}, "infinite in 2000 of 2000"),
+        # resamples where both groups come out constant make d infinite in ~25% of resamples
+        ([1.0, 2.0], [3.0, 4.0], {}, "CI is not finite"),
+    ],
+)
+def test_bootstrap_ci_rejects_degenerate_input(a, b, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ci(a, b, cohens_d, **kwargs)
+
+
+def test_bootstrap_ci_rejects_nan_statistic():
+    with pytest.raises(ValueError, match="NaN in 100 of 100"):
+        bootstrap_ci([1.0, 2.0], [3.0, 4.0], lambda a, b: float("nan"), n_boot=100)
+
+
+def test_bootstrap_ci_tolerates_rare_infinite_resamples():
+    # n=3: both resamples constant (d = +inf) in ~1% of resamples, above the 97.5th percentile
+    a, b = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
+    idx = np.random.default_rng(0)
+    boot = [
+        cohens_d(a[i], b[j]) for i, j in zip(idx.integers(0, 3, (2000, 3)), idx.integers(0, 3, (2000, 3)))
+    ]
+    assert 0 < np.isinf(boot).mean() < 0.025
+    ordered = np.sort(boot)
+    expected = []
+    for q in (0.025, 0.975):  # numpy's default (linear) quantile, by hand; both neighbours are finite
+        h = q * (len(ordered) - 1)
+        lo = int(np.floor(h))
+        expected.append(ordered[lo] + (h - lo) * (ordered[lo + 1] - ordered[lo]))
+    assert np.isfinite(expected).all()
+    assert bootstrap_ci(a, b, cohens_d) == pytest.approx(tuple(expected))
+
+
+# --- compare_groups
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compare_groups_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0.8, 1.0, 25), rng.normal(0.0, 2.0, 40)
+    result = compare_groups(a, b, n_boot=500, seed=seed)
+    welch = ttest_ind(a, b, equal_var=False)
+    mw = mannwhitneyu(a, b, alternative="two-sided")
+    assert set(result) == {
+        "n_a", "n_b", "mean_a", "mean_b", "cohens_d", "ci_low", "ci_high",
+        "welch_t", "p_value", "mannwhitney_u", "p_mannwhitney", "test",
+    }  # fmt: skip
+    assert (result["n_a"], result["n_b"]) == (25, 40)
+    assert result["mean_a"] == pytest.approx(a.mean())
+    assert result["mean_b"] == pytest.approx(b.mean())
+    assert result["welch_t"] == pytest.approx(welch.statistic)
+    assert result["p_value"] == pytest.approx(welch.pvalue)
+    assert result["mannwhitney_u"] == pytest.approx(mw.statistic)
+    assert result["p_mannwhitney"] == pytest.approx(mw.pvalue)
+    assert result["cohens_d"] == pytest.approx(cohens_d(a, b))
+    assert (result["ci_low"], result["ci_high"]) == bootstrap_ci(a, b, cohens_d, n_boot=500, seed=seed)
+    assert result["ci_low"] < result["cohens_d"] < result["ci_high"]
+    assert result["test"] == "welch_t"
+    _plain_json(result)
+
+
+def test_compare_groups_hand_computed():
+    # Welch: means 4 and 2, var 4 and 1 (n=3): se = sqrt(4/3 + 1/3) = sqrt(5/3); t = 2 / se
+    # U for a: pairs (a > b): 2>1, 4>1, 4>2, 4>3, 6>1, 6>2, 6>3 -> 7 of 9, tie (2, 2) counts half -> 7.5
+    result = compare_groups([2.0, 4.0, 6.0], [1.0, 2.0, 3.0], n_boot=200)
+    assert result["welch_t"] == pytest.approx(2 / np.sqrt(5 / 3))
+    assert result["mannwhitney_u"] == pytest.approx(7.5)
+    assert result["cohens_d"] == pytest.approx(2 / np.sqrt(2.5))
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy's note on a constant sample
+def test_compare_groups_one_constant_group_is_fine():
+    b = np.array([0.0, 0.5, -0.5, 0.2, -0.1, 0.3])
+    result = compare_groups([1.0, 1.0, 1.0, 1.0, 1.0], b, n_boot=300)
+    # Welch with var(a) = 0: t = (1 - mean(b)) / sqrt(var(b) / n_b)
+    assert result["welch_t"] == pytest.approx((1 - b.mean()) / np.sqrt(b.var(ddof=1) / 6))
+    assert result["mannwhitney_u"] == 30.0  # every a beats every b: 5 * 6
+    _plain_json(result)
+
+
+@pytest.mark.parametrize(
+    "a, b, match",
+    [
+        ([1.0], [1.0, 2.0, 3.0], "at least 2"),
+        ([1.0, 2.0, np.nan], [1.0, 2.0, 3.0], "NaN"),
+        ([1.0, 2.0, np.inf], [1.0, 2.0, 3.0], "infinite"),
+        ([3.0, 3.0, 3.0], [1.0, 1.0], "both groups are constant"),
+    ],
+)
+def test_compare_groups_rejects_degenerate_input(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        compare_groups(a, b, n_boot=100)
+
+
+# --- holm
+
+
+def _holm_reference(p):
+    """Textbook Holm: sort, multiply the k-th smallest by (m - k + 1), running max, cap at 1, unsort."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adjusted, running = [0.0] * m, 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_holm_hand_computed():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1, monotone in the raw p-values
+    assert holm([0.3, 0.9, 0.4]) == pytest.approx([0.9, 0.9, 0.9])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([0.2]) == pytest.approx([0.2])
+    assert holm([]) == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_holm_matches_reference_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.uniform(0, 0.2, 15), 2).tolist()  # rounding forces ties
+    adjusted = holm(p)
+    assert adjusted == pytest.approx(_holm_reference(p))
+    assert all(type(x) is float for x in adjusted)
+    order = np.argsort(p, kind="stable")
+    assert np.all(np.diff(np.asarray(adjusted)[order]) >= 0)
+    assert all(raw <= adj <= 1 for raw, adj in zip(p, adjusted))
+
+
+@pytest.mark.parametrize("p", [[0.1, np.nan], [0.1, 1.2], [-0.01], [[0.1, 0.2]]])
+def test_holm_rejects_non_p_values(p):
+    with pytest.raises(ValueError):
+        holm(p)
+
+
+# --- auc_with_ci
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auc_with_ci_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 45)
+    result = auc_with_ci(pos, neg, n_boot=500, seed=seed)
+    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(45)], np.r_[pos, neg])
+    assert result["auc"] == pytest.approx(expected)
+    assert (result["n_pos"], result["n_neg"]) == (30, 45)
+    assert result["ci_low"] < result["auc"] < result["ci_high"] <= 1.0
+    assert (result["ci_low"], result["ci_high"]) == bootstrap_ci(pos, neg, auc, n_boot=500, seed=seed)
+    _plain_json(result)
+
+
+def test_auc_with_ci_perfect_separation_is_stratified():
+    # each resample keeps both classes (stratified), so every bootstrap AUC is exactly 1
+    result = auc_with_ci([5.0, 6.0, 7.0], [1.0, 2.0], n_boot=200)
+    assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
+
+
+def test_auc_with_ci_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        auc_with_ci([1.0], [0.0, 0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        auc_with_ci([1.0, np.nan], [0.0, 0.5])
+
+
+# --- interaction_test
+
+
+def _two_by_two(n_cells, effect, seed=0):
+    """y = a + 2b + effect*a*b + noise, with n_cells[(a, b)] observations per cell."""
+    rng = np.random.default_rng(seed)
+    a = np.concatenate([np.full(n, i) for (i, _), n in n_cells.items()])
+    b = np.concatenate([np.full(n, j) for (_, j), n in n_cells.items()])
+    y = a + 2.0 * b + effect * a * b + rng.normal(0, 1, len(a))
+    return y, a, b
+
+
+def test_interaction_balanced_closed_form():
+    n = 10
+    y, a, b = _two_by_two({(0, 0): n, (0, 1): n, (1, 0): n, (1, 1): n}, effect=0.8, seed=3)
+    m = {(i, j): y[(a == i) & (b == j)].mean() for i in (0, 1) for j in (0, 1)}
+    contrast = m[1, 1] - m[1, 0] - m[0, 1] + m[0, 0]
+    ss_interaction = n * contrast**2 / 4
+    ss_within = sum(((y[(a == i) & (b == j)] - m[i, j]) ** 2).sum() for i, j in m)
+    f_expected = ss_interaction / (ss_within / (4 * n - 4))
+    result = interaction_test(y, a, b)
+    assert result["f"] == pytest.approx(f_expected)
+    assert result["p_value"] == pytest.approx(f_dist.sf(f_expected, 1, 4 * n - 4))
+    assert result["interaction_coef"] == pytest.approx(contrast)
+    assert (result["df_num"], result["df_den"]) == (1, 4 * n - 4)
+    assert result["test"] == "OLS F-test of the a×b interaction (two-way ANOVA)"
+    _plain_json(result)
+
+
+def test_interaction_unbalanced_against_independent_fits():
+    y, a, b = _two_by_two({(0, 0): 7, (0, 1): 12, (1, 0): 5, (1, 1): 9}, effect=1.0, seed=4)
+    # full model = cell means; additive model fitted by sklearn
+    cells = [(a == i) & (b == j) for i in (0, 1) for j in (0, 1)]
+    rss_full = sum(((y[c] - y[c].mean()) ** 2).sum() for c in cells)
+    x = np.column_stack([a, b])
+    rss_additive = ((y - LinearRegression().fit(x, y).predict(x)) ** 2).sum()
+    df_den = len(y) - 4
+    f_expected = (rss_additive - rss_full) / (rss_full / df_den)
+    result = interaction_test(y, a, b)
+    assert result["f"] == pytest.approx(f_expected)
+    assert result["p_value"] == pytest.approx(f_dist.sf(f_expected, 1, df_den))
+    assert result["df_den"] == df_den
+
+
+def test_interaction_zero_vs_planted():
+    # the same noise pattern in every cell: the cell means are exactly additive
+    noise = np.random.default_rng(0).normal(0, 1, 8)
+    a = np.repeat([0, 0, 1, 1], 8)
+    b = np.repeat([0, 1, 0, 1], 8)
+    y = 1.0 + 0.5 * a - 2.0 * b + np.tile(noise, 4)
+    null = interaction_test(y, a, b)
+    assert null["f"] == pytest.approx(0.0, abs=1e-9)
+    assert null["p_value"] > 0.99
+    assert null["interaction_coef"] == pytest.approx(0.0, abs=1e-9)
+    planted = interaction_test(y + 3.0 * a * b, a, b)
+    assert planted["p_value"] < 1e-6
+    assert planted["interaction_coef"] == pytest.approx(3.0)
+
+
+def test_interaction_accepts_bool_factors():
+    y, a, b = _two_by_two({(0, 0): 4, (0, 1): 4, (1, 0): 4, (1, 1): 4}, effect=0.0, seed=5)
+    assert interaction_test(y, a.astype(bool), b.astype(bool)) == interaction_test(y, a, b)
+
+
+def test_interaction_rejects_degenerate_input():
+    y, a, b = _two_by_two({(0, 0): 3, (0, 1): 3, (1, 0): 3, (1, 1): 3}, effect=0.0)
+    with pytest.raises(ValueError, match="coded 0/1"):
+        interaction_test(y, np.where(a == 1, 2, 0), b)
+    with pytest.raises(ValueError, match="coded 0/1"):
+        interaction_test(y, a, np.where(b == 1, np.nan, 0.0))
+    with pytest.raises(ValueError, match="shape"):
+        interaction_test(y[:-1], a, b)
+    with pytest.raises(ValueError, match="at least 2 observations"):
+        interaction_test(y[1:-2], a[1:-2], b[1:-2])  # cell (1, 1) keeps a single row
+    with pytest.raises(ValueError, match="at least 2 observations"):
+        interaction_test(y, np.zeros_like(a), b)  # factor a has one level: cells a=1 are empty
+    with pytest.raises(ValueError, match="constant within every cell"):
+        interaction_test(a + 2.0 * b, a, b)
+    with pytest.raises(ValueError, match="NaN"):
+        interaction_test(np.where(a == 0, np.nan, y), a, b)
+
+
+# --- first_divergence
+
+
+def _planted_trajectories(diverge_at=5, width=12, n=30, shift=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    traj_a = rng.normal(0, 1, (n, width))
+    traj_b = traj_a[rng.permutation(n)].copy()  # identical column distributions...
+    traj_b[:, diverge_at:] = rng.normal(shift, 1, (n, width - diverge_at))  # ...until here
+    return traj_a, traj_b
+
+
+def test_first_divergence_planted():
+    traj_a, traj_b = _planted_trajectories(diverge_at=5)
+    assert first_divergence(traj_a, traj_b) == 5
+    assert first_divergence(traj_b, traj_a) == 5
+    assert first_divergence(traj_a, traj_b, min_run=7) == 5
+    assert first_divergence(traj_a, traj_b, min_run=8) is None  # only 7 positions remain
+
+
+def test_first_divergence_identical_distributions():
+    rng = np.random.default_rng(1)
+    traj = rng.normal(0, 1, (25, 10))
+    assert first_divergence(traj, traj[::-1]) is None
+    assert first_divergence(rng.normal(0, 1, (25, 10)), rng.normal(0, 1, (30, 10))) is None
+
+
+def test_first_divergence_min_run_skips_blips():
+    traj_a, traj_b = _planted_trajectories(diverge_at=7, width=14, seed=2)
+    traj_b[:, 2] += 5.0  # a single-position blip
+    assert first_divergence(traj_a, traj_b) == 2
+    assert first_divergence(traj_a, traj_b, min_run=2) == 7
+    assert first_divergence(traj_a, traj_b, min_run=3) == 7
+
+
+def test_first_divergence_applies_holm_across_positions():
+    rng = np.random.default_rng(3)
+    traj_a = rng.normal(0, 1, (20, 20))
+    traj_b = traj_a[rng.permutation(20)].copy()
+    col_a = np.linspace(-1, 1, 20)
+    traj_a[:, 4], traj_b[:, 4] = col_a, col_a + 0.5
+    p_raw = ttest_ind(traj_a[:, 4], traj_b[:, 4], equal_var=False).pvalue
+    assert 0.05 / 20 < p_raw < 0.05  # nominally significant, not after correcting 20 positions
+    assert first_divergence(traj_a, traj_b) is None
+    assert first_divergence(traj_a[:, 4:5], traj_b[:, 4:5]) == 0  # a single test needs no correction
+
+
+def test_first_divergence_ragged_with_nan():
+    traj_a, traj_b = _planted_trajectories(diverge_at=5, width=12, n=30, seed=4)
+    traj_a[:10, 8:] = np.nan  # a third of the prompts end early
+    traj_b[::3, 9:] = np.nan
+    assert first_divergence(traj_a, traj_b) == 5
+    # position 5 keeps a single non-NaN value in group a: skipped, so divergence starts at 6
+    traj_a[1:, 5] = np.nan
+    assert first_divergence(traj_a, traj_b) == 6
+    # the groups may span different widths: the wider one's extra positions are untestable
+    assert first_divergence(traj_a[:, :8], traj_b) == 6
+    assert first_divergence(traj_a, traj_b[:, :5]) is None
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy's note on constant columns
+def test_first_divergence_skips_constant_equal_columns():
+    traj_a, traj_b = _planted_trajectories(diverge_at=5, width=8, seed=5)
+    traj_a[:, 5] = traj_b[:, 5] = 0.0  # nothing to test at 5 (Welch t is 0/0)
+    assert first_divergence(traj_a, traj_b) == 6
+    with pytest.raises(ValueError, match="no position"):
+        first_divergence(np.zeros((5, 3)), np.zeros((4, 3)))
+
+
+def test_first_divergence_rejects_degenerate_input():
+    traj = np.random.default_rng(0).normal(0, 1, (10, 6))
+    with pytest.raises(ValueError, match="2-D"):
+        first_divergence(traj[:, 0], traj[:, 1])
+    with pytest.raises(ValueError, match="no position"):
+        first_divergence(traj[:1], traj)
+    with pytest.raises(ValueError, match="no position"):
+        first_divergence(np.full((5, 3), np.nan), traj)
+    with pytest.raises(ValueError, match="infinite"):
+        first_divergence(np.where(traj > 1, np.inf, traj), traj)
+    with pytest.raises(ValueError, match="alpha"):
+        first_divergence(traj, traj, alpha=0.0)
+    with pytest.raises(ValueError, match="min_run"):
+        first_divergence(traj, traj, min_run=0)
+
+
+# --- youden_threshold
+
+
+def test_youden_threshold_hand_computed():
+    # at 0.7: 3 of 4 positives and 0 of 3 negatives score >= 0.7 -> J = 0.75;
+    # next best at 0.4: TPR 1, FPR 1/3 -> J = 2/3
+    result = youden_threshold([0.9, 0.8, 0.7, 0.4], [0.6, 0.3, 0.2])
+    assert result == pytest.approx({"threshold": 0.7, "tpr": 0.75, "fpr": 0.0, "j": 0.75})
+    _plain_json(result)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_youden_threshold_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    pos = np.round(rng.normal(1.0, 1.0, 40), 1)  # rounding forces tied scores
+    neg = np.round(rng.normal(0.0, 1.0, 35), 1)
+    best_j = max((pos >= t).mean() - (neg >= t).mean() for t in np.r_[pos, neg])
+    result = youden_threshold(pos, neg)
+    t = result["threshold"]
+    assert result["tpr"] == pytest.approx((pos >= t).mean())
+    assert result["fpr"] == pytest.approx((neg >= t).mean())
+    assert result["j"] == pytest.approx(best_j)
+    assert result["j"] == pytest.approx(result["tpr"] - result["fpr"])
+
+
+def test_youden_threshold_no_separation_is_finite():
+    result = youden_threshold([1.0, 2.0], [1.0, 2.0])
+    assert np.isfinite(result["threshold"])
+    assert result["j"] == pytest.approx(0.0)
+
+
+def test_youden_threshold_rejects_degenerate_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        youden_threshold([1.0, 2.0], [0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        youden_threshold([1.0, np.nan], [0.5, 0.1])
+
+
+# --- spearman
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spearman_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 6, 40).astype(float)  # ties
+    y = x + rng.normal(0, 2, 40)
+    expected = spearmanr(x, y)
+    result = spearman(x, y)
+    assert result["rho"] == pytest.approx(expected.statistic)
+    assert result["p_value"] == pytest.approx(expected.pvalue)
+    assert result["n"] == 40
+    _plain_json(result)
+
+
+def test_spearman_hand_computed():
+    assert spearman([1, 2, 3, 4, 5], [1, 8, 27, 64, 125])["rho"] == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])["rho"] == pytest.approx(-1.0)
+    # ranks x = 1..4, y = 2, 1, 4, 3: d^2 = 1+1+1+1 -> rho = 1 - 6*4 / (4*15) = 0.6
+    assert spearman([1, 2, 3, 4], [20, 10, 40, 30])["rho"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    "x, y, match",
+    [
+        ([1.0, 2.0], [2.0, 1.0], "at least 3"),
+        ([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0], "pair up"),
+        ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0], "constant"),
+        ([1.0, 2.0, np.nan], [1.0, 2.0, 3.0], "NaN"),
+    ],
+)
+def test_spearman_rejects_degenerate_input(x, y, match):
+    with pytest.raises(ValueError, match=match):
+        spearman(x, y)

@@ -102,6 +102,12 @@ def _project(a: argparse.Namespace) -> None:
     project_capture(a.capture, traits, a.variant, a.out)
 
 
+def _prefill_analysis(a: argparse.Namespace) -> None:
+    from traitscope.prefill import analyse
+
+    analyse(a.projections, a.conditions, a.traits, a.out, a.grid_png, a.trajectory_png, a.n_boot, a.seed)
+
+
 def _validate_config(a: argparse.Namespace) -> None:
     from traitscope.config import load_config
 
@@ -223,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trait's name, vectors.safetensors and evaluation.json (repeat per trait)",
     )
     p.add_argument("--out", required=True, help="projections Parquet")
+
+    p = add("prefill-analysis", _prefill_analysis, "prefill attack: 2x2 statistics and trajectories")
+    p.add_argument("--projections", required=True)
+    p.add_argument("--conditions", required=True, help="the conditions prompt set (Parquet)")
+    p.add_argument("--traits", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="condition_comparison.json")
+    p.add_argument("--grid-png", required=True)
+    p.add_argument("--trajectory-png", required=True)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("validate-config", _validate_config, "check a config file against the schema")
     p.add_argument("config")

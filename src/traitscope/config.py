@@ -54,6 +54,27 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         )
     for name in config["traits"]:
         load_trait(trait_path(traits_dir, name), name)
+    sets = config.get("prompt_sets") or {}
+    for name, spec in sets.items():
+        if spec["dataset"] == "conditions":
+            for key in ("harmful", "harmless"):
+                if spec.get(key) not in sets:
+                    raise TraitscopeError(
+                        f"prompt_sets.{name}.{key}: {spec.get(key)!r} is not a defined prompt set"
+                    )
+    prefill = (config.get("experiments") or {}).get("prefill") or {}
+    if prefill.get("enabled"):
+        if sets.get(prefill.get("prompt_set"), {}).get("dataset") != "conditions":
+            raise TraitscopeError(
+                "experiments.prefill.prompt_set must name a prompt set with dataset: conditions"
+            )
+        if prefill.get("variant") not in config["models"]:
+            raise TraitscopeError(
+                f"experiments.prefill.variant {prefill.get('variant')!r} is not under models:"
+            )
+        unknown = [t for t in prefill.get("traits", []) if t not in config["traits"]]
+        if unknown:
+            raise TraitscopeError(f"experiments.prefill.traits: {', '.join(unknown)} not in traits:")
     for i, capture in enumerate(config.get("captures") or []):
         if capture["variant"] not in config["models"]:
             raise TraitscopeError(

@@ -19,6 +19,17 @@ from traitscope.io import write_parquet
 LOADERS = ("harmbench", "advbench", "refusal_direction", "beavertails", "emergent_misalignment", "parquet")
 
 
+def read_prompt_table(path: str | Path) -> pd.DataFrame:
+    """A prepared prompt set with a `prompt` column (the input of derived sets)."""
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise TraitscopeError(f"{path}: cannot read prompt set ({exc}); rerun prep") from None
+    if "prompt" not in table.columns:
+        raise TraitscopeError(f"{path}: needs a 'prompt' column")
+    return table
+
+
 def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> pd.DataFrame:
     """Rows in the prompt-set schema for one `prompt_sets:` entry."""
     dataset = spec.get("dataset")
@@ -45,6 +56,49 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     return loaders.load_em_questions(path)
 
 
+def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list[str]) -> pd.DataFrame:
+    """The prefill attack's conditions: harmful / benign prompts, without and with each prefill.
+
+    C1 harmful, C2 harmful + prefill, C3 benign, C4 benign + prefill; the benign set is
+    matched in count to the harmful one. With several prefills, C2 and C4 repeat per prefill.
+    """
+    if not prefills:
+        raise TraitscopeError("prefill conditions: give at least one prefill")
+    n = min(len(harmful), len(harmless))
+    if n < 2:
+        raise TraitscopeError(f"prefill conditions: need >= 2 harmful and harmless prompts, have {n}")
+    rows = []
+    for kind, table in (("harmful", harmful.head(n)), ("benign", harmless.head(n))):
+        none, with_prefill = ("C1", "C2") if kind == "harmful" else ("C3", "C4")
+        for r in table.itertuples():
+            base = {
+                "prompt": r.prompt,
+                "source": r.source,
+                "category": r.category,
+                "label": int(kind == "harmful"),
+            }
+            rows.append(
+                {
+                    **base,
+                    "prompt_id": f"{none}:{r.prompt_id}",
+                    "condition": none,
+                    "prefill": "",
+                    "prefill_index": -1,
+                }
+            )
+            for i, prefill in enumerate(prefills):
+                rows.append(
+                    {
+                        **base,
+                        "prompt_id": f"{with_prefill}:p{i}:{r.prompt_id}",
+                        "condition": with_prefill,
+                        "prefill": prefill,
+                        "prefill_index": i,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def prepare_prompt_set(
     spec: dict[str, Any],
     out: str | Path,
@@ -52,6 +106,11 @@ def prepare_prompt_set(
     cache_dir: str | Path = "results/cache",
 ) -> pd.DataFrame:
     """Load, sample (seeded) and decorate (system prompt, prefill) one prompt set."""
+    if spec["dataset"] == "conditions":
+        parts = [read_prompt_table(p) for p in (spec["harmful_path"], spec["harmless_path"])]
+        table = conditions_2x2(*parts, spec.get("prefills") or [])
+        write_parquet(out, table)
+        return table
     table = load_source(spec, data_mirror, cache_dir)
     n = spec.get("n")
     if n is not None and n < len(table):

@@ -41,6 +41,8 @@ def get_final_output():
         ]
     out.append(f"results/traits/{BASE}/summary.json")
     out += [f"results/projections/{v}/{p}.parquet" for v, p in get_captures()]
+    if config["experiments"]["prefill"]["enabled"]:
+        out += PREFILL_OUTPUTS
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
@@ -92,13 +94,20 @@ def get_captures():
     return [(c["variant"], c["prompt_set"]) for c in config["captures"]]
 
 
-def get_prompt_spec(wildcards):
+def get_prep_inputs(wildcards):
+    """A derived prompt set (the prefill conditions) is built from two prepared sets."""
+    spec = config["prompt_sets"][wildcards.prompt_set]
+    if spec["dataset"] != "conditions":
+        return []
+    return [f"results/prompts/{spec[k]}.parquet" for k in ("harmful", "harmless")]
+
+
+def get_prompt_spec(wildcards, input):
     """The prompt set's entry (without capture overrides) as JSON, for `traitscope prep`."""
-    spec = {
-        k: v
-        for k, v in config["prompt_sets"][wildcards.prompt_set].items()
-        if k != "capture"
-    }
+    entry = config["prompt_sets"][wildcards.prompt_set]
+    spec = {k: v for k, v in entry.items() if k != "capture"}
+    if spec["dataset"] == "conditions":
+        spec.update(harmful_path=input[0], harmless_path=input[1])
     return json.dumps(spec, sort_keys=True)
 
 
@@ -148,3 +157,19 @@ def get_project_traits(wildcards, input):
         f"--trait {t} {v} {e}"
         for t, v, e in zip(config["traits"], input.vectors, input.evaluations)
     )
+
+
+PREFILL_OUTPUTS = [
+    "results/prefill/condition_comparison.json",
+    "results/prefill/2x2_grid.png",
+    "results/prefill/trajectory_divergence.png",
+]
+
+
+def get_prefill_inputs(wildcards):
+    """The conditions set, its projections on the experiment's variant, and nothing else."""
+    exp = config["experiments"]["prefill"]
+    return {
+        "conditions": f"results/prompts/{exp['prompt_set']}.parquet",
+        "projections": f"results/projections/{exp['variant']}/{exp['prompt_set']}.parquet",
+    }

@@ -18,5 +18,5 @@ rule prepare_model:
             "--base-manifest", input.base[0] if input.base else None
         ),
     shell:
-        "traitscope prepare-model --variant {wildcards.model} --spec '{params.spec}' "
+        "traitscope prepare-model --variant {wildcards.model} --spec {params.spec:q} "
         "--out results/models/{wildcards.model} {params.base} 2> {log}"

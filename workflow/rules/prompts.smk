@@ -1,4 +1,6 @@
 rule prep_prompts:
+    input:
+        get_prep_inputs,
     output:
         "results/prompts/{prompt_set}.parquet",
     log:
@@ -9,8 +11,8 @@ rule prep_prompts:
     resources:
         mem_mb=4000,
     params:
-        spec=get_prompt_spec,
+        spec=lambda wildcards, input: get_prompt_spec(wildcards, input),
         mirror=get_mirror_arg(),
     shell:
-        "traitscope prep --spec '{params.spec}' --out {output} {params.mirror} "
+        "traitscope prep --spec {params.spec:q} --out {output} {params.mirror} "
         "--cache-dir results/cache 2> {log}"

@@ -1,0 +1,147 @@
+"""Prefill attack: the 2x2 conditions and the analysis on planted effects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from traitscope.errors import TraitscopeError
+from traitscope.prefill import analyse
+from traitscope.prep import conditions_2x2
+
+PREFILL = "Sure, I'd be happy to help with that. Here's"
+
+
+def prompt_table(kind: str, n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt_id": [f"{kind}-{i}" for i in range(n)],
+            "prompt": [f"{kind} request {i}" for i in range(n)],
+            "source": kind,
+            "category": None,
+            "label": int(kind == "harmful"),
+            "meta": "{}",
+        }
+    )
+
+
+def test_conditions_are_matched_and_prefilled():
+    table = conditions_2x2(prompt_table("harmful", 6), prompt_table("benign", 4), [PREFILL, "Okay."])
+    counts = table["condition"].value_counts().to_dict()
+    assert counts == {"C1": 4, "C3": 4, "C2": 8, "C4": 8}  # matched in count; C2/C4 once per prefill
+    assert set(table.loc[table["condition"].isin(["C1", "C3"]), "prefill"]) == {""}
+    assert set(table.loc[table["condition"] == "C2", "prefill"]) == {PREFILL, "Okay."}
+    assert table["prompt_id"].is_unique
+    assert (table.loc[table["condition"].isin(["C1", "C2"]), "label"] == 1).all()
+    with pytest.raises(TraitscopeError, match="at least one prefill"):
+        conditions_2x2(prompt_table("harmful", 3), prompt_table("benign", 3), [])
+
+
+def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
+    """Projections with a planted C2-vs-C4 effect from step `diverge_at` on, for one trait."""
+    rng = np.random.default_rng(seed)
+    conditions = conditions_2x2(prompt_table("harmful", n), prompt_table("benign", n), [PREFILL])
+    rows = []
+    for r in conditions.itertuples():
+        effect = shift if r.condition == "C2" else 0.0
+        base = {
+            "prompt_id": r.prompt_id,
+            "variant": "m",
+            "trait": "safety/harm",
+            "layer": 5,
+            "cosine": 0.0,
+            "chosen_layer": True,
+        }
+        for position, value in (
+            ("last_prompt", rng.normal()),
+            ("prefill_mean", rng.normal() + effect),
+            ("response_mean", rng.normal() + effect + (r.condition in ("C1", "C2"))),
+        ):
+            if position == "prefill_mean" and not r.prefill:
+                continue
+            rows.append({**base, "position": position, "token_index": -1, "score": value})
+        for step in range(steps):
+            value = rng.normal() + (effect * 3 if step >= diverge_at else 0.0)
+            rows.append({**base, "position": "prefill", "token_index": 40 + step, "score": value})
+        rows.append(
+            {
+                **base,
+                "layer": 9,
+                "chosen_layer": False,
+                "position": "last_prompt",
+                "token_index": -1,
+                "score": 100.0,
+            }
+        )  # other layers must be ignored
+    projections = pd.DataFrame(rows)
+    projections.to_parquet(tmp_path / "proj.parquet")
+    conditions.to_parquet(tmp_path / "cond.parquet")
+    return projections, conditions
+
+
+def test_analysis_matches_scipy_on_planted_effects(tmp_path):
+    projections, conditions = synthetic(tmp_path)
+    result = analyse(
+        tmp_path / "proj.parquet",
+        tmp_path / "cond.parquet",
+        ["safety/harm"],
+        tmp_path / "out.json",
+        tmp_path / "grid.png",
+        tmp_path / "traj.png",
+        n_boot=500,
+    )
+    assert json.loads((tmp_path / "out.json").read_text()) == json.loads(json.dumps(result))
+    merged = projections.merge(conditions[["prompt_id", "condition"]], on="prompt_id")
+    merged = merged[merged["chosen_layer"] & (merged["token_index"] == -1)]
+
+    def scores(condition, position):
+        sel = (merged["condition"] == condition) & (merged["position"] == position)
+        return merged.loc[sel, "score"].to_numpy()
+
+    key = result["comparisons"]["C2_vs_C4"]["safety/harm"]
+    a, b = scores("C2", "prefill_mean"), scores("C4", "prefill_mean")
+    pooled_sd = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+    assert key["cohens_d"] == pytest.approx((a.mean() - b.mean()) / pooled_sd)
+    assert key["p_value"] == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    assert key["n_a"] == key["n_b"] == 12 and key["ci_low"] < key["cohens_d"] < key["ci_high"]
+    assert result["comparisons"]["C1_vs_C3"]["safety/harm"]["position"] == "last_prompt"
+    ps = [result["comparisons"][k]["safety/harm"]["p_value"] for k in ("C2_vs_C4", "C1_vs_C2", "C1_vs_C3")]
+    holm = [result["comparisons"][k]["safety/harm"]["p_holm"] for k in ("C2_vs_C4", "C1_vs_C2", "C1_vs_C3")]
+    order = np.argsort(ps)
+    expected = np.maximum.accumulate([min(1.0, (3 - i) * ps[j]) for i, j in enumerate(order)])
+    assert np.allclose(np.array(holm)[order], expected)
+    assert result["trajectory_divergence"]["safety/harm"]["first_step"] == 3
+    assert result["interaction"]["safety/harm"]["df_den"] == 4 * 12 - 4
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_divergence_without_an_effect(tmp_path):
+    synthetic(tmp_path, shift=0.0, n=10, seed=3)
+    result = analyse(
+        tmp_path / "proj.parquet",
+        tmp_path / "cond.parquet",
+        ["safety/harm"],
+        tmp_path / "o.json",
+        tmp_path / "g.png",
+        tmp_path / "t.png",
+        n_boot=200,
+    )
+    assert result["trajectory_divergence"]["safety/harm"]["first_step"] is None
+
+
+def test_unknown_trait_is_a_clear_error(tmp_path):
+    synthetic(tmp_path, n=4)
+    with pytest.raises(TraitscopeError, match="no projections for trait"):
+        analyse(
+            tmp_path / "proj.parquet",
+            tmp_path / "cond.parquet",
+            ["safety/evil"],
+            tmp_path / "o.json",
+            tmp_path / "g.png",
+            tmp_path / "t.png",
+        )
+    assert not (tmp_path / "o.json").exists()
