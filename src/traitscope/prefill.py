@@ -167,7 +167,7 @@ def _trajectory_figure(traj: pd.DataFrame, traits: list[str], divergence: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(traits), figsize=(4.5 * len(traits), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(traits), figsize=(5 * len(traits), 3.8), squeeze=False)
     colors = {"C1": "tab:orange", "C2": "tab:red", "C3": "tab:cyan", "C4": "tab:blue"}
     for ax, trait in zip(axes[0], traits):
         t = traj[traj["trait"] == trait]
@@ -181,14 +181,22 @@ def _trajectory_figure(traj: pd.DataFrame, traits: list[str], divergence: dict):
             half = np.array([s[1] for s in stats])
             ax.plot(steps, mean, color=colors[condition], label=condition)
             ax.fill_between(steps, mean - half, mean + half, color=colors[condition], alpha=0.15)
+        pre = t.loc[t["position"] == "prefill", "step"]
+        if len(pre):
+            ax.axvspan(
+                pre.min() - 0.5, pre.max() + 0.5, color="grey", alpha=0.12, label="prefill tokens (C2, C4)"
+            )
         first = divergence[trait]["first_step"]
         if first is not None:
             ax.axvline(first, color="k", ls="--", lw=1, label=f"C2/C4 diverge at {first}")
-        ax.set_xlabel("token step (0 = last prompt token, then prefill, then generated)")
+        ax.set_xlabel("token step (0 = last prompt token)")
         ax.set_ylabel("projection (activation units)")
         ax.set_title(trait)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Per-token trait score, mean and 95% CI per condition")
+    fig.suptitle(
+        "Per-token trait score at each trait's chosen layer: mean and 95% CI per condition "
+        "(C1 harmful, C2 harmful+prefill, C3 benign, C4 benign+prefill; then generated tokens)"
+    )
     fig.tight_layout()
     return fig
