@@ -43,6 +43,13 @@ def run_dir(root, mirror, tmp_path_factory, smollm2_gguf):
     for spec in config["prompt_sets"].values():
         spec["n"] = 5
     config["experiments"]["prefill"]["traits"] = ["safety/evil", "safety/refusal"]
+    config["experiments"]["external"]["traits"] = ["safety/evil", "safety/refusal"]
+    # BeaverTails through the checkpoint: a small file of its exact schema, 3 rows per group
+    from test_external import beavertails_jsonl
+
+    beavertails_jsonl(work / "bt.jsonl", per_category=3, n_safe=4)
+    config["prompt_sets"]["bt"] = {"dataset": "beavertails", "path": "bt.jsonl"}
+    config["experiments"]["external"]["beavertails"] = {"prompt_set": "bt", "n_per_category": 3, "seed": 0}
     config["extraction"].update(max_new_tokens=12, pairs_per_question=1)
     config["steering_check"].update(max_new_tokens=12)
     (work / "config").mkdir()
@@ -164,3 +171,39 @@ def test_prefill_experiment_reports_every_comparison(run_dir):
     tok = AutoTokenizer.from_pretrained(run_dir / "results/models/smollm2/weights")
     pre = tokens[(tokens["prompt_id"] == c2) & (tokens["segment"] == "prefill")].sort_values("token_index")
     assert tok.convert_tokens_to_string(list(pre["token"])) == prefill
+
+
+def test_harmbench_auc_is_recomputed_from_projections(run_dir):
+    import pandas as pd
+
+    result = json.loads((run_dir / "results/external_datasets/harmbench_results.json").read_text())
+    proj = run_dir / "results/projections/smollm2"
+    for trait in ("safety/evil", "safety/refusal"):
+        scores = []
+        for name in ("harmbench_val", "harmless_val"):
+            t = pd.read_parquet(proj / f"{name}.parquet")
+            t = t[(t["trait"] == trait) & t["chosen_layer"] & (t["position"] == "last_prompt")]
+            scores.append(t["score"].to_numpy())
+        labels = np.r_[np.ones(len(scores[0])), np.zeros(len(scores[1]))]
+        auc = result["traits"][trait]["auc"]
+        assert auc["auc"] == pytest.approx(roc_auc_score(labels, np.r_[scores[0], scores[1]]))
+        assert auc["n_pos"] == auc["n_neg"] == 5 and auc["ci_low"] <= auc["auc"] <= auc["ci_high"]
+    failures = json.loads((run_dir / "results/external_datasets/failure_cases.json").read_text())
+    assert set(failures["harmbench"]) == {"safety/evil", "safety/refusal"}
+
+
+def test_beavertails_groups_run_through_capture_and_analysis(run_dir):
+    import pandas as pd
+
+    result = json.loads((run_dir / "results/external_datasets/beavertails_results.json").read_text())
+    assert len(result["categories"]) == 14 and result["n_safe"] == 3
+    groups = sorted((run_dir / "results/prompts/beavertails_groups").glob("*.parquet"))
+    assert len(groups) == 15
+    scores = {}
+    for g in groups:
+        t = pd.read_parquet(run_dir / f"results/projections/smollm2/bt-{g.stem}.parquet")
+        t = t[(t["trait"] == "safety/evil") & t["chosen_layer"] & (t["position"] == "prefill_mean")]
+        scores.update({(g.stem == "safe", pid): s for pid, s in zip(t["prompt_id"], t["score"])})
+    labels = np.array([0 if safe else 1 for safe, _ in scores])
+    expected = roc_auc_score(labels, np.array(list(scores.values())))
+    assert result["overall"]["safety/evil"]["auc"] == pytest.approx(expected)

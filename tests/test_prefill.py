@@ -145,3 +145,60 @@ def test_unknown_trait_is_a_clear_error(tmp_path):
             tmp_path / "t.png",
         )
     assert not (tmp_path / "o.json").exists()
+
+
+def test_advbench_from_the_hub_uses_the_original_layout(tmp_path, monkeypatch, mirror):
+    """The hub path (walledai/AdvBench: prompt, target) gives the same rows as the CSV copy."""
+    import sys
+    import types
+
+    from traitscope.loaders import load_advbench
+    from traitscope.prep import load_source
+
+    copy = load_advbench(mirror / "advbench" / "advbench_behaviors.csv")
+    hub_rows = pd.DataFrame({"prompt": copy["prompt"], "target": "Sure, here is"})
+
+    class Split:
+        def to_pandas(self):
+            return hub_rows
+
+    fake = types.SimpleNamespace(load_dataset=lambda hub_id, split: Split())
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    table = load_source({"dataset": "advbench", "hub": "walledai/AdvBench"}, None, tmp_path)
+    assert table["prompt"].tolist() == copy["prompt"].tolist()
+    assert table["prompt_id"].tolist() == copy["prompt_id"].tolist()
+
+
+def test_several_prefills_get_their_own_key_comparison(tmp_path):
+    conditions = conditions_2x2(prompt_table("harmful", 6), prompt_table("benign", 6), [PREFILL, "Okay."])
+    rng = np.random.default_rng(1)
+    rows = []
+    for r in conditions.itertuples():
+        base = {
+            "prompt_id": r.prompt_id,
+            "variant": "m",
+            "trait": "safety/harm",
+            "layer": 5,
+            "cosine": 0.0,
+            "chosen_layer": True,
+            "token_index": -1,
+        }
+        shift = 3.0 if (r.condition == "C2" and r.prefill_index == 1) else 0.0
+        for position in ("last_prompt", "response_mean") + (("prefill_mean",) if r.prefill else ()):
+            rows.append({**base, "position": position, "score": rng.normal() + shift})
+        for step in range(3):
+            rows.append({**base, "position": "prefill", "token_index": step, "score": rng.normal()})
+    pd.DataFrame(rows).to_parquet(tmp_path / "proj.parquet")
+    conditions.to_parquet(tmp_path / "cond.parquet")
+    result = analyse(
+        tmp_path / "proj.parquet",
+        tmp_path / "cond.parquet",
+        ["safety/harm"],
+        tmp_path / "o.json",
+        tmp_path / "g.png",
+        tmp_path / "t.png",
+        n_boot=200,
+    )
+    by = result["C2_vs_C4_by_prefill"]
+    assert set(by) == {"0", "1"} and by["1"]["safety/harm"]["n_a"] == 6
+    assert by["1"]["safety/harm"]["cohens_d"] > by["0"]["safety/harm"]["cohens_d"] + 1

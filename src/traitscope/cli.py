@@ -108,6 +108,40 @@ def _prefill_analysis(a: argparse.Namespace) -> None:
     analyse(a.projections, a.conditions, a.traits, a.out, a.grid_png, a.trajectory_png, a.n_boot, a.seed)
 
 
+def _split_beavertails(a: argparse.Namespace) -> None:
+    from traitscope.external import split_beavertails
+
+    split_beavertails(a.prompts, a.out_dir, a.n_per_category, a.seed)
+
+
+def _external_analysis(a: argparse.Namespace) -> None:
+    from traitscope.external import run
+
+    harmbench = None
+    if a.harmbench_harmful:
+        harmbench = {
+            "harmful_proj": a.harmbench_harmful,
+            "harmless_proj": a.harmbench_harmless,
+            "harmful_prompts": a.harmbench_prompts,
+        }
+    beavertails = None
+    if a.beavertails_group:
+        beavertails = {
+            "proj_by_group": {g: [p] for g, p, _ in a.beavertails_group},
+            "prompts_by_group": {g: q for g, _, q in a.beavertails_group},
+        }
+    run(
+        a.out_dir,
+        a.traits,
+        a.position_harmbench,
+        a.position_beavertails,
+        harmbench,
+        beavertails,
+        a.n_boot,
+        a.seed,
+    )
+
+
 def _validate_config(a: argparse.Namespace) -> None:
     from traitscope.config import load_config
 
@@ -237,6 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="condition_comparison.json")
     p.add_argument("--grid-png", required=True)
     p.add_argument("--trajectory-png", required=True)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("split-beavertails", _split_beavertails, "one prompt set per BeaverTails harm category + safe")
+    p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--n-per-category", type=int, default=None, help="seeded sample per group (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("external-analysis", _external_analysis, "HarmBench and BeaverTails harm-detection statistics")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--traits", nargs="+", required=True)
+    p.add_argument("--harmbench-harmful", nargs="*", default=[], help="projections of HarmBench behaviours")
+    p.add_argument("--harmbench-harmless", nargs="*", default=[], help="projections of harmless controls")
+    p.add_argument("--harmbench-prompts", default=None, help="the HarmBench prompt set (for categories)")
+    p.add_argument(
+        "--beavertails-group",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("GROUP", "PROJECTIONS", "PROMPTS"),
+        help="one BeaverTails group (repeat)",
+    )
+    p.add_argument("--position-harmbench", default="last_prompt")
+    p.add_argument("--position-beavertails", default="prefill_mean")
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
 

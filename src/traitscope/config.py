@@ -75,6 +75,23 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         unknown = [t for t in prefill.get("traits", []) if t not in config["traits"]]
         if unknown:
             raise TraitscopeError(f"experiments.prefill.traits: {', '.join(unknown)} not in traits:")
+    external = (config.get("experiments") or {}).get("external") or {}
+    if external.get("enabled"):
+        where = "experiments.external"
+        if external.get("variant") not in config["models"]:
+            raise TraitscopeError(f"{where}.variant {external.get('variant')!r} is not under models:")
+        hb = external.get("harmbench")
+        named = [hb["harmful"], hb["harmless"]] if hb else []
+        if external.get("beavertails"):
+            bt = external["beavertails"]["prompt_set"]
+            if sets.get(bt, {}).get("dataset") != "beavertails":
+                raise TraitscopeError(f"{where}.beavertails.prompt_set {bt!r}: needs dataset: beavertails")
+        for name in named:
+            if name not in sets:
+                raise TraitscopeError(f"experiments.external.harmbench: prompt set {name!r} is not defined")
+        unknown = [t for t in external.get("traits", []) if t not in config["traits"]]
+        if unknown:
+            raise TraitscopeError(f"experiments.external.traits: {', '.join(unknown)} not in traits:")
     for i, capture in enumerate(config.get("captures") or []):
         if capture["variant"] not in config["models"]:
             raise TraitscopeError(

@@ -90,6 +90,20 @@ def analyse(
     flat = [(k, t) for k in comparisons for t in comparisons[k]]
     for (k, t), p in zip(flat, holm([comparisons[k][t]["p_value"] for k, t in flat])):
         comparisons[k][t]["p_holm"] = p
+    by_prefill: dict[str, dict] = {}
+    prefills = sorted(i for i in pooled["prefill_index"].unique() if i >= 0)
+    if len(prefills) > 1:  # the key comparison once per prefill (pooled above)
+        for i in prefills:
+            rows = pooled[(pooled["prefill_index"] == i) & (pooled["position"] == "prefill_mean")]
+            by_prefill[str(i)] = {
+                trait: compare_groups(
+                    rows.loc[(rows["trait"] == trait) & (rows["condition"] == "C2"), "score"].to_numpy(),
+                    rows.loc[(rows["trait"] == trait) & (rows["condition"] == "C4"), "score"].to_numpy(),
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+                for trait in traits
+            }
     interaction = {}
     for trait in traits:
         rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == "response_mean")]
@@ -113,6 +127,7 @@ def analyse(
         "prefills": sorted(set(conditions.loc[conditions["prefill"] != "", "prefill"])),
         "comparisons": comparisons,
         "correction": "Holm across traits and comparisons",
+        "C2_vs_C4_by_prefill": by_prefill,
         "interaction": interaction,
         "trajectory_divergence": divergence,
     }

@@ -15,19 +15,9 @@ import pandas as pd
 from traitscope import loaders, sources
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
+from traitscope.prompts import read_prompt_set
 
 LOADERS = ("harmbench", "advbench", "refusal_direction", "beavertails", "emergent_misalignment", "parquet")
-
-
-def read_prompt_table(path: str | Path) -> pd.DataFrame:
-    """A prepared prompt set with a `prompt` column (the input of derived sets)."""
-    try:
-        table = pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise TraitscopeError(f"{path}: cannot read prompt set ({exc}); rerun prep") from None
-    if "prompt" not in table.columns:
-        raise TraitscopeError(f"{path}: needs a 'prompt' column")
-    return table
 
 
 def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> pd.DataFrame:
@@ -40,6 +30,8 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
         if not path.is_file():
             raise TraitscopeError(f"{path}: prompt-set Parquet not found; fix prompt_sets.<name>.path")
         return pd.read_parquet(path)
+    if dataset == "advbench" and spec.get("hub"):
+        return _advbench_from_hub(spec["hub"], Path(cache_dir))
     if dataset == "beavertails":
         return loaders.load_beavertails(spec.get("path") or spec.get("split", "30k_test"), data_mirror)
     path = (
@@ -99,6 +91,26 @@ def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list
     return pd.DataFrame(rows)
 
 
+def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:
+    """AdvBench from the hub (e.g. walledai/AdvBench: prompt, target), via the original CSV layout."""
+    try:
+        import datasets
+    except ImportError:
+        raise TraitscopeError(
+            f"{hub_id}: loading from the hub needs `datasets` (pip install datasets)"
+        ) from None
+    try:
+        rows = datasets.load_dataset(hub_id, split="train").to_pandas()
+    except OSError as exc:
+        raise TraitscopeError(f"{hub_id}: download failed ({exc}); set data_mirror or use file:") from None
+    if "prompt" not in rows.columns:
+        raise TraitscopeError(f"{hub_id}: expected a 'prompt' column, found {', '.join(rows.columns)}")
+    path = cache_dir / "advbench" / "harmful_behaviors.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.rename(columns={"prompt": "goal"}).assign(target=rows.get("target", "")).to_csv(path, index=False)
+    return loaders.load_advbench(path)
+
+
 def prepare_prompt_set(
     spec: dict[str, Any],
     out: str | Path,
@@ -107,7 +119,10 @@ def prepare_prompt_set(
 ) -> pd.DataFrame:
     """Load, sample (seeded) and decorate (system prompt, prefill) one prompt set."""
     if spec["dataset"] == "conditions":
-        parts = [read_prompt_table(p) for p in (spec["harmful_path"], spec["harmless_path"])]
+        parts = [read_prompt_set(p) for p in (spec["harmful_path"], spec["harmless_path"])]
+        for path, part in zip((spec["harmful_path"], spec["harmless_path"]), parts):
+            if "prompt" not in part.columns:
+                raise TraitscopeError(f"{path}: the conditions need a 'prompt' column")
         table = conditions_2x2(*parts, spec.get("prefills") or [])
         write_parquet(out, table)
         return table

@@ -1,7 +1,7 @@
 rule capture:
     input:
         model="results/models/{variant}/manifest.json",
-        prompts="results/prompts/{prompt_set}.parquet",
+        prompts=get_capture_prompts,
         evaluations=get_base_evaluations,
     output:
         "results/capture/{variant}/{prompt_set}/capture.json",

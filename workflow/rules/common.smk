@@ -1,4 +1,5 @@
 import json
+import os
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -43,6 +44,8 @@ def get_final_output():
     out += [f"results/projections/{v}/{p}.parquet" for v, p in get_captures()]
     if config["experiments"]["prefill"]["enabled"]:
         out += PREFILL_OUTPUTS
+    if EXTERNAL["enabled"]:
+        out += EXTERNAL_OUTPUTS
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
@@ -117,7 +120,7 @@ def get_mirror_arg():
 
 def capture_setting(wildcards, key):
     """A capture setting: the prompt set's override, else the global `capture:` value."""
-    override = config["prompt_sets"][wildcards.prompt_set].get("capture", {})
+    override = prompt_set_entry(wildcards.prompt_set).get("capture", {})
     return override.get(key, config["capture"][key])
 
 
@@ -173,3 +176,82 @@ def get_prefill_inputs(wildcards):
         "conditions": f"results/prompts/{exp['prompt_set']}.parquet",
         "projections": f"results/projections/{exp['variant']}/{exp['prompt_set']}.parquet",
     }
+
+
+EXTERNAL = config["experiments"]["external"]
+EXTERNAL_DIR = "results/external_datasets"
+BT_PREFIX = "bt-"  # prompt sets made by the BeaverTails checkpoint: bt-<category slug>
+
+
+def prompt_set_entry(name):
+    """A prompt set's config entry; BeaverTails groups share their source set's entry."""
+    if name.startswith(BT_PREFIX):
+        return config["prompt_sets"][EXTERNAL["beavertails"]["prompt_set"]]
+    return config["prompt_sets"][name]
+
+
+def get_capture_prompts(wildcards):
+    """A prompt set's Parquet; BeaverTails groups come out of the checkpoint's folder."""
+    if wildcards.prompt_set.startswith(BT_PREFIX):
+        folder = checkpoints.split_beavertails.get().output[0]
+        return f"{folder}/{wildcards.prompt_set[len(BT_PREFIX):]}.parquet"
+    return f"results/prompts/{wildcards.prompt_set}.parquet"
+
+
+def beavertails_groups():
+    """Category slugs the checkpoint wrote (known once it has run)."""
+    folder = checkpoints.split_beavertails.get().output[0]
+    return sorted(glob_wildcards(f"{folder}/{{slug}}.parquet").slug)
+
+
+def get_external_inputs(wildcards):
+    """Projections (and prompt sets) that the external-dataset analysis reads."""
+    variant, inputs = EXTERNAL["variant"], {}
+    if EXTERNAL["harmbench"]:
+        sets = EXTERNAL["harmbench"]
+        inputs["hb_harmful"] = (
+            f"results/projections/{variant}/{sets['harmful']}.parquet"
+        )
+        inputs["hb_harmless"] = (
+            f"results/projections/{variant}/{sets['harmless']}.parquet"
+        )
+        inputs["hb_prompts"] = f"results/prompts/{sets['harmful']}.parquet"
+    if EXTERNAL["beavertails"]:
+        folder = checkpoints.split_beavertails.get().output[0]
+        slugs = beavertails_groups()
+        inputs["bt_proj"] = [
+            f"results/projections/{variant}/{BT_PREFIX}{s}.parquet" for s in slugs
+        ]
+        inputs["bt_prompts"] = [f"{folder}/{s}.parquet" for s in slugs]
+    return inputs
+
+
+def get_external_args(wildcards, input):
+    """CLI options naming every input of the external-dataset analysis."""
+    named = dict(input.items())
+    if not named:  # asked before the BeaverTails checkpoint has run; re-asked after it
+        return ""
+    args = []
+    if EXTERNAL["harmbench"]:
+        args.append(
+            f"--harmbench-harmful {named['hb_harmful']} --harmbench-harmless {named['hb_harmless']} "
+            f"--harmbench-prompts {named['hb_prompts']}"
+        )
+    if EXTERNAL["beavertails"]:
+        for proj, prompts in zip(named["bt_proj"], named["bt_prompts"]):
+            group = os.path.basename(prompts).removesuffix(".parquet")
+            args.append(f"--beavertails-group {group} {proj} {prompts}")
+    return " ".join(args)
+
+
+def external_outputs():
+    """What the external-dataset analysis writes, given which datasets are configured."""
+    out = ["failure_cases.json", "score_distributions.png"]
+    if EXTERNAL["harmbench"]:
+        out += ["harmbench_results.json", "harmbench_auc.png"]
+    if EXTERNAL["beavertails"]:
+        out += ["beavertails_results.json", "per_category_auc.png"]
+    return [f"{EXTERNAL_DIR}/{name}" for name in out]
+
+
+EXTERNAL_OUTPUTS = external_outputs()
