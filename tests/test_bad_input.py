@@ -137,16 +137,25 @@ def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, conf
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize(
-    "name", ["config.yaml", "experiments/gemma-2-2b-it.yaml", "experiments/llama-3.3-70b.yaml"]
-)
-def test_shipped_configs_validate(root, name):
+def test_default_config_validates(root):
     from traitscope.config import load_config
 
     config = load_config(
-        root / "config" / name, root / "workflow/schemas/config.schema.yaml", root / "resources/traits"
+        root / "config/config.yaml", root / "workflow/schemas/config.schema.yaml", root / "resources/traits"
     )
     assert config["base_model"] in config["models"]
+
+
+@pytest.mark.parametrize("name", ["gemma-2-2b-it.yaml", "llama-3.3-70b.yaml"])
+def test_experiment_configs_dry_run_on_their_own_model(root, name):
+    """`--configfile` extends the default config: the DAG must use the experiment's model only."""
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", f"config/experiments/{name}"]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-2000:]
+    model = yaml.safe_load((root / "config/experiments" / name).read_text())["base_model"]
+    assert f"results/traits/{model}/safety/evil/evaluation.json" in out
+    assert "results/capture/smollm2/" not in out and "results/traits/smollm2/" not in out
 
 
 def test_schema_names_the_bad_key(root, tmp_path):
