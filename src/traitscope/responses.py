@@ -13,8 +13,6 @@ from traitscope.generate import generate
 from traitscope.io import write_parquet
 from traitscope.traits import Trait, load_trait
 
-SPLITS = ("extraction", "evaluation")
-
 
 @dataclass(frozen=True)
 class ResponseSettings:

@@ -38,14 +38,6 @@ class Trait:
     judge_rubric: str
     sha256: str  # hash of the file, recorded with the vectors for provenance
 
-    @property
-    def group(self) -> str:
-        return self.name.split("/")[0]
-
-    @property
-    def short(self) -> str:
-        return self.name.split("/")[1]
-
 
 def trait_path(traits_dir: str | Path, name: str) -> Path:
     """Path of a trait's YAML; an unknown trait is an error listing the known ones."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-METHODS = ("mean_diff", "probe")
-
 
 def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Difference of class means per layer: [n_layers, d_model]."""
@@ -48,8 +46,3 @@ def unit(vectors: torch.Tensor) -> torch.Tensor:
 def project(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """Scalar projection of each activation onto its layer's unit vector: [n, n_layers]."""
     return torch.einsum("nld,ld->nl", acts.float(), unit(vectors))
-
-
-def cosine(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each activation with its layer's vector: [n, n_layers]."""
-    return project(acts, vectors) / acts.float().norm(dim=-1).clamp_min(1e-12)
