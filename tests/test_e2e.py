@@ -90,6 +90,7 @@ def test_vectors_and_evaluation_recompute(run_dir, trait):
     v = vectors[chosen["method"]].numpy()[chosen["layer"]]
     scores = x[held.to_numpy(), chosen["layer"]] @ (v / np.linalg.norm(v))
     assert chosen["auc"] == pytest.approx(roc_auc_score(label[held.to_numpy()], scores))
+    assert 0.0 <= evaluation["chosen_split_half"]["auc"] <= 1.0
     best = max(r["auc"] for m in evaluation["methods"].values() for r in m)
     assert chosen["auc"] == best
     summary = json.loads((run_dir / "results/traits/smollm2/summary.json").read_text())

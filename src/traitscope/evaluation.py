@@ -46,6 +46,37 @@ def choose(scores: dict[str, list[dict]]) -> dict:
     return {"method": method, "layer": s["layer"], "auc": s["auc"], "cohens_d": s["cohens_d"]}
 
 
+def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> dict:
+    """AUC at a layer chosen on the other half of the held-out questions, averaged both ways.
+
+    `chosen` picks the layer on the data it is scored on, which flatters it; here each
+    half of the questions picks (method, layer) and the other half scores it.
+    """
+    held = table["split"] == "evaluation"
+    questions = sorted(set(table.loc[held, "question"]))
+    halves = [set(questions[0::2]), set(questions[1::2])]
+    folds = []
+    for pick, score in ((0, 1), (1, 0)):
+        groups = []
+        for half in (halves[pick], halves[score]):
+            rows = (held & table["question"].isin(half)).to_numpy()
+            label = table["label"].to_numpy()
+            groups.append(
+                (x[torch.from_numpy(rows & (label == 1))], x[torch.from_numpy(rows & (label == 0))])
+            )
+        (pos_a, neg_a), (pos_b, neg_b) = groups
+        if min(len(pos_a), len(neg_a), len(pos_b), len(neg_b)) < 2:
+            return {"auc": None, "reason": "fewer than 2 positive and negative rows in a half"}
+        picked = choose({m: layer_scores(pos_a, neg_a, v, layers) for m, v in vectors.items()})
+        i = layers.index(picked["layer"])
+        one = slice(i, i + 1)
+        scored = layer_scores(
+            pos_b[:, one], neg_b[:, one], vectors[picked["method"]][one], [picked["layer"]]
+        )[0]
+        folds.append({"method": picked["method"], "layer": picked["layer"], "auc_other_half": scored["auc"]})
+    return {"auc": sum(f["auc_other_half"] for f in folds) / 2, "folds": folds}
+
+
 def evaluate(
     vectors_path: str | Path,
     activations: str | Path,
@@ -76,6 +107,7 @@ def evaluate(
         "methods": scores,
         "chosen_by_method": {m: choose({m: rows}) for m, rows in scores.items()},
         "chosen": choose(scores),
+        "chosen_split_half": split_half_auc(x, table, vectors, acts.layers),
     }
     write_json(out_json, result)
     save_figure(out_png, _figure(result))
@@ -123,6 +155,7 @@ def summarize(evaluations: list[str | Path], out: str | Path, threshold: float =
     for path in evaluations:
         result = json.loads(Path(path).read_text())
         rows[result["trait"]] = {
+            "auc_split_half": result["chosen_split_half"]["auc"],
             **result["chosen"],
             "n_positive": result["n_positive"],
             "n_negative": result["n_negative"],
