@@ -279,7 +279,7 @@ def test_capture_equals_each_prompt_alone(tiny_manifest, tiny, prompts_file, tmp
         rows = cap["tokens"][pid]
         prefill_positions = list(range(enc.prompt_len, len(enc.ids)))
         assert [r["token_index"] for r in rows] == [enc.prompt_len - 1, *prefill_positions]
-        assert [r["segment"] for r in rows] == ["template"] + ["prefill"] * len(prefill_positions)
+        assert [r["segment"] for r in rows] == ["last_prompt"] + ["prefill"] * len(prefill_positions)
         for r in rows:
             assert r["token"] == tok.convert_ids_to_tokens(enc.ids[r["token_index"]])
             for layer in LAYERS:
@@ -444,7 +444,7 @@ def test_project_capture_scores_every_row(captured, tmp_path):
     assert "response_mean" not in set(pooled["position"])  # nothing generated: no rows, not NaN rows
     assert set(pooled["position"]) == {"last_prompt", "prompt_mean", "prefill_mean"}
     tokens = table[table["token_index"] >= 0]
-    assert set(tokens["position"]) == {"template", "prefill"}
+    assert set(tokens["position"]) == {"last_prompt", "prefill"}
     assert set(tokens.loc[tokens["position"] == "prefill", "prompt_id"]) == prefilled
     assert table[["score", "cosine"]].notna().all().all()
 

@@ -69,6 +69,13 @@ def _token_mask(enc: chat.Encoded, settings: CaptureSettings) -> torch.Tensor:
     return mask
 
 
+def _token_label(enc: chat.Encoded, t: int, settings: CaptureSettings) -> str:
+    """A kept token's segment, or "last_prompt" for that token when it was asked for by name."""
+    if t == enc.last_prompt_index and "last_prompt" in settings.token_segments:
+        return "last_prompt"
+    return SEGMENTS[enc.segments[t]]
+
+
 def _encode_shard(
     model: Any, tokenizer: Any, rows: pd.DataFrame, settings: CaptureSettings
 ) -> tuple[list, list]:
@@ -120,7 +127,7 @@ def _capture_shard(
         for pid, enc, mask in zip(rows["prompt_id"], encoded, masks):
             for t in mask.nonzero().squeeze(-1).tolist():
                 tokens.append(
-                    (pid, t, SEGMENTS[enc.segments[t]], tokenizer.convert_ids_to_tokens(enc.ids[t]))
+                    (pid, t, _token_label(enc, t, settings), tokenizer.convert_ids_to_tokens(enc.ids[t]))
                 )
     meta = {"layers": json.dumps(layers), "pools": json.dumps(list(settings.pools))}
     write_parquet(
