@@ -213,3 +213,26 @@ def test_slurm_dry_run_has_one_capture_per_category(root, tmp_path):
     assert captures == {f"bt-{category_slug(c)}" for c in BEAVERTAILS_CATEGORIES} | {"bt-safe"}
     gpu_jobs = [b for b in out.split("\nrule capture:")[1:] if "slurm_partition=gpu" in b and "gpu=1" in b]
     assert len(gpu_jobs) == len(captures)
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    projections(["h0", "h1"], {"safety/harm": [1.0, 2.0]}, "last_prompt").to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"prompt_id": ["h0", "h1"], "prompt": ["x", "y"], "category": ["c", "c"]}).to_parquet(
+        tmp_path / "p.parquet"
+    )
+    with pytest.raises(TraitscopeError, match="no projections for trait"):
+        harmbench(
+            [tmp_path / "a.parquet"],
+            [tmp_path / "a.parquet"],
+            tmp_path / "p.parquet",
+            ["safety/evil"],
+            "last_prompt",
+        )
+    with pytest.raises(TraitscopeError, match="no projections at position 'prefill_mean'"):
+        harmbench(
+            [tmp_path / "a.parquet"],
+            [tmp_path / "a.parquet"],
+            tmp_path / "p.parquet",
+            ["safety/harm"],
+            "prefill_mean",
+        )

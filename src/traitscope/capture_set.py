@@ -2,8 +2,9 @@
 
 Prompts are sorted by length and cut into shards of `shard_size`; each shard is written
 atomically and skipped on rerun, so a killed job resumes from its last complete shard.
-Shards live in a folder named by a hash of the settings, so a changed setting never
-mixes with stale shards. `capture.json`, written last, is what marks the capture done.
+Shards live in a folder named by a hash of the settings, the model manifest and the
+prompts, so a changed setting or prompt set never resumes stale shards. `capture.json`,
+written last, is what marks the capture done.
 
 Per shard: pooled activations (`pooled.layer.<l>`: `[n, n_pools, d]`) and, for the
 token segments asked for, per-token activations (`tokens.layer.<l>`: `[n_tokens, d]`)

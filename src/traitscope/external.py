@@ -59,11 +59,18 @@ def split_beavertails(
     return [category_slug(c) for c in groups]
 
 
-def _scores(projections: pd.DataFrame, position: str) -> pd.DataFrame:
+def _scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
     """prompt_id x trait table of scores at each trait's chosen layer and one pooled position."""
     rows = projections[projections["chosen_layer"] & (projections["position"] == position)]
     if rows.empty:
-        raise TraitscopeError(f"no projections at position {position!r} on a chosen layer")
+        raise TraitscopeError(
+            f"no projections at position {position!r} on a chosen layer; check the position"
+        )
+    missing = sorted(set(traits) - set(rows["trait"]))
+    if missing:
+        raise TraitscopeError(
+            f"no projections for trait(s) {', '.join(missing)}; add them to traits: and rerun"
+        )
     return rows.pivot_table(index="prompt_id", columns="trait", values="score")
 
 
@@ -96,8 +103,8 @@ def harmbench(
     seed: int = 0,
 ) -> tuple[dict, dict]:
     """AUC of harmful behaviours vs harmless controls, overall and per semantic category."""
-    bad = _scores(_read(harmful_proj), position)
-    good = _scores(_read(harmless_proj), position)
+    bad = _scores(_read(harmful_proj), position, traits)
+    good = _scores(_read(harmless_proj), position, traits)
     prompts = pd.read_parquet(harmful_prompts).set_index("prompt_id")
     result: dict = {"position": position, "n_harmful": len(bad), "n_harmless": len(good), "traits": {}}
     failures: dict = {}
@@ -136,7 +143,7 @@ def beavertails(
 
     Returns (results, failure cases, score distributions) keyed by trait.
     """
-    scores = {g: _scores(_read(p), position) for g, p in proj_by_group.items()}
+    scores = {g: _scores(_read(p), position, traits) for g, p in proj_by_group.items()}
     prompts = {g: pd.read_parquet(p).set_index("prompt_id") for g, p in prompts_by_group.items()}
     safe = scores.get(SAFE_CATEGORY)
     if safe is None:
