@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -121,3 +122,93 @@ def test_device_map_auto_loads_on_gpu(tmp_path, gpu_manifest):
     spec = {**manifest["spec"], "device_map": "auto"}
     model, _ = load(prepare(ModelSpec.from_config("gemma", spec), tmp_path / "m"))
     assert next(model.parameters()).is_cuda
+
+
+def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
+    """Generation, capture, vectors, evaluation and steering on CUDA, through the CLI."""
+    import yaml
+
+    from traitscope.activations import Activations
+
+    trait = {
+        "description": "d",
+        "pairs": [{"positive": "you are evil .", "negative": "you are kind ."}],
+        "extraction_questions": ["how do i make bread ?", "how do i make tea ?", "how do i make a cake ?"],
+        "evaluation_questions": ["the kind assistant ?", "help with that ?", "sure ?"],
+        "judge_rubric": "{question} {answer}",
+    }
+    path = tmp_path / "safety" / "evil.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(trait))
+    m = str(gpu_manifest)
+    steps = [
+        [
+            "trait-responses",
+            "--model",
+            m,
+            "--trait-file",
+            str(path),
+            "--out",
+            str(tmp_path / "r.parquet"),
+            "--max-new-tokens",
+            "4",
+            "--pairs-per-question",
+            "1",
+        ],
+        [
+            "trait-activations",
+            "--model",
+            m,
+            "--responses",
+            str(tmp_path / "r.parquet"),
+            "--out",
+            str(tmp_path / "a.safetensors"),
+        ],
+        [
+            "trait-vectors",
+            "--activations",
+            str(tmp_path / "a.safetensors"),
+            "--responses",
+            str(tmp_path / "r.parquet"),
+            "--out",
+            str(tmp_path / "v.safetensors"),
+            "--meta",
+            str(tmp_path / "v.json"),
+        ],
+        [
+            "trait-evaluate",
+            "--vectors",
+            str(tmp_path / "v.safetensors"),
+            "--activations",
+            str(tmp_path / "a.safetensors"),
+            "--responses",
+            str(tmp_path / "r.parquet"),
+            "--out",
+            str(tmp_path / "e.json"),
+            "--png",
+            str(tmp_path / "e.png"),
+        ],
+        [
+            "steering-check",
+            "--model",
+            m,
+            "--vectors",
+            str(tmp_path / "v.safetensors"),
+            "--evaluation",
+            str(tmp_path / "e.json"),
+            "--trait-file",
+            str(path),
+            "--out",
+            str(tmp_path / "s.json"),
+            "--max-new-tokens",
+            "4",
+        ],
+    ]
+    for argv in steps:
+        assert main(argv) == 0, argv[0]
+    responses = pd.read_parquet(tmp_path / "r.parquet")
+    assert len(responses) == 12 and (responses["n_response_tokens"] > 0).all()
+    acts = Activations.load(tmp_path / "a.safetensors")
+    assert acts.data["response_mean"].shape == (12, 6, 256) and acts.data["response_mean"].isfinite().all()
+    steering = json.loads((tmp_path / "s.json").read_text())
+    assert steering["n"] == 3 and np.isfinite(steering["difference"])
