@@ -7,7 +7,6 @@ means) rather than compared with stored numbers, so a wrong stage fails the test
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
+from test_dag import job_counts
 
 from traitscope.activations import Activations
 from traitscope.extraction import load_vectors
@@ -121,7 +121,7 @@ def test_editing_one_trait_reruns_only_that_trait(run_dir):
     assert result.returncode == 0
     assert "results/traits/smollm2/safety/refusal/responses.parquet" in out
     assert "safety/evil/responses.parquet" not in out
-    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[-1], re.M)}
+    counts = job_counts(out)
     assert counts["trait_responses"] == 1 and "prepare_model" not in counts
 
 
