@@ -83,6 +83,19 @@ def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
     return projections, conditions
 
 
+def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
+    """The analysis on the synthetic files `synthetic` (or a test) wrote into tmp_path."""
+    return analyse(
+        tmp_path / "proj.parquet",
+        tmp_path / "cond.parquet",
+        list(traits),
+        tmp_path / "o.json",
+        tmp_path / "g.png",
+        tmp_path / "t.png",
+        n_boot=n_boot,
+    )
+
+
 def test_analysis_matches_scipy_on_planted_effects(tmp_path):
     projections, conditions = synthetic(tmp_path)
     result = analyse(
@@ -121,15 +134,7 @@ def test_analysis_matches_scipy_on_planted_effects(tmp_path):
 
 def test_no_divergence_without_an_effect(tmp_path):
     synthetic(tmp_path, shift=0.0, n=10, seed=3)
-    result = analyse(
-        tmp_path / "proj.parquet",
-        tmp_path / "cond.parquet",
-        ["safety/harm"],
-        tmp_path / "o.json",
-        tmp_path / "g.png",
-        tmp_path / "t.png",
-        n_boot=200,
-    )
+    result = run_analysis(tmp_path)
     assert result["trajectory_divergence"]["safety/harm"]["first_step"] is None
 
 
@@ -190,15 +195,7 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
             rows.append({**base, "position": "prefill", "token_index": step, "score": rng.normal()})
     pd.DataFrame(rows).to_parquet(tmp_path / "proj.parquet")
     conditions.to_parquet(tmp_path / "cond.parquet")
-    result = analyse(
-        tmp_path / "proj.parquet",
-        tmp_path / "cond.parquet",
-        ["safety/harm"],
-        tmp_path / "o.json",
-        tmp_path / "g.png",
-        tmp_path / "t.png",
-        n_boot=200,
-    )
+    result = run_analysis(tmp_path)
     by = result["C2_vs_C4_by_prefill"]
     assert set(by) == {"0", "1"} and by["1"]["safety/harm"]["n_a"] == 6
     assert by["1"]["safety/harm"]["cohens_d"] > by["0"]["safety/harm"]["cohens_d"] + 1
