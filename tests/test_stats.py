@@ -1,13 +1,17 @@
-"""Statistics against sklearn/scipy and hand-computed values."""
+"""Statistics against hand-computed values and independent closed forms.
+
+The module delegates to scipy, scikit-learn and statsmodels; every expected value here is
+worked out by hand or from a textbook formula written in the test, never by the call the
+module itself makes, so a wrong library call or argument shows up as a failure.
+"""
 
 import json
 
 import numpy as np
 import pytest
 from scipy.stats import f as f_dist
-from scipy.stats import mannwhitneyu, spearmanr, ttest_ind
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import roc_auc_score
+from scipy.stats import norm
+from scipy.stats import t as t_dist
 
 from traitscope.stats import (
     auc,
@@ -18,18 +22,48 @@ from traitscope.stats import (
     first_divergence,
     holm,
     interaction_test,
+    mean_with_ci,
     spearman,
     youden_threshold,
 )
 
+# --- independent reference formulas
+
+
+def _pair_auc(pos, neg):
+    """AUC by counting every (positive, negative) pair: wins count 1, ties 1/2."""
+    pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def _welch(a, b):
+    """Welch's t, Welch-Satterthwaite df and the two-sided p-value from the t distribution."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df, 2 * t_dist.sf(abs(t), df)
+
+
+def _average_ranks(x):
+    """Ranks 1..n, tied values sharing the mean of the ranks they span."""
+    x = np.asarray(x, float)
+    return np.array([(x < v).sum() + ((x == v).sum() + 1) / 2 for v in x])
+
+
+def _linear_quantile(values, q):
+    """numpy's default (type 7) quantile by hand: interpolate between order statistics."""
+    ordered = np.sort(values)
+    h = q * (len(ordered) - 1)
+    lo = int(np.floor(h))
+    return ordered[lo] + (h - lo) * (ordered[lo + 1] - ordered[lo])
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_auc_matches_sklearn_with_ties(seed):
+def test_auc_matches_pair_count_with_ties(seed):
     rng = np.random.default_rng(seed)
     pos = rng.integers(0, 5, size=30).astype(float)  # integers force ties
     neg = rng.integers(0, 4, size=25).astype(float)
-    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(25)], np.r_[pos, neg])
-    assert auc(pos, neg) == pytest.approx(expected)
+    assert auc(pos, neg) == pytest.approx(_pair_auc(pos, neg))
 
 
 def test_auc_hand_computed():
@@ -95,22 +129,32 @@ def test_bootstrap_ci_width_shrinks_with_n():
     assert widths[2] / widths[0] == pytest.approx(0.25, abs=0.1)
 
 
-def test_bootstrap_ci_matches_scipy_percentile_bootstrap():
-    from scipy.stats import bootstrap
+def test_bootstrap_ci_percentile_hand_computed():
+    # a = [0, 1], b = [0, 0]: a resample's mean is 0, 1/2 or 1 with probability 1/4, 1/2, 1/4,
+    # so the 2.5% / 97.5% percentiles are 0 and 1, and the 30% / 70% ones (level 0.4) both 1/2
+    assert bootstrap_ci([0.0, 1.0], [0.0, 0.0], _mean_diff, level=0.95) == (0.0, 1.0)
+    assert bootstrap_ci([0.0, 1.0], [0.0, 0.0], _mean_diff, level=0.4) == (0.5, 0.5)
 
+
+def test_bootstrap_ci_resamples_each_group_within_itself():
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+
+    def stratified(x, y):  # 1 when the resample keeps both sizes and draws each group from itself
+        return float(len(x) == 3 and len(y) == 5 and np.isin(x, a).all() and np.isin(y, b).all())
+
+    assert bootstrap_ci(a, b, stratified, n_boot=300) == (1.0, 1.0)
+
+
+def test_bootstrap_ci_matches_normal_closed_form():
+    # a mean difference of large samples: its bootstrap distribution is close to normal with the
+    # plug-in (ddof=0) standard error, so the percentile CI is about diff -/+ z * se
     rng = np.random.default_rng(5)
-    a, b = rng.normal(0.3, 1.0, 100), rng.exponential(1.0, 120)
-    ours = bootstrap_ci(a, b, _mean_diff, n_boot=20000, level=0.9)
-    ref = bootstrap(
-        (a, b),
-        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
-        n_resamples=20000,
-        confidence_level=0.9,
-        method="percentile",
-        random_state=np.random.default_rng(9),
-    ).confidence_interval
-    # different random draws: agree to Monte-Carlo error (the CI itself is ~0.4 wide)
-    assert ours == pytest.approx((ref.low, ref.high), abs=0.015)
+    a, b = rng.normal(0.3, 1.0, 400), rng.exponential(1.0, 500)
+    se = np.sqrt(a.var() / len(a) + b.var() / len(b))
+    z = norm.ppf(0.95)
+    low, high = bootstrap_ci(a, b, _mean_diff, n_boot=10000, level=0.9)
+    # Monte-Carlo error of the quantiles with 10000 resamples is ~0.003; the CI is ~0.22 wide
+    assert (low, high) == pytest.approx((_mean_diff(a, b) - z * se, _mean_diff(a, b) + z * se), abs=0.01)
 
 
 def test_bootstrap_ci_coverage_of_known_shift():
@@ -118,7 +162,7 @@ def test_bootstrap_ci_coverage_of_known_shift():
     true_shift, hits, reps = 0.7, 0, 200
     for rep in range(reps):
         a, b = rng.normal(true_shift, 1.0, 40), rng.normal(0.0, 1.0, 40)
-        low, high = bootstrap_ci(a, b, _mean_diff, n_boot=400, seed=rep)
+        low, high = bootstrap_ci(a, b, _mean_diff, n_boot=200, seed=rep)
         hits += low <= true_shift <= high
     assert 0.88 <= hits / reps <= 0.99
 
@@ -149,33 +193,68 @@ def test_bootstrap_ci_rejects_nan_statistic():
 
 
 def test_bootstrap_ci_tolerates_rare_infinite_resamples():
-    # n=3: both resamples constant (d = +inf) in ~1% of resamples, above the 97.5th percentile
+    # n=3: both resamples constant (d = +/-inf) in ~1% of resamples, beyond the 2.5/97.5th percentiles
     a, b = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
-    idx = np.random.default_rng(0)
-    boot = [
-        cohens_d(a[i], b[j]) for i, j in zip(idx.integers(0, 3, (2000, 3)), idx.integers(0, 3, (2000, 3)))
-    ]
+    boot = []
+
+    def recorded_d(x, y):
+        boot.append(cohens_d(x, y))
+        return boot[-1]
+
+    low, high = bootstrap_ci(a, b, recorded_d)
+    assert len(boot) == 2000
     assert 0 < np.isinf(boot).mean() < 0.025
-    ordered = np.sort(boot)
-    expected = []
-    for q in (0.025, 0.975):  # numpy's default (linear) quantile, by hand; both neighbours are finite
-        h = q * (len(ordered) - 1)
-        lo = int(np.floor(h))
-        expected.append(ordered[lo] + (h - lo) * (ordered[lo + 1] - ordered[lo]))
+    expected = (_linear_quantile(boot, 0.025), _linear_quantile(boot, 0.975))
     assert np.isfinite(expected).all()
-    assert bootstrap_ci(a, b, cohens_d) == pytest.approx(tuple(expected))
+    assert (low, high) == pytest.approx(expected)
+
+
+# --- mean_with_ci
+
+
+def test_mean_with_ci_hand_computed():
+    # resample means of [0, 1] are 0, 1/2, 1 with probability 1/4, 1/2, 1/4 (see bootstrap_ci above)
+    assert mean_with_ci([0.0, 1.0]) == {"mean": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n": 2}
+    assert mean_with_ci([0.0, 1.0], level=0.4) == {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "n": 2}
+    assert mean_with_ci([3.0, 3.0, 3.0]) == {"mean": 3.0, "ci_low": 3.0, "ci_high": 3.0, "n": 3}
+
+
+def test_mean_with_ci_normal_closed_form_and_seed():
+    x = np.random.default_rng(6).normal(2.0, 1.5, 500)
+    result = mean_with_ci(x, n_boot=10000, seed=1)
+    half = norm.ppf(0.975) * x.std() / np.sqrt(len(x))  # plug-in SE of the mean
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(
+        (x.mean() - half, x.mean() + half), abs=0.01
+    )
+    assert mean_with_ci(x, n_boot=500, seed=2) == mean_with_ci(x, n_boot=500, seed=2)
+    assert mean_with_ci(x, n_boot=500, seed=2) != mean_with_ci(x, n_boot=500, seed=3)
+    _plain_json(result)
+
+
+@pytest.mark.parametrize("x, match", [([1.0], "at least 2"), ([1.0, np.nan], "NaN"), ([[1.0, 2.0]], "1-D")])
+def test_mean_with_ci_rejects_degenerate_input(x, match):
+    with pytest.raises(ValueError, match=match):
+        mean_with_ci(x)
 
 
 # --- compare_groups
 
 
+def _mann_whitney(a, b):
+    """U of `a` by pair counting; two-sided p from the normal approximation with continuity correction."""
+    u = _pair_auc(a, b) * len(a) * len(b)
+    mu = len(a) * len(b) / 2
+    sigma = np.sqrt(len(a) * len(b) * (len(a) + len(b) + 1) / 12)  # no ties in continuous data
+    return u, min(1.0, 2 * norm.sf((abs(u - mu) - 0.5) / sigma))
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_compare_groups_matches_scipy(seed):
+def test_compare_groups_matches_closed_forms(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.normal(0.8, 1.0, 25), rng.normal(0.0, 2.0, 40)
     result = compare_groups(a, b, n_boot=500, seed=seed)
-    welch = ttest_ind(a, b, equal_var=False)
-    mw = mannwhitneyu(a, b, alternative="two-sided")
+    welch_t, _, welch_p = _welch(a, b)
+    mw_u, mw_p = _mann_whitney(a, b)
     assert set(result) == {
         "n_a", "n_b", "mean_a", "mean_b", "cohens_d", "ci_low", "ci_high",
         "welch_t", "p_value", "mannwhitney_u", "p_mannwhitney", "test",
@@ -183,10 +262,10 @@ def test_compare_groups_matches_scipy(seed):
     assert (result["n_a"], result["n_b"]) == (25, 40)
     assert result["mean_a"] == pytest.approx(a.mean())
     assert result["mean_b"] == pytest.approx(b.mean())
-    assert result["welch_t"] == pytest.approx(welch.statistic)
-    assert result["p_value"] == pytest.approx(welch.pvalue)
-    assert result["mannwhitney_u"] == pytest.approx(mw.statistic)
-    assert result["p_mannwhitney"] == pytest.approx(mw.pvalue)
+    assert result["welch_t"] == pytest.approx(welch_t)
+    assert result["p_value"] == pytest.approx(welch_p)
+    assert result["mannwhitney_u"] == pytest.approx(mw_u)
+    assert result["p_mannwhitney"] == pytest.approx(mw_p)
     assert result["cohens_d"] == pytest.approx(cohens_d(a, b))
     assert (result["ci_low"], result["ci_high"]) == bootstrap_ci(a, b, cohens_d, n_boot=500, seed=seed)
     assert result["ci_low"] < result["cohens_d"] < result["ci_high"]
@@ -273,16 +352,24 @@ def test_holm_rejects_non_p_values(p):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_auc_with_ci_matches_sklearn(seed):
+def test_auc_with_ci_matches_pair_count(seed):
     rng = np.random.default_rng(seed)
-    pos, neg = rng.normal(1.0, 1.0, 30), rng.normal(0.0, 1.0, 45)
+    pos, neg = np.round(rng.normal(1.0, 1.0, 30), 1), np.round(rng.normal(0.0, 1.0, 45), 1)  # ties
     result = auc_with_ci(pos, neg, n_boot=500, seed=seed)
-    expected = roc_auc_score(np.r_[np.ones(30), np.zeros(45)], np.r_[pos, neg])
-    assert result["auc"] == pytest.approx(expected)
+    assert result["auc"] == pytest.approx(_pair_auc(pos, neg))
     assert (result["n_pos"], result["n_neg"]) == (30, 45)
     assert result["ci_low"] < result["auc"] < result["ci_high"] <= 1.0
-    assert (result["ci_low"], result["ci_high"]) == bootstrap_ci(pos, neg, auc, n_boot=500, seed=seed)
+    # the vectorised resampling path draws the same resamples as bootstrap_ci with a pair-count AUC
+    reference = bootstrap_ci(pos, neg, _pair_auc, n_boot=500, seed=seed)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(reference)
     _plain_json(result)
+
+
+def test_auc_with_ci_hand_computed():
+    # negatives tie at 0.5; a resample of positives [0, 1] scores AUC 0, 1/2 or 1 with
+    # probability 1/4, 1/2, 1/4 (0 vs 0.5 loses, 1 wins), so the 95% CI runs from 0 to 1
+    result = auc_with_ci([0.0, 1.0], [0.5, 0.5])
+    assert result == {"auc": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n_pos": 2, "n_neg": 2}
 
 
 def test_auc_with_ci_perfect_separation_is_stratified():
@@ -327,13 +414,28 @@ def test_interaction_balanced_closed_form():
     _plain_json(result)
 
 
+def test_interaction_hand_computed():
+    # cells (a, b): (0,0) = [0, 2], (0,1) = [1, 3], (1,0) = [1, 3], (1,1) = [6, 8]; means 1, 2, 2, 7
+    # contrast 7 - 2 - 2 + 1 = 4; SS_ab = n * contrast^2 / 4 = 8; SS_within = 4 cells * 2 = 8 on 4 df
+    # F = 8 / (8 / 4) = 4
+    y = [0.0, 2.0, 1.0, 3.0, 1.0, 3.0, 6.0, 8.0]
+    a = [0, 0, 0, 0, 1, 1, 1, 1]
+    b = [0, 0, 1, 1, 0, 0, 1, 1]
+    result = interaction_test(y, a, b)
+    assert result["f"] == pytest.approx(4.0)
+    assert result["interaction_coef"] == pytest.approx(4.0)
+    assert (result["df_num"], result["df_den"]) == (1, 4)
+    # F(1, 4) = t(4)^2, so p = P(|t_4| > 2)
+    assert result["p_value"] == pytest.approx(2 * t_dist.sf(2.0, 4))
+
+
 def test_interaction_unbalanced_against_independent_fits():
     y, a, b = _two_by_two({(0, 0): 7, (0, 1): 12, (1, 0): 5, (1, 1): 9}, effect=1.0, seed=4)
-    # full model = cell means; additive model fitted by sklearn
+    # full model = cell means; additive model by least squares on [1, a, b]
     cells = [(a == i) & (b == j) for i in (0, 1) for j in (0, 1)]
     rss_full = sum(((y[c] - y[c].mean()) ** 2).sum() for c in cells)
-    x = np.column_stack([a, b])
-    rss_additive = ((y - LinearRegression().fit(x, y).predict(x)) ** 2).sum()
+    x = np.column_stack([np.ones_like(y), a, b])
+    rss_additive = ((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum()
     df_den = len(y) - 4
     f_expected = (rss_additive - rss_full) / (rss_full / df_den)
     result = interaction_test(y, a, b)
@@ -420,7 +522,7 @@ def test_first_divergence_applies_holm_across_positions():
     traj_b = traj_a[rng.permutation(20)].copy()
     col_a = np.linspace(-1, 1, 20)
     traj_a[:, 4], traj_b[:, 4] = col_a, col_a + 0.5
-    p_raw = ttest_ind(traj_a[:, 4], traj_b[:, 4], equal_var=False).pvalue
+    p_raw = _welch(traj_a[:, 4], traj_b[:, 4])[2]
     assert 0.05 / 20 < p_raw < 0.05  # nominally significant, not after correcting 20 positions
     assert first_divergence(traj_a, traj_b) is None
     assert first_divergence(traj_a[:, 4:5], traj_b[:, 4:5]) == 0  # a single test needs no correction
@@ -506,14 +608,16 @@ def test_youden_threshold_rejects_degenerate_input():
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_spearman_matches_scipy(seed):
+def test_spearman_matches_ranked_pearson(seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 6, 40).astype(float)  # ties
     y = x + rng.normal(0, 2, 40)
-    expected = spearmanr(x, y)
+    # Spearman's rho = Pearson's r of average ranks; p from t = rho sqrt((n-2)/(1-rho^2)), n-2 df
+    rho = np.corrcoef(_average_ranks(x), _average_ranks(y))[0, 1]
+    p = 2 * t_dist.sf(abs(rho) * np.sqrt(38 / (1 - rho**2)), 38)
     result = spearman(x, y)
-    assert result["rho"] == pytest.approx(expected.statistic)
-    assert result["p_value"] == pytest.approx(expected.pvalue)
+    assert result["rho"] == pytest.approx(rho)
+    assert result["p_value"] == pytest.approx(p)
     assert result["n"] == 40
     _plain_json(result)
 

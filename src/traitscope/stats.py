@@ -1,12 +1,22 @@
-"""Separation statistics used to score a trait vector on held-out data."""
+"""Separation statistics used to score a trait vector on held-out data.
+
+Library implementations (scipy, scikit-learn, statsmodels) do the arithmetic; this module adds
+the input checks that turn a degenerate sample into a clear error instead of a NaN in a report.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
+from sklearn.metrics import roc_auc_score, roc_curve
+from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multitest import multipletests
 
 
 def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
@@ -22,12 +32,19 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC-AUC of scores: P(random positive > random negative), ties counting half."""
-    from scipy.stats import rankdata
-
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
-    ranks = rankdata(np.r_[pos, neg])
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return float(roc_auc_score(labels, np.r_[pos, neg]))
+
+
+def _auc_along(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUC = U / (n_pos n_neg) along `axis`: the same number as `auc`, vectorised over resamples.
+
+    roc_auc_score costs milliseconds per call, so thousands of bootstrap resamples per trait
+    and category would take minutes; Mann-Whitney U accepts a whole batch of resamples at once.
+    """
+    u = _sps.mannwhitneyu(pos, neg, axis=axis, method="asymptotic").statistic
+    return u / (pos.shape[axis] * neg.shape[axis])
 
 
 def _sample(x: ArrayLike, name: str, min_n: int = 2) -> np.ndarray:
@@ -42,6 +59,49 @@ def _sample(x: ArrayLike, name: str, min_n: int = 2) -> np.ndarray:
     return arr
 
 
+def _percentile_bootstrap(
+    samples: tuple[np.ndarray, ...],
+    statistic: Callable,
+    n_boot: int,
+    level: float,
+    seed: int,
+    vectorized: bool = False,
+) -> tuple[float, float]:
+    """Percentile CI from scipy.stats.bootstrap; each sample is resampled on its own (stratified).
+
+    Percentile, not BCa: BCa's jackknife breaks on the infinite Cohen's d of constant resamples,
+    which small groups produce, and percentile is what earlier reports used.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        # a NaN or infinite CI is reported below with its cause, so scipy's warning would only repeat it
+        warnings.simplefilter("ignore", _sps.DegenerateDataWarning)
+        res = _sps.bootstrap(
+            samples,
+            statistic,
+            n_resamples=n_boot,
+            vectorized=vectorized,
+            confidence_level=level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    boot = res.bootstrap_distribution
+    n_nan = int(np.isnan(boot).sum())
+    if n_nan:
+        raise ValueError(f"statistic was NaN in {n_nan} of {n_boot} bootstrap resamples")
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        n_inf = int(np.isinf(boot).sum())
+        raise ValueError(
+            f"bootstrap CI is not finite: statistic was infinite in {n_inf} of {n_boot} resamples "
+            "(groups too small or with too few distinct values)"
+        )
+    return low, high
+
+
 def bootstrap_ci(
     a: ArrayLike,
     b: ArrayLike,
@@ -52,27 +112,14 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of `statistic(a, b)`; groups resample separately so their sizes stay fixed."""
     a, b = _sample(a, "a"), _sample(b, "b")
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    idx_a = rng.integers(0, len(a), size=(n_boot, len(a)))
-    idx_b = rng.integers(0, len(b), size=(n_boot, len(b)))
-    boot = np.fromiter((statistic(a[i], b[j]) for i, j in zip(idx_a, idx_b)), dtype=float, count=n_boot)
-    n_nan = int(np.isnan(boot).sum())
-    if n_nan:
-        raise ValueError(f"statistic was NaN in {n_nan} of {n_boot} bootstrap resamples")
-    tail = (1 - level) / 2
-    with np.errstate(invalid="ignore"):  # interpolating next to an infinite resample: caught below
-        low, high = np.quantile(boot, [tail, 1 - tail])
-    if not (np.isfinite(low) and np.isfinite(high)):
-        n_inf = int(np.isinf(boot).sum())
-        raise ValueError(
-            f"bootstrap CI is not finite: statistic was infinite in {n_inf} of {n_boot} resamples "
-            "(groups too small or with too few distinct values)"
-        )
-    return float(low), float(high)
+    return _percentile_bootstrap((a, b), statistic, n_boot, level, seed)
+
+
+def mean_with_ci(x: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean with a percentile bootstrap CI: the condition means that reports and figures share."""
+    x = _sample(x, "x")
+    low, high = _percentile_bootstrap((x,), np.mean, n_boot, level, seed, vectorized=True)
+    return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": len(x)}
 
 
 def compare_groups(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -106,28 +153,26 @@ def holm(p_values: Sequence[float]) -> list[float]:
         raise ValueError(f"p_values must be a flat sequence, got shape {p.shape}")
     if not ((p >= 0) & (p <= 1)).all():
         raise ValueError("p_values must all lie in [0, 1] (NaN is not a p-value)")
-    order = np.argsort(p, kind="stable")
-    scaled = (len(p) - np.arange(len(p))) * p[order]
-    adjusted = np.empty_like(p)
-    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return adjusted.tolist()
+    if len(p) == 0:  # multipletests rejects an empty family; nothing to adjust
+        return []
+    return [float(x) for x in multipletests(p, method="holm")[1]]
 
 
 def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
     """ROC-AUC with a stratified bootstrap CI (positives and negatives resampled separately)."""
-    low, high = bootstrap_ci(pos, neg, auc, n_boot=n_boot, seed=seed)
+    pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
+    low, high = _percentile_bootstrap((pos, neg), _auc_along, n_boot, 0.95, seed, vectorized=True)
     return {"auc": auc(pos, neg), "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
 
 
-def _rss(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Residual sum of squares and coefficients of the least-squares fit of y on the columns of x."""
-    beta = np.linalg.lstsq(x, y, rcond=None)[0]
-    resid = y - x @ beta
-    return float(resid @ resid), beta
-
-
 def interaction_test(y: ArrayLike, factor_a: ArrayLike, factor_b: ArrayLike) -> dict:
-    """F-test of the a×b interaction in a 2×2 design: does b's effect on y depend on a?"""
+    """F-test of the a×b interaction in a 2×2 design: does b's effect on y depend on a?
+
+    OLS of `y ~ a * b` with a type 2 ANOVA table (statsmodels). For the interaction, the
+    highest-order term, type 2 and type 3 both compare the full model with the additive one
+    and give the same F, balanced or not; type 2 is used because its main-effect rows do not
+    depend on the 0/1 coding, whereas type 3's do.
+    """
     y = _sample(y, "y")
     factors = []
     for name, f in (("factor_a", factor_a), ("factor_b", factor_b)):
@@ -144,17 +189,14 @@ def interaction_test(y: ArrayLike, factor_a: ArrayLike, factor_b: ArrayLike) -> 
         raise ValueError(f"every a×b cell needs at least 2 observations, got {small}")
     if all(np.ptp(y[m]) == 0 for m in cells.values()):
         raise ValueError("y is constant within every cell: residual variance is zero, so F is undefined")
-    design = np.column_stack([np.ones_like(y), a, b, a * b])
-    rss_full, beta = _rss(design, y)
-    rss_additive, _ = _rss(design[:, :3], y)
-    df_den = len(y) - 4
-    f_stat = max(rss_additive - rss_full, 0.0) / (rss_full / df_den)
+    fit = smf.ols("y ~ a * b", data=pd.DataFrame({"y": y, "a": a, "b": b})).fit()
+    row = anova_lm(fit, typ=2).loc["a:b"]
     return {
-        "f": f_stat,
-        "df_num": 1,
-        "df_den": df_den,
-        "p_value": float(_sps.f.sf(f_stat, 1, df_den)),
-        "interaction_coef": float(beta[3]),
+        "f": float(row["F"]),
+        "df_num": int(row["df"]),
+        "df_den": int(fit.df_resid),
+        "p_value": float(row["PR(>F)"]),
+        "interaction_coef": float(fit.params["a:b"]),
         "test": "OLS F-test of the a×b interaction (two-way ANOVA)",
     }
 
@@ -196,8 +238,6 @@ def first_divergence(
 
 def youden_threshold(pos: ArrayLike, neg: ArrayLike) -> dict:
     """Score threshold (positive when score >= threshold) that maximises Youden's J = TPR - FPR."""
-    from sklearn.metrics import roc_curve
-
     pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     fpr, tpr, thresholds = roc_curve(labels, np.r_[pos, neg], drop_intermediate=False)

@@ -1,0 +1,199 @@
+"""Every figure the pipeline draws, built from the same numbers its JSON results hold.
+
+Functions return a Figure; the caller saves it with `traitscope.io.save_figure`. Figures sit
+on an Agg canvas without pyplot, so no GUI backend is needed and no global figure state leaks
+between the many figures one Snakemake job may draw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from traitscope.stats import mean_with_ci
+
+CONDITION_COLORS = {"C1": "tab:orange", "C2": "tab:red", "C3": "tab:cyan", "C4": "tab:blue"}
+GROUP_COLORS = {"harmful": "tab:red", "harmless": "tab:blue"}
+
+
+def _figure(ncols: int, figsize: tuple[float, float], nrows: int = 1) -> tuple[Figure, np.ndarray]:
+    """A Figure on an Agg canvas and its axes as a 2-D array; constrained layout leaves room for titles."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _ci_errors(entries: list[dict], estimate: str) -> np.ndarray:
+    """Asymmetric error-bar lengths [below, above] from the entries' ci_low / ci_high."""
+    return np.array(
+        [[e[estimate] - e["ci_low"] for e in entries], [e["ci_high"] - e[estimate] for e in entries]]
+    )
+
+
+def layer_scores_figure(result: dict) -> Figure:
+    """Held-out AUC and Cohen's d per layer for each extraction method, chosen layer marked."""
+    fig, axes = _figure(2, (10, 3.8))
+    ax_auc, ax_d = axes[0]
+    for method, rows in result["methods"].items():
+        layers = [r["layer"] for r in rows]
+        d = [r["cohens_d"] if np.isfinite(r["cohens_d"]) else np.nan for r in rows]
+        ax_auc.plot(layers, [r["auc"] for r in rows], marker="o", ms=3, label=method)
+        ax_d.plot(layers, d, marker="o", ms=3, label=method)
+    chosen = result["chosen"]
+    for ax in (ax_auc, ax_d):
+        ax.axvline(chosen["layer"], color="grey", ls="--", lw=1, label=f"chosen ({chosen['method']})")
+        ax.set_xlabel("layer (decoder block output)")
+        ax.grid(alpha=0.3)
+    ax_auc.set_ylabel("held-out ROC-AUC (positive vs negative)")
+    ax_d.set_ylabel("held-out Cohen's d of projection (SD units)")
+    ax_auc.legend(fontsize=8)
+    fig.suptitle(
+        f"{result['trait']} on {result['model']}: separation by layer "
+        f"(n={result['n_positive']}+{result['n_negative']})"
+    )
+    return fig
+
+
+def auc_figure(aucs: dict, title: str) -> Figure:
+    """One bar per trait: ROC-AUC of harmful vs harmless with its bootstrap CI (auc_with_ci entries)."""
+    fig, axes = _figure(1, (6, 3.5))
+    ax = axes[0, 0]
+    names = list(aucs)
+    entries = [aucs[n] for n in names]
+    ax.barh(names, [e["auc"] for e in entries], xerr=_ci_errors(entries, "auc"), capsize=4, color="tab:red")
+    ax.axvline(0.5, color="grey", ls="--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("ROC-AUC (harmful vs harmless), 95% stratified bootstrap CI")
+    ax.set_ylabel("trait")
+    ax.set_title(title)
+    return fig
+
+
+def category_auc_figure(result: dict, traits: list[str]) -> Figure:
+    """Per BeaverTails category and trait: AUC vs safe pairs with its CI, categories sorted by AUC."""
+    fig, axes = _figure(len(traits), (4.5 * len(traits), 5))
+    for ax, trait in zip(axes[0], traits):
+        entries = {c: e[trait]["auc"] for c, e in result["categories"].items() if "auc" in e[trait]}
+        cats = sorted(entries, key=lambda c: entries[c]["auc"])
+        ordered = [entries[c] for c in cats]
+        ax.barh(
+            [c.replace(",", ", ") for c in cats],
+            [e["auc"] for e in ordered],
+            xerr=_ci_errors(ordered, "auc"),
+            capsize=3,
+            alpha=0.75,
+        )
+        ax.axvline(0.5, color="grey", ls="--", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("ROC-AUC vs safe pairs, 95% bootstrap CI")
+        ax.set_title(trait)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("BeaverTails: does each trait separate a harm category from safe responses?")
+    return fig
+
+
+def score_distribution_figure(dists: dict, failures: dict, traits: list[str]) -> Figure:
+    """Harmful vs harmless score distributions per dataset and trait, with the Youden threshold.
+
+    Each group is normalised on its own (density, not counts): the groups differ in size,
+    and it is the overlap of their shapes that the threshold has to cut.
+    """
+    fig, axes = _figure(len(traits), (4.5 * len(traits), 3.4 * len(dists)), nrows=len(dists))
+    for row, name in enumerate(dists):
+        for ax, trait in zip(axes[row], traits):
+            frame = pd.concat(
+                pd.DataFrame({"score": np.asarray(dists[name][trait][g], float), "group": g})
+                for g in GROUP_COLORS
+            )
+            sns.histplot(
+                frame,
+                x="score",
+                hue="group",
+                hue_order=list(GROUP_COLORS),
+                palette=GROUP_COLORS,
+                bins=20,
+                stat="density",
+                common_norm=False,
+                element="step",
+                kde=True,
+                ax=ax,
+            )
+            cut = failures[name][trait]
+            ax.axvline(cut["threshold"], color="k", ls="--", lw=1)
+            sns.move_legend(ax, "best", title=None, fontsize=7)
+            ax.set_title(
+                f"{name}: {trait}\nYouden threshold (dashed) {cut['threshold']:.2f}, J={cut['j']:.2f}"
+            )
+            ax.set_xlabel("projection at chosen layer (activation units)")
+            ax.set_ylabel("density (area 1 per group)")
+    return fig
+
+
+def prefill_grid_figure(condition_means: dict, traits: list[str]) -> Figure:
+    """The 2x2 prefill design per trait: response-mean score per condition with its JSON CI."""
+    fig, axes = _figure(len(traits), (4.5 * len(traits), 4))
+    for ax, trait in zip(axes[0], traits):
+        for kind, pair in (("harmful", ("C1", "C2")), ("benign", ("C3", "C4"))):
+            entries = [condition_means[trait][c] for c in pair]
+            ax.errorbar(
+                [0, 1],
+                [e["mean"] for e in entries],
+                yerr=_ci_errors(entries, "mean"),
+                marker="o",
+                capsize=4,
+                color=CONDITION_COLORS[pair[1]],
+                label=f"{kind} prompt ({pair[0]} n={entries[0]['n']}, {pair[1]} n={entries[1]['n']})",
+            )
+        ax.set_xticks([0, 1], ["no prefill", "compliance prefill"])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_title(trait)
+        ax.set_ylabel("mean projection of response\n(activation units)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Prefill attack 2x2: mean trait score of the response, 95% percentile-bootstrap CI")
+    return fig
+
+
+def trajectory_figure(
+    traj: pd.DataFrame, traits: list[str], divergence: dict, n_boot: int = 2000, seed: int = 0
+) -> Figure:
+    """Per-token score per condition: mean and 95% percentile-bootstrap CI of the mean at each step."""
+    fig, axes = _figure(len(traits), (5.5 * len(traits), 4.2))
+    for ax, trait in zip(axes[0], traits):
+        t = traj[traj["trait"] == trait]
+        for condition, color in CONDITION_COLORS.items():
+            by_step = t[t["condition"] == condition].groupby("step")["score"]
+            if not len(by_step):
+                continue
+            rows = []
+            for step, scores in by_step:
+                if len(scores) >= 2:
+                    rows.append({"step": step, **mean_with_ci(scores.to_numpy(), n_boot=n_boot, seed=seed)})
+                else:  # a single prompt reaches this step: a mean without a band
+                    rows.append(
+                        {"step": step, "mean": float(scores.iloc[0]), "ci_low": np.nan, "ci_high": np.nan}
+                    )
+            band = pd.DataFrame(rows)
+            ax.plot(band["step"], band["mean"], color=color, label=condition)
+            ax.fill_between(band["step"], band["ci_low"], band["ci_high"], color=color, alpha=0.15)
+        pre = t.loc[t["position"] == "prefill", "step"]
+        if len(pre):
+            ax.axvspan(
+                pre.min() - 0.5, pre.max() + 0.5, color="grey", alpha=0.12, label="prefill tokens (C2, C4)"
+            )
+        first = divergence[trait]["first_step"]
+        if first is not None:
+            ax.axvline(first, color="k", ls="--", lw=1, label=f"C2/C4 diverge at {first}")
+        ax.set_xlabel("token step (0 = last prompt token)")
+        ax.set_ylabel("mean projection over prompts\n(activation units)")
+        ax.set_title(trait)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(
+        "Per-token trait score at each trait's chosen layer: mean and 95% percentile-bootstrap CI per step\n"
+        "(C1 harmful, C2 harmful+prefill, C3 benign, C4 benign+prefill; then generated tokens)"
+    )
+    return fig
