@@ -21,9 +21,9 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from traitscope.capture import forward_batches, pool_batch  # noqa: E402
-from traitscope.chat import SEGMENT_CODE, Encoded  # noqa: E402
-from traitscope.hooks import compile_blocks, decoder_layers  # noqa: E402
+from traitscope.capture.engine import forward_batches, pool_batch  # noqa: E402
+from traitscope.model.chat import SEGMENT_CODE, Encoded  # noqa: E402
+from traitscope.model.hooks import compile_blocks, decoder_layers  # noqa: E402
 
 
 def synchronize(device: str) -> None:
@@ -97,7 +97,7 @@ def load_model(args) -> tuple[torch.nn.Module, int]:
         with torch.device(args.device):
             model = Gemma2ForCausalLM(config).to(dtype)
         return model.eval(), config.vocab_size
-    from traitscope.models import load
+    from traitscope.model.loading import load
 
     model, tokenizer = load(args.model, device=args.device, dtype="bfloat16")
     return model, len(tokenizer)

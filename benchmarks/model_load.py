@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from traitscope.models import ModelSpec, load, load_source, prepare
+from traitscope.model.loading import ModelSpec, load, load_source, prepare_model
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     gguf_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        manifest = prepare(spec, Path(tmp) / "smollm2")
+        manifest = prepare_model(spec, Path(tmp) / "smollm2")
         prepare_s = time.perf_counter() - t0
         load(manifest, device="cpu")  # warm the page cache, as every later job finds it
         t0 = time.perf_counter()

@@ -7,8 +7,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from traitscope.capture import forward_batches, pool_batch
-from traitscope.hooks import compile_blocks
+from traitscope.capture.engine import forward_batches, pool_batch
+from traitscope.model.hooks import compile_blocks
 
 sys.path.insert(0, "benchmarks")
 from capture_gpu import make_prompts  # noqa: E402

@@ -1,20 +1,24 @@
 """Config loading and validation, shared by the Snakefile and the CLI.
 
-The JSON schema catches shape errors; `check` catches what a schema cannot: a trait
-name with no YAML file, a trait file that does not parse, a base model that is not
-defined. Both run before any job starts.
+The JSON schema (with one fragment per experiment) catches shape errors and is the one
+place every default lives: validation fills them in, so rules pass every value
+explicitly. `check` catches what a schema cannot: a trait with no YAML file, a name that
+points nowhere. Experiments check their own sections (`check_config` in their module),
+so this module names none of them. Everything runs before any job starts.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from traitscope.errors import TraitscopeError
-from traitscope.models import ModelSpec
-from traitscope.traits import load_trait, trait_path
+
+SCHEMA_NAME = "config.schema.yaml"
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -29,91 +33,131 @@ def read_yaml(path: str | Path) -> Any:
         raise TraitscopeError(f"{path}: malformed YAML{where}; fix the syntax") from None
 
 
-def validate_schema(config: dict, schema_path: str | Path, source: str = "config") -> None:
-    """Validate against the JSON schema, filling defaults, with the failing key named."""
+def find_schema(start: str | Path | None = None) -> Path:
+    """workflow/schemas/config.schema.yaml of the checkout holding `start` (or this package)."""
+    here = Path(__file__).resolve()
+    for base in [Path(start).resolve()] if start else []:
+        for folder in [base, *base.parents]:
+            candidate = folder / "workflow" / "schemas" / SCHEMA_NAME
+            if candidate.is_file():
+                return candidate
+    candidate = here.parents[2] / "workflow" / "schemas" / SCHEMA_NAME  # src layout checkout
+    if candidate.is_file():
+        return candidate
+    raise TraitscopeError(f"cannot find workflow/schemas/{SCHEMA_NAME}; pass --schema")
+
+
+def load_schema(schema_path: str | Path) -> dict:
+    """The schema with every file `$ref` (the experiment fragments) inlined.
+
+    Inlining keeps default-filling working inside fragments, which Snakemake's own
+    `validate` does not do across file references.
+    """
+    schema_path = Path(schema_path)
+
+    def inline(node: Any, base: Path) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                target = base / ref
+                fragment = read_yaml(target)
+                fragment.pop("$schema", None)
+                return inline(fragment, target.parent)
+            return {k: inline(v, base) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v, base) for v in node]
+        return node
+
+    return inline(read_yaml(schema_path), schema_path.parent)
+
+
+def _default_filling(validator_cls: Any) -> Any:
+    """A validator class that fills each property's schema default before validating it."""
     import jsonschema
 
-    schema = read_yaml(schema_path)
-    validator_cls = jsonschema.validators.validator_for(schema)
-    errors = sorted(validator_cls(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, props: dict, instance: Any, schema: dict):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def validate_config(config: dict, schema_path: str | Path, source: str = "config") -> dict:
+    """Validate in place against the schema, filling defaults; the failing key is named."""
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    validator = _default_filling(jsonschema.validators.validator_for(schema))(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+    return config
+
+
+def require_variant(where: str, name: Any, config: dict) -> None:
+    if name not in config["models"]:
+        raise TraitscopeError(
+            f"{where}: variant {name!r} is not defined under models: ({', '.join(config['models'])})"
+        )
+
+
+def require_prompt_set(where: str, name: Any, config: dict, dataset: str | None = None) -> None:
+    spec = config["prompt_sets"].get(name)
+    if spec is None:
+        raise TraitscopeError(f"{where}: prompt set {name!r} is not defined under prompt_sets:")
+    if dataset is not None and spec["dataset"] != dataset:
+        raise TraitscopeError(f"{where}: prompt set {name!r} needs dataset: {dataset}")
+
+
+def require_traits(where: str, names: list[str], config: dict) -> None:
+    unknown = [t for t in names if t not in config["traits"]]
+    if unknown:
+        raise TraitscopeError(
+            f"{where}: {', '.join(unknown)} not in traits: add them there or remove them here"
+        )
 
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
-    """Cross-field checks: every trait exists and parses, models are well formed."""
-    traits_dir = Path(traits_dir or config.get("traits_dir", "resources/traits"))
+    """Cross-field checks of a validated config (defaults filled)."""
+    from traitscope.data.traits import load_trait, trait_path
+    from traitscope.model.loading import ModelSpec
+
+    traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():
         ModelSpec.from_config(name, entry)
-    if config["base_model"] not in config["models"]:
-        raise TraitscopeError(
-            f"base_model {config['base_model']!r} is not defined under models: "
-            f"({', '.join(config['models'])})"
-        )
+    require_variant("base_model", config["base_model"], config)
     for name in config["traits"]:
         load_trait(trait_path(traits_dir, name), name)
-    sets = config.get("prompt_sets") or {}
-    for name, spec in sets.items():
-        if spec["dataset"] == "conditions":
-            for key in ("harmful", "harmless"):
-                if spec.get(key) not in sets:
-                    raise TraitscopeError(
-                        f"prompt_sets.{name}.{key}: {spec.get(key)!r} is not a defined prompt set"
-                    )
-    prefill = (config.get("experiments") or {}).get("prefill") or {}
-    if prefill.get("enabled"):
-        if sets.get(prefill.get("prompt_set"), {}).get("dataset") != "conditions":
-            raise TraitscopeError(
-                "experiments.prefill.prompt_set must name a prompt set with dataset: conditions"
-            )
-        if prefill.get("variant") not in config["models"]:
-            raise TraitscopeError(
-                f"experiments.prefill.variant {prefill.get('variant')!r} is not under models:"
-            )
-        unknown = [t for t in prefill.get("traits", []) if t not in config["traits"]]
-        if unknown:
-            raise TraitscopeError(f"experiments.prefill.traits: {', '.join(unknown)} not in traits:")
-    external = (config.get("experiments") or {}).get("external") or {}
-    if external.get("enabled"):
-        where = "experiments.external"
-        if external.get("variant") not in config["models"]:
-            raise TraitscopeError(f"{where}.variant {external.get('variant')!r} is not under models:")
-        hb = external.get("harmbench")
-        named = [hb["harmful"], hb["harmless"]] if hb else []
-        if external.get("beavertails"):
-            bt = external["beavertails"]["prompt_set"]
-            if sets.get(bt, {}).get("dataset") != "beavertails":
-                raise TraitscopeError(f"{where}.beavertails.prompt_set {bt!r}: needs dataset: beavertails")
-        for name in named:
-            if name not in sets:
-                raise TraitscopeError(f"experiments.external.harmbench: prompt set {name!r} is not defined")
-        unknown = [t for t in external.get("traits", []) if t not in config["traits"]]
-        if unknown:
-            raise TraitscopeError(f"experiments.external.traits: {', '.join(unknown)} not in traits:")
-    for i, capture in enumerate(config.get("captures") or []):
-        if capture["variant"] not in config["models"]:
-            raise TraitscopeError(
-                f"captures[{i}]: variant {capture['variant']!r} is not defined under models:"
-            )
-        if capture["prompt_set"] not in (config.get("prompt_sets") or {}):
-            raise TraitscopeError(
-                f"captures[{i}]: prompt set {capture['prompt_set']!r} is not defined under prompt_sets:"
-            )
-    steering = config.get("steering_check") or {}
-    if steering.get("enabled", True) and steering.get("trait", "safety/evil") not in config["traits"]:
-        raise TraitscopeError(
-            f"steering_check.trait {steering.get('trait', 'safety/evil')!r} is not in traits: "
-            "add it or set steering_check.enabled: false"
-        )
+    for i, capture in enumerate(config["captures"]):
+        require_variant(f"captures[{i}]", capture["variant"], config)
+        require_prompt_set(f"captures[{i}]", capture["prompt_set"], config)
+    if config["steering_check"]["enabled"]:
+        require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
+    for name, section in config["experiments"].items():
+        if section.get("enabled"):
+            experiment = importlib.import_module(f"traitscope.experiments.{name}")
+            experiment.check_config(section, config)
 
 
-def load_config(path: str | Path, schema_path: str | Path, traits_dir: str | Path | None = None) -> dict:
-    """Read, schema-validate and cross-check a config file."""
+def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:
+    """Read, schema-validate and cross-check a config file, from any working folder.
+
+    Relative paths in the config (traits_dir) are taken from the checkout holding it.
+    """
+    path = Path(path)
     config = read_yaml(path)
     if not isinstance(config, dict):
         raise TraitscopeError(f"{path}: expected a YAML mapping of config keys")
-    validate_schema(config, schema_path, str(path))
-    check(config, traits_dir)
+    schema = Path(schema_path) if schema_path else find_schema(path.parent)
+    validate_config(config, schema, str(path))
+    root = schema.parents[2]
+    traits_dir = Path(config["traits_dir"])
+    check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir)
     return config

@@ -1,8 +1,7 @@
 rule capture:
     input:
         model="results/models/{variant}/manifest.json",
-        prompts=get_capture_prompts,
-        evaluations=get_base_evaluations,
+        prompts="results/prompts/{prompt_set}.parquet",
     output:
         "results/capture/{variant}/{prompt_set}/capture.json",
     log:
@@ -19,4 +18,4 @@ rule capture:
         settings=get_capture_args,
     shell:
         "traitscope capture --model {input.model} --prompts {input.prompts} --out {output} "
-        "--layers-from {input.evaluations} {params.settings} 2> {log}"
+        "{params.settings} 2> {log}"

@@ -1,51 +1,94 @@
 import json
 import os
+import re
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-from traitscope.config import check
+from traitscope.config import check, validate_config
 from traitscope.errors import TraitscopeError
 
-validate(config, "../schemas/config.schema.yaml")
+# Validation fills every default from the schema (the one place defaults live), so the
+# rules below pass every value explicitly and no CLI default is ever used.
 try:
+    validate_config(
+        config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+    )
     check(config)
 except TraitscopeError as exc:
     raise WorkflowError(f"config: {exc}")
 
 
+NAME = "[A-Za-z0-9_.-]+"
+TRAIT_SET = "traits/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+"
+
+
 wildcard_constraints:
-    model="[A-Za-z0-9_.-]+",
-    variant="[A-Za-z0-9_.-]+",
-    prompt_set="[A-Za-z0-9_.-]+",
+    variant=NAME,
+    prompt_set=f"{NAME}|{TRAIT_SET}",
     group="[A-Za-z0-9_-]+",
     trait="[A-Za-z0-9_-]+",
 
 
-TRAITS_DIR = config.get("traits_dir", "resources/traits")
 BASE = config["base_model"]
+TRAITS_DIR = config["traits_dir"]
+CONFIGURED_SETS = "|".join(map(re.escape, config["prompt_sets"])) or "(?!)"
+
+# What enabled experiments add (filled by their .smk files, read by rule all and capture)
+REQUESTED_CAPTURES = [(c["variant"], c["prompt_set"]) for c in config["captures"]]
+DERIVED_CAPTURE = {}  # derived prompt set -> capture settings its experiment asks for
+EXPERIMENT_TARGETS = []  # one get_<name>_targets function per enabled experiment
 
 
-def trait_dir(model, trait):
-    """results/traits/<model>/<group>/<trait>: one folder per trait and model."""
-    return f"results/traits/{model}/{trait}"
+def is_enabled(experiment):
+    """Whether an experiment section is switched on (schema default: off)."""
+    return config["experiments"][experiment]["enabled"]
+
+
+def request_captures(pairs, settings=None):
+    """An experiment asks for (variant, prompt set) captures; derived sets bring settings."""
+    for variant, prompt_set in pairs:
+        if (variant, prompt_set) not in REQUESTED_CAPTURES:
+            REQUESTED_CAPTURES.append((variant, prompt_set))
+        if settings is not None:
+            DERIVED_CAPTURE[prompt_set] = settings
+
+
+def trait_dir(variant, trait):
+    """results/traits/<variant>/<group>/<trait>: one folder per trait and variant."""
+    return f"results/traits/{variant}/{trait}"
+
+
+def trait_set(trait):
+    """The contrastive prompt set of a trait, captured like any other prompt set."""
+    return f"traits/{trait}"
+
+
+def prompts_path(prompt_set):
+    return f"results/prompts/{prompt_set}.parquet"
+
+
+def capture_path(variant, prompt_set):
+    return f"results/capture/{variant}/{prompt_set}/capture.json"
+
+
+def projections_path(variant, prompt_set):
+    return f"results/projections/{variant}/{prompt_set}.parquet"
 
 
 def get_final_output():
-    """Every trait's vectors and evaluation on the base model, plus the steering check."""
-    out = [f"results/models/{BASE}/manifest.json"]
+    """Every trait's vectors and evaluation, the summary, projections and experiment targets."""
+    out = [
+        f"results/models/{BASE}/manifest.json",
+        f"results/traits/{BASE}/summary.json",
+    ]
     for trait in config["traits"]:
         out += [
-            f"{trait_dir(BASE, trait)}/vectors.safetensors",
-            f"{trait_dir(BASE, trait)}/evaluation.json",
-            f"{trait_dir(BASE, trait)}/evaluation.png",
+            f"{trait_dir(BASE, trait)}/{name}"
+            for name in ("vectors.safetensors", "evaluation.json", "evaluation.png")
         ]
-    out.append(f"results/traits/{BASE}/summary.json")
-    out += [f"results/projections/{v}/{p}.parquet" for v, p in get_captures()]
-    if config["experiments"]["prefill"]["enabled"]:
-        out += PREFILL_OUTPUTS
-    if EXTERNAL["enabled"]:
-        out += EXTERNAL_OUTPUTS
+    out += [projections_path(v, p) for v, p in REQUESTED_CAPTURES]
+    for targets in EXPERIMENT_TARGETS:
+        out += targets()
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
@@ -53,18 +96,18 @@ def get_final_output():
 
 
 def get_model_spec(wildcards):
-    """The variant's models: entry as JSON, for the prepare-model CLI."""
-    return json.dumps(config["models"][wildcards.model], sort_keys=True)
+    """The variant's models: entry as JSON, for `traitscope prepare-model`."""
+    return json.dumps(config["models"][wildcards.variant], sort_keys=True)
 
 
 def get_lora_base_manifest(wildcards):
     """A LoRA variant is prepared after its base variant."""
-    lora = config["models"][wildcards.model].get("lora")
+    lora = config["models"][wildcards.variant].get("lora")
     return [f"results/models/{lora['base']}/manifest.json"] if lora else []
 
 
 def get_manifest(wildcards):
-    return f"results/models/{wildcards.model}/manifest.json"
+    return f"results/models/{wildcards.variant}/manifest.json"
 
 
 def get_trait_file(wildcards):
@@ -73,85 +116,89 @@ def get_trait_file(wildcards):
 
 def get_evaluations(wildcards):
     return [
-        f"{trait_dir(wildcards.model, t)}/evaluation.json" for t in config["traits"]
+        f"{trait_dir(wildcards.variant, t)}/evaluation.json" for t in config["traits"]
     ]
 
 
-def get_steering(key):
-    """A steering_check setting (schema defaults are filled in by validate)."""
-    return config["steering_check"][key]
-
-
-def extraction(key):
-    """An extraction setting (schema defaults are filled in by validate)."""
-    return config["extraction"][key]
-
-
 def opt(flag, value):
-    """A CLI option, or nothing when the value is None (the CLI default applies)."""
-    return "" if value is None else f"{flag} {value}"
+    """A CLI option with a nullable value: `null` in the config is the word `none`."""
+    return f"{flag} {'none' if value is None else value}"
 
 
-def get_captures():
-    """(variant, prompt_set) pairs to capture, from `captures:`."""
-    return [(c["variant"], c["prompt_set"]) for c in config["captures"]]
-
-
-def get_prep_inputs(wildcards):
-    """A derived prompt set (the prefill conditions) is built from two prepared sets."""
-    spec = config["prompt_sets"][wildcards.prompt_set]
-    if spec["dataset"] != "conditions":
-        return []
-    return [f"results/prompts/{spec[k]}.parquet" for k in ("harmful", "harmless")]
-
-
-def get_prompt_spec(wildcards, input):
-    """The prompt set's entry (without capture overrides) as JSON, for `traitscope prep`."""
+def get_prompt_spec(wildcards):
+    """The prompt set's entry (without capture overrides) as JSON, for `traitscope prep-prompts`."""
     entry = config["prompt_sets"][wildcards.prompt_set]
-    spec = {k: v for k, v in entry.items() if k != "capture"}
-    if spec["dataset"] == "conditions":
-        spec.update(harmful_path=input[0], harmless_path=input[1])
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in entry.items() if k != "capture"}, sort_keys=True
+    )
 
 
 def get_mirror_arg():
-    return opt("--data-mirror", config.get("data_mirror"))
+    return opt("--data-mirror", config["data_mirror"])
 
 
-def capture_setting(wildcards, key):
-    """A capture setting: the prompt set's override, else the global `capture:` value."""
-    override = prompt_set_entry(wildcards.prompt_set).get("capture", {})
-    return override.get(key, config["capture"][key])
+def capture_settings(prompt_set):
+    """Every capture setting of a prompt set: global, then experiment, then per-set overrides.
+
+    A trait's contrastive set is generated and captured at every layer with the
+    extraction settings, so its vectors can be scored per layer.
+    """
+    if prompt_set.startswith("traits/"):
+        ex = config["extraction"]
+        return {
+            **config["capture"],
+            "layers": "all",
+            "pools": ex["pools"],
+            "token_segments": [],
+            "keep_all_tokens": False,
+            **{
+                k: ex[k]
+                for k in ("max_new_tokens", "temperature", "seed", "max_tokens")
+            },
+            "storage_dtype": ex["storage_dtype"],
+        }
+    return {
+        **config["capture"],
+        **DERIVED_CAPTURE.get(prompt_set, {}),
+        **config["prompt_sets"].get(prompt_set, {}).get("capture", {}),
+    }
+
+
+def layers_arg(layers):
+    """`all`, or the explicit layer list (a range is expanded here, stop exclusive)."""
+    if layers == "all":
+        return "all"
+    if isinstance(layers, dict):
+        layers = range(layers["start"], layers["stop"], layers.get("step", 1))
+    return " ".join(str(layer) for layer in layers)
 
 
 def get_capture_args(wildcards):
     """Every capture setting as CLI options, so a changed setting reruns the capture."""
-    get = lambda key: capture_setting(wildcards, key)
+    s = capture_settings(wildcards.prompt_set)
     args = [
-        f"--pools {' '.join(get('pools'))}",
-        f"--max-new-tokens {get('max_new_tokens')}",
-        f"--temperature {get('temperature')}",
-        f"--seed {get('seed')}",
-        f"--max-tokens {get('max_tokens')}",
-        f"--padding-side {get('padding_side')}",
-        f"--shard-size {get('shard_size')}",
-        f"--storage-dtype {get('storage_dtype')}",
-        f"--compile {get('compile')}",
+        f"--layers {layers_arg(s['layers'])}",
+        f"--pools {' '.join(s['pools'])}",
+        f"--token-segments {' '.join(s['token_segments']) or 'none'}",
+        f"--keep-all-tokens {'yes' if s['keep_all_tokens'] else 'no'}",
+        f"--max-new-tokens {s['max_new_tokens']}",
+        f"--temperature {s['temperature']}",
+        f"--seed {s['seed']}",
+        f"--max-tokens {s['max_tokens']}",
+        f"--padding-side {s['padding_side']}",
+        f"--shard-size {s['shard_size']}",
+        f"--storage-dtype {s['storage_dtype']}",
+        f"--compile {s['compile']}",
     ]
-    if get("token_segments"):
-        args.append(f"--token-segments {' '.join(get('token_segments'))}")
-    if get("keep_all_tokens"):
-        args.append("--keep-all-tokens")
     return " ".join(args)
-
-
-def get_base_evaluations(wildcards):
-    """Every configured trait's evaluation on the base model: their chosen layers are captured."""
-    return [f"{trait_dir(BASE, t)}/evaluation.json" for t in config["traits"]]
 
 
 def get_base_vectors(wildcards):
     return [f"{trait_dir(BASE, t)}/vectors.safetensors" for t in config["traits"]]
+
+
+def get_base_evaluations(wildcards):
+    return [f"{trait_dir(BASE, t)}/evaluation.json" for t in config["traits"]]
 
 
 def get_project_traits(wildcards, input):
@@ -160,98 +207,3 @@ def get_project_traits(wildcards, input):
         f"--trait {t} {v} {e}"
         for t, v, e in zip(config["traits"], input.vectors, input.evaluations)
     )
-
-
-PREFILL_OUTPUTS = [
-    "results/prefill/condition_comparison.json",
-    "results/prefill/2x2_grid.png",
-    "results/prefill/trajectory_divergence.png",
-]
-
-
-def get_prefill_inputs(wildcards):
-    """The conditions set, its projections on the experiment's variant, and nothing else."""
-    exp = config["experiments"]["prefill"]
-    return {
-        "conditions": f"results/prompts/{exp['prompt_set']}.parquet",
-        "projections": f"results/projections/{exp['variant']}/{exp['prompt_set']}.parquet",
-    }
-
-
-EXTERNAL = config["experiments"]["external"]
-EXTERNAL_DIR = "results/external_datasets"
-BT_PREFIX = "bt-"  # prompt sets made by the BeaverTails checkpoint: bt-<category slug>
-
-
-def prompt_set_entry(name):
-    """A prompt set's config entry; BeaverTails groups share their source set's entry."""
-    if name.startswith(BT_PREFIX):
-        return config["prompt_sets"][EXTERNAL["beavertails"]["prompt_set"]]
-    return config["prompt_sets"][name]
-
-
-def get_capture_prompts(wildcards):
-    """A prompt set's Parquet; BeaverTails groups come out of the checkpoint's folder."""
-    if wildcards.prompt_set.startswith(BT_PREFIX):
-        folder = checkpoints.split_beavertails.get().output[0]
-        return f"{folder}/{wildcards.prompt_set[len(BT_PREFIX):]}.parquet"
-    return f"results/prompts/{wildcards.prompt_set}.parquet"
-
-
-def beavertails_groups():
-    """Category slugs the checkpoint wrote (known once it has run)."""
-    folder = checkpoints.split_beavertails.get().output[0]
-    return sorted(glob_wildcards(f"{folder}/{{slug}}.parquet").slug)
-
-
-def get_external_inputs(wildcards):
-    """Projections (and prompt sets) that the external-dataset analysis reads."""
-    variant, inputs = EXTERNAL["variant"], {}
-    if EXTERNAL["harmbench"]:
-        sets = EXTERNAL["harmbench"]
-        inputs["hb_harmful"] = (
-            f"results/projections/{variant}/{sets['harmful']}.parquet"
-        )
-        inputs["hb_harmless"] = (
-            f"results/projections/{variant}/{sets['harmless']}.parquet"
-        )
-        inputs["hb_prompts"] = f"results/prompts/{sets['harmful']}.parquet"
-    if EXTERNAL["beavertails"]:
-        folder = checkpoints.split_beavertails.get().output[0]
-        slugs = beavertails_groups()
-        inputs["bt_proj"] = [
-            f"results/projections/{variant}/{BT_PREFIX}{s}.parquet" for s in slugs
-        ]
-        inputs["bt_prompts"] = [f"{folder}/{s}.parquet" for s in slugs]
-    return inputs
-
-
-def get_external_args(wildcards, input):
-    """CLI options naming every input of the external-dataset analysis."""
-    named = dict(input.items())
-    if not named:  # asked before the BeaverTails checkpoint has run; re-asked after it
-        return ""
-    args = []
-    if EXTERNAL["harmbench"]:
-        args.append(
-            f"--harmbench-harmful {named['hb_harmful']} --harmbench-harmless {named['hb_harmless']} "
-            f"--harmbench-prompts {named['hb_prompts']}"
-        )
-    if EXTERNAL["beavertails"]:
-        for proj, prompts in zip(named["bt_proj"], named["bt_prompts"]):
-            group = os.path.basename(prompts).removesuffix(".parquet")
-            args.append(f"--beavertails-group {group} {proj} {prompts}")
-    return " ".join(args)
-
-
-def external_outputs():
-    """What the external-dataset analysis writes, given which datasets are configured."""
-    out = ["failure_cases.json", "score_distributions.png"]
-    if EXTERNAL["harmbench"]:
-        out += ["harmbench_results.json", "harmbench_auc.png"]
-    if EXTERNAL["beavertails"]:
-        out += ["beavertails_results.json", "per_category_auc.png"]
-    return [f"{EXTERNAL_DIR}/{name}" for name in out]
-
-
-EXTERNAL_OUTPUTS = external_outputs()

@@ -2,11 +2,11 @@ rule prepare_model:
     input:
         base=get_lora_base_manifest,
     output:
-        manifest="results/models/{model}/manifest.json",
+        manifest="results/models/{variant}/manifest.json",
     log:
-        "results/logs/prepare_model/{model}.log",
+        "results/logs/prepare_model/{variant}.log",
     benchmark:
-        "results/benchmarks/prepare_model/{model}.tsv"
+        "results/benchmarks/prepare_model/{variant}.tsv"
     conda:
         "../../envs/traitscope.yaml"
     threads: 2
@@ -18,5 +18,5 @@ rule prepare_model:
             "--base-manifest", input.base[0] if input.base else None
         ),
     shell:
-        "traitscope prepare-model --variant {wildcards.model} --spec {params.spec:q} "
-        "--out results/models/{wildcards.model} {params.base} 2> {log}"
+        "traitscope prepare-model --variant {wildcards.variant} --spec {params.spec:q} "
+        "--out results/models/{wildcards.variant} {params.base} 2> {log}"

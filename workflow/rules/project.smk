@@ -16,4 +16,4 @@ rule project:
         traits=lambda wildcards, input: get_project_traits(wildcards, input),
     shell:
         "traitscope project --capture {input.capture} --variant {wildcards.variant} "
-        "{params.traits} --out {output} 2> {log}"
+        "--prompt-set {wildcards.prompt_set} {params.traits} --out {output} 2> {log}"

@@ -1,108 +1,73 @@
-rule trait_responses:
+rule trait_prompts:
     input:
-        model=get_manifest,
         trait=get_trait_file,
     output:
-        "results/traits/{model}/{group}/{trait}/responses.parquet",
+        "results/prompts/traits/{group}/{trait}.parquet",
     log:
-        "results/logs/trait_responses/{model}/{group}/{trait}.log",
-    benchmark:
-        "results/benchmarks/trait_responses/{model}/{group}/{trait}.tsv"
+        "results/logs/trait_prompts/{group}/{trait}.log",
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
+    threads: 1
     params:
-        max_new_tokens=extraction("max_new_tokens"),
-        pairs=extraction("pairs_per_question"),
-        n_extraction=opt("--n-extraction", extraction("n_extraction")),
-        n_evaluation=opt("--n-evaluation", extraction("n_evaluation")),
-        temperature=extraction("temperature"),
-        seed=extraction("seed"),
-        max_tokens=extraction("max_tokens"),
+        pairs=config["extraction"]["pairs_per_question"],
+        n_extraction=opt("--n-extraction", config["extraction"]["n_extraction"]),
+        n_evaluation=opt("--n-evaluation", config["extraction"]["n_evaluation"]),
     shell:
-        "traitscope trait-responses --model {input.model} --trait-file {input.trait} "
-        "--trait {wildcards.group}/{wildcards.trait} --out {output} "
-        "--max-new-tokens {params.max_new_tokens} --pairs-per-question {params.pairs} "
-        "{params.n_extraction} {params.n_evaluation} --temperature {params.temperature} "
-        "--seed {params.seed} --max-tokens {params.max_tokens} 2> {log}"
-
-
-rule trait_activations:
-    input:
-        model=get_manifest,
-        responses="results/traits/{model}/{group}/{trait}/responses.parquet",
-    output:
-        "results/traits/{model}/{group}/{trait}/activations.safetensors",
-    log:
-        "results/logs/trait_activations/{model}/{group}/{trait}.log",
-    benchmark:
-        "results/benchmarks/trait_activations/{model}/{group}/{trait}.tsv"
-    conda:
-        "../../envs/traitscope.yaml"
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=16000,
-    params:
-        pools=" ".join(extraction("pools")),
-        max_tokens=extraction("max_tokens"),
-    shell:
-        "traitscope trait-activations --model {input.model} --responses {input.responses} "
-        "--out {output} --pools {params.pools} --max-tokens {params.max_tokens} 2> {log}"
+        "traitscope trait-prompts --trait-file {input.trait} --trait {wildcards.group}/{wildcards.trait} "
+        "--out {output} --pairs-per-question {params.pairs} {params.n_extraction} "
+        "{params.n_evaluation} 2> {log}"
 
 
 rule trait_vectors:
     input:
-        activations="results/traits/{model}/{group}/{trait}/activations.safetensors",
-        responses="results/traits/{model}/{group}/{trait}/responses.parquet",
+        capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
+        prompts="results/prompts/traits/{group}/{trait}.parquet",
     output:
-        vectors="results/traits/{model}/{group}/{trait}/vectors.safetensors",
-        meta="results/traits/{model}/{group}/{trait}/vectors.json",
+        vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
+        meta="results/traits/{variant}/{group}/{trait}/vectors.json",
     log:
-        "results/logs/trait_vectors/{model}/{group}/{trait}.log",
+        "results/logs/trait_vectors/{variant}/{group}/{trait}.log",
     conda:
         "../../envs/traitscope.yaml"
     threads: 1
     resources:
         mem_mb=4000,
     params:
-        position=extraction("position"),
-        probe_c=extraction("probe_c"),
+        position=config["extraction"]["position"],
+        methods=" ".join(config["extraction"]["methods"]),
+        probe_c=config["extraction"]["probe_c"],
     shell:
-        "traitscope trait-vectors --activations {input.activations} --responses {input.responses} "
+        "traitscope trait-vectors --capture {input.capture} --prompts {input.prompts} "
         "--out {output.vectors} --meta {output.meta} --position {params.position} "
-        "--probe-c {params.probe_c} --model-name {wildcards.model} "
+        "--methods {params.methods} --probe-c {params.probe_c} --variant {wildcards.variant} "
         "--trait {wildcards.group}/{wildcards.trait} 2> {log}"
 
 
 rule trait_evaluation:
     input:
-        vectors="results/traits/{model}/{group}/{trait}/vectors.safetensors",
-        activations="results/traits/{model}/{group}/{trait}/activations.safetensors",
-        responses="results/traits/{model}/{group}/{trait}/responses.parquet",
+        vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
+        capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
+        prompts="results/prompts/traits/{group}/{trait}.parquet",
     output:
-        json="results/traits/{model}/{group}/{trait}/evaluation.json",
+        json="results/traits/{variant}/{group}/{trait}/evaluation.json",
         png=report(
-            "results/traits/{model}/{group}/{trait}/evaluation.png",
+            "results/traits/{variant}/{group}/{trait}/evaluation.png",
             caption="../report/evaluation.rst",
             category="Trait vectors",
         ),
     log:
-        "results/logs/trait_evaluation/{model}/{group}/{trait}.log",
+        "results/logs/trait_evaluation/{variant}/{group}/{trait}.log",
     conda:
         "../../envs/traitscope.yaml"
     threads: 1
     resources:
         mem_mb=4000,
     params:
-        position=extraction("position"),
+        position=config["extraction"]["position"],
     shell:
-        "traitscope trait-evaluate --vectors {input.vectors} --activations {input.activations} "
-        "--responses {input.responses} --out {output.json} --png {output.png} "
-        "--position {params.position} --model-name {wildcards.model} "
+        "traitscope trait-evaluation --vectors {input.vectors} --capture {input.capture} "
+        "--prompts {input.prompts} --out {output.json} --png {output.png} "
+        "--position {params.position} --variant {wildcards.variant} "
         "--trait {wildcards.group}/{wildcards.trait} 2> {log}"
 
 
@@ -110,9 +75,9 @@ rule trait_summary:
     input:
         get_evaluations,
     output:
-        "results/traits/{model}/summary.json",
+        "results/traits/{variant}/summary.json",
     log:
-        "results/logs/trait_summary/{model}.log",
+        "results/logs/trait_summary/{variant}.log",
     conda:
         "../../envs/traitscope.yaml"
     threads: 1
@@ -123,15 +88,15 @@ rule trait_summary:
 rule steering_check:
     input:
         model=get_manifest,
-        vectors="results/traits/{model}/{group}/{trait}/vectors.safetensors",
-        evaluation="results/traits/{model}/{group}/{trait}/evaluation.json",
+        vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
+        evaluation="results/traits/{variant}/{group}/{trait}/evaluation.json",
         trait=get_trait_file,
     output:
-        "results/traits/{model}/{group}/{trait}/steering.json",
+        "results/traits/{variant}/{group}/{trait}/steering.json",
     log:
-        "results/logs/steering_check/{model}/{group}/{trait}.log",
+        "results/logs/steering_check/{variant}/{group}/{trait}.log",
     benchmark:
-        "results/benchmarks/steering_check/{model}/{group}/{trait}.tsv"
+        "results/benchmarks/steering_check/{variant}/{group}/{trait}.tsv"
     conda:
         "../../envs/traitscope.yaml"
     threads: 2
@@ -139,9 +104,9 @@ rule steering_check:
         gpu=1,
         mem_mb=16000,
     params:
-        coefficient=get_steering("coefficient"),
-        max_new_tokens=get_steering("max_new_tokens"),
-        max_tokens=extraction("max_tokens"),
+        coefficient=config["steering_check"]["coefficient"],
+        max_new_tokens=config["steering_check"]["max_new_tokens"],
+        max_tokens=config["extraction"]["max_tokens"],
     shell:
         "traitscope steering-check --model {input.model} --vectors {input.vectors} "
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "

@@ -19,15 +19,88 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from traitscope import plotting
+from traitscope.config import require_prompt_set, require_traits, require_variant
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.io import save_figure, write_json
-from traitscope.stats import compare_groups, first_divergence, holm, interaction_test
+from traitscope.io import save_figure, write_json, write_parquet
+from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
 
 COMPARISONS = {
     "C2_vs_C4": ("C2", "C4", "prefill_mean"),
     "C1_vs_C2": ("C1", "C2", "response_mean"),
     "C1_vs_C3": ("C1", "C3", "last_prompt"),
 }
+
+
+def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list[str]) -> pd.DataFrame:
+    """The prefill attack's conditions: harmful / benign prompts, without and with each prefill.
+
+    C1 harmful, C2 harmful + prefill, C3 benign, C4 benign + prefill; the benign set is
+    matched in count to the harmful one. With several prefills, C2 and C4 repeat per prefill.
+    """
+    if not prefills:
+        raise TraitscopeError("prefill conditions: give at least one prefill")
+    n = min(len(harmful), len(harmless))
+    if n < 2:
+        raise TraitscopeError(f"prefill conditions: need >= 2 harmful and harmless prompts, have {n}")
+    rows = []
+    for kind, table in (("harmful", harmful.head(n)), ("benign", harmless.head(n))):
+        none, with_prefill = ("C1", "C2") if kind == "harmful" else ("C3", "C4")
+        for r in table.itertuples():
+            base = {
+                "prompt": r.prompt,
+                "source": r.source,
+                "category": r.category,
+                "label": int(kind == "harmful"),
+            }
+            rows.append(
+                {
+                    **base,
+                    "prompt_id": f"{none}:{r.prompt_id}",
+                    "condition": none,
+                    "prefill": "",
+                    "prefill_index": -1,
+                }
+            )
+            for i, prefill in enumerate(prefills):
+                rows.append(
+                    {
+                        **base,
+                        "prompt_id": f"{with_prefill}:p{i}:{r.prompt_id}",
+                        "condition": with_prefill,
+                        "prefill": prefill,
+                        "prefill_index": i,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def prefill_conditions(
+    harmful: str | Path, harmless: str | Path, prefills: list[str], out: str | Path
+) -> pd.DataFrame:
+    """Write the derived 2x2 prompt set from two prepared prompt sets."""
+    parts = [read_prompt_set(p) for p in (harmful, harmless)]
+    for path, part in zip((harmful, harmless), parts):
+        if "prompt" not in part.columns:
+            raise TraitscopeError(f"{path}: the prefill conditions need a 'prompt' column")
+    table = conditions_2x2(*parts, prefills)
+    write_parquet(out, table)
+    return table
+
+
+def check_config(section: dict, config: dict) -> None:
+    """What the schema cannot say about experiments.prefill."""
+    where = "experiments.prefill"
+    require_variant(f"{where}.variant", section.get("variant"), config)
+    require_prompt_set(f"{where}.harmful", section["harmful"], config)
+    require_prompt_set(f"{where}.harmless", section["harmless"], config)
+    require_traits(f"{where}.traits", section["traits"], config)
+    if section["prompt_set"] in config["prompt_sets"]:
+        raise TraitscopeError(
+            f"{where}.prompt_set {section['prompt_set']!r} is also under prompt_sets:; "
+            "the experiment writes that set itself, so give it another name"
+        )
 
 
 def _chosen(projections: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +132,7 @@ def _matrix(traj: pd.DataFrame) -> np.ndarray:
     return traj.pivot(index="prompt_id", columns="step", values="score").to_numpy(dtype=float)
 
 
-def analyse(
+def prefill_analysis(
     projections_path: str | Path,
     conditions_path: str | Path,
     traits: list[str],
@@ -105,11 +178,17 @@ def analyse(
                 for trait in traits
             }
     interaction = {}
+    condition_means: dict[str, dict] = {}  # the 2x2 cells as the grid figure draws them
     for trait in traits:
         rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == "response_mean")]
         harmful = rows["condition"].isin(["C1", "C2"]).to_numpy(int)
         prefilled = rows["condition"].isin(["C2", "C4"]).to_numpy(int)
         interaction[trait] = interaction_test(rows["score"].to_numpy(), harmful, prefilled)
+        scores = {c: rows.loc[rows["condition"] == c, "score"].to_numpy() for c in ("C1", "C2", "C3", "C4")}
+        condition_means[trait] = {
+            c: {"position": "response_mean", **mean_with_ci(x, n_boot=n_boot, seed=seed)}
+            for c, x in scores.items()
+        }
     traj = trajectories(projections, conditions)
     divergence = {}
     for trait in traits:
@@ -129,89 +208,41 @@ def analyse(
         "correction": "Holm across traits and comparisons",
         "C2_vs_C4_by_prefill": by_prefill,
         "interaction": interaction,
+        "condition_means": condition_means,
         "trajectory_divergence": divergence,
     }
     write_json(out_json, result)
-    save_figure(grid_png, _grid_figure(pooled, traits))
-    save_figure(trajectory_png, _trajectory_figure(traj, traits, divergence))
+    save_figure(grid_png, plotting.prefill_grid_figure(condition_means, traits))
+    save_figure(
+        trajectory_png, plotting.trajectory_figure(traj, traits, divergence, n_boot=n_boot, seed=seed)
+    )
     return result
 
 
-def _mean_ci(values: np.ndarray) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.nan
-    return float(values.mean()), float(half)
+def add_commands(add) -> None:
+    """`traitscope prefill-conditions` and `traitscope prefill-analysis`."""
+    p = add("prefill-conditions", _conditions_cli, "the prefill attack's 2x2 prompt set")
+    p.add_argument("--harmful", required=True, help="prepared harmful prompt set")
+    p.add_argument("--harmless", required=True, help="prepared benign prompt set")
+    p.add_argument("--prefills", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("prefill-analysis", _analysis_cli, "prefill attack: 2x2 statistics and trajectories")
+    p.add_argument("--projections", required=True)
+    p.add_argument("--conditions", required=True, help="the conditions prompt set (Parquet)")
+    p.add_argument("--traits", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="condition_comparison.json")
+    p.add_argument("--grid-png", required=True)
+    p.add_argument("--trajectory-png", required=True)
+    p.add_argument("--n-boot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
 
 
-def _grid_figure(pooled: pd.DataFrame, traits: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(traits), figsize=(4 * len(traits), 3.6), squeeze=False)
-    for ax, trait in zip(axes[0], traits):
-        rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == "response_mean")]
-        for kind, (no, yes), color in (
-            ("harmful", ("C1", "C2"), "tab:red"),
-            ("benign", ("C3", "C4"), "tab:blue"),
-        ):
-            stats = [_mean_ci(rows.loc[rows["condition"] == c, "score"].to_numpy()) for c in (no, yes)]
-            ax.errorbar(
-                [0, 1],
-                [m for m, _ in stats],
-                yerr=[h for _, h in stats],
-                marker="o",
-                capsize=4,
-                color=color,
-                label=f"{kind} prompt ({no}, {yes})",
-            )
-        ax.set_xticks([0, 1], ["no prefill", "compliance prefill"])
-        ax.set_title(trait)
-        ax.set_ylabel("projection of generated tokens (activation units)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Prefill attack 2x2: mean trait score of the response, 95% CI")
-    fig.tight_layout()
-    return fig
+def _conditions_cli(a) -> None:
+    prefill_conditions(a.harmful, a.harmless, a.prefills, a.out)
 
 
-def _trajectory_figure(traj: pd.DataFrame, traits: list[str], divergence: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(traits), figsize=(5 * len(traits), 3.8), squeeze=False)
-    colors = {"C1": "tab:orange", "C2": "tab:red", "C3": "tab:cyan", "C4": "tab:blue"}
-    for ax, trait in zip(axes[0], traits):
-        t = traj[traj["trait"] == trait]
-        for condition in ("C1", "C2", "C3", "C4"):
-            m = _matrix(t[t["condition"] == condition])
-            if m.size == 0:
-                continue
-            stats = [_mean_ci(m[:, j]) for j in range(m.shape[1])]
-            steps = np.arange(m.shape[1])
-            mean = np.array([s[0] for s in stats])
-            half = np.array([s[1] for s in stats])
-            ax.plot(steps, mean, color=colors[condition], label=condition)
-            ax.fill_between(steps, mean - half, mean + half, color=colors[condition], alpha=0.15)
-        pre = t.loc[t["position"] == "prefill", "step"]
-        if len(pre):
-            ax.axvspan(
-                pre.min() - 0.5, pre.max() + 0.5, color="grey", alpha=0.12, label="prefill tokens (C2, C4)"
-            )
-        first = divergence[trait]["first_step"]
-        if first is not None:
-            ax.axvline(first, color="k", ls="--", lw=1, label=f"C2/C4 diverge at {first}")
-        ax.set_xlabel("token step (0 = last prompt token)")
-        ax.set_ylabel("projection (activation units)")
-        ax.set_title(trait)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(
-        "Per-token trait score at each trait's chosen layer: mean and 95% CI per condition "
-        "(C1 harmful, C2 harmful+prefill, C3 benign, C4 benign+prefill; then generated tokens)"
+def _analysis_cli(a) -> None:
+    prefill_analysis(
+        a.projections, a.conditions, a.traits, a.out, a.grid_png, a.trajectory_png, a.n_boot, a.seed
     )
-    fig.tight_layout()
-    return fig

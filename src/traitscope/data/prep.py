@@ -12,10 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from traitscope import loaders, sources
+from traitscope.data import loaders, registry
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
-from traitscope.prompts import read_prompt_set
 
 LOADERS = ("harmbench", "advbench", "refusal_direction", "beavertails", "emergent_misalignment", "parquet")
 
@@ -37,7 +36,7 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     path = (
         Path(spec["path"])
         if spec.get("path")
-        else sources.fetch(dataset, spec["file"], data_mirror, cache_dir)
+        else registry.fetch(dataset, spec["file"], data_mirror, cache_dir)
     )
     if dataset == "harmbench":
         return loaders.load_harmbench(path, spec.get("functional_categories", ["standard"]))
@@ -46,49 +45,6 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     if dataset == "refusal_direction":
         return loaders.load_instructions(path, int(spec.get("label", path.name.startswith("harmful"))))
     return loaders.load_em_questions(path)
-
-
-def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list[str]) -> pd.DataFrame:
-    """The prefill attack's conditions: harmful / benign prompts, without and with each prefill.
-
-    C1 harmful, C2 harmful + prefill, C3 benign, C4 benign + prefill; the benign set is
-    matched in count to the harmful one. With several prefills, C2 and C4 repeat per prefill.
-    """
-    if not prefills:
-        raise TraitscopeError("prefill conditions: give at least one prefill")
-    n = min(len(harmful), len(harmless))
-    if n < 2:
-        raise TraitscopeError(f"prefill conditions: need >= 2 harmful and harmless prompts, have {n}")
-    rows = []
-    for kind, table in (("harmful", harmful.head(n)), ("benign", harmless.head(n))):
-        none, with_prefill = ("C1", "C2") if kind == "harmful" else ("C3", "C4")
-        for r in table.itertuples():
-            base = {
-                "prompt": r.prompt,
-                "source": r.source,
-                "category": r.category,
-                "label": int(kind == "harmful"),
-            }
-            rows.append(
-                {
-                    **base,
-                    "prompt_id": f"{none}:{r.prompt_id}",
-                    "condition": none,
-                    "prefill": "",
-                    "prefill_index": -1,
-                }
-            )
-            for i, prefill in enumerate(prefills):
-                rows.append(
-                    {
-                        **base,
-                        "prompt_id": f"{with_prefill}:p{i}:{r.prompt_id}",
-                        "condition": with_prefill,
-                        "prefill": prefill,
-                        "prefill_index": i,
-                    }
-                )
-    return pd.DataFrame(rows)
 
 
 def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:
@@ -111,21 +67,13 @@ def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:
     return loaders.load_advbench(path)
 
 
-def prepare_prompt_set(
+def prep_prompts(
     spec: dict[str, Any],
     out: str | Path,
-    data_mirror: str | None = None,
-    cache_dir: str | Path = "results/cache",
+    data_mirror: str | None,
+    cache_dir: str | Path,
 ) -> pd.DataFrame:
     """Load, sample (seeded) and decorate (system prompt, prefill) one prompt set."""
-    if spec["dataset"] == "conditions":
-        parts = [read_prompt_set(p) for p in (spec["harmful_path"], spec["harmless_path"])]
-        for path, part in zip((spec["harmful_path"], spec["harmless_path"]), parts):
-            if "prompt" not in part.columns:
-                raise TraitscopeError(f"{path}: the conditions need a 'prompt' column")
-        table = conditions_2x2(*parts, spec.get("prefills") or [])
-        write_parquet(out, table)
-        return table
     table = load_source(spec, data_mirror, cache_dir)
     n = spec.get("n")
     if n is not None and n < len(table):

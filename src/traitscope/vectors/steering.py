@@ -7,39 +7,35 @@ steered text projects higher.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from traitscope import chat, models
-from traitscope.capture import pooled_activations
-from traitscope.generate import generate
-from traitscope.hooks import add_to_layer
+from traitscope.capture.engine import pooled_activations
+from traitscope.data.traits import load_trait
 from traitscope.io import write_json
+from traitscope.model import chat
+from traitscope.model import loading as models
+from traitscope.model.generate import generate
+from traitscope.model.hooks import add_to_layer
 from traitscope.stats import cohens_d
-from traitscope.traits import load_trait
-from traitscope.vectors import unit
+from traitscope.vectors.record import TraitVector
 
 
-def check(
+def steering_check(
     model_manifest: str | Path,
     vectors_path: str | Path,
     evaluation: str | Path,
     trait_file: str | Path,
     out: str | Path,
-    coefficient: float = 4.0,
-    max_new_tokens: int = 32,
-    max_tokens: int = 8192,
+    coefficient: float,
+    max_new_tokens: int,
+    max_tokens: int,
 ) -> dict:
     """Generate on held-out questions with and without steering; compare projections."""
-    from traitscope.extraction import load_vectors
-
     trait = load_trait(trait_file)
-    chosen = json.loads(Path(evaluation).read_text())["chosen"]
-    layer = chosen["layer"]
-    vectors = load_vectors(vectors_path)
-    direction = unit(vectors[chosen["method"]])[layer]
-    # steer along the mean difference: its norm is the trait's natural scale at this layer
-    steer = coefficient * vectors["mean_diff"][layer]
+    vector = TraitVector.load(vectors_path, evaluation, trait.name)
+    layer = vector.layer
+    direction = vector.direction()
+    steer = vector.steering_vector(coefficient)
     model, tokenizer = models.load(model_manifest)
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in trait.evaluation_questions]
     plain = generate(model, tokenizer, prompts, max_new_tokens, max_tokens)
@@ -59,7 +55,7 @@ def check(
     result = {
         "trait": trait.name,
         "layer": layer,
-        "method": chosen["method"],
+        "method": vector.method,
         "coefficient": coefficient,
         "steering_vector": "coefficient * mean_diff[layer]",
         "steering_norm": float(steer.norm()),

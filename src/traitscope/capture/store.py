@@ -16,41 +16,42 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from traitscope import chat, models
-from traitscope.capture import forward_batches, pool_batch
-from traitscope.chat import SEGMENT_CODE, SEGMENTS
+from traitscope.capture.engine import forward_batches, pool_batch
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.generate import generate
-from traitscope.hooks import compile_blocks, decoder_layers
 from traitscope.io import save_safetensors, write_json, write_parquet
-from traitscope.prompts import read_prompt_set
+from traitscope.model import chat
+from traitscope.model import loading as models
+from traitscope.model.chat import SEGMENT_CODE, SEGMENTS
+from traitscope.model.generate import generate
+from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    """What to capture; fields that change the stored values name the shard folder."""
+    """What to capture (every value comes from the config schema, via the rule or caller)."""
 
-    layers: tuple[int, ...]
-    pools: tuple[str, ...] = ("last_prompt", "prompt_mean", "prefill_mean", "response_mean")
-    token_segments: tuple[str, ...] = ()  # per-token activations kept for these segments
-    keep_all_tokens: bool = False  # keep every token's activations (large)
-    max_new_tokens: int = 0  # > 0: generate a response and capture it too
-    temperature: float = 0.0
-    seed: int = 0
-    max_tokens: int = 16384  # token budget of one padded batch
-    padding_side: str = "right"
-    shard_size: int = 512
-    storage_dtype: str = "float16"
-    compile: str = "auto"  # torch.compile the decoder blocks: "auto" = on GPU only
+    layers: tuple[int, ...] | str  # decoder layers, or "all"
+    pools: tuple[str, ...]
+    token_segments: tuple[str, ...]  # per-token activations kept for these segments
+    keep_all_tokens: bool  # keep every token's activations (large)
+    max_new_tokens: int  # > 0: generate a response and capture it too
+    temperature: float
+    seed: int
+    max_tokens: int  # token budget of one padded batch
+    padding_side: str
+    shard_size: int
+    storage_dtype: str
+    compile: str  # torch.compile the decoder blocks: "auto" = on GPU only
 
     def digest(self) -> str:
         """Hash of the settings that change what is stored (not how fast it is computed)."""
@@ -93,7 +94,11 @@ def _encode_shard(
         settings.temperature,
         settings.seed,
     )
-    encoded = [chat.encode(tokenizer, r.messages, r.prefill, g) for r, g in zip(rows.itertuples(), generated)]
+    # an empty response keeps one token (end of turn) so its response mean is defined
+    eos = [tokenizer.eos_token_id]
+    encoded = [
+        chat.encode(tokenizer, r.messages, r.prefill, g or eos) for r, g in zip(rows.itertuples(), generated)
+    ]
     return encoded, [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
 
 
@@ -150,18 +155,17 @@ def _capture_shard(
     )
 
 
-def layers_from_evaluations(paths: list[str | Path]) -> list[int]:
-    """The chosen layer of each trait evaluation: capture only what projections need."""
-    layers = []
-    for path in paths:
-        try:
-            layers.append(int(json.loads(Path(path).read_text())["chosen"]["layer"]))
-        except (OSError, KeyError, ValueError):
-            raise TraitscopeError(f"{path}: missing or malformed evaluation; rerun trait-evaluate") from None
-    return layers
+def resolve_layers(layers: tuple[int, ...] | str, n_layers: int) -> tuple[int, ...]:
+    """`all` -> every decoder layer; a list is checked against the model's depth."""
+    if layers == "all":
+        return tuple(range(n_layers))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise TraitscopeError(f"layers {list(layers)}: the model has layers 0..{n_layers - 1}")
+    return tuple(sorted(set(layers)))
 
 
-def capture_prompt_set(
+def capture(
     model_manifest: str | Path,
     prompts: str | Path,
     out: str | Path,
@@ -171,10 +175,7 @@ def capture_prompt_set(
     """Capture every prompt of a set; returns and writes the `capture.json` manifest."""
     table = read_prompt_set(prompts)
     model, tokenizer = models.load(model_manifest, device=device)
-    n_layers = len(decoder_layers(model))
-    bad = [layer for layer in settings.layers if not 0 <= layer < n_layers]
-    if bad or not settings.layers:
-        raise TraitscopeError(f"layers {list(settings.layers)}: the model has layers 0..{n_layers - 1}")
+    settings = replace(settings, layers=resolve_layers(settings.layers, len(decoder_layers(model))))
     if settings.compile == "yes" or (settings.compile == "auto" and next(model.parameters()).is_cuda):
         compile_blocks(model)
     out = Path(out)
@@ -202,6 +203,7 @@ def capture_prompt_set(
         "layers": list(settings.layers),
         "pools": list(settings.pools),
         "d_model": model.config.hidden_size,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "shard_dir": shard_dir.name,
         "shards": shards,
         "settings": asdict(settings),
@@ -229,3 +231,19 @@ def read_shards(
             pd.read_parquet(f"{stem}.tokens.parquet"),
             load_file(f"{stem}.safetensors"),
         )
+
+
+def load_pooled(capture_json: str | Path, pool: str) -> tuple[list[str], torch.Tensor, list[int]]:
+    """(prompt ids, float32 `[n, n_layers, d]`, layers) of one pool, over every shard."""
+    manifest = json.loads(Path(capture_json).read_text())
+    if pool not in manifest["pools"]:
+        raise TraitscopeError(
+            f"{capture_json}: no pool {pool!r}; captured: {', '.join(manifest['pools'])}; recapture with it"
+        )
+    j = manifest["pools"].index(pool)
+    ids: list[str] = []
+    parts = []
+    for prompts, _, tensors in read_shards(capture_json):
+        ids += prompts["prompt_id"].tolist()
+        parts.append(torch.stack([tensors[f"pooled.layer.{layer}"][:, j] for layer in manifest["layers"]], 1))
+    return ids, torch.cat(parts).float(), list(manifest["layers"])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from traitscope.batching import token_budget_batches
+from traitscope.model.batching import token_budget_batches
 
 
 def generate(

@@ -12,10 +12,12 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json
@@ -37,7 +39,7 @@ class ModelSpec:
     lora: dict | None = None  # {"base": variant, "adapter": hub id or folder}
     chat_template: str | None = None  # Jinja text, or a path to a .jinja file
     trust_remote_code: bool = False
-    dtype: str | None = None
+    dtype: str | None = None  # None or "auto": chosen per machine at load time (resolve_dtype)
     device_map: str | None = None  # "auto": shard over every visible GPU (models too large for one)
     quantization: str | None = None  # "8bit" or "4bit", where bitsandbytes is installed
 
@@ -108,7 +110,7 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
     return model, tokenizer
 
 
-def prepare(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Path | None = None) -> Path:
+def prepare_model(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Path | None = None) -> Path:
     """Write `<out_dir>/manifest.json`, converting GGUF weights to safetensors once.
 
     Hub ids and local folders are not copied (a 70B model must not be duplicated);
@@ -152,6 +154,18 @@ def prepare(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Path | No
             )
         manifest["base_manifest"] = os.path.relpath(Path(base_manifest).resolve(), out_dir.resolve())
         manifest["load_from"] = str(adapter.resolve()) if adapter.exists() else spec.lora["adapter"]
+    # What dtype `auto` (or the config) gives on the preparing machine, for the record only:
+    # a job on another node (other CPU, or a GPU) decides again when it loads the model.
+    device = default_device()
+    choice = resolve_dtype(spec.dtype, device)
+    cpu = cpu_bf16_probe()
+    manifest["dtype_auto"] = {
+        "device": device,
+        "dtype": str(choice.dtype).removeprefix("torch."),
+        "reason": choice.reason,
+        "cpu_capability": cpu["capability"],
+        "cpu_native_bf16": [flag for flag in ("avx512_bf16", "amx_bf16") if cpu[flag]],
+    }
     write_json(out_dir / "manifest.json", manifest)
     return out_dir / "manifest.json"
 
@@ -175,27 +189,81 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(name: str | None, device: str) -> Any:
-    """bf16 on GPU, fp32 on CPU unless the config says otherwise."""
+class DtypeChoice(NamedTuple):
+    dtype: Any  # torch.dtype
+    reason: str  # one line, e.g. "auto on cpu: AVX2 has no native bf16 -> float32"
+
+
+def cpu_bf16_probe() -> dict[str, Any]:
+    """torch's view of this CPU: the kernel level ATen dispatches to and the native bf16 instructions.
+
+    `capability` is torch.backends.cpu.get_cpu_capability(): "DEFAULT", "AVX2", "AVX512", ... on x86
+    (never "AVX512_BF16"); ATEN_CPU_CAPABILITY=avx2 lowers it. The flags are the hardware's, from
+    cpuinfo via torch.cpu.get_capabilities(); a torch without that function reports none (fp32).
+    """
     import torch
 
-    if name is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {
-            "float32": torch.float32,
-            "fp32": torch.float32,
-            "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16,
-            "float16": torch.float16,
-            "fp16": torch.float16,
-        }[name]
-    except KeyError:
-        raise TraitscopeError(f"dtype {name!r} unknown; use float32, bfloat16 or float16") from None
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": bool(flags.get("avx512_bf16")),
+        "amx_bf16": bool(flags.get("amx_bf16")),
+    }
+
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def resolve_dtype(
+    name: str | None,
+    device: str,
+    cpu_probe: Callable[[], dict[str, Any]] = cpu_bf16_probe,
+    cuda_bf16: Callable[[], bool] | None = None,
+) -> DtypeChoice:
+    """The config's dtype, or for `auto`/unset the fastest one this machine computes well.
+
+    CUDA: bf16, fp16 where the GPU lacks bf16. CPU: bf16 only with native bf16 instructions
+    (AVX512-BF16 or AMX) that ATen's AVX512 kernels use, else fp32: emulated bf16 on an AVX2 CPU
+    runs 2-4x slower than fp32 (benchmarks/results/cpu_dtype_avx2.txt). The probes are parameters
+    so tests can stand in for hardware they lack.
+    """
+    import torch
+
+    if name not in (None, "auto"):
+        if name not in _DTYPES:
+            raise TraitscopeError(f"dtype {name!r} unknown; use auto, float32, bfloat16 or float16")
+        return DtypeChoice(getattr(torch, _DTYPES[name]), "set in config")
+    if device.startswith("cuda"):
+        if (cuda_bf16 or torch.cuda.is_bf16_supported)():
+            return DtypeChoice(torch.bfloat16, "auto on cuda: bf16 supported -> bfloat16")
+        return DtypeChoice(torch.float16, "auto on cuda: no bf16 on this GPU -> float16")
+    if not device.startswith("cpu"):
+        return DtypeChoice(torch.float32, f"auto on {device}: only cpu and cuda are probed -> float32")
+    cpu = cpu_probe()
+    level = cpu["capability"]
+    native = "+".join(flag for flag in ("avx512_bf16", "amx_bf16") if cpu.get(flag))
+    if native and level.startswith("AVX512"):
+        return DtypeChoice(torch.bfloat16, f"auto on cpu: {level} with native {native} -> bfloat16")
+    if native:
+        return DtypeChoice(
+            torch.float32, f"auto on cpu: kernels capped at {level} leave {native} unused -> float32"
+        )
+    return DtypeChoice(torch.float32, f"auto on cpu: {level} has no native bf16 -> float32")
 
 
 def load(manifest_path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
-    """Load a prepared model for inference: eval mode, chat template checked, padding set."""
+    """Load a prepared model for inference: eval mode, chat template checked, padding set.
+
+    The dtype decision is printed to stderr (the job log) and kept on the model as
+    `model.traitscope_dtype` ({"dtype", "reason"}) for callers to record.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest_path = Path(manifest_path)
@@ -209,7 +277,10 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     device = device or default_device()
     if spec.source == "lora":
         return _load_lora(manifest_path, manifest, spec, device, dtype)
-    torch_dtype = resolve_dtype(dtype or spec.dtype, device)
+    torch_dtype, reason = resolve_dtype(dtype or spec.dtype, device)
+    reason = "set by the caller" if dtype not in (None, "auto") else reason
+    dtype_name = str(torch_dtype).removeprefix("torch.")
+    print(f"traitscope: model {spec.name} on {device}, dtype {dtype_name}: {reason}", file=sys.stderr)
     where = manifest["load_from"]
     if spec.source in ("gguf_package", "gguf_path"):
         where = str(manifest_path.parent / where)
@@ -226,6 +297,7 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     if device_map is None:
         model.to(device)
     model.eval()
+    model.traitscope_dtype = {"dtype": dtype_name, "reason": reason}
     set_chat_template(tokenizer, spec)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

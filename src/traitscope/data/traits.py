@@ -7,12 +7,15 @@ Validation happens here, once, so every later stage can trust the fields.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from traitscope.errors import TraitscopeError
+from traitscope.io import write_parquet
 
 MIN_PAIRS = 1
 REQUIRED = ("description", "pairs", "extraction_questions", "evaluation_questions", "judge_rubric")
@@ -111,3 +114,48 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
         judge_rubric=data["judge_rubric"].strip(),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def trait_prompts(
+    trait_file: str | Path,
+    out: str | Path,
+    pairs_per_question: int,
+    n_extraction: int | None,
+    n_evaluation: int | None,
+    trait_name: str | None = None,
+) -> pd.DataFrame:
+    """The trait's contrastive prompt set: each question under eliciting and suppressing prompts.
+
+    One row per (split, question, pair, polarity). Pairs rotate across questions so every
+    instruction pair is used even when each question gets only a few. The set is captured
+    (with generation) like any other prompt set.
+    """
+    trait = load_trait(trait_file, trait_name)
+    rows = []
+    n_pairs = len(trait.pairs)
+    per_q = min(pairs_per_question, n_pairs)
+    for split, questions, limit in (
+        ("extraction", trait.extraction_questions, n_extraction),
+        ("evaluation", trait.evaluation_questions, n_evaluation),
+    ):
+        for qi, question in enumerate(questions[:limit]):
+            for k in range(per_q):
+                pi = (qi + k) % n_pairs
+                for label, system in ((1, trait.pairs[pi].positive), (0, trait.pairs[pi].negative)):
+                    rows.append(
+                        {
+                            "prompt_id": f"{trait.name}:{split}:q{qi}:p{pi}:{'pos' if label else 'neg'}",
+                            "messages": json.dumps(
+                                [{"role": "system", "content": system}, {"role": "user", "content": question}]
+                            ),
+                            "trait": trait.name,
+                            "split": split,
+                            "label": label,
+                            "pair_index": pi,
+                            "question": question,
+                            "trait_sha256": trait.sha256,
+                        }
+                    )
+    table = pd.DataFrame(rows)
+    write_parquet(out, table)
+    return table

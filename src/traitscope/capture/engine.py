@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from traitscope.batching import token_budget_batches
-from traitscope.chat import SEGMENT_CODE, Encoded
-from traitscope.hooks import run_recorded
+from traitscope.model.batching import token_budget_batches
+from traitscope.model.chat import SEGMENT_CODE, Encoded
+from traitscope.model.hooks import run_recorded
 
 POOLS = ("last_prompt", "prompt_mean") + tuple(f"{s}_mean" for s in SEGMENT_CODE)
 

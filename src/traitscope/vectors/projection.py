@@ -9,18 +9,16 @@ projection on the unit vector), cosine, and whether the layer is the trait's cho
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from traitscope.capture_set import read_shards
+from traitscope.capture.store import read_shards
 from traitscope.errors import TraitscopeError
-from traitscope.extraction import load_vectors
 from traitscope.io import write_parquet
-from traitscope.vectors import unit
+from traitscope.vectors.record import TraitVector
 
 COLUMNS = [
     "prompt_id",
@@ -35,29 +33,9 @@ COLUMNS = [
 ]
 
 
-@dataclass(frozen=True)
-class TraitVector:
-    """A trait's vectors (its chosen method, every layer) and its chosen layer."""
-
-    name: str
-    vectors: torch.Tensor  # [n_layers, d_model], unit rows
-    layer: int
-
-
-def load_trait_vector(name: str, vectors_path: str | Path, evaluation_path: str | Path) -> TraitVector:
-    """The chosen method's vectors of one trait, with the layer its evaluation chose."""
-    try:
-        chosen = json.loads(Path(evaluation_path).read_text())["chosen"]
-    except (OSError, KeyError, json.JSONDecodeError):
-        raise TraitscopeError(
-            f"{evaluation_path}: missing or malformed evaluation; rerun trait-evaluate"
-        ) from None
-    return TraitVector(name, unit(load_vectors(vectors_path)[chosen["method"]]), chosen["layer"])
-
-
 def project_rows(acts: torch.Tensor, traits: list[TraitVector], layer: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, cosines), each `[n, n_traits]`, of `acts` `[n, d]` at one layer."""
-    basis = torch.stack([t.vectors[layer] for t in traits], dim=1)  # [d, n_traits]
+    basis = torch.stack([t.direction(layer) for t in traits], dim=1).float()  # [d, n_traits]
     x = acts.float()
     scores = x @ basis
     cos = scores / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -91,11 +69,25 @@ def _long(
     )
 
 
-def project_capture(
-    capture_json: str | Path, traits: list[TraitVector], variant: str, out: str | Path
+def project(
+    capture_json: str | Path, traits: list[TraitVector], variant: str, prompt_set: str, out: str | Path
 ) -> pd.DataFrame:
-    """Project one capture onto every trait at every captured layer; write Parquet."""
-    manifest = json.loads(Path(capture_json).read_text())
+    """Project one capture onto every trait at every captured layer; write Parquet.
+
+    Each trait's chosen layer must be among the captured ones: analyses score there.
+    """
+    try:
+        manifest = json.loads(Path(capture_json).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(
+            f"{capture_json}: missing or unreadable capture manifest; rerun capture"
+        ) from None
+    for t in traits:
+        if t.layer not in manifest["layers"]:
+            raise TraitscopeError(
+                f"trait {t.name}: chosen layer {t.layer} was not captured for prompt set {prompt_set} "
+                f"(layers {manifest['layers']}); add it to that set's capture.layers"
+            )
     pools = manifest["pools"]
     frames = []
     for prompts, tokens, tensors in read_shards(capture_json):

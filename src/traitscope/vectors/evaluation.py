@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from traitscope.activations import Activations
+from traitscope import plotting
 from traitscope.errors import TraitscopeError
-from traitscope.extraction import load_vectors, read_responses
 from traitscope.io import save_figure, write_json
 from traitscope.stats import auc, cohens_d
-from traitscope.vectors import project
+from traitscope.vectors.extraction import labelled_activations, split_groups
+from traitscope.vectors.methods import project
+from traitscope.vectors.record import read_evaluation, read_vectors
 
 
 def layer_scores(
@@ -77,83 +77,44 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> 
     return {"auc": sum(f["auc_other_half"] for f in folds) / 2, "folds": folds}
 
 
-def evaluate(
+def trait_evaluation(
     vectors_path: str | Path,
-    activations: str | Path,
-    responses: str | Path,
+    capture_json: str | Path,
+    prompts: str | Path,
     out_json: str | Path,
     out_png: str | Path,
-    position: str = "response_mean",
-    trait: str = "",
-    model_name: str = "",
+    position: str,
+    trait: str,
+    variant: str,
 ) -> dict:
-    """Score every layer of every method on the evaluation split; write JSON and a PNG."""
-    table = read_responses(responses)
-    acts = Activations.load(activations)
-    vectors = load_vectors(vectors_path)
-    held = (table["split"] == "evaluation").to_numpy()
-    x = acts.data[position]
-    pos = x[torch.from_numpy(held & (table["label"] == 1).to_numpy())]
-    neg = x[torch.from_numpy(held & (table["label"] == 0).to_numpy())]
+    """Score every layer of every method on the held-out split; write JSON and a PNG."""
+    vectors, _ = read_vectors(vectors_path)
+    table, x, layers = labelled_activations(capture_json, prompts, position)
+    pos, neg = split_groups(table, x, "evaluation")
     if len(pos) < 2 or len(neg) < 2:
-        raise TraitscopeError(f"{responses}: need at least 2 positive and 2 negative evaluation rows")
-    scores = {m: layer_scores(pos, neg, v, acts.layers) for m, v in vectors.items()}
+        raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative evaluation rows")
+    scores = {m: layer_scores(pos, neg, v, layers) for m, v in vectors.items()}
     result = {
         "trait": trait,
-        "model": model_name,
+        "model": variant,
         "position": position,
         "n_positive": len(pos),
         "n_negative": len(neg),
         "methods": scores,
         "chosen_by_method": {m: choose({m: rows}) for m, rows in scores.items()},
         "chosen": choose(scores),
-        "chosen_split_half": split_half_auc(x, table, vectors, acts.layers),
+        "chosen_split_half": split_half_auc(x, table, vectors, layers),
     }
     write_json(out_json, result)
-    save_figure(out_png, _figure(result))
+    save_figure(out_png, plotting.layer_scores_figure(result))
     return result
 
 
-def _figure(result: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_auc, ax_d) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method, rows in result["methods"].items():
-        layers = [r["layer"] for r in rows]
-        ax_auc.plot(layers, [r["auc"] for r in rows], marker="o", ms=3, label=method)
-        ax_d.plot(
-            layers,
-            [r["cohens_d"] if np.isfinite(r["cohens_d"]) else np.nan for r in rows],
-            marker="o",
-            ms=3,
-            label=method,
-        )
-    chosen = result["chosen"]
-    for ax in (ax_auc, ax_d):
-        ax.axvline(chosen["layer"], color="grey", ls="--", lw=1, label=f"chosen ({chosen['method']})")
-        ax.set_xlabel("layer (decoder block output)")
-        ax.grid(alpha=0.3)
-    ax_auc.set_ylabel("held-out ROC-AUC (positive vs negative)")
-    ax_d.set_ylabel("held-out Cohen's d of projection (SD units)")
-    ax_auc.legend(fontsize=8)
-    fig.suptitle(
-        f"{result['trait']} on {result['model']}: separation by layer "
-        f"(n={result['n_positive']}+{result['n_negative']})"
-    )
-    fig.tight_layout()
-    return fig
-
-
-def summarize(evaluations: list[str | Path], out: str | Path, threshold: float = 0.9) -> dict:
+def trait_summary(evaluations: list[str | Path], out: str | Path, threshold: float) -> dict:
     """One table of every trait's chosen layer, so a run's headline fits in one file."""
-    import json
-
     rows = {}
     for path in evaluations:
-        result = json.loads(Path(path).read_text())
+        result = read_evaluation(path)
         rows[result["trait"]] = {
             "auc_split_half": result["chosen_split_half"]["auc"],
             **result["chosen"],

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from traitscope.data.registry import BEAVERTAILS_SPLITS, SOURCES, mirror_path
 from traitscope.errors import TraitscopeError
-from traitscope.sources import BEAVERTAILS_SPLITS, SOURCES, mirror_path
 
 SCHEMA = ("prompt_id", "prompt", "source", "category", "label", "meta")
 

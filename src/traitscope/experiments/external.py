@@ -13,24 +13,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from traitscope import plotting
+from traitscope.config import require_prompt_set, require_traits, require_variant
+from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.errors import TraitscopeError
-from traitscope.io import save_figure, write_json
-from traitscope.loaders import BEAVERTAILS_CATEGORIES, CATEGORY_SEP, SAFE_CATEGORY
+from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.stats import auc_with_ci, compare_groups, spearman, youden_threshold
 
 
-def category_slug(category: str) -> str:
-    """File- and wildcard-safe name of a BeaverTails category (the keys contain commas)."""
-    return category.replace(",", "-")
+def beavertails_category(
+    prompts: str | Path,
+    category: str,
+    categories: list[str],
+    out: str | Path,
+    n_per_category: int | None,
+    seed: int,
+) -> pd.DataFrame:
+    """One capture job's rows: pairs whose first true category (in `categories` order) is this one.
 
-
-def split_beavertails(
-    prompts: str | Path, out_dir: str | Path, n_per_category: int | None, seed: int = 0
-) -> list[str]:
-    """One prompt set per harm category plus `safe`; the response becomes the assistant prefill.
-
-    An unsafe pair with several categories belongs to each of them. Sampling is seeded and
-    per category; `n_per_category: null` keeps every row. An empty group is an error.
+    Each row is captured once, in its first category's job; the analysis later counts it
+    in every category it carries. `safe` holds the safe pairs. The response becomes the
+    assistant prefill. Sampling is seeded and per job; an empty group is an error.
     """
     table = pd.read_parquet(prompts)
     missing = [
@@ -40,23 +43,39 @@ def split_beavertails(
         raise TraitscopeError(
             f"{prompts}: missing column(s) {', '.join(missing)}; prepare it with dataset: beavertails"
         )
-    out_dir = Path(out_dir)
-    groups = {SAFE_CATEGORY: table[table["label"] == 0]}
+    harm = [c for c in categories if c != SAFE_CATEGORY]
     keys = table["category"].str.split(CATEGORY_SEP)
-    for category in BEAVERTAILS_CATEGORIES:
-        groups[category] = table[(table["label"] == 1) & keys.apply(lambda ks, c=category: c in ks)]
-    empty = [c for c, g in groups.items() if g.empty]
-    if empty:
+    first = keys.apply(lambda ks: next((c for c in harm if c in ks), None))
+    if category == SAFE_CATEGORY:
+        group = table[table["label"] == 0]
+    else:
+        group = table[(table["label"] == 1) & (first == category)]
+    if group.empty:
         raise TraitscopeError(
-            f"{prompts}: empty BeaverTails group(s) {', '.join(empty)}; use a larger split or file"
+            f"{prompts}: BeaverTails category {category!r} has no rows; use a larger split or file, "
+            "or remove it from experiments.external.beavertails.categories"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for category, group in groups.items():
-        if n_per_category is not None and len(group) > n_per_category:
-            group = group.sample(n=n_per_category, random_state=seed).sort_index()
-        group = group.assign(prefill=group["response"], group=category)
-        group.to_parquet(out_dir / f"{category_slug(category)}.parquet", index=False)
-    return [category_slug(c) for c in groups]
+    if n_per_category is not None and len(group) > n_per_category:
+        group = group.sample(n=n_per_category, random_state=seed).sort_index()
+    group = group.assign(prefill=group["response"])
+    write_parquet(out, group.reset_index(drop=True))
+    return group
+
+
+def check_config(section: dict, config: dict) -> None:
+    """What the schema cannot say about experiments.external."""
+    where = "experiments.external"
+    require_variant(f"{where}.variant", section.get("variant"), config)
+    require_traits(f"{where}.traits", section["traits"], config)
+    if not (section["harmbench"] or section["beavertails"]):
+        raise TraitscopeError(f"{where}: set harmbench, beavertails or both (or enabled: false)")
+    for key, name in (section["harmbench"] or {}).items():
+        require_prompt_set(f"{where}.harmbench.{key}", name, config)
+    bt = section["beavertails"]
+    if bt:
+        require_prompt_set(f"{where}.beavertails.prompt_set", bt["prompt_set"], config, dataset="beavertails")
+        if SAFE_CATEGORY not in bt["categories"]:
+            raise TraitscopeError(f"{where}.beavertails.categories: include 'safe', the comparison group")
 
 
 def _scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
@@ -132,29 +151,38 @@ def harmbench(
 
 
 def beavertails(
-    proj_by_group: dict[str, list[str | Path]],
-    prompts_by_group: dict[str, str | Path],
+    groups: list[tuple[str | Path, str | Path]],
     traits: list[str],
     position: str,
-    n_boot: int = 2000,
-    seed: int = 0,
+    n_boot: int,
+    seed: int,
 ) -> tuple[dict, dict, dict]:
     """Per category: mean scores, category vs safe (d, CI, p, AUC); overall harm AUC; severity.
 
-    Returns (results, failure cases, score distributions) keyed by trait.
+    `groups` are (projections, prompts) of the capture jobs; every row counts in each
+    category it carries. Returns (results, failure cases, score distributions).
     """
-    scores = {g: _scores(_read(p), position, traits) for g, p in proj_by_group.items()}
-    prompts = {g: pd.read_parquet(p).set_index("prompt_id") for g, p in prompts_by_group.items()}
-    safe = scores.get(SAFE_CATEGORY)
-    if safe is None:
-        raise TraitscopeError("BeaverTails analysis needs the 'safe' group")
+    table = _scores(_read([p for p, _ in groups]), position, traits)
+    rows = (
+        pd.concat([pd.read_parquet(q) for _, q in groups]).drop_duplicates("prompt_id").set_index("prompt_id")
+    )
+    rows = rows.loc[table.index]
+    carried = rows["category"].str.split(CATEGORY_SEP)
+    scores = {SAFE_CATEGORY: table[rows["label"] == 0]}
+    for category in sorted(set().union(*carried[rows["label"] == 1])):
+        scores[category] = table[(rows["label"] == 1) & carried.apply(lambda ks, c=category: c in ks)]
+    safe = scores[SAFE_CATEGORY]
+    if len(safe) < 2:
+        raise TraitscopeError(
+            "BeaverTails analysis needs at least 2 safe pairs; add 'safe' to the categories"
+        )
     result: dict = {"position": position, "categories": {}, "overall": {}, "severity": {}, "best_trait": {}}
-    for group, table in scores.items():
+    for group, members in scores.items():
         if group == SAFE_CATEGORY:
             continue
-        entry = {"n": len(table)}
+        entry = {"n": len(members)}
         for trait in traits:
-            x, y = table[trait].to_numpy(), safe[trait].to_numpy()
+            x, y = members[trait].to_numpy(), safe[trait].to_numpy()
             entry[trait] = {"mean": float(x.mean())}
             try:
                 entry[trait]["vs_safe"] = compare_groups(x, y, n_boot=n_boot, seed=seed)
@@ -164,13 +192,8 @@ def beavertails(
         result["categories"][group] = entry
         scored = [t for t in traits if "auc" in entry[t]]
         result["best_trait"][group] = max(scored, key=lambda t: entry[t]["auc"]["auc"]) if scored else None
-    unsafe_ids = sorted(set().union(*(t.index for g, t in scores.items() if g != SAFE_CATEGORY)))
-    unsafe = pd.concat([t for g, t in scores.items() if g != SAFE_CATEGORY])
-    unsafe = unsafe[~unsafe.index.duplicated()].loc[unsafe_ids]
-    severity = pd.concat([p["n_categories"] for p in prompts.values()])
-    severity = severity[~severity.index.duplicated()]
-    texts = pd.concat([p["prompt"] for p in prompts.values()])
-    texts = texts[~texts.index.duplicated()]
+    unsafe = table[rows["label"] == 1]
+    severity, texts = rows["n_categories"], rows["prompt"]
     failures = {}
     for trait in traits:
         result["overall"][trait] = auc_with_ci(
@@ -185,15 +208,15 @@ def beavertails(
     return result, failures, dists
 
 
-def run(
+def external_analysis(
     out_dir: str | Path,
     traits: list[str],
     position_harmbench: str,
     position_beavertails: str,
     harmbench_inputs: dict | None,
-    beavertails_inputs: dict | None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    beavertails_groups: list[tuple[str, str]],
+    n_boot: int,
+    seed: int,
 ) -> None:
     """Write every external-dataset result and figure under `out_dir`."""
     out_dir = Path(out_dir)
@@ -206,91 +229,74 @@ def run(
         write_json(out_dir / "harmbench_results.json", result)
         save_figure(
             out_dir / "harmbench_auc.png",
-            _auc_figure(
+            plotting.auc_figure(
                 {t: r["auc"] for t, r in result["traits"].items()},
                 "HarmBench behaviours vs harmless controls",
             ),
         )
-    if beavertails_inputs:
+    if beavertails_groups:
         result, failures["beavertails"], dists["beavertails"] = beavertails(
-            **beavertails_inputs, traits=traits, position=position_beavertails, n_boot=n_boot, seed=seed
+            beavertails_groups, traits=traits, position=position_beavertails, n_boot=n_boot, seed=seed
         )
         write_json(out_dir / "beavertails_results.json", result)
-        save_figure(out_dir / "per_category_auc.png", _category_figure(result, traits))
+        save_figure(out_dir / "per_category_auc.png", plotting.category_auc_figure(result, traits))
     write_json(out_dir / "failure_cases.json", failures)
-    save_figure(out_dir / "score_distributions.png", _distribution_figure(dists, failures, traits))
-
-
-def _auc_figure(aucs: dict, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = list(aucs)
-    values = [aucs[n]["auc"] for n in names]
-    err = [
-        [v - aucs[n]["ci_low"] for n, v in zip(names, values)],
-        [aucs[n]["ci_high"] - v for n, v in zip(names, values)],
-    ]
-    ax.barh(names, values, xerr=err, capsize=4, color="tab:red", alpha=0.7)
-    ax.axvline(0.5, color="grey", ls="--", lw=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("ROC-AUC (harmful vs harmless), 95% bootstrap CI")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def _category_figure(result: dict, traits: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(traits), figsize=(4.5 * len(traits), 5), squeeze=False, sharey=False)
-    for ax, trait in zip(axes[0], traits):
-        scored = [c for c in result["categories"] if "auc" in result["categories"][c][trait]]
-        cats = sorted(scored, key=lambda c: result["categories"][c][trait]["auc"]["auc"])
-        aucs = [result["categories"][c][trait]["auc"] for c in cats]
-        values = [a["auc"] for a in aucs]
-        err = [
-            [v - a["ci_low"] for v, a in zip(values, aucs)],
-            [a["ci_high"] - v for v, a in zip(values, aucs)],
-        ]
-        ax.barh([c.replace(",", ", ") for c in cats], values, xerr=err, capsize=3, alpha=0.75)
-        ax.axvline(0.5, color="grey", ls="--", lw=1)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("ROC-AUC vs safe pairs (95% CI)")
-        ax.set_title(trait)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle("BeaverTails: does each trait separate a harm category from safe responses?")
-    fig.tight_layout()
-    return fig
-
-
-def _distribution_figure(dists: dict, failures: dict, traits: list[str]):
-    """Score histograms of harmful vs harmless per dataset and trait, with the Youden threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        len(dists), len(traits), figsize=(4 * len(traits), 3 * len(dists)), squeeze=False
+    save_figure(
+        out_dir / "score_distributions.png", plotting.score_distribution_figure(dists, failures, traits)
     )
-    for row, name in enumerate(dists):
-        for ax, trait in zip(axes[row], traits):
-            ax.hist(dists[name][trait]["harmful"], bins=20, alpha=0.6, color="tab:red", label="harmful")
-            ax.hist(dists[name][trait]["harmless"], bins=20, alpha=0.6, color="tab:blue", label="harmless")
-            cut = failures[name][trait]
-            ax.axvline(
-                cut["threshold"], color="k", ls="--", lw=1, label=f"Youden threshold (J={cut['j']:.2f})"
-            )
-            ax.set_title(f"{name}: {trait}")
-            ax.set_xlabel("projection (activation units)")
-            ax.set_ylabel("prompts")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+
+
+def add_commands(add) -> None:
+    """`traitscope beavertails-category` and `traitscope external-analysis`."""
+    from traitscope.cli import int_or_none
+
+    p = add("beavertails-category", _category_cli, "one BeaverTails capture job's rows (first true category)")
+    p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep-prompts)")
+    p.add_argument("--category", required=True, help="a harm category key, or safe")
+    p.add_argument("--categories", nargs="+", required=True, help="every category, in order")
+    p.add_argument("--n", type=int_or_none, required=True, help="seeded sample per job, or none")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+
+    p = add("external-analysis", _analysis_cli, "HarmBench and BeaverTails harm-detection statistics")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--traits", nargs="+", required=True)
+    p.add_argument("--harmbench-harmful", default=None, help="projections of HarmBench behaviours")
+    p.add_argument("--harmbench-harmless", default=None, help="projections of harmless controls")
+    p.add_argument("--harmbench-prompts", default=None, help="the HarmBench prompt set (for categories)")
+    p.add_argument(
+        "--beavertails",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("PROJECTIONS", "PROMPTS"),
+        help="one BeaverTails capture job's projections and prompts (repeat)",
+    )
+    p.add_argument("--position-harmbench", required=True)
+    p.add_argument("--position-beavertails", required=True)
+    p.add_argument("--n-boot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+
+def _category_cli(a) -> None:
+    beavertails_category(a.prompts, a.category, a.categories, a.out, a.n, a.seed)
+
+
+def _analysis_cli(a) -> None:
+    harmbench_inputs = None
+    if a.harmbench_harmful:
+        harmbench_inputs = {
+            "harmful_proj": [a.harmbench_harmful],
+            "harmless_proj": [a.harmbench_harmless],
+            "harmful_prompts": a.harmbench_prompts,
+        }
+    external_analysis(
+        a.out_dir,
+        a.traits,
+        a.position_harmbench,
+        a.position_beavertails,
+        harmbench_inputs,
+        [tuple(g) for g in a.beavertails],
+        a.n_boot,
+        a.seed,
+    )

@@ -1,0 +1,94 @@
+"""Trait vectors per layer from a captured contrastive prompt set (the extraction split)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from traitscope.capture.store import load_pooled
+from traitscope.errors import TraitscopeError
+from traitscope.io import save_safetensors, write_json
+from traitscope.vectors.methods import METHODS
+
+REQUIRED_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
+
+
+def labelled_activations(
+    capture_json: str | Path, prompts: str | Path, position: str
+) -> tuple[pd.DataFrame, torch.Tensor, list[int]]:
+    """The trait prompt set joined to its pooled activations, rows ordered so pairs align.
+
+    Rows sort by (split, question, pair, polarity): positive row i and negative row i of a
+    split answer the same question under the same instruction pair.
+    """
+    try:
+        table = pd.read_parquet(prompts)
+    except (OSError, ValueError) as exc:
+        raise TraitscopeError(
+            f"{prompts}: cannot read the trait prompt set ({exc}); rerun trait-prompts"
+        ) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    ids, x, layers = load_pooled(capture_json, position)
+    row = {pid: i for i, pid in enumerate(ids)}
+    absent = [pid for pid in table["prompt_id"] if pid not in row]
+    if absent:
+        raise TraitscopeError(f"{capture_json}: prompt {absent[0]!r} was not captured; rerun capture")
+    table = table.sort_values(["split", "question", "pair_index", "label"]).reset_index(drop=True)
+    return table, x[[row[pid] for pid in table["prompt_id"]]], layers
+
+
+def split_groups(table: pd.DataFrame, x: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives, negatives) of one split, row-paired."""
+    rows = table["split"] == split
+    pos = x[torch.from_numpy((rows & (table["label"] == 1)).to_numpy())]
+    neg = x[torch.from_numpy((rows & (table["label"] == 0)).to_numpy())]
+    return pos, neg
+
+
+def trait_vectors(
+    capture_json: str | Path,
+    prompts: str | Path,
+    out_vectors: str | Path,
+    out_meta: str | Path,
+    position: str,
+    methods: Sequence[str],
+    probe_c: float,
+    variant: str,
+    trait: str,
+) -> dict[str, torch.Tensor]:
+    """One vector per layer and method from the extraction split.
+
+    `mean_diff` is always built: it is the steering scale whatever method is chosen.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise TraitscopeError(f"unknown vector method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    table, x, layers = labelled_activations(capture_json, prompts, position)
+    pos, neg = split_groups(table, x, "extraction")
+    if len(pos) < 2 or len(neg) < 2:
+        raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative extraction rows")
+    options = {"probe": {"c": probe_c}}
+    vectors = {
+        m: partial(METHODS[m], **options.get(m, {}))(pos, neg) for m in dict.fromkeys(["mean_diff", *methods])
+    }
+    meta = {
+        "model": variant,
+        "trait": trait,
+        "position": position,
+        "layers": layers,
+        "methods": list(vectors),
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+        "dataset_sha256": sorted(set(table["trait_sha256"].astype(str))) if "trait_sha256" in table else [],
+        "shape": list(vectors["mean_diff"].shape),
+    }
+    save_safetensors(out_vectors, vectors, {"meta": json.dumps(meta)})
+    write_json(out_meta, meta)
+    return vectors

@@ -1,0 +1,68 @@
+# Prefill attack: harmful / benign prompts x without / with a compliance prefill (2x2).
+PREFILL = config["experiments"]["prefill"]
+
+
+def get_prefill_targets():
+    return [
+        f"results/prefill/{name}"
+        for name in (
+            "condition_comparison.json",
+            "2x2_grid.png",
+            "trajectory_divergence.png",
+        )
+    ]
+
+
+if is_enabled("prefill"):
+    request_captures([(PREFILL["variant"], PREFILL["prompt_set"])], PREFILL["capture"])
+    EXPERIMENT_TARGETS.append(get_prefill_targets)
+
+    rule prefill_conditions:
+        input:
+            harmful=prompts_path(PREFILL["harmful"]),
+            harmless=prompts_path(PREFILL["harmless"]),
+        output:
+            prompts_path(PREFILL["prompt_set"]),
+        log:
+            "results/logs/prefill_conditions.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        params:
+            prefills=PREFILL["prefills"],
+        shell:
+            "traitscope prefill-conditions --harmful {input.harmful} --harmless {input.harmless} "
+            "--prefills {params.prefills:q} --out {output} 2> {log}"
+
+    rule prefill_analysis:
+        input:
+            conditions=prompts_path(PREFILL["prompt_set"]),
+            projections=projections_path(PREFILL["variant"], PREFILL["prompt_set"]),
+        output:
+            json="results/prefill/condition_comparison.json",
+            grid=report(
+                "results/prefill/2x2_grid.png",
+                caption="../../report/prefill.rst",
+                category="Prefill attack",
+            ),
+            trajectory=report(
+                "results/prefill/trajectory_divergence.png",
+                caption="../../report/prefill.rst",
+                category="Prefill attack",
+            ),
+        log:
+            "results/logs/prefill_analysis.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+        params:
+            traits=" ".join(PREFILL["traits"]),
+            n_boot=PREFILL["n_boot"],
+            seed=PREFILL["seed"],
+        shell:
+            "traitscope prefill-analysis --projections {input.projections} "
+            "--conditions {input.conditions} --traits {params.traits} --out {output.json} "
+            "--grid-png {output.grid} --trajectory-png {output.trajectory} "
+            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
