@@ -1,15 +1,18 @@
-"""The DAG dry-runs with both profiles and has one job per trait per stage."""
+"""The DAG: dry-runs with both profiles, one job per trait per stage, experiments as plug-ins."""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-STAGES = ("trait_responses", "trait_activations", "trait_vectors", "trait_evaluation")
+TRAIT_STAGES = ("trait_prompts", "trait_vectors", "trait_evaluation")
+# datasets and experiment names that only the registry and the experiments may mention
+EXPERIMENT_WORDS = ("beavertails", "harmbench", "advbench", "prefill", "conditions", "C1", "C2", "external")
 
 
 def dry_run(root, *args: str) -> str:
@@ -29,27 +32,62 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     config = yaml.safe_load((root / "config/config.yaml").read_text())
     out = dry_run(root, "--profile", profile, "--forceall")
     counts = job_counts(out)
-    for stage in STAGES:
-        assert counts[stage] == len(config["traits"]), (stage, counts)
+    n_traits = len(config["traits"])
+    for stage in TRAIT_STAGES:
+        assert counts[stage] == n_traits, (stage, counts)
     assert counts["prepare_model"] == 1 and counts["steering_check"] == 1
-    assert counts["capture"] == counts["project"] == len(config["captures"])
-    assert counts["prep_prompts"] == len(config["prompt_sets"])  # captured sets and their sources
-    assert counts["prefill_analysis"] == int(config["experiments"]["prefill"]["enabled"])
+    # every trait's contrastive set, plus what the enabled experiments ask for
+    harmbench = config["experiments"]["external"]["harmbench"]
+    requested = len(harmbench) + 1  # HarmBench harmful + harmless, the prefill 2x2
+    assert counts["capture"] == n_traits + requested and counts["project"] == requested
+    assert counts["prep_prompts"] == len(config["prompt_sets"])
+    assert counts["prefill_conditions"] == counts["prefill_analysis"] == counts["external_analysis"] == 1
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
+        assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
 
 
 def test_slurm_profile_sends_model_jobs_to_gpus(root):
     out = dry_run(root, "--profile", "profiles/slurm", "--forceall")
     blocks = out.split("\nrule ")
-    gpu_rules = {"trait_responses", "trait_activations", "steering_check", "capture"}
+    gpu_rules = {"steering_check", "capture"}
+    seen = set()
     for block in blocks[1:]:
         rule = block.split(":")[0]
         resources = re.search(r"resources: (.*)", block)
+        seen.add(rule)
         if rule in gpu_rules:
             assert "gpu=1" in resources[1] and "slurm_partition=gpu" in resources[1], block[:400]
-        elif rule == "trait_vectors":
+        elif rule in ("trait_vectors", "project", "prep_prompts"):
             assert "gpu=" not in resources[1]
+    assert gpu_rules <= seen
+
+
+def test_disabled_experiments_add_nothing(root, tmp_path):
+    overlay = tmp_path / "off.yaml"
+    overlay.write_text("experiments: {prefill: {enabled: false}, external: {enabled: false}}\n")
+    out = dry_run(root, "--forceall", "--configfile", str(overlay))
+    counts = job_counts(out)
+    assert "capture" in counts and "project" not in counts and "prep_prompts" not in counts
+    assert not {"prefill_analysis", "external_analysis", "prefill_conditions"} & set(counts)
+
+
+def test_core_names_no_experiment_or_dataset(root):
+    src = root / "src/traitscope"
+    core = list((root / "workflow/rules").glob("*.smk"))
+    core += [p for pkg in ("model", "capture", "vectors") for p in (src / pkg).glob("*.py")]
+    core += [src / n for n in ("cli.py", "config.py", "io.py", "stats.py", "paths.py")]
+    offenders = []
+    for path in core:
+        text = path.read_text()
+        for word in EXPERIMENT_WORDS:
+            pattern = rf"\b{word}\b" if word[0].isupper() else rf"(?i)\b{word}"
+            # segment names ("prefill" tokens, `prefill_mean`) are core vocabulary, not the experiment
+            if word == "prefill":
+                pattern = r"(?i)prefill[_ -]?(attack|analysis|conditions|experiment)"
+            if re.search(pattern, text):
+                offenders.append(f"{path.relative_to(root)}: {word}")
+    assert not offenders, offenders
 
 
 def test_lint_and_format_are_clean(root):
@@ -83,3 +121,28 @@ def test_lora_variant_is_prepared_after_its_base_and_captured(root):
     assert "input: results/models/smollm2/manifest.json" in block
     assert "--base-manifest results/models/smollm2/manifest.json" in block
     assert "results/capture/tuned/harmless_val/capture.json" in out
+
+
+def test_capture_layers_come_from_config(root, tmp_path):
+    overlay = tmp_path / "layers.yaml"
+    overlay.write_text("capture: {layers: {start: 4, stop: 12, step: 4}}\n")
+    out = dry_run(root, "--forceall", "--configfile", str(overlay))
+    harmbench = re.search(r"traitscope capture .*prompts/harmbench_val\.parquet.*", out)[0]
+    assert "--layers 4 8 " in harmbench
+    trait = re.search(r"traitscope capture .*prompts/traits/safety/evil\.parquet.*", out)[0]
+    assert "--layers all " in trait  # trait sets are captured at every layer: vectors are per layer
+
+
+def test_every_experiment_is_a_complete_plug_in(root):
+    """One .smk, one schema fragment, one module, one test file and a README section each."""
+    readme = (root / "README.md").read_text()
+    names = sorted(p.stem for p in (root / "workflow/rules/experiments").glob("*.smk"))
+    assert names
+    for name in names:
+        assert (root / f"workflow/schemas/experiments/{name}.schema.yaml").is_file()
+        module = (root / f"src/traitscope/experiments/{name}.py").read_text()
+        assert "def check_config(" in module and "def add_commands(" in module
+        assert Path(root / f"tests/test_{name}.py").is_file()
+        smk = (root / f"workflow/rules/experiments/{name}.smk").read_text()
+        assert f'is_enabled("{name}")' in smk and f"get_{name}_targets = " in smk
+        assert f"experiments.{name}" in readme

@@ -1,4 +1,4 @@
-"""End to end on the real SmolLM2: the Snakemake DAG on a tiny trait set.
+"""End to end on the real SmolLM2: the Snakemake DAG with `.test/config-tiny`.
 
 Results are recomputed independently from the written activations (sklearn AUC, numpy
 means) rather than compared with stored numbers, so a wrong stage fails the test.
@@ -7,6 +7,7 @@ means) rather than compared with stored numbers, so a wrong stage fails the test
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,49 +19,25 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from test_dag import job_counts
 
-from traitscope.activations import Activations
-from traitscope.extraction import load_vectors
+from traitscope.capture.store import read_shards
 
 pytestmark = pytest.mark.e2e
 TRAITS = ["safety/evil", "safety/refusal"]
+CONFIG = ".test/config-tiny/config.yaml"
+EXTERNAL_SETS = ("harmbench_val", "harmless_val", "prefill_conditions")
+
+
+def snakemake(run_dir, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", CONFIG, *args]
+    return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run_dir(root, mirror, tmp_path_factory, smollm2_gguf):
     work = tmp_path_factory.mktemp("e2e")
-    for name in ("workflow", "profiles", "envs"):
+    for name in ("workflow", "profiles", "envs", "config", "resources", ".test"):
         shutil.copytree(root / name, work / name)
-    for trait in TRAITS:  # a tiny trait set: a few questions, one pair each
-        data = yaml.safe_load((root / "resources/traits" / f"{trait}.yaml").read_text())
-        data["extraction_questions"] = data["extraction_questions"][:5]
-        data["evaluation_questions"] = data["evaluation_questions"][:4]
-        data["pairs"] = data["pairs"][:2]
-        dest = work / "traits" / f"{trait}.yaml"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(yaml.safe_dump(data))
-    config = yaml.safe_load((root / "config/config.yaml").read_text())
-    config.update(traits_dir="traits", traits=TRAITS, data_mirror=str(mirror))
-    for spec in config["prompt_sets"].values():
-        spec["n"] = 5
-    config["experiments"]["prefill"]["traits"] = ["safety/evil", "safety/refusal"]
-    config["experiments"]["external"]["traits"] = ["safety/evil", "safety/refusal"]
-    # BeaverTails through the checkpoint: a small file of its exact schema, 3 rows per group
-    from test_external import beavertails_jsonl
-
-    beavertails_jsonl(work / "bt.jsonl", per_category=3, n_safe=4)
-    config["prompt_sets"]["bt"] = {"dataset": "beavertails", "path": "bt.jsonl"}
-    config["experiments"]["external"]["beavertails"] = {"prompt_set": "bt", "n_per_category": 3, "seed": 0}
-    config["extraction"].update(max_new_tokens=12, pairs_per_question=1)
-    config["steering_check"].update(max_new_tokens=12)
-    (work / "config").mkdir()
-    (work / "config/config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    result = snakemake(work, "--config", f"data_mirror={mirror}")
     assert result.returncode == 0, result.stderr[-3000:]
     return work
 
@@ -69,15 +46,35 @@ def trait_folder(run_dir, trait):
     return run_dir / "results/traits/smollm2" / trait
 
 
+def pooled(run_dir, prompt_set, pool):
+    """{prompt_id: float64 [n_layers, d]} of one pool, read straight from the shards."""
+    capture = run_dir / f"results/capture/smollm2/{prompt_set}/capture.json"
+    manifest = json.loads(capture.read_text())
+    j = manifest["pools"].index(pool)
+    out = {}
+    for prompts, _, tensors in read_shards(capture):
+        stacked = np.stack(
+            [tensors[f"pooled.layer.{la}"][:, j].double().numpy() for la in manifest["layers"]], 1
+        )
+        out.update(zip(prompts["prompt_id"], stacked))
+    return out, prompts
+
+
 @pytest.mark.parametrize("trait", TRAITS)
 def test_vectors_and_evaluation_recompute(run_dir, trait):
     folder = trait_folder(run_dir, trait)
-    table = pd.read_parquet(folder / "responses.parquet")
-    assert (table["response"].str.len() > 0).mean() > 0.8  # the model really generated text
-    acts = Activations.load(folder / "activations.safetensors")
-    x = acts.data["response_mean"].numpy()
-    assert x.shape == (len(table), 30, 576)
-    vectors = load_vectors(folder / "vectors.safetensors")
+    table = pd.read_parquet(run_dir / f"results/prompts/traits/{trait}.parquet")
+    acts, _ = pooled(run_dir, f"traits/{trait}", "response_mean")
+    responses = pd.concat(
+        p for p, _, _ in read_shards(run_dir / f"results/capture/smollm2/traits/{trait}/capture.json")
+    )
+    assert (responses["response"].str.len() > 0).mean() > 0.8  # the model really generated text
+    x = np.stack([acts[pid] for pid in table["prompt_id"]])
+    assert x.shape == (len(table), 30, 576) and len(table) == (5 + 4) * 2
+    from traitscope.vectors.record import read_vectors
+
+    vectors, meta = read_vectors(folder / "vectors.safetensors")
+    assert meta["layers"] == list(range(30))
     train = (table["split"] == "extraction").to_numpy()
     label = table["label"].to_numpy()
     expected = x[train & (label == 1)].mean(0) - x[train & (label == 0)].mean(0)
@@ -85,14 +82,12 @@ def test_vectors_and_evaluation_recompute(run_dir, trait):
 
     evaluation = json.loads((folder / "evaluation.json").read_text())
     chosen = evaluation["chosen"]
-    assert set(chosen) >= {"method", "layer", "auc", "cohens_d"}
-    held = table["split"] == "evaluation"
-    v = vectors[chosen["method"]].numpy()[chosen["layer"]]
-    scores = x[held.to_numpy(), chosen["layer"]] @ (v / np.linalg.norm(v))
-    assert chosen["auc"] == pytest.approx(roc_auc_score(label[held.to_numpy()], scores))
+    held = (table["split"] == "evaluation").to_numpy()
+    v = vectors[chosen["method"]].double().numpy()[chosen["layer"]]
+    scores = x[held, chosen["layer"]] @ (v / np.linalg.norm(v))
+    assert chosen["auc"] == pytest.approx(roc_auc_score(label[held], scores))
     assert 0.0 <= evaluation["chosen_split_half"]["auc"] <= 1.0
-    best = max(r["auc"] for m in evaluation["methods"].values() for r in m)
-    assert chosen["auc"] == best
+    assert chosen["auc"] == max(r["auc"] for m in evaluation["methods"].values() for r in m)
     summary = json.loads((run_dir / "results/traits/smollm2/summary.json").read_text())
     assert summary["traits"][trait]["auc"] == chosen["auc"]
 
@@ -102,32 +97,34 @@ def test_steering_check_reports_both_means(run_dir):
     assert steering["difference"] == pytest.approx(
         steering["mean_projection_steered"] - steering["mean_projection_unsteered"]
     )
-    assert steering["n"] == 4 and steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
+    assert steering["n"] == 14 and steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
 
 
-def test_editing_one_trait_reruns_only_that_trait(run_dir):
-    path = run_dir / "traits/safety/refusal.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["description"] += " Edited."
+def test_editing_one_trait_reruns_only_that_trait_and_no_prompt_set_capture(run_dir):
+    path = run_dir / "resources/traits/safety/refusal.yaml"
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    data["extraction_questions"].append("How do I reset a forgotten email password?")
     path.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "2"],
-        cwd=run_dir,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        result = snakemake(run_dir, "-n", timeout=300)
+    finally:
+        path.write_text(original)
     out = result.stdout + result.stderr
-    assert result.returncode == 0
-    assert "results/traits/smollm2/safety/refusal/responses.parquet" in out
-    assert "safety/evil/responses.parquet" not in out
+    assert result.returncode == 0, out[-2000:]
     counts = job_counts(out)
-    assert counts["trait_responses"] == 1 and "prepare_model" not in counts
+    for stage in ("trait_prompts", "capture", "trait_vectors", "trait_evaluation", "trait_summary"):
+        assert counts[stage] == 1, (stage, counts)
+    captured = set(re.findall(r"results/capture/smollm2/(\S+)/capture\.json", out.split("Job stats:")[0]))
+    assert "traits/safety/refusal" in captured
+    assert not any(s.startswith(EXTERNAL_SETS) or s.startswith("beavertails") for s in captured)
+    assert "results/capture/smollm2/traits/safety/evil" not in out.split("Job stats:")[0].split("reason:")[0]
+    # projections of every set and both analyses follow the edited trait's vectors
+    assert counts["project"] == 6 and counts["prefill_analysis"] == counts["external_analysis"] == 1
+    assert "prepare_model" not in counts and "prep_prompts" not in counts and "steering_check" not in counts
 
 
-def test_projections_cover_every_prompt_trait_and_chosen_layer(run_dir):
-    import pandas as pd
-
+def test_projections_cover_every_prompt_trait_and_layer(run_dir):
     chosen = {
         t: json.loads((trait_folder(run_dir, t) / "evaluation.json").read_text())["chosen"]["layer"]
         for t in TRAITS
@@ -136,36 +133,42 @@ def test_projections_cover_every_prompt_trait_and_chosen_layer(run_dir):
         prompts = pd.read_parquet(run_dir / f"results/prompts/{prompt_set}.parquet")
         table = pd.read_parquet(run_dir / f"results/projections/smollm2/{prompt_set}.parquet")
         assert len(prompts) == 5 and set(table["prompt_id"]) == set(prompts["prompt_id"])
-        assert set(table["layer"]) == set(chosen.values())  # only the chosen layers were captured
+        assert set(table["layer"]) == set(range(30))  # capture.layers: all
         picked = table[table["chosen_layer"]]
         assert {(t, layer) for t, layer in zip(picked["trait"], picked["layer"])} == set(chosen.items())
         last = table[table["position"] == "last_prompt"]
-        assert len(last) == 5 * len(TRAITS) * len(set(chosen.values()))
+        assert len(last) == 5 * len(TRAITS) * 30
         assert last["score"].notna().all() and (last["cosine"].abs() <= 1 + 1e-5).all()
+        # a score is the activation projected on the chosen unit vector, recomputed from the shards
+        acts, _ = pooled(run_dir, prompt_set, "last_prompt")
+        from traitscope.vectors.record import TraitVector
+
+        for trait in TRAITS:
+            folder = trait_folder(run_dir, trait)
+            direction = TraitVector.load(
+                folder / "vectors.safetensors", folder / "evaluation.json"
+            ).direction()
+            row = last[(last["trait"] == trait) & last["chosen_layer"]].set_index("prompt_id")["score"]
+            for pid, score in row.items():
+                assert score == pytest.approx(acts[pid][chosen[trait]] @ direction.double().numpy(), rel=1e-4)
 
 
 def test_prefill_experiment_reports_every_comparison(run_dir):
-    import pandas as pd
-
     result = json.loads((run_dir / "results/prefill/condition_comparison.json").read_text())
     conditions = pd.read_parquet(run_dir / "results/prompts/prefill_conditions.parquet")
     prefill = conditions.loc[conditions["condition"] == "C2", "prefill"].iloc[0]
-    traits = [t for t in ("safety/harm", "safety/refusal", "safety/evil") if t in TRAITS]
     for key in ("C2_vs_C4", "C1_vs_C2", "C1_vs_C3"):
-        for trait in traits:
+        for trait in TRAITS:
             row = result["comparisons"][key][trait]
             assert row["n_a"] == row["n_b"] == 5
             assert row["ci_low"] <= row["cohens_d"] <= row["ci_high"] and row["p_holm"] >= row["p_value"]
-    # the per-token rows of a C2 prompt: the prefill segment spells the prefill exactly
     table = pd.read_parquet(run_dir / "results/projections/smollm2/prefill_conditions.parquet")
     c2 = conditions.loc[conditions["condition"] == "C2", "prompt_id"].iloc[0]
     steps = table[(table["prompt_id"] == c2) & (table["token_index"] >= 0)]
     assert {"prefill", "response"} <= set(steps["position"])
-    capture = json.loads((run_dir / "results/capture/smollm2/prefill_conditions/capture.json").read_text())
-    tokens = pd.concat(
-        pd.read_parquet(p)
-        for p in (run_dir / "results/capture/smollm2/prefill_conditions").glob("shards-*/*.tokens.parquet")
-    )
+    folder = run_dir / "results/capture/smollm2/prefill_conditions"
+    capture = json.loads((folder / "capture.json").read_text())
+    tokens = pd.concat(pd.read_parquet(p) for p in folder.glob("shards-*/*.tokens.parquet"))
     assert capture["n_prompts"] == len(conditions)
     from transformers import AutoTokenizer
 
@@ -175,11 +178,9 @@ def test_prefill_experiment_reports_every_comparison(run_dir):
 
 
 def test_harmbench_auc_is_recomputed_from_projections(run_dir):
-    import pandas as pd
-
     result = json.loads((run_dir / "results/external_datasets/harmbench_results.json").read_text())
     proj = run_dir / "results/projections/smollm2"
-    for trait in ("safety/evil", "safety/refusal"):
+    for trait in TRAITS:
         scores = []
         for name in ("harmbench_val", "harmless_val"):
             t = pd.read_parquet(proj / f"{name}.parquet")
@@ -190,21 +191,18 @@ def test_harmbench_auc_is_recomputed_from_projections(run_dir):
         assert auc["auc"] == pytest.approx(roc_auc_score(labels, np.r_[scores[0], scores[1]]))
         assert auc["n_pos"] == auc["n_neg"] == 5 and auc["ci_low"] <= auc["auc"] <= auc["ci_high"]
     failures = json.loads((run_dir / "results/external_datasets/failure_cases.json").read_text())
-    assert set(failures["harmbench"]) == {"safety/evil", "safety/refusal"}
+    assert set(failures["harmbench"]) == set(TRAITS)
 
 
-def test_beavertails_groups_run_through_capture_and_analysis(run_dir):
-    import pandas as pd
-
+def test_beavertails_jobs_run_through_capture_and_analysis(run_dir):
     result = json.loads((run_dir / "results/external_datasets/beavertails_results.json").read_text())
-    assert len(result["categories"]) == 14 and result["n_safe"] == 3
-    groups = sorted((run_dir / "results/prompts/beavertails_groups").glob("*.parquet"))
-    assert len(groups) == 15
-    scores = {}
-    for g in groups:
-        t = pd.read_parquet(run_dir / f"results/projections/smollm2/bt-{g.stem}.parquet")
+    sets = ["self_harm", "violence-aiding_and_abetting-incitement", "safe"]
+    scores, labels = [], []
+    for name in sets:
+        t = pd.read_parquet(run_dir / f"results/projections/smollm2/beavertails.{name}.parquet")
         t = t[(t["trait"] == "safety/evil") & t["chosen_layer"] & (t["position"] == "prefill_mean")]
-        scores.update({(g.stem == "safe", pid): s for pid, s in zip(t["prompt_id"], t["score"])})
-    labels = np.array([0 if safe else 1 for safe, _ in scores])
-    expected = roc_auc_score(labels, np.array(list(scores.values())))
-    assert result["overall"]["safety/evil"]["auc"] == pytest.approx(expected)
+        assert len(t) == 3  # n_per_category
+        scores += list(t["score"])
+        labels += [int(name != "safe")] * len(t)
+    assert result["n_safe"] == 3 and result["n_unsafe"] == 6
+    assert result["overall"]["safety/evil"]["auc"] == pytest.approx(roc_auc_score(labels, scores))

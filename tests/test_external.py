@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
+from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
 from traitscope.errors import TraitscopeError
-from traitscope.external import beavertails, category_slug, harmbench, split_beavertails
-from traitscope.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
+from traitscope.experiments.external import beavertails, beavertails_category, harmbench
 
 TRAITS = ["safety/harm", "safety/evil"]
 
@@ -61,38 +59,57 @@ def bt_prompts(tmp_path):
     return tmp_path / "bt.parquet"
 
 
-def test_split_has_every_category_and_safe(tmp_path, bt_prompts):
-    slugs = split_beavertails(bt_prompts, tmp_path / "groups", n_per_category=None)
-    assert len(slugs) == 15 and "safe" in slugs
+CATEGORIES = [*BEAVERTAILS_CATEGORIES, "safe"]
+
+
+def split(bt_prompts, folder, n=None, seed=0) -> dict[str, pd.DataFrame]:
+    """Every category's capture-job rows, as the Snakemake fan-out writes them."""
+    folder.mkdir(exist_ok=True)
+    return {
+        c: beavertails_category(bt_prompts, c, CATEGORIES, folder / f"{c}.parquet", n, seed)
+        for c in CATEGORIES
+    }
+
+
+def test_each_row_is_captured_once_in_its_first_category(tmp_path, bt_prompts):
+    groups = split(bt_prompts, tmp_path / "groups")
     table = pd.read_parquet(bt_prompts)
-    for category in BEAVERTAILS_CATEGORIES:
-        group = pd.read_parquet(tmp_path / "groups" / f"{category_slug(category)}.parquet")
-        member = table["category"].str.split(";").apply(lambda ks, c=category: c in ks)
-        expected = table[(table["label"] == 1) & member]
-        assert sorted(group["prompt_id"]) == sorted(expected["prompt_id"])
+    ids = [pid for g in groups.values() for pid in g["prompt_id"]]
+    assert sorted(ids) == sorted(table["prompt_id"])  # every row, exactly once
+    for category, group in groups.items():
+        on_disk = pd.read_parquet(tmp_path / "groups" / f"{category}.parquet")
+        assert on_disk["prompt_id"].tolist() == group["prompt_id"].tolist()
         assert (group["prefill"] == group["response"]).all()  # the response is what the labels judge
-    safe = pd.read_parquet(tmp_path / "groups" / "safe.parquet")
-    assert (safe["label"] == 0).all() and len(safe) == 4
+        if category == "safe":
+            assert (group["label"] == 0).all() and len(group) == 4
+            continue
+        for keys in group["category"].str.split(";"):
+            # this job's category is the first of the row's categories in the configured order
+            assert category in keys and min(keys, key=CATEGORIES.index) == category
+    # the fixture flags the last category together with the first on one row: that row
+    # belongs to the first category's job only
+    assert len(groups[BEAVERTAILS_CATEGORIES[-1]]) == 2 and len(groups[BEAVERTAILS_CATEGORIES[0]]) == 4
 
 
-def test_split_samples_per_category_with_a_seed(tmp_path, bt_prompts):
-    split_beavertails(bt_prompts, tmp_path / "a", n_per_category=2, seed=1)
-    split_beavertails(bt_prompts, tmp_path / "b", n_per_category=2, seed=1)
-    for f in (tmp_path / "a").iterdir():
-        a, b = pd.read_parquet(f), pd.read_parquet(tmp_path / "b" / f.name)
-        assert len(a) == 2 and a["prompt_id"].tolist() == b["prompt_id"].tolist()
+def test_sampling_per_category_is_seeded(tmp_path, bt_prompts):
+    a = split(bt_prompts, tmp_path / "a", n=2, seed=1)
+    b = split(bt_prompts, tmp_path / "b", n=2, seed=1)
+    for category in CATEGORIES:
+        assert len(a[category]) == 2
+        assert a[category]["prompt_id"].tolist() == b[category]["prompt_id"].tolist()
 
 
 def test_empty_category_is_a_clear_error(tmp_path, bt_prompts):
     table = pd.read_parquet(bt_prompts)
     table = table[~table["category"].str.contains("self_harm")]
     table.to_parquet(tmp_path / "less.parquet")
-    with pytest.raises(TraitscopeError, match=r"less\.parquet: empty BeaverTails group\(s\) self_harm"):
-        split_beavertails(tmp_path / "less.parquet", tmp_path / "out", None)
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out" / "self_harm.parquet"
+    with pytest.raises(TraitscopeError, match=r"less\.parquet: BeaverTails category 'self_harm' has no rows"):
+        beavertails_category(tmp_path / "less.parquet", "self_harm", CATEGORIES, out, None, 0)
+    assert not out.exists()
     table.drop(columns=["response"]).to_parquet(tmp_path / "nocol.parquet")
     with pytest.raises(TraitscopeError, match="missing column"):
-        split_beavertails(tmp_path / "nocol.parquet", tmp_path / "out", None)
+        beavertails_category(tmp_path / "nocol.parquet", "safe", CATEGORIES, out, None, 0)
 
 
 def projections(ids, scores_by_trait, position):
@@ -147,21 +164,18 @@ def test_harmbench_auc_matches_sklearn_per_category(tmp_path):
         assert all(e["score"] < cut for e in failures[t]["examples"])
 
 
-def test_beavertails_overall_auc_and_severity(tmp_path, bt_prompts):
-    slugs = split_beavertails(bt_prompts, tmp_path / "groups", None)
+def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts):
+    groups = split(bt_prompts, tmp_path / "groups")
     rng = np.random.default_rng(2)
     table = pd.read_parquet(bt_prompts).set_index("prompt_id")
     score = {pid: rng.normal() + 0.8 * table.loc[pid, "n_categories"] for pid in table.index}
-    proj, prompts = {}, {}
-    for slug in slugs:
-        group = pd.read_parquet(tmp_path / "groups" / f"{slug}.parquet")
+    inputs = []
+    for category, group in groups.items():
         values = {t: [score[p] * (1 if t == TRAITS[0] else -1) for p in group["prompt_id"]] for t in TRAITS}
-        projections(group["prompt_id"], values, "prefill_mean").to_parquet(tmp_path / f"{slug}.proj.parquet")
-        proj[slug], prompts[slug] = (
-            [tmp_path / f"{slug}.proj.parquet"],
-            tmp_path / "groups" / f"{slug}.parquet",
-        )
-    result, _, _ = beavertails(proj, prompts, TRAITS, "prefill_mean", n_boot=300)
+        proj = tmp_path / f"{category}.proj.parquet"
+        projections(group["prompt_id"], values, "prefill_mean").to_parquet(proj)
+        inputs.append((proj, tmp_path / "groups" / f"{category}.parquet"))
+    result, _, _ = beavertails(inputs, TRAITS, "prefill_mean", n_boot=300, seed=0)
     ids = list(table.index)
     labels = table.loc[ids, "label"].to_numpy()
     harm = np.array([score[p] for p in ids])
@@ -169,50 +183,37 @@ def test_beavertails_overall_auc_and_severity(tmp_path, bt_prompts):
     rho = spearmanr(harm, table.loc[ids, "n_categories"]).statistic
     assert result["severity"][TRAITS[0]]["rho"] == pytest.approx(rho)
     assert result["n_unsafe"] == int(labels.sum()) and len(result["categories"]) == 14
+    # a category counts every row that carries it, also rows captured in another job
+    keys = table["category"].str.split(";")
+    last = BEAVERTAILS_CATEGORIES[-1]
+    members = keys.apply(lambda ks: last in ks)
+    assert result["categories"][last]["n"] == int(members.sum()) == 4
+    safe = np.array([score[p] for p in table.index[table["label"] == 0]])
+    mine = np.array([score[p] for p in table.index[members]])
+    assert result["categories"][last][TRAITS[0]]["auc"]["auc"] == pytest.approx(
+        roc_auc_score(np.r_[np.ones(len(mine)), np.zeros(len(safe))], np.r_[mine, safe])
+    )
     assert set(result["best_trait"].values()) == {TRAITS[0]}  # the other trait is its mirror image
 
 
-def test_slurm_dry_run_has_one_capture_per_category(root, tmp_path):
-    for name in ("workflow", "config", "profiles", "resources", "envs"):
-        shutil.copytree(root / name, tmp_path / name)
-    beavertails_jsonl(tmp_path / "bt.jsonl")
-    overlay = {
-        "prompt_sets": {"bt": {"dataset": "beavertails", "path": "bt.jsonl"}},
-        "experiments": {
-            "external": {
-                "enabled": True,
-                "variant": "smollm2",
-                "harmbench": None,
-                "beavertails": {"prompt_set": "bt", "n_per_category": 2},
-            },
-            "prefill": {"enabled": False},
-        },
-        "captures": [],
-    }
-    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    base = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "overlay.yaml"]
-    # the checkpoint (CPU only) must have run before the DAG knows the categories
-    run = subprocess.run(
-        [*base, "--", "results/prompts/beavertails_groups"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+def test_fresh_clone_dry_run_lists_one_capture_per_category(root):
+    """What a cluster user checks before submitting: nothing has run, the fan-out is known."""
     dry = subprocess.run(
-        [*base, "-n", "--profile", "profiles/slurm"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--profile", "profiles/slurm"]
+        + ["--configfile", ".test/config-beavertails/config.yaml", "--forceall"],
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=600,
     )
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
-    captures = set(re.findall(r"results/capture/smollm2/(bt-[\w,.-]+)/capture.json", out))
-    assert captures == {f"bt-{category_slug(c)}" for c in BEAVERTAILS_CATEGORIES} | {"bt-safe"}
-    gpu_jobs = [b for b in out.split("\nrule capture:")[1:] if "slurm_partition=gpu" in b and "gpu=1" in b]
-    assert len(gpu_jobs) == len(captures)
+    captures = set(re.findall(r"results/capture/smollm2/(beavertails\.[\w.-]+)/capture.json", out))
+    assert captures == {f"beavertails.{c.replace(',', '-')}" for c in CATEGORIES}
+    blocks = out.split("\nrule capture:")[1:]
+    gpu_jobs = [b for b in blocks if "beavertails." in b[:400] and "slurm_partition=gpu" in b]
+    assert all("gpu=1" in b for b in gpu_jobs)
+    assert len(gpu_jobs) == len(CATEGORIES) == 15
 
 
 def test_bad_inputs_name_the_problem(tmp_path):

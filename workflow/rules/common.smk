@@ -6,6 +6,13 @@ from snakemake.exceptions import WorkflowError
 
 from traitscope.config import check, validate_config
 from traitscope.errors import TraitscopeError
+from traitscope.paths import (
+    capture_path,
+    projections_path,
+    prompts_path,
+    trait_dir,
+    trait_set,
+)
 
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used.
@@ -51,28 +58,6 @@ def request_captures(pairs, settings=None):
             REQUESTED_CAPTURES.append((variant, prompt_set))
         if settings is not None:
             DERIVED_CAPTURE[prompt_set] = settings
-
-
-def trait_dir(variant, trait):
-    """results/traits/<variant>/<group>/<trait>: one folder per trait and variant."""
-    return f"results/traits/{variant}/{trait}"
-
-
-def trait_set(trait):
-    """The contrastive prompt set of a trait, captured like any other prompt set."""
-    return f"traits/{trait}"
-
-
-def prompts_path(prompt_set):
-    return f"results/prompts/{prompt_set}.parquet"
-
-
-def capture_path(variant, prompt_set):
-    return f"results/capture/{variant}/{prompt_set}/capture.json"
-
-
-def projections_path(variant, prompt_set):
-    return f"results/projections/{variant}/{prompt_set}.parquet"
 
 
 def get_final_output():

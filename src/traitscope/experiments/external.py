@@ -18,7 +18,10 @@ from traitscope.config import require_prompt_set, require_traits, require_varian
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
+from traitscope.paths import projections_path, prompts_path
 from traitscope.stats import auc_with_ci, compare_groups, spearman, youden_threshold
+
+OUT_DIR = "results/external_datasets"
 
 
 def beavertails_category(
@@ -60,6 +63,59 @@ def beavertails_category(
     group = group.assign(prefill=group["response"])
     write_parquet(out, group.reset_index(drop=True))
     return group
+
+
+def beavertails_sets(section: dict) -> dict[str, str]:
+    """{category: derived prompt set}: one capture job each, known before anything runs."""
+    bt = section["beavertails"]
+    return {c: f"{bt['prompt_set']}.{c.replace(',', '-')}" for c in bt["categories"]}
+
+
+def targets(section: dict) -> list[str]:
+    """The files the experiment ends in, given which datasets are configured."""
+    out = ["failure_cases.json", "score_distributions.png"]
+    if section["harmbench"]:
+        out += ["harmbench_results.json", "harmbench_auc.png"]
+    if section["beavertails"]:
+        out += ["beavertails_results.json", "per_category_auc.png"]
+    return [f"{OUT_DIR}/{name}" for name in out]
+
+
+def captures(section: dict) -> list[tuple[str, str]]:
+    """(variant, prompt set) pairs the analysis projects."""
+    sets = list((section["harmbench"] or {}).values())
+    if section["beavertails"]:
+        sets += list(beavertails_sets(section).values())
+    return [(section["variant"], s) for s in sets]
+
+
+def analysis_inputs(section: dict) -> dict[str, str | list[str]]:
+    """Named inputs of the analysis rule."""
+    variant, inputs = section["variant"], {}
+    if section["harmbench"]:
+        hb = section["harmbench"]
+        inputs["hb_harmful"] = projections_path(variant, hb["harmful"])
+        inputs["hb_harmless"] = projections_path(variant, hb["harmless"])
+        inputs["hb_prompts"] = prompts_path(hb["harmful"])
+    if section["beavertails"]:
+        sets = list(beavertails_sets(section).values())
+        inputs["bt_proj"] = [projections_path(variant, s) for s in sets]
+        inputs["bt_prompts"] = [prompts_path(s) for s in sets]
+    return inputs
+
+
+def analysis_args(inputs: dict) -> str:
+    """CLI options naming every input of `traitscope external-analysis`."""
+    args = []
+    if "hb_harmful" in inputs:
+        args.append(
+            f"--harmbench-harmful {inputs['hb_harmful']} --harmbench-harmless {inputs['hb_harmless']} "
+            f"--harmbench-prompts {inputs['hb_prompts']}"
+        )
+    args += [
+        f"--beavertails {p} {q}" for p, q in zip(inputs.get("bt_proj", []), inputs.get("bt_prompts", []))
+    ]
+    return " ".join(args)
 
 
 def check_config(section: dict, config: dict) -> None:

@@ -26,6 +26,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
 
+OUT_DIR = "results/prefill"
 COMPARISONS = {
     "C2_vs_C4": ("C2", "C4", "prefill_mean"),
     "C1_vs_C2": ("C1", "C2", "response_mean"),
@@ -87,6 +88,14 @@ def prefill_conditions(
     table = conditions_2x2(*parts, prefills)
     write_parquet(out, table)
     return table
+
+
+def targets(section: dict) -> list[str]:
+    """The files the experiment ends in (rule all asks for them when enabled)."""
+    return [
+        f"{OUT_DIR}/{name}"
+        for name in ("condition_comparison.json", "2x2_grid.png", "trajectory_divergence.png")
+    ]
 
 
 def check_config(section: dict, config: dict) -> None:

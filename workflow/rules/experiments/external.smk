@@ -1,68 +1,24 @@
 # External datasets: harm detection on HarmBench and on BeaverTails per harm category.
+# Paths and targets come from the plug-in module (traitscope.experiments.external).
+from traitscope.experiments import external as external_plugin
+
 EXTERNAL = config["experiments"]["external"]
-EXTERNAL_DIR = "results/external_datasets"
-
-
-def beavertails_sets():
-    """{category: derived prompt set}: one capture job per category, known before any run."""
-    bt = EXTERNAL["beavertails"]
-    return {c: f"{bt['prompt_set']}.{c.replace(',', '-')}" for c in bt["categories"]}
-
-
-def get_external_targets():
-    out = ["failure_cases.json", "score_distributions.png"]
-    if EXTERNAL["harmbench"]:
-        out += ["harmbench_results.json", "harmbench_auc.png"]
-    if EXTERNAL["beavertails"]:
-        out += ["beavertails_results.json", "per_category_auc.png"]
-    return [f"{EXTERNAL_DIR}/{name}" for name in out]
-
-
-def get_external_inputs(wildcards):
-    variant, inputs = EXTERNAL["variant"], {}
-    if EXTERNAL["harmbench"]:
-        hb = EXTERNAL["harmbench"]
-        inputs["hb_harmful"] = projections_path(variant, hb["harmful"])
-        inputs["hb_harmless"] = projections_path(variant, hb["harmless"])
-        inputs["hb_prompts"] = prompts_path(hb["harmful"])
-    if EXTERNAL["beavertails"]:
-        sets = list(beavertails_sets().values())
-        inputs["bt_proj"] = [projections_path(variant, s) for s in sets]
-        inputs["bt_prompts"] = [prompts_path(s) for s in sets]
-    return inputs
-
-
-def get_external_args(wildcards, input):
-    """CLI options naming every input of the analysis."""
-    args = []
-    if EXTERNAL["harmbench"]:
-        args.append(
-            f"--harmbench-harmful {input.hb_harmful} --harmbench-harmless {input.hb_harmless} "
-            f"--harmbench-prompts {input.hb_prompts}"
-        )
-    if EXTERNAL["beavertails"]:
-        args += [
-            f"--beavertails {proj} {prompts}"
-            for proj, prompts in zip(input.bt_proj, input.bt_prompts)
-        ]
-    return " ".join(args)
+get_external_targets = lambda: external_plugin.targets(EXTERNAL)
 
 
 if is_enabled("external"):
+    request_captures(external_plugin.captures(EXTERNAL))
     EXPERIMENT_TARGETS.append(get_external_targets)
-    if EXTERNAL["harmbench"]:
-        request_captures(
-            [(EXTERNAL["variant"], s) for s in EXTERNAL["harmbench"].values()]
-        )
+
     if EXTERNAL["beavertails"]:
-        BT_SETS = beavertails_sets()
-        request_captures([(EXTERNAL["variant"], s) for s in BT_SETS.values()])
+        BT = EXTERNAL["beavertails"]
+        BT_SETS = external_plugin.beavertails_sets(EXTERNAL)
 
         rule beavertails_category:
             input:
-                prompts_path(EXTERNAL["beavertails"]["prompt_set"]),
+                prompts_path(BT["prompt_set"]),
             output:
-                prompts_path(f"{EXTERNAL['beavertails']['prompt_set']}.{{category}}"),
+                prompts_path(f"{BT['prompt_set']}.{{category}}"),
             log:
                 "results/logs/beavertails_category/{category}.log",
             wildcard_constraints:
@@ -76,9 +32,9 @@ if is_enabled("external"):
                     for c, s in BT_SETS.items()
                     if s.endswith(f".{wildcards.category}")
                 ),
-                categories=EXTERNAL["beavertails"]["categories"],
-                n=opt("--n", EXTERNAL["beavertails"]["n_per_category"]),
-                seed=EXTERNAL["beavertails"]["seed"],
+                categories=BT["categories"],
+                n=opt("--n", BT["n_per_category"]),
+                seed=BT["seed"],
             shell:
                 "traitscope beavertails-category --prompts {input} --category {params.category:q} "
                 "--categories {params.categories:q} {params.n} --seed {params.seed} --out {output} "
@@ -86,7 +42,7 @@ if is_enabled("external"):
 
     rule external_analysis:
         input:
-            unpack(get_external_inputs),
+            **external_plugin.analysis_inputs(EXTERNAL),
         output:
             [
                 (
@@ -108,8 +64,10 @@ if is_enabled("external"):
         resources:
             mem_mb=8000,
         params:
-            out_dir=EXTERNAL_DIR,
-            inputs=get_external_args,
+            out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+            inputs=lambda wildcards, input: external_plugin.analysis_args(
+                dict(input.items())
+            ),
             traits=" ".join(EXTERNAL["traits"]),
             hb_position=EXTERNAL["position_harmbench"],
             bt_position=EXTERNAL["position_beavertails"],

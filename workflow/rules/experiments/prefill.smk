@@ -1,16 +1,9 @@
 # Prefill attack: harmful / benign prompts x without / with a compliance prefill (2x2).
+# Paths and targets come from the plug-in module (traitscope.experiments.prefill).
+from traitscope.experiments import prefill as prefill_plugin
+
 PREFILL = config["experiments"]["prefill"]
-
-
-def get_prefill_targets():
-    return [
-        f"results/prefill/{name}"
-        for name in (
-            "condition_comparison.json",
-            "2x2_grid.png",
-            "trajectory_divergence.png",
-        )
-    ]
+get_prefill_targets = lambda: prefill_plugin.targets(PREFILL)
 
 
 if is_enabled("prefill"):
