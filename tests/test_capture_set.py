@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from traitscope import chat, models
-from traitscope.capture_set import CaptureSettings, capture_prompt_set
+from traitscope.capture.store import CaptureSettings, capture, load_pooled, resolve_layers
 from traitscope.cli import main
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.hooks import run_recorded
-from traitscope.models import ModelSpec, prepare
-from traitscope.projection import TraitVector, project_capture
-from traitscope.prompts import read_prompt_set
+from traitscope.model import chat
+from traitscope.model import loading as models
+from traitscope.model.hooks import run_recorded
+from traitscope.vectors.projection import project
+from traitscope.vectors.record import TraitVector
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
 PROMPTS = pd.DataFrame(
@@ -49,11 +51,30 @@ POOLS = ("last_prompt", "prompt_mean", "prefill_mean", "response_mean")
 def settings(**change) -> CaptureSettings:
     base = {
         "layers": LAYERS,
+        "pools": POOLS,
         "token_segments": ("prefill", "last_prompt"),
+        "keep_all_tokens": False,
+        "max_new_tokens": 0,
+        "temperature": 0.0,
+        "seed": 0,
+        "max_tokens": 16384,
+        "padding_side": "right",
         "shard_size": 2,
         "storage_dtype": "float32",
+        "compile": "no",
     }
     return CaptureSettings(**{**base, **change})
+
+
+def capture_args(s: CaptureSettings) -> list[str]:
+    """Every setting as the `traitscope capture` option of the same name (the CLI has no defaults)."""
+    args = []
+    for key, value in asdict(s).items():
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        words = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+        args += [f"--{key.replace('_', '-')}", *(words or ["none"])]
+    return args
 
 
 def write_prompts(path: Path, table: pd.DataFrame = PROMPTS) -> Path:
@@ -114,16 +135,6 @@ def assert_close(actual, expected, atol=1e-5, what=""):
 
 
 @pytest.fixture(scope="module")
-def tiny_manifest(tiny_model, tmp_path_factory) -> Path:
-    """The tiny random Llama saved as a folder and prepared like any `path:` model."""
-    model, tokenizer = tiny_model
-    folder = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(folder / "weights")
-    tokenizer.save_pretrained(folder / "weights")
-    return prepare(ModelSpec.from_config("tiny", {"path": str(folder / "weights")}), folder / "model")
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_manifest):
     return models.load(tiny_manifest, device="cpu")
 
@@ -137,7 +148,7 @@ def prompts_file(tmp_path_factory) -> Path:
 def captured(tiny_manifest, prompts_file, tmp_path_factory) -> Path:
     """A finished capture (right padding), shared by the read-only tests."""
     out = tmp_path_factory.mktemp("capture") / "capture.json"
-    capture_prompt_set(tiny_manifest, prompts_file, out, settings(), device="cpu")
+    capture(tiny_manifest, prompts_file, out, settings(), device="cpu")
     return out
 
 
@@ -249,9 +260,7 @@ def test_unreadable_prompt_file_names_the_file(tmp_path):
 def test_capture_equals_each_prompt_alone(tiny_manifest, tiny, prompts_file, tmp_path, padding_side):
     model, tok = tiny
     out = tmp_path / "capture.json"
-    manifest = capture_prompt_set(
-        tiny_manifest, prompts_file, out, settings(padding_side=padding_side), device="cpu"
-    )
+    manifest = capture(tiny_manifest, prompts_file, out, settings(padding_side=padding_side), device="cpu")
     cap = read_capture(out)
     assert cap["manifest"] == json.loads(json.dumps(manifest))  # returned as written
     assert manifest["n_prompts"] == 5 and len(manifest["shards"]) == 3
@@ -294,7 +303,7 @@ def shard_files(folder: Path) -> dict[str, int]:
 
 def test_capture_resumes_from_complete_shards(tiny_manifest, prompts_file, tmp_path):
     out = tmp_path / "capture.json"
-    manifest = capture_prompt_set(tiny_manifest, prompts_file, out, settings(), device="cpu")
+    manifest = capture(tiny_manifest, prompts_file, out, settings(), device="cpu")
     folder = tmp_path / manifest["shard_dir"]
     before = read_capture(out)
     last = manifest["shards"][-1]
@@ -306,7 +315,7 @@ def test_capture_resumes_from_complete_shards(tiny_manifest, prompts_file, tmp_p
     old = 1_000_000_000 * 10**9  # a fixed past time: any rewrite moves a file off it
     for path in folder.glob("shard-*"):
         os.utime(path, ns=(old, old))
-    assert capture_prompt_set(tiny_manifest, prompts_file, out, settings(), device="cpu") == manifest
+    assert capture(tiny_manifest, prompts_file, out, settings(), device="cpu") == manifest
 
     after = shard_files(folder)
     assert len(after) == 3 * len(manifest["shards"])  # no temporary files left behind
@@ -324,8 +333,8 @@ def test_capture_resumes_from_complete_shards(tiny_manifest, prompts_file, tmp_p
 
 def test_changed_setting_gets_its_own_shard_folder(tiny_manifest, prompts_file, tmp_path):
     out = tmp_path / "capture.json"
-    first = capture_prompt_set(tiny_manifest, prompts_file, out, settings(), device="cpu")
-    second = capture_prompt_set(tiny_manifest, prompts_file, out, settings(layers=(1,)), device="cpu")
+    first = capture(tiny_manifest, prompts_file, out, settings(), device="cpu")
+    second = capture(tiny_manifest, prompts_file, out, settings(layers=(1,)), device="cpu")
     assert first["shard_dir"] != second["shard_dir"]
     assert second["shard_dir"].startswith("shards-") and second["layers"] == [1]
     assert sorted(p.name for p in tmp_path.glob("shards-*")) == sorted(
@@ -340,9 +349,9 @@ def test_changed_prompt_set_never_reuses_stale_shards(tiny_manifest, tiny, tmp_p
     model, tok = tiny
     out = tmp_path / "run" / "capture.json"
     prompts = tmp_path / "prompts.parquet"
-    first = capture_prompt_set(tiny_manifest, write_prompts(prompts), out, settings(), device="cpu")
+    first = capture(tiny_manifest, write_prompts(prompts), out, settings(), device="cpu")
     edited = PROMPTS.assign(prompt=[p.replace("?", "!?") for p in PROMPTS["prompt"]])
-    second = capture_prompt_set(tiny_manifest, write_prompts(prompts, edited), out, settings(), device="cpu")
+    second = capture(tiny_manifest, write_prompts(prompts, edited), out, settings(), device="cpu")
     assert first["shard_dir"] != second["shard_dir"]
     cap = read_capture(out)
     for src in read_prompt_set(prompts).to_dict("records"):
@@ -354,9 +363,7 @@ def test_changed_prompt_set_never_reuses_stale_shards(tiny_manifest, tiny, tmp_p
 def test_capture_with_generation(tiny_manifest, tiny, prompts_file, tmp_path):
     model, tok = tiny
     out = tmp_path / "capture.json"
-    capture_prompt_set(
-        tiny_manifest, prompts_file, out, settings(max_new_tokens=4, padding_side="left"), device="cpu"
-    )
+    capture(tiny_manifest, prompts_file, out, settings(max_new_tokens=4, padding_side="left"), device="cpu")
     cap = read_capture(out)
     responses = {pid: row["response"] for pid, row in cap["row"].items()}
     assert sum(bool(r) for r in responses.values()) >= 4, responses
@@ -385,26 +392,49 @@ def test_capture_with_generation(tiny_manifest, tiny, prompts_file, tmp_path):
                 assert torch.isfinite(cap["pooled"][pid][layer][3]).all()
 
 
+def test_resolve_layers():
+    assert resolve_layers("all", 3) == (0, 1, 2)
+    assert resolve_layers((2, 0, 2), 3) == (0, 2)  # sorted, once each
+    for bad in [(0, 3), (-1,), ()]:
+        with pytest.raises(TraitscopeError, match=r"the model has layers 0\.\.2"):
+            resolve_layers(bad, 3)
+
+
+def test_load_pooled_joins_every_shard(captured):
+    cap = read_capture(captured)
+    assert len(cap["manifest"]["shards"]) == 3
+    ids, x, layers = load_pooled(captured, "prefill_mean")
+    assert sorted(ids) == sorted(PROMPTS["prompt_id"]) and layers == list(LAYERS)
+    assert x.dtype == torch.float32 and x.shape == (5, len(LAYERS), 32)
+    for i, pid in enumerate(ids):
+        for j, layer in enumerate(LAYERS):
+            assert_close(x[i, j], cap["pooled"][pid][layer][POOLS.index("prefill_mean")], atol=0, what=pid)
+    with pytest.raises(TraitscopeError, match="no pool 'user_mean'; captured: last_prompt, prompt_mean"):
+        load_pooled(captured, "user_mean")
+
+
 # ---------------------------------------------------------------- projection
 
 
 def random_traits(seed: int = 0) -> list[TraitVector]:
+    """Two trait records with random unit vectors at layers 0-2, chosen at layers 2 and 0."""
     g = torch.Generator().manual_seed(seed)
     traits = []
     for name, layer in (("safety/evil", 2), ("persona/sycophancy", 0)):
         v = torch.randn(3, 32, generator=g)
-        traits.append(TraitVector(name, v / v.norm(dim=-1, keepdim=True), layer))
+        vectors = {"mean_diff": v / v.norm(dim=-1, keepdim=True)}
+        traits.append(TraitVector(name, "tiny", vectors, [0, 1, 2], "mean_diff", layer, {}, {}))
     return traits
 
 
 def test_project_capture_scores_every_row(captured, tmp_path):
     traits = random_traits()
     out = tmp_path / "proj.parquet"
-    table = project_capture(captured, traits, "base", out)
+    table = project(captured, traits, "base", "tiny_set", out)
     pd.testing.assert_frame_equal(pd.read_parquet(out), table)
     assert (table["variant"] == "base").all()
     cap = read_capture(captured)
-    vectors = {t.name: t.vectors.double() for t in traits}
+    vectors = {t.name: t.vectors["mean_diff"].double() for t in traits}
     chosen = {t.name: t.layer for t in traits}
 
     expected = []
@@ -449,14 +479,27 @@ def test_project_capture_scores_every_row(captured, tmp_path):
     assert table[["score", "cosine"]].notna().all().all()
 
 
+def test_project_refuses_a_chosen_layer_that_was_not_captured(captured, tmp_path):
+    evil, sycophancy = random_traits()
+    uncaptured = replace(sycophancy, layer=1)  # the capture holds layers 0 and 2
+    out = tmp_path / "proj.parquet"
+    with pytest.raises(TraitscopeError) as info:
+        project(captured, [evil, uncaptured], "base", "harmbench_val", out)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "trait persona/sycophancy: chosen layer 1 " in message and "prompt set harmbench_val" in message
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_capture_and_project_match_the_functions(tiny_manifest, prompts_file, captured, tmp_path):
+def test_cli_capture_and_project_match_the_functions(
+    tiny_manifest, prompts_file, captured, tmp_path, save_trait_vector, capsys
+):
     out = tmp_path / "cli" / "capture.json"
     argv = ["capture", "--model", str(tiny_manifest), "--prompts", str(prompts_file), "--out", str(out)]
-    argv += ["--layers", "0", "2", "--token-segments", "prefill", "last_prompt", "--shard-size", "2"]
-    assert main([*argv, "--storage-dtype", "float32", "--device", "cpu"]) == 0
+    assert main([*argv, *capture_args(settings()), "--device", "cpu"]) == 0
     via_cli, via_function = read_capture(out), read_capture(captured)
     assert via_cli["manifest"] == via_function["manifest"]
     assert via_cli["row"] == via_function["row"]
@@ -467,17 +510,36 @@ def test_cli_capture_and_project_match_the_functions(tiny_manifest, prompts_file
     traits = random_traits(seed=1)
     args = []
     for t in traits:
-        folder = tmp_path / t.name
-        folder.mkdir(parents=True)
-        # stored un-normalised and under another method too: `project` must pick and normalise
-        save_file({"mean_diff": t.vectors * 3.0, "probe": -t.vectors}, str(folder / "vectors.safetensors"))
-        evaluation = {"chosen": {"method": "mean_diff", "layer": t.layer, "auc": 1.0}}
-        (folder / "evaluation.json").write_text(json.dumps(evaluation))
-        args += ["--trait", t.name, str(folder / "vectors.safetensors"), str(folder / "evaluation.json")]
+        # the chosen method stored un-normalised beside another one: the record must pick it
+        # and `project` normalise it
+        v = t.vectors["mean_diff"]
+        chosen = {"method": "probe", "layer": t.layer, "auc": 1.0}
+        files = save_trait_vector(
+            tmp_path / t.name, t.name, {"mean_diff": -v, "probe": 3.0 * v}, t.layers, chosen
+        )
+        args += ["--trait", t.name, *map(str, files)]
     proj = tmp_path / "proj.parquet"
-    assert main(["project", "--capture", str(out), "--variant", "lora", *args, "--out", str(proj)]) == 0
-    expected = project_capture(captured, traits, "lora", tmp_path / "expected.parquet")
+    project_argv = ["project", "--capture", str(out), "--variant", "lora", "--prompt-set", "tiny_set"]
+    assert main([*project_argv, *args, "--out", str(proj)]) == 0
+    expected = project(captured, traits, "lora", "tiny_set", tmp_path / "expected.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(proj), expected, rtol=1e-6, atol=1e-6)
+
+    # a trait chosen at a layer this capture lacks: one line naming it, and no output
+    late = save_trait_vector(
+        tmp_path / "late",
+        "safety/late",
+        {"mean_diff": torch.ones(3, 32)},
+        [0, 1, 2],
+        {"method": "mean_diff", "layer": 1},
+    )
+    capsys.readouterr()
+    bad = tmp_path / "bad.parquet"
+    assert main([*project_argv, "--trait", "safety/late", *map(str, late), "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "traitscope project: error: trait safety/late: chosen layer 1 "
+    )
+    assert "prompt set tiny_set" in err[0] and not bad.exists()
 
 
 @pytest.mark.parametrize("case", ["no_prompt_id", "messages_not_json", "duplicate_id"])
@@ -487,7 +549,7 @@ def test_cli_bad_prompt_file_exits_2(tiny_manifest, tmp_path, capsys, case):
     table.to_parquet(prompts)
     out = tmp_path / "run" / "capture.json"
     argv = ["capture", "--model", str(tiny_manifest), "--prompts", str(prompts), "--out", str(out)]
-    assert main([*argv, "--layers", "0", "--device", "cpu"]) == 2
+    assert main([*argv, *capture_args(settings(layers=(0,))), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("traitscope capture: error: ") and str(prompts) in err[0]
     assert not out.exists() and not list(tmp_path.rglob("shards-*"))
@@ -513,14 +575,12 @@ def test_smollm2_left_padded_capture_equals_each_prompt_alone(smollm2_manifest, 
     layers = (3, 20)
     s = settings(layers=layers, token_segments=("prefill",), padding_side="left", shard_size=8)
     together = tmp_path / "all" / "capture.json"
-    capture_prompt_set(
-        smollm2_manifest, write_prompts(tmp_path / "all.parquet", table), together, s, device="cpu"
-    )
+    capture(smollm2_manifest, write_prompts(tmp_path / "all.parquet", table), together, s, device="cpu")
     batched = read_capture(together)
     assert len({row["n_tokens"] for row in batched["row"].values()}) == 3  # one padded batch of 3 lengths
     for i, pid in enumerate(table["prompt_id"]):
         alone_json = tmp_path / pid / "capture.json"
-        capture_prompt_set(
+        capture(
             smollm2_manifest,
             write_prompts(tmp_path / f"{pid}.parquet", table[i : i + 1]),
             alone_json,

@@ -1,12 +1,18 @@
-"""Layer choice on held-out data, and its split-half (out-of-sample) counterpart."""
+"""Layer choice on held-out data, its split-half (out-of-sample) counterpart, and the trait
+evaluation stage on a real tiny capture."""
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from traitscope.evaluation import choose, layer_scores, split_half_auc
+from traitscope.cli import main
+from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
+from traitscope.vectors.record import TraitVector, read_vectors
 
 
 def planted(seed=0, n_questions=8, layers=3, d=4):
@@ -53,3 +59,69 @@ def test_layer_scores_match_sklearn():
     for layer, row in enumerate(rows):
         expected = roc_auc_score(label, (x[:, layer] @ unit[layer]).numpy())
         assert row["auc"] == pytest.approx(expected, abs=1e-6)
+
+
+# ---------------------------------------------------------------- on a real tiny capture
+
+
+def pair_count_auc(pos: list[float], neg: list[float]) -> float:
+    """P(positive scores above negative), ties counted half, over every (positive, negative) pair."""
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_pair_count_auc_by_hand():
+    assert pair_count_auc([3.0, 1.0], [2.0, 1.0]) == (1 + 1 + 0 + 0.5) / 4
+
+
+def test_trait_evaluation_aucs_are_pair_counts_of_the_projections(trait_run, trait_acts):
+    result = json.loads(trait_run["evaluation"].read_text())
+    vectors, _ = read_vectors(trait_run["vectors"])
+    table = pd.read_parquet(trait_run["prompts"])
+    held = table[table["split"] == "evaluation"]
+    pos_ids = held.loc[held["label"] == 1, "prompt_id"].tolist()
+    neg_ids = held.loc[held["label"] == 0, "prompt_id"].tolist()
+    assert (result["trait"], result["model"], result["position"]) == ("safety/tiny", "tiny", "response_mean")
+    assert result["n_positive"] == len(pos_ids) == 6 and result["n_negative"] == len(neg_ids) == 6
+    assert set(result["methods"]) == {"mean_diff", "probe", "pca"}
+    aucs = []
+    for method, rows in result["methods"].items():
+        assert [r["layer"] for r in rows] == [0, 1, 2]
+        for i, row in enumerate(rows):
+            v = vectors[method][i].double()
+            u = v / v.norm()
+            sp = [float(trait_acts[p][i] @ u) for p in pos_ids]
+            sn = [float(trait_acts[p][i] @ u) for p in neg_ids]
+            assert row["auc"] == pytest.approx(pair_count_auc(sp, sn), abs=1e-12), (method, i)
+            assert row["mean_positive"] == pytest.approx(np.mean(sp), abs=1e-5)
+            assert row["mean_negative"] == pytest.approx(np.mean(sn), abs=1e-5)
+            aucs.append((row["auc"], row["cohens_d"], method, row["layer"]))
+    # chosen: the highest AUC, ties broken by the larger Cohen's d
+    best = max(a for a, *_ in aucs)
+    tied = [x for x in aucs if x[0] == best]
+    _, d, method, layer = max(tied, key=lambda x: x[1])
+    assert result["chosen"] == {"method": method, "layer": layer, "auc": best, "cohens_d": d}
+    for m, chosen in result["chosen_by_method"].items():
+        assert chosen["auc"] == max(r["auc"] for r in result["methods"][m])
+
+    # the record built from these files points at that choice
+    t = TraitVector.load(trait_run["vectors"], trait_run["evaluation"])
+    assert (t.name, t.method, t.layer) == ("safety/tiny", method, layer)
+    torch.testing.assert_close(t.direction(), vectors[method][layer] / vectors[method][layer].norm())
+
+
+def test_cli_trait_vectors_and_evaluation_match_the_functions(trait_run, tmp_path):
+    common = ["--capture", str(trait_run["capture"]), "--prompts", str(trait_run["prompts"])]
+    common += ["--position", "response_mean", "--variant", "tiny", "--trait", "safety/tiny"]
+    vec, meta = tmp_path / "v.safetensors", tmp_path / "v.json"
+    methods = ["--methods", "mean_diff", "probe", "pca", "--probe-c", "1.0"]
+    assert main(["trait-vectors", *common, "--out", str(vec), "--meta", str(meta), *methods]) == 0
+    evaluation = tmp_path / "e.json"
+    argv = ["trait-evaluation", *common, "--vectors", str(vec), "--out", str(evaluation)]
+    assert main([*argv, "--png", str(tmp_path / "e.png")]) == 0
+    via_cli, via_function = load_file(vec), load_file(trait_run["vectors"])
+    assert set(via_cli) == set(via_function)
+    for method in via_function:
+        torch.testing.assert_close(via_cli[method], via_function[method], rtol=0, atol=0)
+    assert json.loads(meta.read_text()) == json.loads(trait_run["meta"].read_text())
+    assert json.loads(evaluation.read_text()) == json.loads(trait_run["evaluation"].read_text())

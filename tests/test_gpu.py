@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from traitscope import chat
-from traitscope.capture_set import read_shards
+from traitscope.capture.store import read_shards
 from traitscope.cli import main
-from traitscope.hooks import run_recorded
-from traitscope.models import ModelSpec, load, prepare
+from traitscope.model import chat
+from traitscope.model.hooks import run_recorded
+from traitscope.model.loading import ModelSpec, load, prepare_model
 
 DEVICE = os.environ.get("TRAITSCOPE_TEST_DEVICE", "cuda")  # "cpu" checks this file's logic locally
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -30,6 +31,29 @@ TEMPLATE = (
 WORDS = (
     "the a how do i make bread tea cake sure here is help with that you are kind evil assistant user system"
 )
+
+
+# every `traitscope capture` setting: the CLI has no defaults, the rules pass them all
+CAPTURE = {
+    "layers": "all",
+    "pools": "last_prompt prompt_mean prefill_mean response_mean",
+    "token_segments": "none",
+    "keep_all_tokens": "no",
+    "max_new_tokens": "0",
+    "temperature": "0.0",
+    "seed": "0",
+    "max_tokens": "16384",
+    "padding_side": "right",
+    "shard_size": "512",
+    "storage_dtype": "float32",
+    "compile": "yes" if DEVICE == "cuda" else "no",
+    "device": DEVICE,
+}
+
+
+def cli(command: str, **options: str) -> list[str]:
+    """`[command, --key, value, ...]`; a value of several words becomes several arguments."""
+    return [command, *(word for k, v in options.items() for word in (f"--{k.replace('_', '-')}", *v.split()))]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +84,7 @@ def gpu_manifest(tmp_path_factory):
     Gemma2ForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     spec = {"path": str(folder), "dtype": "float32"}
-    return prepare(ModelSpec.from_config("gemma", spec), tmp_path_factory.mktemp("m") / "gemma")
+    return prepare_model(ModelSpec.from_config("gemma", spec), tmp_path_factory.mktemp("m") / "gemma")
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
@@ -75,29 +99,9 @@ def test_compiled_gpu_capture_equals_each_prompt_alone(tmp_path, gpu_manifest, p
     )
     prompts.to_parquet(tmp_path / "p.parquet")
     out = tmp_path / "cap" / "capture.json"
+    settings = {**CAPTURE, "layers": "1 4", "padding_side": padding, "token_segments": "prefill"}
     code = main(
-        [
-            "capture",
-            "--model",
-            str(gpu_manifest),
-            "--prompts",
-            str(tmp_path / "p.parquet"),
-            "--out",
-            str(out),
-            "--layers",
-            "1",
-            "4",
-            "--padding-side",
-            padding,
-            "--compile",
-            "yes" if DEVICE == "cuda" else "no",
-            "--storage-dtype",
-            "float32",
-            "--token-segments",
-            "prefill",
-            "--device",
-            DEVICE,
-        ]
+        cli("capture", model=str(gpu_manifest), prompts=str(tmp_path / "p.parquet"), out=str(out), **settings)
     )
     assert code == 0
     model, tokenizer = load(gpu_manifest, device=DEVICE)
@@ -117,18 +121,21 @@ def test_compiled_gpu_capture_equals_each_prompt_alone(tmp_path, gpu_manifest, p
     assert json.loads(out.read_text())["n_prompts"] == 3
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="device_map=auto places weights on GPUs only")
 def test_device_map_auto_loads_on_gpu(tmp_path, gpu_manifest):
     manifest = json.loads(gpu_manifest.read_text())
     spec = {**manifest["spec"], "device_map": "auto"}
-    model, _ = load(prepare(ModelSpec.from_config("gemma", spec), tmp_path / "m"))
+    model, _ = load(prepare_model(ModelSpec.from_config("gemma", spec), tmp_path / "m"))
     assert next(model.parameters()).is_cuda
 
 
 def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
-    """Generation, capture, vectors, evaluation and steering on CUDA, through the CLI."""
+    """Trait prompts, capture with generation at every layer, vectors, evaluation and steering on
+    CUDA, through the CLI, as the trait rules chain them."""
     import yaml
 
-    from traitscope.activations import Activations
+    from traitscope.capture.store import load_pooled
+    from traitscope.vectors.record import TraitVector
 
     trait = {
         "description": "d",
@@ -140,75 +147,38 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
     path = tmp_path / "safety" / "evil.yaml"
     path.parent.mkdir()
     path.write_text(yaml.safe_dump(trait))
-    m = str(gpu_manifest)
+    m, p, cap = str(gpu_manifest), str(tmp_path / "p.parquet"), str(tmp_path / "cap" / "capture.json")
+    v, e, steered = str(tmp_path / "v.safetensors"), str(tmp_path / "e.json"), str(tmp_path / "s.json")
+    trait_args = {"position": "response_mean", "variant": "gemma", "trait": "safety/evil"}
+    generate = {**CAPTURE, "pools": "response_mean last_prompt", "max_new_tokens": "4", "max_tokens": "8192"}
     steps = [
-        [
-            "trait-responses",
-            "--model",
-            m,
-            "--trait-file",
-            str(path),
-            "--out",
-            str(tmp_path / "r.parquet"),
-            "--max-new-tokens",
-            "4",
-            "--pairs-per-question",
-            "1",
-        ],
-        [
-            "trait-activations",
-            "--model",
-            m,
-            "--responses",
-            str(tmp_path / "r.parquet"),
-            "--out",
-            str(tmp_path / "a.safetensors"),
-        ],
-        [
-            "trait-vectors",
-            "--activations",
-            str(tmp_path / "a.safetensors"),
-            "--responses",
-            str(tmp_path / "r.parquet"),
-            "--out",
-            str(tmp_path / "v.safetensors"),
-            "--meta",
-            str(tmp_path / "v.json"),
-        ],
-        [
-            "trait-evaluate",
-            "--vectors",
-            str(tmp_path / "v.safetensors"),
-            "--activations",
-            str(tmp_path / "a.safetensors"),
-            "--responses",
-            str(tmp_path / "r.parquet"),
-            "--out",
-            str(tmp_path / "e.json"),
-            "--png",
-            str(tmp_path / "e.png"),
-        ],
-        [
-            "steering-check",
-            "--model",
-            m,
-            "--vectors",
-            str(tmp_path / "v.safetensors"),
-            "--evaluation",
-            str(tmp_path / "e.json"),
-            "--trait-file",
-            str(path),
-            "--out",
-            str(tmp_path / "s.json"),
-            "--max-new-tokens",
-            "4",
-        ],
+        cli("trait-prompts", trait_file=str(path), trait="safety/evil", out=p, pairs_per_question="1")
+        + ["--n-extraction", "none", "--n-evaluation", "none"],
+        cli("capture", model=m, prompts=p, out=cap, **generate),
+        cli("trait-vectors", capture=cap, prompts=p, out=v, meta=str(tmp_path / "v.json"), **trait_args)
+        + ["--methods", "mean_diff", "probe", "pca", "--probe-c", "1.0"],
+        cli(
+            "trait-evaluation",
+            vectors=v,
+            capture=cap,
+            prompts=p,
+            out=e,
+            png=str(tmp_path / "e.png"),
+            **trait_args,
+        ),
+        cli("steering-check", model=m, vectors=v, evaluation=e, trait_file=str(path), out=steered)
+        + ["--coefficient", "4.0", "--max-new-tokens", "4", "--max-tokens", "8192"],
     ]
     for argv in steps:
         assert main(argv) == 0, argv[0]
-    responses = pd.read_parquet(tmp_path / "r.parquet")
-    assert len(responses) == 12 and (responses["n_response_tokens"] > 0).all()
-    acts = Activations.load(tmp_path / "a.safetensors")
-    assert acts.data["response_mean"].shape == (12, 6, 256) and acts.data["response_mean"].isfinite().all()
-    steering = json.loads((tmp_path / "s.json").read_text())
+    assert len(pd.read_parquet(p)) == 12  # (3 + 3 questions) x 1 pair x 2 polarities
+    for shard_prompts, _, _ in read_shards(cap):
+        assert (shard_prompts["n_tokens"] > shard_prompts["prompt_len"]).all()  # responses were generated
+    ids, acts, layers = load_pooled(cap, "response_mean")
+    assert layers == list(range(6)) and acts.shape == (12, 6, 256) and acts.isfinite().all()
+    vector = TraitVector.load(v, e)
+    assert vector.layer in layers and vector.method in ("mean_diff", "probe", "pca")
+    assert vector.vectors["mean_diff"].shape == (6, 256)
+    steering = json.loads(Path(steered).read_text())
     assert steering["n"] == 3 and np.isfinite(steering["difference"])
+    assert (steering["layer"], steering["method"]) == (vector.layer, vector.method)

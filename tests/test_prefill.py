@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.prefill import analyse
-from traitscope.prep import conditions_2x2
+from traitscope.experiments.prefill import check_config, conditions_2x2, prefill_analysis, prefill_conditions
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
 
@@ -39,6 +40,54 @@ def test_conditions_are_matched_and_prefilled():
     assert (table.loc[table["condition"].isin(["C1", "C2"]), "label"] == 1).all()
     with pytest.raises(TraitscopeError, match="at least one prefill"):
         conditions_2x2(prompt_table("harmful", 3), prompt_table("benign", 3), [])
+
+
+def test_prefill_conditions_writes_a_prompt_set_from_two_prepared_sets(tmp_path):
+    harmful, harmless = tmp_path / "harmful.parquet", tmp_path / "harmless.parquet"
+    prompt_table("harmful", 3).to_parquet(harmful)
+    prompt_table("benign", 5).to_parquet(harmless)
+    out = tmp_path / "conditions.parquet"
+    table = prefill_conditions(harmful, harmless, [PREFILL], out)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), table)
+    assert table["condition"].value_counts().to_dict() == {"C1": 3, "C2": 3, "C3": 3, "C4": 3}
+    prompts = read_prompt_set(out).set_index("prompt_id")  # captured like any prompt set
+    for row in table.itertuples():
+        assert prompts.loc[row.prompt_id, "messages"] == [{"role": "user", "content": row.prompt}]
+        assert prompts.loc[row.prompt_id, "prefill"] == (PREFILL if row.condition in ("C2", "C4") else "")
+        kind = "harmful" if row.condition in ("C1", "C2") else "benign"
+        assert row.prompt.startswith(kind) and row.label == int(kind == "harmful")
+    by_condition = table.groupby("condition")["prompt"].apply(set)
+    assert by_condition["C1"] == by_condition["C2"] and by_condition["C3"] == by_condition["C4"]
+
+    messages_only = tmp_path / "messages.parquet"
+    pd.DataFrame({"prompt_id": ["a"], "messages": ['[{"role": "user", "content": "hi"}]']}).to_parquet(
+        messages_only
+    )
+    with pytest.raises(
+        TraitscopeError, match=re.escape(f"{messages_only}: the prefill conditions need a 'prompt'")
+    ):
+        prefill_conditions(harmful, messages_only, [PREFILL], tmp_path / "never.parquet")
+    assert not (tmp_path / "never.parquet").exists()
+
+
+def test_check_config_names_the_bad_key(root):
+    from traitscope.config import load_config
+
+    config = load_config(root / "config/config.yaml")
+    section = config["experiments"]["prefill"]
+    check_config(section, config)  # the default config is consistent
+    cases = [
+        ({"prompt_set": "advbench"}, "experiments.prefill.prompt_set 'advbench' is also under prompt_sets"),
+        ({"harmful": "nope"}, "experiments.prefill.harmful: prompt set 'nope' is not defined"),
+        (
+            {"traits": ["safety/harm", "safety/ghost"]},
+            "experiments.prefill.traits: safety/ghost not in traits",
+        ),
+        ({"variant": "ghost"}, "experiments.prefill.variant: variant 'ghost' is not defined"),
+    ]
+    for change, message in cases:
+        with pytest.raises(TraitscopeError, match=message):
+            check_config({**section, **change}, config)
 
 
 def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
@@ -85,7 +134,7 @@ def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
 
 def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
     """The analysis on the synthetic files `synthetic` (or a test) wrote into tmp_path."""
-    return analyse(
+    return prefill_analysis(
         tmp_path / "proj.parquet",
         tmp_path / "cond.parquet",
         list(traits),
@@ -98,7 +147,7 @@ def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
 
 def test_analysis_matches_scipy_on_planted_effects(tmp_path):
     projections, conditions = synthetic(tmp_path)
-    result = analyse(
+    result = prefill_analysis(
         tmp_path / "proj.parquet",
         tmp_path / "cond.parquet",
         ["safety/harm"],
@@ -141,7 +190,7 @@ def test_no_divergence_without_an_effect(tmp_path):
 def test_unknown_trait_is_a_clear_error(tmp_path):
     synthetic(tmp_path, n=4)
     with pytest.raises(TraitscopeError, match="no projections for trait"):
-        analyse(
+        prefill_analysis(
             tmp_path / "proj.parquet",
             tmp_path / "cond.parquet",
             ["safety/evil"],
@@ -157,8 +206,8 @@ def test_advbench_from_the_hub_uses_the_original_layout(tmp_path, monkeypatch, m
     import sys
     import types
 
-    from traitscope.loaders import load_advbench
-    from traitscope.prep import load_source
+    from traitscope.data.loaders import load_advbench
+    from traitscope.data.prep import load_source
 
     copy = load_advbench(mirror / "advbench" / "advbench_behaviors.csv")
     hub_rows = pd.DataFrame({"prompt": copy["prompt"], "target": "Sure, here is"})

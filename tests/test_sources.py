@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from traitscope.errors import TraitscopeError
-from traitscope.loaders import (
+from traitscope.data.loaders import (
     CATEGORY_SEP,
     SCHEMA,
     load_advbench,
@@ -33,7 +32,8 @@ from traitscope.loaders import (
     load_harmbench,
     load_instructions,
 )
-from traitscope.sources import SOURCES, fetch
+from traitscope.data.registry import SOURCES, fetch
+from traitscope.errors import TraitscopeError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

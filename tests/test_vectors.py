@@ -1,10 +1,23 @@
-"""Vector maths against hand-computed cases."""
+"""Vector maths against hand-computed cases; trait prompt sets; vectors from a real tiny capture;
+the trait-vector record."""
+
+import hashlib
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
-from traitscope.vectors import mean_diff, probe, project, unit
+from traitscope.capture.store import read_shards
+from traitscope.cli import main
+from traitscope.data.prompts import read_prompt_set
+from traitscope.data.traits import trait_prompts
+from traitscope.errors import TraitscopeError
+from traitscope.vectors.extraction import trait_vectors
+from traitscope.vectors.methods import METHODS, mean_diff, pca, probe, project, unit
+from traitscope.vectors.record import TraitVector, read_vectors
 
 
 def test_mean_diff_hand_computed():
@@ -51,3 +64,193 @@ def test_probe_direction_matches_sklearn_on_raw_scale():
     clf = LogisticRegression(max_iter=2000).fit(scaler.transform(feats), np.r_[np.ones(20), np.zeros(20)])
     raw = clf.coef_[0] / scaler.scale_
     np.testing.assert_allclose(ours, raw / np.linalg.norm(raw), atol=1e-3)
+
+
+def test_pca_recovers_a_planted_direction_oriented_toward_positives():
+    rng = np.random.default_rng(2)
+    n, layers, d = 40, 3, 16
+    direction = rng.normal(size=(layers, d))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)  # one planted unit direction per layer
+    neg = rng.normal(size=(n, layers, d)) * 3.0
+    scale = rng.uniform(0.5, 3.0, size=(n, 1, 1))  # each pair moves by a different positive amount
+    pos = neg + scale * direction + 0.05 * rng.normal(size=(n, layers, d))
+    pos_t, neg_t = torch.tensor(pos, dtype=torch.float32), torch.tensor(neg, dtype=torch.float32)
+    v = pca(pos_t, neg_t)
+    assert v.shape == (layers, d)
+    np.testing.assert_allclose(v.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    cos = (v.double().numpy() * direction).sum(-1)
+    assert (cos > 0.99).all(), cos  # the direction, and its sign: toward the positives
+    flipped = pca(neg_t, pos_t)  # swapping the classes must flip the orientation
+    assert ((flipped.double().numpy() * direction).sum(-1) < -0.99).all()
+
+
+def test_methods_registry():
+    assert METHODS == {"mean_diff": mean_diff, "probe": probe, "pca": pca}
+
+
+# ---------------------------------------------------------------- trait prompt sets
+
+
+def test_trait_prompts_rotate_pairs_and_cut_questions(tiny_trait_file, tmp_path):
+    data = yaml.safe_load(tiny_trait_file.read_text())  # 3 pairs, 4 + 3 questions
+    out = tmp_path / "prompts.parquet"
+    table = trait_prompts(tiny_trait_file, out, 2, 3, 2, "safety/tiny")
+    pd.testing.assert_frame_equal(pd.read_parquet(out), table)
+    # question i of a split gets pairs i and i+1 (mod 3); only the first 3 / 2 questions are kept
+    pairs = {"extraction": [{0, 1}, {1, 2}, {2, 0}], "evaluation": [{0, 1}, {1, 2}]}
+    questions = {s: data[f"{s}_questions"] for s in pairs}
+    expected = {
+        (split, questions[split][qi], p, label)
+        for split, per_question in pairs.items()
+        for qi, ps in enumerate(per_question)
+        for p in ps
+        for label in (0, 1)
+    }
+    got = list(zip(table["split"], table["question"], table["pair_index"], table["label"]))
+    assert len(got) == len(set(got)) == len(expected) == 20 and set(got) == expected
+    assert table["prompt_id"].is_unique
+    for row in table.itertuples():
+        system = data["pairs"][row.pair_index]["positive" if row.label == 1 else "negative"]
+        assert json.loads(row.messages) == [
+            {"role": "system", "content": system},
+            {"role": "user", "content": row.question},
+        ]
+    assert (table["trait"] == "safety/tiny").all()
+    assert set(table["trait_sha256"]) == {hashlib.sha256(tiny_trait_file.read_bytes()).hexdigest()}
+    assert read_prompt_set(out)["messages"].tolist() == [json.loads(m) for m in table["messages"]]
+
+
+def test_trait_prompts_use_every_pair_and_every_question_by_default(tiny_trait_file, tmp_path):
+    one = trait_prompts(tiny_trait_file, tmp_path / "one.parquet", 1, None, None, "safety/tiny")
+    ext = one[one["split"] == "extraction"]
+    assert ext.groupby("question", sort=False)["pair_index"].first().tolist() == [0, 1, 2, 0]
+    assert one["question"].nunique() == 4 + 3
+    every = trait_prompts(tiny_trait_file, tmp_path / "all.parquet", 10, None, None, "safety/tiny")
+    assert len(every) == (4 + 3) * 3 * 2  # more pairs asked for than exist: each question gets all 3
+
+
+def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_path):
+    out = tmp_path / "p.parquet"
+    argv = [
+        "trait-prompts",
+        "--trait-file",
+        str(tiny_trait_file),
+        "--trait",
+        "safety/tiny",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--pairs-per-question", "2", "--n-extraction", "none", "--n-evaluation", "none"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(trait_run["prompts"]))
+
+
+# ---------------------------------------------------------------- vectors from a real capture
+
+
+def test_trait_capture_generates_at_every_layer(trait_run, trait_acts):
+    manifest = json.loads(trait_run["capture"].read_text())
+    assert manifest["layers"] == [0, 1, 2] and manifest["settings"]["layers"] == [0, 1, 2]  # "all"
+    assert len(manifest["shards"]) == 4 and manifest["n_prompts"] == 28
+    for prompts, _, _ in read_shards(trait_run["capture"]):
+        assert (prompts["n_tokens"] > prompts["prompt_len"]).all()  # a response was generated
+    assert set(trait_acts) == set(pd.read_parquet(trait_run["prompts"])["prompt_id"])
+    assert all(a.shape == (3, 32) and a.isfinite().all() for a in trait_acts.values())
+
+
+def test_trait_vectors_are_the_mean_difference_of_the_capture(trait_run, trait_acts, tiny_trait_file):
+    table = pd.read_parquet(trait_run["prompts"])
+    ext = table[table["split"] == "extraction"]
+    pos = torch.stack([trait_acts[p] for p in ext.loc[ext["label"] == 1, "prompt_id"]])
+    neg = torch.stack([trait_acts[p] for p in ext.loc[ext["label"] == 0, "prompt_id"]])
+    vectors, meta = read_vectors(trait_run["vectors"])
+    assert set(vectors) == {"mean_diff", "probe", "pca"}
+    torch.testing.assert_close(vectors["mean_diff"].double(), pos.mean(0) - neg.mean(0), rtol=0, atol=1e-5)
+    for method in ("probe", "pca"):
+        assert vectors[method].shape == (3, 32)
+        np.testing.assert_allclose(vectors[method].norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert meta == json.loads(trait_run["meta"].read_text())
+    assert (meta["trait"], meta["model"], meta["position"], meta["layers"]) == (
+        "safety/tiny",
+        "tiny",
+        "response_mean",
+        [0, 1, 2],
+    )
+    assert meta["n_positive"] == meta["n_negative"] == len(pos) == 8
+    assert meta["dataset_sha256"] == [hashlib.sha256(tiny_trait_file.read_bytes()).hexdigest()]
+
+
+def test_trait_vectors_bad_settings_are_clear_errors(trait_run, tmp_path):
+    def run(position="response_mean", methods=("mean_diff",), prompts=trait_run["prompts"]):
+        out = tmp_path / "v.safetensors"
+        trait_vectors(
+            trait_run["capture"], prompts, out, tmp_path / "v.json", position, methods, 1.0, "m", "t"
+        )
+
+    with pytest.raises(TraitscopeError, match="unknown vector method.*svm; known: mean_diff, probe, pca"):
+        run(methods=("mean_diff", "svm"))
+    with pytest.raises(TraitscopeError, match="no pool 'prompt_mean'"):
+        run(position="prompt_mean")
+    extra = pd.read_parquet(trait_run["prompts"])
+    extra = pd.concat([extra, extra.tail(1).assign(prompt_id="never-captured")])
+    extra.to_parquet(tmp_path / "extra.parquet")
+    with pytest.raises(TraitscopeError, match="prompt 'never-captured' was not captured"):
+        run(prompts=tmp_path / "extra.parquet")
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+# ---------------------------------------------------------------- the trait-vector record
+
+MEAN_DIFF = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])  # rows: layers 3, 5, 7
+PROBE = torch.tensor([[0.0, 1.0], [3.0, 4.0], [-1.0, 0.0]])
+
+
+def test_trait_vector_load_uses_the_chosen_method_and_layer(tmp_path, save_trait_vector):
+    chosen = {"method": "probe", "layer": 5, "auc": 0.9, "cohens_d": 1.5}
+    files = save_trait_vector(
+        tmp_path, "safety/evil", {"mean_diff": MEAN_DIFF, "probe": PROBE}, [3, 5, 7], chosen
+    )
+    t = TraitVector.load(*files, "safety/evil")
+    assert (t.name, t.model, t.method, t.layer, t.layers) == ("safety/evil", "tiny", "probe", 5, [3, 5, 7])
+    assert t.direction().tolist() == pytest.approx([0.6, 0.8])  # the probe row of layer 5, unit length
+    assert t.direction(7).tolist() == pytest.approx([-1.0, 0.0])
+    assert t.steering_vector(4.0).tolist() == pytest.approx([0.0, 8.0])  # 4 x the mean_diff row of layer 5
+    assert t.steering_vector(-1.0, layer=7).tolist() == pytest.approx([-3.0, -3.0])
+    assert t.evaluation["chosen"] == chosen and t.provenance["position"] == "response_mean"
+    with pytest.raises(TraitscopeError, match=r"no vector at layer 4; vectors cover \[3, 5, 7\]"):
+        t.direction(4)
+    assert TraitVector.load(*files).name == "safety/evil"  # default name: the vectors' metadata
+
+
+@pytest.mark.parametrize(
+    "content",
+    [None, "{not json", '{"chosen": {"method": "probe"}}', '{"trait": "x"}', '{"chosen": null}', "[1]"],
+    ids=["missing", "not_json", "no_layer", "no_chosen", "null_chosen", "list"],
+)
+def test_missing_or_malformed_evaluation_is_one_line_naming_it(tmp_path, save_trait_vector, content):
+    chosen = {"method": "probe", "layer": 5}
+    vectors, evaluation = save_trait_vector(
+        tmp_path, "t/x", {"mean_diff": MEAN_DIFF, "probe": PROBE}, [3, 5, 7], chosen
+    )
+    if content is None:
+        evaluation.unlink()
+    else:
+        evaluation.write_text(content)
+    with pytest.raises(TraitscopeError) as info:
+        TraitVector.load(vectors, evaluation)
+    message = str(info.value)
+    assert (
+        "\n" not in message and message.startswith(f"{evaluation}: ") and "rerun trait-evaluation" in message
+    )
+
+
+def test_chosen_method_missing_from_the_vectors_is_an_error(tmp_path, save_trait_vector):
+    vectors, evaluation = save_trait_vector(
+        tmp_path, "t/x", {"mean_diff": MEAN_DIFF}, [3, 5, 7], {"method": "pca", "layer": 5}
+    )
+    with pytest.raises(TraitscopeError) as info:
+        TraitVector.load(vectors, evaluation)
+    message = str(info.value)
+    assert "\n" not in message and f"chosen method 'pca' is not in {vectors}" in message
+    vectors.write_bytes(b"not safetensors")
+    with pytest.raises(TraitscopeError, match="cannot read trait vectors"):
+        TraitVector.load(vectors, evaluation)
