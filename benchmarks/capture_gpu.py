@@ -46,7 +46,7 @@ def traitscope_capture(model, prompts, layers, max_tokens, device) -> float:
     """Seconds for traitscope's capture: sorted token-budget batches, early stop, pooled to host."""
     synchronize(device)
     t0 = time.perf_counter()
-    for batch in forward_batches(model, prompts, layers, max_tokens, pad_id=0, progress=False):
+    for batch in forward_batches(model, prompts, layers, max_tokens, 0, "right", progress=False):
         pool_batch(batch, layers, ["last_prompt", "prompt_mean"])
     synchronize(device)
     return time.perf_counter() - t0

@@ -15,7 +15,7 @@ from capture_gpu import make_prompts  # noqa: E402
 
 
 def run(model, prompts, layers, mt):
-    for b in forward_batches(model, prompts, layers, mt, progress=False):
+    for b in forward_batches(model, prompts, layers, mt, 0, "right", progress=False):
         pool_batch(b, layers, ["last_prompt", "prompt_mean"])
     torch.cuda.synchronize()
 

@@ -144,12 +144,6 @@ def test_default_config_validates(root):
     assert config["base_model"] in config["models"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config/experiments/*.yaml still list the derived set prefill_conditions under captures:, "
-    "which config.check rejects (the prefill experiment requests that capture itself); "
-    "remove this marker once those lines are dropped",
-)
 @pytest.mark.parametrize("name", ["gemma-2-2b-it.yaml", "llama-3.3-70b.yaml"])
 def test_experiment_configs_dry_run_on_their_own_model(root, name):
     """`--configfile` extends the default config: the DAG must use the experiment's model only."""

@@ -66,12 +66,10 @@ def test_padded_batch_equals_each_prompt_alone(tiny_model, prefill):
     ]
     layers = [0, 2]
     pools = ["response_mean", "last_prompt"] + (["prefill_mean"] if prefill else [])
-    batched = pooled_activations(
-        model, enc, layers, pools, max_tokens=10_000, pad_id=tok.pad_token_id, progress=False
-    )
+    batched = pooled_activations(model, enc, layers, pools, 10_000, tok.pad_token_id, "right", progress=False)
     assert len({len(e.ids) for e in enc}) == 3  # the batch really pads
     for i, e in enumerate(enc):
-        alone = pooled_activations(model, [e], layers, pools, pad_id=tok.pad_token_id, progress=False)
+        alone = pooled_activations(model, [e], layers, pools, 4096, tok.pad_token_id, "right", progress=False)
         for pool in pools:
             assert torch.allclose(batched[pool][i], alone[pool][0], atol=1e-5), pool
 
@@ -79,7 +77,9 @@ def test_padded_batch_equals_each_prompt_alone(tiny_model, prefill):
 def test_pooling_matches_manual_mean(tiny_model):
     model, tok = tiny_model
     e = chat.encode(tok, chat.messages_for("Hello"), response="A short reply here.")
-    pooled = pooled_activations(model, [e], [1], ["response_mean", "last_prompt"], progress=False)
+    pooled = pooled_activations(
+        model, [e], [1], ["response_mean", "last_prompt"], 4096, tok.pad_token_id, "right", progress=False
+    )
     hidden = run_recorded(model, [1], input_ids=torch.tensor([e.ids]))[1][0]
     resp = [i for i, s in enumerate(e.segments) if s == chat.SEGMENT_CODE["response"]]
     assert torch.allclose(pooled["response_mean"][0, 0], hidden[resp].mean(0), atol=1e-6)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import MIRROR
 from sklearn.metrics import roc_auc_score
 from test_dag import job_counts
 
@@ -28,7 +29,9 @@ EXTERNAL_SETS = ("harmbench_val", "harmless_val", "prefill_conditions")
 
 
 def snakemake(run_dir, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", CONFIG, *args]
+    """The run every test sees: the tiny config, datasets from the shared mirror."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", CONFIG]
+    cmd += ["--config", f"data_mirror={MIRROR}", *args]
     return subprocess.run(cmd, cwd=run_dir, capture_output=True, text=True, timeout=timeout)
 
 
@@ -37,7 +40,7 @@ def run_dir(root, mirror, tmp_path_factory, smollm2_gguf):
     work = tmp_path_factory.mktemp("e2e")
     for name in ("workflow", "profiles", "envs", "config", "resources", ".test"):
         shutil.copytree(root / name, work / name)
-    result = snakemake(work, "--config", f"data_mirror={mirror}")
+    result = snakemake(work)
     assert result.returncode == 0, result.stderr[-3000:]
     return work
 

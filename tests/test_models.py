@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from traitscope.errors import TraitscopeError
-from traitscope.models import ModelSpec, load, prepare
+from traitscope.model.loading import ModelSpec, load, prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,11 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base_manifest = prepare(ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny")
+    base_manifest = prepare_model(
+        ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny"
+    )
     spec = ModelSpec.from_config("tiny_lora", {"lora": {"base": "tiny", "adapter": str(adapter_folder)}})
-    manifest = prepare(spec, tmp_path / "tiny_lora", base_manifest)
+    manifest = prepare_model(spec, tmp_path / "tiny_lora", base_manifest)
     assert json.loads(manifest.read_text())["base_manifest"] == "../tiny/manifest.json"
     ids = torch.tensor([[5, 6, 7, 8]])
     base, _ = load(base_manifest, device="cpu")
@@ -56,14 +58,16 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
 def test_lora_needs_prepared_base(tmp_path, adapter_folder):
     spec = ModelSpec.from_config("v", {"lora": {"base": "b", "adapter": str(adapter_folder)}})
     with pytest.raises(TraitscopeError, match="prepare the base variant first"):
-        prepare(spec, tmp_path / "v", tmp_path / "missing.json")
+        prepare_model(spec, tmp_path / "v", tmp_path / "missing.json")
 
 
 def test_lora_folder_without_adapter_config(tmp_path, tiny_folder):
-    base_manifest = prepare(ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny")
+    base_manifest = prepare_model(
+        ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny"
+    )
     spec = ModelSpec.from_config("v", {"lora": {"base": "tiny", "adapter": str(tmp_path)}})
     with pytest.raises(TraitscopeError, match="adapter_config.json"):
-        prepare(spec, tmp_path / "v", base_manifest)
+        prepare_model(spec, tmp_path / "v", base_manifest)
 
 
 def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
@@ -75,7 +79,7 @@ def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
         if f.name not in ("chat_template.jinja", "tokenizer_config.json"):
             (bare / f.name).write_bytes(f.read_bytes())
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
-    manifest = prepare(ModelSpec.from_config("bare", {"path": str(bare)}), tmp_path / "m")
+    manifest = prepare_model(ModelSpec.from_config("bare", {"path": str(bare)}), tmp_path / "m")
     with pytest.raises(TraitscopeError, match=r"no chat template; set models\.bare\.chat_template"):
         load(manifest, device="cpu")
     template = tmp_path / "t.jinja"
@@ -83,7 +87,7 @@ def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
         "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant] "
     )
     spec = {"path": str(bare), "chat_template": str(template)}
-    _, tokenizer = load(prepare(ModelSpec.from_config("bare", spec), tmp_path / "m2"), device="cpu")
+    _, tokenizer = load(prepare_model(ModelSpec.from_config("bare", spec), tmp_path / "m2"), device="cpu")
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text.startswith("[user] hi")
 
@@ -98,12 +102,67 @@ def test_quantization_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_folde
         pass
     spec = ModelSpec.from_config("q", {"path": str(tiny_folder), "quantization": "4bit"})
     with pytest.raises(TraitscopeError, match="needs bitsandbytes"):
-        load(prepare(spec, tmp_path / "q"), device="cpu")
+        load(prepare_model(spec, tmp_path / "q"), device="cpu")
 
 
 def test_dtype_from_config(tmp_path, tiny_folder):
     spec = ModelSpec.from_config("t", {"path": str(tiny_folder), "dtype": "bfloat16"})
-    model, _ = load(prepare(spec, tmp_path / "t"), device="cpu")
+    model, _ = load(prepare_model(spec, tmp_path / "t"), device="cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
     with pytest.raises(TraitscopeError, match="unknown key"):
         ModelSpec.from_config("t", {"path": "x", "dtpye": "bf16"})
+
+
+def _cpu(capability, avx512_bf16=False, amx_bf16=False):
+    return lambda: {"capability": capability, "avx512_bf16": avx512_bf16, "amx_bf16": amx_bf16}
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "probe", "cuda_bf16", "expected", "reason"),
+    [
+        (None, "cpu", _cpu("AVX2"), None, torch.float32, "AVX2 has no native bf16"),
+        ("auto", "cpu", _cpu("AVX512"), None, torch.float32, "AVX512 has no native bf16"),
+        ("auto", "cpu", _cpu("AVX512", avx512_bf16=True), None, torch.bfloat16, "native avx512_bf16"),
+        (None, "cpu", _cpu("AVX512", True, True), None, torch.bfloat16, "native avx512_bf16+amx_bf16"),
+        # ATEN_CPU_CAPABILITY=avx2 on a bf16 CPU: ATen's kernels don't use the bf16 instructions
+        (None, "cpu", _cpu("AVX2", avx512_bf16=True), None, torch.float32, "capped at AVX2"),
+        (None, "cpu", _cpu("DEFAULT"), None, torch.float32, "DEFAULT has no native bf16"),
+        (None, "cuda", _cpu("AVX2"), lambda: True, torch.bfloat16, "auto on cuda"),
+        ("auto", "cuda:1", _cpu("AVX2"), lambda: False, torch.float16, "no bf16 on this GPU"),
+        ("bfloat16", "cpu", _cpu("AVX2"), None, torch.bfloat16, "set in config"),
+        ("fp32", "cuda", _cpu("AVX512", True, True), lambda: True, torch.float32, "set in config"),
+        ("float16", "cpu", _cpu("AVX512", avx512_bf16=True), None, torch.float16, "set in config"),
+    ],
+)
+def test_auto_dtype_decision(name, device, probe, cuda_bf16, expected, reason):
+    from traitscope.model.loading import resolve_dtype
+
+    dtype, why = resolve_dtype(name, device, cpu_probe=probe, cuda_bf16=cuda_bf16)
+    assert dtype == expected
+    assert reason in why
+    assert "\n" not in why
+
+
+def test_unknown_dtype_is_a_clear_error():
+    from traitscope.model.loading import resolve_dtype
+
+    with pytest.raises(TraitscopeError, match="dtype 'int8' unknown; use auto"):
+        resolve_dtype("int8", "cpu", cpu_probe=_cpu("AVX2"))
+
+
+def test_auto_dtype_is_logged_and_recorded(tmp_path, tiny_folder, capsys):
+    from traitscope.model.loading import cpu_bf16_probe, resolve_dtype
+
+    here = resolve_dtype(None, "cpu")  # this machine's own decision, whatever its CPU
+    name = str(here.dtype).removeprefix("torch.")
+    manifest = prepare_model(ModelSpec.from_config("t", {"path": str(tiny_folder)}), tmp_path / "t")
+    recorded = json.loads(manifest.read_text())["dtype_auto"]
+    assert recorded["cpu_capability"] == cpu_bf16_probe()["capability"]
+    if recorded["device"] == "cpu":
+        assert (recorded["dtype"], recorded["reason"]) == (name, here.reason)
+    model, _ = load(manifest, device="cpu")
+    assert next(model.parameters()).dtype == here.dtype
+    assert model.traitscope_dtype == {"dtype": name, "reason": here.reason}
+    assert f"traitscope: model t on cpu, dtype {name}: {here.reason}" in capsys.readouterr().err
+    model, _ = load(manifest, device="cpu", dtype="bfloat16")
+    assert model.traitscope_dtype == {"dtype": "bfloat16", "reason": "set by the caller"}

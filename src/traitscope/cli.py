@@ -173,7 +173,7 @@ def _core_commands(add: Add) -> None:
     p = add("trait-summary", _trait_summary, "collect every trait's chosen layer and AUC")
     p.add_argument("evaluations", nargs="+", help="evaluation.json files")
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, default=0.9, help="AUC a trait should reach (reporting only)")
+    p.add_argument("--threshold", type=float, required=True, help="AUC the summary counts traits against")
 
     p = add("steering-check", _steering_check, "does adding the vector raise the projection?")
     p.add_argument("--model", required=True)

@@ -81,8 +81,10 @@ rule trait_summary:
     conda:
         "../../envs/traitscope.yaml"
     threads: 1
+    params:
+        threshold=config["extraction"]["auc_threshold"],
     shell:
-        "traitscope trait-summary --out {output} {input} 2> {log}"
+        "traitscope trait-summary --out {output} --threshold {params.threshold} {input} 2> {log}"
 
 
 rule steering_check:

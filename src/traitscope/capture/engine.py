@@ -67,9 +67,9 @@ def forward_batches(
     model: Any,
     encoded: Sequence[Encoded],
     layers: Sequence[int],
-    max_tokens: int = 8192,
-    pad_id: int = 0,
-    padding_side: str = "right",
+    max_tokens: int,
+    pad_id: int,
+    padding_side: str,
     progress: bool = True,
     desc: str = "capture",
 ) -> Iterator[Batch]:
@@ -135,11 +135,11 @@ def pooled_activations(
     model: Any,
     encoded: Sequence[Encoded],
     layers: Sequence[int],
-    pools: Sequence[str] = ("response_mean", "last_prompt"),
-    max_tokens: int = 4096,
-    pad_id: int = 0,
+    pools: Sequence[str],
+    max_tokens: int,
+    pad_id: int,
+    padding_side: str,
     progress: bool = True,
-    padding_side: str = "right",
 ) -> dict[str, torch.Tensor]:
     """{pool: float32 [n, len(layers), d_model]} for each conversation, in input order."""
     out: dict[str, torch.Tensor] = {}

@@ -212,6 +212,16 @@ def capture(
     return manifest
 
 
+def read_manifest(capture_json: str | Path) -> dict:
+    """A finished capture's `capture.json`; missing or unreadable is a one-line error."""
+    try:
+        return json.loads(Path(capture_json).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(
+            f"{capture_json}: missing or unreadable capture manifest; rerun capture"
+        ) from None
+
+
 def read_shards(
     capture_json: str | Path,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, dict[str, torch.Tensor]]]:
@@ -219,10 +229,7 @@ def read_shards(
     from safetensors.torch import load_file
 
     path = Path(capture_json)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TraitscopeError(f"{path}: missing or unreadable capture manifest; rerun capture") from None
+    manifest = read_manifest(path)
     folder = path.parent / manifest["shard_dir"]
     for name in manifest["shards"]:
         stem = folder / name
@@ -235,7 +242,7 @@ def read_shards(
 
 def load_pooled(capture_json: str | Path, pool: str) -> tuple[list[str], torch.Tensor, list[int]]:
     """(prompt ids, float32 `[n, n_layers, d]`, layers) of one pool, over every shard."""
-    manifest = json.loads(Path(capture_json).read_text())
+    manifest = read_manifest(capture_json)
     if pool not in manifest["pools"]:
         raise TraitscopeError(
             f"{capture_json}: no pool {pool!r}; captured: {', '.join(manifest['pools'])}; recapture with it"

@@ -16,9 +16,9 @@ def generate(
     tokenizer: Any,
     prompts: Sequence[list[int]],
     max_new_tokens: int,
-    max_tokens: int = 8192,
-    temperature: float = 0.0,
-    seed: int = 0,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
     progress: bool = True,
 ) -> list[list[int]]:
     """Generated token ids per prompt (end-of-turn and padding stripped), in input order.

@@ -61,9 +61,7 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> 
         for half in (halves[pick], halves[score]):
             rows = (held & table["question"].isin(half)).to_numpy()
             label = table["label"].to_numpy()
-            groups.append(
-                (x[torch.from_numpy(rows & (label == 1))], x[torch.from_numpy(rows & (label == 0))])
-            )
+            groups.append((x[torch.tensor(rows & (label == 1))], x[torch.tensor(rows & (label == 0))]))
         (pos_a, neg_a), (pos_b, neg_b) = groups
         if min(len(pos_a), len(neg_a), len(pos_b), len(neg_b)) < 2:
             return {"auc": None, "reason": "fewer than 2 positive and negative rows in a half"}

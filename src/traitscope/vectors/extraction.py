@@ -47,8 +47,8 @@ def labelled_activations(
 def split_groups(table: pd.DataFrame, x: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(positives, negatives) of one split, row-paired."""
     rows = table["split"] == split
-    pos = x[torch.from_numpy((rows & (table["label"] == 1)).to_numpy())]
-    neg = x[torch.from_numpy((rows & (table["label"] == 0)).to_numpy())]
+    pos = x[torch.tensor((rows & (table["label"] == 1)).to_numpy())]
+    neg = x[torch.tensor((rows & (table["label"] == 0)).to_numpy())]
     return pos, neg
 
 

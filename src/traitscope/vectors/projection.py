@@ -8,14 +8,13 @@ projection on the unit vector), cosine, and whether the layer is the trait's cho
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from traitscope.capture.store import read_shards
+from traitscope.capture.store import read_manifest, read_shards
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
 from traitscope.vectors.record import TraitVector
@@ -76,12 +75,7 @@ def project(
 
     Each trait's chosen layer must be among the captured ones: analyses score there.
     """
-    try:
-        manifest = json.loads(Path(capture_json).read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TraitscopeError(
-            f"{capture_json}: missing or unreadable capture manifest; rerun capture"
-        ) from None
+    manifest = read_manifest(capture_json)
     for t in traits:
         if t.layer not in manifest["layers"]:
             raise TraitscopeError(

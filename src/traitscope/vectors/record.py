@@ -28,6 +28,11 @@ def read_vectors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             vectors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types
         raise TraitscopeError(f"{path}: cannot read trait vectors ({exc}); rerun trait-vectors") from None
+    missing = [k for k in ("trait", "model", "layers") if k not in meta]
+    if missing or "mean_diff" not in vectors:
+        raise TraitscopeError(
+            f"{path}: not a traitscope vectors file (no {missing or 'mean_diff'}); rerun trait-vectors"
+        )
     return vectors, meta
 
 
@@ -74,7 +79,7 @@ class TraitVector:
             method=chosen["method"],
             layer=int(chosen["layer"]),
             evaluation=evaluation,
-            provenance={k: meta[k] for k in ("position", "n_positive", "n_negative", "dataset_sha256")},
+            provenance={k: meta.get(k) for k in ("position", "n_positive", "n_negative", "dataset_sha256")},
         )
 
     def row(self, layer: int) -> int:

@@ -38,9 +38,9 @@ def steering_check(
     steer = vector.steering_vector(coefficient)
     model, tokenizer = models.load(model_manifest)
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in trait.evaluation_questions]
-    plain = generate(model, tokenizer, prompts, max_new_tokens, max_tokens)
+    plain = generate(model, tokenizer, prompts, max_new_tokens, max_tokens, temperature=0.0, seed=0)
     with add_to_layer(model, layer, steer):
-        steered = generate(model, tokenizer, prompts, max_new_tokens, max_tokens)
+        steered = generate(model, tokenizer, prompts, max_new_tokens, max_tokens, temperature=0.0, seed=0)
     eos = [tokenizer.eos_token_id]
     scores = {}
     for name, outs in (("unsteered", plain), ("steered", steered)):
@@ -49,7 +49,7 @@ def steering_check(
             for q, o in zip(trait.evaluation_questions, outs)
         ]
         acts = pooled_activations(
-            model, enc, [layer], ["response_mean"], max_tokens, pad_id=tokenizer.pad_token_id
+            model, enc, [layer], ["response_mean"], max_tokens, tokenizer.pad_token_id, "right"
         )["response_mean"][:, 0]
         scores[name] = (acts.float() @ direction.float()).numpy()
     result = {
