@@ -23,14 +23,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from traitscope.capture.engine import forward_batches, pool_batch
+from traitscope.capture.engine import Batch, forward_batches, pool_batch
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_safetensors, write_json, write_parquet
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.chat import SEGMENT_CODE, SEGMENTS
-from traitscope.model.generate import generate
+from traitscope.model.generate import generate_batches
 from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,43 +78,65 @@ def _token_label(enc: chat.Encoded, t: int, settings: CaptureSettings) -> str:
     return SEGMENTS[enc.segments[t]]
 
 
-def _encode_shard(
-    model: Any, tokenizer: Any, rows: pd.DataFrame, settings: CaptureSettings
-) -> tuple[list, list]:
-    """Encode prompts (+prefill), generating responses first when asked to."""
-    encoded = [chat.encode(tokenizer, r.messages, r.prefill) for r in rows.itertuples()]
-    if settings.max_new_tokens <= 0:
-        return encoded, [""] * len(encoded)
-    generated = generate(
+def _generated_batches(
+    model: Any, tokenizer: Any, encoded: list[chat.Encoded], settings: CaptureSettings, responses: list[str]
+) -> Iterator[Batch]:
+    """Generate and record in one pass: batches over prompt + kept response tokens.
+
+    `encoded` and `responses` are completed in place as each batch finishes, so the
+    capture keeps the generated token ids themselves (no decode and re-encode).
+    """
+    layers = list(settings.layers)
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    response = SEGMENT_CODE["response"]
+    for g in generate_batches(
         model,
-        tokenizer,
         [e.ids for e in encoded],
         settings.max_new_tokens,
         settings.max_tokens,
         settings.temperature,
         settings.seed,
-    )
-    # an empty response keeps one token (end of turn) so its response mean is defined
-    eos = [tokenizer.eos_token_id]
-    encoded = [
-        chat.encode(tokenizer, r.messages, r.prefill, g or eos) for r, g in zip(rows.itertuples(), generated)
-    ]
-    return encoded, [tokenizer.decode(g, skip_special_tokens=True) for g in generated]
+        stops,
+        tokenizer.pad_token_id,
+        layers,
+    ):
+        device = g.hidden[layers[0]].device
+        segments = torch.full((len(g.index), g.hidden[layers[0]].shape[1]), -1, dtype=torch.long)
+        offsets = []
+        for row, (i, kept) in enumerate(zip(g.index, g.kept)):
+            e = encoded[i]
+            start = g.width - len(e.ids)
+            segments[row, start : g.width] = torch.tensor(e.segments)
+            segments[row, g.width : g.width + len(kept)] = response
+            offsets.append(start)
+            encoded[i] = chat.Encoded(e.ids + kept, e.segments + [response] * len(kept), e.prompt_len)
+            responses[i] = tokenizer.decode(kept, skip_special_tokens=True)
+        prompt_len = torch.tensor([encoded[i].prompt_len for i in g.index], device=device)
+        yield Batch(
+            g.index, offsets, g.hidden, segments.to(device), prompt_len, torch.tensor(offsets, device=device)
+        )
 
 
 def _capture_shard(
     model: Any, tokenizer: Any, rows: pd.DataFrame, settings: CaptureSettings, stem: Path
 ) -> None:
-    encoded, responses = _encode_shard(model, tokenizer, rows, settings)
+    encoded = [chat.encode(tokenizer, r.messages, r.prefill) for r in rows.itertuples()]
+    responses = [""] * len(encoded)
     layers = list(settings.layers)
+    if settings.max_new_tokens > 0:
+        batches = _generated_batches(model, tokenizer, encoded, settings, responses)
+    else:
+        batches = forward_batches(
+            model, encoded, layers, settings.max_tokens, tokenizer.pad_token_id, settings.padding_side
+        )
     pooled = {p: torch.empty(len(rows), len(layers), model.config.hidden_size) for p in settings.pools}
-    masks = [_token_mask(e, settings) for e in encoded]
+    masks: list[torch.Tensor] = [torch.zeros(0, dtype=torch.bool)] * len(encoded)
     token_rows: list[list[torch.Tensor]] = [[] for _ in encoded]  # per conversation: [n_sel, L, d]
-    for batch in forward_batches(
-        model, encoded, layers, settings.max_tokens, tokenizer.pad_token_id, settings.padding_side
-    ):
+    for batch in batches:
         for pool, values in pool_batch(batch, layers, settings.pools).items():
             pooled[pool][batch.index] = values
+        for i in batch.index:  # the conversation is complete (response included) by now
+            masks[i] = _token_mask(encoded[i], settings)
         if any(masks[i].any() for i in batch.index):
             stacked = torch.stack([batch.hidden[layer] for layer in layers], dim=1)  # [b, L, t, d]
             for row, (i, start) in enumerate(zip(batch.index, batch.offsets)):

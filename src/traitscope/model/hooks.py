@@ -46,7 +46,7 @@ def record(model: Any, layers: Sequence[int], stop_early: bool = True) -> Iterat
     """Collect the residual stream after each layer in `layers` into the yielded dict."""
     blocks = decoder_layers(model)
     store: dict[int, torch.Tensor] = {}
-    deepest = max(layers)
+    deepest = max(layers, default=-1)
     handles = []
 
     def make(idx: int):
