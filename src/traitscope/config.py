@@ -14,9 +14,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from traitscope.errors import TraitscopeError
+from traitscope.io import parse_yaml
 
 SCHEMA_NAME = "config.schema.yaml"
 
@@ -24,13 +23,10 @@ SCHEMA_NAME = "config.schema.yaml"
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a syntax error names the file and line."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise TraitscopeError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise TraitscopeError(f"{path}: malformed YAML{where}; fix the syntax") from None
+    return parse_yaml(text, path)
 
 
 def find_schema(start: str | Path | None = None) -> Path:

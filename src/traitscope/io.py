@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from traitscope.errors import TraitscopeError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -54,3 +56,15 @@ def save_figure(path: str | os.PathLike[str], fig: Any) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def parse_yaml(text: str | bytes, where: str | os.PathLike[str]) -> Any:
+    """Parse YAML text; a syntax error is one line naming the file and the line to fix."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise TraitscopeError(f"{where}: malformed YAML{at}; fix the syntax") from None

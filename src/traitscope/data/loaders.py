@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from traitscope.data.registry import BEAVERTAILS_SPLITS, SOURCES, mirror_path
 from traitscope.errors import TraitscopeError
+from traitscope.io import parse_yaml
 
 SCHEMA = ("prompt_id", "prompt", "source", "category", "label", "meta")
 
@@ -334,13 +334,7 @@ def _beavertails_file(path_or_split: str | Path, data_mirror: str | Path | None)
 def load_em_questions(path: str | Path) -> pd.DataFrame:
     """Emergent-misalignment evaluation questions, one row per (question, paraphrase)."""
     path = Path(path)
-    text = _read_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise TraitscopeError(f"{path}: malformed YAML{where}; fix the syntax") from None
+    data = parse_yaml(_read_text(path), path)
     if not isinstance(data, list):
         raise TraitscopeError(f"{path}: expected a YAML list of questions with id and paraphrases")
     rows = []

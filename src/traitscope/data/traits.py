@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from traitscope.errors import TraitscopeError
-from traitscope.io import write_parquet
+from traitscope.io import parse_yaml, write_parquet
 
 MIN_PAIRS = 1
 REQUIRED = ("description", "pairs", "extraction_questions", "evaluation_questions", "judge_rubric")
@@ -73,13 +72,9 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
         name = f"{path.parent.name}/{path.stem}"
     try:
         raw = path.read_bytes()
-        data = yaml.safe_load(raw)
     except FileNotFoundError:
         raise TraitscopeError(f"{path}: trait file not found") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise TraitscopeError(f"{path}: malformed YAML{where}; fix the syntax") from None
+    data = parse_yaml(raw, path)
     if not isinstance(data, dict):
         raise TraitscopeError(f"{path}: expected a mapping with keys {', '.join(REQUIRED)}")
     missing = [k for k in REQUIRED if k not in data]
