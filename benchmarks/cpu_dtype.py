@@ -38,7 +38,9 @@ def workloads(manifest: Path, dtype: str):
         return ids.numel()
 
     def gen() -> int:  # new tokens kept (greedy: the same every call)
-        return sum(map(len, generate(model, tokenizer, prompts, 16, progress=False)))
+        return sum(
+            map(len, generate(model, tokenizer, prompts, 16, 8192, temperature=0.0, seed=0, progress=False))
+        )
 
     return {"forward 8x64": forward, "generate 8x16": gen}
 
