@@ -226,6 +226,7 @@ def capture(
         "pools": list(settings.pools),
         "d_model": model.config.hidden_size,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtype_reason": getattr(model, "traitscope_dtype", {}).get("reason"),
         "shard_dir": shard_dir.name,
         "shards": shards,
         "settings": asdict(settings),
