@@ -1,26 +1,37 @@
 """Batched generation that can record the residual stream as it goes.
 
-One loop serves every generating stage: left-padded, length-sorted token-budget batches,
-a prefill pass, then one decode pass per new token over the KV cache. Recording layers
-while generating gives the activations of the prompt (from the prefill) and of every
-kept response token (from the pass that feeds it) without a second forward pass over
-the whole conversation, which on a CPU costs about as much as the generation itself.
-Greedy decoding is the default so reruns are reproducible; hooks such as steering
-(`hooks.add_to_layer`) apply inside the loop like in any forward pass.
+One loop serves every generating stage: left-padded, length-sorted token-budget batches, a
+prefill pass, then one decode pass per new token over the KV cache. Recording layers while
+generating gives the activations of the prompt (prefill) and of every kept response token
+(the pass that feeds it) without a second forward pass over the conversation. Greedy is the
+default so reruns are reproducible; hooks such as steering (`hooks.add_to_layer`) apply inside.
+
+On CUDA the decode step is a CUDA graph over a `transformers.StaticCache` sized from the batch
+(rows padded to a few sizes, cache length to a multiple of 64, so batches of one shape share a
+graph): the first step of a shape runs eagerly and is captured, every later step is a replay,
+without the per-step Python and launch overhead of the eager loop. Hooks active at capture are
+part of the graph; what they record is copied out after each replay. A step that cannot be
+captured falls back to the eager loop (CPU's) with a one-line warning.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from traitscope.model.batching import token_budget_batches
 from traitscope.model.hooks import record
+
+CACHE_STEP = 64  # static KV caches are sized in multiples of this many tokens
+Steps = tuple[list[torch.Tensor], dict[int, torch.Tensor], list[dict[int, torch.Tensor]]]
 
 
 @dataclass
@@ -40,10 +51,14 @@ def _kept(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens[:cut] if cut else tokens[:1]
 
 
+def _forward_accepts(model: Any, name: str) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(type(inner).forward).parameters
+
+
 def _cache_keyword(model: Any) -> str:
     """`cache` in recent transformers, `past_key_values` before it (now deprecated)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
+    return "cache" if _forward_accepts(model, "cache") else "past_key_values"
 
 
 def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -51,6 +66,277 @@ def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Gener
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _rows_bucket(n: int) -> int:
+    """Batch rows padded to 1, 2, 4, 8, 16, 32, then a multiple of 32."""
+    return 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32
+
+
+def _left_padded(prompts: Sequence[list[int]], idx: list[int], rows: int, pad_id: int):
+    """[rows, width] ids and mask; rows past len(idx) repeat the last prompt (bucket padding)."""
+    width = max(len(prompts[i]) for i in idx)
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((rows, width), dtype=torch.long)
+    for row in range(rows):
+        prompt = prompts[idx[min(row, len(idx) - 1)]]
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def _decode_loop(
+    logits: torch.Tensor,
+    decode: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[int, torch.Tensor]]],
+    max_new_tokens: int,
+    sample: Callable[[torch.Tensor], torch.Tensor],
+    stops: torch.Tensor,
+    finished: torch.Tensor,
+    recording: bool,
+) -> tuple[list[torch.Tensor], list[dict[int, torch.Tensor]]]:
+    """Feed sampled tokens until every row has stopped; when recording, the last kept token is
+    fed too so its activation exists. decode(token, step) -> (next logits, {layer: [b, 1, d]})."""
+    fed: list[torch.Tensor] = []
+    steps: list[dict[int, torch.Tensor]] = []
+    token = sample(logits)
+    for step in range(max_new_tokens):
+        finished |= torch.isin(token, stops)
+        last = step == max_new_tokens - 1
+        if not recording and (last or bool(finished.all())):
+            fed.append(token)
+            break
+        logits, hidden = decode(token, step)
+        fed.append(token)
+        steps.append(hidden)
+        if last or bool(finished.all()):
+            break  # every row's kept tokens have been fed
+        token = sample(logits)
+    return fed, steps
+
+
+def _eager_batch(model, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
+    """The reference loop (CPU, or a model that cannot be captured): a DynamicCache, one
+    forward pass per new token."""
+    from transformers import DynamicCache
+
+    kw = {_cache_keyword(model): DynamicCache(config=model.config), "use_cache": True, "logits_to_keep": 1}
+    position = (mask.cumsum(-1) - 1).clamp_min(0)
+    state = {"mask": mask, "position": position[:, -1]}
+    with torch.inference_mode(), record(model, layers, stop_early=False) as store:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position, **kw)
+        prefill = {layer: store[layer] for layer in layers}
+
+        def decode(token: torch.Tensor, _step: int):
+            state["mask"] = torch.cat([state["mask"], torch.ones_like(mask[:, :1])], dim=1)
+            state["position"] = state["position"] + 1
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=state["mask"],
+                position_ids=state["position"][:, None],
+                **kw,
+            )
+            return out.logits[:, -1], {layer: store[layer] for layer in layers}
+
+        fed, steps = _decode_loop(
+            out.logits[:, -1], decode, max_new_tokens, sample, stops, finished, bool(layers)
+        )
+    return fed, prefill, steps
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive one (0 where allowed), as both "sdpa" and "eager"
+    attention take it; a fully masked row stays finite."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _grouped_sdpa(fallback: Callable) -> Callable:
+    """SDPA for one new token per row that never repeats the KV heads: the query heads sharing a
+    KV head become that head's queries (same result; HF's "sdpa" copies each KV head once per
+    query head when a mask is given, several times the KV cache's bytes per step)."""
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        b, heads, q, d = query.shape
+        groups = key.shape[1]
+        if q != 1 or heads % groups or attention_mask is None:
+            return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query.reshape(b, groups, heads // groups, d),
+            key,
+            value,
+            attn_mask=attention_mask[:, :, :, : key.shape[-2]],
+            scale=scaling,
+        )
+        return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+@contextmanager
+def _grouped_attention(model: Any) -> Iterator[None]:
+    """While a decode step is captured, "sdpa" attention is `_grouped_sdpa`."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        ALL_ATTENTION_FUNCTIONS = None
+    if ALL_ATTENTION_FUNCTIONS is None or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = _grouped_sdpa(previous)
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = previous
+
+
+class _OnceToDevice(TorchFunctionMode):
+    """Serves repeated `.to(<gpu>)` of one CPU tensor (a steering vector in a hook) from one
+    copy: a host-to-device copy cannot be captured, so the graph reads the copy instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        source = args[0] if args else None
+        if func is not torch.Tensor.to or not isinstance(source, torch.Tensor) or source.device.type != "cpu":
+            return func(*args, **kwargs)
+        described = [(a.device, a.dtype) if isinstance(a, torch.Tensor) else a for a in args[1:]]
+        version = source._version if not source.is_inference() else None  # those never change
+        key = (id(source), version, repr(described), repr(sorted(kwargs.items())))
+        if key not in self.copies:
+            copy = func(*args, **kwargs)
+            if copy.device.type == "cpu":
+                return copy
+            self.copies[key] = (source, copy)  # the source stays alive, so its id stays its own
+        return self.copies[key][1]
+
+
+class _StaticDecoder:
+    """Decoding over a StaticCache with the decode step captured as a CUDA graph; one cache and
+    graph per (rows, cache length), kept while consecutive batches share that shape.
+    capture=False runs the same static step eagerly (CPU checks of this path)."""
+
+    def __init__(self, model: Any, capture: bool = True) -> None:
+        self.model, self.capture = model, capture
+        self.cache_kw = _cache_keyword(model)
+        self.slot_kw = _forward_accepts(model, "cache_position")  # transformers before 5.x
+        self.dtype = model.dtype
+        self.window = getattr(model.config, "sliding_window", None)
+        self.shape: tuple[int, int] | None = None
+
+    def fits(self, length: int) -> bool:
+        """One mask serves every layer: only where no sliding window is reached."""
+        return not self.window or -(-length // CACHE_STEP) * CACHE_STEP <= self.window
+
+    def _prepare(self, rows: int, length: int, device: torch.device) -> None:
+        if self.shape == (rows, length):
+            self.cache.reset()
+            return
+        from transformers import StaticCache
+
+        self.graph = self.cache = self.logits = self.hidden = self.constants = None  # free the last shape's
+        self.cache = StaticCache(config=self.model.config, max_cache_len=length)
+        self.token = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.position = torch.zeros_like(self.token)
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # cache column of the fed token
+        self.allowed = torch.zeros((rows, length), dtype=torch.bool, device=device)
+        self.shape = (rows, length)
+
+    def _forward(self, ids, position, mask, slots) -> torch.Tensor:
+        extra = {"cache_position": slots} if self.slot_kw else {}
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position,
+            **{self.cache_kw: self.cache},
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[:, -1]
+
+    def _step(self) -> torch.Tensor:
+        """One decode step over the static buffers (what the graph holds)."""
+        self.allowed.index_fill_(1, self.slot, True)
+        return self._forward(
+            self.token, self.position, _additive(self.allowed[:, None, None], self.dtype), self.slot
+        )
+
+    def _run(self, store: dict[int, torch.Tensor], layers: Sequence[int]):
+        if self.graph is not None:
+            self.graph.replay()
+            return self.logits, {layer: self.hidden[layer].clone() for layer in layers}
+        constants = _OnceToDevice()
+        with _grouped_attention(self.model), constants:
+            if not self.capture:
+                return self._step(), {layer: store[layer] for layer in layers}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                logits = self._step()  # the real first step, and the warm-up that capture needs
+            hidden = {layer: store[layer] for layer in layers}
+            graph = torch.cuda.CUDAGraph()  # captured without torch.cuda.graph's gc and empty_cache
+            with torch.cuda.stream(stream):
+                graph.capture_begin()
+                try:
+                    self.logits = self._step()
+                finally:
+                    graph.capture_end()
+            torch.cuda.current_stream().wait_stream(stream)
+        self.hidden = {layer: store[layer] for layer in layers}  # written by every replay
+        self.graph, self.constants = graph, constants.copies
+        return logits, hidden
+
+    def batch(self, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
+        rows, width = ids.shape
+        length = -(-(width + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        device = ids.device
+        with torch.inference_mode(), record(self.model, layers, stop_early=False) as store:
+            self._prepare(rows, length, device)
+            keys = torch.nn.functional.pad(mask.bool(), (0, length - width))
+            self.allowed.copy_(keys)
+            causal = torch.arange(length, device=device) <= torch.arange(width, device=device)[:, None]
+            position = (mask.cumsum(-1) - 1).clamp_min(0)
+            prefill_mask = _additive((keys[:, None] & causal)[:, None], self.dtype)
+            logits = self._forward(ids, position, prefill_mask, torch.arange(width, device=device))
+            prefill = {layer: store[layer] for layer in layers}
+            last = position[:, -1:]
+
+            def decode(token: torch.Tensor, step: int):
+                self.token.copy_(token[:, None])
+                self.position.copy_(last + step + 1)
+                self.slot.fill_(width + step)
+                return self._run(store, layers)
+
+            fed, steps = _decode_loop(logits, decode, max_new_tokens, sample, stops, finished, bool(layers))
+        return fed, prefill, steps
+
+
+def _static_decoder(model: Any, device: torch.device) -> _StaticDecoder | None:
+    """The CUDA-graph decoder where the model allows one, else None (the eager loop)."""
+    if device.type != "cuda" or len({p.device for p in model.parameters()}) > 1:
+        return None
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in ("sdpa", "eager"):
+        print(f"traitscope: no CUDA-graph decoding with {attention} attention; eager loop", file=sys.stderr)
+        return None
+    return _StaticDecoder(model)
+
+
+def _run_batch(model, decoder, ids, mask, n, max_new_tokens, temperature, seed, stops, layers) -> Steps:
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=ids.device).manual_seed(seed)
+    finished = torch.arange(ids.shape[0], device=ids.device) >= n  # bucket padding never holds a stop
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        return _next_token(logits, temperature, generator)
+
+    run = decoder.batch if decoder is not None else lambda *a: _eager_batch(model, *a)
+    return run(ids, mask, max_new_tokens, sample, stops, finished, layers)
 
 
 def generate_batches(
@@ -71,67 +357,33 @@ def generate_batches(
     prompt set grows. When layers are recorded, each kept token is fed once more so its
     own activation exists (one decode pass beyond plain generation).
     """
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
-    cache_kw = _cache_keyword(model)
+    decoder = _static_decoder(model, device)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     lengths = [len(p) + max_new_tokens for p in prompts]
     bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate")
     for k, idx in enumerate(token_budget_batches(lengths, max_tokens)):
-        generator = None
-        if temperature > 0:
-            generator = torch.Generator(device=device).manual_seed(seed + k)
         width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        position = (mask.cumsum(-1) - 1).clamp_min(0)
-        stops = torch.tensor(sorted(stop_ids), device=device)
-        cache = DynamicCache(config=model.config)
-        fed: list[torch.Tensor] = []
-        steps: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-        with torch.inference_mode(), record(model, layers, stop_early=False) as store:
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position,
-                **{cache_kw: cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            prefill = {layer: store[layer] for layer in layers}
-            token = _next_token(out.logits[:, -1], temperature, generator)
-            finished = torch.zeros(len(idx), dtype=torch.bool, device=device)
-            position = position[:, -1]
-            for step in range(max_new_tokens):
-                finished |= torch.isin(token, stops)
-                last = step == max_new_tokens - 1
-                if not layers and (last or bool(finished.all())):
-                    fed.append(token)
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                position = position + 1
-                out = model(
-                    input_ids=token[:, None],
-                    attention_mask=mask,
-                    position_ids=position[:, None],
-                    **{cache_kw: cache},
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                fed.append(token)
-                for layer in layers:
-                    steps[layer].append(store[layer])
-                if last or bool(finished.all()):
-                    break  # every row's kept tokens have been fed
-                token = _next_token(out.logits[:, -1], temperature, generator)
-        generated = torch.stack(fed, dim=1).tolist()
-        hidden = {layer: torch.cat([prefill[layer], *steps[layer]], dim=1) for layer in layers}
+        static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
+        rows = _rows_bucket(len(idx)) if static is not None else len(idx)
+        ids, mask = (t.to(device) for t in _left_padded(prompts, idx, rows, pad_id))
+        args = (ids, mask, len(idx), max_new_tokens, temperature, seed + k, stops, layers)
+        try:
+            fed, prefill, steps = _run_batch(model, static, *args)
+        except Exception as error:  # this model or transformers version cannot be captured
+            if static is None:
+                raise
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            print(f"traitscope: CUDA-graph decoding failed ({reason}); eager loop", file=sys.stderr)
+            decoder = None
+            fed, prefill, steps = _run_batch(model, None, *args)
+        n = len(idx)
+        generated = torch.stack(fed, dim=1)[:n].tolist()
+        hidden = {
+            layer: torch.cat([prefill[layer], *(s[layer] for s in steps)], dim=1)[:n] for layer in layers
+        }
         yield GeneratedBatch(list(idx), width, [_kept(g, stop_ids) for g in generated], hidden)
-        bar.update(len(idx))
+        bar.update(n)
     bar.close()
 
 
