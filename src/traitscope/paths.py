@@ -11,10 +11,6 @@ def prompts_path(prompt_set: str) -> str:
     return f"results/prompts/{prompt_set}.parquet"
 
 
-def capture_path(variant: str, prompt_set: str) -> str:
-    return f"results/capture/{variant}/{prompt_set}/capture.json"
-
-
 def projections_path(variant: str, prompt_set: str) -> str:
     return f"results/projections/{variant}/{prompt_set}.parquet"
 
@@ -22,8 +18,3 @@ def projections_path(variant: str, prompt_set: str) -> str:
 def trait_dir(variant: str, trait: str) -> str:
     """results/traits/<variant>/<group>/<trait>: one folder per trait and variant."""
     return f"results/traits/{variant}/{trait}"
-
-
-def trait_set(trait: str) -> str:
-    """The contrastive prompt set of a trait, captured like any other prompt set."""
-    return f"traits/{trait}"

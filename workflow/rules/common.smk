@@ -6,13 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from traitscope.config import check, validate_config
 from traitscope.errors import TraitscopeError
-from traitscope.paths import (
-    capture_path,
-    projections_path,
-    prompts_path,
-    trait_dir,
-    trait_set,
-)
+from traitscope.paths import projections_path, prompts_path, trait_dir
 
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used.
