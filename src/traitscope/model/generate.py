@@ -19,15 +19,14 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from traitscope.model.batching import token_budget_batches
+from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
 from traitscope.model.hooks import record
 
 CACHE_STEP = 64  # static KV caches are sized in multiples of this many tokens
@@ -143,77 +142,6 @@ def _eager_batch(model, ids, mask, max_new_tokens, sample, stops, finished, laye
     return fed, prefill, steps
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean attention mask as an additive one (0 where allowed), as both "sdpa" and "eager"
-    attention take it; a fully masked row stays finite."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-
-
-def _grouped_sdpa(fallback: Callable) -> Callable:
-    """SDPA for one new token per row that never repeats the KV heads: the query heads sharing a
-    KV head become that head's queries (same result; HF's "sdpa" copies each KV head once per
-    query head when a mask is given, several times the KV cache's bytes per step)."""
-
-    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-        b, heads, q, d = query.shape
-        groups = key.shape[1]
-        if q != 1 or heads % groups or attention_mask is None:
-            return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query.reshape(b, groups, heads // groups, d),
-            key,
-            value,
-            attn_mask=attention_mask[:, :, :, : key.shape[-2]],
-            scale=scaling,
-        )
-        return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
-
-    return attention
-
-
-@contextmanager
-def _grouped_attention(model: Any) -> Iterator[None]:
-    """While a decode step is captured, "sdpa" attention is `_grouped_sdpa`."""
-    try:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    except ImportError:
-        ALL_ATTENTION_FUNCTIONS = None
-    if ALL_ATTENTION_FUNCTIONS is None or getattr(model.config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = _grouped_sdpa(previous)
-    try:
-        yield
-    finally:
-        ALL_ATTENTION_FUNCTIONS["sdpa"] = previous
-
-
-class _OnceToDevice(TorchFunctionMode):
-    """Serves repeated `.to(<gpu>)` of one CPU tensor (a steering vector in a hook) from one
-    copy: a host-to-device copy cannot be captured, so the graph reads the copy instead."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.copies: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        source = args[0] if args else None
-        if func is not torch.Tensor.to or not isinstance(source, torch.Tensor) or source.device.type != "cpu":
-            return func(*args, **kwargs)
-        described = [(a.device, a.dtype) if isinstance(a, torch.Tensor) else a for a in args[1:]]
-        version = source._version if not source.is_inference() else None  # those never change
-        key = (id(source), version, repr(described), repr(sorted(kwargs.items())))
-        if key not in self.copies:
-            copy = func(*args, **kwargs)
-            if copy.device.type == "cpu":
-                return copy
-            self.copies[key] = (source, copy)  # the source stays alive, so its id stays its own
-        return self.copies[key][1]
-
-
 class _StaticDecoder:
     """Decoding over a StaticCache with the decode step captured as a CUDA graph; one cache and
     graph per (rows, cache length), kept while consecutive batches share that shape.
@@ -262,15 +190,15 @@ class _StaticDecoder:
         """One decode step over the static buffers (what the graph holds)."""
         self.allowed.index_fill_(1, self.slot, True)
         return self._forward(
-            self.token, self.position, _additive(self.allowed[:, None, None], self.dtype), self.slot
+            self.token, self.position, additive_mask(self.allowed[:, None, None], self.dtype), self.slot
         )
 
     def _run(self, store: dict[int, torch.Tensor], layers: Sequence[int]):
         if self.graph is not None:
             self.graph.replay()
             return self.logits, {layer: self.hidden[layer].clone() for layer in layers}
-        constants = _OnceToDevice()
-        with _grouped_attention(self.model), constants:
+        constants = OnceToDevice()
+        with grouped_attention(self.model), constants:
             if not self.capture:
                 return self._step(), {layer: store[layer] for layer in layers}
             stream = torch.cuda.Stream()
@@ -300,7 +228,7 @@ class _StaticDecoder:
             self.allowed.copy_(keys)
             causal = torch.arange(length, device=device) <= torch.arange(width, device=device)[:, None]
             position = (mask.cumsum(-1) - 1).clamp_min(0)
-            prefill_mask = _additive((keys[:, None] & causal)[:, None], self.dtype)
+            prefill_mask = additive_mask((keys[:, None] & causal)[:, None], self.dtype)
             logits = self._forward(ids, position, prefill_mask, torch.arange(width, device=device))
             prefill = {layer: store[layer] for layer in layers}
             last = position[:, -1:]

@@ -1,0 +1,86 @@
+"""What capturing a decode step as a CUDA graph needs from the model around it.
+
+Kept apart from the generation loop: attention that never copies KV heads, masks the
+graph can read without a host sync, and one device copy of host tensors that hooks
+(steering vectors) move to the GPU, since a host-to-device copy cannot be captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as an additive one (0 where allowed), as both "sdpa" and "eager"
+    attention take it; a fully masked row stays finite."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def grouped_sdpa(fallback: Callable) -> Callable:
+    """SDPA for one new token per row that never repeats the KV heads: the query heads sharing a
+    KV head become that head's queries (same result; HF's "sdpa" copies each KV head once per
+    query head when a mask is given, several times the KV cache's bytes per step)."""
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        b, heads, q, d = query.shape
+        groups = key.shape[1]
+        if q != 1 or heads % groups or attention_mask is None:
+            return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query.reshape(b, groups, heads // groups, d),
+            key,
+            value,
+            attn_mask=attention_mask[:, :, :, : key.shape[-2]],
+            scale=scaling,
+        )
+        return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+@contextmanager
+def grouped_attention(model: Any) -> Iterator[None]:
+    """While a decode step is captured, "sdpa" attention is `grouped_sdpa`."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        ALL_ATTENTION_FUNCTIONS = None
+    if ALL_ATTENTION_FUNCTIONS is None or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = grouped_sdpa(previous)
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = previous
+
+
+class OnceToDevice(TorchFunctionMode):
+    """Serves repeated `.to(<gpu>)` of one CPU tensor (a steering vector in a hook) from one
+    copy: a host-to-device copy cannot be captured, so the graph reads the copy instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        source = args[0] if args else None
+        if func is not torch.Tensor.to or not isinstance(source, torch.Tensor) or source.device.type != "cpu":
+            return func(*args, **kwargs)
+        described = [(a.device, a.dtype) if isinstance(a, torch.Tensor) else a for a in args[1:]]
+        version = source._version if not source.is_inference() else None  # those never change
+        key = (id(source), version, repr(described), repr(sorted(kwargs.items())))
+        if key not in self.copies:
+            copy = func(*args, **kwargs)
+            if copy.device.type == "cpu":
+                return copy
+            self.copies[key] = (source, copy)  # the source stays alive, so its id stays its own
+        return self.copies[key][1]
