@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from traitscope.model import chat
+from traitscope.model import generate as engine
 from traitscope.model.generate import generate
 from traitscope.model.hooks import add_to_layer
 
@@ -37,8 +38,15 @@ def hf_greedy(model, tok, prompts, max_new_tokens):
 
 
 @pytest.mark.parametrize("steer", [False, True])
-def test_greedy_generation_matches_hf_generate_on_smollm2(smollm2, steer):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_greedy_generation_matches_hf_generate_on_smollm2(smollm2, steer, cache, monkeypatch):
+    """Both decode loops: the static cache (the default on CPU and CUDA) and the DynamicCache
+    loop that models the static path cannot run fall back to."""
     model, tok = smollm2
+    if cache == "dynamic":
+        monkeypatch.setattr(engine, "_static_decoder", lambda *_: None)
+    else:
+        assert engine._static_decoder(model, torch.device("cpu")) is not None
     prompts = [chat.encode(tok, chat.messages_for(q, s)).ids for q, s in QUESTIONS]
     assert len({len(p) for p in prompts}) > 1  # one batch, really left-padded
     torch.manual_seed(0)

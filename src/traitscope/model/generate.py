@@ -6,12 +6,14 @@ generating gives the activations of the prompt (prefill) and of every kept respo
 (the pass that feeds it) without a second forward pass over the conversation. Greedy is the
 default so reruns are reproducible; hooks such as steering (`hooks.add_to_layer`) apply inside.
 
-On CUDA the decode step is a CUDA graph over a `transformers.StaticCache` sized from the batch
-(rows padded to a few sizes, cache length to a multiple of 64, so batches of one shape share a
-graph): the first step of a shape runs eagerly and is captured, every later step is a replay,
-without the per-step Python and launch overhead of the eager loop. Hooks active at capture are
-part of the graph; what they record is copied out after each replay. A step that cannot be
-captured falls back to the eager loop (CPU's) with a one-line warning.
+Decoding writes into a `transformers.StaticCache` sized from the batch, so no step copies the
+cache (DynamicCache's cat was 12% of a CPU decode step). On CUDA the decode step is also a CUDA
+graph (rows padded to a few sizes, cache length to a multiple of 64, so batches of one shape
+share a graph): the first step of a shape runs eagerly and is captured, every later step is a
+replay, without the per-step Python and launch overhead. Hooks active at capture are part of
+the graph; what they record is copied out after each replay. A model the static path cannot
+run (a sliding window reached, attention other than sdpa/eager, weights on several devices, or
+an error) uses the DynamicCache loop, with a one-line warning where it was an error.
 """
 
 from __future__ import annotations
@@ -218,9 +220,15 @@ class _StaticDecoder:
         self.graph, self.constants = graph, constants.copies
         return logits, hidden
 
+    def rows(self, n: int) -> int:
+        """Rows of a batch of n prompts: padded to a few sizes only where graphs are reused."""
+        return _rows_bucket(n) if self.capture else n
+
     def batch(self, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
         rows, width = ids.shape
-        length = -(-(width + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        length = width + max_new_tokens
+        if self.capture:
+            length = -(-length // CACHE_STEP) * CACHE_STEP
         device = ids.device
         with torch.inference_mode(), record(self.model, layers, stop_early=False) as store:
             self._prepare(rows, length, device)
@@ -244,14 +252,15 @@ class _StaticDecoder:
 
 
 def _static_decoder(model: Any, device: torch.device) -> _StaticDecoder | None:
-    """The CUDA-graph decoder where the model allows one, else None (the eager loop)."""
-    if device.type != "cuda" or len({p.device for p in model.parameters()}) > 1:
+    """The static-cache decoder (a CUDA graph on CUDA) where the model allows one, else None
+    (the DynamicCache loop)."""
+    if device.type not in ("cuda", "cpu") or len({p.device for p in model.parameters()}) > 1:
         return None
     attention = getattr(model.config, "_attn_implementation", None)
     if attention not in ("sdpa", "eager"):
-        print(f"traitscope: no CUDA-graph decoding with {attention} attention; eager loop", file=sys.stderr)
+        print(f"traitscope: no static-cache decoding with {attention} attention; eager loop", file=sys.stderr)
         return None
-    return _StaticDecoder(model)
+    return _StaticDecoder(model, capture=device.type == "cuda")
 
 
 def _run_batch(model, decoder, ids, mask, n, max_new_tokens, temperature, seed, stops, layers) -> Steps:
@@ -293,7 +302,7 @@ def generate_batches(
     for k, idx in enumerate(token_budget_batches(lengths, max_tokens)):
         width = max(len(prompts[i]) for i in idx)
         static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
-        rows = _rows_bucket(len(idx)) if static is not None else len(idx)
+        rows = static.rows(len(idx)) if static is not None else len(idx)
         ids, mask = (t.to(device) for t in _left_padded(prompts, idx, rows, pad_id))
         args = (ids, mask, len(idx), max_new_tokens, temperature, seed + k, stops, layers)
         try:
@@ -302,7 +311,7 @@ def generate_batches(
             if static is None:
                 raise
             reason = f"{type(error).__name__}: {error}".splitlines()[0][:200]
-            print(f"traitscope: CUDA-graph decoding failed ({reason}); eager loop", file=sys.stderr)
+            print(f"traitscope: static-cache decoding failed ({reason}); eager loop", file=sys.stderr)
             decoder = None
             fed, prefill, steps = _run_batch(model, None, *args)
         n = len(idx)
