@@ -287,14 +287,15 @@ def test_load_em_questions(mirror: Path, name: str):
     path = mirror / "emergent_misalignment" / name
     questions = yaml.safe_load(path.read_text())
     df = load_em_questions(path)
-    check_schema(df)
+    check_schema(df, extra=("system",))
     assert len(df) == sum(len(q["paraphrases"]) for q in questions)
     expected_ids = [f"{q['id']}-{k}" for q in questions for k in range(len(q["paraphrases"]))]
     assert list(df["prompt_id"]) == expected_ids
     assert set(df["label"]) == {0}
-    systems = {q["id"]: q.get("system") for q in questions}
-    for category, meta in zip(df["category"], df["meta"]):
-        assert json.loads(meta).get("system") == systems[category]
+    systems = {q["id"]: q.get("system", "") for q in questions}
+    assert list(df["system"]) == [systems[c] for c in df["category"]]
+    if name == "first_plot_questions.yaml":  # the *_json questions share an anchored system prompt
+        assert df.loc[df["category"].str.endswith("_json"), "system"].str.startswith("Your answers").all()
 
 
 def test_load_em_questions_resolves_yaml_aliases(mirror: Path):

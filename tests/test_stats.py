@@ -14,6 +14,7 @@ from scipy.stats import norm
 from scipy.stats import t as t_dist
 
 from traitscope.stats import (
+    compare_paired,
     auc,
     auc_with_ci,
     bootstrap_ci,
@@ -641,3 +642,35 @@ def test_spearman_hand_computed():
 def test_spearman_rejects_degenerate_input(x, y, match):
     with pytest.raises(ValueError, match=match):
         spearman(x, y)
+
+
+def test_compare_paired_hand_computed():
+    """diffs 1..10: mean 5.5, sd sqrt(110/12), d_z = 5.5 / sd, t = d_z sqrt(10) on 9 df; every
+    difference positive, so the signed-rank statistic (the smaller rank sum) is 0."""
+    b = np.array([3.0, -1.0, 0.5, 2.0, 7.0, 1.0, -4.0, 0.0, 2.5, 9.0])
+    a = b + np.arange(1, 11)
+    r = compare_paired(a, b, n_boot=500, seed=0)
+    dz = 5.5 / np.sqrt(110 / 12)
+    assert r["n_pairs"] == 10 and r["mean_diff"] == pytest.approx(5.5)
+    assert r["cohens_dz"] == pytest.approx(dz)
+    assert r["paired_t"] == pytest.approx(dz * np.sqrt(10))
+    assert r["p_value"] == pytest.approx(2 * t_dist.sf(dz * np.sqrt(10), 9))
+    assert r["wilcoxon_w"] == 0.0 and r["p_wilcoxon"] == pytest.approx(2 / 2**10)
+    assert r["ci_low"] < dz < r["ci_high"]
+
+
+def test_compare_paired_sees_a_shift_that_groups_hide():
+    """A small shift shared by every prompt: invisible to Welch across groups, clear in pairs."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 5, 60)
+    shifted = base + 0.3 + rng.normal(0, 0.1, 60)
+    assert compare_groups(shifted, base)["p_value"] > 0.5
+    paired = compare_paired(shifted, base)
+    assert paired["p_value"] < 1e-10 and paired["ci_low"] > 1.0
+
+
+def test_compare_paired_rejects_unequal_or_constant_differences():
+    with pytest.raises(ValueError, match="equal lengths"):
+        compare_paired([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="the same"):
+        compare_paired([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])

@@ -146,6 +146,45 @@ def compare_groups(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0
     }
 
 
+def cohens_dz(diff: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Cohen's d_z of paired differences: mean over their (n-1) standard deviation (along
+    `axis`, so bootstrap resamples come in one call)."""
+    diff = np.asarray(diff, float)
+    sd = diff.std(ddof=1, axis=axis)
+    mean = diff.mean(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd == 0, np.where(mean == 0, 0.0, np.sign(mean) * np.inf), mean / sd)
+
+
+def compare_paired(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The paired comparison (same prompts, two models): d_z with a bootstrap CI over pairs,
+    paired t and Wilcoxon signed-rank. A finetune that shifts every prompt a little shows up
+    here even when the two groups' spreads overlap."""
+    a, b = _sample(a, "a"), _sample(b, "b")
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    diff = a - b
+    if np.ptp(diff) == 0:
+        raise ValueError("every paired difference is the same: the paired t and d_z are undefined")
+    paired = _sps.ttest_rel(a, b)
+    signed = _sps.wilcoxon(a, b)
+    low, high = _percentile_bootstrap((diff,), cohens_dz, n_boot, 0.95, seed, vectorized=True)
+    return {
+        "n_pairs": len(diff),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_diff": float(diff.mean()),
+        "cohens_dz": float(cohens_dz(diff)),
+        "ci_low": low,
+        "ci_high": high,
+        "paired_t": float(paired.statistic),
+        "p_value": float(paired.pvalue),
+        "wilcoxon_w": float(signed.statistic),
+        "p_wilcoxon": float(signed.pvalue),
+        "test": "paired_t",
+    }
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values in input order: family-wise control, more power than Bonferroni."""
     p = np.asarray(p_values, dtype=float)

@@ -332,7 +332,8 @@ def _beavertails_file(path_or_split: str | Path, data_mirror: str | Path | None)
 
 
 def load_em_questions(path: str | Path) -> pd.DataFrame:
-    """Emergent-misalignment evaluation questions, one row per (question, paraphrase)."""
+    """Emergent-misalignment evaluation questions, one row per (question, paraphrase), with the
+    question's own system prompt (YAML anchors resolved by the parser)."""
     path = Path(path)
     data = parse_yaml(_read_text(path), path)
     if not isinstance(data, list):
@@ -348,11 +349,12 @@ def load_em_questions(path: str | Path) -> pd.DataFrame:
             raise TraitscopeError(f"{path}: question {qid} needs 'paraphrases', a non-empty list of strings")
         if not isinstance(question.get("system", ""), str):
             raise TraitscopeError(f"{path}: question {qid} has a non-string 'system'; use a string")
-        meta = _meta({k: v for k, v in question.items() if k not in ("id", "paraphrases")})
+        meta = _meta({k: v for k, v in question.items() if k not in ("id", "paraphrases", "system")})
         rows.extend(
             {
                 "prompt_id": f"{qid}-{k}",
                 "prompt": paraphrase,
+                "system": question.get("system", ""),
                 "source": "emergent_misalignment",
                 "category": qid,
                 "label": 0,
@@ -360,4 +362,4 @@ def load_em_questions(path: str | Path) -> pd.DataFrame:
             }
             for k, paraphrase in enumerate(paraphrases)
         )
-    return _frame(path, rows)
+    return _frame(path, rows, extra=("system",))
