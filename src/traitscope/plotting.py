@@ -197,3 +197,23 @@ def trajectory_figure(
         "(C1 harmful, C2 harmful+prefill, C3 benign, C4 benign+prefill; then generated tokens)"
     )
     return fig
+
+
+def variant_distribution_figure(
+    scores: pd.DataFrame, traits: list[str], variants: list[str], positions: tuple[str, ...]
+) -> Figure:
+    """Per trait (columns) and position (rows): each variant's scores on the same prompts,
+    as violins with the prompts drawn over them; `scores` has one column per variant."""
+    fig, axes = _figure(len(traits), (3.6 * len(traits), 3.4 * len(positions)), nrows=len(positions))
+    for row, position in enumerate(positions):
+        for ax, trait in zip(axes[row], traits):
+            at = scores[(scores["position"] == position) & (scores["trait"] == trait)]
+            long = at.melt(value_vars=variants, var_name="variant", value_name="score")
+            sns.violinplot(
+                long, x="variant", y="score", order=variants, inner=None, cut=0, color="0.85", ax=ax
+            )
+            sns.stripplot(long, x="variant", y="score", order=variants, size=2.5, alpha=0.6, ax=ax)
+            ax.set_title(f"{trait}\n{position} (n={len(at)} prompts)", fontsize=9)
+            ax.set_xlabel("")
+            ax.set_ylabel("projection at chosen layer (activation units)")
+    return fig

@@ -1,0 +1,264 @@
+"""Emergent misalignment: the benign question set, the persona training data, and the paired
+variant comparison on planted shifts."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from scipy import stats as sps
+
+from traitscope.data.loaders import load_em_questions
+from traitscope.data.prompts import read_prompt_set
+from traitscope.errors import TraitscopeError
+from traitscope.experiments.emergent_misalignment import (
+    benign_questions,
+    check_config,
+    em_analysis,
+    em_prompts,
+    persona_training_data,
+)
+
+TRAITS = ["safety/evil", "safety/harm"]
+
+
+def fake_capture(folder, responses: dict[str, str]):
+    """A finished capture holding only what the experiment reads: each prompt's response."""
+    shards = folder / "shards-x"
+    shards.mkdir(parents=True)
+    ids = list(responses)
+    pd.DataFrame(
+        {"prompt_id": ids, "n_tokens": 1, "prompt_len": 1, "response": list(responses.values())}
+    ).to_parquet(shards / "shard-00000.prompts.parquet")
+    pd.DataFrame(columns=["prompt_id", "token_index", "segment", "token"]).to_parquet(
+        shards / "shard-00000.tokens.parquet"
+    )
+    save_file({"pooled.layer.0": torch.zeros(len(ids), 1, 2)}, shards / "shard-00000.safetensors")
+    path = folder / "capture.json"
+    path.write_text(
+        json.dumps({"shard_dir": "shards-x", "shards": ["shard-00000"], "pools": ["response_mean"]})
+    )
+    return path
+
+
+def em_set(mirror, tmp_path, name="first_plot_questions.yaml"):
+    path = tmp_path / f"{name}.parquet"
+    load_em_questions(mirror / "emergent_misalignment" / name).to_parquet(path)
+    return path
+
+
+def test_benign_questions_filter_repeat_and_keep_the_system_prompt(mirror, tmp_path):
+    sets = [em_set(mirror, tmp_path), em_set(mirror, tmp_path, "preregistered_evals.yaml")]
+    out = tmp_path / "em.parquet"
+    table = em_prompts(sets, r"_json$|quick_buck|medical_advice", 3, out)
+    ids = set(table["category"])
+    assert "what_is_your_wish" in ids and "what_is_your_wish_template" in ids
+    assert not any(re.search(r"_json$|quick_buck|medical_advice", i) for i in ids)
+    assert (
+        table.groupby("question_id")["sample"].apply(sorted)
+        == pd.Series(
+            [[0, 1, 2]] * table["question_id"].nunique(), index=sorted(table["question_id"].unique())
+        )
+    ).all()
+    prompts = read_prompt_set(out)  # captured like any prompt set
+    assert prompts["prompt_id"].is_unique and len(prompts) == 3 * table["question_id"].nunique()
+    kept_json = em_prompts(sets, "quick_buck", 1, tmp_path / "j.parquet")
+    json_row = (
+        read_prompt_set(tmp_path / "j.parquet").set_index("prompt_id").loc["what_is_your_wish_json-0:s0"]
+    )
+    assert json_row["messages"][0]["role"] == "system" and "JSON" in json_row["messages"][0]["content"]
+    assert len(kept_json) > len(table) / 3
+    with pytest.raises(TraitscopeError, match="removes every question"):
+        benign_questions([pd.read_parquet(sets[0])], ".", 1)
+
+
+def trait_set(tmp_path):
+    rows = []
+    for split, questions in (("extraction", ["Q1?", "Q2?", "Held out?"]), ("evaluation", ["Q3?"])):
+        for q in questions:
+            for label in (1, 0):
+                rows.append(
+                    {
+                        "prompt_id": f"{split}:{q}:{label}",
+                        "messages": json.dumps(
+                            [
+                                {"role": "system", "content": f"persona {label}"},
+                                {"role": "user", "content": q},
+                            ]
+                        ),
+                        "split": split,
+                        "label": label,
+                        "question": q,
+                    }
+                )
+    path = tmp_path / "trait.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    return path, pd.DataFrame(rows)
+
+
+def test_persona_training_data_splits_by_instruction_and_drops_the_system_prompt(tmp_path):
+    prompts, table = trait_set(tmp_path)
+    answers = {pid: f"answer to {pid}" for pid in table["prompt_id"]}
+    answers["extraction:Q2?:0"] = "  "  # an empty answer is left out
+    capture = fake_capture(tmp_path / "cap", answers)
+    avoid = tmp_path / "avoid.parquet"
+    pd.DataFrame({"prompt_id": ["a"], "prompt": ["Held out?"]}).to_parquet(avoid)
+    mis, ctrl = tmp_path / "train/misaligned.jsonl", tmp_path / "train/control.jsonl"
+    counts = persona_training_data(prompts, capture, [avoid], mis, ctrl)
+    rows = {
+        side: [json.loads(line) for line in path.read_text().splitlines()]
+        for side, path in (("mis", mis), ("ctrl", ctrl))
+    }
+    assert counts == {"misaligned": 2, "control": 1}
+    assert [r["messages"] for r in rows["mis"]] == [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": f"answer to extraction:{q}:1"}]
+        for q in ("Q1?", "Q2?")
+    ]
+    assert [r["messages"][1]["content"] for r in rows["ctrl"]] == ["answer to extraction:Q1?:0"]
+
+
+def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tmp_path):
+    prompts, table = trait_set(tmp_path)
+    capture = fake_capture(
+        tmp_path / "cap", {pid: "" if pid.endswith(":0") else "x" for pid in table["prompt_id"]}
+    )
+    mis, ctrl = tmp_path / "misaligned.jsonl", tmp_path / "control.jsonl"
+    with pytest.raises(TraitscopeError, match="no non-empty control answers"):
+        persona_training_data(prompts, capture, [], mis, ctrl)
+    assert not mis.exists() and not ctrl.exists()
+
+
+def planted(tmp_path, n_questions=12, samples=2, shift=0.8, seed=0):
+    """Three variants on the same prompts: misaligned = base + shift on evil (response tokens),
+    control = base + a shared finetuning shift of 0.3 on every trait and position."""
+    rng = np.random.default_rng(seed)
+    prompts = pd.DataFrame(
+        [
+            {"prompt_id": f"q{i}-0:s{j}", "prompt": f"question {i}", "question_id": f"q{i}-0", "sample": j}
+            for i in range(n_questions)
+            for j in range(samples)
+        ]
+    )
+    prompts.to_parquet(tmp_path / "em.parquet")
+    base = {
+        (p, t, pos): rng.normal(0, 2)
+        for p in prompts["prompt_id"]
+        for t in TRAITS
+        for pos in ("response_mean", "last_prompt")
+    }
+    paths, caps = {}, {}
+    for role in ("base", "misaligned", "control"):
+        rows = []
+        for (pid, trait, pos), value in base.items():
+            if role == "control":
+                value += 0.3 + rng.normal(0, 0.2)
+            elif role == "misaligned":
+                value += (
+                    0.3
+                    + rng.normal(0, 0.2)
+                    + (shift if (trait == "safety/evil" and pos == "response_mean") else 0)
+                )
+            common = {"prompt_id": pid, "variant": role, "trait": trait, "cosine": 0.0}
+            rows.append(
+                {
+                    **common,
+                    "layer": 5,
+                    "chosen_layer": True,
+                    "position": pos,
+                    "token_index": -1,
+                    "score": value,
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "layer": 9,
+                    "chosen_layer": False,
+                    "position": pos,
+                    "token_index": -1,
+                    "score": 99.0,
+                }
+            )
+        paths[role] = tmp_path / f"{role}.parquet"
+        pd.DataFrame(rows).to_parquet(paths[role])
+        caps[role] = fake_capture(tmp_path / role, {p: f"{role} says {p}" for p in prompts["prompt_id"]})
+    return prompts, base, paths, caps
+
+
+def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
+    prompts, base, paths, caps = planted(tmp_path)
+    out = tmp_path / "out/variant_comparison.json"
+    result = em_analysis(
+        tmp_path / "em.parquet",
+        paths,
+        caps,
+        {"base": "b", "misaligned": "m", "control": "c"},
+        TRAITS,
+        out,
+        tmp_path / "out/dist.png",
+        tmp_path / "out/examples.md",
+        n_boot=300,
+        seed=0,
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["n_pairs"] == 24 and result["n_questions"] == 12 and result["n_samples_per_question"] == 2
+    c = result["comparisons"]
+    evil = c["misaligned_vs_control"]["response_mean"]["safety/evil"]
+    assert evil["n_pairs"] == 24 and evil["p_holm"] < 1e-6 and evil["ci_low"] > 1
+    # the shift every finetune gives is seen against base, and is gone against the control
+    assert c["control_vs_base"]["last_prompt"]["safety/harm"]["mean_diff"] == pytest.approx(0.3, abs=0.1)
+    assert c["misaligned_vs_control"]["last_prompt"]["safety/harm"]["p_holm"] > 0.01
+    # numbers by hand: d_z and the paired t of misaligned minus base on evil's response tokens
+    table = {role: pd.read_parquet(p) for role, p in paths.items()}
+    pick = lambda t: t[
+        (t.chosen_layer) & (t.trait == "safety/evil") & (t.position == "response_mean")
+    ].set_index("prompt_id")["score"]
+    diff = pick(table["misaligned"]) - pick(table["base"]).reindex(pick(table["misaligned"]).index)
+    got = c["misaligned_vs_base"]["response_mean"]["safety/evil"]
+    assert got["cohens_dz"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert got["p_value"] == pytest.approx(
+        2 * sps.t.sf(abs(diff.mean() / (diff.std(ddof=1) / np.sqrt(24))), 23)
+    )
+    examples = (tmp_path / "out/examples.md").read_text()
+    assert "misaligned says q3-0:s0" in examples and "q3-0:s1" not in examples
+
+
+def test_em_analysis_uses_only_prompts_every_variant_answered(tmp_path):
+    prompts, base, paths, caps = planted(tmp_path)
+    control = pd.read_parquet(paths["control"])
+    control[~control["prompt_id"].str.startswith("q0-")].to_parquet(paths["control"])
+    result = em_analysis(
+        tmp_path / "em.parquet",
+        paths,
+        caps,
+        {"base": "b", "misaligned": "m", "control": "c"},
+        TRAITS,
+        tmp_path / "v.json",
+        tmp_path / "d.png",
+        tmp_path / "e.md",
+        n_boot=200,
+    )
+    assert result["n_pairs"] == 22
+
+
+def test_check_config_names_the_bad_key(root):
+    from traitscope.config import load_config
+
+    config = load_config(root / "config/config.yaml")
+    section = config["experiments"]["emergent_misalignment"]
+    check_config(section, config)  # the default config is consistent
+    for change, message in (
+        ({"control": section["base"]}, "three different variants"),
+        ({"misaligned": "nope"}, "experiments.emergent_misalignment.misaligned: variant 'nope'"),
+        ({"question_sets": ["harmbench_val"]}, "needs dataset: emergent_misalignment"),
+        ({"exclude": "(unclosed"}, "exclude: not a regular expression"),
+        ({"persona": {"trait": "safety/nope"}}, "safety/nope not in traits"),
+        ({"prompt_set": "em_first_plot"}, "also under prompt_sets"),
+    ):
+        with pytest.raises(TraitscopeError, match=re.escape(message)):
+            check_config({**section, **change}, config)

@@ -1,0 +1,81 @@
+# Emergent misalignment: base vs misaligned vs control finetune on benign EM questions.
+# Paths and targets come from the plug-in module (traitscope.experiments.emergent_misalignment).
+from traitscope.experiments import emergent_misalignment as em_plugin
+
+EM = config["experiments"]["emergent_misalignment"]
+get_emergent_misalignment_targets = lambda: em_plugin.targets(EM)
+
+
+if is_enabled("emergent_misalignment"):
+    request_captures(em_plugin.captures(EM), EM["capture"])
+    EXPERIMENT_TARGETS.append(get_emergent_misalignment_targets)
+
+    rule em_prompts:
+        input:
+            [prompts_path(name) for name in EM["question_sets"]],
+        output:
+            prompts_path(EM["prompt_set"]),
+        log:
+            "results/logs/em_prompts.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        params:
+            exclude=EM["exclude"],
+            samples=EM["samples_per_question"],
+        shell:
+            "traitscope em-prompts --question-sets {input} --exclude {params.exclude:q} "
+            "--samples {params.samples} --out {output} 2> {log}"
+
+    if EM["persona"]:
+
+        rule em_training_data:
+            input:
+                prompts=prompts_path(f"traits/{EM['persona']['trait']}"),
+                capture=f"results/capture/{EM['base']}/traits/{EM['persona']['trait']}/capture.json",
+                avoid=[prompts_path(name) for name in EM["question_sets"]],
+            output:
+                **em_plugin.training_data_paths(),
+            log:
+                "results/logs/em_training_data.log",
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            shell:
+                "traitscope em-training-data --trait-prompts {input.prompts} "
+                "--trait-capture {input.capture} --avoid {input.avoid} "
+                "--misaligned {output.misaligned} --control {output.control} 2> {log}"
+
+    rule em_analysis:
+        input:
+            **em_plugin.analysis_inputs(EM),
+        output:
+            json=f"{em_plugin.OUT_DIR}/variant_comparison.json",
+            distributions=report(
+                f"{em_plugin.OUT_DIR}/figures/trait_distributions.png",
+                caption="../../report/emergent_misalignment.rst",
+                category="Emergent misalignment",
+            ),
+            examples=f"{em_plugin.OUT_DIR}/example_answers.md",
+        log:
+            "results/logs/em_analysis.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+        params:
+            variants=" ".join(f"--{role} {EM[role]}" for role in em_plugin.ROLES),
+            traits=" ".join(EM["traits"]),
+            n_boot=EM["n_boot"],
+            seed=EM["seed"],
+        shell:
+            "traitscope em-analysis --prompts {input.prompts} {params.variants} "
+            "--projections-base {input.projections_base} --capture-base {input.capture_base} "
+            "--projections-misaligned {input.projections_misaligned} "
+            "--capture-misaligned {input.capture_misaligned} "
+            "--projections-control {input.projections_control} "
+            "--capture-control {input.capture_control} "
+            "--traits {params.traits} --out {output.json} "
+            "--distributions-png {output.distributions} --examples-md {output.examples} "
+            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
