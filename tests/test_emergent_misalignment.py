@@ -215,9 +215,12 @@ def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
     assert c["misaligned_vs_control"]["last_prompt"]["safety/harm"]["p_holm"] > 0.01
     # numbers by hand: d_z and the paired t of misaligned minus base on evil's response tokens
     table = {role: pd.read_parquet(p) for role, p in paths.items()}
-    pick = lambda t: t[
-        (t.chosen_layer) & (t.trait == "safety/evil") & (t.position == "response_mean")
-    ].set_index("prompt_id")["score"]
+
+    def pick(t):
+        return t[t.chosen_layer & (t.trait == "safety/evil") & (t.position == "response_mean")].set_index(
+            "prompt_id"
+        )["score"]
+
     diff = pick(table["misaligned"]) - pick(table["base"]).reindex(pick(table["misaligned"]).index)
     got = c["misaligned_vs_base"]["response_mean"]["safety/evil"]
     assert got["cohens_dz"] == pytest.approx(diff.mean() / diff.std(ddof=1))

@@ -14,12 +14,12 @@ from scipy.stats import norm
 from scipy.stats import t as t_dist
 
 from traitscope.stats import (
-    compare_paired,
     auc,
     auc_with_ci,
     bootstrap_ci,
     cohens_d,
     compare_groups,
+    compare_paired,
     first_divergence,
     holm,
     interaction_test,
