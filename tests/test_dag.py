@@ -35,13 +35,17 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     n_traits = len(config["traits"])
     for stage in TRAIT_STAGES:
         assert counts[stage] == n_traits, (stage, counts)
-    assert counts["prepare_model"] == 1 and counts["steering_check"] == 1
+    assert counts["steering_check"] == 1
+    # the base, and the emergent-misalignment experiment's two finetuned variants
+    assert counts["prepare_model"] == 3 and counts["finetune"] == 2
     # every trait's contrastive set, plus what the enabled experiments ask for
     harmbench = config["experiments"]["external"]["harmbench"]
-    requested = len(harmbench) + 1  # HarmBench harmful + harmless, the prefill 2x2
+    # HarmBench harmful + harmless, the prefill 2x2, the EM question set on three variants
+    requested = len(harmbench) + 1 + 3
     assert counts["capture"] == n_traits + requested and counts["project"] == requested
     assert counts["prep_prompts"] == len(config["prompt_sets"])
     assert counts["prefill_conditions"] == counts["prefill_analysis"] == counts["external_analysis"] == 1
+    assert counts["em_prompts"] == counts["em_training_data"] == counts["em_analysis"] == 1
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
         assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
@@ -50,7 +54,7 @@ def test_dry_run_lists_every_trait_stage(root, profile):
 def test_slurm_profile_sends_model_jobs_to_gpus(root):
     out = dry_run(root, "--profile", "profiles/slurm", "--forceall")
     blocks = out.split("\nrule ")
-    gpu_rules = {"steering_check", "capture"}
+    gpu_rules = {"steering_check", "capture", "finetune"}
     seen = set()
     for block in blocks[1:]:
         rule = block.split(":")[0]
@@ -65,11 +69,16 @@ def test_slurm_profile_sends_model_jobs_to_gpus(root):
 
 def test_disabled_experiments_add_nothing(root, tmp_path):
     overlay = tmp_path / "off.yaml"
-    overlay.write_text("experiments: {prefill: {enabled: false}, external: {enabled: false}}\n")
+    overlay.write_text(
+        "experiments: {prefill: {enabled: false}, external: {enabled: false},"
+        " emergent_misalignment: {enabled: false}}\n"
+    )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     counts = job_counts(out)
     assert "capture" in counts and "project" not in counts and "prep_prompts" not in counts
+    assert counts["prepare_model"] == 1 and "finetune" not in counts  # configured variants nobody uses
     assert not {"prefill_analysis", "external_analysis", "prefill_conditions"} & set(counts)
+    assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
 
 
 def test_core_names_no_experiment_or_dataset(root):
