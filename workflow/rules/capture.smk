@@ -10,7 +10,10 @@ rule capture:
         "results/benchmarks/capture/{variant}/{prompt_set}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
+    # one thread each: on a small CPU two captures side by side do ~1.2-1.4x the work of one
+    # capture on two threads (small matmuls scale poorly); on GPUs and clusters the thread
+    # count is the profile's cpus_per_task, or --set-threads capture=N
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
