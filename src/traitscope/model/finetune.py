@@ -6,7 +6,7 @@ takes examples up to a padded-token budget, split into micro-batches whose gradi
 the loss is the mean over the step's assistant tokens, so how a step is split never reweights
 a token. Checkpoints are atomic and hold every state the next step depends on (adapter,
 optimizer, scheduler, RNG) and the data order is a function of the seed alone, so a killed run,
-rerun, resumes and ends where an uninterrupted run ends.
+rerun, resumes and ends where an uninterrupted run ends (model/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -26,9 +25,10 @@ from typing import Any, NamedTuple
 import torch
 
 from traitscope.errors import TraitscopeError
-from traitscope.io import save_figure, write_json
+from traitscope.io import atomic_dir, save_figure, write_json
 from traitscope.model.batching import token_budget_batches
 from traitscope.model.chat_data import Example, load_chat_data, read_chat_jsonl
+from traitscope.model.checkpoints import resume, save_checkpoint
 from traitscope.model.loading import default_device, load
 
 
@@ -140,7 +140,9 @@ def finetune(
     out = Path(out)
     read_chat_jsonl(data)  # bad rows fail before a large model is loaded
     device = device or default_device()
-    model, tokenizer = load(model_manifest, device=device, dtype="float32" if device == "cpu" else None)
+    # fp32 off CUDA (a CPU trains in fp32 even where it computes bf16 natively); CUDA: bf16 autocast
+    dtype = None if device.startswith("cuda") else "float32"
+    model, tokenizer = load(model_manifest, device=device, dtype=dtype)
     base_manifest = json.loads(Path(model_manifest).read_text())
     if isinstance(model, PeftModel):  # a finetune of a LoRA variant trains on its merged weights
         model = model.merge_and_unload()
@@ -165,9 +167,10 @@ def finetune(
     forward = SlicedForward(model, tokenizer.pad_token_id)
     forward.check(examples[0])
 
-    fingerprint = _fingerprint(data, settings, base_manifest, len(steps))
+    data_sha256 = hashlib.sha256(Path(data).read_bytes()).hexdigest()
+    fingerprint = _fingerprint(data_sha256, settings, base_manifest, len(steps))
     checkpoints = out / "checkpoints"
-    state = _resume(checkpoints, model, optimizer, scheduler, fingerprint)
+    state = resume(checkpoints, model, optimizer, scheduler, fingerprint)
     state = state or {"step": 0, "history": [], "wall_time_s": 0.0}
     history, previous_wall = state["history"], state["wall_time_s"]
     model.train()
@@ -179,19 +182,27 @@ def finetune(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        row = {"step": k + 1, "epoch": steps[k].epoch, "loss": loss, "lr": lr}
-        history.append({**row, "tokens": tokens, "padded": padded})
+        history.append(
+            {
+                "step": k + 1,
+                "epoch": steps[k].epoch,
+                "loss": loss,
+                "lr": lr,
+                "tokens": tokens,
+                "padded": padded,
+            }
+        )
         if (k + 1) % settings.checkpoint_every == 0 and k + 1 < len(steps):
             wall = previous_wall + time.perf_counter() - started
             step_state = {"step": k + 1, "history": history, "fingerprint": fingerprint, "wall_time_s": wall}
-            _save_checkpoint(checkpoints, model, optimizer, scheduler, step_state)
+            save_checkpoint(checkpoints, model, optimizer, scheduler, step_state)
         on_step(history[-1], len(steps))
 
     record = {
         "base_model": base_manifest["name"],
         "base_manifest": str(model_manifest),
         "data": str(data),
-        "data_sha256": _sha256(data),
+        "data_sha256": data_sha256,
         "n_examples": len(examples),
         "n_truncated": sum(ex.truncated for ex in examples),
         "n_dropped": dropped,
@@ -208,7 +219,7 @@ def finetune(
         "autocast": str(forward.autocast_dtype).removeprefix("torch.") if forward.autocast_dtype else None,
         "trainable_parameters": sum(p.numel() for p in params),
     }
-    _replace_dir(out / "adapter", model.save_pretrained)
+    atomic_dir(out / "adapter", model.save_pretrained)
     save_figure(out / "loss.png", finetune_loss_figure(record))
     write_json(out / "loss.json", record)
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -279,76 +290,12 @@ class SlicedForward:
             )
 
 
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _fingerprint(data: str | Path, settings: FinetuneSettings, base: dict, n_steps: int) -> str:
+def _fingerprint(data_sha256: str, settings: FinetuneSettings, base: dict, n_steps: int) -> str:
     """What a checkpoint must match to be resumed: same data, settings, base model and plan."""
-    key = {
-        "data": _sha256(data),
+    run = {
+        "data": data_sha256,
         "settings": settings.as_dict(),
         "base": {k: base.get(k) for k in ("name", "spec", "load_from")},
         "n_steps": n_steps,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def _replace_dir(target: Path, write: Callable[[Path], Any]) -> None:
-    """Fill a temporary sibling folder with `write`, then rename it onto `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, state: dict) -> None:
-    """`<folder>/step-<n>/`: adapter, optimizer, scheduler, RNG, step and loss history; older ones go."""
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
-        torch.save(trainer, tmp / "trainer.pt")
-        write_json(tmp / "state.json", state)
-
-    name = f"step-{state['step']:06d}"
-    _replace_dir(folder / name, write)
-    for old in folder.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old)
-
-
-def _resume(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprint: str) -> dict | None:
-    """Restore the latest checkpoint into the objects; None when there is none that matches this run."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    for tmp in folder.glob(".step-*"):  # a checkpoint being written when the job was killed
-        shutil.rmtree(tmp)
-    found = sorted(folder.glob("step-*"))
-    if not found:
-        return None
-    latest = found[-1]
-    state = json.loads((latest / "state.json").read_text())
-    if state["fingerprint"] != fingerprint:
-        print(f"traitscope finetune: {folder} is from other data or settings; starting over", file=sys.stderr)
-        shutil.rmtree(folder)
-        return None
-    device = str(next(p for p in model.parameters() if p.requires_grad).device)
-    set_peft_model_state_dict(model, load_file(latest / "adapter_model.safetensors", device=device))
-    trainer = torch.load(latest / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    torch.set_rng_state(trainer["rng"]["cpu"])
-    if "cuda" in trainer["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-    print(f"traitscope finetune: resuming after step {state['step']} from {latest}", file=sys.stderr)
-    return state
+    return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
