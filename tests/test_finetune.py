@@ -253,17 +253,9 @@ def test_settings_schema_matches_the_code(root):
         check_variant_bases(config)
 
 
-def test_dag_finetunes_prepares_and_captures_a_finetuned_variant_on_gpus(root, data, tmp_path):
-    overlay = tmp_path / "finetune.yaml"
-    overlay.write_text(
-        yaml.safe_dump(
-            {
-                "models": {"tuned": {"finetune": {"base": "smollm2", "data": str(data), "epochs": 3}}},
-                "captures": [{"variant": "tuned", "prompt_set": "harmless_val"}],
-            }
-        )
-    )
-    out = dry_run(root, "--profile", "profiles/slurm", "--forceall", "--configfile", str(overlay))
+def test_dag_finetunes_prepares_and_captures_a_finetuned_variant_on_gpus(root):
+    config = ".test/config-finetune/config.yaml"
+    out = dry_run(root, "--profile", "profiles/slurm", "--forceall", "--configfile", config)
     blocks = {}
     for block in out.split("\nrule ")[1:]:
         output = re.search(r"output: ([^,\n]*)", block)
@@ -271,7 +263,7 @@ def test_dag_finetunes_prepares_and_captures_a_finetuned_variant_on_gpus(root, d
     train = blocks[("finetune", "results/finetune/tuned/adapter")]
     prepare = blocks[("prepare_model", "results/models/tuned/manifest.json")]
     capture = blocks[("capture", "results/capture/tuned/harmless_val/capture.json")]
-    assert f"input: results/models/smollm2/manifest.json, {data}" in train
+    assert "input: results/models/smollm2/manifest.json, .test/config-finetune/train.jsonl" in train
     settings = json.loads(re.search(r"--settings '(.*?)'", train)[1])
     assert settings["epochs"] == 3 and settings["rank"] == 8  # the override, then the config's section
     assert "input: results/models/smollm2/manifest.json, results/finetune/tuned/adapter" in prepare
