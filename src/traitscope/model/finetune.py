@@ -258,7 +258,7 @@ class SlicedForward:
     def logits(self, ids: torch.Tensor, attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Logits predicting each assistant token (from the position before it), in fp32."""
         hidden = self.decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-        logits = self.head(hidden[:, :-1][targets[:, 1:]]).float()
+        logits = self.head(hidden[:, :-1][targets[:, 1:].to(hidden.device)]).float()
         return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
 
     def step(self, micro_batches: list[list[Example]]) -> tuple[float, int, int]:
@@ -269,7 +269,8 @@ class SlicedForward:
             ids, attention, targets = self._collate(batch)
             with self._autocast():
                 logits = self.logits(ids, attention, targets)
-            loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:][targets[:, 1:]], reduction="sum")
+            labels = ids[:, 1:][targets[:, 1:]].to(logits.device)  # device_map: the head may sit elsewhere
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             (loss / n_tokens).backward()
             total += loss.item()
             padded += ids.numel()
@@ -281,7 +282,8 @@ class SlicedForward:
         self.model.eval()
         ids, attention, targets = self._collate([example])
         with self._autocast():
-            full = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1][targets[:, 1:]]
+            full = self.model(input_ids=ids, attention_mask=attention).logits
+            full = full[:, :-1][targets[:, 1:].to(full.device)]
             sliced = self.logits(ids, attention, targets)
         if not torch.allclose(full.float(), sliced, atol=1e-2, rtol=1e-2):
             raise TraitscopeError(
