@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -178,6 +179,8 @@ def finetune(
     for k in range(state["step"], len(steps)):
         lr = scheduler.get_last_lr()[0]
         loss, tokens, padded = forward.step([[examples[i] for i in b] for b in steps[k].micro_batches])
+        if not math.isfinite(loss):
+            raise TraitscopeError(f"{data}: the loss diverged at step {k + 1} ({loss}); lower finetune.lr")
         torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
