@@ -5,7 +5,11 @@ rule finetune:
     output:
         adapter=directory("results/finetune/{variant}/adapter"),
         loss="results/finetune/{variant}/loss.json",
-        png="results/finetune/{variant}/loss.png",
+        png=report(
+            "results/finetune/{variant}/loss.png",
+            caption="../report/finetune.rst",
+            category="Finetuned variants",
+        ),
     log:
         "results/logs/finetune/{variant}.log",
     benchmark:
