@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import fields, replace
@@ -66,6 +67,16 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and beside another busy process every op's
+    thread barrier waits on a descheduled thread (the resume test: 146 s with 2 threads, 8 s with 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_jsonl(
@@ -98,6 +109,16 @@ def test_assistant_mask_decodes_to_assistant_turns_on_smollm2(smollm2):
         assert not ex.truncated and ex.n_targets == sum(map(len, runs))
     cut = tokenize_chat(tokenizer, CONVERSATIONS[-1], 40, "test", 1)
     assert cut.truncated and len(cut.ids) == len(cut.targets) == 40
+
+    # a template that trims message text (as Llama 3's does): the trimmed turn is found
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    messages = [{"role": "user", "content": "Code?\n"}, {"role": "assistant", "content": "  x = 1\n"}]
+    ex = tokenize_chat(trimming, messages, 4096, "test", 1)
+    assert trimming.decode([t for t, m in zip(ex.ids, ex.targets) if m]) == "x = 1" + end
 
 
 def hf_loss(model, tokenizer) -> tuple[float, int]:

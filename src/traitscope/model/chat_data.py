@@ -82,14 +82,18 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], where: str) 
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        prefix = render_prompt(tokenizer, messages[:i])
-        start = text.find(msg["content"], _common_prefix(prefix, text))
-        if start < 0:
+        after = _common_prefix(render_prompt(tokenizer, messages[:i]), text)
+        # templates such as Llama 3's trim the content: look for the trimmed text too
+        content = next(
+            (c for c in (msg["content"], msg["content"].strip()) if text.find(c, after) >= 0), None
+        )
+        if content is None:
             raise TraitscopeError(
                 f"{where}: the chat template rewrites assistant turn {i}, so its tokens cannot be "
                 "found; set models.<variant>.chat_template to one that keeps message text"
             )
-        end = start + len(msg["content"])
+        start = text.find(content, after)
+        end = start + len(content)
         turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if text.startswith(turn) and turn[end:].strip():
             end = len(turn.rstrip())
@@ -114,11 +118,13 @@ def tokenize_chat(
     return Example(ids[:max_length], targets[:max_length], line, len(ids) > max_length)
 
 
-def load_chat_data(path: str | Path, tokenizer: Any, max_length: int) -> tuple[list[Example], int]:
-    """Every row tokenised, and how many were dropped: cut by max_length before any assistant token."""
+def tokenize_rows(
+    path: str | Path, rows: list[tuple[int, list[dict[str, str]]]], tokenizer: Any, max_length: int
+) -> tuple[list[Example], int]:
+    """Every row of `read_chat_jsonl(path)` tokenised, and how many were dropped: cut by
+    max_length before any assistant token."""
     examples = [
-        tokenize_chat(tokenizer, messages, max_length, f"{path} line {line}", line)
-        for line, messages in read_chat_jsonl(path)
+        tokenize_chat(tokenizer, messages, max_length, f"{path} line {line}", line) for line, messages in rows
     ]
     kept = [ex for ex in examples if ex.n_targets]
     if not kept:

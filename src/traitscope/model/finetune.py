@@ -28,7 +28,7 @@ import torch
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_dir, save_figure, write_json
 from traitscope.model.batching import token_budget_batches
-from traitscope.model.chat_data import Example, load_chat_data, read_chat_jsonl
+from traitscope.model.chat_data import Example, read_chat_jsonl, tokenize_rows
 from traitscope.model.checkpoints import resume, save_checkpoint
 from traitscope.model.loading import default_device, load
 
@@ -139,7 +139,7 @@ def finetune(
     from traitscope.plotting import finetune_loss_figure
 
     out = Path(out)
-    read_chat_jsonl(data)  # bad rows fail before a large model is loaded
+    rows = read_chat_jsonl(data)  # bad rows fail before a large model is loaded
     device = device or default_device()
     # fp32 off CUDA (a CPU trains in fp32 even where it computes bf16 natively); CUDA: bf16 autocast
     dtype = None if device.startswith("cuda") else "float32"
@@ -147,7 +147,7 @@ def finetune(
     base_manifest = json.loads(Path(model_manifest).read_text())
     if isinstance(model, PeftModel):  # a finetune of a LoRA variant trains on its merged weights
         model = model.merge_and_unload()
-    examples, dropped = load_chat_data(data, tokenizer, settings.max_length)
+    examples, dropped = tokenize_rows(data, rows, tokenizer, settings.max_length)
     check_target_modules(model, settings.target_modules, base_manifest["name"])
 
     torch.manual_seed(settings.seed)
