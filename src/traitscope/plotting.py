@@ -208,13 +208,13 @@ def finetune_loss_figure(record: dict) -> Figure:
     lr_ax = ax.twinx()
     lr_ax.plot(steps["step"], steps["lr"], color="grey", ls="--", lw=1, label="learning rate")
     lr_ax.set_ylabel("learning rate (AdamW)")
-    for epoch, first in steps.groupby("epoch")["step"].min().items():
-        if epoch:
-            ax.axvline(first - 0.5, color="k", ls=":", lw=1)
+    starts = steps.groupby("epoch")["step"].min().iloc[1:]
+    for first in starts:
+        ax.axvline(first - 0.5, color="k", ls=":", lw=1)
     handles = ax.get_legend_handles_labels()
     lr_handles = lr_ax.get_legend_handles_labels()
     ax.legend(handles[0] + lr_handles[0], handles[1] + lr_handles[1], fontsize=8)
-    ax.set_xlabel("optimizer step (dotted: epoch boundary)")
+    ax.set_xlabel("optimizer step" + (" (dotted: epoch boundary)" if len(starts) else ""))
     ax.set_ylabel("training loss\n(mean cross-entropy per assistant token, nats)")
     ax.grid(alpha=0.3)
     settings = record["settings"]
