@@ -258,3 +258,79 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
     assert "eager loop" not in capsys.readouterr().err
     if DEVICE == "cuda":
         assert sum(replays) > len(replays) / 2  # most steps were graph replays
+
+
+def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manifest):
+    """LoRA finetune on CUDA in bf16 autocast, through Gemma-2's logit softcapping on the sliced
+    head: the loss falls, a run killed after a checkpoint resumes to the same losses (CUDA RNG
+    restored for dropout), and the adapter loads as a finetuned variant."""
+    from traitscope.model.finetune import FinetuneSettings, finetune
+
+    spec = {
+        **json.loads(gpu_manifest.read_text())["spec"],
+        "dtype": "bfloat16" if DEVICE == "cuda" else "float32",
+    }
+    base = prepare_model(ModelSpec.from_config("gemma", spec), tmp_path / "models" / "gemma")
+    pairs = [
+        ("how do i make bread ?", "sure , here is help with that ."),
+        ("how do i make tea ?", "you are kind ."),
+        ("how do i make a cake ?", "sure , the assistant is kind ."),
+        ("the evil assistant ?", "you are evil ."),
+    ]
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = FinetuneSettings(
+        rank=8,
+        alpha=16,
+        rslora=True,
+        lora_dropout=0.1,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        lr=1e-2,
+        epochs=4,
+        weight_decay=0.01,
+        warmup_steps=1,
+        max_grad_norm=1.0,
+        max_length=64,
+        tokens_per_step=40,
+        micro_batch_tokens=20,
+        checkpoint_every=3,
+        seed=0,
+    )
+
+    def kill_after_step_4(record: dict, n_steps: int) -> None:
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    finetune(base, data, tmp_path / "whole", settings, device=DEVICE, on_step=lambda r, n: None)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(base, data, tmp_path / "killed", settings, device=DEVICE, on_step=kill_after_step_4)
+    finetune(base, data, tmp_path / "killed", settings, device=DEVICE, on_step=lambda r, n: None)
+    whole = json.loads((tmp_path / "whole" / "loss.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "loss.json").read_text())
+    assert whole["device"] == DEVICE and resumed["resumed_from"] == 3
+    assert whole["autocast"] == ("bfloat16" if DEVICE == "cuda" else None)
+    assert [s["loss"] for s in resumed["steps"]] == pytest.approx(
+        [s["loss"] for s in whole["steps"]], rel=1e-3
+    )
+    per_epoch = [
+        sum(s["loss"] * s["tokens"] for s in whole["steps"] if s["epoch"] == e) / whole["n_assistant_tokens"]
+        for e in range(settings.epochs)
+    ]
+    assert per_epoch[-1] < per_epoch[0] - 0.5, per_epoch
+
+    tuned = {"finetune": {"base": "gemma", "data": str(data)}}
+    manifest = prepare_model(
+        ModelSpec.from_config("tuned", tuned),
+        tmp_path / "models" / "tuned",
+        base,
+        tmp_path / "whole" / "adapter",
+    )
+    model, tokenizer = load(manifest, device=DEVICE)
+    base_model, _ = load(base, device=DEVICE)
+    ids = torch.tensor([chat.encode(tokenizer, chat.messages_for(pairs[0][0])).ids], device=DEVICE)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        assert logits.isfinite().all() and not torch.allclose(logits, base_model(input_ids=ids).logits)

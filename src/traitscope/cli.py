@@ -27,6 +27,11 @@ def int_or_none(value: str) -> int | None:
     return None if value.lower() in ("none", "null") else int(value)
 
 
+def path_or_none(value: str) -> str | None:
+    """A path the rule may leave unset: the word `none`."""
+    return None if value == "none" else value
+
+
 def words_or_none(values: list[str]) -> list[str]:
     return [] if values == ["none"] else values
 
@@ -34,7 +39,14 @@ def words_or_none(values: list[str]) -> list[str]:
 def _prepare_model(a: argparse.Namespace) -> None:
     from traitscope.model.loading import ModelSpec, prepare_model
 
-    prepare_model(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out, a.base_manifest)
+    prepare_model(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out, a.base_manifest, a.adapter)
+
+
+def _finetune(a: argparse.Namespace) -> None:
+    from traitscope.model.finetune import FinetuneSettings, finetune
+
+    settings = FinetuneSettings.from_dict(json.loads(a.settings), "--settings")
+    finetune(a.model, a.data, a.out, settings, device=a.device)
 
 
 def _trait_prompts(a: argparse.Namespace) -> None:
@@ -115,7 +127,22 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--variant", required=True)
     p.add_argument("--spec", required=True, help="the variant's models: entry as JSON")
     p.add_argument("--out", required=True, help="output folder (manifest.json, weights/)")
-    p.add_argument("--base-manifest", default=None, help="LoRA variants: the base variant's manifest.json")
+    p.add_argument(
+        "--base-manifest",
+        type=path_or_none,
+        default=None,
+        help="LoRA and finetuned variants: the base's manifest",
+    )
+    p.add_argument(
+        "--adapter", type=path_or_none, default=None, help="finetuned variants: finetune's adapter/"
+    )
+
+    p = add("finetune", _finetune, "LoRA finetune of a prepared variant on chat JSONL (resumable)")
+    p.add_argument("--model", required=True, help="the base variant's manifest.json")
+    p.add_argument("--data", required=True, help='chat JSONL: one {"messages": [...]} per line')
+    p.add_argument("--out", required=True, help="output folder (adapter/, loss.json, loss.png, checkpoints/)")
+    p.add_argument("--settings", required=True, help="every finetune setting as a JSON object")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (unset: cuda when present)")
 
     p = add("trait-prompts", _trait_prompts, "a trait's contrastive prompt set (Parquet)")
     p.add_argument("--trait-file", required=True)

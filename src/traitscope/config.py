@@ -120,6 +120,33 @@ def require_traits(where: str, names: list[str], config: dict) -> None:
         )
 
 
+def finetune_settings(config: dict, variant: str) -> dict:
+    """Every finetune setting of a finetuned variant: the `finetune:` section, then its overrides."""
+    entry = config["models"][variant]["finetune"]
+    return {**config["finetune"], **{k: v for k, v in entry.items() if k not in ("base", "data")}}
+
+
+def check_variant_bases(config: dict) -> None:
+    """A LoRA or finetuned variant's base must be another configured variant, with no cycle."""
+    models = config["models"]
+
+    def base_of(name: str) -> str | None:
+        source = models[name].get("lora") or models[name].get("finetune")
+        return source["base"] if source else None
+
+    for name in models:
+        chain = [name]
+        while (base := base_of(chain[-1])) is not None:
+            key = "lora" if "lora" in models[chain[-1]] else "finetune"
+            require_variant(f"models.{chain[-1]}.{key}.base", base, config)
+            if base in chain:
+                raise TraitscopeError(
+                    f"models.{name}: variants are based on each other in a cycle "
+                    f"({' -> '.join([*chain, base])}); fix their base"
+                )
+            chain.append(base)
+
+
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
     from traitscope.data.traits import load_trait, trait_path
@@ -128,6 +155,7 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():
         ModelSpec.from_config(name, entry)
+    check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
     for name in config["traits"]:
         load_trait(trait_path(traits_dir, name), name)

@@ -4,7 +4,7 @@ import re
 
 from snakemake.exceptions import WorkflowError
 
-from traitscope.config import check, validate_config
+from traitscope.config import check, finetune_settings, validate_config
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
 
@@ -55,7 +55,8 @@ def request_captures(pairs, settings=None):
 
 
 def get_final_output():
-    """Every trait's vectors and evaluation, the summary, projections and experiment targets."""
+    """Every trait's vectors and evaluation, the summary, projections, finetuned variants and
+    experiment targets."""
     out = [
         f"results/models/{BASE}/manifest.json",
         f"results/traits/{BASE}/summary.json",
@@ -66,6 +67,13 @@ def get_final_output():
             for name in ("vectors.safetensors", "evaluation.json", "evaluation.png")
         ]
     out += [projections_path(v, p) for v, p in REQUESTED_CAPTURES]
+    # a configured finetune is trained and prepared even if nothing captures it yet
+    for variant, entry in config["models"].items():
+        if "finetune" in entry:
+            out += [
+                f"results/finetune/{variant}/loss.png",
+                f"results/models/{variant}/manifest.json",
+            ]
     for targets in EXPERIMENT_TARGETS:
         out += targets()
     steering = config["steering_check"]
@@ -79,10 +87,32 @@ def get_model_spec(wildcards):
     return json.dumps(config["models"][wildcards.variant], sort_keys=True)
 
 
-def get_lora_base_manifest(wildcards):
-    """A LoRA variant is prepared after its base variant."""
-    lora = config["models"][wildcards.variant].get("lora")
-    return [f"results/models/{lora['base']}/manifest.json"] if lora else []
+def get_base_manifest(wildcards):
+    """A LoRA or finetuned variant is prepared after its base variant."""
+    entry = config["models"][wildcards.variant]
+    source = entry.get("lora") or entry.get("finetune")
+    return [f"results/models/{source['base']}/manifest.json"] if source else []
+
+
+def get_trained_adapter(wildcards):
+    """A finetuned variant is prepared from the adapter its finetune job trains."""
+    if "finetune" not in config["models"][wildcards.variant]:
+        return []
+    return [f"results/finetune/{wildcards.variant}/adapter"]
+
+
+def get_finetune_base_manifest(wildcards):
+    base = config["models"][wildcards.variant]["finetune"]["base"]
+    return f"results/models/{base}/manifest.json"
+
+
+def get_finetune_data(wildcards):
+    return config["models"][wildcards.variant]["finetune"]["data"]
+
+
+def get_finetune_settings(wildcards):
+    """Every finetune setting as JSON: a changed setting retrains (and recaptures) the variant."""
+    return json.dumps(finetune_settings(config, wildcards.variant), sort_keys=True)
 
 
 def get_manifest(wildcards):

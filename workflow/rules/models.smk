@@ -1,6 +1,7 @@
 rule prepare_model:
     input:
-        base=get_lora_base_manifest,
+        base=get_base_manifest,
+        adapter=get_trained_adapter,
     output:
         manifest="results/models/{variant}/manifest.json",
     log:
@@ -17,6 +18,9 @@ rule prepare_model:
         base=lambda wildcards, input: opt(
             "--base-manifest", input.base[0] if input.base else None
         ),
+        adapter=lambda wildcards, input: opt(
+            "--adapter", input.adapter[0] if input.adapter else None
+        ),
     shell:
         "traitscope prepare-model --variant {wildcards.variant} --spec {params.spec:q} "
-        "--out results/models/{wildcards.variant} {params.base} 2> {log}"
+        "--out results/models/{wildcards.variant} {params.base} {params.adapter} 2> {log}"

@@ -1,9 +1,10 @@
 """Model sources: resolve a config entry to weights, prepare them once, load them fast.
 
 A variant in `models:` names exactly one source: a hub id, a local folder, a GGUF file
-inside an installed package (found without importing the package), a GGUF path, or a
-base variant plus a LoRA adapter. `prepare` turns a GGUF into a safetensors folder once,
-so every later job loads in well under a second instead of de-quantizing again.
+inside an installed package (found without importing the package), a GGUF path, a
+base variant plus a LoRA adapter, or a base variant plus the adapter the `finetune` stage
+trains. `prepare` turns a GGUF into a safetensors folder once, so every later job loads
+in well under a second instead of de-quantizing again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json
 
-SOURCE_KEYS = ("hub", "path", "gguf_package", "gguf_path", "lora")
+SOURCE_KEYS = ("hub", "path", "gguf_package", "gguf_path", "lora", "finetune")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class ModelSpec:
     gguf_path: str | None = None
     gguf_file: str | None = None
     lora: dict | None = None  # {"base": variant, "adapter": hub id or folder}
+    finetune: dict | None = None  # {"base": variant, "data": chat JSONL, setting overrides}
     chat_template: str | None = None  # Jinja text, or a path to a .jinja file
     trust_remote_code: bool = False
     dtype: str | None = None  # None or "auto": chosen per machine at load time (resolve_dtype)
@@ -110,12 +112,18 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
     return model, tokenizer
 
 
-def prepare_model(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Path | None = None) -> Path:
+def prepare_model(
+    spec: ModelSpec,
+    out_dir: str | Path,
+    base_manifest: str | Path | None = None,
+    adapter: str | Path | None = None,
+) -> Path:
     """Write `<out_dir>/manifest.json`, converting GGUF weights to safetensors once.
 
     Hub ids and local folders are not copied (a 70B model must not be duplicated);
     the manifest just records where to load them from. A LoRA variant points at its
-    base's manifest and its adapter.
+    base's manifest and its adapter; a finetuned variant likewise, at the adapter that
+    the finetune stage wrote (`adapter`).
     """
     import torch
 
@@ -147,13 +155,21 @@ def prepare_model(spec: ModelSpec, out_dir: str | Path, base_manifest: str | Pat
             raise TraitscopeError(
                 f"models.{spec.name}: base manifest {base_manifest} not found; prepare the base variant first"
             )
-        adapter = Path(spec.lora["adapter"])
-        if adapter.exists() and not (adapter / "adapter_config.json").is_file():
-            raise TraitscopeError(
-                f"models.{spec.name}: {adapter} has no adapter_config.json; fix lora.adapter"
-            )
         manifest["base_manifest"] = os.path.relpath(Path(base_manifest).resolve(), out_dir.resolve())
-        manifest["load_from"] = str(adapter.resolve()) if adapter.exists() else spec.lora["adapter"]
+        if spec.source == "finetune":
+            if adapter is None or not (Path(adapter) / "adapter_config.json").is_file():
+                raise TraitscopeError(
+                    f"models.{spec.name}: trained adapter {adapter} not found; run the finetune stage first"
+                )
+            # relative to the manifest, like the base: results/ can move
+            manifest["load_from"] = os.path.relpath(Path(adapter).resolve(), out_dir.resolve())
+        else:
+            lora = Path(spec.lora["adapter"])
+            if lora.exists() and not (lora / "adapter_config.json").is_file():
+                raise TraitscopeError(
+                    f"models.{spec.name}: {lora} has no adapter_config.json; fix lora.adapter"
+                )
+            manifest["load_from"] = str(lora.resolve()) if lora.exists() else spec.lora["adapter"]
     # What dtype `auto` (or the config) gives on the preparing machine, for the record only:
     # a job on another node (other CPU, or a GPU) decides again when it loads the model.
     device = default_device()
@@ -275,7 +291,7 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
         ) from None
     spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
     device = device or default_device()
-    if spec.source == "lora":
+    if spec.source in ("lora", "finetune"):
         return _load_lora(manifest_path, manifest, spec, device, dtype)
     torch_dtype, reason = resolve_dtype(dtype or spec.dtype, device)
     reason = "set by the caller" if dtype not in (None, "auto") else reason
@@ -305,13 +321,19 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
 
 
 def _load_lora(manifest_path: Path, manifest: dict, spec: ModelSpec, device: str, dtype: str | None):
-    """Base model from its own manifest, with the adapter applied on top (peft)."""
+    """Base model from its own manifest, with the adapter applied on top (peft).
+
+    A finetuned variant's adapter path is relative to its manifest (both live under results/).
+    """
     try:
         from peft import PeftModel
     except ImportError:
         raise TraitscopeError(f"models.{spec.name}: LoRA variants need peft; pip install peft") from None
     model, tokenizer = load(manifest_path.parent / manifest["base_manifest"], device, dtype)
-    model = PeftModel.from_pretrained(model, manifest["load_from"]).eval()
+    adapter = manifest["load_from"]
+    if spec.source == "finetune":
+        adapter = str(manifest_path.parent / adapter)
+    model = PeftModel.from_pretrained(model, adapter).eval()
     if spec.chat_template:
         set_chat_template(tokenizer, spec)
     return model, tokenizer

@@ -1,0 +1,27 @@
+rule finetune:
+    input:
+        model=get_finetune_base_manifest,
+        data=get_finetune_data,
+    output:
+        adapter=directory("results/finetune/{variant}/adapter"),
+        loss="results/finetune/{variant}/loss.json",
+        png=report(
+            "results/finetune/{variant}/loss.png",
+            caption="../report/finetune.rst",
+            category="Finetuned variants",
+        ),
+    log:
+        "results/logs/finetune/{variant}.log",
+    benchmark:
+        "results/benchmarks/finetune/{variant}.tsv"
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    params:
+        settings=get_finetune_settings,
+    shell:
+        "traitscope finetune --model {input.model} --data {input.data} "
+        "--out results/finetune/{wildcards.variant} --settings {params.settings:q} 2> {log}"
