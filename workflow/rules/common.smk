@@ -55,8 +55,8 @@ def request_captures(pairs, settings=None):
 
 
 def get_final_output():
-    """Every trait's vectors and evaluation, the summary, projections, finetuned variants and
-    experiment targets."""
+    """Every trait's vectors and evaluation, the summary, projections and experiment targets.
+    A finetuned variant is trained when something captures it, not merely for being configured."""
     out = [
         f"results/models/{BASE}/manifest.json",
         f"results/traits/{BASE}/summary.json",
@@ -67,13 +67,6 @@ def get_final_output():
             for name in ("vectors.safetensors", "evaluation.json", "evaluation.png")
         ]
     out += [projections_path(v, p) for v, p in REQUESTED_CAPTURES]
-    # a configured finetune is trained and prepared even if nothing captures it yet
-    for variant, entry in config["models"].items():
-        if "finetune" in entry:
-            out += [
-                f"results/finetune/{variant}/loss.png",
-                f"results/models/{variant}/manifest.json",
-            ]
     for targets in EXPERIMENT_TARGETS:
         out += targets()
     steering = config["steering_check"]
