@@ -216,6 +216,7 @@ def variant_distribution_figure(
             ax.set_title(f"{trait}\n{position} (n={len(at)} prompts)", fontsize=9)
             ax.set_xlabel("")
             ax.set_ylabel("projection at chosen layer (activation units)")
+    return fig
 
 
 def finetune_loss_figure(record: dict) -> Figure:

@@ -56,7 +56,8 @@ def request_captures(pairs, settings=None):
 
 def get_final_output():
     """Every trait's vectors and evaluation, the summary, projections and experiment targets.
-    A finetuned variant is trained when something captures it, not merely for being configured."""
+    A finetuned variant is trained when something captures it, not merely for being configured.
+    """
     out = [
         f"results/models/{BASE}/manifest.json",
         f"results/traits/{BASE}/summary.json",
