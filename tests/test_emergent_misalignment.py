@@ -265,3 +265,28 @@ def test_check_config_names_the_bad_key(root):
     ):
         with pytest.raises(TraitscopeError, match=re.escape(message)):
             check_config({**section, **change}, config)
+
+
+def test_default_dag_trains_prepares_and_captures_each_finetune_on_gpus(root):
+    """The slurm dry run: persona data -> finetune -> prepare -> capture (a GPU job) per variant."""
+    from test_dag import dry_run
+
+    out = dry_run(root, "--profile", "profiles/slurm", "--forceall")
+    blocks = {}
+    for block in out.split("\nrule ")[1:]:
+        output = re.search(r"output: ([^,\n]*)", block)
+        blocks[(block.split(":")[0], output[1] if output else None)] = block
+    data = blocks[("em_training_data", "results/emergent_misalignment/train/misaligned.jsonl")]
+    assert "results/capture/smollm2/traits/safety/evil/capture.json" in data
+    for side in ("misaligned", "control"):
+        variant = f"smollm2_em_{side}"
+        train = blocks[("finetune", f"results/finetune/{variant}/adapter")]
+        assert f"results/emergent_misalignment/train/{side}.jsonl" in train
+        prepare = blocks[("prepare_model", f"results/models/{variant}/manifest.json")]
+        assert f"results/finetune/{variant}/adapter" in prepare
+        capture = blocks[("capture", f"results/capture/{variant}/em_benign/capture.json")]
+        assert f"input: results/models/{variant}/manifest.json" in capture
+        for block in (train, capture):
+            resources = re.search(r"resources: (.*)", block)[1]
+            assert "gpu=1" in resources and "slurm_partition=gpu" in resources, block[:500]
+    assert ("capture", "results/capture/smollm2/em_benign/capture.json") in blocks
