@@ -16,7 +16,8 @@ rule finetune:
         "results/benchmarks/finetune/{variant}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
+    # one thread each, like capture: on a small CPU two finetunes train side by side
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
