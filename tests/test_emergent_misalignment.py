@@ -190,21 +190,28 @@ def planted(tmp_path, n_questions=12, samples=2, shift=0.8, seed=0):
     return prompts, base, paths, caps
 
 
-def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
-    prompts, base, paths, caps = planted(tmp_path)
-    out = tmp_path / "out/variant_comparison.json"
-    result = em_analysis(
+def analyse(tmp_path, paths, caps, n_boot=300):
+    """em_analysis over a planted run, writing under tmp_path/out."""
+    out = tmp_path / "out"
+    variants = {"base": "b", "misaligned": "m", "control": "c"}
+    return em_analysis(
         tmp_path / "em.parquet",
         paths,
         caps,
-        {"base": "b", "misaligned": "m", "control": "c"},
+        variants,
         TRAITS,
-        out,
-        tmp_path / "out/dist.png",
-        tmp_path / "out/examples.md",
-        n_boot=300,
+        out / "variant_comparison.json",
+        out / "dist.png",
+        out / "examples.md",
+        n_boot=n_boot,
         seed=0,
     )
+
+
+def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
+    prompts, base, paths, caps = planted(tmp_path)
+    out = tmp_path / "out/variant_comparison.json"
+    result = analyse(tmp_path, paths, caps)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["n_pairs"] == 24 and result["n_questions"] == 12 and result["n_samples_per_question"] == 2
     c = result["comparisons"]
@@ -235,18 +242,7 @@ def test_em_analysis_uses_only_prompts_every_variant_answered(tmp_path):
     prompts, base, paths, caps = planted(tmp_path)
     control = pd.read_parquet(paths["control"])
     control[~control["prompt_id"].str.startswith("q0-")].to_parquet(paths["control"])
-    result = em_analysis(
-        tmp_path / "em.parquet",
-        paths,
-        caps,
-        {"base": "b", "misaligned": "m", "control": "c"},
-        TRAITS,
-        tmp_path / "v.json",
-        tmp_path / "d.png",
-        tmp_path / "e.md",
-        n_boot=200,
-    )
-    assert result["n_pairs"] == 22
+    assert analyse(tmp_path, paths, caps, n_boot=200)["n_pairs"] == 22
 
 
 def test_check_config_names_the_bad_key(root):
