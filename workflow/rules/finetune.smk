@@ -16,8 +16,9 @@ rule finetune:
         "results/benchmarks/finetune/{variant}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    # one thread each, like capture: on a small CPU two finetunes train side by side
-    threads: 1
+    # two threads: on 2 AVX2 cores two one-thread finetunes side by side were slower
+    # (123 s and 117 s) than two-thread ones in turn (72 s, 64 s)
+    threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
