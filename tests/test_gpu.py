@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +265,9 @@ def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manife
     """LoRA finetune on CUDA in bf16 autocast, through Gemma-2's logit softcapping on the sliced
     head: the loss falls, a run killed after a checkpoint resumes to the same losses (CUDA RNG
     restored for dropout), and the adapter loads as a finetuned variant."""
-    from traitscope.model.finetune import FinetuneSettings, finetune
+    from test_finetune import TINY
+
+    from traitscope.model.finetune import finetune
 
     spec = {
         **json.loads(gpu_manifest.read_text())["spec"],
@@ -282,22 +285,14 @@ def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manife
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    settings = FinetuneSettings(
-        rank=8,
-        alpha=16,
-        rslora=True,
-        lora_dropout=0.1,
-        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        lr=1e-2,
+    settings = replace(
+        TINY,
         epochs=4,
-        weight_decay=0.01,
         warmup_steps=1,
-        max_grad_norm=1.0,
         max_length=64,
         tokens_per_step=40,
         micro_batch_tokens=20,
         checkpoint_every=3,
-        seed=0,
     )
 
     def kill_after_step_4(record: dict, n_steps: int) -> None:
