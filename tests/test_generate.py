@@ -7,8 +7,10 @@ import torch
 
 from traitscope.model import chat
 from traitscope.model import generate as engine
+from traitscope.model.batching import grouped_batches
 from traitscope.model.generate import generate
 from traitscope.model.hooks import add_to_layer
+from traitscope.model.prefix import left_layout, shared_prefix
 
 QUESTIONS = [
     ("What is the capital of France?", None),
@@ -73,3 +75,64 @@ def test_sampling_is_seeded(smollm2):
     a = generate(model, tok, prompts, 8, 4096, 1.0, 3, progress=False)
     b = generate(model, tok, prompts, 8, 4096, 1.0, 3, progress=False)
     assert a == b
+
+
+SYSTEM = "You are a careful assistant who answers in one short, plain sentence."
+SHARED = ["Name a colour.", "What is two plus two?", "Say hello to a new colleague in a friendly way."]
+
+
+@pytest.mark.parametrize("steer", [False, True])
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_shared_prefix_runs_once_and_generates_as_each_prompt_alone(smollm2, steer, cache, monkeypatch):
+    """Prompts under one system prompt: the prefix runs once at batch 1 and is broadcast."""
+    model, tok = smollm2
+    if cache == "dynamic":
+        monkeypatch.setattr(engine, "_static_decoder", lambda *_: None)
+    prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
+    assert shared_prefix(prompts, [0, 1, 2]) >= 20
+    calls = []
+    real = engine.prefill_prefix
+    monkeypatch.setattr(engine, "prefill_prefix", lambda *a: calls.append(len(a[1])) or real(*a))
+    torch.manual_seed(1)
+    vector = torch.randn(model.config.hidden_size) * 8.0
+    with add_to_layer(model, 10, vector) if steer else torch.inference_mode():
+        ours = generate(model, tok, prompts, 10, 4096, 0.0, 0, progress=False)
+        reference = hf_greedy(model, tok, prompts, 10)
+    assert calls == [shared_prefix(prompts, [0, 1, 2])]
+    assert ours == reference
+
+
+def test_recorded_states_with_a_shared_prefix_equal_those_without(smollm2, monkeypatch):
+    """The broadcast prefix and the [prefix | padding | suffix] layout, turned back into plain
+    left padding, give the states of a batch that shares nothing."""
+    model, tok = smollm2
+    prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
+    groups = ["one"] * len(prompts)
+
+    def run() -> list[engine.GeneratedBatch]:
+        stops = {tok.eos_token_id}
+        args = (model, prompts, 6, 4096, 0.0, 0, stops, tok.pad_token_id, [3, 20])
+        return list(engine.generate_batches(*args, progress=False, groups=groups))
+
+    [shared] = run()
+    monkeypatch.setattr("traitscope.model.prefix.MIN_SHARED", 10_000)
+    [plain] = run()
+    assert shared.index == plain.index and shared.kept == plain.kept and shared.width == plain.width
+    for layer in (3, 20):
+        a, b = shared.hidden[layer], plain.hidden[layer]
+        for row, i in enumerate(shared.index):
+            start = shared.width - len(prompts[i])  # padding columns hold nothing defined
+            torch.testing.assert_close(a[row, start:], b[row, start:], atol=2e-4, rtol=1e-4)
+
+
+def test_left_layout_moves_the_prefix_next_to_each_suffix():
+    # prefix of 2 (values 1, 2), suffix region of 3; row 0's suffix has 1 token, row 1's 3
+    middle = torch.tensor([[1, 2, 0, 0, 5], [1, 2, 6, 7, 8]], dtype=torch.float)[:, :, None]
+    out = left_layout(middle, 2, torch.tensor([1, 3]))[:, :, 0]
+    assert out[0, 2:].tolist() == [1, 2, 5]
+    assert out[1].tolist() == [1, 2, 6, 7, 8]
+
+
+def test_batches_never_mix_groups():
+    batches = list(grouped_batches([5, 3, 4, 2], 100, groups=["a", "b", "a", "b"]))
+    assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]

@@ -15,7 +15,7 @@ rule capture:
     # count is the profile's cpus_per_task, or --set-threads capture=N
     threads: 1
     resources:
-        gpu=1,
+        gpu=MODEL_GPU,
         mem_mb=16000,
     params:
         settings=get_capture_args,

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 
 from snakemake.exceptions import WorkflowError
 
@@ -29,6 +30,12 @@ wildcard_constraints:
     group="[A-Za-z0-9_-]+",
     trait="[A-Za-z0-9_-]+",
 
+
+# Model jobs (capture, finetune, steering check) hold a GPU: the local profile declares one
+# (`resources: gpu: 1`), so on a GPU workstation they run one at a time. A machine without a
+# GPU runs them on its cores, side by side as `threads` allow. Cluster profiles set `gpu`
+# per rule themselves.
+MODEL_GPU = 1 if shutil.which("nvidia-smi") else 0
 
 BASE = config["base_model"]
 TRAITS_DIR = config["traits_dir"]

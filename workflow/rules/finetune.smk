@@ -16,11 +16,10 @@ rule finetune:
         "results/benchmarks/finetune/{variant}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    # two threads: on 2 AVX2 cores two one-thread finetunes side by side were slower
-    # (123 s and 117 s) than two-thread ones in turn (72 s, 64 s)
-    threads: 2
+    # one thread each, as capture: on a small CPU model jobs run side by side
+    threads: 1
     resources:
-        gpu=1,
+        gpu=MODEL_GPU,
         mem_mb=16000,
     params:
         settings=get_finetune_settings,

@@ -103,7 +103,7 @@ rule steering_check:
         "../../envs/traitscope.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=MODEL_GPU,
         mem_mb=16000,
     params:
         coefficient=config["steering_check"]["coefficient"],

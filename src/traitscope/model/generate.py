@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from traitscope.model.batching import token_budget_batches
+from traitscope.model.batching import grouped_batches
 from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
 from traitscope.model.hooks import record
+from traitscope.model.prefix import left_layout, prefill_prefix, shared_prefix
 
 CACHE_STEP = 64  # static KV caches are sized in multiples of this many tokens
 Steps = tuple[list[torch.Tensor], dict[int, torch.Tensor], list[dict[int, torch.Tensor]]]
@@ -74,13 +75,13 @@ def _rows_bucket(n: int) -> int:
     return 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32
 
 
-def _left_padded(prompts: Sequence[list[int]], idx: list[int], rows: int, pad_id: int):
-    """[rows, width] ids and mask; rows past len(idx) repeat the last prompt (bucket padding)."""
-    width = max(len(prompts[i]) for i in idx)
+def _left_padded(prompts: Sequence[list[int]], rows: int, pad_id: int):
+    """[rows, width] ids and mask; rows past len(prompts) repeat the last one (bucket padding)."""
+    width = max(map(len, prompts))
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     mask = torch.zeros((rows, width), dtype=torch.long)
     for row in range(rows):
-        prompt = prompts[idx[min(row, len(idx) - 1)]]
+        prompt = prompts[min(row, len(prompts) - 1)]
         ids[row, width - len(prompt) :] = torch.tensor(prompt)
         mask[row, width - len(prompt) :] = 1
     return ids, mask
@@ -115,17 +116,22 @@ def _decode_loop(
     return fed, steps
 
 
-def _eager_batch(model, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
+def _eager_batch(model, prefix, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
     """The reference loop (CPU, or a model that cannot be captured): a DynamicCache, one
     forward pass per new token."""
     from transformers import DynamicCache
 
-    kw = {_cache_keyword(model): DynamicCache(config=model.config), "use_cache": True, "logits_to_keep": 1}
+    keyword = _cache_keyword(model)
+    cache = DynamicCache(config=model.config)
+    kw = {keyword: cache, "use_cache": True, "logits_to_keep": 1}
+    rows, shared = ids.shape[0], len(prefix)
+    mask = torch.cat([torch.ones_like(mask[:, :1]).expand(rows, shared), mask], dim=1)
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     state = {"mask": mask, "position": position[:, -1]}
     with torch.inference_mode(), record(model, layers, stop_early=False) as store:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position, **kw)
-        prefill = {layer: store[layer] for layer in layers}
+        head = prefill_prefix(model, prefix, cache, rows, keyword, store, layers) if shared else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position[:, shared:], **kw)
+        prefill = {layer: _joined(head.get(layer), store[layer]) for layer in layers}
 
         def decode(token: torch.Tensor, _step: int):
             state["mask"] = torch.cat([state["mask"], torch.ones_like(mask[:, :1])], dim=1)
@@ -142,6 +148,10 @@ def _eager_batch(model, ids, mask, max_new_tokens, sample, stops, finished, laye
             out.logits[:, -1], decode, max_new_tokens, sample, stops, finished, bool(layers)
         )
     return fed, prefill, steps
+
+
+def _joined(head: torch.Tensor | None, rest: torch.Tensor) -> torch.Tensor:
+    return rest if head is None else torch.cat([head, rest], dim=1)
 
 
 class _StaticDecoder:
@@ -224,21 +234,27 @@ class _StaticDecoder:
         """Rows of a batch of n prompts: padded to a few sizes only where graphs are reused."""
         return _rows_bucket(n) if self.capture else n
 
-    def batch(self, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
-        rows, width = ids.shape
+    def batch(self, prefix, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
+        rows, shared = ids.shape[0], len(prefix)
+        mask = torch.cat([torch.ones_like(mask[:, :1]).expand(rows, shared), mask], dim=1)
+        width = mask.shape[1]
         length = width + max_new_tokens
         if self.capture:
             length = -(-length // CACHE_STEP) * CACHE_STEP
         device = ids.device
         with torch.inference_mode(), record(self.model, layers, stop_early=False) as store:
             self._prepare(rows, length, device)
+            head = {}
+            if shared:
+                head = prefill_prefix(self.model, prefix, self.cache, rows, self.cache_kw, store, layers)
             keys = torch.nn.functional.pad(mask.bool(), (0, length - width))
             self.allowed.copy_(keys)
-            causal = torch.arange(length, device=device) <= torch.arange(width, device=device)[:, None]
-            position = (mask.cumsum(-1) - 1).clamp_min(0)
+            slots = torch.arange(shared, width, device=device)
+            causal = torch.arange(length, device=device) <= slots[:, None]
+            position = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
             prefill_mask = additive_mask((keys[:, None] & causal)[:, None], self.dtype)
-            logits = self._forward(ids, position, prefill_mask, torch.arange(width, device=device))
-            prefill = {layer: store[layer] for layer in layers}
+            logits = self._forward(ids, position, prefill_mask, slots)
+            prefill = {layer: _joined(head.get(layer), store[layer]) for layer in layers}
             last = position[:, -1:]
 
             def decode(token: torch.Tensor, step: int):
@@ -263,7 +279,9 @@ def _static_decoder(model: Any, device: torch.device) -> _StaticDecoder | None:
     return _StaticDecoder(model, capture=device.type == "cuda")
 
 
-def _run_batch(model, decoder, ids, mask, n, max_new_tokens, temperature, seed, stops, layers) -> Steps:
+def _run_batch(
+    model, decoder, prefix, ids, mask, n, max_new_tokens, temperature, seed, stops, layers
+) -> Steps:
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=ids.device).manual_seed(seed)
@@ -273,7 +291,7 @@ def _run_batch(model, decoder, ids, mask, n, max_new_tokens, temperature, seed, 
         return _next_token(logits, temperature, generator)
 
     run = decoder.batch if decoder is not None else lambda *a: _eager_batch(model, *a)
-    return run(ids, mask, max_new_tokens, sample, stops, finished, layers)
+    return run(prefix, ids, mask, max_new_tokens, sample, stops, finished, layers)
 
 
 def generate_batches(
@@ -287,24 +305,30 @@ def generate_batches(
     pad_id: int,
     layers: Sequence[int] = (),
     progress: bool = True,
+    groups: Sequence[Hashable] | None = None,
 ) -> Iterator[GeneratedBatch]:
     """Generate for every prompt, batch by batch; record `layers` when given.
 
     `max_tokens` bounds prompt + generated tokens per batch, so memory stays flat as the
     prompt set grows. When layers are recorded, each kept token is fed once more so its
-    own activation exists (one decode pass beyond plain generation).
+    own activation exists (one decode pass beyond plain generation). Batches never mix
+    `groups` (e.g. prompts under one system prompt), so the prefix a batch shares is long and
+    runs once (`prefix.shared_prefix`).
     """
     device = next(model.parameters()).device
     decoder = _static_decoder(model, device)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     lengths = [len(p) + max_new_tokens for p in prompts]
     bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate")
-    for k, idx in enumerate(token_budget_batches(lengths, max_tokens)):
+    for k, idx in enumerate(grouped_batches(lengths, max_tokens, groups)):
         width = max(len(prompts[i]) for i in idx)
         static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
         rows = static.rows(len(idx)) if static is not None else len(idx)
-        ids, mask = (t.to(device) for t in _left_padded(prompts, idx, rows, pad_id))
-        args = (ids, mask, len(idx), max_new_tokens, temperature, seed + k, stops, layers)
+        shared = shared_prefix(prompts, idx)
+        prefix = torch.tensor(prompts[idx[0]][:shared], dtype=torch.long, device=device)
+        suffixes = [prompts[i][shared:] for i in idx]
+        ids, mask = (t.to(device) for t in _left_padded(suffixes, rows, pad_id))
+        args = (prefix, ids, mask, len(idx), max_new_tokens, temperature, seed + k, stops, layers)
         try:
             fed, prefill, steps = _run_batch(model, static, *args)
         except Exception as error:  # this model or transformers version cannot be captured
@@ -315,6 +339,9 @@ def generate_batches(
             decoder = None
             fed, prefill, steps = _run_batch(model, None, *args)
         n = len(idx)
+        if shared:
+            suffix_lengths = mask[:n].sum(-1)
+            prefill = {layer: left_layout(h[:n], shared, suffix_lengths) for layer, h in prefill.items()}
         generated = torch.stack(fed, dim=1)[:n].tolist()
         hidden = {
             layer: torch.cat([prefill[layer], *(s[layer] for s in steps)], dim=1)[:n] for layer in layers
