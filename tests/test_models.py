@@ -53,6 +53,7 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
         assert not torch.allclose(out_variant, base(input_ids=ids).logits)
         assert torch.allclose(out_variant, expected(input_ids=ids).logits, atol=1e-5)
     assert tokenizer.chat_template  # the base's template carries over
+    assert not isinstance(variant, PeftModel)  # merged at load: plain weights, no adapter matmuls
 
 
 def test_lora_needs_prepared_base(tmp_path, adapter_folder):
