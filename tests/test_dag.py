@@ -155,3 +155,20 @@ def test_every_experiment_is_a_complete_plug_in(root):
         smk = (root / f"workflow/rules/experiments/{name}.smk").read_text()
         assert f'is_enabled("{name}")' in smk and f"get_{name}_targets = " in smk
         assert f"experiments.{name}" in readme
+
+
+def test_core_commands_leave_the_experiment_modules_unimported():
+    """A core job (most of a run) does not pay for the experiments' plotting and statistics."""
+    probe = "\n".join(
+        [
+            "import sys",
+            "from traitscope.cli import build_parser",
+            "build_parser('capture')",
+            "loaded = [m for m in sys.modules if m.startswith('traitscope.experiments.')]",
+            "full = build_parser(None)",
+            "choices = full._subparsers._group_actions[0].choices",
+            "print(len(loaded), 'em-analysis' in choices, 'seaborn' in sys.modules)",
+        ]
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "True", "True"], out.stderr[-1000:]

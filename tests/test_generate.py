@@ -7,7 +7,6 @@ import torch
 
 from traitscope.model import chat
 from traitscope.model import generate as engine
-from traitscope.model.batching import grouped_batches
 from traitscope.model.generate import generate
 from traitscope.model.hooks import add_to_layer
 from traitscope.model.prefix import left_layout, shared_prefix
@@ -107,12 +106,11 @@ def test_recorded_states_with_a_shared_prefix_equal_those_without(smollm2, monke
     left padding, give the states of a batch that shares nothing."""
     model, tok = smollm2
     prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
-    groups = ["one"] * len(prompts)
 
     def run() -> list[engine.GeneratedBatch]:
         stops = {tok.eos_token_id}
         args = (model, prompts, 6, 4096, 0.0, 0, stops, tok.pad_token_id, [3, 20])
-        return list(engine.generate_batches(*args, progress=False, groups=groups))
+        return list(engine.generate_batches(*args, progress=False))
 
     [shared] = run()
     monkeypatch.setattr("traitscope.model.prefix.MIN_SHARED", 10_000)
@@ -131,8 +129,3 @@ def test_left_layout_moves_the_prefix_next_to_each_suffix():
     out = left_layout(middle, 2, torch.tensor([1, 3]))[:, :, 0]
     assert out[0, 2:].tolist() == [1, 2, 5]
     assert out[1].tolist() == [1, 2, 6, 7, 8]
-
-
-def test_batches_never_mix_groups():
-    batches = list(grouped_batches([5, 3, 4, 2], 100, groups=["a", "b", "a", "b"]))
-    assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]

@@ -231,7 +231,9 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--schema", default=None, help="default: workflow/schemas of the config's checkout")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; only the core ones when `command` is one of them, since importing the
+    experiment modules (plotting, statistics) costs seconds in each of a run's many jobs."""
     parser = argparse.ArgumentParser(prog="traitscope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     _core_commands(add)
+    if command in sub.choices:
+        return parser
     import traitscope.experiments as experiments
 
     for info in pkgutil.iter_modules(experiments.__path__):
@@ -252,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # variable batch shapes fragment the CUDA caching allocator; expandable segments avoid
     # re-allocating per new shape (measured: 115K -> 162K tok/s, benchmarks/results/)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.func(args)
     except TraitscopeError as exc:

@@ -35,7 +35,12 @@ wildcard_constraints:
 # (`resources: gpu: 1`), so on a GPU workstation they run one at a time. A machine without a
 # GPU runs them on its cores, side by side as `threads` allow. Cluster profiles set `gpu`
 # per rule themselves.
-MODEL_GPU = 1 if shutil.which("nvidia-smi") else 0
+def _local_gpu():
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
+    return bool(shutil.which("nvidia-smi")) and not hidden
+
+
+MODEL_GPU = 1 if _local_gpu() else 0
 
 BASE = config["base_model"]
 TRAITS_DIR = config["traits_dir"]

@@ -8,9 +8,12 @@ rule prepare_model:
         "results/logs/prepare_model/{variant}.log",
     benchmark:
         "results/benchmarks/prepare_model/{variant}.tsv"
+    priority: 10
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
+    # first and on one core (GGUF conversion is single-threaded): every model job waits for
+    # it, while prompt preparation can run beside it
+    threads: 1
     resources:
         mem_mb=16000,
     params:

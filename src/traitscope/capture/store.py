@@ -78,13 +78,6 @@ def _token_label(enc: chat.Encoded, t: int, settings: CaptureSettings) -> str:
     return SEGMENTS[enc.segments[t]]
 
 
-def _preamble(enc: chat.Encoded) -> tuple[int, ...]:
-    """The tokens before the user's message (template and system prompt): prompts batched by
-    these share a long prefix, which generation runs once per batch."""
-    user = SEGMENT_CODE["user"]
-    return tuple(enc.ids[: next((k for k, s in enumerate(enc.segments) if s == user), enc.prompt_len)])
-
-
 def _generated_batches(
     model: Any, tokenizer: Any, encoded: list[chat.Encoded], settings: CaptureSettings, responses: list[str]
 ) -> Iterator[Batch]:
@@ -106,7 +99,6 @@ def _generated_batches(
         stops,
         tokenizer.pad_token_id,
         layers,
-        groups=[_preamble(e) for e in encoded],
     ):
         device = g.hidden[layers[0]].device
         segments = torch.full((len(g.index), g.hidden[layers[0]].shape[1]), -1, dtype=torch.long)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 
 def token_budget_batches(
@@ -22,18 +22,3 @@ def token_budget_batches(
         batch.append(i)
     if batch:
         yield batch
-
-
-def grouped_batches(
-    lengths: Sequence[int], max_tokens: int, groups: Sequence[Hashable] | None = None
-) -> Iterator[list[int]]:
-    """Token-budget batches that never mix groups (none given: one group)."""
-    if groups is None:
-        yield from token_budget_batches(lengths, max_tokens)
-        return
-    members: dict[Hashable, list[int]] = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
-    for idx in members.values():
-        for batch in token_budget_batches([lengths[i] for i in idx], max_tokens):
-            yield [idx[j] for j in batch]

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from traitscope.model.batching import grouped_batches
+from traitscope.model.batching import token_budget_batches
 from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
 from traitscope.model.hooks import record
 from traitscope.model.prefix import left_layout, prefill_prefix, shared_prefix
@@ -305,22 +305,20 @@ def generate_batches(
     pad_id: int,
     layers: Sequence[int] = (),
     progress: bool = True,
-    groups: Sequence[Hashable] | None = None,
 ) -> Iterator[GeneratedBatch]:
     """Generate for every prompt, batch by batch; record `layers` when given.
 
     `max_tokens` bounds prompt + generated tokens per batch, so memory stays flat as the
     prompt set grows. When layers are recorded, each kept token is fed once more so its
-    own activation exists (one decode pass beyond plain generation). Batches never mix
-    `groups` (e.g. prompts under one system prompt), so the prefix a batch shares is long and
-    runs once (`prefix.shared_prefix`).
+    own activation exists (one decode pass beyond plain generation). A prefix that every
+    prompt of a batch shares (a system prompt) runs once (`prefix.shared_prefix`).
     """
     device = next(model.parameters()).device
     decoder = _static_decoder(model, device)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     lengths = [len(p) + max_new_tokens for p in prompts]
     bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate")
-    for k, idx in enumerate(grouped_batches(lengths, max_tokens, groups)):
+    for k, idx in enumerate(token_budget_batches(lengths, max_tokens)):
         width = max(len(prompts[i]) for i in idx)
         static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
         rows = static.rows(len(idx)) if static is not None else len(idx)
