@@ -122,6 +122,7 @@ def test_prefixes_that_tokenize_identically_are_a_clear_error(section):
         ({"behaviour_pattern": "banana"}, "matches none of data.sentences"),
         ({"data": {"operand_range": [1, 2], "n_train": 30}}, "allow only 8"),
         ({"base": "smollm2_backdoored"}, "two different variants"),
+        ({"capture": {"layers": [1, 2]}}, "sae.layer 15 is not among the layers the pairs are captured at"),
     ],
 )
 def test_bad_config_names_the_key(section, change, message):

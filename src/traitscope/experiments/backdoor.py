@@ -140,9 +140,14 @@ def check_config(section: dict, config: dict) -> None:
         require_prompt_set(f"{where}.sae.prompt_set", sae["prompt_set"], config)
         if sae["k"] > sae["width"]:
             raise TraitscopeError(f"{where}.sae.k {sae['k']} exceeds sae.width {sae['width']}")
-    capture_layers = config["capture"]["layers"]
-    if capture_layers != "all" and isinstance(capture_layers, list) and sae["layer"] not in capture_layers:
-        raise TraitscopeError(f"{where}.sae.layer {sae['layer']} is not among capture.layers; add it there")
+    layers = section["capture"].get("layers", config["capture"]["layers"])
+    if isinstance(layers, dict):
+        layers = list(range(layers["start"], layers["stop"], layers.get("step", 1)))
+    if layers != "all" and sae["layer"] not in layers:
+        raise TraitscopeError(
+            f"{where}.sae.layer {sae['layer']} is not among the layers the pairs are captured at "
+            f"({layers}); add it to {where}.capture.layers (or capture.layers)"
+        )
 
 
 # ---------------------------------------------------------------- data synthesis
