@@ -12,7 +12,17 @@ import yaml
 
 TRAIT_STAGES = ("trait_prompts", "trait_vectors", "trait_evaluation")
 # datasets and experiment names that only the registry and the experiments may mention
-EXPERIMENT_WORDS = ("beavertails", "harmbench", "advbench", "prefill", "conditions", "C1", "C2", "external")
+EXPERIMENT_WORDS = (
+    "beavertails",
+    "harmbench",
+    "advbench",
+    "prefill",
+    "conditions",
+    "C1",
+    "C2",
+    "external",
+    "backdoor",
+)
 
 
 def dry_run(root, *args: str) -> str:
@@ -36,16 +46,19 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     for stage in TRAIT_STAGES:
         assert counts[stage] == n_traits, (stage, counts)
     assert counts["steering_check"] == 1
-    # the base, and the emergent-misalignment experiment's two finetuned variants
-    assert counts["prepare_model"] == 3 and counts["finetune"] == 2
+    # the base, the emergent-misalignment experiment's two finetuned variants, the backdoored one
+    assert counts["prepare_model"] == 4 and counts["finetune"] == 3
     # every trait's contrastive set, plus what the enabled experiments ask for
     harmbench = config["experiments"]["external"]["harmbench"]
-    # HarmBench harmful + harmless, the prefill 2x2, the EM question set on three variants
-    requested = len(harmbench) + 1 + 3
-    assert counts["capture"] == n_traits + requested and counts["project"] == requested
+    # HarmBench harmful + harmless, the prefill 2x2, the EM question set on three variants,
+    # the backdoor pairs on two; the backdoor SAE's training set is captured, never projected
+    requested = len(harmbench) + 1 + 3 + 2
+    assert counts["capture"] == n_traits + requested + 1 and counts["project"] == requested
     assert counts["prep_prompts"] == len(config["prompt_sets"])
     assert counts["prefill_conditions"] == counts["prefill_analysis"] == counts["external_analysis"] == 1
     assert counts["em_prompts"] == counts["em_training_data"] == counts["em_analysis"] == 1
+    assert counts["backdoor_data"] == counts["backdoor_analysis"] == counts["backdoor_sae_features"] == 1
+    assert counts["sae_train"] == 1
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
         assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
@@ -71,7 +84,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     overlay = tmp_path / "off.yaml"
     overlay.write_text(
         "experiments: {prefill: {enabled: false}, external: {enabled: false},"
-        " emergent_misalignment: {enabled: false}}\n"
+        " emergent_misalignment: {enabled: false}, backdoor: {enabled: false}}\n"
     )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     counts = job_counts(out)
@@ -79,6 +92,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert counts["prepare_model"] == 1 and "finetune" not in counts  # configured variants nobody uses
     assert not {"prefill_analysis", "external_analysis", "prefill_conditions"} & set(counts)
     assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
+    assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
 
 
 def test_core_names_no_experiment_or_dataset(root):

@@ -66,8 +66,10 @@ def _percentile_bootstrap(
     level: float,
     seed: int,
     vectorized: bool = False,
+    paired: bool = False,
 ) -> tuple[float, float]:
-    """Percentile CI from scipy.stats.bootstrap; each sample is resampled on its own (stratified).
+    """Percentile CI from scipy.stats.bootstrap; each sample is resampled on its own (stratified),
+    or, with `paired`, all samples with the same indices (resampling pairs).
 
     Percentile, not BCa: BCa's jackknife breaks on the infinite Cohen's d of constant resamples,
     which small groups produce, and percentile is what earlier reports used.
@@ -84,6 +86,7 @@ def _percentile_bootstrap(
             statistic,
             n_resamples=n_boot,
             vectorized=vectorized,
+            paired=paired,
             confidence_level=level,
             method="percentile",
             rng=np.random.default_rng(seed),
@@ -202,6 +205,71 @@ def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 
     pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
     low, high = _percentile_bootstrap((pos, neg), _auc_along, n_boot, 0.95, seed, vectorized=True)
     return {"auc": auc(pos, neg), "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
+
+
+def auc_difference_paired(
+    pos_a: ArrayLike, neg_a: ArrayLike, pos_b: ArrayLike, neg_b: ArrayLike, n_boot: int = 2000, seed: int = 0
+) -> dict:
+    """AUC(pos_a vs neg_a) - AUC(pos_b vs neg_b) with a paired bootstrap CI.
+
+    Row i of all four arrays is one pair unit (e.g. a problem asked with and without a
+    trigger, on two models): resampling draws whole units, so the two AUCs of a resample see
+    the same problems and their shared variation cancels in the difference.
+    """
+    arrays = [
+        _sample(x, name)
+        for x, name in ((pos_a, "pos_a"), (neg_a, "neg_a"), (pos_b, "pos_b"), (neg_b, "neg_b"))
+    ]
+    if len({len(x) for x in arrays}) != 1:
+        raise ValueError(f"paired AUCs need equal lengths, got {[len(x) for x in arrays]}")
+
+    def difference(pa, na, pb, nb, axis=-1):
+        return _auc_along(pa, na, axis=axis) - _auc_along(pb, nb, axis=axis)
+
+    low, high = _percentile_bootstrap(
+        tuple(arrays), difference, n_boot, 0.95, seed, vectorized=True, paired=True
+    )
+    a, b = auc(arrays[0], arrays[1]), auc(arrays[2], arrays[3])
+    return {
+        "difference": a - b,
+        "auc_a": a,
+        "auc_b": b,
+        "ci_low": low,
+        "ci_high": high,
+        "n_pairs": len(arrays[0]),
+    }
+
+
+def auc_columns(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:
+    """ROC-AUC of every column at once (`[n_pos, m]` vs `[n_neg, m]` -> `[m]`), ties counting
+    half: P(positive > negative) per column, from mid-ranks (as Mann-Whitney U)."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
+        raise ValueError(f"pos and neg must be [n, m] with the same m, got {pos.shape} and {neg.shape}")
+    if not len(pos) or not len(neg):
+        raise ValueError("pos and neg need at least one row each")
+    ranks = _sps.rankdata(np.vstack([pos, neg]), axis=0)
+    n_pos, n_neg = len(pos), len(neg)
+    return (ranks[:n_pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def proportion_with_ci(successes: int, n: int, level: float = 0.95) -> dict:
+    """A rate with its Wilson score interval (sound at rates near 0 or 1 and for small n)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n < 1:
+        raise ValueError(f"a proportion needs n >= 1, got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in 0..{n}, got {successes}")
+    low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
+    return {
+        "rate": successes / n,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "k": int(successes),
+        "n": int(n),
+        "ci": "Wilson",
+    }
 
 
 def interaction_test(y: ArrayLike, factor_a: ArrayLike, factor_b: ArrayLike) -> dict:

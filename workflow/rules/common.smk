@@ -57,10 +57,15 @@ def is_enabled(experiment):
     return config["experiments"][experiment]["enabled"]
 
 
-def request_captures(pairs, settings=None):
-    """An experiment asks for (variant, prompt set) captures; derived sets bring settings."""
+def request_captures(pairs, settings=None, project=True):
+    """An experiment asks for (variant, prompt set) captures; derived sets bring settings.
+
+    `project=False`: the experiment reads the activations itself (say, a few layers' per-token
+    activations for a dictionary), so rule all asks for no projection of them; the capture
+    runs because a rule of the experiment takes it as input.
+    """
     for variant, prompt_set in pairs:
-        if (variant, prompt_set) not in REQUESTED_CAPTURES:
+        if project and (variant, prompt_set) not in REQUESTED_CAPTURES:
             REQUESTED_CAPTURES.append((variant, prompt_set))
         if settings is not None:
             DERIVED_CAPTURE[prompt_set] = settings

@@ -320,6 +320,37 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     return model, tokenizer
 
 
+def load_tokenizer(manifest_path: str | Path) -> Any:
+    """A prepared variant's tokenizer alone, with the chat template `load` would set (no weights
+    are read: a data stage that only tokenizes must not load a 70B model)."""
+    from transformers import AutoTokenizer
+
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(
+            f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
+        ) from None
+    spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
+    if spec.source in ("lora", "finetune"):
+        tokenizer = load_tokenizer(manifest_path.parent / manifest["base_manifest"])
+        if spec.chat_template:
+            set_chat_template(tokenizer, spec)
+        return tokenizer
+    where = manifest["load_from"]
+    if spec.source in ("gguf_package", "gguf_path"):
+        where = str(manifest_path.parent / where)
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.source == "hub":
+        kwargs["revision"] = spec.revision
+    tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    set_chat_template(tokenizer, spec)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _load_lora(manifest_path: Path, manifest: dict, spec: ModelSpec, device: str, dtype: str | None):
     """Base model from its own manifest, with the adapter applied on top (peft) and merged
     into the weights: the same function, without the adapter's extra matmuls at every

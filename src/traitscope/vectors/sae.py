@@ -1,0 +1,404 @@
+"""A TopK sparse autoencoder over one layer's activations: train, encode, save and load.
+
+The layout on disk is SAELens's (`cfg.json` + `sae_weights.safetensors` with W_enc
+`[d_in, d_sae]`, b_enc `[d_sae]`, W_dec `[d_sae, d_in]`, b_dec `[d_in]`), so an SAE trained
+here opens in SAELens and an SAELens SAE of the right model and layer loads here. Encoding
+follows SAELens: subtract b_dec (apply_b_dec_to_input), multiply by W_enc, add b_enc, keep
+the k largest pre-activations (ReLU on them) for "topk", or ReLU everything for "standard".
+
+Training (`sae_train`) reads a capture's per-token activations at one layer: inputs are
+scaled to unit mean squared norm per dimension while training and the scale is folded back
+into the weights, so the saved SAE works on raw activations. The decoder rows are kept at
+unit norm, and an auxiliary TopK loss on dead latents (Gao et al. 2024, "Scaling and
+evaluating sparse autoencoders") keeps latents from dying on small data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from traitscope.errors import TraitscopeError
+from traitscope.io import atomic_dir, save_figure, write_json
+
+WEIGHTS = "sae_weights.safetensors"
+CONFIG = "cfg.json"
+ARCHITECTURES = ("topk", "standard")
+
+
+@dataclass(frozen=True)
+class SAESettings:
+    """Training settings (every value comes from the config schema, via the rule or caller)."""
+
+    width: int  # latents (d_sae)
+    k: int  # active latents per token
+    tokens: int  # training tokens, passes over the data included (the last eval_fraction held out)
+    lr: float
+    batch_size: int
+    eval_fraction: float  # share of tokens held out for the reported reconstruction quality
+    aux_k: int  # dead latents the auxiliary loss uses (0: none)
+    aux_coefficient: float
+    dead_after: int  # tokens without firing after which a latent counts as dead in training
+    seed: int
+
+
+class SparseAutoencoder(torch.nn.Module):
+    """SAELens-compatible parameters and encode/decode."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int | None, architecture: str = "topk") -> None:
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise TraitscopeError(
+                f"SAE architecture {architecture!r}: supported are {', '.join(ARCHITECTURES)}"
+            )
+        if architecture == "topk" and not (k and 0 < k <= d_sae):
+            raise TraitscopeError(f"SAE k {k}: needs 0 < k <= width {d_sae}")
+        self.d_in, self.d_sae, self.k, self.architecture = d_in, d_sae, k, architecture
+        self.W_enc = torch.nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = torch.nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
+        self.apply_b_dec_to_input = True
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.architecture == "standard":
+            return torch.relu(pre)
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent activations `[..., d_sae]` of activations `[..., d_in]`."""
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+
+def check_width(sae: SparseAutoencoder, d_model: int, where: str) -> None:
+    """The SAE's input width must be the model's hidden size."""
+    if sae.d_in != d_model:
+        raise TraitscopeError(
+            f"{where}: SAE d_in {sae.d_in} does not match the model's hidden size {d_model}; "
+            "use an SAE trained on this model (or train one: set sae.path to null)"
+        )
+
+
+def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any]) -> None:
+    """Write the SAELens layout atomically (the folder appears complete or not at all)."""
+    from safetensors.torch import save_file
+
+    cfg = {
+        "architecture": sae.architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": metadata,
+    }
+    if sae.architecture == "topk":
+        cfg["k"] = sae.k
+
+    def write(tmp: Path) -> None:
+        tensors = {
+            name: getattr(sae, name).detach().float().contiguous()
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec")
+        }
+        save_file(tensors, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+
+    atomic_dir(folder, write)
+
+
+def _architecture(cfg: dict, where: str) -> tuple[str, int | None]:
+    """(architecture, k) from a SAELens cfg.json, new style or the older activation_fn fields."""
+    arch = cfg.get("architecture", "standard")
+    act = cfg.get("activation_fn_str") or cfg.get("activation_fn")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if arch == "standard" and act == "topk":  # SAELens < 6 stored TopK SAEs this way
+        arch = "topk"
+    if arch not in ARCHITECTURES:
+        raise TraitscopeError(
+            f"{where}: SAE architecture {arch!r} is not supported (only {', '.join(ARCHITECTURES)})"
+        )
+    if arch == "standard" and act not in (None, "relu"):
+        raise TraitscopeError(f"{where}: activation {act!r} is not supported for a standard SAE (relu only)")
+    k = cfg.get("k", kwargs.get("k"))
+    if arch == "topk" and k is None:
+        raise TraitscopeError(f"{where}: a topk SAE needs k in cfg.json (k or activation_fn_kwargs.k)")
+    return arch, (int(k) if k is not None else None)
+
+
+def load_sae(folder: str | Path) -> SparseAutoencoder:
+    """An SAE from a SAELens-format folder; every shape is checked against cfg.json."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    where = str(folder)
+    try:
+        cfg = json.loads((folder / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(
+            f"{where}: no readable {CONFIG}; expected a SAELens-format SAE folder"
+        ) from None
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except Exception as exc:  # safetensors raises its own error types
+        raise TraitscopeError(f"{where}: cannot read {WEIGHTS} ({exc})") from None
+    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in tensors]
+    if missing or "d_in" not in cfg or "d_sae" not in cfg:
+        raise TraitscopeError(
+            f"{where}: missing {', '.join(missing) or 'd_in/d_sae in cfg.json'}; not a SAELens SAE"
+        )
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in (None, "none"):
+        raise TraitscopeError(f"{where}: normalize_activations {norm!r} is not supported (only none)")
+    arch, k = _architecture(cfg, where)
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise TraitscopeError(
+                f"{where}: {name} has shape {tuple(tensors[name].shape)}, but cfg.json's d_in {d_in} "
+                f"and d_sae {d_sae} need {shape}"
+            )
+    sae = SparseAutoencoder(d_in, d_sae, k, arch)
+    sae.apply_b_dec_to_input = bool(cfg.get("apply_b_dec_to_input", True))
+    with torch.no_grad():
+        for name in expected:
+            getattr(sae, name).copy_(tensors[name].float())
+    return sae.eval()
+
+
+@torch.no_grad()
+def reconstruction_quality(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) -> dict[str, float]:
+    """Fraction of variance explained, mean L0 and the share of latents that never fire on `x`."""
+    sse, fired, l0 = 0.0, torch.zeros(sae.d_sae, dtype=torch.bool), 0.0
+    x = x.float()
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        f = sae.encode(chunk)
+        sse += float(((sae.decode(f) - chunk) ** 2).sum())
+        fired |= (f > 0).any(0)
+        l0 += float((f > 0).sum())
+    sst = float(((x - x.mean(0)) ** 2).sum())
+    return {
+        "fraction_variance_explained": 1.0 - sse / sst if sst > 0 else float("nan"),
+        "mean_l0": l0 / len(x),
+        "dead_fraction": float((~fired).float().mean()),
+        "n_tokens": len(x),
+    }
+
+
+def _init(x: torch.Tensor, settings: SAESettings, generator: torch.Generator) -> SparseAutoencoder:
+    sae = SparseAutoencoder(x.shape[1], settings.width, settings.k)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.randn(settings.width, x.shape[1], generator=generator))
+        sae.normalize_decoder()
+        sae.W_enc.copy_(sae.W_dec.T)
+        sae.b_dec.copy_(x.mean(0))
+    return sae
+
+
+def train_sae(
+    x: torch.Tensor, settings: SAESettings, log_every: int = 50
+) -> tuple[SparseAutoencoder, list[dict[str, float]], dict[str, Any]]:
+    """Train a TopK SAE on activations `[n, d_in]`; (sae, training curve, held-out quality).
+
+    The last `eval_fraction` of a seeded shuffle is held out; training cycles over the rest
+    until `tokens` tokens were seen.
+    """
+    if x.ndim != 2 or len(x) < 10:
+        raise TraitscopeError(f"SAE training needs activations [n >= 10, d], got shape {tuple(x.shape)}")
+    if settings.k > settings.width:
+        raise TraitscopeError(f"SAE k {settings.k} exceeds width {settings.width}")
+    generator = torch.Generator().manual_seed(settings.seed)
+    x = x.float()[torch.randperm(len(x), generator=generator)]
+    n_eval = max(1, int(round(len(x) * settings.eval_fraction)))
+    train, held_out = x[:-n_eval], x[-n_eval:]
+    # train on unit mean squared norm per dimension; the scale is folded back at the end
+    scale = math.sqrt(train.shape[1] / float((train - train.mean(0)).pow(2).sum(1).mean()))
+    data = train * scale
+    sae = _init(data, settings, generator)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    n_steps = max(1, math.ceil(settings.tokens / settings.batch_size))
+    last_fired = torch.zeros(settings.width, dtype=torch.long)  # tokens seen when each last fired
+    seen, order, cursor, curve = 0, torch.randperm(len(data), generator=generator), 0, []
+    variance = float(data.var(0).sum())
+    started = time.perf_counter()
+    for step in range(1, n_steps + 1):
+        if cursor + settings.batch_size > len(order):
+            order, cursor = torch.randperm(len(data), generator=generator), 0
+        batch = data[order[cursor : cursor + settings.batch_size]]
+        cursor += settings.batch_size
+        pre = sae.pre_activations(batch)
+        f = sae.activate(pre)
+        recon = sae.decode(f)
+        mse = (recon - batch).pow(2).sum(-1).mean()
+        seen += len(batch)
+        last_fired[(f > 0).any(0)] = seen
+        dead = (seen - last_fired) > settings.dead_after
+        loss = mse
+        aux = torch.zeros(())
+        if settings.aux_k and dead.any():
+            k_aux = min(settings.aux_k, int(dead.sum()))
+            masked = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
+            aux_f = torch.zeros_like(pre).scatter_(-1, masked.indices, torch.relu(masked.values))
+            residual = (batch - recon).detach()  # dead latents learn what the live ones miss
+            aux = (aux_f @ sae.W_dec - residual).pow(2).sum(-1).mean()
+            loss = mse + settings.aux_coefficient * aux
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sae.normalize_decoder()
+        if step % log_every == 0 or step == n_steps:
+            mse_value = float(mse.detach())
+            curve.append(
+                {
+                    "step": step,
+                    "tokens": seen,
+                    "mse": mse_value,
+                    "fraction_variance_explained": 1.0 - mse_value / (variance + 1e-12),
+                    "dead_fraction": float(dead.float().mean()),
+                    "aux_loss": float(aux.detach()),
+                }
+            )
+    with torch.no_grad():  # fold the input scale back: the saved SAE takes raw activations
+        sae.W_enc.mul_(scale)
+        sae.W_dec.div_(scale)
+        sae.b_dec.div_(scale)
+    sae.eval()
+    quality = {
+        "held_out": reconstruction_quality(sae, held_out),
+        "all_tokens": reconstruction_quality(sae, x),
+        "input_scale": scale,
+        "n_steps": n_steps,
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+    return sae, curve, quality
+
+
+def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
+    """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
+    import pandas as pd
+
+    from traitscope.capture.store import read_manifest, read_shards
+
+    manifest = read_manifest(capture_json)
+    if layer not in manifest["layers"]:
+        raise TraitscopeError(
+            f"{capture_json}: layer {layer} was not captured (layers {manifest['layers']}); recapture with it"
+        )
+    parts, index = [], []
+    for _, tokens, tensors in read_shards(capture_json):
+        key = f"tokens.layer.{layer}"
+        if key in tensors:
+            parts.append(tensors[key].float())
+            index.append(tokens)
+    if not parts:
+        raise TraitscopeError(
+            f"{capture_json}: no per-token activations; capture the set with token_segments"
+        )
+    return torch.cat(parts), pd.concat(index, ignore_index=True)
+
+
+def sae_train(
+    capture_json: str | Path,
+    layer: int,
+    settings: SAESettings,
+    out_dir: str | Path,
+    training_json: str | Path,
+    figure_png: str | Path,
+    model_name: str = "",
+) -> dict[str, Any]:
+    """Train on one layer's per-token activations of a capture; write the SAE folder, the
+    training record and its figure."""
+    from traitscope import plotting
+    from traitscope.capture.store import read_manifest
+
+    x, _ = layer_tokens(capture_json, layer)
+    if settings.tokens < len(x) * (1 - settings.eval_fraction):
+        note = "fewer training tokens than the capture holds: not every token is seen"
+    else:
+        passes = settings.tokens / max(1, len(x) * (1 - settings.eval_fraction))
+        note = f"{passes:.1f} passes over the training tokens"
+    sae, curve, quality = train_sae(x, settings)
+    manifest = read_manifest(capture_json)
+    metadata = {
+        "model_name": model_name or Path(manifest["model"]).parent.name,
+        "hook_name": f"blocks.{layer}.hook_resid_post",
+        "hook_layer": layer,
+        "traitscope_capture": str(capture_json),
+    }
+    save_sae(sae, out_dir, metadata)
+    record = {
+        "layer": layer,
+        "capture": str(capture_json),
+        "settings": asdict(settings),
+        "n_tokens": len(x),
+        "passes": note,
+        "curve": curve,
+        **quality,
+    }
+    write_json(training_json, record)
+    save_figure(figure_png, plotting.sae_training_figure(record, _firing_rates(sae, x)))
+    return record
+
+
+@torch.no_grad()
+def _firing_rates(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) -> list[float]:
+    """Share of tokens each latent fires on."""
+    counts = torch.zeros(sae.d_sae)
+    for start in range(0, len(x), batch):
+        counts += (sae.encode(x[start : start + batch]) > 0).float().sum(0)
+    return (counts / len(x)).tolist()
+
+
+def sae_evaluate(
+    sae_folder: str | Path,
+    capture_json: str | Path,
+    layer: int,
+    training_json: str | Path,
+    figure_png: str | Path,
+) -> dict[str, Any]:
+    """For an SAE loaded from a path: its quality on the capture's tokens, record and figure."""
+    from traitscope import plotting
+    from traitscope.capture.store import read_manifest
+
+    sae = load_sae(sae_folder)
+    check_width(sae, read_manifest(capture_json)["d_model"], str(sae_folder))
+    x, _ = layer_tokens(capture_json, layer)
+    record = {
+        "layer": layer,
+        "capture": str(capture_json),
+        "loaded_from": str(sae_folder),
+        "architecture": sae.architecture,
+        "d_sae": sae.d_sae,
+        "k": sae.k,
+        "curve": [],
+        "held_out": reconstruction_quality(sae, x),
+    }
+    write_json(training_json, record)
+    save_figure(figure_png, plotting.sae_training_figure(record, _firing_rates(sae, x)))
+    return record

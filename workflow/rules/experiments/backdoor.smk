@@ -1,0 +1,170 @@
+# Backdoor detection: a LoRA finetune with a trigger-conditioned backdoor vs its base model on
+# held-out trigger/control pairs; trait AUCs per layer and per token, and SAE features.
+# Paths and targets come from the plug-in module (traitscope.experiments.backdoor).
+import json
+
+from traitscope.experiments import backdoor as backdoor_plugin
+
+BACKDOOR = config["experiments"]["backdoor"]
+get_backdoor_targets = lambda: backdoor_plugin.targets(BACKDOOR)
+
+
+if is_enabled("backdoor"):
+    request_captures(backdoor_plugin.captures(BACKDOOR), BACKDOOR["capture"])
+    request_captures(
+        [backdoor_plugin.sae_capture(BACKDOOR)],
+        backdoor_plugin.sae_capture_settings(BACKDOOR),
+        project=False,
+    )
+    EXPERIMENT_TARGETS.append(get_backdoor_targets)
+
+    rule backdoor_data:
+        input:
+            model=f"results/models/{BACKDOOR['base']}/manifest.json",
+        output:
+            train=backdoor_plugin.training_data_path(),
+            pairs=prompts_path(BACKDOOR["prompt_set"]),
+        log:
+            "results/logs/backdoor_data.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        params:
+            data=lambda wildcards: json.dumps(BACKDOOR["data"], sort_keys=True),
+            seed=BACKDOOR["seed"],
+        shell:
+            "traitscope backdoor-data --model {input.model} --data {params.data:q} "
+            "--seed {params.seed} --train {output.train} --pairs {output.pairs} 2> {log}"
+
+    if BACKDOOR["sae"]["path"] is None:
+
+        rule sae_train:
+            input:
+                capture=f"results/capture/{BACKDOOR['base']}/{BACKDOOR['sae']['prompt_set']}/capture.json",
+            output:
+                sae=directory(backdoor_plugin.sae_dir()),
+                record=f"{backdoor_plugin.OUT_DIR}/sae_training.json",
+                png=report(
+                    f"{backdoor_plugin.OUT_DIR}/sae_training.png",
+                    caption="../../report/backdoor.rst",
+                    category="Backdoor detection",
+                ),
+            log:
+                "results/logs/sae_train.log",
+            benchmark:
+                "results/benchmarks/sae_train.tsv"
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            resources:
+                mem_mb=8000,
+            params:
+                layer=BACKDOOR["sae"]["layer"],
+                settings=json.dumps(
+                    backdoor_plugin.sae_settings(BACKDOOR), sort_keys=True
+                ),
+                model=BACKDOOR["base"],
+            shell:
+                "traitscope sae-train --capture {input.capture} --layer {params.layer} "
+                "--settings {params.settings:q} --out {output.sae} --record {output.record} "
+                "--png {output.png} --model-name {params.model} 2> {log}"
+
+    else:
+
+        rule sae_evaluate:
+            input:
+                sae=BACKDOOR["sae"]["path"],
+                capture=f"results/capture/{BACKDOOR['base']}/{BACKDOOR['sae']['prompt_set']}/capture.json",
+            output:
+                record=f"{backdoor_plugin.OUT_DIR}/sae_training.json",
+                png=report(
+                    f"{backdoor_plugin.OUT_DIR}/sae_training.png",
+                    caption="../../report/backdoor.rst",
+                    category="Backdoor detection",
+                ),
+            log:
+                "results/logs/sae_evaluate.log",
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            resources:
+                mem_mb=8000,
+            params:
+                layer=BACKDOOR["sae"]["layer"],
+            shell:
+                "traitscope sae-evaluate --sae {input.sae} --capture {input.capture} "
+                "--layer {params.layer} --record {output.record} --png {output.png} 2> {log}"
+
+    rule backdoor_analysis:
+        input:
+            **backdoor_plugin.analysis_inputs(BACKDOOR),
+        output:
+            json=f"{backdoor_plugin.OUT_DIR}/detection_auc.json",
+            traits=report(
+                f"{backdoor_plugin.OUT_DIR}/trait_comparison.png",
+                caption="../../report/backdoor.rst",
+                category="Backdoor detection",
+            ),
+            tokens=report(
+                f"{backdoor_plugin.OUT_DIR}/early_detection_tokens.png",
+                caption="../../report/backdoor.rst",
+                category="Backdoor detection",
+            ),
+        log:
+            "results/logs/backdoor_analysis.log",
+        benchmark:
+            "results/benchmarks/backdoor_analysis.tsv"
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            mem_mb=8000,
+        params:
+            variants=f"--base {BACKDOOR['base']} --backdoored {BACKDOOR['backdoored']}",
+            traits=" ".join(BACKDOOR["traits"]),
+            positions=" ".join(BACKDOOR["positions"]),
+            pattern=lambda wildcards: BACKDOOR["behaviour_pattern"],
+            generated=BACKDOOR["generated_positions"],
+            threshold=BACKDOOR["threshold"],
+            per_layer="yes" if BACKDOOR["per_layer"] else "no",
+            n_boot=BACKDOOR["n_boot"],
+            seed=BACKDOOR["seed"],
+        shell:
+            "traitscope backdoor-analysis --pairs {input.pairs} {params.variants} "
+            "--projections-base {input.projections_base} --capture-base {input.capture_base} "
+            "--projections-backdoored {input.projections_backdoored} "
+            "--capture-backdoored {input.capture_backdoored} "
+            "--traits {params.traits} --positions {params.positions} "
+            "--behaviour-pattern {params.pattern:q} --generated-positions {params.generated} "
+            "--threshold {params.threshold} --per-layer {params.per_layer} --out {output.json} "
+            "--traits-png {output.traits} --tokens-png {output.tokens} "
+            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+
+    rule backdoor_sae_features:
+        input:
+            **backdoor_plugin.sae_features_inputs(BACKDOOR),
+        output:
+            f"{backdoor_plugin.OUT_DIR}/sae_features.json",
+        log:
+            "results/logs/backdoor_sae_features.log",
+        benchmark:
+            "results/benchmarks/backdoor_sae_features.tsv"
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            mem_mb=8000,
+        params:
+            layer=BACKDOOR["sae"]["layer"],
+            positions=" ".join(BACKDOOR["positions"]),
+            generated=BACKDOOR["generated_positions"],
+            top=BACKDOOR["sae"]["top"],
+            n_boot=BACKDOOR["n_boot"],
+            seed=BACKDOOR["seed"],
+        shell:
+            "traitscope backdoor-sae-features --sae {input.sae} --layer {params.layer} "
+            "--pairs {input.pairs} --capture-base {input.capture_base} "
+            "--capture-backdoored {input.capture_backdoored} --sae-capture {input.sae_capture} "
+            "--sae-record {input.sae_record} --positions {params.positions} "
+            "--generated-positions {params.generated} --top {params.top} --out {output} "
+            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
