@@ -105,7 +105,44 @@ def _capture(a: argparse.Namespace) -> None:
 def _trait_vectors(a: argparse.Namespace) -> None:
     from traitscope.vectors.extraction import trait_vectors
 
-    trait_vectors(a.capture, a.prompts, a.out, a.meta, a.position, a.methods, a.probe_c, a.variant, a.trait)
+    trait_vectors(
+        a.capture,
+        a.prompts,
+        a.out,
+        a.meta,
+        a.position,
+        a.methods,
+        a.probe_c,
+        a.variant,
+        a.trait,
+        a.filter_judgements,
+        a.filter_trait_min,
+        a.filter_coherence_min,
+    )
+
+
+def _trait_judgements(a: argparse.Namespace) -> None:
+    from traitscope.judge import judge_from_json, trait_judgements
+
+    judge = judge_from_json(a.judge, a.judge_model)
+    try:
+        trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.splits, a.rubrics, a.out)
+    finally:
+        judge.close()
+
+
+def _trait_agreement(a: argparse.Namespace) -> None:
+    from traitscope.judge import trait_agreement
+
+    trait_agreement(a.judgements, a.out, a.n_boot, a.seed)
+
+
+def _trait_filter(a: argparse.Namespace) -> None:
+    from traitscope.vectors.filtering import trait_filter
+
+    trait_filter(
+        a.capture, a.prompts, a.judgements, a.out, a.position, a.methods, a.probe_c, a.trait_min, a.coherence_min
+    )
 
 
 def _trait_evaluation(a: argparse.Namespace) -> None:
@@ -207,6 +244,43 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--probe-c", type=float, required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--trait", required=True)
+    p.add_argument(
+        "--filter-judgements",
+        type=path_or_none,
+        required=True,
+        help="the trait's judgements.parquet to keep only judge-approved pairs, or none",
+    )
+    p.add_argument("--filter-trait-min", type=float, required=True, help="positive >= this, negative below")
+    p.add_argument("--filter-coherence-min", type=float, required=True, help="both answers >= this")
+
+    p = add("trait-judgements", _trait_judgements, "LLM-judge a trait set's captured responses")
+    p.add_argument("--capture", required=True, help="the trait set's capture.json")
+    p.add_argument("--prompts", required=True, help="the trait prompt set")
+    p.add_argument("--trait-file", required=True, help="the trait YAML (its judge_rubric)")
+    p.add_argument("--judge", required=True, help="the config's judge: section as JSON")
+    p.add_argument(
+        "--judge-model", type=path_or_none, required=True, help="local judge: its manifest.json, else none"
+    )
+    p.add_argument("--splits", nargs="+", choices=["extraction", "evaluation"], required=True)
+    p.add_argument("--rubrics", nargs="+", choices=["trait", "coherence"], required=True)
+    p.add_argument("--out", required=True, help="judgements.parquet")
+
+    p = add("trait-agreement", _trait_agreement, "judge vs instructions on held-out answers (AUC)")
+    p.add_argument("--judgements", required=True)
+    p.add_argument("--out", required=True, help="judge_agreement.json")
+    p.add_argument("--n-boot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+    p = add("trait-filter", _trait_filter, "judge-filtered extraction: survivors and AUCs with/without")
+    p.add_argument("--capture", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--judgements", required=True)
+    p.add_argument("--out", required=True, help="judge_filter.json")
+    p.add_argument("--position", required=True)
+    p.add_argument("--methods", nargs="+", required=True)
+    p.add_argument("--probe-c", type=float, required=True)
+    p.add_argument("--trait-min", type=float, required=True)
+    p.add_argument("--coherence-min", type=float, required=True)
 
     p = add("trait-evaluation", _trait_evaluation, "held-out AUC and Cohen's d per layer; chosen layer")
     p.add_argument("--vectors", required=True)

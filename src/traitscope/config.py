@@ -162,6 +162,9 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     for i, capture in enumerate(config["captures"]):
         require_variant(f"captures[{i}]", capture["variant"], config)
         require_prompt_set(f"captures[{i}]", capture["prompt_set"], config)
+    variant = config.get("judge", {}).get("local", {}).get("variant")
+    if variant is not None:
+        require_variant("judge.local.variant", variant, config)
     if config["steering_check"]["enabled"]:
         require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
     for name, section in config["experiments"].items():

@@ -52,6 +52,11 @@ DERIVED_CAPTURE = {}  # derived prompt set -> capture settings its experiment as
 EXPERIMENT_TARGETS = []  # one get_<name>_targets function per enabled experiment
 
 
+JUDGE = config["judge"]
+FILTER = config["extraction"]["filter"]
+JUDGE_VARIANT = JUDGE["local"]["variant"] or BASE
+
+
 def is_enabled(experiment):
     """Whether an experiment section is switched on (schema default: off)."""
     return config["experiments"][experiment]["enabled"]
@@ -90,6 +95,11 @@ def get_final_output():
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
+    for trait in config["traits"]:
+        if JUDGE["agreement"]:
+            out.append(f"{trait_dir(BASE, trait)}/judge_agreement.json")
+        if FILTER["enabled"]:
+            out.append(f"{trait_dir(BASE, trait)}/judge_filter.json")
     return out
 
 
@@ -226,4 +236,50 @@ def get_project_traits(wildcards, input):
     return " ".join(
         f"--trait {t} {v} {e}"
         for t, v, e in zip(config["traits"], input.vectors, input.evaluations)
+    )
+
+
+def get_judge_json():
+    """The judge: section as JSON for `--judge` (the local judge's variant resolved; the DAG-only
+    keys left out). It names the API key's variable, never a key."""
+    keys = ("backend", "min_number_mass", "cache", "coherence_rubric", "openai")
+    return json.dumps(
+        {
+            **{k: JUDGE[k] for k in keys},
+            "local": {**JUDGE["local"], "variant": JUDGE_VARIANT},
+        },
+        sort_keys=True,
+    )
+
+
+def get_judge_model(wildcards):
+    """The local judge's prepared manifest (nothing for an API judge)."""
+    if JUDGE["backend"] != "local":
+        return []
+    return [f"results/models/{JUDGE_VARIANT}/manifest.json"]
+
+
+def get_judge_model_arg(wildcards, input):
+    return f"--judge-model {input.judge_model if JUDGE['backend'] == 'local' else 'none'}"
+
+
+def get_judgement_args(wildcards):
+    """Held-out answers on the trait (agreement); with the filter on, extraction answers and
+    coherence too."""
+    if FILTER["enabled"]:
+        return "--splits extraction evaluation --rubrics trait coherence"
+    return "--splits evaluation --rubrics trait"
+
+
+def get_filter_judgements(wildcards):
+    if not FILTER["enabled"]:
+        return []
+    return [f"{trait_dir(wildcards.variant, wildcards.group + '/' + wildcards.trait)}/judgements.parquet"]
+
+
+def get_filter_args(wildcards, input):
+    judgements = input.filter if FILTER["enabled"] else "none"
+    return (
+        f"--filter-judgements {judgements} --filter-trait-min {FILTER['trait_min']} "
+        f"--filter-coherence-min {FILTER['coherence_min']}"
     )

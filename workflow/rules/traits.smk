@@ -22,6 +22,7 @@ rule trait_vectors:
     input:
         capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
         prompts="results/prompts/traits/{group}/{trait}.parquet",
+        filter=get_filter_judgements,
     output:
         vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
         meta="results/traits/{variant}/{group}/{trait}/vectors.json",
@@ -36,11 +37,12 @@ rule trait_vectors:
         position=config["extraction"]["position"],
         methods=" ".join(config["extraction"]["methods"]),
         probe_c=config["extraction"]["probe_c"],
+        filter=get_filter_args,
     shell:
         "traitscope trait-vectors --capture {input.capture} --prompts {input.prompts} "
         "--out {output.vectors} --meta {output.meta} --position {params.position} "
         "--methods {params.methods} --probe-c {params.probe_c} --variant {wildcards.variant} "
-        "--trait {wildcards.group}/{wildcards.trait} 2> {log}"
+        "--trait {wildcards.group}/{wildcards.trait} {params.filter} 2> {log}"
 
 
 rule trait_evaluation:
@@ -114,3 +116,76 @@ rule steering_check:
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "
         "--coefficient {params.coefficient} --max-new-tokens {params.max_new_tokens} "
         "--max-tokens {params.max_tokens} 2> {log}"
+
+
+rule trait_judgements:
+    input:
+        capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
+        prompts="results/prompts/traits/{group}/{trait}.parquet",
+        trait=get_trait_file,
+        judge_model=get_judge_model,
+    output:
+        "results/traits/{variant}/{group}/{trait}/judgements.parquet",
+    log:
+        "results/logs/trait_judgements/{variant}/{group}/{trait}.log",
+    benchmark:
+        "results/benchmarks/trait_judgements/{variant}/{group}/{trait}.tsv"
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    resources:
+        gpu=MODEL_GPU if JUDGE["backend"] == "local" else 0,
+        mem_mb=8000,
+    params:
+        judge=get_judge_json(),
+        judge_model=get_judge_model_arg,
+        which=get_judgement_args,
+    shell:
+        "traitscope trait-judgements --capture {input.capture} --prompts {input.prompts} "
+        "--trait-file {input.trait} --judge {params.judge:q} {params.judge_model} "
+        "{params.which} --out {output} 2> {log}"
+
+
+rule trait_agreement:
+    input:
+        "results/traits/{variant}/{group}/{trait}/judgements.parquet",
+    output:
+        "results/traits/{variant}/{group}/{trait}/judge_agreement.json",
+    log:
+        "results/logs/trait_agreement/{variant}/{group}/{trait}.log",
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    params:
+        n_boot=JUDGE["n_boot"],
+        seed=JUDGE["seed"],
+    shell:
+        "traitscope trait-agreement --judgements {input} --out {output} "
+        "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+
+
+rule trait_filter:
+    input:
+        capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
+        prompts="results/prompts/traits/{group}/{trait}.parquet",
+        judgements="results/traits/{variant}/{group}/{trait}/judgements.parquet",
+    output:
+        "results/traits/{variant}/{group}/{trait}/judge_filter.json",
+    log:
+        "results/logs/trait_filter/{variant}/{group}/{trait}.log",
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        position=config["extraction"]["position"],
+        methods=" ".join(config["extraction"]["methods"]),
+        probe_c=config["extraction"]["probe_c"],
+        trait_min=FILTER["trait_min"],
+        coherence_min=FILTER["coherence_min"],
+    shell:
+        "traitscope trait-filter --capture {input.capture} --prompts {input.prompts} "
+        "--judgements {input.judgements} --out {output} --position {params.position} "
+        "--methods {params.methods} --probe-c {params.probe_c} --trait-min {params.trait_min} "
+        "--coherence-min {params.coherence_min} 2> {log}"

@@ -263,6 +263,18 @@ def read_shards(
         )
 
 
+def read_responses(capture_json: str | Path) -> dict[str, str]:
+    """{prompt_id: generated response} of a finished capture (its prompt tables only)."""
+    path = Path(capture_json)
+    manifest = read_manifest(path)
+    folder = path.parent / manifest["shard_dir"]
+    out: dict[str, str] = {}
+    for name in manifest["shards"]:
+        table = pd.read_parquet(folder / f"{name}.prompts.parquet", columns=["prompt_id", "response"])
+        out.update(zip(table["prompt_id"], table["response"].fillna("")))
+    return out
+
+
 def load_pooled(capture_json: str | Path, pool: str) -> tuple[list[str], torch.Tensor, list[int]]:
     """(prompt ids, float32 `[n, n_layers, d]`, layers) of one pool, over every shard."""
     manifest = read_manifest(capture_json)

@@ -62,16 +62,33 @@ def trait_vectors(
     probe_c: float,
     variant: str,
     trait: str,
+    filter_judgements: str | Path | None = None,
+    trait_min: float = 50.0,
+    coherence_min: float = 50.0,
 ) -> dict[str, torch.Tensor]:
     """One vector per layer and method from the extraction split.
 
-    `mean_diff` is always built: it is the steering scale whatever method is chosen.
+    `mean_diff` is always built: it is the steering scale whatever method is chosen. With
+    `filter_judgements`, only the extraction pairs the judge passes are used
+    (`vectors.filtering`).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise TraitscopeError(f"unknown vector method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     table, x, layers = labelled_activations(capture_json, prompts, position)
+    filtered = None
+    if filter_judgements is not None:
+        from traitscope.vectors.filtering import keep_rows, surviving_pairs
+
+        kept, filtered = surviving_pairs(filter_judgements, trait_min, coherence_min)
+        rows = keep_rows(table, kept)
+        table, x = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
     pos, neg = split_groups(table, x, "extraction")
+    if filtered is not None and len(pos) < 2:
+        raise TraitscopeError(
+            f"{filter_judgements}: {len(pos)} extraction pair(s) survive the judge filter, 2 needed; "
+            "lower extraction.filter thresholds, use a stronger judge, or disable extraction.filter"
+        )
     if len(pos) < 2 or len(neg) < 2:
         raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative extraction rows")
     options = {"probe": {"c": probe_c}}
@@ -88,6 +105,7 @@ def trait_vectors(
         "n_negative": len(neg),
         "dataset_sha256": sorted(set(table["trait_sha256"].astype(str))) if "trait_sha256" in table else [],
         "shape": list(vectors["mean_diff"].shape),
+        "judge_filter": filtered,
     }
     save_safetensors(out_vectors, vectors, {"meta": json.dumps(meta)})
     write_json(out_meta, meta)

@@ -1,0 +1,196 @@
+"""Steering-vector optimisation: CMA-ES resumes after a kill to the same best vector, the PCA
+basis and the fitness gate on hand-checkable cases, and the whole experiment on the tiny model
+against the loopback OpenAI-compatible judge (a rerun makes no judge call)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from judge_server import JudgeServer
+
+from traitscope import judge as J
+from traitscope.errors import TraitscopeError
+from traitscope.experiments import steering_optimisation as so
+
+SETTINGS = so.OptimisationSettings(  # a large norm: the tiny random model's answers must move
+    components=3, popsize=3, generations=2, sigma0=0.5, coefficient=50.0, coherence_floor=20,
+    n_train=2, n_heldout=3, max_new_tokens=4, temperature=1.0, seed=0, max_tokens=2048, n_boot=200,
+)
+
+
+# ----------------------------------------------------------------------------- CMA-ES, resumable
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np
+    from traitscope.experiments.steering_optimisation import run_cmaes
+
+    state, kill_at = sys.argv[1], int(sys.argv[2])
+    target = np.array([0.5, -1.0, 2.0, 0.0, 1.0])
+
+    def evaluate(population):
+        done = len(np.load(state + ".gens.npy")) if os.path.exists(state + ".gens.npy") else 0
+        if done == kill_at:  # generations saved so far: die in the middle of the next one
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [{"fitness": -float(((x - target) ** 2).sum())} for x in population]
+
+    def mark(entry):
+        np.save(state + ".gens.npy", np.arange(entry["generation"] + 1))
+
+    result = run_cmaes(evaluate, np.zeros(5), 0.5, 6, 5, 7, state, "digest", on_generation=mark)
+    np.save(state + ".best.npy", result["best"]["x"])
+    np.save(state + ".fitness.npy", np.array([e["fitness"] for e in result["history"]]))
+    """
+)
+
+
+def run_script(tmp_path, name, kill_at):
+    script = tmp_path / "cmaes_run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / name), str(kill_at)], env=env, capture_output=True,
+        text=True, timeout=120,
+    )
+
+
+def test_a_killed_run_resumes_to_the_same_best_vector(tmp_path):
+    whole = run_script(tmp_path, "whole.pkl", -1)
+    assert whole.returncode == 0, whole.stderr
+    killed = run_script(tmp_path, "killed.pkl", 2)  # SIGKILL inside generation 3, after 2 were saved
+    assert killed.returncode == -signal.SIGKILL
+    assert len(np.load(tmp_path / "killed.pkl.gens.npy")) == 2
+    resumed = run_script(tmp_path, "killed.pkl", -1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after generation 2" in resumed.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "whole.pkl.best.npy"), np.load(tmp_path / "killed.pkl.best.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "whole.pkl.fitness.npy"), np.load(tmp_path / "killed.pkl.fitness.npy")
+    )
+
+
+def test_changed_settings_start_over_and_more_generations_continue(tmp_path):
+    calls = []
+
+    def evaluate(population):
+        calls.append(len(population))
+        return [{"fitness": -float((x**2).sum())} for x in population]
+
+    state = tmp_path / "s.pkl"
+    so.run_cmaes(evaluate, np.ones(3), 0.5, 4, 2, 0, state, "a")
+    assert len(calls) == 2
+    more = so.run_cmaes(evaluate, np.ones(3), 0.5, 4, 3, 0, state, "a")  # one more generation
+    assert len(calls) == 3 and len(more["history"]) == 3 and more["resumed_from"] == 2
+    fresh = so.run_cmaes(evaluate, np.ones(3), 0.5, 4, 2, 0, state, "b")  # other settings
+    assert len(calls) == 5 and fresh["resumed_from"] is None
+
+
+# ----------------------------------------------------------------------------- pieces by hand
+
+
+def test_gated_scores_count_incoherent_or_unscored_answers_as_zero():
+    assert so.gated_scores([80, 70, None, 90], [60, 40, 90, None], 50) == [80, 0.0, 0.0, 0.0]
+
+
+def test_pca_basis_is_the_top_principal_directions(trait_run):
+    from traitscope.vectors.extraction import labelled_activations
+
+    basis, ratio, n = so.pca_basis(trait_run["capture"], trait_run["prompts"], "response_mean", 1, 3)
+    table, x, layers = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")
+    acts = x[(table["split"] == "extraction").to_numpy()][:, layers.index(1)].double().numpy()
+    assert n == len(acts) and basis.shape == (3, acts.shape[1])
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-8)
+    cov = np.cov(acts.T, bias=True)
+    eig = np.sort(np.linalg.eigvalsh(cov))[::-1]
+    np.testing.assert_allclose(ratio, eig[:3] / eig.sum(), rtol=1e-6)
+    for k in range(3):  # each row is an eigenvector of the covariance with its eigenvalue
+        np.testing.assert_allclose(cov @ basis[k], eig[k] * basis[k], atol=1e-6 * eig[0])
+
+
+def test_check_config_names_the_problem():
+    config = {"traits": ["safety/evil"]}
+    section = {"traits": ["safety/harm"], "popsize": 4}
+    with pytest.raises(TraitscopeError, match="safety/harm"):
+        so.check_config(section, config)
+    with pytest.raises(TraitscopeError, match="popsize"):
+        so.check_config({"traits": ["safety/evil"], "popsize": 1}, config)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def test_experiment_against_an_openai_compatible_server(
+    trait_run, tiny_manifest, tiny_trait_file, tmp_path, monkeypatch
+):
+    """The experiment runs unchanged with an API judge at a base_url; a rerun makes no judge call
+    and ends at the same vector."""
+    monkeypatch.setenv("TRAITSCOPE_TEST_KEY", "sk-test")
+    with JudgeServer() as server:
+        settings = J.JudgeSettings(
+            backend="openai", min_number_mass=0.25, cache=str(tmp_path / "cache.sqlite"),
+            coherence_rubric="Coherence? ANSWER:{answer}END",
+            openai={"base_url": server.base_url, "model": "logprobs", "api_key_env": "TRAITSCOPE_TEST_KEY",
+                    "max_concurrency": 4, "max_retries": 1, "timeout": 5, "backoff": 0.01,
+                    "price_per_million_input": None, "price_per_million_output": None},
+        )
+
+        def optimise(name):
+            judge = J.Judge(settings)
+            result = so.cmaes_optimise(
+                tiny_manifest, trait_run["vectors"], trait_run["evaluation"], trait_run["capture"],
+                trait_run["prompts"], tiny_trait_file, judge, SETTINGS, tmp_path / name / "vectors",
+                tmp_path / name / "optimisation.json", tmp_path / name / "state.pkl",
+            )
+            judge.close()
+            return result
+
+        first = optimise("a")
+        calls = server.count()
+        # start + popsize x generations candidates, n_train answers each, trait and coherence
+        assert first["judge_calls"]["judgements"] == (1 + 3 * 2) * 2 * 2
+        assert 0 < calls <= first["judge_calls"]["judgements"]
+        assert len(first["history"]) == 2 and len(first["best"]["coordinates"]) == 3
+        assert first["best"]["fitness"] >= max(e["best_fitness"] for e in first["history"])
+        assert all(0 <= f <= 100 for e in first["history"] for f in e["fitness"])
+        moved = first["components_moved"]
+        assert sorted(abs(m["change"]) for m in moved)[::-1] == [abs(m["change"]) for m in moved]
+        (vector_file,) = (tmp_path / "a" / "vectors").glob("layer*.safetensors")
+        vector, meta = so.read_optimised(tmp_path / "a" / "vectors")
+        assert np.linalg.norm(vector) == pytest.approx(meta["norm"], rel=1e-5)
+        assert vector_file.name == f"layer{first['layer']}.safetensors"
+
+        again = optimise("b")  # a fresh run (no state) with the judgements cached: no judge call
+        assert server.count() == calls and again["judge_calls"]["requests"] == 0
+        assert again["best"]["coordinates"] == first["best"]["coordinates"]
+
+        judge = J.Judge(settings)
+        held = so.cmaes_heldout(
+            tiny_manifest, trait_run["vectors"], trait_run["evaluation"], tmp_path / "a" / "vectors",
+            tiny_trait_file, judge, SETTINGS, tmp_path / "heldout.json",
+        )
+        judgements = tmp_path / "judgements.parquet"
+        J.trait_judgements(trait_run["capture"], trait_run["prompts"], tiny_trait_file, judge,
+                           ["evaluation"], ["trait"], judgements)
+        judge.close()
+        J.trait_agreement(judgements, tmp_path / "agreement.json", 200, 0)
+    assert set(held["conditions"]) == set(so.CONDITIONS)
+    assert set(held["steering_delta"]) == {"mean_diff", "probe", "optimised"}
+    for stats in held["conditions"].values():
+        assert stats["trait"]["n"] + stats["trait"]["n_no_score"] == SETTINGS.n_heldout
+    gap = so.cmaes_report(
+        ["safety/tiny"], [tmp_path / "a" / "optimisation.json"], [tmp_path / "heldout.json"],
+        [tmp_path / "agreement.json"], tmp_path / "extraction_gap.json", tmp_path / "curves.png",
+    )
+    entry = gap["traits"]["safety/tiny"]
+    assert {"judge_agreement", "training", "heldout", "cosines", "components_moved", "basis"} <= set(entry)
+    assert {"optimised_vs_mean_diff", "optimised_vs_probe", "optimised_vs_start"} <= set(entry["cosines"])
+    assert gap["judge"]["backend"] == "openai" and "sk-test" not in json.dumps(gap)
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -1,0 +1,117 @@
+# Steering-vector optimisation: CMA-ES on LLM-judged behaviour vs extracted vectors (results/cmaes/).
+# Paths and targets come from the plug-in module (traitscope.experiments.steering_optimisation).
+from traitscope.experiments import steering_optimisation as so_plugin
+
+SO = config["experiments"]["steering_optimisation"]
+get_steering_optimisation_targets = lambda: so_plugin.targets(SO)
+
+
+def get_so_settings():
+    """Every experiment setting as JSON: a changed setting reruns the optimisation."""
+    return json.dumps({k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True)
+
+
+def get_so_trait_inputs(wildcards):
+    trait = f"{wildcards.group}/{wildcards.trait}"
+    paths = so_plugin.trait_inputs(BASE, trait)
+    return {
+        "model": f"results/models/{BASE}/manifest.json",
+        "vectors": paths["vectors"],
+        "evaluation": paths["evaluation"],
+        "capture": paths["capture"],
+        "prompts": paths["prompts"],
+        "trait": f"{TRAITS_DIR}/{trait}.yaml",
+        "judge_model": get_judge_model(wildcards),
+    }
+
+
+def get_so_state(wildcards):
+    return so_plugin.state_path(f"{wildcards.group}/{wildcards.trait}")
+
+
+def get_so_report_inputs(wildcards):
+    return {
+        "optimisations": [so_plugin.optimise_outputs(t)["json"] for t in SO["traits"]],
+        "heldouts": [so_plugin.heldout_output(t) for t in SO["traits"]],
+        "agreements": [so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]],
+    }
+
+
+if is_enabled("steering_optimisation"):
+    EXPERIMENT_TARGETS.append(get_steering_optimisation_targets)
+
+    rule cmaes_optimise:
+        input:
+            unpack(get_so_trait_inputs),
+        output:
+            vectors=directory(f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}"),
+            json=f"{so_plugin.OUT_DIR}/{{group}}/{{trait}}/optimisation.json",
+        log:
+            "results/logs/cmaes_optimise/{group}/{trait}.log",
+        benchmark:
+            "results/benchmarks/cmaes_optimise/{group}/{trait}.tsv"
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            gpu=MODEL_GPU,
+            mem_mb=16000,
+        params:
+            judge=get_judge_json(),
+            judge_model=get_judge_model_arg,
+            settings=get_so_settings(),
+            state=get_so_state,
+        shell:
+            "traitscope cmaes-optimise --model {input.model} --vectors {input.vectors} "
+            "--evaluation {input.evaluation} --capture {input.capture} --prompts {input.prompts} "
+            "--trait-file {input.trait} --judge {params.judge:q} {params.judge_model} "
+            "--settings {params.settings:q} --out {output.json} --out-dir {output.vectors} "
+            "--state {params.state} 2> {log}"
+
+    rule cmaes_heldout:
+        input:
+            unpack(get_so_trait_inputs),
+            optimised=f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}",
+        output:
+            f"{so_plugin.OUT_DIR}/{{group}}/{{trait}}/heldout.json",
+        log:
+            "results/logs/cmaes_heldout/{group}/{trait}.log",
+        benchmark:
+            "results/benchmarks/cmaes_heldout/{group}/{trait}.tsv"
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        resources:
+            gpu=MODEL_GPU,
+            mem_mb=16000,
+        params:
+            judge=get_judge_json(),
+            judge_model=get_judge_model_arg,
+            settings=get_so_settings(),
+        shell:
+            "traitscope cmaes-heldout --model {input.model} --vectors {input.vectors} "
+            "--evaluation {input.evaluation} --optimised {input.optimised} "
+            "--trait-file {input.trait} --judge {params.judge:q} {params.judge_model} "
+            "--settings {params.settings:q} --out {output} 2> {log}"
+
+    rule cmaes_report:
+        input:
+            unpack(get_so_report_inputs),
+        output:
+            json=f"{so_plugin.OUT_DIR}/extraction_gap.json",
+            png=report(
+                f"{so_plugin.OUT_DIR}/optimization_curves.png",
+                caption="../../report/steering_optimisation.rst",
+                category="Steering optimisation",
+            ),
+        log:
+            "results/logs/cmaes_report.log",
+        conda:
+            "../../../envs/traitscope.yaml"
+        threads: 1
+        params:
+            traits=" ".join(SO["traits"]),
+        shell:
+            "traitscope cmaes-report --traits {params.traits} "
+            "--optimisations {input.optimisations} --heldouts {input.heldouts} "
+            "--agreements {input.agreements} --out {output.json} --png {output.png} 2> {log}"
