@@ -362,7 +362,8 @@ def sae_training_figure(record: dict, firing_rates: list[float]) -> Figure:
         )
         twin.set_ylabel("share of latents dead in training")
         twin.set_ylim(0, 1)
-        ax.set_xlabel("training tokens seen")
+        ax.set_xlabel("training tokens seen (thousands)")
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}")
         ax.legend(loc="lower left", fontsize=8)
         twin.legend(loc="lower right", fontsize=8)
         title = "TopK SAE training"

@@ -222,7 +222,7 @@ def _init(x: torch.Tensor, settings: SAESettings, generator: torch.Generator) ->
 
 
 def train_sae(
-    x: torch.Tensor, settings: SAESettings, log_every: int = 50
+    x: torch.Tensor, settings: SAESettings, log_every: int | None = None
 ) -> tuple[SparseAutoencoder, list[dict[str, float]], dict[str, Any]]:
     """Train a TopK SAE on activations `[n, d_in]`; (sae, training curve, held-out quality).
 
@@ -243,6 +243,7 @@ def train_sae(
     sae = _init(data, settings, generator)
     optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     n_steps = max(1, math.ceil(settings.tokens / settings.batch_size))
+    log_every = log_every or max(1, n_steps // 50)  # about 50 points on the training curve
     last_fired = torch.zeros(settings.width, dtype=torch.long)  # tokens seen when each last fired
     seen, order, cursor, curve = 0, torch.randperm(len(data), generator=generator), 0, []
     variance = float(data.var(0).sum())
