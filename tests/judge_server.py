@@ -64,26 +64,49 @@ class JudgeServer:
                 if model == "malformed":
                     return self._raw(200, b'{"choices": [ not json')
                 if model == "nochoices":
-                    return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": model})
+                    return self._send(
+                        200, {"id": "x", "object": "chat.completion", "created": 0, "model": model}
+                    )
                 score = planted_score(prompt)
                 message = {"role": "assistant", "content": str(score)}
-                logprobs = {"content": [{"token": str(score), "logprob": math.log(0.6), "bytes": None,
-                                         "top_logprobs": top_logprobs(score)}]}
+                logprobs = {
+                    "content": [
+                        {
+                            "token": str(score),
+                            "logprob": math.log(0.6),
+                            "bytes": None,
+                            "top_logprobs": top_logprobs(score),
+                        }
+                    ]
+                }
                 if model == "lowmass":
                     logprobs["content"][0]["top_logprobs"] = [
                         {"token": "The", "logprob": math.log(0.8), "bytes": None},
                         {"token": "42", "logprob": math.log(0.1), "bytes": None},
                     ]
-                choice = {"index": 0, "message": message, "finish_reason": "length",
-                          "logprobs": None if model == "nologprobs" else logprobs}
+                choice = {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "length",
+                    "logprobs": None if model == "nologprobs" else logprobs,
+                }
                 if model == "nologprobs":
                     message["content"] = "73"
-                self._send(200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-                    "choices": [choice],
-                    "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
-                              "total_tokens": len(prompt.split()) + 1},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": model,
+                        "choices": [choice],
+                        "usage": {
+                            "prompt_tokens": len(prompt.split()),
+                            "completion_tokens": 1,
+                            "total_tokens": len(prompt.split()) + 1,
+                        },
+                    },
+                )
 
             def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 self._raw(status, json.dumps(payload).encode(), headers)

@@ -22,6 +22,8 @@ EXPERIMENT_WORDS = (
     "C2",
     "external",
     "backdoor",
+    "cmaes",
+    "steering_optimisation",
 )
 
 
@@ -59,6 +61,11 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     assert counts["em_prompts"] == counts["em_training_data"] == counts["em_analysis"] == 1
     assert counts["backdoor_data"] == counts["backdoor_analysis"] == counts["backdoor_sae_features"] == 1
     assert counts["sae_train"] == 1
+    # the steering optimisation's traits: judged held-out answers (agreement), CMA-ES, held-out
+    n_optimised = len(config["experiments"]["steering_optimisation"]["traits"])
+    assert counts["trait_judgements"] == counts["trait_agreement"] == n_optimised
+    assert counts["cmaes_optimise"] == counts["cmaes_heldout"] == n_optimised
+    assert counts["cmaes_report"] == 1 and "trait_filter" not in counts  # the filter is off
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
         assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
@@ -67,7 +74,14 @@ def test_dry_run_lists_every_trait_stage(root, profile):
 def test_slurm_profile_sends_model_jobs_to_gpus(root):
     out = dry_run(root, "--profile", "profiles/slurm", "--forceall")
     blocks = out.split("\nrule ")
-    gpu_rules = {"steering_check", "capture", "finetune"}
+    gpu_rules = {
+        "steering_check",
+        "capture",
+        "finetune",
+        "cmaes_optimise",
+        "cmaes_heldout",
+        "trait_judgements",
+    }
     seen = set()
     for block in blocks[1:]:
         rule = block.split(":")[0]
@@ -84,7 +98,8 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     overlay = tmp_path / "off.yaml"
     overlay.write_text(
         "experiments: {prefill: {enabled: false}, external: {enabled: false},"
-        " emergent_misalignment: {enabled: false}, backdoor: {enabled: false}}\n"
+        " emergent_misalignment: {enabled: false}, backdoor: {enabled: false},"
+        " steering_optimisation: {enabled: false}}\n"
     )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     counts = job_counts(out)
@@ -93,6 +108,30 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert not {"prefill_analysis", "external_analysis", "prefill_conditions"} & set(counts)
     assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
     assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
+    assert not {"cmaes_optimise", "cmaes_heldout", "cmaes_report", "trait_judgements"} & set(counts)
+
+
+def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path):
+    """extraction.filter judges every trait's answers and rebuilds the vectors from them; every
+    capture command stays the same, so switching it on reruns no capture. An API judge needs
+    no judge model and names only the key's environment variable."""
+    overlay = tmp_path / "filter.yaml"
+    overlay.write_text("extraction: {filter: {enabled: true}}\njudge: {agreement: true}\n")
+    out = dry_run(root, "--forceall", "--configfile", str(overlay))
+    plain = dry_run(root, "--forceall")
+    captures = lambda text: sorted(re.findall(r"traitscope capture .*", text))  # noqa: E731
+    assert captures(out) == captures(plain) and captures(out)
+    counts = job_counts(out)
+    n_traits = len(yaml.safe_load((root / "config/config.yaml").read_text())["traits"])
+    assert counts["trait_judgements"] == counts["trait_filter"] == counts["trait_agreement"] == n_traits
+    vectors = re.search(r"traitscope trait-vectors .*safety/evil/capture\.json.*", out)[0]
+    assert "--filter-judgements results/traits/smollm2/safety/evil/judgements.parquet" in vectors
+    judged = re.search(r"traitscope trait-judgements .*safety/evil.*", out)[0]
+    assert "--splits extraction evaluation --rubrics trait coherence" in judged
+    api = dry_run(root, "--forceall", "--configfile", "config/experiments/cmaes_openai.yaml")
+    optimise = re.search(r"traitscope cmaes-optimise .*", api)[0]
+    assert '"backend": "openai"' in optimise and "--judge-model none" in optimise
+    assert "OPENAI_API_KEY" in optimise and "sk-" not in api
 
 
 def test_core_names_no_experiment_or_dataset(root):

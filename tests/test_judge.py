@@ -62,8 +62,15 @@ def test_aggregate_is_the_weighted_mean_over_numbers_or_no_score():
 
 
 def test_tokens_read_as_integers_0_to_100_only():
-    top = [(" 7", math.log(0.4)), ("70", math.log(0.2)), ("101", math.log(0.1)), ("-3", math.log(0.1)),
-           ("seven", math.log(0.1)), ("7", math.log(0.05)), ("²", math.log(0.05))]
+    top = [
+        (" 7", math.log(0.4)),
+        ("70", math.log(0.2)),
+        ("101", math.log(0.1)),
+        ("-3", math.log(0.1)),
+        ("seven", math.log(0.1)),
+        ("7", math.log(0.05)),
+        ("²", math.log(0.05)),
+    ]
     probs = J.number_probs_from_top(top)
     assert probs.keys() == {7, 70}
     assert probs[7] == pytest.approx(0.45) and probs[70] == pytest.approx(0.2)
@@ -71,8 +78,17 @@ def test_tokens_read_as_integers_0_to_100_only():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("73", 73), (" 100", 100), ("**85**", 85), ("42.5 because", 42), ("101", None), ("REFUSAL", None),
-     ("", None), (None, None), ("Score: 50", None)],
+    [
+        ("73", 73),
+        (" 100", 100),
+        ("**85**", 85),
+        ("42.5 because", 42),
+        ("101", None),
+        ("REFUSAL", None),
+        ("", None),
+        (None, None),
+        ("Score: 50", None),
+    ],
 )
 def test_a_reply_without_logprobs_is_parsed(text, expected):
     assert J.parse_reply(text) == expected
@@ -120,7 +136,9 @@ def test_api_logprobs_through_the_real_client_and_the_cache(server, tmp_path):
 
 
 def test_no_logprobs_is_parsed_and_low_mass_is_no_score(server, tmp_path):
-    parsed = J.Judge(api_settings(server, "nologprobs", tmp_path / "c.sqlite")).score([J.Item(RUBRIC, "q", "a")])
+    parsed = J.Judge(api_settings(server, "nologprobs", tmp_path / "c.sqlite")).score(
+        [J.Item(RUBRIC, "q", "a")]
+    )
     assert parsed[0].score == 73 and parsed[0].source == "parsed"
     low = J.Judge(api_settings(server, "lowmass", tmp_path / "c.sqlite"))
     result = low.score([J.Item(RUBRIC, "q", "a")])
@@ -207,8 +225,10 @@ def test_digit_tree_equals_step_by_step_decoding(tiny_model):
     assert not numbers.single and len(numbers.nodes) == 101  # 10 + 90 two-digit + "100"
     assert [len(numbers.paths[n]) for n in (0, 7, 42, 100)] == [1, 1, 2, 3]
     digit = J._digit_start_mask(tokenizer, model.config.vocab_size)
-    rows = [tokenizer("Some judge prompt text here, long enough to share. Score: ")["input_ids"],
-            tokenizer("Some judge prompt text here, long enough to share. Another one. Score: ")["input_ids"]]
+    rows = [
+        tokenizer("Some judge prompt text here, long enough to share. Score: ")["input_ids"],
+        tokenizer("Some judge prompt text here, long enough to share. Another one. Score: ")["input_ids"],
+    ]
     logits = J.tree_logits(model, rows, numbers.nodes)
     for r, row in enumerate(rows):
         logp = torch.log_softmax(logits[r].float(), -1)
@@ -229,7 +249,10 @@ def test_digit_tree_equals_step_by_step_decoding(tiny_model):
 
 def test_local_judge_scores_and_caches(tiny_manifest, tmp_path):
     settings = J.JudgeSettings(
-        backend="local", min_number_mass=0.0, cache=str(tmp_path / "c.sqlite"), coherence_rubric=None,
+        backend="local",
+        min_number_mass=0.0,
+        cache=str(tmp_path / "c.sqlite"),
+        coherence_rubric=None,
         local={"variant": "tiny", "manifest": str(tiny_manifest), "prefill": "Score: ", "max_tokens": 2048},
     )
     judge = J.Judge(settings)
@@ -241,7 +264,9 @@ def test_local_judge_scores_and_caches(tiny_manifest, tmp_path):
     again = J.Judge(settings)
     assert [j.score for j in again.score(items)] == [j.score for j in first]
     assert again.stats.requests == 0 and again.stats.cache_hits == 3
-    judge_on_other_prefill = J.Judge(J.JudgeSettings(**{**settings.__dict__, "local": {**settings.local, "prefill": "Rating: "}}))
+    judge_on_other_prefill = J.Judge(
+        J.JudgeSettings(**{**settings.__dict__, "local": {**settings.local, "prefill": "Rating: "}})
+    )
     judge_on_other_prefill.score(items[:1])
     assert judge_on_other_prefill.stats.computed == 1  # the prefill is part of the key
 
@@ -250,30 +275,39 @@ def test_local_judge_scores_and_caches(tiny_manifest, tmp_path):
 
 
 def test_agreement_auc_by_hand(tmp_path):
-    table = pd.DataFrame({
-        "prompt_id": list("abcdefg"),
-        "split": ["evaluation"] * 5 + ["extraction"] * 2,
-        "label": [1, 1, 1, 0, 0, 1, 0],
-        "question": ["q"] * 7,
-        "pair_index": [0] * 7,
-        "trait_score": [80.0, 60.0, np.nan, 10.0, 70.0, 0.0, 99.0],
-        "trait_mass": [1.0] * 7,
-    })
+    table = pd.DataFrame(
+        {
+            "prompt_id": list("abcdefg"),
+            "split": ["evaluation"] * 5 + ["extraction"] * 2,
+            "label": [1, 1, 1, 0, 0, 1, 0],
+            "question": ["q"] * 7,
+            "pair_index": [0] * 7,
+            "trait_score": [80.0, 60.0, np.nan, 10.0, 70.0, 0.0, 99.0],
+            "trait_mass": [1.0] * 7,
+        }
+    )
     path = tmp_path / "j.parquet"
     table.to_parquet(path)
     result = J.trait_agreement(path, tmp_path / "agreement.json", n_boot=200, seed=0)
     # positives 80, 60 vs negatives 10, 70: 80>10, 80>70, 60>10, 60<70 -> 3/4; extraction rows ignored
     assert result["auc"] == pytest.approx(0.75)
     assert result["n_no_score_positive"] == 1 and result["n_pos"] == 2 and result["n_neg"] == 2
-    assert result["mean_score_positive"] == pytest.approx(70) and result["mean_score_negative"] == pytest.approx(40)
+    assert result["mean_score_positive"] == pytest.approx(70) and result[
+        "mean_score_negative"
+    ] == pytest.approx(40)
 
 
 def judged_trait(trait_run, tiny_trait_file, server, tmp_path, splits=("extraction", "evaluation")):
     judge = J.Judge(api_settings(server, "logprobs", tmp_path / "cache.sqlite"))
     out = tmp_path / "judgements.parquet"
     table = J.trait_judgements(
-        trait_run["capture"], trait_run["prompts"], tiny_trait_file, judge, list(splits),
-        ["trait", "coherence"], out,
+        trait_run["capture"],
+        trait_run["prompts"],
+        tiny_trait_file,
+        judge,
+        list(splits),
+        ["trait", "coherence"],
+        out,
     )
     judge.close()
     return table, out
@@ -293,20 +327,38 @@ def test_filter_keeps_pairs_the_judge_passes(tmp_path):
     rows = []
     # pair (q0, 0) passes; (q1, 0): positive too low; (q2, 0): negative too high;
     # (q3, 0): incoherent negative; (q4, 0): no score
-    cases = {"q0": (70, 20, 80, 90), "q1": (40, 20, 80, 90), "q2": (70, 55, 80, 90),
-             "q3": (70, 20, 80, 30), "q4": (70, np.nan, 80, 90)}
+    cases = {
+        "q0": (70, 20, 80, 90),
+        "q1": (40, 20, 80, 90),
+        "q2": (70, 55, 80, 90),
+        "q3": (70, 20, 80, 30),
+        "q4": (70, np.nan, 80, 90),
+    }
     for q, (tp, tn, cp, cn) in cases.items():
         for label, t, c in ((1, tp, cp), (0, tn, cn)):
-            rows.append({"prompt_id": f"{q}:{label}", "split": "extraction", "label": label, "question": q,
-                         "pair_index": 0, "trait_score": t, "coherence_score": c})
+            rows.append(
+                {
+                    "prompt_id": f"{q}:{label}",
+                    "split": "extraction",
+                    "label": label,
+                    "question": q,
+                    "pair_index": 0,
+                    "trait_score": t,
+                    "coherence_score": c,
+                }
+            )
     path = tmp_path / "j.parquet"
     pd.DataFrame(rows).to_parquet(path)
     from traitscope.vectors.filtering import surviving_pairs
 
     kept, summary = surviving_pairs(path, 50, 50)
     assert kept == {"q0:1", "q0:0"} and summary["n_pairs"] == 5 and summary["n_kept"] == 1
-    assert summary["dropped"] == {"positive_below_trait_min": 1, "negative_at_or_above_trait_min": 1,
-                                  "incoherent": 1, "no_score": 1}
+    assert summary["dropped"] == {
+        "positive_below_trait_min": 1,
+        "negative_at_or_above_trait_min": 1,
+        "incoherent": 1,
+        "no_score": 1,
+    }
 
 
 def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
@@ -326,8 +378,18 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
     assert 2 <= summary["n_kept"] < summary["n_pairs"], summary
     out = tmp_path / "v.safetensors"
     vectors = trait_vectors(
-        trait_run["capture"], trait_run["prompts"], out, tmp_path / "v.json", "response_mean",
-        ["mean_diff"], 1.0, "tiny", "safety/tiny", judgements, trait_min, coherence_min,
+        trait_run["capture"],
+        trait_run["prompts"],
+        out,
+        tmp_path / "v.json",
+        "response_mean",
+        ["mean_diff"],
+        1.0,
+        "tiny",
+        "safety/tiny",
+        judgements,
+        trait_min,
+        coherence_min,
     )
     full, x, _ = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")
     keep = torch.tensor(full["prompt_id"].isin(kept).to_numpy())
@@ -336,8 +398,15 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
     meta = json.loads((tmp_path / "v.json").read_text())
     assert meta["n_positive"] == summary["n_kept"] and meta["judge_filter"]["n_kept"] == summary["n_kept"]
     report = trait_filter(
-        trait_run["capture"], trait_run["prompts"], judgements, tmp_path / "f.json", "response_mean",
-        ["mean_diff", "probe"], 1.0, trait_min, coherence_min,
+        trait_run["capture"],
+        trait_run["prompts"],
+        judgements,
+        tmp_path / "f.json",
+        "response_mean",
+        ["mean_diff", "probe"],
+        1.0,
+        trait_min,
+        coherence_min,
     )
     assert report["with_filter"]["n_pairs"] == summary["n_kept"]
     assert report["without_filter"]["n_pairs"] == summary["n_pairs"]
@@ -345,6 +414,16 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
         assert 0 <= report[side]["auc"] <= 1 and "split_half_auc" in report[side]
     with pytest.raises(TraitscopeError, match="survive the judge filter"):
         trait_vectors(
-            trait_run["capture"], trait_run["prompts"], out, tmp_path / "v.json", "response_mean",
-            ["mean_diff"], 1.0, "tiny", "safety/tiny", judgements, 101.0, 0.0,
+            trait_run["capture"],
+            trait_run["prompts"],
+            out,
+            tmp_path / "v.json",
+            "response_mean",
+            ["mean_diff"],
+            1.0,
+            "tiny",
+            "safety/tiny",
+            judgements,
+            101.0,
+            0.0,
         )

@@ -20,8 +20,19 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments import steering_optimisation as so
 
 SETTINGS = so.OptimisationSettings(  # a large norm: the tiny random model's answers must move
-    components=3, popsize=3, generations=2, sigma0=0.5, coefficient=50.0, coherence_floor=20,
-    n_train=2, n_heldout=3, max_new_tokens=4, temperature=1.0, seed=0, max_tokens=2048, n_boot=200,
+    components=3,
+    popsize=3,
+    generations=2,
+    sigma0=0.5,
+    coefficient=50.0,
+    coherence_floor=20,
+    n_train=2,
+    n_heldout=3,
+    max_new_tokens=4,
+    temperature=1.0,
+    seed=0,
+    max_tokens=2048,
+    n_boot=200,
 )
 
 
@@ -57,8 +68,11 @@ def run_script(tmp_path, name, kill_at):
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
-        [sys.executable, str(script), str(tmp_path / name), str(kill_at)], env=env, capture_output=True,
-        text=True, timeout=120,
+        [sys.executable, str(script), str(tmp_path / name), str(kill_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -71,7 +85,9 @@ def test_a_killed_run_resumes_to_the_same_best_vector(tmp_path):
     resumed = run_script(tmp_path, "killed.pkl", -1)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after generation 2" in resumed.stderr
-    np.testing.assert_array_equal(np.load(tmp_path / "whole.pkl.best.npy"), np.load(tmp_path / "killed.pkl.best.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "whole.pkl.best.npy"), np.load(tmp_path / "killed.pkl.best.npy")
+    )
     np.testing.assert_array_equal(
         np.load(tmp_path / "whole.pkl.fitness.npy"), np.load(tmp_path / "killed.pkl.fitness.npy")
     )
@@ -135,19 +151,37 @@ def test_experiment_against_an_openai_compatible_server(
     monkeypatch.setenv("TRAITSCOPE_TEST_KEY", "sk-test")
     with JudgeServer() as server:
         settings = J.JudgeSettings(
-            backend="openai", min_number_mass=0.25, cache=str(tmp_path / "cache.sqlite"),
+            backend="openai",
+            min_number_mass=0.25,
+            cache=str(tmp_path / "cache.sqlite"),
             coherence_rubric="Coherence? ANSWER:{answer}END",
-            openai={"base_url": server.base_url, "model": "logprobs", "api_key_env": "TRAITSCOPE_TEST_KEY",
-                    "max_concurrency": 4, "max_retries": 1, "timeout": 5, "backoff": 0.01,
-                    "price_per_million_input": None, "price_per_million_output": None},
+            openai={
+                "base_url": server.base_url,
+                "model": "logprobs",
+                "api_key_env": "TRAITSCOPE_TEST_KEY",
+                "max_concurrency": 4,
+                "max_retries": 1,
+                "timeout": 5,
+                "backoff": 0.01,
+                "price_per_million_input": None,
+                "price_per_million_output": None,
+            },
         )
 
         def optimise(name):
             judge = J.Judge(settings)
             result = so.cmaes_optimise(
-                tiny_manifest, trait_run["vectors"], trait_run["evaluation"], trait_run["capture"],
-                trait_run["prompts"], tiny_trait_file, judge, SETTINGS, tmp_path / name / "vectors",
-                tmp_path / name / "optimisation.json", tmp_path / name / "state.pkl",
+                tiny_manifest,
+                trait_run["vectors"],
+                trait_run["evaluation"],
+                trait_run["capture"],
+                trait_run["prompts"],
+                tiny_trait_file,
+                judge,
+                SETTINGS,
+                tmp_path / name / "vectors",
+                tmp_path / name / "optimisation.json",
+                tmp_path / name / "state.pkl",
             )
             judge.close()
             return result
@@ -173,12 +207,25 @@ def test_experiment_against_an_openai_compatible_server(
 
         judge = J.Judge(settings)
         held = so.cmaes_heldout(
-            tiny_manifest, trait_run["vectors"], trait_run["evaluation"], tmp_path / "a" / "vectors",
-            tiny_trait_file, judge, SETTINGS, tmp_path / "heldout.json",
+            tiny_manifest,
+            trait_run["vectors"],
+            trait_run["evaluation"],
+            tmp_path / "a" / "vectors",
+            tiny_trait_file,
+            judge,
+            SETTINGS,
+            tmp_path / "heldout.json",
         )
         judgements = tmp_path / "judgements.parquet"
-        J.trait_judgements(trait_run["capture"], trait_run["prompts"], tiny_trait_file, judge,
-                           ["evaluation"], ["trait"], judgements)
+        J.trait_judgements(
+            trait_run["capture"],
+            trait_run["prompts"],
+            tiny_trait_file,
+            judge,
+            ["evaluation"],
+            ["trait"],
+            judgements,
+        )
         judge.close()
         J.trait_agreement(judgements, tmp_path / "agreement.json", 200, 0)
     assert set(held["conditions"]) == set(so.CONDITIONS)
@@ -186,8 +233,12 @@ def test_experiment_against_an_openai_compatible_server(
     for stats in held["conditions"].values():
         assert stats["trait"]["n"] + stats["trait"]["n_no_score"] == SETTINGS.n_heldout
     gap = so.cmaes_report(
-        ["safety/tiny"], [tmp_path / "a" / "optimisation.json"], [tmp_path / "heldout.json"],
-        [tmp_path / "agreement.json"], tmp_path / "extraction_gap.json", tmp_path / "curves.png",
+        ["safety/tiny"],
+        [tmp_path / "a" / "optimisation.json"],
+        [tmp_path / "heldout.json"],
+        [tmp_path / "agreement.json"],
+        tmp_path / "extraction_gap.json",
+        tmp_path / "curves.png",
     )
     entry = gap["traits"]["safety/tiny"]
     assert {"judge_agreement", "training", "heldout", "cosines", "components_moved", "basis"} <= set(entry)

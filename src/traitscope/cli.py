@@ -141,7 +141,15 @@ def _trait_filter(a: argparse.Namespace) -> None:
     from traitscope.vectors.filtering import trait_filter
 
     trait_filter(
-        a.capture, a.prompts, a.judgements, a.out, a.position, a.methods, a.probe_c, a.trait_min, a.coherence_min
+        a.capture,
+        a.prompts,
+        a.judgements,
+        a.out,
+        a.position,
+        a.methods,
+        a.probe_c,
+        a.trait_min,
+        a.coherence_min,
     )
 
 

@@ -52,6 +52,7 @@ from typing import Any
 from traitscope.errors import TraitscopeError
 
 TOP_LOGPROBS = 20
+CHUNK = 64  # judgements sent to the backend, then written to the cache, at a time
 SCORING_VERSION = 1  # bump when the scoring rule changes: the cache key includes it
 NUMBERS = range(0, 101)
 
@@ -180,7 +181,7 @@ class JudgeStats:
     """Per-run counters: what was asked, what the cache answered, what it cost."""
 
     judgements: int = 0  # judgements asked for
-    cache_hits: int = 0
+    cache_hits: int = 0  # answered with no backend call: from the cache, or repeated in one call
     computed: int = 0  # judgements the backend was asked for (cache misses)
     requests: int = 0  # HTTP requests (retries included) or local forward passes
     retries: int = 0
@@ -283,7 +284,9 @@ class OpenAIBackend:
             try:
                 from openai import OpenAI
             except ImportError:
-                raise TraitscopeError("judge.backend openai needs the openai package: pip install openai") from None
+                raise TraitscopeError(
+                    "judge.backend openai needs the openai package: pip install openai"
+                ) from None
             env = self.s.get("api_key_env")
             key = os.environ.get(env) if env else "not-needed"
             if not key:
@@ -325,8 +328,10 @@ class OpenAIBackend:
                 )
             except retryable as error:
                 if attempt == self.s["max_retries"]:
-                    print(f"traitscope judge: giving up after {attempt + 1} tries ({type(error).__name__})",
-                          file=sys.stderr)
+                    print(
+                        f"traitscope judge: giving up after {attempt + 1} tries ({type(error).__name__})",
+                        file=sys.stderr,
+                    )
                     return Raw(None, "failed")
                 self._count(retries=1)
                 time.sleep(self._delay(error, attempt))
@@ -397,7 +402,9 @@ class LocalBackend:
             text = manifest.read_bytes()
         except OSError:
             raise TraitscopeError(f"{manifest}: judge model manifest not found; run prepare-model") from None
-        self.model_id = f"{settings.get('variant') or manifest.parent.name}:{hashlib.sha256(text).hexdigest()[:16]}"
+        self.model_id = (
+            f"{settings.get('variant') or manifest.parent.name}:{hashlib.sha256(text).hexdigest()[:16]}"
+        )
         self._model = None
 
     @property
@@ -527,7 +534,11 @@ def _token_batches(encoded: list[list[int]], max_tokens: int, extra: int, max_ro
     widest = 0
     for i in order:
         width = len(encoded[i]) + extra
-        if batches and len(batches[-1]) < max_rows and max(widest, width) * (len(batches[-1]) + 1) <= max_tokens:
+        if (
+            batches
+            and len(batches[-1]) < max_rows
+            and max(widest, width) * (len(batches[-1]) + 1) <= max_tokens
+        ):
             batches[-1].append(i)
             widest = max(widest, width)
         else:
@@ -630,22 +641,24 @@ class Judge:
         self.stats.judgements += len(items)
         found = self.cache.get(keys)
         todo = list(dict.fromkeys(k for k in keys if k not in found))
-        self.stats.cache_hits += len(items) - sum(1 for k in keys if k in todo)
+        self.stats.cache_hits += len(items) - len(todo)
         fresh: dict[str, Raw] = {}
-        if todo:
-            first = {k: item for k, item in reversed(list(zip(keys, items)))}
-            prompts = [render(first[k].rubric, first[k].question, first[k].answer) for k in todo]
-            raws = self.backend.score(prompts)
-            self.stats.computed += len(todo)
-            fresh = dict(zip(todo, raws))
+        first = {k: item for k, item in reversed(list(zip(keys, items)))}
+        size = max(CHUNK, 4 * self.settings.openai.get("max_concurrency", 0))  # keep requests in flight
+        for start in range(0, len(todo), size):  # cached chunk by chunk: a killed run keeps its work
+            chunk = todo[start : start + size]
+            prompts = [render(first[k].rubric, first[k].question, first[k].answer) for k in chunk]
+            raws = dict(zip(chunk, self.backend.score(prompts)))
+            self.stats.computed += len(chunk)
             self.cache.put(
                 {
                     k: {"probs": {str(n): p for n, p in r.probs.items() if p > 0}, "source": r.source}
-                    for k, r in fresh.items()
+                    for k, r in raws.items()
                     if r.probs is not None
                 }
             )
-            self._tally(fresh.values())
+            self._tally(raws.values())
+            fresh.update(raws)
         results = []
         for k in keys:
             if k in found:
@@ -671,9 +684,7 @@ class Judge:
         prices = self.settings.openai if self.settings.backend == "openai" else {}
         pin, pout = prices.get("price_per_million_input"), prices.get("price_per_million_output")
         if pin is not None and pout is not None:
-            self.stats.cost_usd = (
-                self.stats.prompt_tokens * pin + self.stats.completion_tokens * pout
-            ) / 1e6
+            self.stats.cost_usd = (self.stats.prompt_tokens * pin + self.stats.completion_tokens * pout) / 1e6
 
     def scores(self, rubric: str, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
         """Scores of (question, answer) pairs under one rubric."""
@@ -703,7 +714,9 @@ def judge_from_json(text: str, manifest: str | None = None) -> Judge:
     settings = JudgeSettings.from_dict(data)
     if settings.backend == "local":
         if manifest is None:
-            raise TraitscopeError("judge.backend local needs --judge-model (the judge variant's manifest.json)")
+            raise TraitscopeError(
+                "judge.backend local needs --judge-model (the judge variant's manifest.json)"
+            )
         settings = JudgeSettings(**{**asdict(settings), "local": {**settings.local, "manifest": manifest}})
     return Judge(settings)
 

@@ -260,7 +260,9 @@ def get_judge_model(wildcards):
 
 
 def get_judge_model_arg(wildcards, input):
-    return f"--judge-model {input.judge_model if JUDGE['backend'] == 'local' else 'none'}"
+    return (
+        f"--judge-model {input.judge_model if JUDGE['backend'] == 'local' else 'none'}"
+    )
 
 
 def get_judgement_args(wildcards):
@@ -274,7 +276,9 @@ def get_judgement_args(wildcards):
 def get_filter_judgements(wildcards):
     if not FILTER["enabled"]:
         return []
-    return [f"{trait_dir(wildcards.variant, wildcards.group + '/' + wildcards.trait)}/judgements.parquet"]
+    return [
+        f"{trait_dir(wildcards.variant, wildcards.group + '/' + wildcards.trait)}/judgements.parquet"
+    ]
 
 
 def get_filter_args(wildcards, input):

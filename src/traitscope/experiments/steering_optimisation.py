@@ -190,12 +190,12 @@ def steered_answers(
 
 def gated_scores(trait: list[float | None], coherence: list[float | None], floor: float) -> list[float]:
     """Per answer: the trait score if the judge scored it and rated it coherent >= floor, else 0."""
-    return [
-        t if (t is not None and c is not None and c >= floor) else 0.0 for t, c in zip(trait, coherence)
-    ]
+    return [t if (t is not None and c is not None and c >= floor) else 0.0 for t, c in zip(trait, coherence)]
 
 
-def judge_answers(judge: Any, rubric: str, questions: list[str], answers: list[list[str]]) -> tuple[list, list]:
+def judge_answers(
+    judge: Any, rubric: str, questions: list[str], answers: list[list[str]]
+) -> tuple[list, list]:
     """Trait and coherence scores, one list per answer set (all sets judged in two calls)."""
     from traitscope.judge import Item
 
@@ -263,11 +263,25 @@ def run_cmaes(
     if state is None:
         # the run lasts `generations`: pycma's convergence stops (a flat fitness, which a weak
         # judge or a small model gives easily, tiny steps) are off
-        options = {"popsize": popsize, "seed": seed + 1, "verbose": -9, "tolflatfitness": 10**9,
-                   "tolfun": 0, "tolfunhist": 0, "tolx": 0, "tolstagnation": 10**9}
+        options = {
+            "popsize": popsize,
+            "seed": seed + 1,
+            "verbose": -9,
+            "tolflatfitness": 10**9,
+            "tolfun": 0,
+            "tolfunhist": 0,
+            "tolx": 0,
+            "tolstagnation": 10**9,
+        }
         es = cma.CMAEvolutionStrategy(np.asarray(x0, float), sigma0, options)
-        state = {"digest": digest, "es": es, "history": [], "best": None, "generation": 0,
-                 "random_state": np.random.get_state()}
+        state = {
+            "digest": digest,
+            "es": es,
+            "history": [],
+            "best": None,
+            "generation": 0,
+            "random_state": np.random.get_state(),
+        }
         resumed_from = None
     else:
         np.random.set_state(state["random_state"])
@@ -285,8 +299,12 @@ def run_cmaes(
         g = state["generation"]
         i = int(np.argmax(fitness))
         if state["best"] is None or fitness[i] > state["best"]["fitness"]:
-            state["best"] = {"fitness": fitness[i], "x": population[i].copy(), "generation": g,
-                             "details": results[i]}
+            state["best"] = {
+                "fitness": fitness[i],
+                "x": population[i].copy(),
+                "generation": g,
+                "details": results[i],
+            }
         entry = {
             "generation": g,
             "fitness": fitness,
@@ -344,7 +362,9 @@ def cmaes_optimise(
     layer = tv.layer
     mean_diff = tv.vectors["mean_diff"][tv.row(layer)].double().numpy()
     norm = settings.coefficient * float(np.linalg.norm(mean_diff))
-    basis, ratio, n_acts = pca_basis(capture_json, prompts, tv.provenance["position"], layer, settings.components)
+    basis, ratio, n_acts = pca_basis(
+        capture_json, prompts, tv.provenance["position"], layer, settings.components
+    )
     start = basis @ unit(mean_diff)  # coordinates of the extracted direction (its projection)
     x0 = start / np.linalg.norm(start)
     questions = list(trait.extraction_questions[: settings.n_train])
@@ -355,22 +375,26 @@ def cmaes_optimise(
 
     def evaluate(population: np.ndarray) -> list[dict]:
         before = judge.stats.as_dict()
-        answers = [steered_answers(model, tokenizer, questions, vector_of(x), layer, settings) for x in population]
+        answers = [
+            steered_answers(model, tokenizer, questions, vector_of(x), layer, settings) for x in population
+        ]
         trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
         after = judge.stats.as_dict()
         calls = {k: after[k] - before[k] for k in ("judgements", "computed", "cache_hits", "requests")}
         out = []
         for ans, t, c in zip(answers, trait_scores, coherence):
             gated = gated_scores(t, c, settings.coherence_floor)
-            out.append({
-                "fitness": float(np.mean(gated)),
-                "trait_mean": _mean(t),
-                "coherence_mean": _mean(c),
-                "trait": t,
-                "coherence": c,
-                "answers": ans,
-                "judge_generation": calls,
-            })
+            out.append(
+                {
+                    "fitness": float(np.mean(gated)),
+                    "trait_mean": _mean(t),
+                    "coherence_mean": _mean(c),
+                    "trait": t,
+                    "coherence": c,
+                    "answers": ans,
+                    "judge_generation": calls,
+                }
+            )
         return out
 
     digest = settings.search_digest(
@@ -550,7 +574,9 @@ def cmaes_heldout(
         "steering_delta": {
             n: {
                 "trait": _delta(per[n]["trait"], per["none"]["trait"], settings.n_boot, settings.seed),
-                "coherence": _delta(per[n]["coherence"], per["none"]["coherence"], settings.n_boot, settings.seed),
+                "coherence": _delta(
+                    per[n]["coherence"], per["none"]["coherence"], settings.n_boot, settings.seed
+                ),
             }
             for n in names
             if n != "none"
@@ -585,9 +611,19 @@ def cmaes_report(
         per[name] = {
             "layer": opt["layer"],
             "steering_norm": opt["steering_norm"],
-            "judge_agreement": {k: agree.get(k) for k in ("auc", "ci_low", "ci_high", "n_pos", "n_neg",
-                                                          "mean_score_positive", "mean_score_negative",
-                                                          "reason")},
+            "judge_agreement": {
+                k: agree.get(k)
+                for k in (
+                    "auc",
+                    "ci_low",
+                    "ci_high",
+                    "n_pos",
+                    "n_neg",
+                    "mean_score_positive",
+                    "mean_score_negative",
+                    "reason",
+                )
+            },
             "training": {
                 "start_fitness": opt["start"]["fitness"],
                 "best_fitness": opt["best"]["fitness"],
@@ -606,7 +642,10 @@ def cmaes_report(
             "components_moved": opt["components_moved"],
             "judge_calls": {"optimise": opt["judge_calls"], "heldout": held["judge_calls"]},
             "history": [
-                {k: e[k] for k in ("generation", "best_fitness", "mean_fitness", "best_so_far", "sigma", "judge")}
+                {
+                    k: e[k]
+                    for k in ("generation", "best_fitness", "mean_fitness", "best_so_far", "sigma", "judge")
+                }
                 for e in opt["history"]
             ],
         }
@@ -620,8 +659,13 @@ def cmaes_report(
         "traits": per,
     }
     write_json(out_json, result)
-    save_figure(out_png, plotting.optimisation_curves_figure({t: p["history"] for t, p in per.items()},
-                                                              {t: p["training"]["start_fitness"] for t, p in per.items()}))
+    save_figure(
+        out_png,
+        plotting.optimisation_curves_figure(
+            {t: p["history"] for t, p in per.items()},
+            {t: p["training"]["start_fitness"] for t, p in per.items()},
+        ),
+    )
     return result
 
 
@@ -632,7 +676,11 @@ def add_commands(add) -> None:
     """`traitscope cmaes-optimise`, `cmaes-heldout` and `cmaes-report`."""
     for name, func, text in (
         ("cmaes-optimise", _optimise_cli, "steering optimisation: CMA-ES on judged behaviour (resumable)"),
-        ("cmaes-heldout", _heldout_cli, "steering optimisation: extracted vs optimised on held-out questions"),
+        (
+            "cmaes-heldout",
+            _heldout_cli,
+            "steering optimisation: extracted vs optimised on held-out questions",
+        ),
     ):
         p = add(name, func, text)
         p.add_argument("--model", required=True, help="the steered variant's manifest.json")
@@ -670,8 +718,17 @@ def _optimise_cli(a) -> None:
     judge = _judge(a)
     try:
         cmaes_optimise(
-            a.model, a.vectors, a.evaluation, a.capture, a.prompts, a.trait_file, judge,
-            OptimisationSettings.from_dict(json.loads(a.settings)), a.out_dir, a.out, a.state,
+            a.model,
+            a.vectors,
+            a.evaluation,
+            a.capture,
+            a.prompts,
+            a.trait_file,
+            judge,
+            OptimisationSettings.from_dict(json.loads(a.settings)),
+            a.out_dir,
+            a.out,
+            a.state,
         )
     finally:
         judge.close()
@@ -681,8 +738,14 @@ def _heldout_cli(a) -> None:
     judge = _judge(a)
     try:
         cmaes_heldout(
-            a.model, a.vectors, a.evaluation, a.optimised, a.trait_file, judge,
-            OptimisationSettings.from_dict(json.loads(a.settings)), a.out,
+            a.model,
+            a.vectors,
+            a.evaluation,
+            a.optimised,
+            a.trait_file,
+            judge,
+            OptimisationSettings.from_dict(json.loads(a.settings)),
+            a.out,
         )
     finally:
         judge.close()

@@ -34,8 +34,12 @@ def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: flo
     if rows.empty:
         raise TraitscopeError(f"{judgements}: no extraction rows judged; rerun with --splits extraction")
     kept: set[str] = set()
-    reasons = {"positive_below_trait_min": 0, "negative_at_or_above_trait_min": 0, "incoherent": 0,
-               "no_score": 0}
+    reasons = {
+        "positive_below_trait_min": 0,
+        "negative_at_or_above_trait_min": 0,
+        "incoherent": 0,
+        "no_score": 0,
+    }
     n_pairs = 0
     for _, pair in rows.groupby(["question", "pair_index"]):
         pos, neg = pair[pair["label"] == 1], pair[pair["label"] == 0]
@@ -84,8 +88,9 @@ def trait_filter(
     coherence_min: float,
 ) -> dict[str, Any]:
     """Pairs surviving per the judge, and AUCs of vectors with and without the filter."""
-    import torch
     from functools import partial
+
+    import torch
 
     from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
     from traitscope.vectors.extraction import labelled_activations, split_groups
@@ -96,14 +101,18 @@ def trait_filter(
     held_pos, held_neg = split_groups(table, x, "evaluation")
     result: dict[str, Any] = {"position": position, **summary}
     options = {"probe": {"c": probe_c}}
-    for name, rows in (("without_filter", np.ones(len(table), bool)), ("with_filter", keep_rows(table, kept))):
+    for name, rows in (
+        ("without_filter", np.ones(len(table), bool)),
+        ("with_filter", keep_rows(table, kept)),
+    ):
         sub, xs = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
         pos, neg = split_groups(sub, xs, "extraction")
         if len(pos) < 2:
             result[name] = {"n_pairs": len(pos), "auc": None, "reason": "fewer than 2 extraction pairs"}
             continue
         vectors = {
-            m: partial(METHODS[m], **options.get(m, {}))(pos, neg) for m in dict.fromkeys(["mean_diff", *methods])
+            m: partial(METHODS[m], **options.get(m, {}))(pos, neg)
+            for m in dict.fromkeys(["mean_diff", *methods])
         }
         scores = {m: layer_scores(held_pos, held_neg, v, layers) for m, v in vectors.items()}
         chosen = choose(scores)

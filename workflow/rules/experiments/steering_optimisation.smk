@@ -8,7 +8,9 @@ get_steering_optimisation_targets = lambda: so_plugin.targets(SO)
 
 def get_so_settings():
     """Every experiment setting as JSON: a changed setting reruns the optimisation."""
-    return json.dumps({k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True
+    )
 
 
 def get_so_trait_inputs(wildcards):
@@ -33,7 +35,9 @@ def get_so_report_inputs(wildcards):
     return {
         "optimisations": [so_plugin.optimise_outputs(t)["json"] for t in SO["traits"]],
         "heldouts": [so_plugin.heldout_output(t) for t in SO["traits"]],
-        "agreements": [so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]],
+        "agreements": [
+            so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]
+        ],
     }
 
 
@@ -44,7 +48,9 @@ if is_enabled("steering_optimisation"):
         input:
             unpack(get_so_trait_inputs),
         output:
-            vectors=directory(f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}"),
+            vectors=directory(
+                f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}"
+            ),
             json=f"{so_plugin.OUT_DIR}/{{group}}/{{trait}}/optimisation.json",
         log:
             "results/logs/cmaes_optimise/{group}/{trait}.log",
