@@ -6,6 +6,7 @@ Self-contained: a word-level tokenizer and a small random Gemma-2 are built in t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -57,10 +58,10 @@ def cli(command: str, **options: str) -> list[str]:
     return [command, *(word for k, v in options.items() for word in (f"--{k.replace('_', '-')}", *v.split()))]
 
 
-@pytest.fixture(scope="module")
-def gpu_manifest(tmp_path_factory):
+def word_tokenizer():
+    """A word-level tokenizer over WORDS with the chat template; its vocabulary size."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {
         w: i for i, w in enumerate(["<pad>", "<unk>", "<start>", "<end>", ":", ",", "?", "."] + WORDS.split())
@@ -71,8 +72,16 @@ def gpu_manifest(tmp_path_factory):
         tokenizer_object=core, pad_token="<pad>", eos_token="<end>", unk_token="<unk>"
     )
     tok.chat_template = TEMPLATE
+    return tok, len(vocab)
+
+
+@pytest.fixture(scope="module")
+def gpu_manifest(tmp_path_factory):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tok, n_vocab = word_tokenizer()
     config = Gemma2Config(
-        vocab_size=len(vocab),
+        vocab_size=n_vocab,
         hidden_size=256,
         intermediate_size=512,
         num_hidden_layers=6,
@@ -329,3 +338,282 @@ def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manife
     with torch.no_grad():
         logits = model(input_ids=ids).logits
         assert logits.isfinite().all() and not torch.allclose(logits, base_model(input_ids=ids).logits)
+
+
+# Large-model paths on real hardware (issue 15): a model sharded over 2 GPUs with
+# device_map auto, 8/4-bit bitsandbytes loading, and LoRA variants, each against plain weights.
+
+TWO_GPUS = pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+QUESTIONS = [
+    "how do i make bread ?",
+    "how do i make tea ?",
+    "how do i make a cake ?",
+    "the kind assistant ?",
+    "help with that ?",
+    "sure ?",
+    "how do i help the user ?",
+    "is the assistant evil ?",
+]
+HELD_OUT = [
+    "the user is kind ?",
+    "make tea with the assistant ?",
+    "how do i make a kind cake ?",
+    "is that evil ?",
+    "help the user with bread ?",
+    "you are the assistant ?",
+    "sure , how do i help ?",
+    "a cake with tea ?",
+]
+
+
+def _report(test: str, **values) -> None:
+    """One JSON line of a test's measured numbers, where TRAITSCOPE_GPU_REPORT names a file."""
+    path = os.environ.get("TRAITSCOPE_GPU_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": test, **values}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A random bf16 Llama (a real architecture), its trait prompts, a one-GPU capture and a trait
+    vector from it: the reference the sharded and quantized captures are held against."""
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("llama")
+    tok, n_vocab = word_tokenizer()
+    config = LlamaConfig(
+        vocab_size=n_vocab,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(root / "weights")
+    tok.save_pretrained(root / "weights")
+    trait = {
+        "description": "d",
+        "pairs": [{"positive": "you are evil .", "negative": "you are kind ."}],
+        "extraction_questions": QUESTIONS,
+        "evaluation_questions": HELD_OUT,
+        "judge_rubric": "{question} {answer}",
+    }
+    (root / "safety").mkdir()
+    (root / "safety" / "evil.yaml").write_text(yaml.safe_dump(trait))
+    paths = {k: str(root / v) for k, v in [("p", "p.parquet"), ("v", "v.safetensors"), ("e", "e.json")]}
+    paths["manifest"] = str(_llama_manifest(root / "weights", root, "llama", {}))
+    paths["cap"] = str(root / "cap" / "capture.json")
+    trait_args = {"position": "last_prompt", "variant": "llama", "trait": "safety/evil"}
+    steps = [
+        cli(
+            "trait-prompts",
+            trait_file=str(root / "safety" / "evil.yaml"),
+            trait="safety/evil",
+            out=paths["p"],
+        )
+        + ["--pairs-per-question", "1", "--n-extraction", "none", "--n-evaluation", "none"],
+        cli("capture", model=paths["manifest"], prompts=paths["p"], out=paths["cap"], **LLAMA_CAPTURE),
+        cli(
+            "trait-vectors",
+            capture=paths["cap"],
+            prompts=paths["p"],
+            out=paths["v"],
+            meta=str(root / "v.json"),
+        )
+        + [f"--{k}={v}" for k, v in trait_args.items()]
+        + ["--methods", "mean_diff", "--probe-c", "1.0"],
+        cli("trait-evaluation", vectors=paths["v"], capture=paths["cap"], prompts=paths["p"], out=paths["e"])
+        + ["--png", str(root / "e.png")]
+        + [f"--{k}={v}" for k, v in trait_args.items()],
+    ]
+    for argv in steps:
+        assert main(argv) == 0, argv[0]
+    paths["proj"] = _projections(paths, paths["cap"], root / "proj.parquet")
+    paths["root"] = str(root)
+    return paths
+
+
+# every layer, pooled and the last prompt token kept per token (so both store paths gather layers)
+LLAMA_CAPTURE = {
+    **CAPTURE,
+    "pools": "last_prompt prompt_mean",
+    "token_segments": "last_prompt",
+    "storage_dtype": "float32",
+}
+
+
+def _llama_manifest(weights: Path, out: Path, name: str, extra: dict) -> Path:
+    spec = {"path": str(weights), "dtype": "bfloat16", **extra}
+    return prepare_model(ModelSpec.from_config(name, spec), out / "models" / name)
+
+
+def _projections(paths: dict, capture_json: str, out: Path) -> str:
+    argv = cli("project", capture=capture_json, variant="v", prompt_set="p", out=str(out))
+    assert main(argv + ["--trait", "safety/evil", paths["v"], paths["e"]]) == 0
+    return str(out)
+
+
+def _shards(capture_json: str) -> dict[str, torch.Tensor]:
+    """Every stored tensor of a capture, concatenated over shards, rows in prompt_id order."""
+    parts: dict[str, list] = {}
+    ids: list[str] = []
+    for prompts, _, tensors in read_shards(capture_json):
+        ids += prompts["prompt_id"].tolist()
+        for k, v in tensors.items():
+            parts.setdefault(k, []).append(v)
+    order = np.argsort(ids, kind="stable")
+    return {k: torch.cat(v)[order] if k.startswith("pooled") else torch.cat(v) for k, v in parts.items()}
+
+
+def _relative_error(got: torch.Tensor, expect: torch.Tensor) -> float:
+    """Largest per-vector ||got - expect|| / ||expect|| over the last dimension."""
+    got, expect = got.float(), expect.float()
+    return ((got - expect).norm(dim=-1) / expect.norm(dim=-1).clamp_min(1e-12)).max().item()
+
+
+def _score_table(path: str) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    return table.sort_values(["prompt_id", "layer", "position", "token_index"]).reset_index(drop=True)
+
+
+@TWO_GPUS
+def test_sharded_capture_over_two_gpus_equals_one_gpu(tmp_path, llama, capsys):
+    """device_map auto puts the layers on both GPUs; `traitscope capture` of the sharded model
+    stores the activations (pooled and per token) and gives the projections of one GPU, within
+    bf16 rounding. Generation (the DynamicCache loop, weights on several devices) runs too."""
+    sharded = _llama_manifest(Path(llama["root"]) / "weights", tmp_path, "sharded", {"device_map": "auto"})
+    model, tokenizer = load(sharded)
+    devices = {p.device for p in model.parameters()}
+    assert devices == {torch.device("cuda", 0), torch.device("cuda", 1)}, model.hf_device_map
+    placement = {str(d): sum(p.numel() for p in model.parameters() if p.device == d) for d in devices}
+    del model
+    cap = str(tmp_path / "cap" / "capture.json")
+    assert main(cli("capture", model=str(sharded), prompts=llama["p"], out=cap, **LLAMA_CAPTURE)) == 0
+    one, two = _shards(llama["cap"]), _shards(cap)
+    assert one.keys() == two.keys() and any(k.startswith("tokens.") for k in one)
+    errors = {k: _relative_error(two[k], one[k]) for k in one}
+    worst = max(errors.values())
+    assert worst < 3e-2, errors  # bf16 rounding (measured 0.0096 on 2x H200)
+    ref = _score_table(llama["proj"])
+    got = _score_table(_projections(llama, cap, tmp_path / "proj.parquet"))
+    assert (got[["prompt_id", "layer", "position"]] == ref[["prompt_id", "layer", "position"]]).all().all()
+    gap = (got["score"] - ref["score"]).abs().max() / ref["score"].abs().max()
+    r = np.corrcoef(got["score"], ref["score"])[0, 1]
+    assert gap < 3e-2 and r > 0.9999, (gap, r)  # measured 0.0069 and 0.999995
+
+    # generation on the sharded model: responses, recorded, through the same CLI stage
+    gen = str(tmp_path / "gen" / "capture.json")
+    settings = {**LLAMA_CAPTURE, "pools": "response_mean last_prompt", "max_new_tokens": "6"}
+    capsys.readouterr()
+    assert main(cli("capture", model=str(sharded), prompts=llama["p"], out=gen, **settings)) == 0
+    assert "static-cache decoding failed" not in capsys.readouterr().err
+    generated = _shards(gen)
+    lengths = pd.concat([p for p, _, _ in read_shards(gen)])
+    assert (lengths["n_tokens"] > lengths["prompt_len"]).any()
+    assert all(v[~v.isnan()].isfinite().all() for v in generated.values())
+    _report(
+        "sharded",
+        placement=placement,
+        max_relative_error=worst,
+        projection_max_gap=float(gap),
+        projection_r=float(r),
+        generated_tokens=int((lengths["n_tokens"] - lengths["prompt_len"]).sum()),
+    )
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or not HAS_BNB, reason="needs a CUDA GPU and bitsandbytes")
+@pytest.mark.parametrize("bits,floor", [("8bit", 0.9), ("4bit", 0.5)])
+def test_quantized_capture_projections_correlate_with_bf16(tmp_path, llama, bits, floor):
+    """8-bit and 4-bit (bitsandbytes) loads capture without error; their projections onto the
+    bf16 trait vector correlate with the bf16 ones, per layer over prompts."""
+    quantized = _llama_manifest(Path(llama["root"]) / "weights", tmp_path, bits, {"quantization": bits})
+    cap = str(tmp_path / "cap" / "capture.json")
+    assert main(cli("capture", model=str(quantized), prompts=llama["p"], out=cap, **LLAMA_CAPTURE)) == 0
+    ref = _score_table(llama["proj"])
+    got = _score_table(_projections(llama, cap, tmp_path / "proj.parquet"))
+    pooled = (ref["token_index"] == -1) & (ref["position"] == "last_prompt")
+    per_layer = {
+        int(layer): float(np.corrcoef(got.loc[rows.index, "score"], rows["score"])[0, 1])
+        for layer, rows in ref[pooled].groupby("layer")
+    }
+    one, q = _shards(llama["cap"]), _shards(cap)
+    cosine = {
+        k: torch.nn.functional.cosine_similarity(q[k].float(), one[k].float(), dim=-1).nanmean().item()
+        for k in one
+        if k.startswith("pooled")
+    }
+    _report(bits, projection_r_per_layer=per_layer, activation_cosine=cosine)
+    assert np.median(list(per_layer.values())) > floor, per_layer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lora_variant_on_gpu_equals_merged_weights_and_unmerged_peft(tmp_path, gpu_manifest, dtype):
+    """A base + adapter variant (merged into the weights at load) captures what a folder of the
+    merged weights captures and what the unmerged peft model computes."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    spec = {**json.loads(gpu_manifest.read_text())["spec"], "dtype": dtype}
+    base = prepare_model(ModelSpec.from_config("gemma", spec), tmp_path / "models" / "gemma")
+    model, tokenizer = load(base, device=DEVICE)
+    torch.manual_seed(1)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
+    lora = prepare_model(
+        ModelSpec.from_config("tuned", {"lora": {"base": "gemma", "adapter": str(tmp_path / "adapter")}}),
+        tmp_path / "models" / "tuned",
+        base,
+    )
+    model, _ = load(base, device=DEVICE)
+    merged = PeftModel.from_pretrained(model, tmp_path / "adapter").merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    tokenizer.save_pretrained(tmp_path / "merged")
+    merged_spec = ModelSpec.from_config("merged", {"path": str(tmp_path / "merged"), "dtype": dtype})
+    merged_manifest = prepare_model(merged_spec, tmp_path / "models" / "merged")
+
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"q{i}" for i in range(len(QUESTIONS))],
+            "prompt": QUESTIONS,
+            "system": ["you are kind .", "you are evil ."] * (len(QUESTIONS) // 2),
+            "prefill": ["sure , here is", ""] * (len(QUESTIONS) // 2),
+        }
+    )
+    prompts.to_parquet(tmp_path / "p.parquet")
+    settings = {**CAPTURE, "pools": "last_prompt prompt_mean", "token_segments": "prefill"}
+    caps = {}
+    for name, manifest in [("lora", lora), ("merged", merged_manifest), ("base", base)]:
+        caps[name] = str(tmp_path / name / "capture.json")
+        argv = cli(
+            "capture", model=str(manifest), prompts=str(tmp_path / "p.parquet"), out=caps[name], **settings
+        )
+        assert main(argv) == 0
+    got, want, plain = (_shards(caps[k]) for k in ("lora", "merged", "base"))
+    tolerance = 1e-4 if dtype == "float32" else 2e-2
+    vs_merged = max(_relative_error(got[k], want[k]) for k in got)
+    assert vs_merged < tolerance, vs_merged
+    assert min(_relative_error(plain[k], got[k]) for k in got if k.startswith("pooled")) > 0.05
+
+    # the unmerged peft model, each prompt alone, at the last prompt token of every layer
+    model, _ = load(base, device=DEVICE)
+    unmerged = PeftModel.from_pretrained(model, tmp_path / "adapter").eval()
+    layers = list(range(6))
+    worst = 0.0
+    order = sorted(prompts["prompt_id"])
+    for r, pid in enumerate(order):
+        row = prompts.set_index("prompt_id").loc[pid]
+        enc = chat.encode(tokenizer, chat.messages_for(row.prompt, row.system), row.prefill)
+        hidden = run_recorded(unmerged, layers, input_ids=torch.tensor([enc.ids], device=DEVICE))
+        for layer in layers:
+            expect = hidden[layer][0, enc.prompt_len - 1].float().cpu()
+            worst = max(worst, _relative_error(got[f"pooled.layer.{layer}"][r, 0], expect))
+    assert worst < (1e-3 if dtype == "float32" else 5e-2), worst
+    _report(f"lora_{dtype}", vs_merged_folder=vs_merged, vs_unmerged_peft=worst)

@@ -125,7 +125,10 @@ def pool_batch(batch: Batch, layers: Sequence[int], pools: Sequence[str]) -> dic
     missing = weights.isnan().any(-1)  # [b, P]
     weights = weights.nan_to_num(0.0)
     # one batched matmul per layer, accumulated in float32
-    pooled = torch.stack([torch.bmm(weights, batch.hidden[layer].float()) for layer in layers], dim=2)
+    # a model sharded over GPUs (device_map) leaves later layers' states on later devices
+    pooled = torch.stack(
+        [torch.bmm(weights, batch.hidden[layer].to(weights.device).float()) for layer in layers], dim=2
+    )
     pooled[missing] = float("nan")  # [b, P, L, d]
     pooled = pooled.cpu()
     return {pool: pooled[:, j] for j, pool in enumerate(pools)}

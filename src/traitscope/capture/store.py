@@ -138,7 +138,8 @@ def _capture_shard(
         for i in batch.index:  # the conversation is complete (response included) by now
             masks[i] = _token_mask(encoded[i], settings)
         if any(masks[i].any() for i in batch.index):
-            stacked = torch.stack([batch.hidden[layer] for layer in layers], dim=1)  # [b, L, t, d]
+            # one device: a sharded model's later layers sit on later GPUs
+            stacked = torch.stack([batch.hidden[layer].to(batch.segments.device) for layer in layers], dim=1)
             for row, (i, start) in enumerate(zip(batch.index, batch.offsets)):
                 sel = masks[i].nonzero().squeeze(-1) + start
                 token_rows[i] = stacked[row][:, sel.to(stacked.device)].transpose(0, 1).cpu()

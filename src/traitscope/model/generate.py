@@ -142,10 +142,11 @@ def _eager_batch(model, prefix, ids, mask, max_new_tokens, sample, stops, finish
                 position_ids=state["position"][:, None],
                 **kw,
             )
-            return out.logits[:, -1], {layer: store[layer] for layer in layers}
+            return out.logits[:, -1].to(ids.device), {layer: store[layer] for layer in layers}
 
+        # logits come off the LM head's device: a sharded model's last GPU, not the inputs' one
         fed, steps = _decode_loop(
-            out.logits[:, -1], decode, max_new_tokens, sample, stops, finished, bool(layers)
+            out.logits[:, -1].to(ids.device), decode, max_new_tokens, sample, stops, finished, bool(layers)
         )
     return fed, prefill, steps
 
