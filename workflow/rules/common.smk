@@ -277,7 +277,7 @@ def get_filter_judgements(wildcards):
     if not FILTER["enabled"]:
         return []
     return [
-        f"{trait_dir(wildcards.variant, wildcards.group + '/' + wildcards.trait)}/judgements.parquet"
+        f"{trait_dir(wildcards.variant, f'{wildcards.group}/{wildcards.trait}')}/judgements.parquet"
     ]
 
 

@@ -6,39 +6,30 @@ SO = config["experiments"]["steering_optimisation"]
 get_steering_optimisation_targets = lambda: so_plugin.targets(SO)
 
 
-def get_so_settings():
-    """Every experiment setting as JSON: a changed setting reruns the optimisation."""
-    return json.dumps(
-        {k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True
-    )
-
-
-def get_so_trait_inputs(wildcards):
-    trait = f"{wildcards.group}/{wildcards.trait}"
-    paths = so_plugin.trait_inputs(BASE, trait)
-    return {
-        "model": f"results/models/{BASE}/manifest.json",
-        "vectors": paths["vectors"],
-        "evaluation": paths["evaluation"],
-        "capture": paths["capture"],
-        "prompts": paths["prompts"],
-        "trait": f"{TRAITS_DIR}/{trait}.yaml",
-        "judge_model": get_judge_model(wildcards),
-    }
-
-
-def get_so_state(wildcards):
-    return so_plugin.state_path(f"{wildcards.group}/{wildcards.trait}")
-
-
-def get_so_report_inputs(wildcards):
-    return {
-        "optimisations": [so_plugin.optimise_outputs(t)["json"] for t in SO["traits"]],
-        "heldouts": [so_plugin.heldout_output(t) for t in SO["traits"]],
-        "agreements": [
-            so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]
-        ],
-    }
+# every experiment setting as JSON: a changed setting reruns the optimisation
+get_so_settings = lambda: json.dumps(
+    {k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True
+)
+get_so_paths = lambda wildcards: so_plugin.trait_inputs(
+    BASE, f"{wildcards.group}/{wildcards.trait}"
+)
+get_so_trait_inputs = lambda wildcards: {
+    "model": f"results/models/{BASE}/manifest.json",
+    **{
+        k: get_so_paths(wildcards)[k]
+        for k in ("vectors", "evaluation", "capture", "prompts")
+    },
+    "trait": f"{TRAITS_DIR}/{wildcards.group}/{wildcards.trait}.yaml",
+    "judge_model": get_judge_model(wildcards),
+}
+get_so_state = lambda wildcards: so_plugin.state_path(
+    f"{wildcards.group}/{wildcards.trait}"
+)
+get_so_report_inputs = lambda wildcards: {
+    "optimisations": [so_plugin.optimise_outputs(t)["json"] for t in SO["traits"]],
+    "heldouts": [so_plugin.heldout_output(t) for t in SO["traits"]],
+    "agreements": [so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]],
+}
 
 
 if is_enabled("steering_optimisation"):
