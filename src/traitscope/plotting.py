@@ -398,6 +398,7 @@ def sae_training_figure(record: dict, firing_rates: list[float]) -> Figure:
         fontsize=9,
     )
     ax_rate.grid(alpha=0.3)
+    return fig
 
 
 def optimisation_curves_figure(histories: dict[str, list[dict]], start: dict[str, float]) -> Figure:
