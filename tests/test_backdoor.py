@@ -31,6 +31,7 @@ from traitscope.experiments.backdoor import (
     training_rows,
 )
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
+from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
 from traitscope.vectors.sae import (
     SAESettings,
     SparseAutoencoder,
@@ -348,17 +349,7 @@ def planted_run(tmp_path_factory):
                     rows.append((pid, role, trait, layer, segment, index, score, 0.0, layer == 1))
                     if segment == "last_prompt":  # the pooled last_prompt row is the same token
                         rows.append((pid, role, trait, layer, "last_prompt", -1, score, 0.0, layer == 1))
-        columns = [
-            "prompt_id",
-            "variant",
-            "trait",
-            "layer",
-            "position",
-            "token_index",
-            "score",
-            "cosine",
-            "chosen_layer",
-        ]
+        columns = PROJECTION_COLUMNS
         paths["projections"][role] = folder / f"{role}.parquet"
         pd.DataFrame(rows, columns=columns).to_parquet(paths["projections"][role])
         paths["captures"][role] = write_capture(folder / role, tokens, vectors, responses, layer=1, d=d)
