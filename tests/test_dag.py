@@ -187,7 +187,10 @@ def test_lora_variant_is_prepared_after_its_base_and_captured(root):
 
 def test_capture_layers_come_from_config(root, tmp_path):
     overlay = tmp_path / "layers.yaml"
-    overlay.write_text("capture: {layers: {start: 4, stop: 12, step: 4}}\n")
+    # the backdoor's SAE layer (15) must be captured, so it is off for these layers
+    overlay.write_text(
+        "capture: {layers: {start: 4, stop: 12, step: 4}}\nexperiments: {backdoor: {enabled: false}}\n"
+    )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     harmbench = re.search(r"traitscope capture .*prompts/harmbench_val\.parquet.*", out)[0]
     assert "--layers 4 8 " in harmbench
