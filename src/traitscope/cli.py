@@ -255,11 +255,11 @@ def _core_commands(add: Add) -> None:
     p.add_argument(
         "--filter-judgements",
         type=path_or_none,
-        required=True,
-        help="the trait's judgements.parquet to keep only judge-approved pairs, or none",
+        default=None,
+        help="the trait's judgements.parquet to keep only judge-approved pairs (default: none, all pairs)",
     )
-    p.add_argument("--filter-trait-min", type=float, required=True, help="positive >= this, negative below")
-    p.add_argument("--filter-coherence-min", type=float, required=True, help="both answers >= this")
+    p.add_argument("--filter-trait-min", type=float, default=50.0, help="positive >= this, negative below")
+    p.add_argument("--filter-coherence-min", type=float, default=50.0, help="both answers >= this")
 
     p = add("trait-judgements", _trait_judgements, "LLM-judge a trait set's captured responses")
     p.add_argument("--capture", required=True, help="the trait set's capture.json")
