@@ -208,3 +208,16 @@ def test_beavertails_jobs_run_through_capture_and_analysis(run_dir):
         labels += [int(name != "safe")] * len(t)
     assert result["n_safe"] == 3 and result["n_unsafe"] == 6
     assert result["overall"]["safety/evil"]["auc"] == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_steering_optimisation_with_the_local_judge(run_dir):
+    """The experiment's rules on the real SmolLM2, judged by SmolLM2 itself (digit tree)."""
+    gap = json.loads((run_dir / "results/cmaes/extraction_gap.json").read_text())
+    entry = gap["traits"]["safety/evil"]
+    assert gap["judge"]["backend"] == "local" and gap["judge"]["settings"]["prefill"] == "Score: "
+    assert set(entry["heldout"]["conditions"]) == {"none", "mean_diff", "probe", "optimised"}
+    assert len(entry["history"]) == 1 and len(entry["components_moved"]) == 2
+    assert entry["judge_calls"]["optimise"]["judgements"] == (1 + 2) * 1 * 2
+    agreement = json.loads((run_dir / "results/traits/smollm2/safety/evil/judge_agreement.json").read_text())
+    assert agreement["n_pos"] + agreement["n_no_score_positive"] == 4  # n_evaluation 4, one pair each
+    assert (run_dir / "results/cmaes/optimization_curves.png").stat().st_size > 0

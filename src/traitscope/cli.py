@@ -84,6 +84,9 @@ def _capture(a: argparse.Namespace) -> None:
 def _trait_vectors(a: argparse.Namespace) -> None:
     from traitscope.vectors.extraction import trait_vectors
 
+    if a.filter_judgements is not None and None in (a.filter_trait_min, a.filter_coherence_min):
+        raise TraitscopeError("--filter-judgements needs --filter-trait-min and --filter-coherence-min")
+
     trait_vectors(
         a.capture,
         a.prompts,
@@ -234,11 +237,11 @@ def _core_commands(add: Add) -> None:
     p.add_argument(
         "--filter-judgements",
         type=path_or_none,
-        required=True,
-        help="the trait's judgements.parquet to keep only judge-approved pairs, or none",
+        default=None,
+        help="the trait's judgements.parquet: keep only judge-approved pairs (unset or none: all pairs)",
     )
-    p.add_argument("--filter-trait-min", type=float, required=True, help="positive >= this, negative below")
-    p.add_argument("--filter-coherence-min", type=float, required=True, help="both answers >= this")
+    p.add_argument("--filter-trait-min", type=float, help="with a filter: positive >= this, negative below")
+    p.add_argument("--filter-coherence-min", type=float, help="with a filter: both answers >= this")
 
     p = add("trait-judgements", _trait_judgements, "LLM-judge a trait set's captured responses")
     p.add_argument("--capture", required=True, help="the trait set's capture.json")

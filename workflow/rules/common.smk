@@ -266,9 +266,8 @@ def get_judgement_args(wildcards):
 def get_filter_judgements(wildcards):
     if not FILTER["enabled"]:
         return []
-    return [
-        f"{trait_dir(wildcards.variant, wildcards.group + '/' + wildcards.trait)}/judgements.parquet"
-    ]
+    trait = f"{wildcards.group}/{wildcards.trait}"
+    return [f"{trait_dir(wildcards.variant, trait)}/judgements.parquet"]
 
 
 def get_filter_args(wildcards, input):
