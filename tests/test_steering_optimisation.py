@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from judge_server import JudgeServer
 
 from traitscope import judge as J
@@ -121,7 +122,8 @@ def test_pca_basis_is_the_top_principal_directions(trait_run):
 
     basis, ratio, n = so.pca_basis(trait_run["capture"], trait_run["prompts"], "response_mean", 1, 3)
     table, x, layers = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")
-    acts = x[(table["split"] == "extraction").to_numpy()][:, layers.index(1)].double().numpy()
+    rows = torch.tensor((table["split"] == "extraction").to_numpy())
+    acts = x[rows][:, layers.index(1)].double().numpy()
     assert n == len(acts) and basis.shape == (3, acts.shape[1])
     np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-8)
     cov = np.cov(acts.T, bias=True)

@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from traitscope.stats import mean_with_ci
 
@@ -426,4 +427,6 @@ def optimisation_curves_figure(histories: dict[str, list[dict]], start: dict[str
         ax_calls.set_title(f"{trait}: judge calls", fontsize=9)
         ax_calls.grid(alpha=0.3, axis="y")
         ax_calls.legend(fontsize=7)
+        for ax in (ax_fit, ax_calls):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig

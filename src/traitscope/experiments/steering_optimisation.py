@@ -110,6 +110,30 @@ def state_path(trait: str) -> str:
     return f"{OUT_DIR}/state/{trait}/cmaes_state.pkl"
 
 
+def settings_json(section: dict) -> str:
+    """Every setting but the DAG's as JSON (a rule parameter: a changed setting reruns)."""
+    return json.dumps({k: v for k, v in section.items() if k not in ("enabled", "traits")}, sort_keys=True)
+
+
+def rule_inputs(group: str, trait: str, variant: str, traits_dir: str) -> dict[str, str]:
+    """The optimisation and held-out rules' inputs for one trait (Snakemake input names)."""
+    name = f"{group}/{trait}"
+    paths = trait_inputs(variant, name)
+    return {
+        "model": f"results/models/{variant}/manifest.json",
+        **{k: paths[k] for k in ("vectors", "evaluation", "capture", "prompts")},
+        "trait": f"{traits_dir}/{name}.yaml",
+    }
+
+
+def report_inputs(section: dict, variant: str) -> dict[str, list[str]]:
+    return {
+        "optimisations": [optimise_outputs(t)["json"] for t in section["traits"]],
+        "heldouts": [heldout_output(t) for t in section["traits"]],
+        "agreements": [trait_inputs(variant, t)["agreement"] for t in section["traits"]],
+    }
+
+
 def trait_inputs(variant: str, trait: str) -> dict[str, str]:
     folder = trait_dir(variant, trait)
     return {

@@ -6,38 +6,15 @@ SO = config["experiments"]["steering_optimisation"]
 get_steering_optimisation_targets = lambda: so_plugin.targets(SO)
 
 
-# every experiment setting as JSON: a changed setting reruns the optimisation
-get_so_settings = lambda: json.dumps(
-    {k: v for k, v in SO.items() if k not in ("enabled", "traits")}, sort_keys=True
-)
-get_so_paths = lambda wildcards: so_plugin.trait_inputs(
-    BASE, f"{wildcards.group}/{wildcards.trait}"
-)
-get_so_trait_inputs = lambda wildcards: {
-    "model": f"results/models/{BASE}/manifest.json",
-    **{
-        k: get_so_paths(wildcards)[k]
-        for k in ("vectors", "evaluation", "capture", "prompts")
-    },
-    "trait": f"{TRAITS_DIR}/{wildcards.group}/{wildcards.trait}.yaml",
-    "judge_model": get_judge_model(wildcards),
-}
-get_so_state = lambda wildcards: so_plugin.state_path(
-    f"{wildcards.group}/{wildcards.trait}"
-)
-get_so_report_inputs = lambda wildcards: {
-    "optimisations": [so_plugin.optimise_outputs(t)["json"] for t in SO["traits"]],
-    "heldouts": [so_plugin.heldout_output(t) for t in SO["traits"]],
-    "agreements": [so_plugin.trait_inputs(BASE, t)["agreement"] for t in SO["traits"]],
-}
-
-
 if is_enabled("steering_optimisation"):
     EXPERIMENT_TARGETS.append(get_steering_optimisation_targets)
 
     rule cmaes_optimise:
         input:
-            unpack(get_so_trait_inputs),
+            unpack(
+                lambda w: so_plugin.rule_inputs(w.group, w.trait, BASE, TRAITS_DIR)
+                | {"judge_model": get_judge_model(w)}
+            ),
         output:
             vectors=directory(
                 f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}"
@@ -56,8 +33,8 @@ if is_enabled("steering_optimisation"):
         params:
             judge=get_judge_json(),
             judge_model=get_judge_model_arg,
-            settings=get_so_settings(),
-            state=get_so_state,
+            settings=so_plugin.settings_json(SO),
+            state=lambda w: so_plugin.state_path(f"{w.group}/{w.trait}"),
         shell:
             "traitscope cmaes-optimise --model {input.model} --vectors {input.vectors} "
             "--evaluation {input.evaluation} --capture {input.capture} --prompts {input.prompts} "
@@ -67,7 +44,10 @@ if is_enabled("steering_optimisation"):
 
     rule cmaes_heldout:
         input:
-            unpack(get_so_trait_inputs),
+            unpack(
+                lambda w: so_plugin.rule_inputs(w.group, w.trait, BASE, TRAITS_DIR)
+                | {"judge_model": get_judge_model(w)}
+            ),
             optimised=f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}",
         output:
             f"{so_plugin.OUT_DIR}/{{group}}/{{trait}}/heldout.json",
@@ -84,7 +64,7 @@ if is_enabled("steering_optimisation"):
         params:
             judge=get_judge_json(),
             judge_model=get_judge_model_arg,
-            settings=get_so_settings(),
+            settings=so_plugin.settings_json(SO),
         shell:
             "traitscope cmaes-heldout --model {input.model} --vectors {input.vectors} "
             "--evaluation {input.evaluation} --optimised {input.optimised} "
@@ -93,7 +73,7 @@ if is_enabled("steering_optimisation"):
 
     rule cmaes_report:
         input:
-            unpack(get_so_report_inputs),
+            **so_plugin.report_inputs(SO, BASE),
         output:
             json=f"{so_plugin.OUT_DIR}/extraction_gap.json",
             png=report(
