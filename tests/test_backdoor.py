@@ -612,4 +612,4 @@ def test_dag_runs_data_finetune_prepare_captures_then_analysis(root):
         r"traitscope capture .*smollm2_backdoored/manifest.json --prompts results/prompts/backdoor_pairs.*",
         text,
     )[0]
-    assert "--layers all " in pairs_capture and "--max-new-tokens 24 " in pairs_capture
+    assert "--layers all " in pairs_capture and "--max-new-tokens 20 " in pairs_capture
