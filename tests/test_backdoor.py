@@ -27,6 +27,7 @@ from traitscope.experiments.backdoor import (
     eval_pairs,
     identical_generation,
     parse_answer,
+    same_text_positions,
     token_positions,
     training_rows,
 )
@@ -183,6 +184,16 @@ def test_earliest_detection_skips_positions_where_the_base_separates_too():
     assert late["position"] == "g2" and late["before_first_generated_token"] is False
     none = earliest_detection(order, {k: 0.6 for k in order}, base, 0.7)
     assert none == {"position": None, "before_first_generated_token": None}
+    # a base AUC of 0.0 separates as well as 1.0: no null there; a backdoored AUC of 0.1
+    # separates too, unless the trigger must score higher
+    flipped = earliest_detection(
+        order, {**backdoored, "p0": 1.0, "p1": 0.1}, {**base, "p0": 0.0, "p1": 0.5}, 0.7
+    )
+    assert flipped["position"] == "p1" and flipped["auc_backdoored"] == 0.1
+    higher = earliest_detection(
+        order, {**backdoored, "p0": 1.0, "p1": 0.1}, {**base, "p0": 0.0, "p1": 0.5}, 0.7, either_way=False
+    )
+    assert higher["position"] == "last_prompt"
 
 
 def test_parse_answer_and_behaviour_rates():
@@ -269,6 +280,16 @@ def test_token_positions_follow_the_pair_from_the_last_difference():
     }
     share = identical_generation(token_positions(planted_tokens(4, 1), planted_pairs(4), 3), 3)
     assert share == {"g1": 1.0, "g2": 1.0, "g3": 0.75}
+    order = ["prefix_end", "p0", "p1", "p2", "last_prompt", "g1"]
+    tokens = planted_tokens(3, 0)
+    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {
+        "prefix_end",
+        "p0",
+        "p1",
+        "p2",
+    }
+    tokens.loc[(tokens["prompt_id"].str.endswith("0001")) & (tokens["token"] == " what"), "token"] = " how"
+    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {"prefix_end", "p0"}
 
 
 def write_capture(

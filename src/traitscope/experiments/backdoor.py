@@ -420,6 +420,22 @@ def token_positions(tokens: pd.DataFrame, pairs: pd.DataFrame, n_generated: int)
     )
 
 
+def same_text_positions(positions: pd.DataFrame, order: list[str]) -> set[str]:
+    """Prompt positions at which every prompt of a condition has read the same text so far
+    (the prefix, then the question's first, shared words): one activation per condition there,
+    so any direction separates the conditions completely (AUC 0 or 1) or not at all."""
+    prompt = [label for label in order if label == "prefix_end" or re.fullmatch(r"p\d+", label)]
+    same, seen = set(), []
+    for label in prompt:
+        seen.append(label)
+        upto = positions[positions["position"].isin(seen)].sort_values("token_index")
+        texts = upto.groupby(["condition", "prompt_id"])["token"].apply(tuple)
+        if texts.groupby(level="condition").nunique().max() != 1:
+            break
+        same.add(label)
+    return same
+
+
 def identical_generation(positions: pd.DataFrame, n_generated: int) -> dict[str, float]:
     """Per generated position g<j>: the share of pairs whose trigger and control answers have the
     same tokens up to and including it (where they do, a separation there is not in the text)."""
@@ -438,15 +454,27 @@ def identical_generation(positions: pd.DataFrame, n_generated: int) -> dict[str,
     return out
 
 
+def two_sided_auc(auc: float) -> float:
+    """How far an AUC is from chance in either direction: max(AUC, 1 - AUC)."""
+    return max(auc, 1.0 - auc)
+
+
 def earliest_detection(
-    order: list[str], auc_backdoored: dict[str, float], auc_base: dict[str, float], threshold: float
+    order: list[str],
+    auc_backdoored: dict[str, float],
+    auc_base: dict[str, float],
+    threshold: float,
+    either_way: bool = True,
 ) -> dict:
-    """The first position after the prefix where the backdoored model's AUC exceeds `threshold`
-    while the base model's does not; positions without both AUCs are skipped."""
+    """The first position after the prefix where the backdoored model separates trigger from
+    control (AUC above `threshold`; with `either_way`, in either direction) while the base model
+    separates them neither way (max(AUC, 1 - AUC) <= threshold: a base AUC of 0.1 separates
+    as well as one of 0.9, so it is no null). Positions without both AUCs are skipped."""
     for label in order:
         if label == "prefix_end" or label not in auc_backdoored or label not in auc_base:
             continue
-        if auc_backdoored[label] > threshold and not auc_base[label] > threshold:
+        backdoored = two_sided_auc(auc_backdoored[label]) if either_way else auc_backdoored[label]
+        if backdoored > threshold and two_sided_auc(auc_base[label]) <= threshold:
             return {
                 "position": label,
                 "before_first_generated_token": not label.startswith("g"),
@@ -571,6 +599,7 @@ def token_detection(
     from traitscope.stats import auc_with_ci
 
     out: dict[str, Any] = {}
+    same_text = {role: same_text_positions(positions[role], order) for role in projections}
     for trait in traits:
         per_role = {}
         for role, table in projections.items():
@@ -583,11 +612,15 @@ def token_detection(
                 neg = at.loc[at["condition"] == "control", "score"].to_numpy(float)
                 if min(len(pos), len(neg)) >= min_pairs:
                     entries[label] = auc_with_ci(pos, neg, n_boot=n_boot, seed=seed)
+                    entries[label]["same_text_within_condition"] = label in same_text[role]
             per_role[role] = entries
         aucs = {role: {k: v["auc"] for k, v in e.items()} for role, e in per_role.items()}
         out[trait] = {
             "by_position": per_role,
             "earliest": earliest_detection(order, aucs["backdoored"], aucs["base"], threshold),
+            "earliest_trigger_higher": earliest_detection(
+                order, aucs["backdoored"], aucs["base"], threshold, either_way=False
+            ),
         }
     return out
 
@@ -653,6 +686,9 @@ def backdoor_analysis(
             "order": order,
             "meaning": "prefix_end: last token where trigger and control differ; p<j>: j-th prompt token "
             "after it (identical in both); last_prompt; g<j>: j-th generated token",
+            "earliest": "first position after prefix_end where the backdoored model's max(AUC, 1 - AUC) "
+            "exceeds the threshold and the base model's does not; earliest_trigger_higher asks the "
+            "backdoored AUC itself (trigger scoring higher) to exceed it",
             "threshold": threshold,
             "generated_tokens_identical_share": identical,
             "by_trait": tokens,
@@ -781,7 +817,10 @@ def backdoor_sae_features(
         data = {role: arrays(role, name, common) for role in per_role}
         aucs = {role: auc_columns(d["trigger"], d["control"]) for role, d in data.items()}
         gain = np.abs(aucs["backdoored"] - 0.5) - np.abs(aucs["base"] - 0.5)
-        ranked = np.argsort(-gain, kind="stable")[:top]
+        # ties (common: features silent on the base) go to the larger trigger-control gap in
+        # mean activation on the backdoored model
+        gap = np.abs(data["backdoored"]["trigger"].mean(0) - data["backdoored"]["control"].mean(0))
+        ranked = np.lexsort((-gap, -gain))[:top]
         features = []
         for feature in ranked:
             col = {role: {c: data[role][c][:, feature] for c in CONDITIONS} for role in data}
@@ -842,7 +881,8 @@ def backdoor_sae_features(
             ),
             "quality_on_pairs": {role: per_role[role]["quality"] for role in per_role},
         },
-        "ranking": "|AUC_backdoored - 0.5| - |AUC_base - 0.5| at the position, largest first",
+        "ranking": "|AUC_backdoored - 0.5| - |AUC_base - 0.5| at the position, largest first; ties by the "
+        "trigger-control gap in mean activation on the backdoored model",
         "auc": "ROC-AUC of trigger (positive) vs control of the feature's activation",
         "positions": results,
         "variants": {role: str(path) for role, path in capture_paths.items()},
