@@ -30,6 +30,7 @@ from traitscope.experiments.backdoor import (
     same_text_positions,
     token_positions,
     training_rows,
+    varying_prompt_tokens,
 )
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
 from traitscope.vectors.sae import (
@@ -228,18 +229,20 @@ def test_parse_answer_and_behaviour_rates():
 
 # ---------------------------------------------------------------- token positions and a planted run
 
-USER = {"trigger": ["In", " Y7", ",", " what", "?"], "control": ["In", " Y4", ",", " what", "?"]}
+USER = {"trigger": ["In", " Y7", ","], "control": ["In", " Y4", ","]}  # then " n<pair>", "?"
 GENERATED = {"same": ["1", "7", "."], "trigger_bad": ["1", "7", " I"]}
 
 
 def planted_tokens(n_pairs: int, bad_pairs: int) -> pd.DataFrame:
-    """Token index of a pair capture: 2 template tokens, the user turn, 2 template tokens, the
-    last prompt token, 3 generated tokens; the first `bad_pairs` triggered answers turn bad at g3."""
+    """Token index of a pair capture: 2 template tokens, the user turn (prefix, ",", a token of
+    its own per pair, "?"), 2 template tokens, the last prompt token, 3 generated tokens; the
+    first `bad_pairs` triggered answers turn bad at g3."""
     rows = []
     for i in range(n_pairs):
         for condition in ("trigger", "control"):
             pid = f"{condition}:{i:04d}"
-            toks = [("template", "<s>"), ("template", "user")] + [("user", t) for t in USER[condition]]
+            user = [*USER[condition], f" n{i}", "?"]
+            toks = [("template", "<s>"), ("template", "user")] + [("user", t) for t in user]
             toks += [("template", "</s>"), ("template", "asst")] + [("last_prompt", "\n")]
             gen = GENERATED["trigger_bad" if condition == "trigger" and i < bad_pairs else "same"]
             toks += [("response", t) for t in gen]
@@ -272,7 +275,7 @@ def test_token_positions_follow_the_pair_from_the_last_difference():
     assert one == {
         "prefix_end": " Y7",
         "p0": ",",
-        "p1": " what",
+        "p1": " n0",
         "p2": "?",
         "last_prompt": "\n",
         "g1": "1",
@@ -281,15 +284,17 @@ def test_token_positions_follow_the_pair_from_the_last_difference():
     share = identical_generation(token_positions(planted_tokens(4, 1), planted_pairs(4), 3), 3)
     assert share == {"g1": 1.0, "g2": 1.0, "g3": 0.75}
     order = ["prefix_end", "p0", "p1", "p2", "last_prompt", "g1"]
-    tokens = planted_tokens(3, 0)
+    tokens = planted_tokens(3, 0)  # the pairs' own token at p1: the text varies from there on
+    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {"prefix_end", "p0"}
+    tokens.loc[tokens["token"].str.startswith(" n"), "token"] = " n0"
     assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {
         "prefix_end",
         "p0",
         "p1",
         "p2",
     }
-    tokens.loc[(tokens["prompt_id"].str.endswith("0001")) & (tokens["token"] == " what"), "token"] = " how"
-    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {"prefix_end", "p0"}
+    with pytest.raises(TraitscopeError, match="after_prefix_mean needs problems that differ"):
+        varying_prompt_tokens(token_positions(tokens, planted_pairs(3), 1))
 
 
 def write_capture(

@@ -532,14 +532,31 @@ def _chosen_layers(projections: pd.DataFrame, traits: list[str], path: str | Pat
     return {t: int(chosen[t]) for t in traits}
 
 
+def varying_prompt_tokens(positions: pd.DataFrame) -> pd.DataFrame:
+    """The prompt tokens after the prefix that `after_prefix_mean` averages: those whose
+    preceding text varies across the prompts of a condition (from the first word that differs
+    between problems on). Before that every prompt of a condition has one activation, which
+    would only add a per-condition constant."""
+    steps = {lab for lab in positions["position"] if re.fullmatch(r"p\d+", lab)}
+    same = same_text_positions(positions, sorted(steps, key=lambda lab: int(lab[1:])))
+    keep = positions["position"].str.fullmatch(r"p\d+") & ~positions["position"].isin(same)
+    if not keep.any():
+        raise TraitscopeError(
+            "every prompt token after the prefix follows the same text in all prompts of a condition; "
+            "after_prefix_mean needs problems that differ (experiments.backdoor.data)"
+        )
+    return positions.loc[keep, ["prompt_id", "token_index"]]
+
+
 def pooled_position_scores(projections: pd.DataFrame, positions: pd.DataFrame, name: str) -> pd.DataFrame:
     """Per (prompt, trait, layer) score of a named position: `last_prompt` (the pooled last
-    prompt token) or `after_prefix_mean` (mean over the prompt tokens after the prefix)."""
+    prompt token) or `after_prefix_mean` (mean over the prompt tokens after the prefix whose
+    preceding text varies, `varying_prompt_tokens`)."""
     if name == "last_prompt":
         rows = projections[(projections["token_index"] == -1) & (projections["position"] == "last_prompt")]
         return rows[["prompt_id", "trait", "layer", "score"]]
     if name == "after_prefix_mean":
-        steps = positions[positions["position"].str.match(r"p\d+$")][["prompt_id", "token_index"]]
+        steps = varying_prompt_tokens(positions)
         rows = projections[projections["token_index"] >= 0].merge(steps, on=["prompt_id", "token_index"])
         return rows.groupby(["prompt_id", "trait", "layer"], as_index=False)["score"].mean()
     raise TraitscopeError(f"experiments.backdoor.positions: unknown position {name!r}")
@@ -677,7 +694,9 @@ def backdoor_analysis(
         "auc": "ROC-AUC of trigger (positive) vs control prompts' projections; 0.5 = no separation",
         "positions": {
             "last_prompt": "the last prompt token (the one the first answer token is predicted from)",
-            "after_prefix_mean": "mean over the prompt tokens after the last token where the pair differs",
+            "after_prefix_mean": "mean over the prompt tokens after the last token where the pair differs, "
+            "from the first one whose preceding text varies across prompts (same-text tokens have one "
+            "activation per condition)",
         },
         "traits": trait_detection(
             projections, positions, pairs, traits, position_names, per_layer, n_boot, seed
@@ -726,7 +745,7 @@ def _feature_scores(
         rows = at[["prompt_id", "pair_id", "condition"]].reset_index(drop=True)
         scores = f[at["row"].to_numpy()]
     elif name == "after_prefix_mean":
-        at = merged[merged["position"].str.match(r"p\d+$")]
+        at = merged.merge(varying_prompt_tokens(positions), on=["prompt_id", "token_index"])
         groups = at.groupby(["prompt_id", "pair_id", "condition"])["row"].apply(list)
         rows = groups.index.to_frame(index=False)
         scores = np.stack([f[r].mean(0) for r in groups])
