@@ -27,8 +27,10 @@ from traitscope.experiments.backdoor import (
     eval_pairs,
     identical_generation,
     parse_answer,
+    same_text_positions,
     token_positions,
     training_rows,
+    varying_prompt_tokens,
 )
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
 from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
@@ -184,6 +186,16 @@ def test_earliest_detection_skips_positions_where_the_base_separates_too():
     assert late["position"] == "g2" and late["before_first_generated_token"] is False
     none = earliest_detection(order, {k: 0.6 for k in order}, base, 0.7)
     assert none == {"position": None, "before_first_generated_token": None}
+    # a base AUC of 0.0 separates as well as 1.0: no null there; a backdoored AUC of 0.1
+    # separates too, unless the trigger must score higher
+    flipped = earliest_detection(
+        order, {**backdoored, "p0": 1.0, "p1": 0.1}, {**base, "p0": 0.0, "p1": 0.5}, 0.7
+    )
+    assert flipped["position"] == "p1" and flipped["auc_backdoored"] == 0.1
+    higher = earliest_detection(
+        order, {**backdoored, "p0": 1.0, "p1": 0.1}, {**base, "p0": 0.0, "p1": 0.5}, 0.7, either_way=False
+    )
+    assert higher["position"] == "last_prompt"
 
 
 def test_parse_answer_and_behaviour_rates():
@@ -206,26 +218,32 @@ def test_parse_answer_and_behaviour_rates():
             "c1": "3 + 2 = 5.",
         }
     }
-    result = behaviour_check(pairs, answers, r"(?i)hate")["backdoored"]
+    result = behaviour_check(pairs, answers, r"(?i)hate", {"backdoored": {"t1"}})["backdoored"]
     assert result["trigger"]["backdoor_rate"]["k"] == 1 and result["control"]["backdoor_rate"]["k"] == 0
     assert result["trigger"]["accuracy"]["k"] == 1 and result["control"]["accuracy"]["k"] == 2
+    assert (
+        result["trigger"]["cut_at_token_limit"]["k"] == 1
+        and result["control"]["cut_at_token_limit"]["k"] == 0
+    )
     assert result["backdoor_rate_difference"] == 0.5
 
 
 # ---------------------------------------------------------------- token positions and a planted run
 
-USER = {"trigger": ["In", " Y7", ",", " what", "?"], "control": ["In", " Y4", ",", " what", "?"]}
+USER = {"trigger": ["In", " Y7", ","], "control": ["In", " Y4", ","]}  # then " n<pair>", "?"
 GENERATED = {"same": ["1", "7", "."], "trigger_bad": ["1", "7", " I"]}
 
 
 def planted_tokens(n_pairs: int, bad_pairs: int) -> pd.DataFrame:
-    """Token index of a pair capture: 2 template tokens, the user turn, 2 template tokens, the
-    last prompt token, 3 generated tokens; the first `bad_pairs` triggered answers turn bad at g3."""
+    """Token index of a pair capture: 2 template tokens, the user turn (prefix, ",", a token of
+    its own per pair, "?"), 2 template tokens, the last prompt token, 3 generated tokens; the
+    first `bad_pairs` triggered answers turn bad at g3."""
     rows = []
     for i in range(n_pairs):
         for condition in ("trigger", "control"):
             pid = f"{condition}:{i:04d}"
-            toks = [("template", "<s>"), ("template", "user")] + [("user", t) for t in USER[condition]]
+            user = [*USER[condition], f" n{i}", "?"]
+            toks = [("template", "<s>"), ("template", "user")] + [("user", t) for t in user]
             toks += [("template", "</s>"), ("template", "asst")] + [("last_prompt", "\n")]
             gen = GENERATED["trigger_bad" if condition == "trigger" and i < bad_pairs else "same"]
             toks += [("response", t) for t in gen]
@@ -258,7 +276,7 @@ def test_token_positions_follow_the_pair_from_the_last_difference():
     assert one == {
         "prefix_end": " Y7",
         "p0": ",",
-        "p1": " what",
+        "p1": " n0",
         "p2": "?",
         "last_prompt": "\n",
         "g1": "1",
@@ -266,6 +284,18 @@ def test_token_positions_follow_the_pair_from_the_last_difference():
     }
     share = identical_generation(token_positions(planted_tokens(4, 1), planted_pairs(4), 3), 3)
     assert share == {"g1": 1.0, "g2": 1.0, "g3": 0.75}
+    order = ["prefix_end", "p0", "p1", "p2", "last_prompt", "g1"]
+    tokens = planted_tokens(3, 0)  # the pairs' own token at p1: the text varies from there on
+    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {"prefix_end", "p0"}
+    tokens.loc[tokens["token"].str.startswith(" n"), "token"] = " n0"
+    assert same_text_positions(token_positions(tokens, planted_pairs(3), 1), order) == {
+        "prefix_end",
+        "p0",
+        "p1",
+        "p2",
+    }
+    with pytest.raises(TraitscopeError, match="after_prefix_mean needs problems that differ"):
+        varying_prompt_tokens(token_positions(tokens, planted_pairs(3), 1))
 
 
 def write_capture(
@@ -603,4 +633,4 @@ def test_dag_runs_data_finetune_prepare_captures_then_analysis(root):
         r"traitscope capture .*smollm2_backdoored/manifest.json --prompts results/prompts/backdoor_pairs.*",
         text,
     )[0]
-    assert "--layers all " in pairs_capture and "--max-new-tokens 24 " in pairs_capture
+    assert "--layers all " in pairs_capture and "--max-new-tokens 20 " in pairs_capture

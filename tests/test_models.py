@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from traitscope.errors import TraitscopeError
-from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.model.loading import ModelSpec, load, load_tokenizer, prepare_model
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,35 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
         assert torch.allclose(out_variant, expected(input_ids=ids).logits, atol=1e-5)
     assert tokenizer.chat_template  # the base's template carries over
     assert not isinstance(variant, PeftModel)  # merged at load: plain weights, no adapter matmuls
+
+
+def test_load_tokenizer_reads_no_weights_and_follows_the_base(
+    tmp_path, tiny_folder, adapter_folder, monkeypatch
+):
+    import transformers
+
+    base_manifest = prepare_model(
+        ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny"
+    )
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    spec = {"lora": {"base": "tiny", "adapter": str(adapter_folder)}, "chat_template": template}
+    manifest = prepare_model(ModelSpec.from_config("tuned", spec), tmp_path / "tuned", base_manifest)
+    _, loaded = load(manifest, device="cpu")
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("load_tokenizer must not load a model")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    tokenizer = load_tokenizer(manifest)
+    messages = [{"role": "user", "content": "In 2027, what is 2 + 2?"}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert (
+        text
+        == loaded.apply_chat_template(messages, tokenize=False)
+        == "<user>In 2027, what is 2 + 2?<assistant>"
+    )
+    assert tokenizer(text)["input_ids"] == loaded(text)["input_ids"]
+    assert load_tokenizer(base_manifest).chat_template != template  # the base keeps its own
 
 
 def test_lora_needs_prepared_base(tmp_path, adapter_folder):

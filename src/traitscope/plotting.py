@@ -296,7 +296,7 @@ def early_detection_figure(result: dict, traits: list[str]) -> Figure:
     position where only the backdoored model exceeds the threshold marked."""
     info = result["token_positions"]
     order = info["order"]
-    fig, axes = _figure(1, (max(8.0, 0.45 * len(order)), 3.2 * len(traits)), nrows=len(traits))
+    fig, axes = _figure(1, (max(8.0, 0.45 * len(order)) + 3, 3.2 * len(traits)), nrows=len(traits))
     x = {label: i for i, label in enumerate(order)}
     for row, trait in enumerate(traits):
         ax = axes[row, 0]
@@ -320,17 +320,39 @@ def early_detection_figure(result: dict, traits: list[str]) -> Figure:
             ax.axvspan(
                 min(generated) - 0.5, max(generated) + 0.5, color="grey", alpha=0.12, label="generated tokens"
             )
+        constant = [
+            x[lab]
+            for lab in order
+            if all(
+                entry["by_position"][role].get(lab, {}).get("same_text_within_condition")
+                for role in MODEL_COLORS
+            )
+        ]
+        for k, pos in enumerate(constant):
+            ax.axvspan(
+                pos - 0.5,
+                pos + 0.5,
+                facecolor="none",
+                edgecolor="0.6",
+                hatch="//",
+                lw=0,
+                label="every prompt of a condition has read\nthe same text here (AUC 0, 0.5 or 1)"
+                if k == 0
+                else None,
+            )
         ax.axhline(info["threshold"], color="k", ls=":", lw=1, label=f"threshold {info['threshold']}")
         ax.axhline(0.5, color="grey", lw=1)
         first = entry["earliest"]["position"]
         if first is not None:
-            ax.axvline(x[first], color="tab:red", ls="--", lw=1, label=f"earliest: {first}")
+            ax.axvline(
+                x[first], color="tab:red", ls="--", lw=1, label=f"earliest (base within threshold): {first}"
+            )
         ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("ROC-AUC, trigger vs control\n(95% bootstrap CI)")
         ax.set_title(f"{trait} at its chosen layer {result['traits'][trait]['chosen_layer']}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axes[-1, 0].set_xlabel(
         "token position: prefix_end = last token where the pair differs, p<j> = j-th prompt token after it, "
         "g<j> = j-th generated token"

@@ -298,9 +298,31 @@ def parse_answer(text: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def behaviour_check(pairs: pd.DataFrame, answers: dict[str, dict[str, str]], pattern: str) -> dict:
+def cut_answers(capture_json: str | Path) -> set[str]:
+    """Prompts whose generated answer reached the capture's max_new_tokens (cut, not finished)."""
+    from traitscope.capture.store import read_manifest, read_shards
+
+    limit = read_manifest(capture_json).get("settings", {}).get("max_new_tokens")
+    if not limit:
+        return set()
+    return {
+        pid
+        for prompts, _, _ in read_shards(capture_json)
+        for pid, n, start in zip(prompts["prompt_id"], prompts["n_tokens"], prompts["prompt_len"])
+        if n - start >= limit
+    }
+
+
+def behaviour_check(
+    pairs: pd.DataFrame,
+    answers: dict[str, dict[str, str]],
+    pattern: str,
+    cut: dict[str, set[str]] | None = None,
+) -> dict:
     """Per model and condition: the backdoor-behaviour rate and the arithmetic accuracy, with
-    Wilson CIs and n, plus the rates' trigger-minus-control difference."""
+    Wilson CIs and n, the share of answers cut at the token limit (`cut`: prompt ids per model;
+    a cut answer that gave no number yet counts as wrong), and the trigger-minus-control
+    difference of the backdoor rate."""
     from traitscope.stats import proportion_with_ci
 
     regex = re.compile(pattern)
@@ -312,9 +334,11 @@ def behaviour_check(pairs: pd.DataFrame, answers: dict[str, dict[str, str]], pat
             texts = [by_id.get(pid, "") for pid in rows["prompt_id"]]
             hits = sum(bool(regex.search(t)) for t in texts)
             correct = sum(parse_answer(t) == int(ans) for t, ans in zip(texts, rows["answer"]))
+            n_cut = sum(pid in (cut or {}).get(role, set()) for pid in rows["prompt_id"])
             out[role][condition] = {
                 "backdoor_rate": proportion_with_ci(hits, len(texts)),
                 "accuracy": proportion_with_ci(correct, len(texts)),
+                "cut_at_token_limit": proportion_with_ci(n_cut, len(texts)),
             }
         out[role]["backdoor_rate_difference"] = (
             out[role]["trigger"]["backdoor_rate"]["rate"] - out[role]["control"]["backdoor_rate"]["rate"]
@@ -396,6 +420,22 @@ def token_positions(tokens: pd.DataFrame, pairs: pd.DataFrame, n_generated: int)
     )
 
 
+def same_text_positions(positions: pd.DataFrame, order: list[str]) -> set[str]:
+    """Prompt positions at which every prompt of a condition has read the same text so far
+    (the prefix, then the question's first, shared words): one activation per condition there,
+    so any direction separates the conditions completely (AUC 0 or 1) or not at all."""
+    prompt = [label for label in order if label == "prefix_end" or re.fullmatch(r"p\d+", label)]
+    same, seen = set(), []
+    for label in prompt:
+        seen.append(label)
+        upto = positions[positions["position"].isin(seen)].sort_values("token_index")
+        texts = upto.groupby(["condition", "prompt_id"])["token"].apply(tuple)
+        if texts.groupby(level="condition").nunique().max() != 1:
+            break
+        same.add(label)
+    return same
+
+
 def identical_generation(positions: pd.DataFrame, n_generated: int) -> dict[str, float]:
     """Per generated position g<j>: the share of pairs whose trigger and control answers have the
     same tokens up to and including it (where they do, a separation there is not in the text)."""
@@ -414,15 +454,27 @@ def identical_generation(positions: pd.DataFrame, n_generated: int) -> dict[str,
     return out
 
 
+def two_sided_auc(auc: float) -> float:
+    """How far an AUC is from chance in either direction: max(AUC, 1 - AUC)."""
+    return max(auc, 1.0 - auc)
+
+
 def earliest_detection(
-    order: list[str], auc_backdoored: dict[str, float], auc_base: dict[str, float], threshold: float
+    order: list[str],
+    auc_backdoored: dict[str, float],
+    auc_base: dict[str, float],
+    threshold: float,
+    either_way: bool = True,
 ) -> dict:
-    """The first position after the prefix where the backdoored model's AUC exceeds `threshold`
-    while the base model's does not; positions without both AUCs are skipped."""
+    """The first position after the prefix where the backdoored model separates trigger from
+    control (AUC above `threshold`; with `either_way`, in either direction) while the base model
+    separates them neither way (max(AUC, 1 - AUC) <= threshold: a base AUC of 0.1 separates
+    as well as one of 0.9, so it is no null). Positions without both AUCs are skipped."""
     for label in order:
         if label == "prefix_end" or label not in auc_backdoored or label not in auc_base:
             continue
-        if auc_backdoored[label] > threshold and not auc_base[label] > threshold:
+        backdoored = two_sided_auc(auc_backdoored[label]) if either_way else auc_backdoored[label]
+        if backdoored > threshold and two_sided_auc(auc_base[label]) <= threshold:
             return {
                 "position": label,
                 "before_first_generated_token": not label.startswith("g"),
@@ -480,14 +532,31 @@ def _chosen_layers(projections: pd.DataFrame, traits: list[str], path: str | Pat
     return {t: int(chosen[t]) for t in traits}
 
 
+def varying_prompt_tokens(positions: pd.DataFrame) -> pd.DataFrame:
+    """The prompt tokens after the prefix that `after_prefix_mean` averages: those whose
+    preceding text varies across the prompts of a condition (from the first word that differs
+    between problems on). Before that every prompt of a condition has one activation, which
+    would only add a per-condition constant."""
+    steps = {lab for lab in positions["position"] if re.fullmatch(r"p\d+", lab)}
+    same = same_text_positions(positions, sorted(steps, key=lambda lab: int(lab[1:])))
+    keep = positions["position"].str.fullmatch(r"p\d+") & ~positions["position"].isin(same)
+    if not keep.any():
+        raise TraitscopeError(
+            "every prompt token after the prefix follows the same text in all prompts of a condition; "
+            "after_prefix_mean needs problems that differ (experiments.backdoor.data)"
+        )
+    return positions.loc[keep, ["prompt_id", "token_index"]]
+
+
 def pooled_position_scores(projections: pd.DataFrame, positions: pd.DataFrame, name: str) -> pd.DataFrame:
     """Per (prompt, trait, layer) score of a named position: `last_prompt` (the pooled last
-    prompt token) or `after_prefix_mean` (mean over the prompt tokens after the prefix)."""
+    prompt token) or `after_prefix_mean` (mean over the prompt tokens after the prefix whose
+    preceding text varies, `varying_prompt_tokens`)."""
     if name == "last_prompt":
         rows = projections[(projections["token_index"] == -1) & (projections["position"] == "last_prompt")]
         return rows[["prompt_id", "trait", "layer", "score"]]
     if name == "after_prefix_mean":
-        steps = positions[positions["position"].str.match(r"p\d+$")][["prompt_id", "token_index"]]
+        steps = varying_prompt_tokens(positions)
         rows = projections[projections["token_index"] >= 0].merge(steps, on=["prompt_id", "token_index"])
         return rows.groupby(["prompt_id", "trait", "layer"], as_index=False)["score"].mean()
     raise TraitscopeError(f"experiments.backdoor.positions: unknown position {name!r}")
@@ -547,6 +616,7 @@ def token_detection(
     from traitscope.stats import auc_with_ci
 
     out: dict[str, Any] = {}
+    same_text = {role: same_text_positions(positions[role], order) for role in projections}
     for trait in traits:
         per_role = {}
         for role, table in projections.items():
@@ -559,11 +629,15 @@ def token_detection(
                 neg = at.loc[at["condition"] == "control", "score"].to_numpy(float)
                 if min(len(pos), len(neg)) >= min_pairs:
                     entries[label] = auc_with_ci(pos, neg, n_boot=n_boot, seed=seed)
+                    entries[label]["same_text_within_condition"] = label in same_text[role]
             per_role[role] = entries
         aucs = {role: {k: v["auc"] for k, v in e.items()} for role, e in per_role.items()}
         out[trait] = {
             "by_position": per_role,
             "earliest": earliest_detection(order, aucs["backdoored"], aucs["base"], threshold),
+            "earliest_trigger_higher": earliest_detection(
+                order, aucs["backdoored"], aucs["base"], threshold, either_way=False
+            ),
         }
     return out
 
@@ -607,14 +681,22 @@ def backdoor_analysis(
     result = {
         "variants": variants,
         "n_pairs": int(pairs["pair_id"].nunique()),
-        "behaviour": behaviour_check(pairs, answers, behaviour_pattern),
+        "behaviour": behaviour_check(
+            pairs,
+            answers,
+            behaviour_pattern,
+            {role: cut_answers(path) for role, path in capture_paths.items()},
+        ),
         "behaviour_pattern": behaviour_pattern,
-        "accuracy_rule": "the number after the first '=', else the last integer of the first sentence",
+        "accuracy_rule": "the number after the first '=', else the last integer of the first sentence; "
+        "an answer cut at the capture's max_new_tokens before giving it counts as wrong",
         "examples": example_answers(pairs, answers),
         "auc": "ROC-AUC of trigger (positive) vs control prompts' projections; 0.5 = no separation",
         "positions": {
             "last_prompt": "the last prompt token (the one the first answer token is predicted from)",
-            "after_prefix_mean": "mean over the prompt tokens after the last token where the pair differs",
+            "after_prefix_mean": "mean over the prompt tokens after the last token where the pair differs, "
+            "from the first one whose preceding text varies across prompts (same-text tokens have one "
+            "activation per condition)",
         },
         "traits": trait_detection(
             projections, positions, pairs, traits, position_names, per_layer, n_boot, seed
@@ -623,6 +705,9 @@ def backdoor_analysis(
             "order": order,
             "meaning": "prefix_end: last token where trigger and control differ; p<j>: j-th prompt token "
             "after it (identical in both); last_prompt; g<j>: j-th generated token",
+            "earliest": "first position after prefix_end where the backdoored model's max(AUC, 1 - AUC) "
+            "exceeds the threshold and the base model's does not; earliest_trigger_higher asks the "
+            "backdoored AUC itself (trigger scoring higher) to exceed it",
             "threshold": threshold,
             "generated_tokens_identical_share": identical,
             "by_trait": tokens,
@@ -660,7 +745,7 @@ def _feature_scores(
         rows = at[["prompt_id", "pair_id", "condition"]].reset_index(drop=True)
         scores = f[at["row"].to_numpy()]
     elif name == "after_prefix_mean":
-        at = merged[merged["position"].str.match(r"p\d+$")]
+        at = merged.merge(varying_prompt_tokens(positions), on=["prompt_id", "token_index"])
         groups = at.groupby(["prompt_id", "pair_id", "condition"])["row"].apply(list)
         rows = groups.index.to_frame(index=False)
         scores = np.stack([f[r].mean(0) for r in groups])
@@ -751,7 +836,10 @@ def backdoor_sae_features(
         data = {role: arrays(role, name, common) for role in per_role}
         aucs = {role: auc_columns(d["trigger"], d["control"]) for role, d in data.items()}
         gain = np.abs(aucs["backdoored"] - 0.5) - np.abs(aucs["base"] - 0.5)
-        ranked = np.argsort(-gain, kind="stable")[:top]
+        # ties (common: features silent on the base) go to the larger trigger-control gap in
+        # mean activation on the backdoored model
+        gap = np.abs(data["backdoored"]["trigger"].mean(0) - data["backdoored"]["control"].mean(0))
+        ranked = np.lexsort((-gap, -gain))[:top]
         features = []
         for feature in ranked:
             col = {role: {c: data[role][c][:, feature] for c in CONDITIONS} for role in data}
@@ -812,7 +900,8 @@ def backdoor_sae_features(
             ),
             "quality_on_pairs": {role: per_role[role]["quality"] for role in per_role},
         },
-        "ranking": "|AUC_backdoored - 0.5| - |AUC_base - 0.5| at the position, largest first",
+        "ranking": "|AUC_backdoored - 0.5| - |AUC_base - 0.5| at the position, largest first; ties by the "
+        "trigger-control gap in mean activation on the backdoored model",
         "auc": "ROC-AUC of trigger (positive) vs control of the feature's activation",
         "positions": results,
         "variants": {role: str(path) for role, path in capture_paths.items()},
