@@ -24,6 +24,7 @@ from traitscope.stats import (
     holm,
     interaction_test,
     mean_with_ci,
+    rate_difference_with_ci,
     spearman,
     youden_threshold,
 )
@@ -674,3 +675,17 @@ def test_compare_paired_rejects_unequal_or_constant_differences():
         compare_paired([1.0, 2.0, 3.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="the same"):
         compare_paired([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "k1, n1, k2, n2, low, high",
+    [  # Newcombe (1998), Stat Med 17:873, Table II, method 10 (hybrid score, no correction)
+        (56, 70, 48, 80, 0.0524, 0.3339),
+        (9, 10, 3, 10, 0.1705, 0.8090),
+        (5, 56, 0, 29, -0.0381, 0.1926),
+    ],
+)
+def test_rate_difference_matches_newcombes_published_intervals(k1, n1, k2, n2, low, high):
+    out = rate_difference_with_ci(k1, n1, k2, n2)
+    assert out["difference"] == pytest.approx(k1 / n1 - k2 / n2)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((low, high), abs=1e-4)

@@ -721,6 +721,12 @@ def judge_from_json(text: str, manifest: str | None = None) -> Judge:
     return Judge(settings)
 
 
+def judge_from_args(args: Any) -> Judge:
+    """A Judge from a subcommand's `--judge` JSON and `--judge-model` (a manifest, or none)."""
+    model = args.judge_model
+    return judge_from_json(args.judge, None if model in (None, "none") else str(model))
+
+
 # --------------------------------------------------------------------------- stages on trait data
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")

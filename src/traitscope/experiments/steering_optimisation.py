@@ -37,7 +37,7 @@ import numpy as np
 from traitscope.config import require_traits
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, save_figure, save_safetensors, write_json
-from traitscope.paths import trait_dir
+from traitscope.paths import capture_path, trait_dir
 
 OUT_DIR = "results/cmaes"
 CONDITIONS = ("none", "mean_diff", "probe", "optimised")
@@ -139,7 +139,7 @@ def trait_inputs(variant: str, trait: str) -> dict[str, str]:
     return {
         "vectors": f"{folder}/vectors.safetensors",
         "evaluation": f"{folder}/evaluation.json",
-        "capture": f"results/capture/{variant}/traits/{trait}/capture.json",
+        "capture": capture_path(variant, f"traits/{trait}"),
         "prompts": f"results/prompts/traits/{trait}.parquet",
         "agreement": f"{folder}/judge_agreement.json",
     }
@@ -733,9 +733,9 @@ def add_commands(add) -> None:
 
 
 def _judge(a) -> Any:
-    from traitscope.judge import judge_from_json
+    from traitscope.judge import judge_from_args
 
-    return judge_from_json(a.judge, None if a.judge_model == "none" else a.judge_model)
+    return judge_from_args(a)
 
 
 def _optimise_cli(a) -> None:
