@@ -12,7 +12,7 @@ install:
 	$(PY) -m pip install --quiet -e '.[test]'
 
 run: install
-	$(PY) -m snakemake --cores 2 $(SNAKEMAKE_ARGS)
+	$(PY) -m snakemake --cores 2 --resources gpu=1 $(SNAKEMAKE_ARGS)
 
 test: install
 	$(PY) -m pytest -q
