@@ -22,6 +22,7 @@ import pandas as pd
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
+from traitscope.judge import add_judge_arguments
 from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
 
 RUBRICS = ("aligned", "coherent")
@@ -199,8 +200,7 @@ def add_commands(add) -> None:
     p.add_argument("--rubrics-from", required=True, help="the prompt_sets: entry (JSON) of an EM YAML")
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, default=None)
     p.add_argument("--cache-dir", default="results/cache")
-    p.add_argument("--judge", required=True, help="the config's judge: section as JSON")
-    p.add_argument("--judge-model", required=True, help="local judge: its manifest.json, else none")
+    add_judge_arguments(p)
     p.add_argument(
         "--max-answers",
         type=lambda v: None if v == "none" else int(v),
