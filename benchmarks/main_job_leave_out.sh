@@ -24,7 +24,7 @@ whole_run() {  # whole_run [EXPERIMENT-TO-DISABLE]: wall seconds from an empty r
 snakemake_args=("$@")
 whole=$(whole_run)
 echo "whole job, every experiment enabled: $whole s"
-mkdir -p benchmarks-whole && cp -r results/benchmarks/. benchmarks-whole/
+rm -rf results-whole && mv results results-whole  # kept: the whole run's results and job timings
 for name in "${leave_out[@]}"; do
   without=$(whole_run "$name")
   echo "without $name: $without s; $name adds: $((whole - without)) s"
