@@ -18,6 +18,9 @@ rule finetune:
         "../../envs/traitscope.yaml"
     # one thread each, as capture: on a small CPU model jobs run side by side
     threads: 1
+    # among a run's longest jobs, each heading a chain (prepare, capture, analysis): started as
+    # soon as their data exist, they overlap the rest instead of ending the run alone
+    priority: 5
     resources:
         gpu=MODEL_GPU,
         mem_mb=16000,

@@ -265,13 +265,17 @@ def analysis_inputs(section: dict) -> dict[str, str]:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
         out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
     if section["behaviour"]["enabled"]:
-        out["behaviour"] = behaviour_paths()["json"]
+        out["behaviour"] = behaviour_path()
     return out
 
 
-def behaviour_paths() -> dict[str, str]:
-    """The judged-behaviour step's outputs."""
-    return {"json": f"{OUT_DIR}/behaviour.json", "table": f"{OUT_DIR}/behaviour.parquet"}
+def behaviour_path() -> str:
+    return f"{OUT_DIR}/behaviour.json"
+
+
+def judged_paths(role: str) -> dict[str, str]:
+    """One variant's judged answers (Parquet) and what judging them cost (JSON)."""
+    return {"table": f"{OUT_DIR}/behaviour/{role}.parquet", "json": f"{OUT_DIR}/behaviour/{role}.json"}
 
 
 def add_commands(add) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 from traitscope.config import require_traits
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, save_figure, save_safetensors, write_json
+from traitscope.judge import add_judge_arguments
 from traitscope.paths import capture_path, trait_dir
 
 OUT_DIR = "results/cmaes"
@@ -711,8 +712,7 @@ def add_commands(add) -> None:
         p.add_argument("--vectors", required=True)
         p.add_argument("--evaluation", required=True)
         p.add_argument("--trait-file", required=True)
-        p.add_argument("--judge", required=True, help="the config's judge: section as JSON")
-        p.add_argument("--judge-model", required=True, help="local judge: its manifest.json, else none")
+        add_judge_arguments(p)
         p.add_argument("--settings", required=True, help="the experiment's settings as JSON")
         p.add_argument("--out", required=True, help="JSON result")
         if name == "cmaes-optimise":

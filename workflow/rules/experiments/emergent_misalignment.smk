@@ -49,20 +49,19 @@ if is_enabled("emergent_misalignment"):
 
     if EM["behaviour"]["enabled"]:
 
-        rule em_behaviour:
+        rule em_judge:
             input:
-                **{
-                    f"capture_{role}": capture_path(EM[role], EM["prompt_set"])
-                    for role in em_plugin.ROLES
-                },
                 prompts=prompts_path(EM["prompt_set"]),
+                capture=lambda w: capture_path(EM[w.role], EM["prompt_set"]),
                 judge_model=get_judge_model,
             output:
-                **em_plugin.behaviour_paths(),
+                **em_plugin.judged_paths("{role}"),
             log:
-                "results/logs/em_behaviour.log",
+                "results/logs/em_judge/{role}.log",
             benchmark:
-                "results/benchmarks/em_behaviour.tsv"
+                "results/benchmarks/em_judge/{role}.tsv"
+            wildcard_constraints:
+                role="|".join(em_plugin.ROLES),
             conda:
                 "../../../envs/traitscope.yaml"
             threads: 1
@@ -70,10 +69,6 @@ if is_enabled("emergent_misalignment"):
                 gpu=MODEL_GPU,
                 mem_mb=8000,
             params:
-                captures=" ".join(
-                    f"--capture-{role} {capture_path(EM[role], EM['prompt_set'])}"
-                    for role in em_plugin.ROLES
-                ),
                 rubrics=json.dumps(
                     config["prompt_sets"][
                         EM["behaviour"]["rubrics_from"] or EM["question_sets"][0]
@@ -84,16 +79,39 @@ if is_enabled("emergent_misalignment"):
                 judge=get_judge_json(),
                 judge_model=get_judge_model_arg,
                 max_answers=opt("--max-answers", EM["behaviour"]["max_answers"]),
+            shell:
+                "traitscope em-judge --prompts {input.prompts} --capture {input.capture} "
+                "--role {wildcards.role} --rubrics-from {params.rubrics:q} {params.mirror} "
+                "--cache-dir results/cache --judge {params.judge:q} {params.judge_model} "
+                "{params.max_answers} --out {output.table} --out-json {output.json} 2> {log}"
+
+        rule em_behaviour:
+            input:
+                **{
+                    f"{role}_{kind}": path
+                    for role in em_plugin.ROLES
+                    for kind, path in em_plugin.judged_paths(role).items()
+                },
+            output:
+                em_plugin.behaviour_path(),
+            log:
+                "results/logs/em_behaviour.log",
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            params:
+                judged=" ".join(
+                    f"--{role} {paths['table']} --{role}-json {paths['json']}"
+                    for role in em_plugin.ROLES
+                    for paths in [em_plugin.judged_paths(role)]
+                ),
                 aligned=EM["behaviour"]["aligned_below"],
                 coherent=EM["behaviour"]["coherent_above"],
                 n_boot=EM["n_boot"],
                 seed=EM["seed"],
             shell:
-                "traitscope em-behaviour --prompts {input.prompts} {params.captures} "
-                "--rubrics-from {params.rubrics:q} {params.mirror} --cache-dir results/cache "
-                "--judge {params.judge:q} {params.judge_model} {params.max_answers} "
-                "--aligned-below {params.aligned} --coherent-above {params.coherent} "
-                "--out {output.json} --table {output.table} "
+                "traitscope em-behaviour {params.judged} --aligned-below {params.aligned} "
+                "--coherent-above {params.coherent} --out {output} "
                 "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
 
     rule em_analysis:
@@ -121,11 +139,7 @@ if is_enabled("emergent_misalignment"):
             seed=EM["seed"],
             behaviour=opt(
                 "--behaviour",
-                (
-                    em_plugin.behaviour_paths()["json"]
-                    if EM["behaviour"]["enabled"]
-                    else None
-                ),
+                (em_plugin.behaviour_path() if EM["behaviour"]["enabled"] else None),
             ),
         shell:
             "traitscope em-analysis --prompts {input.prompts} {params.variants} "
