@@ -37,7 +37,7 @@ import numpy as np
 from traitscope.config import require_traits
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, save_figure, save_safetensors, write_json
-from traitscope.judge import add_judge_arguments
+from traitscope.judge import add_judge_arguments, judge_from_args
 from traitscope.paths import capture_path, trait_dir
 
 OUT_DIR = "results/cmaes"
@@ -732,14 +732,8 @@ def add_commands(add) -> None:
     p.add_argument("--png", required=True)
 
 
-def _judge(a) -> Any:
-    from traitscope.judge import judge_from_args
-
-    return judge_from_args(a)
-
-
 def _optimise_cli(a) -> None:
-    judge = _judge(a)
+    judge = judge_from_args(a)
     try:
         cmaes_optimise(
             a.model,
@@ -759,7 +753,7 @@ def _optimise_cli(a) -> None:
 
 
 def _heldout_cli(a) -> None:
-    judge = _judge(a)
+    judge = judge_from_args(a)
     try:
         cmaes_heldout(
             a.model,
