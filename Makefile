@@ -32,7 +32,7 @@ run: install
 test: install
 	$(PY) -m pytest -q
 
-# the tiny DAG through `snakemake --profile slurm` on a local Slurm cluster that the test
+# .test/config-slurm through `snakemake --profile slurm` on a local Slurm cluster that the test
 # starts and stops (../shared/slurm-local/setup.sh; root, Debian)
 test-slurm: install
 	$(PY) -m pytest -q -s -m slurm

@@ -31,10 +31,10 @@ wildcard_constraints:
     trait="[A-Za-z0-9_-]+",
 
 
-# Model jobs (capture, finetune, steering check) hold a GPU: the local profile declares one
-# (`resources: gpu: 1`), so on a GPU workstation they run one at a time. A machine without a
-# GPU runs them on its cores, side by side as `threads` allow. Cluster profiles set `gpu`
-# per rule themselves.
+# Model jobs (capture, finetune, steering check) hold a GPU where nvidia-smi shows one: with
+# `--resources gpu=1` (`make run` passes it) a GPU workstation runs them one at a time. A
+# machine without a GPU runs them on its cores, side by side as `threads` allow. Cluster
+# profiles set `gpu` per rule themselves.
 def _local_gpu():
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
     return bool(shutil.which("nvidia-smi")) and not hidden
