@@ -48,20 +48,20 @@ SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(l
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """Starts the cluster in the background (a fresh machine installs packages meanwhile the
     local run computes) and yields a function that waits until it is up."""
     if not SETUP.is_file():
         pytest.fail(f"{SETUP} is missing: the Slurm test needs ../shared/slurm-local beside the checkout")
     if os.geteuid() != 0:
         pytest.fail("the Slurm test starts a local cluster with setup.sh, which must run as root")
-    started = subprocess.Popen(
-        ["bash", str(SETUP)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-    )
+    log = tmp_path_factory.mktemp("cluster") / "setup.log"  # a file: apt's output could fill a pipe
+    with log.open("w") as out:
+        started = subprocess.Popen(["bash", str(SETUP)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def ready() -> None:
-        out, _ = started.communicate(timeout=900)
-        assert started.returncode == 0, out[-3000:]
+        started.wait(timeout=900)
+        assert started.returncode == 0, log.read_text()[-3000:]
 
     try:
         yield ready
