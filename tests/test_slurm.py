@@ -143,6 +143,8 @@ def slurm_run(cluster, local_run, root, tmp_path_factory):
         ["sacct", "-X", "-S", start, "--name", run_id, "-o", wide], capture_output=True, text=True
     )
     print(shown.stdout)
+    for slurm_id, log in sorted((int(i), log) for _, i, log in SUBMITTED.findall(out)):
+        print(f"{slurm_id:>6} {log.split('/slurm_logs/')[-1].rsplit('/', 1)[0]}")  # rule_<rule>/<wildcards>
     return {"dir": work, "out": out, "sacct": table, "seconds": elapsed}
 
 
