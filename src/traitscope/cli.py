@@ -17,6 +17,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
+from traitscope import summary
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments
 
@@ -360,6 +361,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return p
 
     _core_commands(add)
+    summary.add_commands(add)
     if command in sub.choices:
         return parser
     import traitscope.experiments as experiments
