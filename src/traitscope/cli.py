@@ -84,6 +84,12 @@ def _prep_prompts(a: argparse.Namespace) -> None:
     prep_prompts(json.loads(a.spec), a.out, a.data_mirror, a.cache_dir)
 
 
+def _dataset_file(a: argparse.Namespace) -> None:
+    from traitscope.data.registry import dataset_file
+
+    dataset_file(a.dataset, a.file, a.out, a.data_mirror, a.cache_dir)
+
+
 def _capture(a: argparse.Namespace) -> None:
     from traitscope.capture.store import CaptureSettings, capture
 
@@ -224,6 +230,13 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--spec", required=True, help="the prompt_sets: entry as JSON")
     p.add_argument("--out", required=True)
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, required=True)
+    p.add_argument("--cache-dir", required=True, help="where downloads are kept")
+
+    p = add("dataset-file", _dataset_file, "copy a registered dataset file (origin or data mirror) to a path")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-mirror", type=path_or_none, required=True)
     p.add_argument("--cache-dir", required=True, help="where downloads are kept")
 
     p = add("capture", _capture, "generate (optionally) and capture a prompt set into resumable shards")
