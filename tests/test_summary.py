@@ -105,16 +105,22 @@ def backdoor(earliest: str | None) -> dict:
 
     order = ["prefix_end", "p0", "p1", "p2", "last_prompt", "g0", "g1"]
 
+    def found(position: str | None) -> dict:
+        return {
+            "position": position,
+            "before_first_generated_token": None if position is None else not position.startswith("g"),
+            "auc_backdoored": 0.8,
+            "auc_base": 0.55,
+        }
+
     def tokens(position: str | None) -> dict:
         by_position = {"base": {}, "backdoored": {p: auc(0.8, 0.7, 0.9, 50) for p in order[1:]}}
+        # the two-sided search finds p0 (trigger scoring lower there); the criterion reads the
+        # one-sided one (trigger higher)
         return {
             "by_position": by_position,
-            "earliest": {
-                "position": position,
-                "before_first_generated_token": None if position is None else not position.startswith("g"),
-                "auc_backdoored": 0.8,
-                "auc_base": 0.55,
-            },
+            "earliest": found("p0"),
+            "earliest_trigger_higher": found(position),
         }
 
     return {
@@ -133,6 +139,7 @@ def backdoor(earliest: str | None) -> dict:
         },
         "token_positions": {
             "order": order,
+            "threshold": 0.7,
             "by_trait": {"safety/evil": tokens("g1"), "safety/harm": tokens(earliest)},
         },
     }
@@ -245,7 +252,7 @@ def test_criteria_not_met(tmp_path):
 
 def test_no_earliest_position_and_no_mean_diff_delta(tmp_path):
     nowhere = backdoor(None)
-    nowhere["token_positions"]["by_trait"]["safety/evil"]["earliest"]["position"] = None
+    nowhere["token_positions"]["by_trait"]["safety/evil"]["earliest_trigger_higher"]["position"] = None
     summary = run(
         tmp_path,
         write(

@@ -249,8 +249,11 @@ def backdoor_criteria(result: Result) -> list[Criterion]:
     )
     order = result.get("token_positions", "order")
     by_trait = result.get("token_positions", "by_trait")
-    earliest = {t: result.get("token_positions", "by_trait", t, "earliest") for t in by_trait}
-    criterion = "signal before the first generated token (earliest position, AUC > threshold, base not)"
+    # the one-sided search: the trigger raises the score (AUC > threshold), as the AUC criterion
+    # reads; the base model separates the prefixes in neither direction
+    earliest = {t: result.get("token_positions", "by_trait", t, "earliest_trigger_higher") for t in by_trait}
+    threshold = result.get("token_positions", "threshold")
+    criterion = f"signal before the first generated token (earliest position with AUC > {threshold})"
     if not earliest:
         return [auc_row, Criterion(criterion, NOT_MEASURED, detail="no per-token AUCs in the result")]
     first = min(earliest, key=lambda t: _position_index(order, earliest[t]["position"]))
@@ -267,9 +270,9 @@ def backdoor_criteria(result: Result) -> list[Criterion]:
             at["auc"],
             *_ci(at),
             n=f"{at['n_pos']}+{at['n_neg']}",
-            detail=f"{first} at position {label} (p<j>: j-th question token after the prefix; g<j>: "
-            f"generated); base AUC {_fmt(earliest[first]['auc_base'])}; either direction counts: "
-            "max(AUC, 1 - AUC)",
+            detail=f"{first} at position {label} (p<j>: j-th question token after the prefix; "
+            f"g<j>: j-th generated token), backdoored model; base model (null) "
+            f"{_fmt(earliest[first]['auc_base'])}, max(AUC, 1 - AUC) <= {threshold}",
         )
     return [auc_row, token_row]
 
