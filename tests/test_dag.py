@@ -66,6 +66,7 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     assert counts["trait_judgements"] == counts["trait_agreement"] == n_optimised
     assert counts["cmaes_optimise"] == counts["cmaes_heldout"] == n_optimised
     assert counts["cmaes_report"] == 1 and "trait_filter" not in counts  # the filter is off
+    assert counts["summarize"] == counts["all"] == 1  # the success criteria, in the default DAG
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
         assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
@@ -109,6 +110,8 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
     assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
     assert not {"cmaes_optimise", "cmaes_heldout", "cmaes_report", "trait_judgements"} & set(counts)
+    assert counts["summarize"] == 1  # every criterion reads "not run"
+    assert "--prefill none --emergent-misalignment none --backdoor none" in out
 
 
 def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path):

@@ -17,6 +17,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
+from traitscope import summary
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments
 
@@ -81,6 +82,12 @@ def _prep_prompts(a: argparse.Namespace) -> None:
     from traitscope.data.prep import prep_prompts
 
     prep_prompts(json.loads(a.spec), a.out, a.data_mirror, a.cache_dir)
+
+
+def _dataset_file(a: argparse.Namespace) -> None:
+    from traitscope.data.registry import dataset_file
+
+    dataset_file(a.dataset, a.file, a.out, a.data_mirror, a.cache_dir)
 
 
 def _capture(a: argparse.Namespace) -> None:
@@ -225,6 +232,13 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, required=True)
     p.add_argument("--cache-dir", required=True, help="where downloads are kept")
 
+    p = add("dataset-file", _dataset_file, "copy a registered dataset file (origin or data mirror) to a path")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-mirror", type=path_or_none, required=True)
+    p.add_argument("--cache-dir", required=True, help="where downloads are kept")
+
     p = add("capture", _capture, "generate (optionally) and capture a prompt set into resumable shards")
     p.add_argument("--model", required=True, help="prepared model manifest.json")
     p.add_argument("--prompts", required=True, help="prompt-set Parquet")
@@ -360,6 +374,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return p
 
     _core_commands(add)
+    summary.add_commands(add)
     if command in sub.choices:
         return parser
     import traitscope.experiments as experiments

@@ -413,9 +413,9 @@ def sae_training_figure(record: dict, firing_rates: list[float]) -> Figure:
     dead = int((rates == 0).sum())
     alive = rates[rates > 0]
     if len(alive):
-        ax_rate.hist(np.log10(alive), bins=40, color="tab:purple")
-    ax_rate.set_xlabel("log10 share of tokens the latent fires on")
-    ax_rate.set_ylabel("latents")
+        sns.histplot(x=np.log10(alive), bins=40, color="tab:purple", ax=ax_rate)
+    ax_rate.set_xlabel("firing frequency, log10 of the share of tokens the latent fires on")
+    ax_rate.set_ylabel("latents (count)")
     ax_rate.set_title(
         f"latent firing frequency: {dead} of {len(rates)} never fire ({dead / len(rates):.1%} dead)",
         fontsize=9,

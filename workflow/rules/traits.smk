@@ -55,7 +55,8 @@ rule trait_evaluation:
         png=report(
             "results/traits/{variant}/{group}/{trait}/evaluation.png",
             caption="../report/evaluation.rst",
-            category="Trait vectors",
+            category="1 Trait vectors",
+            subcategory="{group}/{trait}",
         ),
     log:
         "results/logs/trait_evaluation/{variant}/{group}/{trait}.log",

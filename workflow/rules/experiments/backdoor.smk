@@ -47,7 +47,8 @@ if is_enabled("backdoor"):
                 png=report(
                     f"{backdoor_plugin.OUT_DIR}/sae_training.png",
                     caption="../../report/backdoor.rst",
-                    category="Backdoor detection",
+                    category="5 Backdoor detection",
+                    subcategory="sparse autoencoder",
                 ),
             log:
                 "results/logs/sae_train.log",
@@ -80,7 +81,8 @@ if is_enabled("backdoor"):
                 png=report(
                     f"{backdoor_plugin.OUT_DIR}/sae_training.png",
                     caption="../../report/backdoor.rst",
-                    category="Backdoor detection",
+                    category="5 Backdoor detection",
+                    subcategory="sparse autoencoder",
                 ),
             log:
                 "results/logs/sae_evaluate.log",
@@ -103,12 +105,14 @@ if is_enabled("backdoor"):
             traits=report(
                 f"{backdoor_plugin.OUT_DIR}/trait_comparison.png",
                 caption="../../report/backdoor.rst",
-                category="Backdoor detection",
+                category="5 Backdoor detection",
+                subcategory="trait vectors",
             ),
             tokens=report(
                 f"{backdoor_plugin.OUT_DIR}/early_detection_tokens.png",
                 caption="../../report/backdoor.rst",
-                category="Backdoor detection",
+                category="5 Backdoor detection",
+                subcategory="trait vectors",
             ),
         log:
             "results/logs/backdoor_analysis.log",

@@ -125,7 +125,7 @@ if is_enabled("emergent_misalignment"):
             distributions=report(
                 f"{em_plugin.OUT_DIR}/figures/trait_distributions.png",
                 caption="../../report/emergent_misalignment.rst",
-                category="Emergent misalignment",
+                category="4 Emergent misalignment",
             ),
             examples=f"{em_plugin.OUT_DIR}/example_answers.md",
         log:

@@ -49,7 +49,7 @@ if is_enabled("external"):
                     report(
                         path,
                         caption="../../report/external.rst",
-                        category="External datasets",
+                        category="2 External datasets",
                     )
                     if path.endswith(".png")
                     else path

@@ -85,7 +85,7 @@ if is_enabled("steering_optimisation"):
             png=report(
                 f"{so_plugin.OUT_DIR}/optimization_curves.png",
                 caption="../../report/steering_optimisation.rst",
-                category="Steering optimisation",
+                category="6 Steering optimisation",
             ),
         log:
             "results/logs/cmaes_report.log",
