@@ -149,7 +149,7 @@ def check_variant_bases(config: dict) -> None:
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
-    from traitscope.data.traits import load_trait, trait_path
+    from traitscope.data.traits import read_trait, trait_path
     from traitscope.model.loading import ModelSpec
 
     traits_dir = Path(traits_dir or config["traits_dir"])
@@ -158,7 +158,16 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
     for name in config["traits"]:
-        load_trait(trait_path(traits_dir, name), name)
+        read_trait(trait_path(traits_dir, name), name)
+    for name, spec in config["prompt_sets"].items():
+        target = spec.get("match_length")
+        if target is not None:
+            require_prompt_set(f"prompt_sets.{name}.match_length", target, config)
+            if target == name or spec.get("n") is not None:
+                raise TraitscopeError(
+                    f"prompt_sets.{name}: match_length draws one row per prompt of another set; "
+                    "name a different set and remove n"
+                )
     for i, capture in enumerate(config["captures"]):
         require_variant(f"captures[{i}]", capture["variant"], config)
         require_prompt_set(f"captures[{i}]", capture["prompt_set"], config)
