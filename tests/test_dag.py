@@ -54,8 +54,11 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     harmbench = config["experiments"]["external"]["harmbench"]
     # HarmBench harmful + harmless, the prefill 2x2, the EM question set on three variants,
     # the backdoor pairs on two; the backdoor SAE's training set is captured, never projected
-    requested = len(harmbench) + 1 + 3 + 2
+    # and the transfer table's harmful sets and their length-matched controls
+    transfer = config["experiments"]["transfer"]["sets"]
+    requested = len(harmbench) + 1 + 3 + 2 + len({*transfer, *transfer.values()} - {*harmbench.values()})
     assert counts["capture"] == n_traits + requested + 1 and counts["project"] == requested
+    assert counts["transfer_table"] == 1
     assert counts["prep_prompts"] == len(config["prompt_sets"])
     assert counts["prefill_conditions"] == counts["prefill_analysis"] == counts["external_analysis"] == 1
     assert counts["em_prompts"] == counts["em_training_data"] == counts["em_analysis"] == 1

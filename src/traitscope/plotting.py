@@ -452,3 +452,42 @@ def optimisation_curves_figure(histories: dict[str, list[dict]], start: dict[str
         for ax in (ax_fit, ax_calls):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def transfer_heatmap(result: dict) -> Figure:
+    """ROC-AUC of every trait and surface baseline (rows) on every labelled set (columns), one
+    panel per pool; a trait's cell is starred where its AUC beats every baseline (paired CI > 0)."""
+    pools, sets = result["pools"], list(result["sets"])
+    base_names = list(next(iter(result["sets"].values()))["baselines"])
+    rows = [*result["traits"], *(f"baseline: {b}" for b in base_names)]
+    fig, axes = _figure(len(pools), (2.2 + 1.3 * len(sets) * len(pools), 0.9 + 0.42 * len(rows)))
+    for ax, pool in zip(axes[0], pools):
+        values = np.array(
+            [[result["sets"][s]["pools"][pool][t]["auc"]["auc"] for s in sets] for t in result["traits"]]
+            + [[result["sets"][s]["baselines"][b]["auc"] for s in sets] for b in base_names]
+        )
+        stars = [
+            ["*" if result["sets"][s]["pools"][pool][t]["beats_baselines"] else "" for s in sets]
+            for t in result["traits"]
+        ] + [[""] * len(sets) for _ in base_names]
+        labels = np.array(
+            [[f"{v:.2f}{star}" for v, star in zip(vals, marks)] for vals, marks in zip(values, stars)]
+        )
+        sns.heatmap(
+            pd.DataFrame(values, index=rows, columns=sets),
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            center=0.5,
+            cmap="RdBu_r",
+            annot=labels,
+            fmt="",
+            cbar=ax is axes[0, -1],
+            cbar_kws={"label": "ROC-AUC, harmful vs length-matched harmless"},
+        )
+        ax.set_title(f"pool: {pool}")
+        ax.set_xlabel("harmful prompt set (vs its length-matched harmless controls)")
+        if ax is not axes[0, 0]:
+            ax.set_yticklabels([])
+    fig.suptitle("Transfer: trait projections (chosen layer) and surface baselines; * beats every baseline")
+    return fig

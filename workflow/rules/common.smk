@@ -105,7 +105,8 @@ def get_final_output():
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
-    for trait in PERSONA_TRAITS:  # the judge reads answers: prompt-contrast traits have none
+    # the judge reads answers: prompt-contrast traits have none
+    for trait in PERSONA_TRAITS:
         if JUDGE["agreement"]:
             out.append(f"{trait_dir(BASE, trait)}/judge_agreement.json")
         if FILTER["enabled"]:
@@ -321,7 +322,7 @@ def get_judgement_args(wildcards):
 
 
 def get_filter_judgements(wildcards):
-    if not FILTER["enabled"] or get_trait_sources_arg(wildcards):
+    if not FILTER["enabled"] or f"{wildcards.group}/{wildcards.trait}" in CONTRAST_POOL:
         return []
     return [
         f"{trait_dir(wildcards.variant, f'{wildcards.group}/{wildcards.trait}')}/judgements.parquet"
