@@ -460,7 +460,7 @@ def transfer_heatmap(result: dict) -> Figure:
     pools, sets = result["pools"], list(result["sets"])
     base_names = list(next(iter(result["sets"].values()))["baselines"])
     rows = [*result["traits"], *(f"baseline: {b}" for b in base_names)]
-    fig, axes = _figure(len(pools), (2.2 + 1.3 * len(sets) * len(pools), 0.9 + 0.42 * len(rows)))
+    fig, axes = _figure(len(pools), (3 + 1.6 * len(sets) * len(pools), 2.4 + 0.45 * len(rows)))
     for ax, pool in zip(axes[0], pools):
         values = np.array(
             [[result["sets"][s]["pools"][pool][t]["auc"]["auc"] for s in sets] for t in result["traits"]]
@@ -486,6 +486,7 @@ def transfer_heatmap(result: dict) -> Figure:
             cbar_kws={"label": "ROC-AUC, harmful vs length-matched harmless"},
         )
         ax.set_title(f"pool: {pool}")
+        ax.tick_params(axis="x", rotation=30)
         ax.set_xlabel("harmful prompt set (vs its length-matched harmless controls)")
         if ax is not axes[0, 0]:
             ax.set_yticklabels([])
