@@ -24,6 +24,7 @@ from traitscope.stats import (
     holm,
     interaction_test,
     mean_with_ci,
+    rate_difference_with_ci,
     spearman,
     youden_threshold,
 )
@@ -674,3 +675,28 @@ def test_compare_paired_rejects_unequal_or_constant_differences():
         compare_paired([1.0, 2.0, 3.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="the same"):
         compare_paired([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "k1, n1, k2, n2, low, high",
+    [  # Newcombe (1998), Stat Med 17:873, Table II, method 10 (hybrid score, no correction)
+        (56, 70, 48, 80, 0.0524, 0.3339),
+        (9, 10, 3, 10, 0.1705, 0.8090),
+        (5, 56, 0, 29, -0.0381, 0.1926),
+    ],
+)
+def test_rate_difference_matches_newcombes_published_intervals(k1, n1, k2, n2, low, high):
+    out = rate_difference_with_ci(k1, n1, k2, n2)
+    assert out["difference"] == pytest.approx(k1 / n1 - k2 / n2)
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_auc_counts_ties_half_on_every_resample_row():
+    from traitscope.stats import _auc_along
+
+    # pos 1 beats only the 0; pos 2 ties both 2s and beats the 0; pos 3 beats all: (1 + 2 + 3) / 9
+    assert auc([1, 2, 3], [2, 2, 0]) == pytest.approx(6 / 9)
+    rows_pos = np.array([[1, 2, 3], [3, 3, 3], [0, 0, 0]], float)
+    rows_neg = np.array([[2, 2, 0], [2, 2, 0], [0, 0, 0]], float)
+    np.testing.assert_allclose(_auc_along(rows_pos, rows_neg), [6 / 9, 1.0, 0.5])
+    np.testing.assert_allclose(_auc_along(rows_pos.T, rows_neg.T, axis=0), [6 / 9, 1.0, 0.5])

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traitscope.errors import TraitscopeError
+from traitscope.judge import add_judge_arguments
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -131,9 +132,9 @@ def _trait_vectors(a: argparse.Namespace) -> None:
 
 
 def _trait_judgements(a: argparse.Namespace) -> None:
-    from traitscope.judge import judge_from_json, trait_judgements
+    from traitscope.judge import judge_from_args, trait_judgements
 
-    judge = judge_from_json(a.judge, a.judge_model)
+    judge = judge_from_args(a)
     try:
         trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.splits, a.rubrics, a.out)
     finally:
@@ -287,10 +288,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--capture", required=True, help="the trait set's capture.json")
     p.add_argument("--prompts", required=True, help="the trait prompt set")
     p.add_argument("--trait-file", required=True, help="the trait YAML (its judge_rubric)")
-    p.add_argument("--judge", required=True, help="the config's judge: section as JSON")
-    p.add_argument(
-        "--judge-model", type=path_or_none, required=True, help="local judge: its manifest.json, else none"
-    )
+    add_judge_arguments(p)
     p.add_argument("--splits", nargs="+", choices=["extraction", "evaluation"], required=True)
     p.add_argument("--rubrics", nargs="+", choices=["trait", "coherence"], required=True)
     p.add_argument("--out", required=True, help="judgements.parquet")

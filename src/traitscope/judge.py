@@ -721,6 +721,18 @@ def judge_from_json(text: str, manifest: str | None = None) -> Judge:
     return Judge(settings)
 
 
+def add_judge_arguments(parser: Any) -> None:
+    """`--judge` and `--judge-model`, the options every judging subcommand takes."""
+    parser.add_argument("--judge", required=True, help="the config's judge: section as JSON")
+    parser.add_argument("--judge-model", required=True, help="local judge: its manifest.json, else none")
+
+
+def judge_from_args(args: Any) -> Judge:
+    """A Judge from a subcommand's `--judge` JSON and `--judge-model` (a manifest, or none)."""
+    model = args.judge_model
+    return judge_from_json(args.judge, None if model in (None, "none") else str(model))
+
+
 # --------------------------------------------------------------------------- stages on trait data
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")

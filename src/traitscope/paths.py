@@ -11,6 +11,11 @@ def prompts_path(prompt_set: str) -> str:
     return f"results/prompts/{prompt_set}.parquet"
 
 
+def capture_path(variant: str, prompt_set: str) -> str:
+    """A capture's manifest (capture.json); its shards sit beside it."""
+    return f"results/capture/{variant}/{prompt_set}/capture.json"
+
+
 def projections_path(variant: str, prompt_set: str) -> str:
     return f"results/projections/{variant}/{prompt_set}.parquet"
 

@@ -14,6 +14,9 @@ rule finetune:
         "results/logs/finetune/{variant}.log",
     benchmark:
         "results/benchmarks/finetune/{variant}.tsv"
+    # among a run's longest jobs, each heading a chain (prepare, capture, analysis): started as
+    # soon as their data exist, they overlap the rest instead of ending the run alone
+    priority: 5
     conda:
         "../../envs/traitscope.yaml"
     # one thread each, as capture: on a small CPU model jobs run side by side

@@ -36,11 +36,7 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
         return _advbench_from_hub(spec["hub"], Path(cache_dir))
     if dataset == "beavertails":
         return loaders.load_beavertails(spec.get("path") or spec.get("split", "30k_test"), data_mirror)
-    path = (
-        Path(spec["path"])
-        if spec.get("path")
-        else registry.fetch(dataset, spec["file"], data_mirror, cache_dir)
-    )
+    path = source_file(spec, data_mirror, cache_dir)
     if dataset == "harmbench":
         return loaders.load_harmbench(path, spec.get("functional_categories", ["standard"]))
     if dataset == "advbench":
@@ -48,6 +44,14 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     if dataset == "refusal_direction":
         return loaders.load_instructions(path, int(spec.get("label", path.name.startswith("harmful"))))
     return loaders.load_em_questions(path)
+
+
+def source_file(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> Path:
+    """The local file of a file-backed `prompt_sets:` entry: its `path`, else the mirror's or
+    a cached download of its dataset file."""
+    if spec.get("path"):
+        return Path(spec["path"])
+    return registry.fetch(spec["dataset"], spec["file"], data_mirror, cache_dir)
 
 
 def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:

@@ -30,7 +30,7 @@ import pandas as pd
 from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, write_parquet
-from traitscope.paths import projections_path, prompts_path
+from traitscope.paths import capture_path, projections_path, prompts_path
 
 OUT_DIR = "results/backdoor_detection"
 CONDITIONS = ("trigger", "control")
@@ -918,7 +918,7 @@ def analysis_inputs(section: dict) -> dict[str, str]:
     out = {"pairs": prompts_path(section["prompt_set"])}
     for role in ROLES:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
-        out[f"capture_{role}"] = f"results/capture/{section[role]}/{section['prompt_set']}/capture.json"
+        out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
     return out
 
 
@@ -945,11 +945,11 @@ def sae_features_inputs(section: dict) -> dict[str, str]:
     out = {
         "sae": section["sae"]["path"] or sae_dir(),
         "sae_record": f"{OUT_DIR}/sae_training.json",
-        "sae_capture": f"results/capture/{base}/{sae_set}/capture.json",
+        "sae_capture": capture_path(base, sae_set),
         "pairs": prompts_path(section["prompt_set"]),
     }
     for role in ROLES:
-        out[f"capture_{role}"] = f"results/capture/{section[role]}/{section['prompt_set']}/capture.json"
+        out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
     return out
 
 

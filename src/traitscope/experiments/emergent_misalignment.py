@@ -22,12 +22,12 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope import plotting
-from traitscope.capture.store import read_shards
+from traitscope.capture.store import read_responses
 from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
-from traitscope.paths import projections_path, prompts_path
+from traitscope.paths import capture_path, projections_path, prompts_path
 from traitscope.stats import compare_paired, holm
 
 OUT_DIR = "results/emergent_misalignment"
@@ -67,6 +67,11 @@ def check_config(section: dict, config: dict) -> None:
         raise TraitscopeError(f"{where}: base, misaligned and control must be three different variants")
     for name in section["question_sets"]:
         require_prompt_set(f"{where}.question_sets", name, config, dataset="emergent_misalignment")
+    rubrics_from = section["behaviour"]["rubrics_from"]
+    if rubrics_from is not None:
+        require_prompt_set(
+            f"{where}.behaviour.rubrics_from", rubrics_from, config, dataset="emergent_misalignment"
+        )
     require_traits(f"{where}.traits", section["traits"], config)
     persona = section.get("persona")
     if persona:
@@ -109,14 +114,6 @@ def em_prompts(question_sets: list[str | Path], exclude: str, samples: int, out:
     return table
 
 
-def _responses(capture_json: str | Path) -> dict[str, str]:
-    return {
-        pid: text
-        for prompts, _, _ in read_shards(capture_json)
-        for pid, text in zip(prompts["prompt_id"], prompts["response"])
-    }
-
-
 def persona_training_data(
     trait_prompts: str | Path,
     trait_capture: str | Path,
@@ -133,7 +130,7 @@ def persona_training_data(
     table = read_prompt_set(trait_prompts)
     if "split" not in table.columns or "label" not in table.columns:
         raise TraitscopeError(f"{trait_prompts}: not a trait prompt set (needs split and label columns)")
-    responses = _responses(trait_capture)
+    responses = read_responses(trait_capture)
     held_out = {q for p in avoid for q in pd.read_parquet(p)["prompt"]}
     rows = table[(table["split"] == "extraction") & ~table["question"].isin(held_out)]
     sets = {}
@@ -218,15 +215,17 @@ def em_analysis(
     examples_md: str | Path,
     n_boot: int = 2000,
     seed: int = 0,
+    behaviour: str | Path | None = None,
 ) -> dict:
-    """variant_comparison.json, the distribution figure and the example answers."""
+    """variant_comparison.json, the distribution figure and the example answers; with
+    `behaviour` (em_behaviour's JSON), the judged behaviour goes into the comparison too."""
     prompts = read_prompt_set(prompts_path_)
     scores = paired_scores(projections, traits)
     if scores.empty:
         raise TraitscopeError(
             f"{', '.join(map(str, projections.values()))}: no prompt scored by every variant"
         )
-    answers = {role: _responses(path) for role, path in captures_.items()}
+    answers = {role: read_responses(path) for role, path in captures_.items()}
     lengths = {
         role: float(pd.Series([len(t.split()) for t in by_id.values()]).mean())
         for role, by_id in answers.items()
@@ -248,6 +247,8 @@ def em_analysis(
         "mean_response_words": lengths,
         "vectors_from": "base variant, each trait at its chosen layer",
     }
+    if behaviour is not None:
+        result["behaviour"] = json.loads(Path(behaviour).read_text())
     write_json(out_json, result)
     save_figure(
         distributions_png, plotting.variant_distribution_figure(scores, traits, list(ROLES), POSITIONS)
@@ -262,8 +263,19 @@ def analysis_inputs(section: dict) -> dict[str, str]:
     out = {"prompts": prompts_path(section["prompt_set"])}
     for role in ROLES:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
-        out[f"capture_{role}"] = f"results/capture/{section[role]}/{section['prompt_set']}/capture.json"
+        out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
+    if section["behaviour"]["enabled"]:
+        out["behaviour"] = behaviour_path()
     return out
+
+
+def behaviour_path() -> str:
+    return f"{OUT_DIR}/behaviour.json"
+
+
+def judged_paths(role: str) -> dict[str, str]:
+    """One variant's judged answers (Parquet) and what judging them cost (JSON)."""
+    return {"table": f"{OUT_DIR}/behaviour/{role}.parquet", "json": f"{OUT_DIR}/behaviour/{role}.json"}
 
 
 def add_commands(add) -> None:
@@ -293,6 +305,12 @@ def add_commands(add) -> None:
     p.add_argument("--examples-md", required=True)
     p.add_argument("--n-boot", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument(
+        "--behaviour",
+        type=lambda v: None if v == "none" else v,
+        default=None,
+        help="em-behaviour's JSON, to include (default or none: no behaviour)",
+    )
 
 
 def _prompts_cli(a) -> None:
@@ -315,4 +333,5 @@ def _analysis_cli(a) -> None:
         a.examples_md,
         a.n_boot,
         a.seed,
+        a.behaviour,
     )

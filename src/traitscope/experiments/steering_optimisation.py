@@ -37,7 +37,8 @@ import numpy as np
 from traitscope.config import require_traits
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path, save_figure, save_safetensors, write_json
-from traitscope.paths import trait_dir
+from traitscope.judge import add_judge_arguments, judge_from_args
+from traitscope.paths import capture_path, trait_dir
 
 OUT_DIR = "results/cmaes"
 CONDITIONS = ("none", "mean_diff", "probe", "optimised")
@@ -139,7 +140,7 @@ def trait_inputs(variant: str, trait: str) -> dict[str, str]:
     return {
         "vectors": f"{folder}/vectors.safetensors",
         "evaluation": f"{folder}/evaluation.json",
-        "capture": f"results/capture/{variant}/traits/{trait}/capture.json",
+        "capture": capture_path(variant, f"traits/{trait}"),
         "prompts": f"results/prompts/traits/{trait}.parquet",
         "agreement": f"{folder}/judge_agreement.json",
     }
@@ -711,8 +712,7 @@ def add_commands(add) -> None:
         p.add_argument("--vectors", required=True)
         p.add_argument("--evaluation", required=True)
         p.add_argument("--trait-file", required=True)
-        p.add_argument("--judge", required=True, help="the config's judge: section as JSON")
-        p.add_argument("--judge-model", required=True, help="local judge: its manifest.json, else none")
+        add_judge_arguments(p)
         p.add_argument("--settings", required=True, help="the experiment's settings as JSON")
         p.add_argument("--out", required=True, help="JSON result")
         if name == "cmaes-optimise":
@@ -732,14 +732,8 @@ def add_commands(add) -> None:
     p.add_argument("--png", required=True)
 
 
-def _judge(a) -> Any:
-    from traitscope.judge import judge_from_json
-
-    return judge_from_json(a.judge, None if a.judge_model == "none" else a.judge_model)
-
-
 def _optimise_cli(a) -> None:
-    judge = _judge(a)
+    judge = judge_from_args(a)
     try:
         cmaes_optimise(
             a.model,
@@ -759,7 +753,7 @@ def _optimise_cli(a) -> None:
 
 
 def _heldout_cli(a) -> None:
-    judge = _judge(a)
+    judge = judge_from_args(a)
     try:
         cmaes_heldout(
             a.model,

@@ -1,6 +1,7 @@
 # Emergent misalignment: base vs misaligned vs control finetune on benign EM questions.
 # Paths and targets come from the plug-in module (traitscope.experiments.emergent_misalignment).
 from traitscope.experiments import emergent_misalignment as em_plugin
+from traitscope.paths import capture_path
 
 EM = config["experiments"]["emergent_misalignment"]
 get_emergent_misalignment_targets = lambda: em_plugin.targets(EM)
@@ -46,6 +47,73 @@ if is_enabled("emergent_misalignment"):
                 "--trait-capture {input.capture} --avoid {input.avoid} "
                 "--misaligned {output.misaligned} --control {output.control} 2> {log}"
 
+    if EM["behaviour"]["enabled"]:
+
+        rule em_judge:
+            input:
+                prompts=prompts_path(EM["prompt_set"]),
+                capture=lambda w: capture_path(EM[w.role], EM["prompt_set"]),
+                judge_model=get_judge_model,
+            output:
+                **em_plugin.judged_paths("{role}"),
+            log:
+                "results/logs/em_judge/{role}.log",
+            benchmark:
+                "results/benchmarks/em_judge/{role}.tsv"
+            wildcard_constraints:
+                role="|".join(em_plugin.ROLES),
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            resources:
+                gpu=MODEL_GPU,
+                mem_mb=8000,
+            params:
+                rubrics=json.dumps(
+                    config["prompt_sets"][
+                        EM["behaviour"]["rubrics_from"] or EM["question_sets"][0]
+                    ],
+                    sort_keys=True,
+                ),
+                mirror=get_mirror_arg(),
+                judge=get_judge_json(),
+                judge_model=get_judge_model_arg,
+                max_answers=opt("--max-answers", EM["behaviour"]["max_answers"]),
+            shell:
+                "traitscope em-judge --prompts {input.prompts} --capture {input.capture} "
+                "--role {wildcards.role} --rubrics-from {params.rubrics:q} {params.mirror} "
+                "--cache-dir results/cache --judge {params.judge:q} {params.judge_model} "
+                "{params.max_answers} --out {output.table} --out-json {output.json} 2> {log}"
+
+        rule em_behaviour:
+            input:
+                **{
+                    f"{role}_{kind}": path
+                    for role in em_plugin.ROLES
+                    for kind, path in em_plugin.judged_paths(role).items()
+                },
+            output:
+                em_plugin.behaviour_path(),
+            log:
+                "results/logs/em_behaviour.log",
+            conda:
+                "../../../envs/traitscope.yaml"
+            threads: 1
+            params:
+                judged=" ".join(
+                    f"--{role} {paths['table']} --{role}-json {paths['json']}"
+                    for role in em_plugin.ROLES
+                    for paths in [em_plugin.judged_paths(role)]
+                ),
+                aligned=EM["behaviour"]["aligned_below"],
+                coherent=EM["behaviour"]["coherent_above"],
+                n_boot=EM["n_boot"],
+                seed=EM["seed"],
+            shell:
+                "traitscope em-behaviour {params.judged} --aligned-below {params.aligned} "
+                "--coherent-above {params.coherent} --out {output} "
+                "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+
     rule em_analysis:
         input:
             **em_plugin.analysis_inputs(EM),
@@ -69,6 +137,10 @@ if is_enabled("emergent_misalignment"):
             traits=" ".join(EM["traits"]),
             n_boot=EM["n_boot"],
             seed=EM["seed"],
+            behaviour=opt(
+                "--behaviour",
+                (em_plugin.behaviour_path() if EM["behaviour"]["enabled"] else None),
+            ),
         shell:
             "traitscope em-analysis --prompts {input.prompts} {params.variants} "
             "--projections-base {input.projections_base} --capture-base {input.capture_base} "
@@ -78,4 +150,4 @@ if is_enabled("emergent_misalignment"):
             "--capture-control {input.capture_control} "
             "--traits {params.traits} --out {output.json} "
             "--distributions-png {output.distributions} --examples-md {output.examples} "
-            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+            "--n-boot {params.n_boot} --seed {params.seed} {params.behaviour} 2> {log}"
