@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from traitscope.data.traits import contrast_pool
+
 TRAIT_STAGES = ("trait_prompts", "trait_vectors", "trait_evaluation")
 # datasets and experiment names that only the registry and the experiments may mention
 EXPERIMENT_WORDS = (
@@ -102,7 +104,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     overlay.write_text(
         "experiments: {prefill: {enabled: false}, external: {enabled: false},"
         " emergent_misalignment: {enabled: false}, backdoor: {enabled: false},"
-        " steering_optimisation: {enabled: false}}\n"
+        " steering_optimisation: {enabled: false}, transfer: {enabled: false}}\n"
     )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     counts = job_counts(out)
@@ -112,6 +114,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
     assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
     assert not {"cmaes_optimise", "cmaes_heldout", "cmaes_report", "trait_judgements"} & set(counts)
+    assert "transfer_table" not in counts
 
 
 def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path):
@@ -125,8 +128,11 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
     captures = lambda text: sorted(re.findall(r"traitscope capture .*", text))  # noqa: E731
     assert captures(out) == captures(plain) and captures(out)
     counts = job_counts(out)
-    n_traits = len(yaml.safe_load((root / "config/config.yaml").read_text())["traits"])
-    assert counts["trait_judgements"] == counts["trait_filter"] == counts["trait_agreement"] == n_traits
+    traits = yaml.safe_load((root / "config/config.yaml").read_text())["traits"]
+    # prompt-contrast traits have no answers to judge: their vectors are built unfiltered
+    persona = [t for t in traits if contrast_pool(root / f"resources/traits/{t}.yaml") is None]
+    assert 0 < len(persona) < len(traits)
+    assert counts["trait_judgements"] == counts["trait_filter"] == counts["trait_agreement"] == len(persona)
     vectors = re.search(r"traitscope trait-vectors .*safety/evil/capture\.json.*", out)[0]
     assert "--filter-judgements results/traits/smollm2/safety/evil/judgements.parquet" in vectors
     judged = re.search(r"traitscope trait-judgements .*safety/evil.*", out)[0]
