@@ -307,9 +307,7 @@ def test_transfer_table_numbers_match_hand_computed(transfer_run):
         assert scored["auc"]["auc"] == pytest.approx(brute_auc(pos, neg))
         for name in ("length", "bag_of_words"):
             diff = scored[f"vs_{name}"]
-            assert diff["difference"] == pytest.approx(
-                scored["auc"]["auc"] - entry["baselines"][name]["auc"]
-            )
+            assert diff["difference"] == pytest.approx(scored["auc"]["auc"] - entry["baselines"][name]["auc"])
             assert diff["ci_low"] <= diff["difference"] <= diff["ci_high"]
         beats = all(scored[f"vs_{n}"]["ci_low"] > 0 for n in ("length", "bag_of_words"))
         assert scored["beats_baselines"] is beats

@@ -33,9 +33,7 @@ def training_keys(vectors_meta: str | Path) -> set[str]:
     try:
         keys = json.loads(Path(vectors_meta).read_text())["training_prompts"]
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
-        raise TraitscopeError(
-            f"{vectors_meta}: no training_prompts record; rerun trait-vectors"
-        ) from None
+        raise TraitscopeError(f"{vectors_meta}: no training_prompts record; rerun trait-vectors") from None
     return set(keys)
 
 

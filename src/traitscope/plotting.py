@@ -252,7 +252,8 @@ MODEL_COLORS = {"base": "tab:blue", "backdoored": "tab:red"}
 
 def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str]) -> Figure:
     """Per trait (columns) and position (rows): trigger-vs-control AUC by layer on the base and
-    the backdoored model, 95% bootstrap bands, the trait's chosen layer dashed."""
+    the backdoored model, 95% bootstrap bands, the trait's chosen layer dashed, the surface
+    baselines' AUCs in green."""
     fig, axes = _figure(len(traits), (4.6 * len(traits), 3.6 * len(positions)), nrows=len(positions))
     for row, position in enumerate(positions):
         for ax, trait in zip(axes[row], traits):
@@ -271,6 +272,8 @@ def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str])
                     alpha=0.15,
                 )
             ax.axhline(0.5, color="grey", lw=1)
+            for (name, base), style in zip(result.get("baselines", {}).items(), (":", "-.")):
+                ax.axhline(base["auc"], color="tab:green", ls=style, lw=1, label=f"{name} baseline")
             ax.axvline(entry["chosen_layer"], color="k", ls="--", lw=1)
             diff = at["chosen_layer"]["difference"]
             ax.set_title(

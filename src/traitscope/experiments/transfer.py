@@ -173,4 +173,3 @@ def _cli(a) -> None:
         a.n_boot,
         a.seed,
     )
-
