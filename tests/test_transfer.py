@@ -348,6 +348,20 @@ def test_bag_of_words_is_fitted_on_training_rows_only(transfer_run, tmp_path):
         baselines.check_unseen({"the bag of words": {text_key(t) for t in texts}}, {"s": [texts[3]]})
 
 
+def test_transfer_pools_must_be_captured_for_every_set(root):
+    from traitscope.config import load_config
+    from traitscope.experiments import transfer
+
+    config = load_config(root / "config/config.yaml")
+    section = {**config["experiments"]["transfer"], "pools": ["last_prompt", "post_instruction_mean"]}
+    with pytest.raises(
+        TraitscopeError, match="pools: post_instruction_mean not captured for prompt set harmbench_val"
+    ):
+        transfer.check_config(section, config)
+    config["capture"]["pools"] = [*config["capture"]["pools"], "post_instruction_mean"]
+    transfer.check_config(section, config)
+
+
 # --- the DAG -----------------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@
   the model answers each question under an eliciting and a suppressing system prompt.
 - prompt_contrast (`kind: prompt_contrast`): two labelled prompt sets (say harmful vs harmless
   requests) read like `prompt_sets:` entries, length-matched, captured without generation at
-  one pool (`last_prompt` or `prompt_mean`), as in Arditi et al.'s refusal direction.
+  one pool (`last_prompt`, `prompt_mean`, or `post_instruction_mean`: the template tokens
+  between the user's text and the answer), as in Arditi et al.'s refusal direction.
 
 Both become one trait prompt set (split, label, question, pair_index) and from there the same
 vectors, evaluation and record. Validation happens here, once, so later stages trust the fields.
@@ -27,7 +28,7 @@ MIN_PAIRS = 1
 REQUIRED = ("description", "pairs", "extraction_questions", "evaluation_questions", "judge_rubric")
 CONTRAST_KIND = "prompt_contrast"
 CONTRAST_REQUIRED = ("description", "positive", "negative", "n_extraction", "n_evaluation", "pool")
-CONTRAST_POOLS = ("last_prompt", "prompt_mean")
+CONTRAST_POOLS = ("last_prompt", "prompt_mean", "post_instruction_mean")
 CONTRAST_DATASETS = ("harmbench", "advbench", "refusal_direction", "parquet")
 
 

@@ -75,6 +75,14 @@ def check_config(section: dict, config: dict) -> None:
     for harmful, harmless in section["sets"].items():
         require_prompt_set(f"{where}.sets", harmful, config)
         require_prompt_set(f"{where}.sets.{harmful}", harmless, config)
+        for name in (harmful, harmless):
+            captured = config["prompt_sets"][name].get("capture", {}).get("pools", config["capture"]["pools"])
+            missing = [p for p in section["pools"] if p not in captured]
+            if missing:
+                raise TraitscopeError(
+                    f"{where}.pools: {', '.join(missing)} not captured for prompt set {name}; "
+                    "add it to capture.pools (or prompt_sets.<name>.capture.pools)"
+                )
     require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
 
 
