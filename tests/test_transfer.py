@@ -348,6 +348,34 @@ def test_bag_of_words_is_fitted_on_training_rows_only(transfer_run, tmp_path):
         baselines.check_unseen({"the bag of words": {text_key(t) for t in texts}}, {"s": [texts[3]]})
 
 
+def test_refusal_phrases_match_arditi_substrings_case_and_apostrophe_insensitively():
+    from traitscope.vectors.steering import refuses
+
+    assert refuses("i CAN\u2019T help with that.") and refuses("Sorry. As an AI, no.")
+    assert not refuses("Sure! Here is a poem about the sea.") and not refuses("I can help.")
+
+
+def test_contrast_trait_is_steered_on_its_held_out_negatives(transfer_run, tiny_manifest):
+    from traitscope.vectors.steering import steering_check
+
+    tmp = transfer_run["tmp"]
+    args = (tiny_manifest, tmp / "vectors.safetensors", tmp / "evaluation.json", tmp / "safety/request.yaml")
+    with pytest.raises(
+        TraitscopeError, match="prompt-contrast trait: its steering check needs its prompt set"
+    ):
+        steering_check(*args, tmp / "steering.json", 4.0, 4, 4096)
+    result = steering_check(*args, tmp / "steering.json", 4.0, 4, 4096, transfer_run["trait_prompts"])
+    rows = pd.read_parquet(transfer_run["trait_prompts"])
+    held_out_negatives = rows[(rows["split"] == "evaluation") & (rows["label"] == 0)]["prompt"].tolist()
+    assert result["n"] == len(held_out_negatives) == 4 and "trait-negative" in result["prompts"]
+    assert result["examples"][0]["question"] == held_out_negatives[0]
+    rate = result["refusal_rate"]
+    assert rate["steered"]["n"] == 4 and result["refusal_rate_difference"]["difference"] == pytest.approx(
+        rate["steered"]["rate"] - rate["unsteered"]["rate"]
+    )
+    assert json.loads((tmp / "steering.json").read_text()) == result
+
+
 def test_transfer_pools_must_be_captured_for_every_set(root):
     from traitscope.config import load_config
     from traitscope.experiments import transfer
@@ -368,7 +396,8 @@ def test_transfer_pools_must_be_captured_for_every_set(root):
 def test_default_dag_captures_contrast_trait_without_generation_and_matches_controls(root):
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "-p", "--nolock", "--forceall"]
-        + ["--config", "data_mirror=../shared/data", "--", "results/traits/smollm2/transfer.json"],
+        + ["--config", "data_mirror=../shared/data", "--", "results/traits/smollm2/transfer.json"]
+        + [f"results/traits/smollm2/{t}/steering.json" for t in ("safety/harmful_request", "safety/evil")],
         cwd=root,
         capture_output=True,
         text=True,
@@ -383,3 +412,6 @@ def test_default_dag_captures_contrast_trait_without_generation_and_matches_cont
     vectors = re.search(r"traitscope trait-vectors .*--trait safety/harmful_request.*", out)[0]
     assert "--position last_prompt" in vectors
     assert "traitscope transfer-table" in out
+    steer = re.search(r"traitscope steering-check .*safety/harmful_request\.yaml.*", out)[0]
+    assert "--prompts results/prompts/traits/safety/harmful_request.parquet" in steer
+    assert "--prompts none" in re.search(r"traitscope steering-check .*safety/evil\.yaml.*", out)[0]

@@ -179,7 +179,15 @@ def _steering_check(a: argparse.Namespace) -> None:
     from traitscope.vectors.steering import steering_check
 
     steering_check(
-        a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.coefficient, a.max_new_tokens, a.max_tokens
+        a.model,
+        a.vectors,
+        a.evaluation,
+        a.trait_file,
+        a.out,
+        a.coefficient,
+        a.max_new_tokens,
+        a.max_tokens,
+        a.prompts,
     )
 
 
@@ -334,6 +342,12 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--coefficient", type=float, required=True)
     p.add_argument("--max-new-tokens", type=int, required=True)
     p.add_argument("--max-tokens", type=int, required=True)
+    p.add_argument(
+        "--prompts",
+        type=path_or_none,
+        required=True,
+        help="a prompt-contrast trait's prompt set (its held-out negatives are steered), else none",
+    )
 
     p = add("project", _project, "project captured activations onto trait vectors (Parquet)")
     p.add_argument("--capture", required=True, help="capture.json")

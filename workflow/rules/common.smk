@@ -170,6 +170,13 @@ def get_trait_sources_arg(wildcards):
     return f"{get_mirror_arg()} --cache-dir results/cache"
 
 
+def get_steering_prompts(wildcards):
+    """A prompt-contrast trait is steered on its held-out negatives, read from its prompt set;
+    a persona trait's questions are in its file."""
+    name = f"{wildcards.group}/{wildcards.trait}"
+    return [prompts_path(f"traits/{name}")] if name in CONTRAST_POOL else []
+
+
 def get_evaluations(wildcards):
     return [
         f"{trait_dir(wildcards.variant, t)}/evaluation.json" for t in config["traits"]

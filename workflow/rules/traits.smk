@@ -96,6 +96,7 @@ rule steering_check:
         vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
         evaluation="results/traits/{variant}/{group}/{trait}/evaluation.json",
         trait=get_trait_file,
+        prompts=get_steering_prompts,
     output:
         "results/traits/{variant}/{group}/{trait}/steering.json",
     log:
@@ -112,11 +113,12 @@ rule steering_check:
         coefficient=config["steering_check"]["coefficient"],
         max_new_tokens=config["steering_check"]["max_new_tokens"],
         max_tokens=config["extraction"]["max_tokens"],
+        prompts=lambda wildcards, input: opt("--prompts", input.prompts or None),
     shell:
         "traitscope steering-check --model {input.model} --vectors {input.vectors} "
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "
         "--coefficient {params.coefficient} --max-new-tokens {params.max_new_tokens} "
-        "--max-tokens {params.max_tokens} 2> {log}"
+        "--max-tokens {params.max_tokens} {params.prompts} 2> {log}"
 
 
 rule trait_judgements:
