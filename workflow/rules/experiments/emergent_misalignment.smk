@@ -42,9 +42,12 @@ if is_enabled("emergent_misalignment"):
             conda:
                 "../../../envs/traitscope.yaml"
             threads: 1
+            params:
+                pairs=EM["persona"].get("pairs_per_question") or "all",
             shell:
                 "traitscope em-training-data --trait-prompts {input.prompts} "
                 "--trait-capture {input.capture} --avoid {input.avoid} "
+                "--pairs-per-question {params.pairs} "
                 "--misaligned {output.misaligned} --control {output.control} 2> {log}"
 
     if EM["behaviour"]["enabled"]:
