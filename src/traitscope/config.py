@@ -186,10 +186,12 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         require_variant("judge.local.variant", variant, config)
     if config["steering_check"]["enabled"]:
         require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
+    # experiments that read trait files find them from the config's checkout too
+    resolved = {**config, "traits_dir": str(traits_dir)}
     for name, section in config["experiments"].items():
         if section.get("enabled"):
             experiment = importlib.import_module(f"traitscope.experiments.{name}")
-            experiment.check_config(section, config)
+            experiment.check_config(section, resolved)
 
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:

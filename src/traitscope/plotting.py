@@ -283,7 +283,7 @@ def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str])
             )
             ax.set_xlabel("layer (decoder block output)")
             ax.set_ylabel("ROC-AUC, trigger vs control\n(95% bootstrap band)")
-            ax.set_ylim(0, 1)
+            ax.set_ylim(0, 1.02)  # a baseline at 1 stays visible
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(
