@@ -16,30 +16,31 @@ GEMMA = "config/experiments/gemma-2-2b-it.yaml"
 LLAMA = "config/experiments/llama-3.3-70b.yaml"
 BT_30K = "config/experiments/beavertails-30k-test.yaml"
 
-# every trait's set (5), HarmBench + harmless (2), BeaverTails' 14 categories and safe (15),
-# the prefill 2x2 (1), the EM questions on 3 variants, the backdoor pairs on 2, the SAE's set (1)
+# every trait's set (6), HarmBench + harmless (2), BeaverTails' 14 categories and safe (15),
+# the prefill 2x2 (1), the EM questions on 3 variants, the backdoor pairs on 2, the SAE's set (1),
+# the transfer table's four harmful sets and their length-matched controls (8)
 GEMMA_JOBS = {
     "dataset_file": 2,
-    "prep_prompts": 8,
+    "prep_prompts": 16,
     "prepare_model": 4,
-    "trait_prompts": 5,
+    "trait_prompts": 6,
     "backdoor_data": 1,
     "beavertails_category": 15,
-    "capture": 29,
+    "capture": 38,
     "em_prompts": 1,
     "finetune": 3,
     "prefill_conditions": 1,
     "sae_train": 1,
     "trait_judgements": 5,
+    "trait_vectors": 6,
     "em_judge": 3,
     "trait_agreement": 5,
+    "trait_evaluation": 6,
     "trait_filter": 5,
-    "trait_vectors": 5,
-    "trait_evaluation": 5,
     "backdoor_sae_features": 1,
     "cmaes_optimise": 3,
     "em_behaviour": 1,
-    "project": 23,
+    "project": 31,
     "steering_check": 1,
     "trait_summary": 1,
     "backdoor_analysis": 1,
@@ -47,28 +48,30 @@ GEMMA_JOBS = {
     "em_analysis": 1,
     "external_analysis": 1,
     "prefill_analysis": 1,
+    "transfer_table": 1,
     "cmaes_report": 1,
     "summarize": 1,
     "all": 1,
 }
 LLAMA_JOBS = {
     "dataset_file": 2,
-    "prep_prompts": 6,
+    "prep_prompts": 14,
     "prepare_model": 3,
-    "trait_prompts": 5,
-    "capture": 11,
+    "trait_prompts": 6,
+    "capture": 20,
     "em_prompts": 1,
     "finetune": 2,
     "prefill_conditions": 1,
-    "trait_vectors": 5,
+    "trait_vectors": 6,
     "em_judge": 3,
-    "trait_evaluation": 5,
-    "project": 6,
+    "trait_evaluation": 6,
+    "project": 14,
     "steering_check": 1,
     "trait_summary": 1,
     "em_behaviour": 1,
     "external_analysis": 1,
     "prefill_analysis": 1,
+    "transfer_table": 1,
     "em_analysis": 1,
     "summarize": 1,
     "all": 1,
@@ -77,6 +80,8 @@ MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes
 # the judge's rules: the profile gives them a GPU for the local judge; these configs judge
 # through an API, where they need none (the profile's comment says to drop them then)
 JUDGE_RULES = {"trait_judgements", "em_judge"}
+
+
 @pytest.fixture(scope="module")
 def fresh(root, tmp_path_factory) -> Path:
     """The files a clone would hold (tracked, and new files git does not ignore), nothing else."""

@@ -1,4 +1,6 @@
 rule prep_prompts:
+    input:
+        match=get_prompt_match,
     output:
         "results/prompts/{prompt_set}.parquet",
     log:
@@ -13,8 +15,9 @@ rule prep_prompts:
     params:
         spec=get_prompt_spec,
         mirror=get_mirror_arg(),
+        match=get_match_arg,
     shell:
-        "traitscope prep-prompts --spec {params.spec:q} --out {output} {params.mirror} "
+        "traitscope prep-prompts --spec {params.spec:q} --out {output} {params.mirror} {params.match} "
         "--cache-dir results/cache 2> {log}"
 
 

@@ -131,6 +131,7 @@ if is_enabled("backdoor"):
             generated=BACKDOOR["generated_positions"],
             threshold=BACKDOOR["threshold"],
             per_layer="yes" if BACKDOOR["per_layer"] else "no",
+            data=lambda wildcards: json.dumps(BACKDOOR["data"], sort_keys=True),
             n_boot=BACKDOOR["n_boot"],
             seed=BACKDOOR["seed"],
         shell:
@@ -142,6 +143,7 @@ if is_enabled("backdoor"):
             "--behaviour-pattern {params.pattern:q} --generated-positions {params.generated} "
             "--threshold {params.threshold} --per-layer {params.per_layer} --out {output.json} "
             "--traits-png {output.traits} --tokens-png {output.tokens} "
+            "--train {input.train} --data {params.data:q} "
             "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
 
     rule backdoor_sae_features:
