@@ -219,6 +219,7 @@ def test_each_job_got_its_threads_as_cpus(slurm_run):
         "trait_vectors": {(1, 1)},
         "trait_evaluation": {(1, 1)},
         "trait_summary": {(1, 1)},
+        "summarize": {(1, 1)},
     }
 
 
