@@ -251,14 +251,7 @@ def auc_difference_paired(
         tuple(arrays), difference, n_boot, 0.95, seed, vectorized=True, paired=True
     )
     a, b = auc(arrays[0], arrays[1]), auc(arrays[2], arrays[3])
-    return {
-        "difference": a - b,
-        "auc_a": a,
-        "auc_b": b,
-        "ci_low": low,
-        "ci_high": high,
-        "n_pairs": len(arrays[0]),
-    }
+    return _difference_record(a, b, low, high, n_pairs=len(arrays[0]))
 
 
 def auc_difference_same_rows(
@@ -283,15 +276,12 @@ def auc_difference_same_rows(
     rows = (np.column_stack(pos), np.column_stack(neg))
     low, high = _percentile_bootstrap(rows, difference, n_boot, 0.95, seed, vectorized=True)
     a, b = auc(pos[0], neg[0]), auc(pos[1], neg[1])
-    return {
-        "difference": a - b,
-        "auc_a": a,
-        "auc_b": b,
-        "ci_low": low,
-        "ci_high": high,
-        "n_pos": len(pos[0]),
-        "n_neg": len(neg[0]),
-    }
+    return _difference_record(a, b, low, high, n_pos=len(pos[0]), n_neg=len(neg[0]))
+
+
+def _difference_record(a: float, b: float, low: float, high: float, **counts: int) -> dict:
+    """One AUC difference as every paired comparison reports it, with its sample sizes."""
+    return {"difference": a - b, "auc_a": a, "auc_b": b, "ci_low": low, "ci_high": high, **counts}
 
 
 def auc_columns(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:
