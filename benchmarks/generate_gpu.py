@@ -5,9 +5,10 @@ One run prints, per model (random weights, bf16, greedy, every prompt generating
 batches (the old path), (b) `generate_batches` plain, steered (a CPU steering vector, as the
 steering check passes it) and recording three layers, and (c) the decode limit of the
 machine, batch x HBM bandwidth / bytes of weights (weights read once per step; measured
-bandwidth from a large device copy), at the run's mean batch. Then the ratio new/eager and
-the % of the decode limit, end to end (prefill and graph captures included) and decode
-only (a prefill-only run subtracted).
+bandwidth from a large device copy), at the run's mean batch, and the same limit with each
+row's KV cache read every step too. Then the ratio new/eager and the % of the decode limit,
+end to end (prefill and graph captures included) and decode only (a prefill-only run
+subtracted).
 
     PYTHONPATH=src python benchmarks/generate_gpu.py [--compile gemma-2-2b ...]
 """
@@ -131,6 +132,7 @@ def bench(name: str, args, bandwidth: float) -> None:
     ]
     mean_rows = sum(r * r for r in rows) / sum(rows)  # per generated token
     limit = mean_rows * bandwidth / weights
+    limit_kv = len(prompts) * args.new_tokens / kv_floor_seconds(model, prompts, args, weights, bandwidth)
     n_new = len(prompts) * args.new_tokens
     vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     vector *= 4.0 / vector.norm() * model.model.embed_tokens.weight.float().norm(dim=-1).mean().item()
@@ -149,13 +151,31 @@ def bench(name: str, args, bandwidth: float) -> None:
     print(f"hf_eager_generate_tok_s: {n_new / eager:.0f}")
     print(f"decode_limit_tok_s_at_mean_batch_{mean_rows:.0f}: {limit:.0f}")
     print(f"decode_limit_tok_s_at_batch_128: {128 * bandwidth / weights:.0f}")
+    print(f"decode_limit_with_kv_cache_tok_s: {limit_kv:.0f}")
     for label, (seconds, prefill) in results.items():
         decode = (len(prompts) * (args.new_tokens - 1)) / max(seconds - prefill, 1e-9)
         print(
             f"{label}: {n_new / seconds:.0f} tok/s, {eager / seconds:.1f}x eager, "
             f"{100 * n_new / seconds / limit:.0f}% of decode limit end to end, "
-            f"{100 * decode / limit:.0f}% decode only ({decode:.0f} tok/s)"
+            f"{100 * decode / limit:.0f}% decode only ({decode:.0f} tok/s), "
+            f"{100 * decode / limit_kv:.0f}% of the limit with KV cache decode only"
         )
+
+
+def kv_floor_seconds(model, prompts, args, weights: float, bandwidth: float) -> float:
+    """Seconds to read, every decode step of every batch, the weights once and each real row's
+    KV cache so far (prompt and tokens fed, no padding): the decode limit where the cache read
+    is not small against the weights (Gemma-2-2B: 4 KV heads of 256 dims, ~106 KB a token)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 2  # bf16 K and V
+    new = args.new_tokens
+    lengths = [len(p) + new for p in prompts]
+    total = 0.0
+    for idx in token_budget_batches(lengths, args.max_tokens):
+        cache = sum(new * len(prompts[i]) + new * (new + 1) / 2 for i in idx) * per_token
+        total += new * weights + cache
+    return total / bandwidth
 
 
 def engine_runs(model, prompts, vector, args, compiled: bool) -> dict[str, tuple[float, float]]:
