@@ -111,32 +111,28 @@ def attention_variants(rows: int, groups: int, per_group: int, d: int, length: i
             print(f"  {name:22s} failed: {str(error).splitlines()[0][:100]}")
 
 
-def replay_ms(decoder) -> dict[int, float]:
-    """GPU milliseconds of one replay of each captured decode graph (span -> ms); the cache is
-    reset first, as each replay moves its write position on."""
-    times = {}
+def replay_ms(decoder) -> float:
+    """GPU milliseconds of one replay of the captured decode graph; the cache is reset first,
+    as each replay moves its write position on."""
     with torch.inference_mode():
-        for span, captured in decoder.graphs.items():
-            decoder.cache.reset()
-            times[span] = bench(captured.graph.replay, 20) / 1e3
-    return times
+        decoder.cache.reset()
+        return bench(decoder.captured.graph.replay, 20) / 1e3
 
 
 def step(model, prompts, label: str) -> None:
-    """Decode step ms (runs of 32 and 1 tokens), and each graph's replay alone."""
+    """Decode step ms (runs of 32 and 1 tokens), and the graph's replay alone."""
     decoders = []
     original = engine._static_decoder
     engine._static_decoder = lambda *a: decoders.append(original(*a)) or decoders[-1]
     try:
         run(model, prompts, 32)  # warm-up, compilation and capture
         full = min(run(model, prompts, 32) for _ in range(2))
-        replays = replay_ms(decoders[-1])
+        replay = replay_ms(decoders[-1])
         prefill = min(run(model, prompts, 1) for _ in range(2))
     finally:
         engine._static_decoder = original
-    spans = ", ".join(f"{span}: {ms:.2f}" for span, ms in replays.items())
     print(
-        f"{label}: decode step {1e3 * (full - prefill) / 31:.2f} ms; replay alone per span {{{spans}}}",
+        f"{label}: decode step {1e3 * (full - prefill) / 31:.2f} ms; graph replay alone {replay:.2f} ms",
         flush=True,
     )
 

@@ -218,7 +218,7 @@ class _StaticDecoder:
             return
         from transformers import StaticCache
 
-        self.graphs: dict[int, _Captured] = {}  # free the last shape's
+        self.captured: _Captured | None = None  # free the last shape's
         self.cache = None
         self.cache = StaticCache(config=self.model.config, max_cache_len=length)
         self.token = torch.zeros((rows, 1), dtype=torch.long, device=device)
@@ -252,10 +252,9 @@ class _StaticDecoder:
         return self._forward(self.token, self.position, mask, self.slot)
 
     def _run(self, store: dict[int, torch.Tensor], layers: Sequence[int], span: int):
-        captured = self.graphs.get(span)
-        if captured is not None:
-            captured.graph.replay()
-            return captured.logits, {layer: captured.hidden[layer].clone() for layer in layers}
+        if self.captured is not None:
+            self.captured.graph.replay()
+            return self.captured.logits, {layer: self.captured.hidden[layer].clone() for layer in layers}
         constants = OnceToDevice()
         with grouped_attention(self.model), constants:
             if not self.capture:
@@ -274,7 +273,7 @@ class _StaticDecoder:
                     graph.capture_end()
             torch.cuda.current_stream().wait_stream(stream)
         # the hidden states every replay writes
-        self.graphs[span] = _Captured(graph, captured_logits, dict(store), constants.copies)
+        self.captured = _Captured(graph, captured_logits, dict(store), constants.copies)
         return logits, hidden
 
     def rows(self, n: int) -> int:
