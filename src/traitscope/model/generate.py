@@ -11,9 +11,10 @@ cache (DynamicCache's cat was 12% of a CPU decode step). On CUDA the decode step
 graph (rows padded to a few sizes, cache length to a multiple of 64, so batches of one shape
 share a graph): the first step of a shape runs eagerly and is captured, every later step is a
 replay, without the per-step Python and launch overhead. Hooks active at capture are part of
-the graph; what they record is copied out after each replay. A model the static path cannot
-run (a sliding window reached, attention other than sdpa/eager, weights on several devices, or
-an error) uses the DynamicCache loop, with a one-line warning where it was an error.
+the graph; what they record is copied out after each replay. The host learns that every row
+has stopped only after queueing the next step, so the GPU never waits on it. A model the static
+path cannot run (a sliding window reached, attention other than sdpa/eager, weights on several
+devices, or an error) uses the DynamicCache loop, with a one-line warning where it was an error.
 """
 
 from __future__ import annotations
