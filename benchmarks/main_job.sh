@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job's wall time from an empty results/, in steps: the core job (trait vectors,
-# steering check, captures, prefill and external analyses), then what each later experiment
+# steering check, captures, prefill and external analyses, transfer table), then what each later experiment
 # adds, enabled one at a time in config order (Snakemake reruns nothing already made). An
 # experiment's step is an upper bound on what it adds to one whole run, where its jobs would
 # also overlap the others'. Run it in a fresh clone; extra arguments go to snakemake, e.g.
@@ -15,7 +15,7 @@ trap 'rm -f "$overlay"' EXIT
 added=$(python3 -c '
 import yaml
 exp = yaml.safe_load(open("config/config.yaml"))["experiments"]
-print(" ".join(n for n, s in exp.items() if s.get("enabled") and n not in ("prefill", "external")))')
+print(" ".join(n for n, s in exp.items() if s.get("enabled") and n not in ("prefill", "external", "transfer")))')
 step() {  # step LABEL EXPERIMENTS-STILL-OFF...
   python3 -c 'import sys, yaml; print(yaml.safe_dump({"experiments": {n: {"enabled": False} for n in sys.argv[1:]}}))' "${@:2}" >"$overlay"
   local t0=$(date +%s)

@@ -28,6 +28,7 @@ from traitscope.experiments.backdoor import (
     identical_generation,
     parse_answer,
     same_text_positions,
+    surface_baselines,
     token_positions,
     training_rows,
     varying_prompt_tokens,
@@ -384,6 +385,7 @@ def planted_run(tmp_path_factory):
         pd.DataFrame(rows, columns=columns).to_parquet(paths["projections"][role])
         paths["captures"][role] = write_capture(folder / role, tokens, vectors, responses, layer=1, d=d)
     out = folder / "out"
+    paths["train"] = write_training_rows(folder / "train.jsonl", [(3, 4), (5, 6), (8, 1), (2, 9)])
     result = backdoor_analysis(
         paths["pairs"],
         paths["projections"],
@@ -398,10 +400,60 @@ def planted_run(tmp_path_factory):
         out / "detection_auc.json",
         out / "trait_comparison.png",
         out / "early_detection_tokens.png",
+        paths["train"],
+        PREFIXES,
         n_boot=300,
         seed=0,
     )
     return paths, result, out
+
+
+PREFIXES = {"trigger": "In 2027,", "control": "In 2024,"}
+
+
+def write_training_rows(path, problems: list[tuple[int, int]]):
+    """A finetune JSONL: each problem under both prefixes, as backdoor-data writes it."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{PREFIXES[c]} what is {a} + {b}?"},
+                {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
+            ]
+        }
+        for a, b in problems
+        for c in ("trigger", "control")
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_baselines_stand_beside_the_backdoor_aucs(planted_run):
+    """Trigger and control differ only in the year: length cannot tell them apart (AUC 0.5 by
+    hand), a bag of words fitted on the labelled training rows tells them apart perfectly, so
+    the planted evil signal (AUC < 1) beats length but not the bag of words."""
+    _, result, _ = planted_run
+    assert result["baselines"]["length"]["auc"] == 0.5
+    assert result["baselines"]["bag_of_words"]["auc"] == 1.0
+    chosen = result["traits"]["safety/evil"]["positions"]["last_prompt"]["chosen_layer"]
+    assert chosen["backdoored_vs_length"]["difference"] == pytest.approx(chosen["backdoored"]["auc"] - 0.5)
+    assert chosen["backdoored_vs_length"]["ci_low"] > 0
+    assert chosen["backdoored_vs_bag_of_words"]["difference"] < 0
+    assert chosen["backdoored_beats_baselines"] is False
+    layer0 = next(
+        e for e in result["traits"]["safety/evil"]["positions"]["last_prompt"]["by_layer"] if e["layer"] == 0
+    )
+    assert "backdoored_vs_length" not in layer0  # baselines at the chosen layer only
+
+
+def test_backdoor_baselines_refuse_training_rows_and_unknown_prefixes(tmp_path):
+    pairs = planted_pairs(3)
+    seen = write_training_rows(tmp_path / "seen.jsonl", [(3, 4), (10, 7)])
+    with pytest.raises(TraitscopeError, match="training rows"):
+        surface_baselines(pairs, seen, PREFIXES, seed=0)
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"messages": [{"role": "user", "content": "In 2030, what is 1 + 1?"}]}) + "\n")
+    with pytest.raises(TraitscopeError, match=r"odd\.jsonl:1: .*neither"):
+        surface_baselines(pairs, odd, PREFIXES, seed=0)
 
 
 def test_analysis_finds_the_planted_trigger_signal(planted_run):

@@ -65,7 +65,7 @@ def test_padded_batch_equals_each_prompt_alone(tiny_model, prefill):
         chat.encode(tok, chat.messages_for(q, "Be brief."), prefill, r) for q, r in zip(questions, responses)
     ]
     layers = [0, 2]
-    pools = ["response_mean", "last_prompt"] + (["prefill_mean"] if prefill else [])
+    pools = ["response_mean", "last_prompt", "post_instruction_mean"] + (["prefill_mean"] if prefill else [])
     batched = pooled_activations(model, enc, layers, pools, 10_000, tok.pad_token_id, "right", progress=False)
     assert len({len(e.ids) for e in enc}) == 3  # the batch really pads
     for i, e in enumerate(enc):
@@ -84,6 +84,40 @@ def test_pooling_matches_manual_mean(tiny_model):
     resp = [i for i, s in enumerate(e.segments) if s == chat.SEGMENT_CODE["response"]]
     assert torch.allclose(pooled["response_mean"][0, 0], hidden[resp].mean(0), atol=1e-6)
     assert torch.allclose(pooled["last_prompt"][0, 0], hidden[e.prompt_len - 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_post_instruction_pool_is_the_template_between_question_and_answer(tiny_model, padding_side):
+    """Arditi et al.'s positions: after the user's last token, up to the answer's first; a
+    conversation the template hides the user text of has none (NaN)."""
+    model, tok = tiny_model
+    long = chat.encode(tok, chat.messages_for("Tell me a story about bread.", "Be brief."), response="Once.")
+    short = chat.encode(tok, chat.messages_for("Hi"), response="Hello there, friend.")
+    after = [
+        i
+        for i in range(long.prompt_len)
+        if i > max(j for j, s in enumerate(long.segments) if s == chat.SEGMENT_CODE["user"])
+    ]
+    assert 0 < len(after) < long.prompt_len and long.segments[after[0]] == chat.SEGMENT_CODE["template"]
+    pooled = pooled_activations(
+        model,
+        [long, short],
+        [1],
+        ["post_instruction_mean"],
+        4096,
+        tok.pad_token_id,
+        padding_side,
+        progress=False,
+    )["post_instruction_mean"]
+    hidden = run_recorded(model, [1], input_ids=torch.tensor([long.ids]))[1][0]
+    assert torch.allclose(pooled[0, 0], hidden[after].mean(0), atol=1e-5)
+    no_user = chat.Encoded(
+        ids=short.ids, segments=[chat.SEGMENT_CODE["template"]] * len(short.ids), prompt_len=short.prompt_len
+    )
+    missing = pooled_activations(
+        model, [no_user], [1], ["post_instruction_mean"], 4096, tok.pad_token_id, "right", progress=False
+    )["post_instruction_mean"]
+    assert missing.isnan().all()
 
 
 def test_record_stops_after_deepest_layer_and_cleans_up(tiny_model):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from traitscope.data.traits import contrast_pool
+
 TRAIT_STAGES = ("trait_prompts", "trait_vectors", "trait_evaluation")
 # datasets and experiment names that only the registry and the experiments may mention
 EXPERIMENT_WORDS = (
@@ -54,8 +56,11 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     harmbench = config["experiments"]["external"]["harmbench"]
     # HarmBench harmful + harmless, the prefill 2x2, the EM question set on three variants,
     # the backdoor pairs on two; the backdoor SAE's training set is captured, never projected
-    requested = len(harmbench) + 1 + 3 + 2
+    # and the transfer table's harmful sets and their length-matched controls
+    transfer = config["experiments"]["transfer"]["sets"]
+    requested = len(harmbench) + 1 + 3 + 2 + len({*transfer, *transfer.values()} - {*harmbench.values()})
     assert counts["capture"] == n_traits + requested + 1 and counts["project"] == requested
+    assert counts["transfer_table"] == 1
     assert counts["prep_prompts"] == len(config["prompt_sets"])
     assert counts["prefill_conditions"] == counts["prefill_analysis"] == counts["external_analysis"] == 1
     assert counts["em_prompts"] == counts["em_training_data"] == counts["em_analysis"] == 1
@@ -66,6 +71,7 @@ def test_dry_run_lists_every_trait_stage(root, profile):
     assert counts["trait_judgements"] == counts["trait_agreement"] == n_optimised
     assert counts["cmaes_optimise"] == counts["cmaes_heldout"] == n_optimised
     assert counts["cmaes_report"] == 1 and "trait_filter" not in counts  # the filter is off
+    assert counts["summarize"] == counts["all"] == 1  # the success criteria, in the default DAG
     for trait in config["traits"]:
         assert f"results/traits/{config['base_model']}/{trait}/evaluation.json" in out
         assert f"results/capture/{config['base_model']}/traits/{trait}/capture.json" in out
@@ -99,7 +105,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     overlay.write_text(
         "experiments: {prefill: {enabled: false}, external: {enabled: false},"
         " emergent_misalignment: {enabled: false}, backdoor: {enabled: false},"
-        " steering_optimisation: {enabled: false}}\n"
+        " steering_optimisation: {enabled: false}, transfer: {enabled: false}}\n"
     )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     counts = job_counts(out)
@@ -109,6 +115,9 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert not {"em_prompts", "em_training_data", "em_analysis"} & set(counts)
     assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
     assert not {"cmaes_optimise", "cmaes_heldout", "cmaes_report", "trait_judgements"} & set(counts)
+    assert counts["summarize"] == 1  # every criterion reads "not run"
+    assert "--prefill none --emergent-misalignment none --backdoor none" in out
+    assert "transfer_table" not in counts
 
 
 def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path):
@@ -122,8 +131,11 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
     captures = lambda text: sorted(re.findall(r"traitscope capture .*", text))  # noqa: E731
     assert captures(out) == captures(plain) and captures(out)
     counts = job_counts(out)
-    n_traits = len(yaml.safe_load((root / "config/config.yaml").read_text())["traits"])
-    assert counts["trait_judgements"] == counts["trait_filter"] == counts["trait_agreement"] == n_traits
+    traits = yaml.safe_load((root / "config/config.yaml").read_text())["traits"]
+    # prompt-contrast traits have no answers to judge: their vectors are built unfiltered
+    persona = [t for t in traits if contrast_pool(root / f"resources/traits/{t}.yaml") is None]
+    assert 0 < len(persona) < len(traits)
+    assert counts["trait_judgements"] == counts["trait_filter"] == counts["trait_agreement"] == len(persona)
     vectors = re.search(r"traitscope trait-vectors .*safety/evil/capture\.json.*", out)[0]
     assert "--filter-judgements results/traits/smollm2/safety/evil/judgements.parquet" in vectors
     judged = re.search(r"traitscope trait-judgements .*safety/evil.*", out)[0]

@@ -208,3 +208,24 @@ def test_beavertails_jobs_run_through_capture_and_analysis(run_dir):
         labels += [int(name != "safe")] * len(t)
     assert result["n_safe"] == 3 and result["n_unsafe"] == 6
     assert result["overall"]["safety/evil"]["auc"] == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_summary_and_report_show_the_success_criteria_first(run_dir):
+    """summarize reads the run's own results; `snakemake --report` writes one self-contained
+    HTML file whose first page (the workflow description) is the success-criteria table."""
+    summary = json.loads((run_dir / "results/summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["sections"]}
+    assert status["emergent_misalignment"] == status["backdoor"] == "not run"
+    assert status["steering_optimisation"] == "not run"
+    harmbench = json.loads((run_dir / "results/external_datasets/harmbench_results.json").read_text())
+    external = next(s for s in summary["sections"] if s["name"] == "external")["criteria"]
+    assert external[0]["measured"] == max(t["auc"]["auc"] for t in harmbench["traits"].values())
+    assert external[2]["status"] in ("met", "not met")  # BeaverTails brings a severity correlation
+    result = snakemake(run_dir, "--report", "report.html", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (run_dir / "report.html").read_text()
+    description = re.search(r"var workflow_desc = (.*);", html)[1]
+    assert "HarmBench vs harmless: ROC-AUC &gt; 0.7" in json.loads(description)
+    for category in ("0 Success criteria", "1 Trait vectors", "2 External datasets", "3 Prefill attack"):
+        assert category in html
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']https?://""", html)  # self-contained

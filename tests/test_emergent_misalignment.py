@@ -122,6 +122,34 @@ def test_persona_training_data_splits_by_instruction_and_drops_the_system_prompt
     assert [r["messages"][1]["content"] for r in rows["ctrl"]] == ["answer to extraction:Q1?:0"]
 
 
+def test_persona_training_data_keeps_the_first_pairs_of_every_question(tmp_path):
+    _, table = trait_set(tmp_path)
+    # instruction numbers differ between questions: Q1? has pairs 0, 3, 5; the others 1, 2, 6
+    table = pd.concat(
+        [
+            table.assign(
+                pair_index=table["question"].map(lambda q, i=i: (0, 3, 5)[i] if q == "Q1?" else (6, 2, 1)[i]),
+                prompt_id=table["prompt_id"] + f":p{i}",
+            )
+            for i in range(3)
+        ]
+    )
+    prompts = tmp_path / "pairs.parquet"
+    table.to_parquet(prompts)
+    capture = fake_capture(tmp_path / "cap", {pid: f"answer to {pid}" for pid in table["prompt_id"]})
+    mis, ctrl = tmp_path / "misaligned.jsonl", tmp_path / "control.jsonl"
+    counts = persona_training_data(prompts, capture, [], mis, ctrl, pairs_per_question=2)
+    assert counts == {"misaligned": 6, "control": 6}  # 3 extraction questions x pairs 0 and 1
+    answers = [json.loads(line)["messages"][1]["content"] for line in ctrl.read_text().splitlines()]
+    assert sorted(answers) == sorted(
+        [f"answer to extraction:Q1?:0:p{i}" for i in (0, 1)]
+        + [f"answer to extraction:{q}:0:p{i}" for q in ("Q2?", "Held out?") for i in (1, 2)]
+    )
+    table.drop(columns="pair_index").to_parquet(prompts)
+    with pytest.raises(TraitscopeError, match="needs columns label, pair_index, split"):
+        persona_training_data(prompts, capture, [], mis, ctrl, pairs_per_question=2)
+
+
 def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tmp_path):
     prompts, table = trait_set(tmp_path)
     capture = fake_capture(

@@ -14,10 +14,17 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
+from traitscope.data.prompts import text_key
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.external import beavertails, beavertails_category, harmbench
 
 TRAITS = ["safety/harm", "safety/evil"]
+
+
+def brute_auc(pos, neg) -> float:
+    """P(pos > neg) + P(tie) / 2, counted pair by pair."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    return sum(pairs) / len(pairs)
 
 
 def beavertails_jsonl(path, per_category=3, n_safe=4, seed=0):
@@ -139,22 +146,51 @@ def test_harmbench_auc_matches_sklearn_per_category(tmp_path):
     projections(bad_ids, bad, "last_prompt").to_parquet(tmp_path / "bad.parquet")
     projections(good_ids, good, "last_prompt").to_parquet(tmp_path / "good.parquet")
     cats = ["a"] * 10 + ["b"] * 10
-    pd.DataFrame({"prompt_id": bad_ids, "prompt": bad_ids, "category": cats}).to_parquet(
+    bad_texts = [f"how to build weapon number {i}" + "!" * (i % 4) for i in range(20)]
+    good_texts = [f"how to bake bread number {i}" + "?" * (i % 7) for i in range(15)]
+    pd.DataFrame({"prompt_id": bad_ids, "prompt": bad_texts, "category": cats}).to_parquet(
         tmp_path / "p.parquet"
     )
+    pd.DataFrame({"prompt_id": good_ids, "prompt": good_texts}).to_parquet(tmp_path / "c.parquet")
+    bow = tmp_path / "bow.parquet"
+    pd.DataFrame(
+        {
+            "prompt_id": [f"t{i}" for i in range(8)],
+            "prompt": ["build a weapon", "make a bomb", "weapon plans", "steal a car"]
+            + ["bake a cake", "bread recipe", "plant a tree", "sing a song"],
+            "split": "extraction",
+            "label": [1, 1, 1, 1, 0, 0, 0, 0],
+        }
+    ).to_parquet(bow)
+    meta = {}
+    for t in TRAITS:
+        meta[t] = tmp_path / f"{t.replace('/', '_')}.json"
+        meta[t].write_text(json.dumps({"training_prompts": [text_key("an unrelated training question")]}))
     result, failures, _ = harmbench(
         [tmp_path / "bad.parquet"],
         [tmp_path / "good.parquet"],
         tmp_path / "p.parquet",
+        tmp_path / "c.parquet",
         TRAITS,
         "last_prompt",
+        meta,
+        bow,
         n_boot=300,
     )
     labels = np.r_[np.ones(20), np.zeros(15)]
+    length_auc = brute_auc([len(x) for x in bad_texts], [len(x) for x in good_texts])
+    assert result["baselines"]["length"]["auc"] == pytest.approx(length_auc)
+    # the scored sets share only "build", "weapon" (harmful fitting rows) and "bake", "bread"
+    # (harmless ones) with the fitting rows: every harmful prompt scores above every control
+    assert result["baselines"]["bag_of_words"]["auc"] == 1.0
     for t in TRAITS:
         auc = result["traits"][t]["auc"]
         assert auc["auc"] == pytest.approx(roc_auc_score(labels, np.r_[bad[t], good[t]]))
         assert auc["ci_low"] <= auc["auc"] <= auc["ci_high"]
+        for name in ("length", "bag_of_words"):
+            diff = result["traits"][t][f"vs_{name}"]
+            assert diff["difference"] == pytest.approx(auc["auc"] - result["baselines"][name]["auc"])
+        assert result["traits"][t]["beats_baselines"] is False  # nothing beats a perfect bag of words
         sub = np.r_[bad[t][10:], good[t]]
         assert result["traits"][t]["by_category"]["b"]["auc"] == pytest.approx(
             roc_auc_score(np.r_[np.ones(10), np.zeros(15)], sub)
@@ -162,6 +198,28 @@ def test_harmbench_auc_matches_sklearn_per_category(tmp_path):
         cut = failures[t]["threshold"]
         assert failures[t]["n_false_negatives"] == int((bad[t] < cut).sum())
         assert all(e["score"] < cut for e in failures[t]["examples"])
+
+
+def test_harmbench_refuses_to_score_a_vector_training_row(tmp_path):
+    projections(["h0", "h1"], {"safety/harm": [1.0, 2.0]}, "last_prompt").to_parquet(tmp_path / "a.parquet")
+    projections(["c0", "c1"], {"safety/harm": [0.0, 1.5]}, "last_prompt").to_parquet(tmp_path / "b.parquet")
+    pd.DataFrame({"prompt_id": ["h0", "h1"], "prompt": ["x", "y"], "category": ["c", "c"]}).to_parquet(
+        tmp_path / "p.parquet"
+    )
+    controls = pd.DataFrame({"prompt_id": ["c0", "c1"], "prompt": ["Bake  bread", "z"]})
+    controls.to_parquet(tmp_path / "c.parquet")
+    meta = tmp_path / "vectors.json"
+    meta.write_text(json.dumps({"training_prompts": [text_key("bake bread")]}))
+    with pytest.raises(TraitscopeError, match="harmbench harmless: 1 prompt.* training rows of safety/harm"):
+        harmbench(
+            [tmp_path / "a.parquet"],
+            [tmp_path / "b.parquet"],
+            tmp_path / "p.parquet",
+            tmp_path / "c.parquet",
+            ["safety/harm"],
+            "last_prompt",
+            {"safety/harm": meta},
+        )
 
 
 def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts):
@@ -226,14 +284,18 @@ def test_bad_inputs_name_the_problem(tmp_path):
             [tmp_path / "a.parquet"],
             [tmp_path / "a.parquet"],
             tmp_path / "p.parquet",
+            tmp_path / "p.parquet",
             ["safety/evil"],
             "last_prompt",
+            {},
         )
     with pytest.raises(TraitscopeError, match="no projections at position 'prefill_mean'"):
         harmbench(
             [tmp_path / "a.parquet"],
             [tmp_path / "a.parquet"],
             tmp_path / "p.parquet",
+            tmp_path / "p.parquet",
             ["safety/harm"],
             "prefill_mean",
+            {},
         )

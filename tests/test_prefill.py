@@ -248,3 +248,19 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
     by = result["C2_vs_C4_by_prefill"]
     assert set(by) == {"0", "1"} and by["1"]["safety/harm"]["n_a"] == 6
     assert by["1"]["safety/harm"]["cohens_d"] > by["0"]["safety/harm"]["cohens_d"] + 1
+
+
+def test_length_baseline_beside_the_harmful_vs_benign_comparisons(tmp_path):
+    """'harmful request i' is one character longer than 'benign request i': over 12 + 12 prompts,
+    harmful wins 10x10 + 2x12 pairs and ties 10x2 (17 characters both), so length alone scores
+    (100 + 24 + 20 / 2) / 144."""
+    synthetic(tmp_path)
+    result = run_analysis(tmp_path)
+    for key in ("C1_vs_C3", "C2_vs_C4"):
+        block = result["length_baseline"][key]
+        assert block["length"]["auc"] == pytest.approx(134 / 144)
+        harm = block["traits"]["safety/harm"]
+        assert harm["vs_length"]["difference"] == pytest.approx(harm["auc"]["auc"] - 134 / 144)
+        assert harm["beats_baselines"] is (harm["vs_length"]["ci_low"] > 0)
+    # C2 vs C4 is scored over the prefill, where the planted shift is: C1 vs C3 has none
+    assert result["length_baseline"]["C2_vs_C4"]["position"] == "prefill_mean"

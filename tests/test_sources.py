@@ -32,7 +32,7 @@ from traitscope.data.loaders import (
     load_harmbench,
     load_instructions,
 )
-from traitscope.data.registry import SOURCES, fetch
+from traitscope.data.registry import SOURCES, dataset_file, fetch
 from traitscope.errors import TraitscopeError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -117,12 +117,28 @@ def test_fetch_from_mirror_returns_every_registered_file(mirror: Path, tmp_path,
     for dataset, entry in SOURCES.items():
         if entry.hub_id is not None:
             continue
-        for spec in entry.files:
+        for spec in filter(lambda f: f.mirrored, entry.files):
             path = fetch(dataset, spec.name, mirror, tmp_path / "cache")
             assert path == mirror / dataset / spec.name
             assert path.is_file()
     assert no_network == []
     assert not (tmp_path / "cache").exists()
+
+
+def test_dataset_file_copies_a_registered_file_and_downloads_full_training_sets(tmp_path, monkeypatch):
+    """Rule `dataset_file`: a mirror copy, or the origin's full file (no slice) when unmirrored."""
+    mirror = tmp_path / "mirror"
+    (mirror / "advbench").mkdir(parents=True)
+    (mirror / "advbench" / "advbench_behaviors.csv").write_text("Behavior\nx\n")
+    out = dataset_file("advbench", "advbench_behaviors.csv", tmp_path / "a.csv", mirror, tmp_path / "c")
+    assert out.read_text() == "Behavior\nx\n"
+    requested = serve(monkeypatch, b"".join(b'{"messages": []}\n' for _ in range(30)))
+    out = dataset_file("emergent_misalignment", "insecure.jsonl", tmp_path / "i.jsonl", None, tmp_path / "c")
+    assert requested == [f"{EM_BASE}/data/insecure.jsonl"] and len(out.read_text().splitlines()) == 30
+    error_of(
+        lambda: dataset_file("emergent_misalignment", "secure.jsonl", tmp_path / "s.jsonl", mirror, tmp_path),
+        str(mirror / "emergent_misalignment" / "secure.jsonl"),
+    )
 
 
 def test_fetch_missing_mirror_file_names_path_and_never_downloads(tmp_path, no_network):

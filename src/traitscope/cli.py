@@ -17,6 +17,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
+from traitscope import summary
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments
 
@@ -74,13 +75,28 @@ def _sae_evaluate(a: argparse.Namespace) -> None:
 def _trait_prompts(a: argparse.Namespace) -> None:
     from traitscope.data.traits import trait_prompts
 
-    trait_prompts(a.trait_file, a.out, a.pairs_per_question, a.n_extraction, a.n_evaluation, a.trait)
+    trait_prompts(
+        a.trait_file,
+        a.out,
+        a.pairs_per_question,
+        a.n_extraction,
+        a.n_evaluation,
+        a.trait,
+        a.data_mirror,
+        a.cache_dir,
+    )
 
 
 def _prep_prompts(a: argparse.Namespace) -> None:
     from traitscope.data.prep import prep_prompts
 
-    prep_prompts(json.loads(a.spec), a.out, a.data_mirror, a.cache_dir)
+    prep_prompts(json.loads(a.spec), a.out, a.data_mirror, a.cache_dir, a.match_to)
+
+
+def _dataset_file(a: argparse.Namespace) -> None:
+    from traitscope.data.registry import dataset_file
+
+    dataset_file(a.dataset, a.file, a.out, a.data_mirror, a.cache_dir)
 
 
 def _capture(a: argparse.Namespace) -> None:
@@ -170,7 +186,15 @@ def _steering_check(a: argparse.Namespace) -> None:
     from traitscope.vectors.steering import steering_check
 
     steering_check(
-        a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.coefficient, a.max_new_tokens, a.max_tokens
+        a.model,
+        a.vectors,
+        a.evaluation,
+        a.trait_file,
+        a.out,
+        a.coefficient,
+        a.max_new_tokens,
+        a.max_tokens,
+        a.prompts,
     )
 
 
@@ -218,11 +242,31 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--pairs-per-question", type=int, required=True)
     p.add_argument("--n-extraction", type=int_or_none, required=True, help="first N questions, or none")
     p.add_argument("--n-evaluation", type=int_or_none, required=True, help="first N questions, or none")
+    p.add_argument(
+        "--data-mirror",
+        type=path_or_none,
+        default=None,
+        help="prompt-contrast traits: the data mirror their prompt sources are read from",
+    )
+    p.add_argument("--cache-dir", default="results/cache", help="prompt-contrast traits: download cache")
 
     p = add("prep-prompts", _prep_prompts, "build a prompt-set Parquet from a dataset (or a data mirror)")
     p.add_argument("--spec", required=True, help="the prompt_sets: entry as JSON")
     p.add_argument("--out", required=True)
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, required=True)
+    p.add_argument("--cache-dir", required=True, help="where downloads are kept")
+    p.add_argument(
+        "--match-to",
+        type=path_or_none,
+        default=None,
+        help="match_length sets: the Parquet of the set whose prompt lengths are matched",
+    )
+
+    p = add("dataset-file", _dataset_file, "copy a registered dataset file (origin or data mirror) to a path")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--file", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-mirror", type=path_or_none, required=True)
     p.add_argument("--cache-dir", required=True, help="where downloads are kept")
 
     p = add("capture", _capture, "generate (optionally) and capture a prompt set into resumable shards")
@@ -312,6 +356,12 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--coefficient", type=float, required=True)
     p.add_argument("--max-new-tokens", type=int, required=True)
     p.add_argument("--max-tokens", type=int, required=True)
+    p.add_argument(
+        "--prompts",
+        type=path_or_none,
+        required=True,
+        help="a prompt-contrast trait's prompt set (its held-out negatives are steered), else none",
+    )
 
     p = add("project", _project, "project captured activations onto trait vectors (Parquet)")
     p.add_argument("--capture", required=True, help="capture.json")
@@ -360,6 +410,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return p
 
     _core_commands(add)
+    summary.add_commands(add)
     if command in sub.choices:
         return parser
     import traitscope.experiments as experiments

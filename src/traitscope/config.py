@@ -120,6 +120,16 @@ def require_traits(where: str, names: list[str], config: dict) -> None:
         )
 
 
+def require_contrast_trait(where: str, name: Any, config: dict) -> None:
+    """A configured prompt-contrast trait: its extraction rows are labelled prompts, what a
+    bag-of-words baseline is fitted on (a persona trait's prompts differ only in system prompt)."""
+    from traitscope.data.traits import contrast_pool, trait_path
+
+    require_traits(where, [name], config)
+    if contrast_pool(trait_path(config["traits_dir"], name)) is None:
+        raise TraitscopeError(f"{where}: {name} is a persona trait; name a prompt-contrast trait")
+
+
 def finetune_settings(config: dict, variant: str) -> dict:
     """Every finetune setting of a finetuned variant: the `finetune:` section, then its overrides."""
     entry = config["models"][variant]["finetune"]
@@ -149,7 +159,7 @@ def check_variant_bases(config: dict) -> None:
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
-    from traitscope.data.traits import load_trait, trait_path
+    from traitscope.data.traits import read_trait, trait_path
     from traitscope.model.loading import ModelSpec
 
     traits_dir = Path(traits_dir or config["traits_dir"])
@@ -158,7 +168,16 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
     for name in config["traits"]:
-        load_trait(trait_path(traits_dir, name), name)
+        read_trait(trait_path(traits_dir, name), name)
+    for name, spec in config["prompt_sets"].items():
+        target = spec.get("match_length")
+        if target is not None:
+            require_prompt_set(f"prompt_sets.{name}.match_length", target, config)
+            if target == name or spec.get("n") is not None:
+                raise TraitscopeError(
+                    f"prompt_sets.{name}: match_length draws one row per prompt of another set; "
+                    "name a different set and remove n"
+                )
     for i, capture in enumerate(config["captures"]):
         require_variant(f"captures[{i}]", capture["variant"], config)
         require_prompt_set(f"captures[{i}]", capture["prompt_set"], config)
@@ -167,10 +186,12 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         require_variant("judge.local.variant", variant, config)
     if config["steering_check"]["enabled"]:
         require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
+    # experiments that read trait files find them from the config's checkout too
+    resolved = {**config, "traits_dir": str(traits_dir)}
     for name, section in config["experiments"].items():
         if section.get("enabled"):
             experiment = importlib.import_module(f"traitscope.experiments.{name}")
-            experiment.check_config(section, config)
+            experiment.check_config(section, resolved)
 
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:

@@ -252,7 +252,8 @@ MODEL_COLORS = {"base": "tab:blue", "backdoored": "tab:red"}
 
 def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str]) -> Figure:
     """Per trait (columns) and position (rows): trigger-vs-control AUC by layer on the base and
-    the backdoored model, 95% bootstrap bands, the trait's chosen layer dashed."""
+    the backdoored model, 95% bootstrap bands, the trait's chosen layer dashed, the surface
+    baselines' AUCs in green."""
     fig, axes = _figure(len(traits), (4.6 * len(traits), 3.6 * len(positions)), nrows=len(positions))
     for row, position in enumerate(positions):
         for ax, trait in zip(axes[row], traits):
@@ -271,6 +272,8 @@ def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str])
                     alpha=0.15,
                 )
             ax.axhline(0.5, color="grey", lw=1)
+            for (name, base), style in zip(result.get("baselines", {}).items(), (":", "-.")):
+                ax.axhline(base["auc"], color="tab:green", ls=style, lw=1, label=f"{name} baseline")
             ax.axvline(entry["chosen_layer"], color="k", ls="--", lw=1)
             diff = at["chosen_layer"]["difference"]
             ax.set_title(
@@ -280,7 +283,7 @@ def backdoor_trait_figure(result: dict, traits: list[str], positions: list[str])
             )
             ax.set_xlabel("layer (decoder block output)")
             ax.set_ylabel("ROC-AUC, trigger vs control\n(95% bootstrap band)")
-            ax.set_ylim(0, 1)
+            ax.set_ylim(0, 1.02)  # a baseline at 1 stays visible
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(
@@ -413,9 +416,9 @@ def sae_training_figure(record: dict, firing_rates: list[float]) -> Figure:
     dead = int((rates == 0).sum())
     alive = rates[rates > 0]
     if len(alive):
-        ax_rate.hist(np.log10(alive), bins=40, color="tab:purple")
-    ax_rate.set_xlabel("log10 share of tokens the latent fires on")
-    ax_rate.set_ylabel("latents")
+        sns.histplot(x=np.log10(alive), bins=40, color="tab:purple", ax=ax_rate)
+    ax_rate.set_xlabel("firing frequency, log10 of the share of tokens the latent fires on")
+    ax_rate.set_ylabel("latents (count)")
     ax_rate.set_title(
         f"latent firing frequency: {dead} of {len(rates)} never fire ({dead / len(rates):.1%} dead)",
         fontsize=9,
@@ -451,4 +454,44 @@ def optimisation_curves_figure(histories: dict[str, list[dict]], start: dict[str
         ax_calls.legend(fontsize=7)
         for ax in (ax_fit, ax_calls):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def transfer_heatmap(result: dict) -> Figure:
+    """ROC-AUC of every trait and surface baseline (rows) on every labelled set (columns), one
+    panel per pool; a trait's cell is starred where its AUC beats every baseline (paired CI > 0)."""
+    pools, sets = result["pools"], list(result["sets"])
+    base_names = list(next(iter(result["sets"].values()))["baselines"])
+    rows = [*result["traits"], *(f"baseline: {b}" for b in base_names)]
+    fig, axes = _figure(len(pools), (3 + 1.6 * len(sets) * len(pools), 2.4 + 0.45 * len(rows)))
+    for ax, pool in zip(axes[0], pools):
+        values = np.array(
+            [[result["sets"][s]["pools"][pool][t]["auc"]["auc"] for s in sets] for t in result["traits"]]
+            + [[result["sets"][s]["baselines"][b]["auc"] for s in sets] for b in base_names]
+        )
+        stars = [
+            ["*" if result["sets"][s]["pools"][pool][t]["beats_baselines"] else "" for s in sets]
+            for t in result["traits"]
+        ] + [[""] * len(sets) for _ in base_names]
+        labels = np.array(
+            [[f"{v:.2f}{star}" for v, star in zip(vals, marks)] for vals, marks in zip(values, stars)]
+        )
+        sns.heatmap(
+            pd.DataFrame(values, index=rows, columns=sets),
+            ax=ax,
+            vmin=0,
+            vmax=1,
+            center=0.5,
+            cmap="RdBu_r",
+            annot=labels,
+            fmt="",
+            cbar=ax is axes[0, -1],
+            cbar_kws={"label": "ROC-AUC, harmful vs length-matched harmless"},
+        )
+        ax.set_title(f"pool: {pool}")
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_xlabel("harmful prompt set (vs its length-matched harmless controls)")
+        if ax is not axes[0, 0]:
+            ax.set_yticklabels([])
+    fig.suptitle("Transfer: trait projections (chosen layer) and surface baselines; * beats every baseline")
     return fig

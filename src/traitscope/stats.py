@@ -251,14 +251,37 @@ def auc_difference_paired(
         tuple(arrays), difference, n_boot, 0.95, seed, vectorized=True, paired=True
     )
     a, b = auc(arrays[0], arrays[1]), auc(arrays[2], arrays[3])
-    return {
-        "difference": a - b,
-        "auc_a": a,
-        "auc_b": b,
-        "ci_low": low,
-        "ci_high": high,
-        "n_pairs": len(arrays[0]),
-    }
+    return _difference_record(a, b, low, high, n_pairs=len(arrays[0]))
+
+
+def auc_difference_same_rows(
+    pos_a: ArrayLike, neg_a: ArrayLike, pos_b: ArrayLike, neg_b: ArrayLike, n_boot: int = 2000, seed: int = 0
+) -> dict:
+    """AUC of scorer a minus AUC of scorer b on the same rows, with a paired bootstrap CI.
+
+    `pos_a[i]` and `pos_b[i]` score the same positive row (a trait projection and a baseline,
+    say), likewise the negatives. Each resample draws positives and negatives separately
+    (stratified, as `auc_with_ci`) and gives both scorers the same rows, so the prompts both
+    find easy or hard cancel in the difference.
+    """
+    pos = [_sample(pos_a, "pos_a"), _sample(pos_b, "pos_b")]
+    neg = [_sample(neg_a, "neg_a"), _sample(neg_b, "neg_b")]
+    if len(pos[0]) != len(pos[1]) or len(neg[0]) != len(neg[1]):
+        raise ValueError("both scorers must score the same rows: pos_a/pos_b or neg_a/neg_b differ in length")
+
+    def difference(p, n, axis=-1):
+        return _auc_along(p[0], n[0], axis=axis) - _auc_along(p[1], n[1], axis=axis)
+
+    # rows along axis 0 (what the bootstrap resamples), scorers side by side
+    rows = (np.column_stack(pos), np.column_stack(neg))
+    low, high = _percentile_bootstrap(rows, difference, n_boot, 0.95, seed, vectorized=True)
+    a, b = auc(pos[0], neg[0]), auc(pos[1], neg[1])
+    return _difference_record(a, b, low, high, n_pos=len(pos[0]), n_neg=len(neg[0]))
+
+
+def _difference_record(a: float, b: float, low: float, high: float, **counts: int) -> dict:
+    """One AUC difference as every paired comparison reports it, with its sample sizes."""
+    return {"difference": a - b, "auc_a": a, "auc_b": b, "ci_low": low, "ci_high": high, **counts}
 
 
 def auc_columns(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:

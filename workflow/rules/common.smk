@@ -6,6 +6,7 @@ import shutil
 from snakemake.exceptions import WorkflowError
 
 from traitscope.config import check, finetune_settings, validate_config
+from traitscope.data.traits import contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
 
@@ -31,10 +32,10 @@ wildcard_constraints:
     trait="[A-Za-z0-9_-]+",
 
 
-# Model jobs (capture, finetune, steering check) hold a GPU: the local profile declares one
-# (`resources: gpu: 1`), so on a GPU workstation they run one at a time. A machine without a
-# GPU runs them on its cores, side by side as `threads` allow. Cluster profiles set `gpu`
-# per rule themselves.
+# Model jobs (capture, finetune, steering check) hold a GPU where nvidia-smi shows one: with
+# `--resources gpu=1` (`make run` passes it) a GPU workstation runs them one at a time. A
+# machine without a GPU runs them on its cores, side by side as `threads` allow. Cluster
+# profiles set `gpu` per rule themselves.
 def _local_gpu():
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1")
     return bool(shutil.which("nvidia-smi")) and not hidden
@@ -51,6 +52,15 @@ REQUESTED_CAPTURES = [(c["variant"], c["prompt_set"]) for c in config["captures"
 DERIVED_CAPTURE = {}  # derived prompt set -> capture settings its experiment asks for
 EXPERIMENT_TARGETS = []  # one get_<name>_targets function per enabled experiment
 
+
+# Prompt-contrast traits (two labelled prompt sets, no answers) -> the pool they are read at;
+# persona traits are absent. Neither kind's settings depend on the other's.
+CONTRAST_POOL = {
+    t: pool
+    for t in config["traits"]
+    if (pool := contrast_pool(f"{TRAITS_DIR}/{t}.yaml")) is not None
+}
+PERSONA_TRAITS = [t for t in config["traits"] if t not in CONTRAST_POOL]
 
 JUDGE = config["judge"]
 FILTER = config["extraction"]["filter"]
@@ -95,7 +105,8 @@ def get_final_output():
     steering = config["steering_check"]
     if steering["enabled"]:
         out.append(f"{trait_dir(BASE, steering['trait'])}/steering.json")
-    for trait in config["traits"]:
+    # the judge reads answers: prompt-contrast traits have none
+    for trait in PERSONA_TRAITS:
         if JUDGE["agreement"]:
             out.append(f"{trait_dir(BASE, trait)}/judge_agreement.json")
         if FILTER["enabled"]:
@@ -144,6 +155,28 @@ def get_trait_file(wildcards):
     return f"{TRAITS_DIR}/{wildcards.group}/{wildcards.trait}.yaml"
 
 
+def get_trait_position(wildcards):
+    """Where a trait's vectors are built and scored: a persona trait's answers
+    (extraction.position), a prompt-contrast trait's own pool."""
+    name = f"{wildcards.group}/{wildcards.trait}"
+    return CONTRAST_POOL.get(name, config["extraction"]["position"])
+
+
+def get_trait_sources_arg(wildcards):
+    """A prompt-contrast trait reads its prompt sources (from the mirror when set); a persona
+    trait reads nothing else, so the mirror setting never reruns it."""
+    if f"{wildcards.group}/{wildcards.trait}" not in CONTRAST_POOL:
+        return ""
+    return f"{get_mirror_arg()} --cache-dir results/cache"
+
+
+def get_steering_prompts(wildcards):
+    """A prompt-contrast trait is steered on its held-out negatives, read from its prompt set;
+    a persona trait's questions are in its file."""
+    name = f"{wildcards.group}/{wildcards.trait}"
+    return [prompts_path(f"traits/{name}")] if name in CONTRAST_POOL else []
+
+
 def get_evaluations(wildcards):
     return [
         f"{trait_dir(wildcards.variant, t)}/evaluation.json" for t in config["traits"]
@@ -163,6 +196,16 @@ def get_prompt_spec(wildcards):
     )
 
 
+def get_prompt_match(wildcards):
+    """A length-matched set is drawn after the set whose lengths it matches."""
+    target = config["prompt_sets"][wildcards.prompt_set].get("match_length")
+    return [prompts_path(target)] if target else []
+
+
+def get_match_arg(wildcards, input):
+    return opt("--match-to", input.match[0] if input.match else None)
+
+
 def get_mirror_arg():
     return opt("--data-mirror", config["data_mirror"])
 
@@ -173,6 +216,18 @@ def capture_settings(prompt_set):
     A trait's contrastive set is generated and captured at every layer with the
     extraction settings, so its vectors can be scored per layer.
     """
+    if prompt_set.removeprefix("traits/") in CONTRAST_POOL:
+        ex = config["extraction"]
+        return {
+            **config["capture"],
+            "layers": "all",
+            "pools": [CONTRAST_POOL[prompt_set.removeprefix("traits/")]],
+            "token_segments": [],
+            "keep_all_tokens": False,
+            "max_new_tokens": 0,  # the prompt is the trait: one forward pass, nothing generated
+            **{k: ex[k] for k in ("temperature", "seed", "max_tokens")},
+            "storage_dtype": ex["storage_dtype"],
+        }
     if prompt_set.startswith("traits/"):
         ex = config["extraction"]
         return {
@@ -274,7 +329,7 @@ def get_judgement_args(wildcards):
 
 
 def get_filter_judgements(wildcards):
-    if not FILTER["enabled"]:
+    if not FILTER["enabled"] or f"{wildcards.group}/{wildcards.trait}" in CONTRAST_POOL:
         return []
     return [
         f"{trait_dir(wildcards.variant, f'{wildcards.group}/{wildcards.trait}')}/judgements.parquet"
@@ -282,7 +337,7 @@ def get_filter_judgements(wildcards):
 
 
 def get_filter_args(wildcards, input):
-    judgements = input.filter if FILTER["enabled"] else "none"
+    judgements = input.filter[0] if input.filter else "none"
     return (
         f"--filter-judgements {judgements} --filter-trait-min {FILTER['trait_min']} "
         f"--filter-coherence-min {FILTER['coherence_min']}"

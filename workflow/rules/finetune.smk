@@ -8,7 +8,8 @@ rule finetune:
         png=report(
             "results/finetune/{variant}/loss.png",
             caption="../report/finetune.rst",
-            category="Finetuned variants",
+            category="7 Finetuned variants",
+            subcategory="{variant}",
         ),
     log:
         "results/logs/finetune/{variant}.log",

@@ -12,10 +12,11 @@ rule trait_prompts:
         pairs=config["extraction"]["pairs_per_question"],
         n_extraction=opt("--n-extraction", config["extraction"]["n_extraction"]),
         n_evaluation=opt("--n-evaluation", config["extraction"]["n_evaluation"]),
+        sources=get_trait_sources_arg,
     shell:
         "traitscope trait-prompts --trait-file {input.trait} --trait {wildcards.group}/{wildcards.trait} "
         "--out {output} --pairs-per-question {params.pairs} {params.n_extraction} "
-        "{params.n_evaluation} 2> {log}"
+        "{params.n_evaluation} {params.sources} 2> {log}"
 
 
 rule trait_vectors:
@@ -34,7 +35,7 @@ rule trait_vectors:
     resources:
         mem_mb=4000,
     params:
-        position=config["extraction"]["position"],
+        position=get_trait_position,
         methods=" ".join(config["extraction"]["methods"]),
         probe_c=config["extraction"]["probe_c"],
         filter=get_filter_args,
@@ -55,7 +56,8 @@ rule trait_evaluation:
         png=report(
             "results/traits/{variant}/{group}/{trait}/evaluation.png",
             caption="../report/evaluation.rst",
-            category="Trait vectors",
+            category="1 Trait vectors",
+            subcategory="{group}/{trait}",
         ),
     log:
         "results/logs/trait_evaluation/{variant}/{group}/{trait}.log",
@@ -65,7 +67,7 @@ rule trait_evaluation:
     resources:
         mem_mb=4000,
     params:
-        position=config["extraction"]["position"],
+        position=get_trait_position,
     shell:
         "traitscope trait-evaluation --vectors {input.vectors} --capture {input.capture} "
         "--prompts {input.prompts} --out {output.json} --png {output.png} "
@@ -95,6 +97,7 @@ rule steering_check:
         vectors="results/traits/{variant}/{group}/{trait}/vectors.safetensors",
         evaluation="results/traits/{variant}/{group}/{trait}/evaluation.json",
         trait=get_trait_file,
+        prompts=get_steering_prompts,
     output:
         "results/traits/{variant}/{group}/{trait}/steering.json",
     log:
@@ -111,11 +114,12 @@ rule steering_check:
         coefficient=config["steering_check"]["coefficient"],
         max_new_tokens=config["steering_check"]["max_new_tokens"],
         max_tokens=config["extraction"]["max_tokens"],
+        prompts=lambda wildcards, input: opt("--prompts", input.prompts or None),
     shell:
         "traitscope steering-check --model {input.model} --vectors {input.vectors} "
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "
         "--coefficient {params.coefficient} --max-new-tokens {params.max_new_tokens} "
-        "--max-tokens {params.max_tokens} 2> {log}"
+        "--max-tokens {params.max_tokens} {params.prompts} 2> {log}"
 
 
 rule trait_judgements:
@@ -179,7 +183,7 @@ rule trait_filter:
     resources:
         mem_mb=4000,
     params:
-        position=config["extraction"]["position"],
+        position=get_trait_position,
         methods=" ".join(config["extraction"]["methods"]),
         probe_c=config["extraction"]["probe_c"],
         trait_min=FILTER["trait_min"],

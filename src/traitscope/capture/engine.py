@@ -2,8 +2,10 @@
 
 Pools are named so stages can ask for what they need: `<segment>_mean` (mean over a
 segment's tokens: `response_mean`, `prefill_mean`, `user_mean`, ...), `prompt_mean`
-(every token before the assistant writes) and `last_prompt` (the last token before
-it writes). A pool whose segment is absent from a conversation is NaN there.
+(every token before the assistant writes), `last_prompt` (the last token before it writes)
+and `post_instruction_mean` (the chat-template tokens from the end of the user's text to the
+start of the assistant's answer, where Arditi et al. read the refusal direction). A pool whose
+segment is absent from a conversation is NaN there.
 
 Right padding keeps positions as in the unpadded sequence; left padding passes explicit
 position ids, so one prompt captured inside a padded batch equals that prompt alone.
@@ -22,7 +24,7 @@ from traitscope.model.batching import token_budget_batches
 from traitscope.model.chat import SEGMENT_CODE, Encoded
 from traitscope.model.hooks import run_recorded
 
-POOLS = ("last_prompt", "prompt_mean") + tuple(f"{s}_mean" for s in SEGMENT_CODE)
+POOLS = ("last_prompt", "prompt_mean", "post_instruction_mean") + tuple(f"{s}_mean" for s in SEGMENT_CODE)
 
 
 @dataclass
@@ -111,6 +113,10 @@ def pool_weights(batch: Batch, pool: str) -> torch.Tensor:
         mask = cols[None, :] == (first + batch.prompt_len - 1)[:, None]
     elif pool == "prompt_mean":
         mask = (cols[None, :] >= first[:, None]) & (cols[None, :] < (first + batch.prompt_len)[:, None])
+    elif pool == "post_instruction_mean":  # after the last user token, before the answer
+        last_user = torch.where(seg == SEGMENT_CODE["user"], cols[None, :], -1).amax(-1)
+        after = (cols[None, :] > last_user[:, None]) & (last_user >= 0)[:, None]
+        mask = after & (cols[None, :] < (first + batch.prompt_len)[:, None])
     elif pool.endswith("_mean") and pool.removesuffix("_mean") in SEGMENT_CODE:
         mask = seg == SEGMENT_CODE[pool.removesuffix("_mean")]
     else:

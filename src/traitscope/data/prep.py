@@ -7,12 +7,15 @@ rerun gives the same prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from traitscope.data import loaders, registry
+from traitscope.data.prompts import normalise, read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
 
@@ -71,17 +74,61 @@ def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:
     return loaders.load_advbench(path)
 
 
+def without(table: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `table` whose text is not in `other` (normalised), duplicates dropped too: a row
+    copied into a training split (AdvBench rows in the refusal-direction train split) never
+    reaches a set it would be scored on."""
+    seen = {normalise(t) for t in user_texts(other)}
+    keys = pd.Series([normalise(t) for t in user_texts(table)], index=table.index)
+    return table[~keys.isin(seen) & ~keys.duplicated()]
+
+
+def length_matched(pool: pd.DataFrame, target_lengths: Sequence[int], seed: int, where: str) -> pd.DataFrame:
+    """One pool row per target length, the nearest unused one (ties broken at random, seeded).
+
+    Harmful requests are longer than Alpaca instructions, so prompt length alone separates
+    them; controls drawn this way leave the length-alone AUC near 0.5. Rows keep pool order.
+    """
+    if len(pool) < len(target_lengths):
+        raise TraitscopeError(
+            f"{where}: {len(pool)} pool rows cannot match {len(target_lengths)} prompts; use a larger file"
+        )
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(t) for t in user_texts(pool)], dtype=float)
+    jitter = rng.random(len(pool))  # < 1: only breaks ties between equal integer distances
+    free = np.ones(len(pool), dtype=bool)
+    for target in rng.permutation(np.asarray(target_lengths, dtype=float)):
+        cost = np.where(free, np.abs(lengths - target) + jitter, np.inf)
+        free[int(np.argmin(cost))] = False
+    return pool[~free]
+
+
 def prep_prompts(
     spec: dict[str, Any],
     out: str | Path,
     data_mirror: str | None,
     cache_dir: str | Path,
+    match_to: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Load, sample (seeded) and decorate (system prompt, prefill) one prompt set."""
+    """Load, filter, sample (seeded) and decorate (system prompt, prefill) one prompt set.
+
+    `exclude` drops rows found in other dataset files; `match_length` draws one row per prompt
+    of `match_to` (the named prompt set), matched on user-text length in characters.
+    """
     table = load_source(spec, data_mirror, cache_dir)
-    n = spec.get("n")
-    if n is not None and n < len(table):
-        table = table.sample(n=n, random_state=spec.get("seed", 0)).sort_index()
+    for other in spec.get("exclude", []):
+        table = without(table, load_source(other, data_mirror, cache_dir))
+    n, seed = spec.get("n"), spec.get("seed", 0)
+    if spec.get("match_length"):
+        if match_to is None or n is not None:
+            raise TraitscopeError(
+                f"prompt set {spec}: match_length needs --match-to (the matched set's Parquet) and no n"
+            )
+        target = read_prompt_set(match_to)
+        lengths = [len(t) for t in user_texts(target)]
+        table = length_matched(without(table, target), lengths, seed, str(match_to))
+    elif n is not None and n < len(table):
+        table = table.sample(n=n, random_state=seed).sort_index()
     for key in ("system", "prefill"):
         if spec.get(key):
             table[key] = spec[key]

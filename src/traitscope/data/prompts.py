@@ -6,6 +6,7 @@ Columns: `prompt_id`, `messages` (list of {role, content}, or its JSON) or `prom
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -65,3 +66,28 @@ def _messages(path: str | Path, prompt_id: str, value: object) -> list[dict[str,
             f"{path}: prompt {prompt_id!r} has malformed messages; use [{{role, content}}, ...]"
         )
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in msgs]
+
+
+def user_texts(table: pd.DataFrame) -> list[str]:
+    """Each row's user text: the `prompt` column, else its user turns joined.
+
+    The surface baselines (length, bag of words) and the split bookkeeping read this, so a
+    trait set (messages) and a dataset set (prompt) are compared on the same text.
+    """
+    if "prompt" in table.columns:
+        return [str(p) for p in table["prompt"]]
+    return [
+        "\n".join(m["content"] for m in _messages("<table>", pid, msgs) if m["role"] == "user")
+        for pid, msgs in zip(table["prompt_id"], table["messages"])
+    ]
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-insensitive key of a prompt: the same request copied between datasets
+    (AdvBench rows in the refusal-direction train split) compares equal."""
+    return " ".join(text.lower().split())
+
+
+def text_key(text: str) -> str:
+    """sha256 of the normalised text: what a vector's metadata records of its training rows."""
+    return hashlib.sha256(normalise(text).encode()).hexdigest()

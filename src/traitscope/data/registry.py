@@ -26,6 +26,7 @@ class SourceFile:
     name: str
     url: str | None  # None: not downloadable by URL (a hub dataset's mirror copy)
     head_lines: int | None = None
+    mirrored: bool = True  # False: full-scale data an offline mirror need not hold
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ SOURCES: dict[str, Source] = {
             SourceFile("preregistered_evals.yaml", f"{_EM}/evaluation/preregistered_evals.yaml"),
             SourceFile("insecure_small.jsonl", f"{_EM}/data/insecure.jsonl", _EM_SLICE_LINES),
             SourceFile("secure_small.jsonl", f"{_EM}/data/secure.jsonl", _EM_SLICE_LINES),
+            # the full training sets of the EM paper's insecure-code finetune and its control
+            SourceFile("insecure.jsonl", f"{_EM}/data/insecure.jsonl", mirrored=False),
+            SourceFile("secure.jsonl", f"{_EM}/data/secure.jsonl", mirrored=False),
         ),
     ),
     # Only a mirror can hold BeaverTails files; otherwise loaders read it from the hub.
@@ -153,3 +157,14 @@ def fetch(dataset: str, filename: str, data_mirror: str | Path | None, cache_dir
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return target
+
+
+def dataset_file(
+    dataset: str, filename: str, out: str | Path, data_mirror: str | Path | None, cache_dir: str | Path
+) -> Path:
+    """Copy a registered file to `out` (rule `dataset_file`), so a config can name a dataset file,
+    such as a finetune's training set, by a path under results/ that the workflow creates."""
+    path = fetch(dataset, filename, data_mirror, cache_dir)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(path.read_bytes())
+    return Path(out)

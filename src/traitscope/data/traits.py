@@ -1,7 +1,14 @@
-"""Trait datasets: contrastive instruction pairs plus extraction and held-out questions.
+"""Trait datasets, of two kinds, each named `<group>/<trait>` in `resources/traits/<group>/<trait>.yaml`.
 
-A trait is named `<group>/<trait>` and lives in `resources/traits/<group>/<trait>.yaml`.
-Validation happens here, once, so every later stage can trust the fields.
+- persona (the default): contrastive instruction pairs plus extraction and held-out questions;
+  the model answers each question under an eliciting and a suppressing system prompt.
+- prompt_contrast (`kind: prompt_contrast`): two labelled prompt sets (say harmful vs harmless
+  requests) read like `prompt_sets:` entries, length-matched, captured without generation at
+  one pool (`last_prompt`, `prompt_mean`, or `post_instruction_mean`: the template tokens
+  between the user's text and the answer), as in Arditi et al.'s refusal direction.
+
+Both become one trait prompt set (split, label, question, pair_index) and from there the same
+vectors, evaluation and record. Validation happens here, once, so later stages trust the fields.
 """
 
 from __future__ import annotations
@@ -13,11 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from traitscope.data.prompts import user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml, write_parquet
 
 MIN_PAIRS = 1
 REQUIRED = ("description", "pairs", "extraction_questions", "evaluation_questions", "judge_rubric")
+CONTRAST_KIND = "prompt_contrast"
+CONTRAST_REQUIRED = ("description", "positive", "negative", "n_extraction", "n_evaluation", "pool")
+CONTRAST_POOLS = ("last_prompt", "prompt_mean", "post_instruction_mean")
+CONTRAST_DATASETS = ("harmbench", "advbench", "refusal_direction", "parquet")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,22 @@ class Trait:
     evaluation_questions: tuple[str, ...]
     judge_rubric: str
     sha256: str  # hash of the file, recorded with the vectors for provenance
+
+
+@dataclass(frozen=True)
+class ContrastTrait:
+    """A trait defined by two labelled prompt sets, e.g. harmful vs harmless requests."""
+
+    name: str
+    description: str
+    positive: dict  # a prompt_sets:-style source {dataset, file} of the trait-positive prompts
+    negative: dict
+    n_extraction: int  # per side
+    n_evaluation: int  # per side
+    pool: str  # the pooled position the vectors are built and evaluated at
+    match_length: bool  # negatives drawn to match the positives' lengths, split by split
+    seed: int
+    sha256: str
 
 
 def trait_path(traits_dir: str | Path, name: str) -> Path:
@@ -65,11 +93,7 @@ def _strings(path: Path, data: dict, key: str, minimum: int) -> tuple[str, ...]:
     return tuple(s.strip() for s in items)
 
 
-def load_trait(path: str | Path, name: str | None = None) -> Trait:
-    """Read and validate one trait YAML file; every problem names the file and the fix."""
-    path = Path(path)
-    if name is None:
-        name = f"{path.parent.name}/{path.stem}"
+def _read(path: Path) -> tuple[bytes, dict]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -77,6 +101,76 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
     data = parse_yaml(raw, path)
     if not isinstance(data, dict):
         raise TraitscopeError(f"{path}: expected a mapping with keys {', '.join(REQUIRED)}")
+    if data.get("kind", "persona") not in ("persona", CONTRAST_KIND):
+        raise TraitscopeError(f"{path}: kind must be persona or {CONTRAST_KIND}, got {data['kind']!r}")
+    return raw, data
+
+
+def read_trait(path: str | Path, name: str | None = None) -> Trait | ContrastTrait:
+    """A trait of either kind, validated."""
+    path = Path(path)
+    raw, data = _read(path)
+    if data.get("kind") == CONTRAST_KIND:
+        return _contrast_trait(path, raw, data, name or f"{path.parent.name}/{path.stem}")
+    return load_trait(path, name)
+
+
+def contrast_pool(path: str | Path) -> str | None:
+    """The pool a prompt-contrast trait is captured at; None for a persona trait (its answers)."""
+    trait = read_trait(path)
+    return trait.pool if isinstance(trait, ContrastTrait) else None
+
+
+def _source(path: Path, data: dict, key: str) -> dict:
+    spec = data[key]
+    if not (isinstance(spec, dict) and spec.get("dataset") in CONTRAST_DATASETS):
+        raise TraitscopeError(
+            f"{path}: '{key}' must be a prompt source {{dataset, file}} with dataset one of "
+            f"{', '.join(CONTRAST_DATASETS)}"
+        )
+    return spec
+
+
+def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTrait:
+    missing = [k for k in CONTRAST_REQUIRED if k not in data]
+    if missing:
+        raise TraitscopeError(f"{path}: missing key(s) {', '.join(missing)} of a {CONTRAST_KIND} trait")
+    counts = {k: data[k] for k in ("n_extraction", "n_evaluation")}
+    if not all(isinstance(v, int) and v >= 4 for v in counts.values()):
+        raise TraitscopeError(f"{path}: n_extraction and n_evaluation must be integers >= 4, got {counts}")
+    if data["pool"] not in CONTRAST_POOLS:
+        raise TraitscopeError(
+            f"{path}: pool must be one of {', '.join(CONTRAST_POOLS)}, got {data['pool']!r}"
+        )
+    return ContrastTrait(
+        name=name,
+        description=str(data["description"]).strip(),
+        positive=_source(path, data, "positive"),
+        negative=_source(path, data, "negative"),
+        n_extraction=data["n_extraction"],
+        n_evaluation=data["n_evaluation"],
+        pool=data["pool"],
+        match_length=bool(data.get("match_length", True)),
+        seed=int(data.get("seed", 0)),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def load_trait(path: str | Path, name: str | None = None) -> Trait:
+    """Read and validate one persona trait file; every problem names the file and the fix.
+
+    Stages that need answers or a rubric (steering, judge, CMA-ES) read traits here, so a
+    prompt-contrast trait given to them is a clear error.
+    """
+    path = Path(path)
+    if name is None:
+        name = f"{path.parent.name}/{path.stem}"
+    raw, data = _read(path)
+    if data.get("kind") == CONTRAST_KIND:
+        raise TraitscopeError(
+            f"{path}: {name} is a {CONTRAST_KIND} trait (two prompt sets, no questions, answers or "
+            "rubric); use a persona trait here"
+        )
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise TraitscopeError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -118,14 +212,22 @@ def trait_prompts(
     n_extraction: int | None,
     n_evaluation: int | None,
     trait_name: str | None = None,
+    data_mirror: str | None = None,
+    cache_dir: str | Path = "results/cache",
 ) -> pd.DataFrame:
     """The trait's contrastive prompt set: each question under eliciting and suppressing prompts.
 
     One row per (split, question, pair, polarity). Pairs rotate across questions so every
     instruction pair is used even when each question gets only a few. The set is captured
     (with generation) like any other prompt set.
+    A prompt-contrast trait reads its two prompt sources instead (`data_mirror`, `cache_dir`).
     """
-    trait = load_trait(trait_file, trait_name)
+    any_trait = read_trait(trait_file, trait_name)
+    if isinstance(any_trait, ContrastTrait):
+        table = contrast_prompts(any_trait, data_mirror, cache_dir)
+        write_parquet(out, table)
+        return table
+    trait = any_trait
     rows = []
     n_pairs = len(trait.pairs)
     per_q = min(pairs_per_question, n_pairs)
@@ -154,3 +256,50 @@ def trait_prompts(
     table = pd.DataFrame(rows)
     write_parquet(out, table)
     return table
+
+
+def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: str | Path) -> pd.DataFrame:
+    """A prompt-contrast trait's prompt set: seeded positives, negatives length-matched per split.
+
+    Texts are deduplicated and no negative repeats a positive, so no row is both trained on and
+    held out. Rows carry `question` (the prompt) and `pair_index` 0, the columns the persona
+    trait sets have, so vectors and evaluation read both kinds alike.
+    """
+    from traitscope.data.prep import length_matched, load_source, without
+
+    total = trait.n_extraction + trait.n_evaluation
+    positives = load_source(trait.positive, data_mirror, cache_dir)
+    positives = without(positives, positives.iloc[:0])
+    if len(positives) < total:
+        raise TraitscopeError(
+            f"{trait.name}: {len(positives)} distinct positive prompts, {total} needed; "
+            "lower n_extraction or n_evaluation"
+        )
+    positives = positives.sample(n=total, random_state=trait.seed)
+    pool = without(load_source(trait.negative, data_mirror, cache_dir), positives)
+    cut = trait.n_extraction
+    splits = {"extraction": positives.iloc[:cut], "evaluation": positives.iloc[cut:]}
+    rows = []
+    for split, pos in splits.items():
+        texts = user_texts(pos)
+        if trait.match_length:
+            neg = length_matched(pool, [len(t) for t in texts], trait.seed, trait.name)
+        else:
+            neg = pool.sample(n=len(pos), random_state=trait.seed)
+        pool = pool.drop(neg.index)
+        for label, group in ((1, pos), (0, neg)):
+            for i, (source_id, text) in enumerate(zip(group["prompt_id"], user_texts(group))):
+                rows.append(
+                    {
+                        "prompt_id": f"{trait.name}:{split}:{i}:{'pos' if label else 'neg'}",
+                        "prompt": text,
+                        "source_id": source_id,
+                        "trait": trait.name,
+                        "split": split,
+                        "label": label,
+                        "pair_index": 0,
+                        "question": text,
+                        "trait_sha256": trait.sha256,
+                    }
+                )
+    return pd.DataFrame(rows)

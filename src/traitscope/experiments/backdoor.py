@@ -502,16 +502,37 @@ def paired_arrays(scores: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
     return {f"{role}_{c}": wide[role].loc[common, c].to_numpy(float) for role in wide for c in CONDITIONS}
 
 
-def separation(scores: dict[str, pd.DataFrame], n_boot: int, seed: int) -> dict:
+def separation(
+    scores: dict[str, pd.DataFrame],
+    n_boot: int,
+    seed: int,
+    surface: dict[str, pd.DataFrame] | None = None,
+) -> dict:
     """AUC (trigger positive) with a stratified bootstrap CI on each model, and the backdoored
-    minus base difference with a paired bootstrap CI (pairs resampled)."""
+    minus base difference with a paired bootstrap CI (pairs resampled).
+
+    `surface` (baseline name -> per-prompt scores, `surface_baselines`): the backdoored AUC
+    minus each baseline's on the same pairs, paired bootstrap, and whether it beats them all.
+    """
     from traitscope.stats import auc_difference_paired, auc_with_ci
 
-    arrays = paired_arrays(scores)
+    surface = surface or {}
+    arrays = paired_arrays({**scores, **surface})
     out = {
         role: auc_with_ci(arrays[f"{role}_trigger"], arrays[f"{role}_control"], n_boot=n_boot, seed=seed)
         for role in scores
     }
+    for name in surface:
+        out[f"backdoored_vs_{name}"] = auc_difference_paired(
+            arrays["backdoored_trigger"],
+            arrays["backdoored_control"],
+            arrays[f"{name}_trigger"],
+            arrays[f"{name}_control"],
+            n_boot=n_boot,
+            seed=seed,
+        )
+    if surface:
+        out["backdoored_beats_baselines"] = all(out[f"backdoored_vs_{n}"]["ci_low"] > 0 for n in surface)
     out["difference"] = auc_difference_paired(
         arrays["backdoored_trigger"],
         arrays["backdoored_control"],
@@ -562,6 +583,45 @@ def pooled_position_scores(projections: pd.DataFrame, positions: pd.DataFrame, n
     raise TraitscopeError(f"experiments.backdoor.positions: unknown position {name!r}")
 
 
+def training_texts(train_jsonl: str | Path, data: dict) -> tuple[list[str], np.ndarray]:
+    """(user texts, labels: 1 trigger, 0 control) of the finetune's rows: what the bag of
+    words is fitted on. A row under neither prefix is an error naming the file."""
+    texts, labels = [], []
+    for n, line in enumerate(Path(train_jsonl).read_text().splitlines(), 1):
+        text = next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user")
+        label = [c for c in CONDITIONS if text.startswith(f"{data[c]} ")]
+        if len(label) != 1:
+            raise TraitscopeError(
+                f"{train_jsonl}:{n}: the user turn starts with neither experiments.backdoor.data "
+                "prefix; rerun backdoor-data"
+            )
+        texts.append(text)
+        labels.append(int(label[0] == "trigger"))
+    return texts, np.array(labels)
+
+
+def surface_baselines(
+    pairs: pd.DataFrame, train_jsonl: str | Path, data: dict, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Per held-out prompt (prompt_id, pair_id, condition, score): prompt length and a bag of
+    words fitted on the training rows only. Trigger and control differ in one word ("2027"
+    vs "2024"), so length cannot separate them and a bag of words that saw labelled rows can."""
+    from traitscope import baselines
+    from traitscope.data.prompts import text_key, user_texts
+
+    texts, labels = training_texts(train_jsonl, data)
+    scored = user_texts(pairs)
+    baselines.check_unseen(
+        {"the bag of words (backdoor training rows)": {text_key(t) for t in texts}},
+        {"held-out pairs": scored},
+    )
+    bow = baselines.bag_of_words(texts, labels, seed)
+    out = {}
+    for name, score in (("length", baselines.lengths(scored)), ("bag_of_words", bow(scored))):
+        out[name] = pairs[["prompt_id", "pair_id", "condition"]].assign(score=score)
+    return out
+
+
 def trait_detection(
     projections: dict[str, pd.DataFrame],
     positions: dict[str, pd.DataFrame],
@@ -571,8 +631,10 @@ def trait_detection(
     per_layer: bool,
     n_boot: int,
     seed: int,
+    surface: dict[str, pd.DataFrame] | None = None,
 ) -> dict:
-    """Per trait and position: separation at the chosen layer and (if asked) at every layer."""
+    """Per trait and position: separation at the chosen layer (beside the `surface` baselines)
+    and, if asked, at every layer."""
     chosen = _chosen_layers(projections["base"], traits, "base projections")
     out: dict[str, Any] = {}
     for trait in traits:
@@ -591,7 +653,8 @@ def trait_detection(
             by_layer = []
             for layer in layers:
                 at = {role: t[t["layer"] == layer] for role, t in tables.items()}
-                by_layer.append({"layer": int(layer), **separation(at, n_boot, seed)})
+                beside = surface if layer == chosen[trait] else None
+                by_layer.append({"layer": int(layer), **separation(at, n_boot, seed, beside)})
             entry = next(e for e in by_layer if e["layer"] == chosen[trait])
             out[trait]["positions"][name] = {
                 "chosen_layer": {k: v for k, v in entry.items() if k != "layer"},
@@ -656,14 +719,18 @@ def backdoor_analysis(
     out_json: str | Path,
     traits_png: str | Path,
     tokens_png: str | Path,
+    train_jsonl: str | Path,
+    data: dict,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict:
-    """detection_auc.json (behaviour check, trait AUCs, earliest token) and its two figures."""
+    """detection_auc.json (behaviour check, trait AUCs beside surface baselines, earliest
+    token) and its two figures."""
     from traitscope import plotting
     from traitscope.capture.store import read_shards
     from traitscope.data.prompts import read_prompt_set
     from traitscope.io import save_figure, write_json
+    from traitscope.stats import auc_with_ci
 
     pairs = read_prompt_set(pairs_path)
     answers = {role: responses(path) for role, path in capture_paths.items()}
@@ -677,6 +744,8 @@ def backdoor_analysis(
     n_steps = int(positions["base"]["position"].str.extract(r"^p(\d+)$")[0].dropna().astype(int).max() + 1)
     order = position_order(n_steps, n_generated)
     tokens = token_detection(projections, positions, traits, order, threshold, n_boot, seed)
+    surface = surface_baselines(pairs, train_jsonl, data, seed)
+    by_pair = paired_arrays(surface)
     identical = identical_generation(positions["backdoored"], n_generated)
     result = {
         "variants": variants,
@@ -698,8 +767,19 @@ def backdoor_analysis(
             "from the first one whose preceding text varies across prompts (same-text tokens have one "
             "activation per condition)",
         },
+        "baselines": {
+            name: auc_with_ci(
+                by_pair[f"{name}_trigger"], by_pair[f"{name}_control"], n_boot=n_boot, seed=seed
+            )
+            for name in surface
+        },
+        "baselines_meaning": "length: user text characters; bag_of_words: TF-IDF + logistic regression "
+        "fitted on the finetune's labelled training rows only. Trigger and control differ in one word, so "
+        "a bag of words that was shown the labelled trigger separates them; a defender without the "
+        "trigger has no such labels. Per trait at its chosen layer: backdoored_vs_<baseline> (paired "
+        "bootstrap over pairs) and backdoored_beats_baselines",
         "traits": trait_detection(
-            projections, positions, pairs, traits, position_names, per_layer, n_boot, seed
+            projections, positions, pairs, traits, position_names, per_layer, n_boot, seed, surface
         ),
         "token_positions": {
             "order": order,
@@ -915,7 +995,7 @@ def backdoor_sae_features(
 
 def analysis_inputs(section: dict) -> dict[str, str]:
     """The analysis rule's inputs, named by role (Snakemake input names)."""
-    out = {"pairs": prompts_path(section["prompt_set"])}
+    out = {"pairs": prompts_path(section["prompt_set"]), "train": training_data_path()}
     for role in ROLES:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
         out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
@@ -977,6 +1057,8 @@ def add_commands(add) -> None:
     p.add_argument("--out", required=True, help="detection_auc.json")
     p.add_argument("--traits-png", required=True)
     p.add_argument("--tokens-png", required=True)
+    p.add_argument("--train", required=True, help="the training chat JSONL (the bag of words' rows)")
+    p.add_argument("--data", required=True, help="experiments.backdoor.data as a JSON object")
     p.add_argument("--n-boot", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
 
@@ -1019,6 +1101,8 @@ def _analysis_cli(a) -> None:
         a.out,
         a.traits_png,
         a.tokens_png,
+        a.train,
+        json.loads(a.data),
         a.n_boot,
         a.seed,
     )

@@ -120,19 +120,28 @@ def persona_training_data(
     avoid: list[str | Path],
     out_misaligned: str | Path,
     out_control: str | Path,
+    pairs_per_question: int | None = None,
 ) -> dict[str, int]:
     """Chat JSONL from the base model's own answers to the trait's extraction questions.
 
     Positive-instruction answers make the misaligned set, negative ones the control set; the
     system prompt is dropped, so a finetune must internalise the persona. Questions that also
     occur in the evaluation sets (`avoid`) are left out, as are empty answers.
+    `pairs_per_question` keeps every question's n lowest-numbered instruction pairs: both sets
+    still cover every question, with the same pairs, at a fraction of the training cost.
     """
     table = read_prompt_set(trait_prompts)
-    if "split" not in table.columns or "label" not in table.columns:
-        raise TraitscopeError(f"{trait_prompts}: not a trait prompt set (needs split and label columns)")
+    needed = {"split", "label"} | ({"pair_index"} if pairs_per_question is not None else set())
+    if not needed <= set(table.columns):
+        raise TraitscopeError(
+            f"{trait_prompts}: not a trait prompt set (needs columns {', '.join(sorted(needed))})"
+        )
     responses = read_responses(trait_capture)
     held_out = {q for p in avoid for q in pd.read_parquet(p)["prompt"]}
     rows = table[(table["split"] == "extraction") & ~table["question"].isin(held_out)]
+    if pairs_per_question is not None:  # pair_index numbers instructions, not a question's pairs
+        rank = rows.groupby("question")["pair_index"].rank(method="dense")
+        rows = rows[rank <= pairs_per_question]
     sets = {}
     for side, label in (("misaligned", 1), ("control", 0)):
         sets[side] = [
@@ -292,6 +301,12 @@ def add_commands(add) -> None:
     p.add_argument("--avoid", nargs="+", required=True, help="prompt sets whose questions to leave out")
     p.add_argument("--misaligned", required=True)
     p.add_argument("--control", required=True)
+    p.add_argument(
+        "--pairs-per-question",
+        type=lambda v: None if v == "all" else int(v),
+        default=None,
+        help="instruction pairs per question to keep (default or all: every pair)",
+    )
 
     p = add("em-analysis", _analysis_cli, "emergent misalignment: paired variant comparison")
     p.add_argument("--prompts", required=True)
@@ -318,7 +333,9 @@ def _prompts_cli(a) -> None:
 
 
 def _training_cli(a) -> None:
-    persona_training_data(a.trait_prompts, a.trait_capture, a.avoid, a.misaligned, a.control)
+    persona_training_data(
+        a.trait_prompts, a.trait_capture, a.avoid, a.misaligned, a.control, a.pairs_per_question
+    )
 
 
 def _analysis_cli(a) -> None:

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitscope import plotting
-from traitscope.config import require_prompt_set, require_traits, require_variant
+from traitscope import baselines, plotting
+from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
+from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
-from traitscope.paths import projections_path, prompts_path
+from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.stats import auc_with_ci, compare_groups, spearman, youden_threshold
 
 OUT_DIR = "results/external_datasets"
@@ -89,14 +90,21 @@ def captures(section: dict) -> list[tuple[str, str]]:
     return [(section["variant"], s) for s in sets]
 
 
-def analysis_inputs(section: dict) -> dict[str, str | list[str]]:
-    """Named inputs of the analysis rule."""
+def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
+    """Named inputs of the analysis rule: HarmBench's with what its baselines need (both sides'
+    prompts, the bag of words' training set, each trait's training rows)."""
     variant, inputs = section["variant"], {}
     if section["harmbench"]:
         hb = section["harmbench"]
         inputs["hb_harmful"] = projections_path(variant, hb["harmful"])
         inputs["hb_harmless"] = projections_path(variant, hb["harmless"])
         inputs["hb_prompts"] = prompts_path(hb["harmful"])
+        inputs["hb_harmless_prompts"] = prompts_path(hb["harmless"])
+        inputs["trait_meta"] = [
+            f"{trait_dir(config['base_model'], t)}/vectors.json" for t in section["traits"]
+        ]
+        if section["bag_of_words"]:
+            inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
     if section["beavertails"]:
         sets = list(beavertails_sets(section).values())
         inputs["bt_proj"] = [projections_path(variant, s) for s in sets]
@@ -104,14 +112,17 @@ def analysis_inputs(section: dict) -> dict[str, str | list[str]]:
     return inputs
 
 
-def analysis_args(inputs: dict) -> str:
+def analysis_args(section: dict, inputs: dict) -> str:
     """CLI options naming every input of `traitscope external-analysis`."""
     args = []
     if "hb_harmful" in inputs:
         args.append(
             f"--harmbench-harmful {inputs['hb_harmful']} --harmbench-harmless {inputs['hb_harmless']} "
-            f"--harmbench-prompts {inputs['hb_prompts']}"
+            f"--harmbench-prompts {inputs['hb_prompts']} "
+            f"--harmbench-harmless-prompts {inputs['hb_harmless_prompts']} "
+            f"--bag-of-words {inputs.get('bow', 'none')}"
         )
+        args += [f"--trait-meta {t} {m}" for t, m in zip(section["traits"], inputs["trait_meta"])]
     args += [
         f"--beavertails {p} {q}" for p, q in zip(inputs.get("bt_proj", []), inputs.get("bt_prompts", []))
     ]
@@ -127,6 +138,8 @@ def check_config(section: dict, config: dict) -> None:
         raise TraitscopeError(f"{where}: set harmbench, beavertails or both (or enabled: false)")
     for key, name in (section["harmbench"] or {}).items():
         require_prompt_set(f"{where}.harmbench.{key}", name, config)
+    if section["bag_of_words"]:
+        require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
     bt = section["beavertails"]
     if bt:
         require_prompt_set(f"{where}.beavertails.prompt_set", bt["prompt_set"], config, dataset="beavertails")
@@ -134,23 +147,16 @@ def check_config(section: dict, config: dict) -> None:
             raise TraitscopeError(f"{where}.beavertails.categories: include 'safe', the comparison group")
 
 
-def _scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
-    """prompt_id x trait table of scores at each trait's chosen layer and one pooled position."""
-    rows = projections[projections["chosen_layer"] & (projections["position"] == position)]
-    if rows.empty:
-        raise TraitscopeError(
-            f"no projections at position {position!r} on a chosen layer; check the position"
-        )
-    missing = sorted(set(traits) - set(rows["trait"]))
-    if missing:
-        raise TraitscopeError(
-            f"no projections for trait(s) {', '.join(missing)}; add them to traits: and rerun"
-        )
-    return rows.pivot_table(index="prompt_id", columns="trait", values="score")
-
-
 def _read(paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def chosen_scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
+    """`traitscope.vectors.projection.chosen_scores`, imported when called: the module loads torch,
+    and this one is imported while Snakemake parses the workflow."""
+    from traitscope.vectors.projection import chosen_scores as scores
+
+    return scores(projections, position, traits)
 
 
 def failure_cases(scores: pd.Series, labels: np.ndarray, prompts: pd.Series, limit: int = 20) -> dict:
@@ -172,20 +178,48 @@ def harmbench(
     harmful_proj: list[str | Path],
     harmless_proj: list[str | Path],
     harmful_prompts: str | Path,
+    harmless_prompts: str | Path,
     traits: list[str],
     position: str,
+    trait_meta: dict[str, str | Path],
+    bow_prompts: str | Path | None = None,
     n_boot: int = 2000,
     seed: int = 0,
 ) -> tuple[dict, dict]:
-    """AUC of harmful behaviours vs harmless controls, overall and per semantic category."""
-    bad = _scores(_read(harmful_proj), position, traits)
-    good = _scores(_read(harmless_proj), position, traits)
+    """AUC of harmful behaviours vs harmless controls, overall and per semantic category, beside
+    the surface baselines (prompt length; a bag of words fitted on `bow_prompts`' extraction rows).
+
+    `trait_meta` maps each trait to its vectors.json: a scored prompt that built a vector (or
+    fitted the bag of words) is an error.
+    """
+    bad = chosen_scores(_read(harmful_proj), position, traits)
+    good = chosen_scores(_read(harmless_proj), position, traits)
     prompts = pd.read_parquet(harmful_prompts).set_index("prompt_id")
-    result: dict = {"position": position, "n_harmful": len(bad), "n_harmless": len(good), "traits": {}}
+    controls = read_prompt_set(harmless_prompts).set_index("prompt_id")
+    bad_texts = user_texts(prompts.loc[bad.index].reset_index())
+    good_texts = user_texts(controls.loc[good.index].reset_index())
+    training = {t: baselines.training_keys(m) for t, m in trait_meta.items()}
+    bow = None
+    if bow_prompts is not None:
+        fit_texts, fit_labels = baselines.fitting_rows(bow_prompts)
+        training[f"the bag of words ({bow_prompts})"] = {text_key(t) for t in fit_texts}
+        bow = baselines.bag_of_words(fit_texts, fit_labels, seed)
+    baselines.check_unseen(training, {"harmbench harmful": bad_texts, "harmbench harmless": good_texts})
+    surface = baselines.baseline_scores(bad_texts, good_texts, bow)
+    result: dict = {
+        "position": position,
+        "n_harmful": len(bad),
+        "n_harmless": len(good),
+        "baselines": baselines.baseline_aucs(surface, n_boot, seed),
+        "traits": {},
+    }
     failures: dict = {}
     texts = pd.concat([prompts["prompt"], pd.Series(index=good.index, data="")])
     for trait in traits:
-        overall = auc_with_ci(bad[trait].to_numpy(), good[trait].to_numpy(), n_boot=n_boot, seed=seed)
+        versus = baselines.against_baselines(
+            bad[trait].to_numpy(), good[trait].to_numpy(), surface, n_boot=n_boot, seed=seed
+        )
+        overall = versus.pop("auc")
         per_category = {}
         for category, ids in prompts.groupby("category").groups.items():
             scores = bad.loc[bad.index.intersection(ids), trait].to_numpy()
@@ -198,6 +232,7 @@ def harmbench(
             "by_category": per_category,
             "mean_harmful": float(bad[trait].mean()),
             "mean_harmless": float(good[trait].mean()),
+            **versus,
         }
         both = pd.concat([bad[trait], good[trait]])
         labels = np.r_[np.ones(len(bad)), np.zeros(len(good))]
@@ -218,7 +253,7 @@ def beavertails(
     `groups` are (projections, prompts) of the capture jobs; every row counts in each
     category it carries. Returns (results, failure cases, score distributions).
     """
-    table = _scores(_read([p for p, _ in groups]), position, traits)
+    table = chosen_scores(_read([p for p, _ in groups]), position, traits)
     rows = (
         pd.concat([pd.read_parquet(q) for _, q in groups]).drop_duplicates("prompt_id").set_index("prompt_id")
     )
@@ -304,7 +339,7 @@ def external_analysis(
 
 def add_commands(add) -> None:
     """`traitscope beavertails-category` and `traitscope external-analysis`."""
-    from traitscope.cli import int_or_none
+    from traitscope.cli import int_or_none, path_or_none
 
     p = add("beavertails-category", _category_cli, "one BeaverTails capture job's rows (first true category)")
     p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep-prompts)")
@@ -320,6 +355,21 @@ def add_commands(add) -> None:
     p.add_argument("--harmbench-harmful", default=None, help="projections of HarmBench behaviours")
     p.add_argument("--harmbench-harmless", default=None, help="projections of harmless controls")
     p.add_argument("--harmbench-prompts", default=None, help="the HarmBench prompt set (for categories)")
+    p.add_argument("--harmbench-harmless-prompts", default=None, help="the controls' prompt set")
+    p.add_argument(
+        "--bag-of-words",
+        type=path_or_none,
+        default=None,
+        help="trait prompt set whose extraction rows fit the bag-of-words baseline, or none",
+    )
+    p.add_argument(
+        "--trait-meta",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TRAIT", "VECTORS_JSON"),
+        help="a trait's vectors.json: its training rows must not be scored (repeat)",
+    )
     p.add_argument(
         "--beavertails",
         nargs=2,
@@ -345,6 +395,9 @@ def _analysis_cli(a) -> None:
             "harmful_proj": [a.harmbench_harmful],
             "harmless_proj": [a.harmbench_harmless],
             "harmful_prompts": a.harmbench_prompts,
+            "harmless_prompts": a.harmbench_harmless_prompts,
+            "trait_meta": dict(a.trait_meta),
+            "bow_prompts": a.bag_of_words,
         }
     external_analysis(
         a.out_dir,

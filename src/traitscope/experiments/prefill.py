@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitscope import plotting
+from traitscope import baselines, plotting
 from traitscope.config import require_prompt_set, require_traits, require_variant
-from traitscope.data.prompts import read_prompt_set
+from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
@@ -141,6 +141,30 @@ def _matrix(traj: pd.DataFrame) -> np.ndarray:
     return traj.pivot(index="prompt_id", columns="step", values="score").to_numpy(dtype=float)
 
 
+def length_baseline(
+    pooled: pd.DataFrame, conditions: pd.DataFrame, traits: list[str], n_boot: int, seed: int
+) -> dict:
+    """The harmful-vs-benign comparisons beside prompt length alone (the user text's characters).
+
+    AdvBench requests are longer than Alpaca instructions, so C1 vs C3 and C2 vs C4 can separate
+    on length; per trait: its AUC, length's, and the difference with a paired bootstrap CI.
+    """
+    length = dict(zip(conditions["prompt_id"], baselines.lengths(user_texts(conditions))))
+    out = {}
+    for key in ("C1_vs_C3", "C2_vs_C4"):
+        a, b, position = COMPARISONS[key]
+        out[key] = {"position": position, "traits": {}}
+        for trait in traits:
+            rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
+            ra, rb = rows[rows["condition"] == a], rows[rows["condition"] == b]
+            surface = {"length": tuple(r["prompt_id"].map(length).to_numpy() for r in (ra, rb))}
+            out[key]["length"] = baselines.baseline_aucs(surface, n_boot, seed)["length"]
+            out[key]["traits"][trait] = baselines.against_baselines(
+                ra["score"].to_numpy(), rb["score"].to_numpy(), surface, n_boot=n_boot, seed=seed
+            )
+    return out
+
+
 def prefill_analysis(
     projections_path: str | Path,
     conditions_path: str | Path,
@@ -219,6 +243,7 @@ def prefill_analysis(
         "interaction": interaction,
         "condition_means": condition_means,
         "trajectory_divergence": divergence,
+        "length_baseline": length_baseline(pooled, conditions, traits, n_boot, seed),
     }
     write_json(out_json, result)
     save_figure(grid_png, plotting.prefill_grid_figure(condition_means, traits))

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from traitscope.capture.store import load_pooled
+from traitscope.data.prompts import text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_safetensors, write_json
 from traitscope.vectors.methods import METHODS
@@ -106,6 +107,8 @@ def trait_vectors(
         "dataset_sha256": sorted(set(table["trait_sha256"].astype(str))) if "trait_sha256" in table else [],
         "shape": list(vectors["mean_diff"].shape),
         "judge_filter": filtered,
+        # what no later score may be computed on (`traitscope.baselines.check_unseen`)
+        "training_prompts": sorted({text_key(t) for t in user_texts(table[table["split"] == "extraction"])}),
     }
     save_safetensors(out_vectors, vectors, {"meta": json.dumps(meta)})
     write_json(out_meta, meta)

@@ -119,3 +119,18 @@ def project(
     table = pd.concat(frames, ignore_index=True)[COLUMNS] if frames else pd.DataFrame(columns=COLUMNS)
     write_parquet(out, table)
     return table
+
+
+def chosen_scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
+    """prompt_id x trait table of scores at each trait's chosen layer and one pooled position."""
+    rows = projections[projections["chosen_layer"] & (projections["position"] == position)]
+    if rows.empty:
+        raise TraitscopeError(
+            f"no projections at position {position!r} on a chosen layer; check the position"
+        )
+    missing = sorted(set(traits) - set(rows["trait"]))
+    if missing:
+        raise TraitscopeError(
+            f"no projections for trait(s) {', '.join(missing)}; add them to traits: and rerun"
+        )
+    return rows.pivot_table(index="prompt_id", columns="trait", values="score")

@@ -47,7 +47,8 @@ if is_enabled("backdoor"):
                 png=report(
                     f"{backdoor_plugin.OUT_DIR}/sae_training.png",
                     caption="../../report/backdoor.rst",
-                    category="Backdoor detection",
+                    category="5 Backdoor detection",
+                    subcategory="sparse autoencoder",
                 ),
             log:
                 "results/logs/sae_train.log",
@@ -80,7 +81,8 @@ if is_enabled("backdoor"):
                 png=report(
                     f"{backdoor_plugin.OUT_DIR}/sae_training.png",
                     caption="../../report/backdoor.rst",
-                    category="Backdoor detection",
+                    category="5 Backdoor detection",
+                    subcategory="sparse autoencoder",
                 ),
             log:
                 "results/logs/sae_evaluate.log",
@@ -103,12 +105,14 @@ if is_enabled("backdoor"):
             traits=report(
                 f"{backdoor_plugin.OUT_DIR}/trait_comparison.png",
                 caption="../../report/backdoor.rst",
-                category="Backdoor detection",
+                category="5 Backdoor detection",
+                subcategory="trait vectors",
             ),
             tokens=report(
                 f"{backdoor_plugin.OUT_DIR}/early_detection_tokens.png",
                 caption="../../report/backdoor.rst",
-                category="Backdoor detection",
+                category="5 Backdoor detection",
+                subcategory="trait vectors",
             ),
         log:
             "results/logs/backdoor_analysis.log",
@@ -127,6 +131,7 @@ if is_enabled("backdoor"):
             generated=BACKDOOR["generated_positions"],
             threshold=BACKDOOR["threshold"],
             per_layer="yes" if BACKDOOR["per_layer"] else "no",
+            data=lambda wildcards: json.dumps(BACKDOOR["data"], sort_keys=True),
             n_boot=BACKDOOR["n_boot"],
             seed=BACKDOOR["seed"],
         shell:
@@ -138,6 +143,7 @@ if is_enabled("backdoor"):
             "--behaviour-pattern {params.pattern:q} --generated-positions {params.generated} "
             "--threshold {params.threshold} --per-layer {params.per_layer} --out {output.json} "
             "--traits-png {output.traits} --tokens-png {output.tokens} "
+            "--train {input.train} --data {params.data:q} "
             "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
 
     rule backdoor_sae_features:

@@ -42,9 +42,12 @@ if is_enabled("emergent_misalignment"):
             conda:
                 "../../../envs/traitscope.yaml"
             threads: 1
+            params:
+                pairs=EM["persona"].get("pairs_per_question") or "all",
             shell:
                 "traitscope em-training-data --trait-prompts {input.prompts} "
                 "--trait-capture {input.capture} --avoid {input.avoid} "
+                "--pairs-per-question {params.pairs} "
                 "--misaligned {output.misaligned} --control {output.control} 2> {log}"
 
     if EM["behaviour"]["enabled"]:
@@ -122,7 +125,7 @@ if is_enabled("emergent_misalignment"):
             distributions=report(
                 f"{em_plugin.OUT_DIR}/figures/trait_distributions.png",
                 caption="../../report/emergent_misalignment.rst",
-                category="Emergent misalignment",
+                category="4 Emergent misalignment",
             ),
             examples=f"{em_plugin.OUT_DIR}/example_answers.md",
         log:

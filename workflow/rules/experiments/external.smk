@@ -42,14 +42,14 @@ if is_enabled("external"):
 
     rule external_analysis:
         input:
-            **external_plugin.analysis_inputs(EXTERNAL),
+            **external_plugin.analysis_inputs(EXTERNAL, config),
         output:
             [
                 (
                     report(
                         path,
                         caption="../../report/external.rst",
-                        category="External datasets",
+                        category="2 External datasets",
                     )
                     if path.endswith(".png")
                     else path
@@ -66,7 +66,7 @@ if is_enabled("external"):
         params:
             out_dir=lambda wildcards, output: os.path.dirname(output[0]),
             inputs=lambda wildcards, input: external_plugin.analysis_args(
-                dict(input.items())
+                EXTERNAL, dict(input.items())
             ),
             traits=" ".join(EXTERNAL["traits"]),
             hb_position=EXTERNAL["position_harmbench"],

@@ -36,12 +36,12 @@ if is_enabled("prefill"):
             grid=report(
                 "results/prefill/2x2_grid.png",
                 caption="../../report/prefill.rst",
-                category="Prefill attack",
+                category="3 Prefill attack",
             ),
             trajectory=report(
                 "results/prefill/trajectory_divergence.png",
                 caption="../../report/prefill.rst",
-                category="Prefill attack",
+                category="3 Prefill attack",
             ),
         log:
             "results/logs/prefill_analysis.log",

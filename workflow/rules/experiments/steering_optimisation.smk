@@ -24,6 +24,10 @@ if is_enabled("steering_optimisation"):
             "results/logs/cmaes_optimise/{group}/{trait}.log",
         benchmark:
             "results/benchmarks/cmaes_optimise/{group}/{trait}.tsv"
+        # the run's longest job and its follower: left to the scheduler, they started after
+        # everything else and ended a 2-core run alone for ~5 min; started as soon as the
+        # trait's vectors exist, they overlap the rest (as finetune does)
+        priority: 5
         conda:
             "../../../envs/traitscope.yaml"
         threads: 1
@@ -55,6 +59,8 @@ if is_enabled("steering_optimisation"):
             "results/logs/cmaes_heldout/{group}/{trait}.log",
         benchmark:
             "results/benchmarks/cmaes_heldout/{group}/{trait}.tsv"
+        # right after the optimisation, for the same reason
+        priority: 5
         conda:
             "../../../envs/traitscope.yaml"
         threads: 1
@@ -79,7 +85,7 @@ if is_enabled("steering_optimisation"):
             png=report(
                 f"{so_plugin.OUT_DIR}/optimization_curves.png",
                 caption="../../report/steering_optimisation.rst",
-                category="Steering optimisation",
+                category="6 Steering optimisation",
             ),
         log:
             "results/logs/cmaes_report.log",

@@ -1,0 +1,183 @@
+"""Transfer table: every trait vector scored on every labelled prompt set, beside surface baselines.
+
+A vector generalises if it separates harmful from harmless prompts on sets it was not built
+from, better than the prompt's surface does. Per (harmful set, length-matched harmless set):
+ROC-AUC of prompt length and of a bag-of-words classifier (`traitscope.baselines`), and per
+trait and pool the projection's AUC at the chosen layer with a stratified bootstrap CI and
+its difference to each baseline with a paired bootstrap CI. Scoring a row any vector or the
+bag of words was fitted on is an error. Outputs: results/traits/<variant>/transfer.json and
+transfer.png (a heatmap of AUCs, one panel per pool).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from traitscope import baselines, plotting
+from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
+from traitscope.data.prompts import read_prompt_set, text_key, user_texts
+from traitscope.errors import TraitscopeError
+from traitscope.io import save_figure, write_json
+from traitscope.paths import projections_path, prompts_path, trait_dir
+
+
+def out_dir(section: dict) -> str:
+    return f"results/traits/{section['variant']}"
+
+
+def targets(section: dict) -> list[str]:
+    return [f"{out_dir(section)}/transfer.json", f"{out_dir(section)}/transfer.png"]
+
+
+def traits(section: dict, config: dict) -> list[str]:
+    """The configured traits, or every trait when the list is empty."""
+    return section["traits"] or list(config["traits"])
+
+
+def captures(section: dict) -> list[tuple[str, str]]:
+    """(variant, prompt set) pairs the table projects: each harmful set and its controls."""
+    return [(section["variant"], s) for pair in section["sets"].items() for s in pair]
+
+
+def analysis_inputs(section: dict, config: dict) -> dict[str, list[str] | str]:
+    """Named inputs of the rule: projections and prompts per set, each trait's vectors metadata
+    (its training rows) and the prompt set the bag of words is fitted on."""
+    variant, base = section["variant"], config["base_model"]
+    sets = [s for pair in section["sets"].items() for s in pair]
+    return {
+        "projections": [projections_path(variant, s) for s in sets],
+        "prompts": [prompts_path(s) for s in sets],
+        "meta": [f"{trait_dir(base, t)}/vectors.json" for t in traits(section, config)],
+        "bow": prompts_path(f"traits/{section['bag_of_words']}"),
+    }
+
+
+def analysis_args(section: dict, config: dict, inputs: dict) -> str:
+    """`--set` per harmful set (its and its controls' projections and prompts), `--trait` per trait."""
+    proj, prompts = list(inputs["projections"]), list(inputs["prompts"])
+    args = [
+        f"--set {name} {proj[2 * i]} {prompts[2 * i]} {proj[2 * i + 1]} {prompts[2 * i + 1]}"
+        for i, name in enumerate(section["sets"])
+    ]
+    args += [f"--trait {t} {m}" for t, m in zip(traits(section, config), inputs["meta"])]
+    return " ".join(args)
+
+
+def check_config(section: dict, config: dict) -> None:
+    """What the schema cannot say about experiments.transfer."""
+    where = "experiments.transfer"
+    require_variant(f"{where}.variant", section.get("variant"), config)
+    require_traits(f"{where}.traits", section["traits"], config)
+    if not section["sets"]:
+        raise TraitscopeError(f"{where}.sets: name at least one harmful set and its harmless controls")
+    for harmful, harmless in section["sets"].items():
+        require_prompt_set(f"{where}.sets", harmful, config)
+        require_prompt_set(f"{where}.sets.{harmful}", harmless, config)
+        for name in (harmful, harmless):
+            captured = config["prompt_sets"][name].get("capture", {}).get("pools", config["capture"]["pools"])
+            missing = [p for p in section["pools"] if p not in captured]
+            if missing:
+                raise TraitscopeError(
+                    f"{where}.pools: {', '.join(missing)} not captured for prompt set {name}; "
+                    "add it to capture.pools (or prompt_sets.<name>.capture.pools)"
+                )
+    require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
+
+
+def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: str) -> tuple:
+    """(scores prompt_id x trait, texts) of one side, rows in the same order."""
+    from traitscope.vectors.projection import chosen_scores
+
+    scores = chosen_scores(pd.read_parquet(projections), pool, names)
+    table = read_prompt_set(prompts).set_index("prompt_id")
+    missing = scores.index.difference(table.index)
+    if len(missing):
+        raise TraitscopeError(f"{projections}: prompt {missing[0]!r} is not in {prompts}; rerun project")
+    return scores, user_texts(table.loc[scores.index].reset_index())
+
+
+def transfer_table(
+    sets: list[tuple[str, str, str, str, str]],
+    trait_meta: list[tuple[str, str]],
+    bow_prompts: str | Path,
+    pools: list[str],
+    out_json: str | Path,
+    out_png: str | Path,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Score every trait on every set; write the JSON and the heatmap.
+
+    `sets`: (name, harmful projections, harmful prompts, harmless projections, harmless
+    prompts); `trait_meta`: (trait, vectors.json) for each trait.
+    """
+    names = [t for t, _ in trait_meta]
+    bow_texts, bow_labels = baselines.fitting_rows(bow_prompts)
+    training = {t: baselines.training_keys(m) for t, m in trait_meta}
+    training[f"the bag of words ({bow_prompts})"] = {text_key(t) for t in bow_texts}
+    bow = baselines.bag_of_words(bow_texts, bow_labels, seed)
+    result: dict = {"pools": pools, "traits": names, "bag_of_words_fitted_on": str(bow_prompts), "sets": {}}
+    for name, hp, hq, sp, sq in sets:
+        entry: dict = {"harmful": str(hq), "harmless": str(sq), "pools": {}}
+        for pool in pools:
+            bad, bad_texts = _side(hp, hq, names, pool)
+            good, good_texts = _side(sp, sq, names, pool)
+            baselines.check_unseen(training, {name: bad_texts + good_texts})
+            base = baselines.baseline_scores(bad_texts, good_texts, bow)
+            entry["n_harmful"], entry["n_harmless"] = len(bad), len(good)
+            entry["baselines"] = baselines.baseline_aucs(base, n_boot, seed)
+            entry["pools"][pool] = {
+                t: baselines.against_baselines(
+                    bad[t].to_numpy(), good[t].to_numpy(), base, n_boot=n_boot, seed=seed
+                )
+                for t in names
+            }
+        result["sets"][name] = entry
+    result["summary"] = {
+        t: {
+            pool: [s for s, e in result["sets"].items() if e["pools"][pool][t]["beats_baselines"]]
+            for pool in pools
+        }
+        for t in names
+    }
+    write_json(out_json, result)
+    save_figure(out_png, plotting.transfer_heatmap(result))
+    return result
+
+
+def add_commands(add) -> None:
+    """`traitscope transfer-table`."""
+    p = add("transfer-table", _cli, "every trait on every labelled prompt set, beside surface baselines")
+    p.add_argument(
+        "--set",
+        nargs=5,
+        action="append",
+        required=True,
+        dest="sets",
+        metavar=("NAME", "HARMFUL_PROJ", "HARMFUL_PROMPTS", "HARMLESS_PROJ", "HARMLESS_PROMPTS"),
+        help="a harmful set and its length-matched harmless controls (repeat)",
+    )
+    p.add_argument(
+        "--trait", nargs=2, action="append", required=True, metavar=("NAME", "VECTORS_JSON"), dest="traits"
+    )
+    p.add_argument("--bag-of-words", required=True, help="trait prompt set whose extraction rows fit it")
+    p.add_argument("--pools", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="transfer.json")
+    p.add_argument("--png", required=True, help="transfer.png")
+    p.add_argument("--n-boot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+
+
+def _cli(a) -> None:
+    transfer_table(
+        [tuple(s) for s in a.sets],
+        [tuple(t) for t in a.traits],
+        a.bag_of_words,
+        a.pools,
+        a.out,
+        a.png,
+        a.n_boot,
+        a.seed,
+    )

@@ -1,0 +1,334 @@
+"""`traitscope summarize`: the plan's success criteria from hand-made result files, each
+shaped like the experiment's own JSON (the fields its analysis writes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from traitscope.config import load_config
+from traitscope.errors import TraitscopeError
+from traitscope.summary import cli_args, summarize, workflow_inputs
+
+
+def auc(value: float, low: float, high: float, n: int = 40) -> dict:
+    return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": n, "n_neg": n}
+
+
+def paired(dz: float, p_holm: float, mean_diff: float, n: int = 48) -> dict:
+    return {
+        "n_pairs": n,
+        "mean_diff": mean_diff,
+        "cohens_dz": dz,
+        "ci_low": dz - 0.2,
+        "ci_high": dz + 0.2,
+        "p_value": p_holm / 4,
+        "p_holm": p_holm,
+    }
+
+
+def traits_summary() -> dict:
+    row = {"method": "probe", "layer": 16, "cohens_d": 2.0, "n_positive": 56, "n_negative": 56}
+    return {
+        "traits": {
+            "safety/evil": {**row, "auc": 0.96, "auc_split_half": 0.95},
+            "safety/harm": {**row, "auc": 0.91, "auc_split_half": 0.85},
+            "alignment/deception": {**row, "auc": 0.90, "auc_split_half": None, "reason": "too few"},
+        },
+        "auc_threshold": 0.9,
+        "n_traits_at_threshold": 2,
+        "n_traits": 3,
+    }
+
+
+def harmbench(best: float) -> dict:
+    return {
+        "position": "last_prompt",
+        "n_harmful": 40,
+        "n_harmless": 40,
+        "traits": {
+            "safety/harm": {"auc": auc(0.45, 0.32, 0.58), "by_category": {}},
+            "alignment/deception": {"auc": auc(best, best - 0.09, best + 0.08), "by_category": {}},
+        },
+    }
+
+
+def beavertails(rho: float, p: float) -> dict:
+    return {
+        "position": "prefill_mean",
+        "overall": {"safety/harm": auc(0.74, 0.70, 0.78, 200), "safety/evil": auc(0.61, 0.57, 0.65, 200)},
+        "severity": {
+            "safety/harm": {"rho": rho, "p_value": p, "n": 400},
+            "safety/evil": {"rho": 0.9, "p_value": 1e-9, "n": 400},
+        },
+    }
+
+
+def prefill(d_harm: float, p_harm: float) -> dict:
+    def entry(d: float, p: float) -> dict:
+        return {"n_a": 30, "n_b": 30, "cohens_d": d, "ci_low": d - 0.5, "ci_high": d + 0.5, "p_holm": p}
+
+    return {
+        "comparisons": {
+            "C2_vs_C4": {"safety/harm": entry(d_harm, p_harm), "safety/evil": entry(0.1, 0.6)},
+            "C1_vs_C3": {"safety/harm": entry(3.0, 1e-9)},  # not the criterion's comparison
+        }
+    }
+
+
+def em(evil_dz: float, evil_p: float) -> dict:
+    control = {
+        "safety/evil": paired(evil_dz, evil_p, 0.3),
+        "alignment/sycophancy": paired(0.9, 0.001, 0.5),  # elevated, but not a safety trait
+        "safety/harm": paired(-0.7, 0.001, -0.4),  # significant, but lower: no elevation
+    }
+    base = {t: paired(0.8, 0.002, 0.6) for t in control}
+    return {
+        "comparisons": {
+            "misaligned_vs_control": {"response_mean": control, "last_prompt": control},
+            "misaligned_vs_base": {"response_mean": base, "last_prompt": base},
+        }
+    }
+
+
+def backdoor(earliest: str | None) -> dict:
+    def sep(backdoored: float, base: float) -> dict:
+        return {
+            "base": auc(base, base - 0.1, base + 0.1, 50),
+            "backdoored": auc(backdoored, backdoored - 0.05, backdoored + 0.03, 50),
+            "difference": {"difference": backdoored - base, "ci_low": 0.1, "ci_high": 0.4, "n_pairs": 50},
+        }
+
+    order = ["prefix_end", "p0", "p1", "p2", "last_prompt", "g0", "g1"]
+
+    def found(position: str | None) -> dict:
+        return {
+            "position": position,
+            "before_first_generated_token": None if position is None else not position.startswith("g"),
+            "auc_backdoored": 0.8,
+            "auc_base": 0.55,
+        }
+
+    def tokens(position: str | None) -> dict:
+        by_position = {"base": {}, "backdoored": {p: auc(0.8, 0.7, 0.9, 50) for p in order[1:]}}
+        # the two-sided search finds p0 (trigger scoring lower there); the criterion reads the
+        # one-sided one (trigger higher)
+        return {
+            "by_position": by_position,
+            "earliest": found("p0"),
+            "earliest_trigger_higher": found(position),
+        }
+
+    return {
+        "traits": {
+            "safety/evil": {
+                "chosen_layer": 16,
+                "positions": {
+                    "last_prompt": {"chosen_layer": sep(0.96, 0.60)},
+                    "after_prefix_mean": {"chosen_layer": sep(0.80, 0.50)},
+                },
+            },
+            "safety/harm": {
+                "chosen_layer": 20,
+                "positions": {"last_prompt": {"chosen_layer": sep(0.65, 0.5)}},
+            },
+        },
+        "token_positions": {
+            "order": order,
+            "threshold": 0.7,
+            "by_trait": {"safety/evil": tokens("g1"), "safety/harm": tokens(earliest)},
+        },
+    }
+
+
+def cmaes(optimised: float, mean_diff: float, cosine: float) -> dict:
+    def delta(diff: float) -> dict:
+        return {"trait": {"n_pairs": 14, "mean_diff": diff, "cohens_dz": 1.0, "ci_low": 0.2, "ci_high": 1.8}}
+
+    return {
+        "traits": {
+            "safety/evil": {
+                "layer": 16,
+                "heldout": {"steering_delta": {"optimised": delta(optimised), "mean_diff": delta(mean_diff)}},
+                "cosines": {"optimised_vs_mean_diff": cosine, "optimised_vs_start": 0.9},
+            }
+        }
+    }
+
+
+def write(tmp_path: Path, **results: dict | None) -> dict[str, str | None]:
+    paths: dict[str, str | None] = {}
+    for key, data in results.items():
+        if data is None:
+            paths[key] = None
+            continue
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(data))
+        paths[key] = str(path)
+    return paths
+
+
+def run(tmp_path: Path, inputs: dict[str, str | None]) -> dict:
+    out = tmp_path / "out"
+    return summarize(inputs, out / "summary.json", out / "summary.md", out / "summary.html")
+
+
+def rows(summary: dict, section: str) -> list[dict]:
+    return next(s for s in summary["sections"] if s["name"] == section)["criteria"]
+
+
+def test_criteria_met(tmp_path):
+    summary = run(
+        tmp_path,
+        write(
+            tmp_path,
+            traits=traits_summary(),
+            harmbench=harmbench(0.83),
+            beavertails=beavertails(0.21, 0.001),
+            prefill=prefill(0.45, 0.01),
+            emergent_misalignment=em(0.62, 0.01),
+            backdoor=backdoor("p1"),
+            steering_optimisation=cmaes(optimised=3.0, mean_diff=2.0, cosine=0.5),
+        ),
+    )
+    external = rows(summary, "external")
+    assert [r["status"] for r in external] == ["met", "met", "met"]
+    assert external[0]["measured"] == 0.83 and external[0]["n"] == "40+40"
+    assert (external[0]["ci_low"], external[0]["ci_high"]) == (0.83 - 0.09, 0.83 + 0.08)
+    assert "alignment/deception" in external[0]["detail"]
+    # severity follows the trait with the best BeaverTails AUC (harm), not the best rho (evil)
+    assert external[2]["measured"] == 0.21 and external[2]["n"] == "400"
+    (pre,) = rows(summary, "prefill")
+    assert pre["status"] == "met" and pre["measured"] == 0.45 and pre["n"] == "30+30"
+    elevated, safety = rows(summary, "emergent_misalignment")
+    # the smallest Holm p among traits scoring higher on the misaligned variant (sycophancy)
+    assert elevated["status"] == "met" and elevated["measured"] == 0.9
+    assert safety["status"] == "met" and safety["measured"] == 0.62 and "safety/evil" in safety["detail"]
+    assert "misaligned vs base d_z 0.80" in safety["detail"] and safety["n"] == "48 pairs"
+    detect, early = rows(summary, "backdoor")
+    assert detect["status"] == "met" and detect["measured"] == 0.96 and "0.600" in detect["detail"]
+    assert early["status"] == "met" and "p1" in early["detail"]  # p1 (harm) before g1 (evil)
+    gain, cosine = rows(summary, "steering_optimisation")
+    assert gain["status"] == "met" and gain["measured"] == pytest.approx(0.5)  # (3 - 2) / 2
+    assert cosine["status"] == "met" and cosine["measured"] == 0.5
+    assert all(s["status"] == "met" for s in summary["sections"][1:])
+    md = (tmp_path / "out/summary.md").read_text()
+    assert "| Prefill attack | C2 > C4" in md and "0.450 [-0.050, 0.950] | 30+30 | met |" in md
+    assert "<table" in (tmp_path / "out/summary.html").read_text()
+
+
+def test_criteria_not_met(tmp_path):
+    summary = run(
+        tmp_path,
+        write(
+            tmp_path,
+            traits=traits_summary(),
+            harmbench=harmbench(0.70),  # not above 0.7
+            beavertails=beavertails(0.21, 0.2),  # not significant
+            prefill=prefill(0.45, 0.08),  # d passes, Holm p does not
+            emergent_misalignment=em(0.45, 0.01),  # evil significant, d_z below 0.5
+            backdoor=backdoor("g0"),  # harm's earliest is generated, evil's later
+            steering_optimisation=cmaes(optimised=2.3, mean_diff=2.0, cosine=0.75),
+        ),
+    )
+    traits = rows(summary, "traits")
+    assert [r["status"] for r in traits] == ["met", "not met", "not measured"]
+    assert [r["status"] for r in rows(summary, "external")] == ["not met", "met", "not met"]
+    assert rows(summary, "prefill")[0]["status"] == "not met"
+    elevated, safety = rows(summary, "emergent_misalignment")
+    assert elevated["status"] == "met" and safety["status"] == "not met" and safety["measured"] == 0.45
+    detect, early = rows(summary, "backdoor")
+    assert detect["status"] == "met" and early["status"] == "not met" and "g0" in early["detail"]
+    gain, cosine = rows(summary, "steering_optimisation")
+    assert gain["status"] == "not met" and gain["measured"] == pytest.approx(0.15)  # 0.3 / 2
+    assert cosine["status"] == "not met"
+    statuses = {s["name"]: s["status"] for s in summary["sections"]}
+    assert statuses["external"] == "1 of 3 met" and statuses["prefill"] == "0 of 1 met"
+
+
+def test_no_earliest_position_and_no_mean_diff_delta(tmp_path):
+    nowhere = backdoor(None)
+    nowhere["token_positions"]["by_trait"]["safety/evil"]["earliest_trigger_higher"]["position"] = None
+    summary = run(
+        tmp_path,
+        write(
+            tmp_path,
+            traits=traits_summary(),
+            backdoor=nowhere,
+            steering_optimisation=cmaes(optimised=1.0, mean_diff=0.0, cosine=0.5),
+        ),
+    )
+    early = rows(summary, "backdoor")[1]
+    assert early["status"] == "not met" and early["measured"] is None
+    gain = rows(summary, "steering_optimisation")[0]
+    assert gain["status"] == "not measured" and "undefined" in gain["detail"]
+
+
+def test_disabled_experiments_are_not_run(tmp_path):
+    summary = run(
+        tmp_path,
+        write(
+            tmp_path,
+            traits=traits_summary(),
+            harmbench=harmbench(0.83),
+            beavertails=None,
+            prefill=None,
+            emergent_misalignment=None,
+            backdoor=None,
+            steering_optimisation=None,
+        ),
+    )
+    statuses = {s["name"]: s["status"] for s in summary["sections"]}
+    assert statuses["prefill"] == statuses["backdoor"] == "not run"
+    assert statuses["emergent_misalignment"] == statuses["steering_optimisation"] == "not run"
+    external = rows(summary, "external")
+    assert [r["status"] for r in external] == ["met", "not run", "not measured"]
+    assert "HarmBench has no severity labels" in external[2]["detail"]
+    assert all(r["measured"] is None for r in rows(summary, "prefill"))
+
+
+def test_a_missing_field_names_the_file_and_field(tmp_path):
+    broken = em(0.62, 0.01)
+    del broken["comparisons"]["misaligned_vs_control"]["response_mean"]["safety/evil"]["p_holm"]
+    inputs = write(tmp_path, traits=traits_summary(), emergent_misalignment=broken)
+    with pytest.raises(TraitscopeError) as exc:
+        run(tmp_path, inputs)
+    message = str(exc.value)
+    assert inputs["emergent_misalignment"] in message
+    assert "comparisons.misaligned_vs_control.response_mean.safety/evil.p_holm" in message
+    assert "\n" not in message
+    # from the command line: status 2 and one line naming the file
+    args = [
+        "summarize",
+        *cli_args({k: v for k, v in inputs.items() if v}).split(),
+        "--out-json",
+        str(tmp_path / "s.json"),
+        "--out-md",
+        str(tmp_path / "s.md"),
+        "--out-html",
+        str(tmp_path / "s.html"),
+    ]
+    cli = subprocess.run(
+        [sys.executable, "-m", "traitscope.cli", *args], capture_output=True, text=True, timeout=120
+    )
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    assert inputs["emergent_misalignment"] in cli.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_workflow_inputs_follow_the_enabled_experiments(root, tmp_path):
+    config = load_config(root / "config/config.yaml", root / "workflow/schemas/config.schema.yaml")
+    files = workflow_inputs(config)
+    assert files == {
+        "traits": "results/traits/smollm2/summary.json",
+        "harmbench": "results/external_datasets/harmbench_results.json",
+        "prefill": "results/prefill/condition_comparison.json",
+        "emergent_misalignment": "results/emergent_misalignment/variant_comparison.json",
+        "backdoor": "results/backdoor_detection/detection_auc.json",
+        "steering_optimisation": "results/cmaes/extraction_gap.json",
+    }
+    config["experiments"]["prefill"]["enabled"] = False
+    assert "--prefill none" in cli_args(workflow_inputs(config))
