@@ -151,3 +151,32 @@ def test_decode_loop_feeds_up_to_the_step_where_every_row_has_stopped(recording,
     assert [t.tolist() for t in fed] == script[:n]
     assert [s[0].tolist() for s in steps] == script[: n if recording else n - 1]
     assert calls == list(range(n if recording or stop == 9 else n - 1))
+
+
+def test_hooks_key_lets_graphs_outlive_a_call_only_under_hooks_that_say_what_they_do(smollm2):
+    """Steering vectors share a device slot (one key whatever the vector), nested steering of a
+    layer adds both vectors, and an arbitrary hook makes the key None (its graph is the call's)."""
+    from traitscope.model.hooks import decoder_layers, run_recorded
+
+    model, tok = smollm2
+    d = model.config.hidden_size
+    ids = torch.tensor([chat.encode(tok, chat.messages_for("Hi")).ids])
+    plain = run_recorded(model, [3], input_ids=ids)[3]
+    one, two = torch.full((d,), 1.5), torch.linspace(-2.0, 2.0, d)
+    assert engine.hooks_key(model) == ()
+    with add_to_layer(model, 3, one):
+        first = engine.hooks_key(model)
+    with add_to_layer(model, 3, two):
+        assert engine.hooks_key(model) == first
+    with add_to_layer(model, 4, two):
+        assert engine.hooks_key(model) not in (first, None)
+    with add_to_layer(model, 3, one), add_to_layer(model, 3, two):
+        assert engine.hooks_key(model) != first
+        both = run_recorded(model, [3], input_ids=ids)[3]
+    assert torch.allclose(both, plain + one + two, atol=1e-5)
+    handle = decoder_layers(model)[1].register_forward_hook(lambda *_: None)
+    try:
+        with add_to_layer(model, 3, one):
+            assert engine.hooks_key(model) is None
+    finally:
+        handle.remove()
