@@ -150,8 +150,8 @@ def bench(name: str, args, bandwidth: float) -> None:
     if name in args.compile:  # the eager baseline below runs on a fresh, uncompiled copy
         model = build(name)
     hf_generate(model, prompts[:8], 4, args.max_tokens)  # warm-up
-    # best of two: the eager path is bound by the host's Python and launches, which varied by
-    # 45% between runs on one machine (1,588 and 2,295 tok/s on Gemma-2-2B)
+    # best of two: the first full-size eager run pays one-time costs (allocator growth, kernel
+    # choice for new shapes); on an H100, Gemma-2-2B: 1.6-2.3K tok/s single runs, 4.2K the best of two
     eager = min(timed(lambda: hf_generate(model, prompts, args.new_tokens, args.max_tokens)) for _ in "ab")
     print(f"hf_eager_generate_tok_s: {n_new / eager:.0f}")
     print(f"decode_limit_tok_s_at_mean_batch_{mean_rows:.0f}: {limit:.0f}")
