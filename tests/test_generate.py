@@ -129,3 +129,54 @@ def test_left_layout_moves_the_prefix_next_to_each_suffix():
     out = left_layout(middle, 2, torch.tensor([1, 3]))[:, :, 0]
     assert out[0, 2:].tolist() == [1, 2, 5]
     assert out[1].tolist() == [1, 2, 6, 7, 8]
+
+
+@pytest.mark.parametrize("recording", [False, True])
+@pytest.mark.parametrize("stop", [9, 99])  # 99: no row ever stops, max_new_tokens ends the loop
+def test_decode_loop_feeds_up_to_the_step_where_every_row_has_stopped(recording, stop):
+    """The stop check is read one feed late (`_StopFlags`): what that extra feed returned is
+    dropped, so the fed tokens and recorded steps are those of a check before every feed."""
+    script = [[1, 2], [9, 3], [4, 9], [5, 6], [7, 8]]  # row 0 stops at step 1, row 1 at step 2
+    calls = []
+
+    def decode(token: torch.Tensor, step: int):
+        calls.append(step)
+        return torch.tensor(script[step + 1]), {0: token}  # the "logits" the identity sampler returns
+
+    finished = torch.zeros(2, dtype=torch.bool)
+    fed, steps = engine._decode_loop(
+        torch.tensor(script[0]), decode, 4, lambda x: x, torch.tensor([stop]), finished, recording
+    )
+    n = 3 if stop == 9 else 4  # tokens fed: through the step where the last row stopped
+    assert [t.tolist() for t in fed] == script[:n]
+    assert [s[0].tolist() for s in steps] == script[: n if recording else n - 1]
+    assert calls == list(range(n if recording or stop == 9 else n - 1))
+
+
+def test_hooks_key_lets_graphs_outlive_a_call_only_under_hooks_that_say_what_they_do(smollm2):
+    """Steering vectors share a device slot (one key whatever the vector), nested steering of a
+    layer adds both vectors, and an arbitrary hook makes the key None (its graph is the call's)."""
+    from traitscope.model.hooks import decoder_layers, run_recorded
+
+    model, tok = smollm2
+    d = model.config.hidden_size
+    ids = torch.tensor([chat.encode(tok, chat.messages_for("Hi")).ids])
+    plain = run_recorded(model, [3], input_ids=ids)[3]
+    one, two = torch.full((d,), 1.5), torch.linspace(-2.0, 2.0, d)
+    assert engine.hooks_key(model) == ()
+    with add_to_layer(model, 3, one):
+        first = engine.hooks_key(model)
+    with add_to_layer(model, 3, two):
+        assert engine.hooks_key(model) == first
+    with add_to_layer(model, 4, two):
+        assert engine.hooks_key(model) not in (first, None)
+    with add_to_layer(model, 3, one), add_to_layer(model, 3, two):
+        assert engine.hooks_key(model) != first
+        both = run_recorded(model, [3], input_ids=ids)[3]
+    assert torch.allclose(both, plain + one + two, atol=1e-5)
+    handle = decoder_layers(model)[1].register_forward_hook(lambda *_: None)
+    try:
+        with add_to_layer(model, 3, one):
+            assert engine.hooks_key(model) is None
+    finally:
+        handle.remove()

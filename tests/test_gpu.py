@@ -229,9 +229,9 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
     replays = []
     run = engine._StaticDecoder._run
 
-    def counting(self, store, layers):
-        replays.append(self.graph is not None)
-        return run(self, store, layers)
+    def counting(self, buffers, key, store, layers):
+        replays.append(key in buffers.graphs)
+        return run(self, buffers, key, store, layers)
 
     monkeypatch.setattr(engine._StaticDecoder, "_run", counting)
     layers = [1, 4]
@@ -268,6 +268,44 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
     assert "eager loop" not in capsys.readouterr().err
     if DEVICE == "cuda":
         assert sum(replays) > len(replays) / 2  # most steps were graph replays
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="sessions keep CUDA graphs; a no-op on the CPU")
+def test_a_session_replays_one_graph_for_every_steering_vector():
+    """Inside `generation_session` a second call with another steering vector captures no graph
+    and generates what a lone call with that vector generates; a hook without a `graph_key`
+    gets graphs of its own call, which later calls never replay."""
+    from traitscope.model import generate as engine
+    from traitscope.model.hooks import add_to_layer, decoder_layers
+
+    model = _random_gemma(torch.float32)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, 512, size=n).tolist() for n in (5, 9, 12, 30)]
+
+    def tokens(vector):
+        with add_to_layer(model, 2, vector):
+            batches = engine.generate_batches(model, prompts, 12, 200, 0.0, 0, {1}, 0, progress=False)
+            return [b.kept for b in batches]
+
+    vectors = [torch.randn(256, generator=torch.Generator().manual_seed(s)) * 20.0 for s in range(3)]
+    alone = [tokens(v) for v in vectors]
+    assert alone[0] != alone[1]
+    with engine.generation_session(model):
+        decoder = engine._SESSIONS[model]
+        first = tokens(vectors[0])
+        captured = decoder.captures
+        assert captured >= 1
+        assert [first, tokens(vectors[1]), tokens(vectors[2])] == alone
+        assert decoder.captures == captured
+        handle = decoder_layers(model)[1].register_forward_hook(lambda *_: None)
+        try:
+            tokens(vectors[0])
+            assert decoder.captures > captured
+            # the call's own graphs are gone: only those keyed by what the hooks do remain
+            assert all(isinstance(key[1], tuple) for b in decoder.shapes.values() for key in b.graphs)
+        finally:
+            handle.remove()
+    assert model not in engine._SESSIONS
 
 
 def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manifest):

@@ -381,6 +381,7 @@ def cmaes_optimise(
 
     from traitscope.data.traits import load_trait
     from traitscope.model import loading
+    from traitscope.model.generate import generation_session
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)
@@ -425,22 +426,24 @@ def cmaes_optimise(
     digest = settings.search_digest(
         _file_digest(vectors), layer, trait.sha256, questions, judge.describe(), str(model_manifest)
     )
-    start_eval = evaluate(x0[None])[0]
-    state = run_cmaes(
-        evaluate,
-        x0,
-        settings.sigma0,
-        settings.popsize,
-        settings.generations,
-        settings.seed,
-        state_file,
-        digest,
-        on_generation=lambda e: print(
-            f"traitscope cmaes: generation {e['generation']}: best {e['best_fitness']:.2f}, "
-            f"mean {e['mean_fitness']:.2f}, judge {e['judge']}",
-            file=sys.stderr,
-        ),
-    )
+    # every candidate generates for the same questions: one KV cache and captured graph serve them all
+    with generation_session(model):
+        start_eval = evaluate(x0[None])[0]
+        state = run_cmaes(
+            evaluate,
+            x0,
+            settings.sigma0,
+            settings.popsize,
+            settings.generations,
+            settings.seed,
+            state_file,
+            digest,
+            on_generation=lambda e: print(
+                f"traitscope cmaes: generation {e['generation']}: best {e['best_fitness']:.2f}, "
+                f"mean {e['mean_fitness']:.2f}, judge {e['judge']}",
+                file=sys.stderr,
+            ),
+        )
     best = state["best"]
     best_x = np.asarray(best["x"], float)
     vector = vector_of(best_x)
@@ -566,6 +569,7 @@ def cmaes_heldout(
     """No vector, mean_diff, probe and optimised on held-out questions, at one steering norm."""
     from traitscope.data.traits import load_trait
     from traitscope.model import loading
+    from traitscope.model.generate import generation_session
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)
@@ -580,7 +584,10 @@ def cmaes_heldout(
     questions = list(trait.evaluation_questions[: settings.n_heldout])
     model, tokenizer = loading.load(model_manifest)
     names = list(directions)
-    answers = [steered_answers(model, tokenizer, questions, directions[n], layer, settings) for n in names]
+    with generation_session(model):  # the three steered conditions replay one graph
+        answers = [
+            steered_answers(model, tokenizer, questions, directions[n], layer, settings) for n in names
+        ]
     trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
     per = {}
     for name, ans, t, c in zip(names, answers, trait_scores, coherence):

@@ -8,10 +8,11 @@ graph can read without a host sync, and one device copy of host tensors that hoo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 
@@ -22,23 +23,41 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
+# decode attention kernels in order of preference: for one query row per KV head group the
+# memory-efficient kernel reads the cache at about twice the rate of cuDNN's at head_dim 256
+# (benchmarks/profile_generate.py); other shapes keep PyTorch's own choice
+DECODE_BACKENDS = [
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.MATH,
+]
+WIDE_HEAD = 256
+
+
 def grouped_sdpa(fallback: Callable) -> Callable:
     """SDPA for one new token per row that never repeats the KV heads: the query heads sharing a
     KV head become that head's queries (same result; HF's "sdpa" copies each KV head once per
-    query head when a mask is given, several times the KV cache's bytes per step)."""
+    query head when a mask is given, several times the KV cache's bytes per step). Only the
+    cache columns the mask covers are read: the engine's mask stops at the last written one."""
 
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         b, heads, q, d = query.shape
         groups = key.shape[1]
+        if attention_mask is not None:
+            span = min(attention_mask.shape[-1], key.shape[-2])
+            key, value, attention_mask = key[:, :, :span], value[:, :, :span], attention_mask[..., :span]
         if q != 1 or heads % groups or attention_mask is None:
             return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query.reshape(b, groups, heads // groups, d),
-            key,
-            value,
-            attn_mask=attention_mask[:, :, :, : key.shape[-2]],
-            scale=scaling,
-        )
+        wide = query.is_cuda and d >= WIDE_HEAD
+        with sdpa_kernel(DECODE_BACKENDS, set_priority=True) if wide else nullcontext():
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query.reshape(b, groups, heads // groups, d),
+                key,
+                value,
+                attn_mask=attention_mask,
+                scale=scaling,
+            )
         return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
 
     return attention
