@@ -8,8 +8,8 @@ default so reruns are reproducible; hooks such as steering (`hooks.add_to_layer`
 
 Decoding writes into a `transformers.StaticCache` sized from the batch, so no step copies the
 cache (DynamicCache's cat was 12% of a CPU decode step). On CUDA the decode step is also a CUDA
-graph (rows padded to a few sizes, cache length to a multiple of 64, so batches of one shape
-share a graph): the first step of a shape runs eagerly and is captured, every later step is a
+graph (rows padded to a multiple of 8, cache length to a multiple of 32, so batches of one
+shape share a graph): the first step of a shape runs eagerly and is captured, every later step is a
 replay, without the per-step Python and launch overhead. Hooks active at capture are part of
 the graph; what they record is copied out after each replay. Inside `generation_session`
 caches and graphs outlive the call, so a stage that generates again and again for the same
@@ -40,7 +40,10 @@ from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_at
 from traitscope.model.hooks import record
 from traitscope.model.prefix import left_layout, prefill_prefix, shared_prefix
 
-CACHE_STEP = 64  # static KV caches are sized in multiples of this many tokens
+# static KV caches are sized in multiples of CACHE_STEP tokens and ROWS_STEP rows: coarser steps let
+# more batches share a graph, but every padded row and column is read each step
+CACHE_STEP = 32
+ROWS_STEP = 8
 KEPT_SHAPES = 4  # cache shapes a session keeps (each holds one batch's KV cache)
 Steps = tuple[list[torch.Tensor], dict[int, torch.Tensor], list[dict[int, torch.Tensor]]]
 
@@ -80,8 +83,8 @@ def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Gener
 
 
 def _rows_bucket(n: int) -> int:
-    """Batch rows padded to 1, 2, 4, 8, 16, 32, then a multiple of 32."""
-    return 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32
+    """Batch rows padded to 1, 2, 4, then a multiple of ROWS_STEP."""
+    return 1 << (n - 1).bit_length() if n <= 4 else -(-n // ROWS_STEP) * ROWS_STEP
 
 
 def _left_padded(prompts: Sequence[list[int]], rows: int, pad_id: int):
