@@ -136,7 +136,7 @@ def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
     return projections, conditions
 
 
-def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
+def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200, bow_prompts=None):
     """The analysis on the synthetic files `synthetic` (or a test) wrote into tmp_path."""
     return prefill_analysis(
         tmp_path / "proj.parquet",
@@ -146,6 +146,7 @@ def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
         tmp_path / "g.png",
         tmp_path / "t.png",
         n_boot=n_boot,
+        bow_prompts=bow_prompts,
     )
 
 
@@ -310,16 +311,7 @@ def test_bag_of_words_beside_the_harmful_vs_benign_comparisons(tmp_path):
     user text only). A held-out (evaluation) row of the trait set may be scored."""
     with_texts(tmp_path)
     bow = bow_trait_set(tmp_path / "trait.parquet", evaluation_extra=["harmful request 4"])
-    result = prefill_analysis(
-        tmp_path / "proj.parquet",
-        tmp_path / "cond.parquet",
-        ["safety/harm"],
-        tmp_path / "o.json",
-        tmp_path / "g.png",
-        tmp_path / "t.png",
-        n_boot=200,
-        bow_prompts=bow,
-    )
+    result = run_analysis(tmp_path, bow_prompts=bow)
     assert result["baselines"]["bag_of_words_fitted_on"] == str(bow)
     for key in ("C1_vs_C3", "C2_vs_C4"):
         block = result["baselines"][key]
@@ -342,14 +334,5 @@ def test_scoring_a_row_the_bag_of_words_was_fitted_on_is_an_error(tmp_path):
     with pytest.raises(
         TraitscopeError, match=r"prompt set prefill conditions: 1 prompt\(s\) were training rows"
     ):
-        prefill_analysis(
-            tmp_path / "proj.parquet",
-            tmp_path / "cond.parquet",
-            ["safety/harm"],
-            tmp_path / "o.json",
-            tmp_path / "g.png",
-            tmp_path / "t.png",
-            n_boot=200,
-            bow_prompts=bow,
-        )
+        run_analysis(tmp_path, bow_prompts=bow)
     assert not (tmp_path / "o.json").exists()

@@ -192,11 +192,31 @@ def test_stages_that_need_answers_refuse_a_contrast_trait(tmp_path):
 # --- the transfer table on the tiny model --------------------------------------------------------
 
 
+def no_generation(pools: tuple[str, ...], shard_size: int):
+    """Capture settings of a prompt-contrast trait set: every layer, one forward pass, float32."""
+    from traitscope.capture.store import CaptureSettings
+
+    return CaptureSettings(
+        layers="all",
+        pools=pools,
+        token_segments=(),
+        keep_all_tokens=False,
+        max_new_tokens=0,
+        temperature=0.0,
+        seed=0,
+        max_tokens=4096,
+        padding_side="right",
+        shard_size=shard_size,
+        storage_dtype="float32",
+        compile="no",
+    )
+
+
 @pytest.fixture(scope="module")
 def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     """Contrast trait -> capture (no generation) -> vectors -> evaluation; a harmful set and its
     length-matched controls captured and projected onto it."""
-    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.capture.store import capture
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
     from traitscope.vectors.projection import project
@@ -206,20 +226,7 @@ def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     trait_file = contrast_trait(tmp)
     p = {name: tmp / name for name in ("prompts.parquet", "vectors.safetensors", "vectors.json")}
     rows = trait_prompts(trait_file, p["prompts.parquet"], 4, None, None, "safety/request")
-    settings = CaptureSettings(
-        layers="all",
-        pools=("last_prompt", "prompt_mean"),
-        token_segments=(),
-        keep_all_tokens=False,
-        max_new_tokens=0,
-        temperature=0.0,
-        seed=0,
-        max_tokens=4096,
-        padding_side="right",
-        shard_size=8,
-        storage_dtype="float32",
-        compile="no",
-    )
+    settings = no_generation(("last_prompt", "prompt_mean"), shard_size=8)
     capture(tiny_manifest, p["prompts.parquet"], tmp / "trait" / "capture.json", settings, device="cpu")
     trait_vectors(
         tmp / "trait" / "capture.json",
@@ -394,7 +401,7 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
     is gone from every layer's residual stream while the hooks are on."""
     import torch
 
-    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.capture.store import capture
     from traitscope.model.generate import generate
     from traitscope.model.hooks import ablate_direction, decoder_layers, run_recorded
     from traitscope.model.loading import load
@@ -409,20 +416,7 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
     trait_file.write_text(yaml.safe_dump({**spec, "n_extraction": 8, "n_evaluation": 4}))
     prompts = tmp_path / "prompts.parquet"
     trait_prompts(trait_file, prompts, 1, None, None, "safety/harmful_request", str(mirror), tmp_path / "c")
-    settings = CaptureSettings(
-        layers="all",
-        pools=("last_prompt",),
-        token_segments=(),
-        keep_all_tokens=False,
-        max_new_tokens=0,
-        temperature=0.0,
-        seed=0,
-        max_tokens=4096,
-        padding_side="right",
-        shard_size=64,
-        storage_dtype="float32",
-        compile="no",
-    )
+    settings = no_generation(("last_prompt",), shard_size=64)
     capture(smollm2_manifest, prompts, tmp_path / "cap" / "capture.json", settings, device="cpu")
     vectors, meta = tmp_path / "vectors.safetensors", tmp_path / "vectors.json"
     name = "safety/harmful_request"
