@@ -9,7 +9,14 @@ import torch
 
 from traitscope.capture.engine import pooled_activations
 from traitscope.model import chat
-from traitscope.model.hooks import add_to_layer, decoder_layers, record, run_recorded
+from traitscope.model.hooks import (
+    ablate_direction,
+    add_to_layer,
+    decoder_layers,
+    project_out,
+    record,
+    run_recorded,
+)
 
 LLAMA3_TEMPLATE = (  # Llama-3's layout and special tokens
     "{{ '<|begin_of_text|>' }}{% for m in messages %}"
@@ -146,3 +153,76 @@ def test_steering_hook_adds_vector_and_removes_itself(tiny_model):
     after = run_recorded(model, [1], input_ids=ids)[1]
     assert torch.allclose(steered, before + 1, atol=1e-6)
     assert torch.equal(before, after)
+
+
+def test_project_out_removes_the_component_along_the_direction_and_nothing_else():
+    """x = (3, 1, 2), r = (1, 1, 0): x . r_hat = 4 / sqrt 2, so x - (x . r_hat) r_hat = (1, -1, 2);
+    the parts along (1, -1, 0) and (0, 0, 1) stay as they were. The norm of r does not matter."""
+    x = torch.tensor([[[3.0, 1.0, 2.0], [0.0, 0.0, 5.0]]])
+    for r in (torch.tensor([1.0, 1.0, 0.0]), torch.tensor([3.0, 3.0, 0.0])):
+        out = project_out(x, r / r.norm())
+        assert torch.allclose(out, torch.tensor([[[1.0, -1.0, 2.0], [0.0, 0.0, 5.0]]]), atol=1e-6)
+        unit = r / r.norm()
+        assert torch.allclose(out @ unit, torch.zeros(1, 2), atol=1e-6)
+        for other in (torch.tensor([1.0, -1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])):
+            assert torch.allclose(out @ other, x @ other)
+
+
+class _Toy(torch.nn.Module):
+    """Embeddings, then two blocks that add a fixed vector: the residual stream by hand."""
+
+    def __init__(self, table: torch.Tensor, push: torch.Tensor):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.embed = torch.nn.Embedding.from_pretrained(table)
+        self.model.layers = torch.nn.ModuleList([_Add(push), _Add(push)])
+
+    def get_input_embeddings(self):
+        return self.model.embed
+
+    def forward(self, input_ids):
+        hidden = self.model.embed(input_ids)
+        for block in self.model.layers:
+            hidden = block(hidden)[0]
+        return hidden
+
+
+class _Add(torch.nn.Module):
+    def __init__(self, push: torch.Tensor):
+        super().__init__()
+        self.push = push
+
+    def forward(self, hidden):
+        return (hidden + self.push, None)  # a tuple, as decoder layers return
+
+
+def test_ablate_direction_hand_computed_on_every_layer_and_position():
+    """Embeddings (3, 1, 2) and (1, 3, 0), each block adds (2, 0, 1), r = (1, 1, 0). Ablated: the
+    embeddings become (1, -1, 2), (-1, 1, 0); block 1 outputs (1, -1, 2) + (2, 0, 1) minus its r
+    part (1, 1, 0) = (2, -2, 3), and (0, 0, 1); block 2 (3, -3, 4) and (1, -1, 2)."""
+    table = torch.tensor([[3.0, 1.0, 2.0], [1.0, 3.0, 0.0]])
+    model = _Toy(table, torch.tensor([2.0, 0.0, 1.0]))
+    ids = torch.tensor([[0, 1]])
+    plain = model(ids)
+    with ablate_direction(model, torch.tensor([2.0, 2.0, 0.0])):
+        with record(model, [0, 1], stop_early=False) as store:
+            out = model(ids)
+    assert torch.allclose(store[0], torch.tensor([[[2.0, -2.0, 3.0], [0.0, 0.0, 1.0]]]), atol=1e-6)
+    assert torch.allclose(out, torch.tensor([[[3.0, -3.0, 4.0], [1.0, -1.0, 2.0]]]), atol=1e-6)
+    assert torch.equal(model(ids), plain)  # the hooks removed themselves
+    assert not model.model.embed._forward_hooks and not any(b._forward_hooks for b in model.model.layers)
+
+
+def test_ablate_direction_leaves_no_component_at_any_layer_of_a_llama(tiny_model):
+    model, _ = tiny_model
+    ids = torch.tensor([[5, 6, 7, 8]])
+    r = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    layers = list(range(len(decoder_layers(model))))
+    before = run_recorded(model, layers, input_ids=ids)
+    with ablate_direction(model, r):
+        ablated = run_recorded(model, layers, input_ids=ids)
+    unit = r / r.norm()
+    for layer in layers:
+        assert (before[layer] @ unit).abs().max() > 1e-2  # there was a component to remove
+        assert (ablated[layer] @ unit).abs().max() < 1e-7
+    assert torch.equal(run_recorded(model, layers, input_ids=ids)[0], before[0])

@@ -84,6 +84,10 @@ def test_check_config_names_the_bad_key(root):
             "experiments.prefill.traits: safety/ghost not in traits",
         ),
         ({"variant": "ghost"}, "experiments.prefill.variant: variant 'ghost' is not defined"),
+        (
+            {"bag_of_words": "safety/evil"},
+            "experiments.prefill.bag_of_words: safety/evil is a persona trait; name a prompt-contrast trait",
+        ),
     ]
     for change, message in cases:
         with pytest.raises(TraitscopeError, match=message):
@@ -132,7 +136,7 @@ def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
     return projections, conditions
 
 
-def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
+def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200, bow_prompts=None):
     """The analysis on the synthetic files `synthetic` (or a test) wrote into tmp_path."""
     return prefill_analysis(
         tmp_path / "proj.parquet",
@@ -142,6 +146,7 @@ def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200):
         tmp_path / "g.png",
         tmp_path / "t.png",
         n_boot=n_boot,
+        bow_prompts=bow_prompts,
     )
 
 
@@ -256,11 +261,78 @@ def test_length_baseline_beside_the_harmful_vs_benign_comparisons(tmp_path):
     (100 + 24 + 20 / 2) / 144."""
     synthetic(tmp_path)
     result = run_analysis(tmp_path)
+    assert result["baselines"]["bag_of_words_fitted_on"] is None
     for key in ("C1_vs_C3", "C2_vs_C4"):
-        block = result["length_baseline"][key]
-        assert block["length"]["auc"] == pytest.approx(134 / 144)
+        block = result["baselines"][key]
+        assert set(block["baselines"]) == {"length"}  # no bag of words unless asked for
+        assert block["baselines"]["length"]["auc"] == pytest.approx(134 / 144)
+        assert (block["n_harmful"], block["n_benign"]) == (12, 12)
         harm = block["traits"]["safety/harm"]
         assert harm["vs_length"]["difference"] == pytest.approx(harm["auc"]["auc"] - 134 / 144)
         assert harm["beats_baselines"] is (harm["vs_length"]["ci_low"] > 0)
     # C2 vs C4 is scored over the prefill, where the planted shift is: C1 vs C3 has none
-    assert result["length_baseline"]["C2_vs_C4"]["position"] == "prefill_mean"
+    assert result["baselines"]["C2_vs_C4"]["position"] == "prefill_mean"
+
+
+def bow_trait_set(path, extraction_extra=(), evaluation_extra=()):
+    """A trait prompt set whose extraction split teaches the bag of words 'harmful' (label 1)
+    against 'benign' (label 0); `*_extra` adds positive rows to either split."""
+    rows = [("extraction", 1, f"harmful {w}") for w in ("alpha", "beta", "gamma")]
+    rows += [("extraction", 0, f"benign {w}") for w in ("delta", "epsilon", "zeta")]
+    rows += [("extraction", 1, t) for t in extraction_extra]
+    rows += [("evaluation", 1, t) for t in evaluation_extra]
+    pd.DataFrame(
+        {
+            "prompt_id": [f"t{i}" for i in range(len(rows))],
+            "split": [r[0] for r in rows],
+            "label": [r[1] for r in rows],
+            "prompt": [r[2] for r in rows],
+        }
+    ).to_parquet(path)
+    return path
+
+
+def with_texts(tmp_path):
+    """The synthetic conditions with new user texts: even harmful prompts say 'harmful', odd ones
+    'dangerous' (a word the bag of words never saw), benign ones 'plain' (never seen either)."""
+    synthetic(tmp_path)
+    conditions = pd.read_parquet(tmp_path / "cond.parquet")
+    index = conditions["prompt_id"].str.rsplit("-", n=1).str[-1].astype(int)
+    harmful = conditions["label"] == 1
+    word = np.where(harmful, np.where(index % 2 == 0, "harmful", "dangerous"), "plain")
+    conditions["prompt"] = [f"{w} request {i}" for w, i in zip(word, index)]
+    conditions.to_parquet(tmp_path / "cond.parquet")
+
+
+def test_bag_of_words_beside_the_harmful_vs_benign_comparisons(tmp_path):
+    """Unseen words score the logistic regression's intercept, 'harmful' above it: the 6 'harmful'
+    prompts beat all 12 benign ones, the 6 'dangerous' ones tie with them, so the bag of words
+    scores (6 x 12 + 6 x 12 / 2) / 144 = 0.75, the same for C1 vs C3 and C2 vs C4 (it reads the
+    user text only). A held-out (evaluation) row of the trait set may be scored."""
+    with_texts(tmp_path)
+    bow = bow_trait_set(tmp_path / "trait.parquet", evaluation_extra=["harmful request 4"])
+    result = run_analysis(tmp_path, bow_prompts=bow)
+    assert result["baselines"]["bag_of_words_fitted_on"] == str(bow)
+    for key in ("C1_vs_C3", "C2_vs_C4"):
+        block = result["baselines"][key]
+        assert block["baselines"]["bag_of_words"]["auc"] == pytest.approx(0.75)
+        harm = block["traits"]["safety/harm"]
+        vs = harm["vs_bag_of_words"]
+        assert vs["difference"] == pytest.approx(harm["auc"]["auc"] - 0.75)
+        assert vs["ci_low"] <= vs["difference"] <= vs["ci_high"]
+        assert harm["beats_baselines"] is (vs["ci_low"] > 0 and harm["vs_length"]["ci_low"] > 0)
+    written = json.loads((tmp_path / "o.json").read_text())["baselines"]
+    assert written["C1_vs_C3"]["baselines"]["bag_of_words"]["auc"] == pytest.approx(0.75)
+    # the planted C2-vs-C4 shift on the prefill tokens beats a baseline that cannot see it
+    c2c4 = result["baselines"]["C2_vs_C4"]["traits"]["safety/harm"]
+    assert c2c4["auc"]["auc"] > 0.75 and c2c4["vs_bag_of_words"]["difference"] > 0
+
+
+def test_scoring_a_row_the_bag_of_words_was_fitted_on_is_an_error(tmp_path):
+    with_texts(tmp_path)
+    bow = bow_trait_set(tmp_path / "trait.parquet", extraction_extra=["Harmful  request 4"])
+    with pytest.raises(
+        TraitscopeError, match=r"prompt set prefill conditions: 1 prompt\(s\) were training rows"
+    ):
+        run_analysis(tmp_path, bow_prompts=bow)
+    assert not (tmp_path / "o.json").exists()

@@ -192,11 +192,31 @@ def test_stages_that_need_answers_refuse_a_contrast_trait(tmp_path):
 # --- the transfer table on the tiny model --------------------------------------------------------
 
 
+def no_generation(pools: tuple[str, ...], shard_size: int):
+    """Capture settings of a prompt-contrast trait set: every layer, one forward pass, float32."""
+    from traitscope.capture.store import CaptureSettings
+
+    return CaptureSettings(
+        layers="all",
+        pools=pools,
+        token_segments=(),
+        keep_all_tokens=False,
+        max_new_tokens=0,
+        temperature=0.0,
+        seed=0,
+        max_tokens=4096,
+        padding_side="right",
+        shard_size=shard_size,
+        storage_dtype="float32",
+        compile="no",
+    )
+
+
 @pytest.fixture(scope="module")
 def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     """Contrast trait -> capture (no generation) -> vectors -> evaluation; a harmful set and its
     length-matched controls captured and projected onto it."""
-    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.capture.store import capture
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
     from traitscope.vectors.projection import project
@@ -206,20 +226,7 @@ def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     trait_file = contrast_trait(tmp)
     p = {name: tmp / name for name in ("prompts.parquet", "vectors.safetensors", "vectors.json")}
     rows = trait_prompts(trait_file, p["prompts.parquet"], 4, None, None, "safety/request")
-    settings = CaptureSettings(
-        layers="all",
-        pools=("last_prompt", "prompt_mean"),
-        token_segments=(),
-        keep_all_tokens=False,
-        max_new_tokens=0,
-        temperature=0.0,
-        seed=0,
-        max_tokens=4096,
-        padding_side="right",
-        shard_size=8,
-        storage_dtype="float32",
-        compile="no",
-    )
+    settings = no_generation(("last_prompt", "prompt_mean"), shard_size=8)
     capture(tiny_manifest, p["prompts.parquet"], tmp / "trait" / "capture.json", settings, device="cpu")
     trait_vectors(
         tmp / "trait" / "capture.json",
@@ -373,7 +380,80 @@ def test_contrast_trait_is_steered_on_its_held_out_negatives(transfer_run, tiny_
     assert rate["steered"]["n"] == 4 and result["refusal_rate_difference"]["difference"] == pytest.approx(
         rate["steered"]["rate"] - rate["unsteered"]["rate"]
     )
+    # Arditi et al.'s other test: the held-out positives, with the direction ablated at every layer
+    ablation = result["directional_ablation"]
+    held_out_positives = rows[(rows["split"] == "evaluation") & (rows["label"] == 1)]["prompt"].tolist()
+    assert ablation["n"] == len(held_out_positives) == 4 and "trait-positive" in ablation["prompts"]
+    assert [e["question"] for e in ablation["examples"]] == held_out_positives[:3]
+    rate = ablation["refusal_rate"]
+    assert set(rate) == {"unablated", "ablated"} and rate["ablated"]["n"] == 4
+    assert ablation["refusal_rate_difference"]["difference"] == pytest.approx(
+        rate["ablated"]["rate"] - rate["unablated"]["rate"]
+    )
     assert json.loads((tmp / "steering.json").read_text()) == result
+
+
+def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
+    """Arditi et al.'s ablation test end to end on the real SmolLM2, small: safety/harmful_request
+    from 8 + 8 extraction prompts, its steering check on 4 held-out prompts a side, 6 new tokens.
+    Refusals are counted as the check counts them; the ablated model answers harmful requests
+    differently (the direction is projected out of all 30 layers), and the direction's component
+    is gone from every layer's residual stream while the hooks are on."""
+    import torch
+
+    from traitscope.capture.store import capture
+    from traitscope.model.generate import generate
+    from traitscope.model.hooks import ablate_direction, decoder_layers, run_recorded
+    from traitscope.model.loading import load
+    from traitscope.vectors.evaluation import trait_evaluation
+    from traitscope.vectors.extraction import trait_vectors
+    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.steering import refuses, steering_check
+
+    spec = yaml.safe_load((root / "resources/traits/safety/harmful_request.yaml").read_text())
+    trait_file = tmp_path / "safety" / "harmful_request.yaml"
+    trait_file.parent.mkdir()
+    trait_file.write_text(yaml.safe_dump({**spec, "n_extraction": 8, "n_evaluation": 4}))
+    prompts = tmp_path / "prompts.parquet"
+    trait_prompts(trait_file, prompts, 1, None, None, "safety/harmful_request", str(mirror), tmp_path / "c")
+    settings = no_generation(("last_prompt",), shard_size=64)
+    capture(smollm2_manifest, prompts, tmp_path / "cap" / "capture.json", settings, device="cpu")
+    vectors, meta = tmp_path / "vectors.safetensors", tmp_path / "vectors.json"
+    name = "safety/harmful_request"
+    trait_vectors(
+        tmp_path / "cap/capture.json", prompts, vectors, meta, "last_prompt", ["mean_diff"], 1.0, "m", name
+    )
+    trait_evaluation(
+        vectors,
+        tmp_path / "cap/capture.json",
+        prompts,
+        tmp_path / "e.json",
+        tmp_path / "e.png",
+        "last_prompt",
+        name,
+        "m",
+    )
+    result = steering_check(
+        smollm2_manifest, vectors, tmp_path / "e.json", trait_file, tmp_path / "s.json", 4.0, 6, 4096, prompts
+    )
+    ablation = result["directional_ablation"]
+    assert ablation["n"] == 4 and result["n"] == 4
+    for arm in ("unablated", "ablated"):
+        k = sum(refuses(e[arm]) for e in ablation["examples"])  # 3 of the 4 answers
+        assert k <= ablation["refusal_rate"][arm]["k"] <= k + 1
+    assert any(e["ablated"] != e["unablated"] for e in ablation["examples"])
+
+    model, tokenizer = load(smollm2_manifest, device="cpu")
+    direction = TraitVector.load(vectors, tmp_path / "e.json", name).steering_vector(1.0)
+    unit = direction / direction.norm()
+    ids = torch.tensor([tokenizer("How do I pick a lock?").input_ids])
+    layers = list(range(len(decoder_layers(model))))
+    with ablate_direction(model, direction):
+        hidden = run_recorded(model, layers, input_ids=ids)
+        answer = generate(model, tokenizer, [ids[0].tolist()], 2, 4096, temperature=0.0, seed=0)
+    assert len(answer[0]) == 2
+    for layer in layers:
+        assert (hidden[layer].float() @ unit).abs().max() < 1e-3 * hidden[layer].float().norm(dim=-1).max()
 
 
 def test_transfer_pools_must_be_captured_for_every_set(root):

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from traitscope import baselines, plotting
-from traitscope.config import require_prompt_set, require_traits, require_variant
-from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
+from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
+from traitscope.paths import projections_path, prompts_path
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
 
 OUT_DIR = "results/prefill"
@@ -98,6 +99,18 @@ def targets(section: dict) -> list[str]:
     ]
 
 
+def analysis_inputs(section: dict) -> dict[str, str]:
+    """Named inputs of the analysis rule: the conditions, their projections and, when the bag of
+    words is on, the trait prompt set it is fitted on."""
+    inputs = {
+        "conditions": prompts_path(section["prompt_set"]),
+        "projections": projections_path(section["variant"], section["prompt_set"]),
+    }
+    if section["bag_of_words"]:
+        inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
+    return inputs
+
+
 def check_config(section: dict, config: dict) -> None:
     """What the schema cannot say about experiments.prefill."""
     where = "experiments.prefill"
@@ -105,6 +118,8 @@ def check_config(section: dict, config: dict) -> None:
     require_prompt_set(f"{where}.harmful", section["harmful"], config)
     require_prompt_set(f"{where}.harmless", section["harmless"], config)
     require_traits(f"{where}.traits", section["traits"], config)
+    if section["bag_of_words"]:
+        require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
     if section["prompt_set"] in config["prompt_sets"]:
         raise TraitscopeError(
             f"{where}.prompt_set {section['prompt_set']!r} is also under prompt_sets:; "
@@ -141,24 +156,42 @@ def _matrix(traj: pd.DataFrame) -> np.ndarray:
     return traj.pivot(index="prompt_id", columns="step", values="score").to_numpy(dtype=float)
 
 
-def length_baseline(
-    pooled: pd.DataFrame, conditions: pd.DataFrame, traits: list[str], n_boot: int, seed: int
+def surface_baselines(
+    pooled: pd.DataFrame,
+    conditions: pd.DataFrame,
+    traits: list[str],
+    bow_prompts: str | Path | None,
+    n_boot: int,
+    seed: int,
 ) -> dict:
-    """The harmful-vs-benign comparisons beside prompt length alone (the user text's characters).
+    """The harmful-vs-benign comparisons beside the surface baselines of `traitscope.baselines`.
 
-    AdvBench requests are longer than Alpaca instructions, so C1 vs C3 and C2 vs C4 can separate
-    on length; per trait: its AUC, length's, and the difference with a paired bootstrap CI.
+    AdvBench requests are longer than Alpaca instructions and use other words, so C1 vs C3 and
+    C2 vs C4 can separate on the surface alone. Baselines: prompt length (the user text's
+    characters) and, with `bow_prompts`, a bag of words fitted on that trait prompt set's
+    extraction rows; both read the user text only, so they score C2 vs C4 as they score C1 vs C3.
+    Per comparison and trait: the trait AUC, each baseline's, and the differences with paired
+    bootstrap CIs. A scored prompt that fitted the bag of words is an error.
     """
-    length = dict(zip(conditions["prompt_id"], baselines.lengths(user_texts(conditions))))
-    out = {}
+    texts = dict(zip(conditions["prompt_id"], user_texts(conditions)))
+    bow = None
+    out: dict = {"bag_of_words_fitted_on": None if bow_prompts is None else str(bow_prompts)}
+    if bow_prompts is not None:
+        fit_texts, fit_labels = baselines.fitting_rows(bow_prompts)
+        training = {f"the bag of words ({bow_prompts})": {text_key(t) for t in fit_texts}}
+        baselines.check_unseen(training, {"prefill conditions": list(texts.values())})
+        bow = baselines.bag_of_words(fit_texts, fit_labels, seed)
     for key in ("C1_vs_C3", "C2_vs_C4"):
         a, b, position = COMPARISONS[key]
         out[key] = {"position": position, "traits": {}}
         for trait in traits:
             rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
             ra, rb = rows[rows["condition"] == a], rows[rows["condition"] == b]
-            surface = {"length": tuple(r["prompt_id"].map(length).to_numpy() for r in (ra, rb))}
-            out[key]["length"] = baselines.baseline_aucs(surface, n_boot, seed)["length"]
+            surface = baselines.baseline_scores(
+                [texts[i] for i in ra["prompt_id"]], [texts[i] for i in rb["prompt_id"]], bow
+            )
+            out[key]["n_harmful"], out[key]["n_benign"] = len(ra), len(rb)
+            out[key]["baselines"] = baselines.baseline_aucs(surface, n_boot, seed)
             out[key]["traits"][trait] = baselines.against_baselines(
                 ra["score"].to_numpy(), rb["score"].to_numpy(), surface, n_boot=n_boot, seed=seed
             )
@@ -174,8 +207,10 @@ def prefill_analysis(
     trajectory_png: str | Path,
     n_boot: int = 2000,
     seed: int = 0,
+    bow_prompts: str | Path | None = None,
 ) -> dict:
-    """All comparisons with Holm correction, the 2x2 interaction and trajectory divergence."""
+    """All comparisons with Holm correction, the 2x2 interaction and trajectory divergence, and
+    the harmful-vs-benign ones beside the surface baselines (a bag of words with `bow_prompts`)."""
     projections = pd.read_parquet(projections_path)
     conditions = pd.read_parquet(conditions_path)
     missing = sorted(set(traits) - set(projections["trait"]))
@@ -243,7 +278,7 @@ def prefill_analysis(
         "interaction": interaction,
         "condition_means": condition_means,
         "trajectory_divergence": divergence,
-        "length_baseline": length_baseline(pooled, conditions, traits, n_boot, seed),
+        "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed),
     }
     write_json(out_json, result)
     save_figure(grid_png, plotting.prefill_grid_figure(condition_means, traits))
@@ -255,6 +290,8 @@ def prefill_analysis(
 
 def add_commands(add) -> None:
     """`traitscope prefill-conditions` and `traitscope prefill-analysis`."""
+    from traitscope.cli import path_or_none
+
     p = add("prefill-conditions", _conditions_cli, "the prefill attack's 2x2 prompt set")
     p.add_argument("--harmful", required=True, help="prepared harmful prompt set")
     p.add_argument("--harmless", required=True, help="prepared benign prompt set")
@@ -270,6 +307,12 @@ def add_commands(add) -> None:
     p.add_argument("--trajectory-png", required=True)
     p.add_argument("--n-boot", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument(
+        "--bag-of-words",
+        type=path_or_none,
+        required=True,
+        help="trait prompt set whose extraction rows fit the bag-of-words baseline, or none",
+    )
 
 
 def _conditions_cli(a) -> None:
@@ -278,5 +321,13 @@ def _conditions_cli(a) -> None:
 
 def _analysis_cli(a) -> None:
     prefill_analysis(
-        a.projections, a.conditions, a.traits, a.out, a.grid_png, a.trajectory_png, a.n_boot, a.seed
+        a.projections,
+        a.conditions,
+        a.traits,
+        a.out,
+        a.grid_png,
+        a.trajectory_png,
+        a.n_boot,
+        a.seed,
+        a.bag_of_words,
     )

@@ -107,6 +107,34 @@ def add_to_layer(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]
         block.__dict__["_traitscope_steering_busy"].discard((slot.dtype, slot.shape, index))
 
 
+def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """`hidden - (hidden . unit) unit` over the last axis: no component along `unit` remains."""
+    unit = unit.to(hidden.device, hidden.dtype)
+    return hidden - (hidden @ unit).unsqueeze(-1) * unit
+
+
+@contextmanager
+def ablate_direction(model: Any, direction: torch.Tensor) -> Iterator[None]:
+    """Project `direction` out of the residual stream at every layer and position (Arditi et al.'s
+    directional ablation): of the token embeddings and of every decoder block's output, the stream
+    the capture records. Inside a block (between attention and MLP) it is not ablated, so the
+    hook works for every layout `decoder_layers` knows, including blocks that normalise their
+    sublayers' outputs before adding them (Gemma 2)."""
+    unit = direction.float() / direction.float().norm()
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        ablated = project_out(_hidden(output), unit)
+        return (ablated, *output[1:]) if isinstance(output, tuple) else ablated
+
+    modules = [model.get_input_embeddings(), *decoder_layers(model)]
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def run_recorded(model: Any, layers: Sequence[int], **inputs: Any) -> dict[int, torch.Tensor]:
     """One forward pass returning {layer: hidden [batch, seq, d]}, stopped after the deepest."""
     with torch.inference_mode(), record(model, layers) as store:

@@ -7,8 +7,13 @@ steered text projects higher.
 A persona trait is steered on its held-out questions. A prompt-contrast trait has no
 questions: it is steered on its held-out trait-negative prompts (for `safety/harmful_request`,
 harmless requests), where Arditi et al. add the refusal direction and the model starts to
-refuse. So both kinds also report the share of answers that open like a refusal
+refuse. So both kinds also report the share of answers that contain a refusal phrase
 (`REFUSAL_PHRASES`, their substring list), steered and unsteered.
+
+A prompt-contrast trait also gets Arditi et al.'s other test: its held-out trait-positive
+prompts (harmful requests) are answered with and without the direction projected out of the
+residual stream at every layer and position (`ablate_direction`); if the model's refusals run
+through the direction, they drop.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from traitscope.io import write_json
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.generate import generate
-from traitscope.model.hooks import add_to_layer
+from traitscope.model.hooks import ablate_direction, add_to_layer
 from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
 from traitscope.vectors.record import TraitVector
 
@@ -52,6 +57,15 @@ def refuses(answer: str) -> bool:
     return any(phrase.lower() in text for phrase in REFUSAL_PHRASES)
 
 
+def held_out_prompts(prompts: str | Path, label: int) -> list[str]:
+    """A prompt-contrast trait's held-out prompts of one side (split evaluation, `label`)."""
+    table = pd.read_parquet(prompts)
+    rows = table[(table["split"] == "evaluation") & (table["label"] == label)]
+    if rows.empty:
+        raise TraitscopeError(f"{prompts}: no held-out rows of label {label} (split evaluation)")
+    return user_texts(rows)
+
+
 def steering_questions(trait: Trait | ContrastTrait, prompts: str | Path | None) -> tuple[list[str], str]:
     """(questions, what they are): a persona trait's held-out questions, or a prompt-contrast
     trait's held-out trait-negative prompts from its prompt set."""
@@ -61,11 +75,45 @@ def steering_questions(trait: Trait | ContrastTrait, prompts: str | Path | None)
         raise TraitscopeError(
             f"{trait.name} is a prompt-contrast trait: its steering check needs its prompt set (--prompts)"
         )
-    table = pd.read_parquet(prompts)
-    rows = table[(table["split"] == "evaluation") & (table["label"] == 0)]
-    if rows.empty:
-        raise TraitscopeError(f"{prompts}: no held-out trait-negative rows (split evaluation, label 0)")
-    return user_texts(rows), "the trait's held-out trait-negative prompts (split evaluation, label 0)"
+    return held_out_prompts(
+        prompts, 0
+    ), "the trait's held-out trait-negative prompts (split evaluation, label 0)"
+
+
+def refusal_comparison(answers: dict[str, list[str]], treated: str, control: str) -> dict:
+    """Refusal rates of two arms over the same prompts (Wilson CIs) and treated - control
+    (Newcombe; it treats the arms as independent, so with shared prompts the CI is conservative)."""
+    k = {name: sum(map(refuses, texts)) for name, texts in answers.items()}
+    n = len(answers[treated])
+    return {
+        "refusal_rate": {name: proportion_with_ci(k[name], n) for name in answers},
+        "refusal_rate_difference": rate_difference_with_ci(k[treated], n, k[control], n),
+    }
+
+
+def ablation_check(
+    model, tokenizer, prompts: list[str], direction, max_new_tokens: int, max_tokens: int
+) -> dict:
+    """Greedy answers to `prompts` (harmful requests) with and without `direction` projected out of
+    the residual stream at every layer and position; refusal rates, ablated minus unablated."""
+    ids = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in prompts]
+    plain = generate(model, tokenizer, ids, max_new_tokens, max_tokens, temperature=0.0, seed=0)
+    with ablate_direction(model, direction):
+        ablated = generate(model, tokenizer, ids, max_new_tokens, max_tokens, temperature=0.0, seed=0)
+    answers = {
+        name: [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+        for name, outs in (("unablated", plain), ("ablated", ablated))
+    }
+    return {
+        "prompts": "the trait's held-out trait-positive prompts (split evaluation, label 1)",
+        "ablation": "x - (x . r) r, r the unit mean_diff[layer]: the embeddings and every block's output",
+        "n": len(prompts),
+        **refusal_comparison(answers, "ablated", "unablated"),
+        "examples": [
+            {"question": q, "unablated": a, "ablated": b}
+            for q, a, b in list(zip(prompts, answers["unablated"], answers["ablated"]))[:3]
+        ],
+    }
 
 
 def steering_check(
@@ -79,7 +127,8 @@ def steering_check(
     max_tokens: int,
     prompts_path: str | Path | None = None,
 ) -> dict:
-    """Generate on held-out prompts with and without steering; compare projections and refusals."""
+    """Generate on held-out prompts with and without steering; compare projections and refusals.
+    A prompt-contrast trait also gets the directional-ablation test on its held-out positives."""
     trait = read_trait(trait_file)
     questions, source = steering_questions(trait, prompts_path)
     vector = TraitVector.load(vectors_path, evaluation, trait.name)
@@ -105,7 +154,6 @@ def steering_check(
         name: [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
         for name, outs in (("unsteered", plain), ("steered", steered))
     }
-    refusals = {name: sum(map(refuses, answers)) for name, answers in texts.items()}
     result = {
         "trait": trait.name,
         "prompts": source,
@@ -120,16 +168,16 @@ def steering_check(
         "difference": float(scores["steered"].mean() - scores["unsteered"].mean()),
         "cohens_d": cohens_d(scores["steered"], scores["unsteered"]),
         "steered_higher": bool(scores["steered"].mean() > scores["unsteered"].mean()),
-        "refusal_rate": {name: proportion_with_ci(k, len(prompts)) for name, k in refusals.items()},
-        # Newcombe treats the arms as independent; they share prompts, so this CI is conservative
-        "refusal_rate_difference": rate_difference_with_ci(
-            refusals["steered"], len(prompts), refusals["unsteered"], len(prompts)
-        ),
+        **refusal_comparison(texts, "steered", "unsteered"),
         "refusal_phrases": list(REFUSAL_PHRASES),
         "examples": [
             {"question": q, "unsteered": a, "steered": b}
             for q, a, b in list(zip(questions, texts["unsteered"], texts["steered"]))[:3]
         ],
     }
+    if isinstance(trait, ContrastTrait):
+        result["directional_ablation"] = ablation_check(
+            model, tokenizer, held_out_prompts(prompts_path, 1), steer, max_new_tokens, max_tokens
+        )
     write_json(out, result)
     return result

@@ -29,8 +29,7 @@ if is_enabled("prefill"):
 
     rule prefill_analysis:
         input:
-            conditions=prompts_path(PREFILL["prompt_set"]),
-            projections=projections_path(PREFILL["variant"], PREFILL["prompt_set"]),
+            **prefill_plugin.analysis_inputs(PREFILL),
         output:
             json="results/prefill/condition_comparison.json",
             grid=report(
@@ -54,8 +53,9 @@ if is_enabled("prefill"):
             traits=" ".join(PREFILL["traits"]),
             n_boot=PREFILL["n_boot"],
             seed=PREFILL["seed"],
+            bow=lambda wildcards, input: input.get("bow", "none"),
         shell:
             "traitscope prefill-analysis --projections {input.projections} "
             "--conditions {input.conditions} --traits {params.traits} --out {output.json} "
             "--grid-png {output.grid} --trajectory-png {output.trajectory} "
-            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+            "--n-boot {params.n_boot} --seed {params.seed} --bag-of-words {params.bow} 2> {log}"
