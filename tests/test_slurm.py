@@ -169,10 +169,13 @@ def expected_partition(rule: str) -> tuple[str, bool]:
 
 def submissions(out: str) -> dict[int, tuple[str, str, str, str]]:
     """{Slurm job id: (Snakemake job id, "rule" or "group", rule or group name, its Slurm log)}
-    from the executor's submission lines."""
+    from the executor's submission lines. A group job's log folder is `group_<group>_<its rules,
+    sorted>` (Snakemake's name of a group job); the name kept here is the profile's group."""
     jobs = {}
     for job, slurm_id, log in SUBMITTED.findall(out):
-        kind, name = re.search(r"/(rule|group)_([A-Za-z0-9_]+)/", log).groups()
+        kind, name = re.search(r"/(rule|group)_([A-Za-z0-9_.]+)/", log).groups()
+        if kind == "group":
+            name = next(g for g in set(profile()["groups"].values()) if name.startswith(f"{g}_"))
         jobs[int(slurm_id)] = (job, kind, name, log)
     return jobs
 
@@ -208,6 +211,8 @@ def test_every_rule_ran_alone_or_inside_its_group_job(slurm_run):
             group_jobs[name] += 1
             inside = rules_in_group_job(log)
             assert inside and {groups.get(rule) for rule in inside} == {name}, (name, inside)
+            # Snakemake names a group job after its group and rules: the log's folder agrees
+            assert f"/group_{name}_{'_'.join(sorted(inside))}/" in log, (log, inside)
             ran += inside
     # every planned job ran exactly once (no retry), in its own Slurm job or in its group's
     assert ran == planned
