@@ -1,15 +1,18 @@
 """The full-scale configs (config/experiments/) dry-run to a complete DAG with the Slurm profile
 on a fresh copy of the checkout (no results/, no .snakemake/): the job count of every rule (the
-table in config/README.md) and model jobs on the GPU partition."""
+table in config/README.md), model jobs on the GPU partition, small CPU jobs in the profile's group
+jobs, and the Slurm jobs that makes."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from test_dag import dry_run, job_counts
 
 GEMMA = "config/experiments/gemma-2-2b-it.yaml"
@@ -80,6 +83,23 @@ MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes
 # the judge's rules: the profile gives them a GPU for the local judge; these configs judge
 # through an API, where they need none (the profile's comment says to drop them then)
 JUDGE_RULES = {"trait_judgements", "em_judge"}
+# the profile's groups: every prompt preparation in one Slurm job, the trait vectors with their
+# evaluations, filter, agreement and summary in another, projections four to a job
+GROUPED = {
+    "prep": {
+        "prep_prompts",
+        "trait_prompts",
+        "dataset_file",
+        "beavertails_category",
+        "prefill_conditions",
+        "em_prompts",
+    },
+    "vectors": {"trait_vectors", "trait_evaluation", "trait_filter", "trait_agreement", "trait_summary"},
+    "project": {"project"},
+}
+# Slurm jobs submitted (`all` runs nowhere): 166 jobs in 81 for Gemma (71 on their own, prep,
+# vectors and 8 projection groups), 86 in 41 for Llama (35, prep, vectors, 4 projection groups)
+SLURM_JOBS = {"gemma": 81, "llama": 41}
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +127,16 @@ def llama_resources(root: Path) -> list[str]:
 
 
 def jobs_of(out: str) -> list[dict]:
-    """Every job of a dry-run's output: its rule and resources."""
+    """Every job of a dry-run's output: its rule, resources and group job (None: on its own)."""
     jobs: list[dict] = []
+    group = None
     for line in out.splitlines():
-        rule = re.match(r" *rule (\w+):", line)
-        if rule:
-            jobs.append({"rule": rule[1], "resources": ""})
+        header = re.search(r"Group job (\w+)", line)
+        rule = re.match(r"( *)rule (\w+):", line)
+        if header:
+            group = header[1]
+        elif rule:  # a group job's rules are indented under its header
+            jobs.append({"rule": rule[2], "group": group if rule[1] else None, "resources": ""})
         elif jobs and line.strip().startswith("resources:"):
             jobs[-1]["resources"] = line.split("resources:", 1)[1]
     return jobs
@@ -128,13 +152,15 @@ def jobs_of(out: str) -> list[dict]:
     ids=["gemma-2-2b-it", "gemma-2-2b-it+beavertails-30k-test", "llama-3.3-70b"],
 )
 def test_full_scale_config_dry_runs_to_a_complete_dag(root, fresh, configs, extra, expected):
+    slurm_jobs = SLURM_JOBS["llama" if extra == "llama" else "gemma"]
     extra = llama_resources(root) if extra == "llama" else extra
     out = dry_run(fresh, "--profile", "profiles/slurm", "--configfile", *configs, *extra)
     assert job_counts(out) == {**expected, "total": sum(expected.values())}
     jobs = jobs_of(out)
     assert {job["rule"] for job in jobs} | {"all"} == set(expected)
     for job in jobs:
-        rule, resources = job["rule"], job["resources"]
+        rule, resources, group = job["rule"], job["resources"], job["group"]
+        assert group == next((name for name, rules in GROUPED.items() if rule in rules), None), (rule, group)
         if rule in MODEL_RULES:
             assert "slurm_partition=gpu" in resources and re.search(r"gpu=[1-9]", resources), (
                 rule,
@@ -142,6 +168,16 @@ def test_full_scale_config_dry_runs_to_a_complete_dag(root, fresh, configs, extr
             )
         elif rule not in JUDGE_RULES:
             assert "gpu=" not in resources.replace("slurm_partition=gpu", ""), (rule, resources)
+    # far fewer Slurm jobs than jobs: one prep and one vectors job, projections four to a job
+    groups = re.findall(r"Group job (\w+)", out)
+    per_job = yaml.safe_load((root / "profiles/slurm/config.v8+.yaml").read_text())["group-components"]
+    assert Counter(groups) == {
+        "prep": 1,
+        "vectors": 1,
+        "project": -(-expected["project"] // per_job["project"]),
+    }
+    alone = sum(job["group"] is None and job["rule"] != "all" for job in jobs)  # `all` runs nowhere
+    assert alone + len(groups) == slurm_jobs
     if extra:
         capture = next(job["resources"] for job in jobs if job["rule"] == "capture")
         assert "mem_mb=256000" in capture

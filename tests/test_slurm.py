@@ -1,10 +1,14 @@
-"""`snakemake --profile slurm` on a real Slurm cluster: a small DAG, every rule its own job.
+"""`snakemake --profile slurm` on a real Slurm cluster: a small DAG, model jobs one Slurm job each,
+small CPU jobs in the profile's group jobs.
 
 The test starts a single-node Slurm 22.05 cluster with ../shared/slurm-local/setup.sh
 (partitions `cpu` and `gpu`, one GPU declared through gres with no device behind it, `sacct`
 through slurmdbd), runs `.test/config-slurm` exactly as a cluster user types it, reads the job
 table back from `sacct` and compares the outputs with a local run of the same command
-(`--executor local`). It stops the cluster at the end, also when something fails. Root only
+(`--executor local`, where groups do not apply). A group job is one Slurm job (one sacct row)
+that runs its rules inside its allocation; its Slurm log (kept with
+`--slurm-keep-successful-logs`) lists them. It stops the cluster at the end, also when
+something fails. Root only
 (setup.sh installs and starts daemons): `make test-slurm`, which CI runs after `make test`;
 plain `pytest` deselects it (pyproject.toml).
 """
@@ -36,15 +40,17 @@ CONFIG = ".test/config-slurm/config.yaml"
 # What a user passes on top of the profile: the node here has 2 CPUs and 20 GB, less than
 # the profile asks for model jobs (8 threads, 64 GB), so every job is capped to it.
 USER_ARGS = ["--configfile", CONFIG, "--max-threads", "2", "--resources", "mem_mb=16000"]
-# Short jobs need no 40 s wait before the first status check.
-CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "5"]
+# Short jobs need no 40 s wait before the first status check; group jobs' Slurm logs are kept
+# (they list the rules each ran).
+CLUSTER_ARGS = ["--slurm-init-seconds-before-status-checks", "5", "--slurm-keep-successful-logs"]
 # The reference: the same profile and caps on this machine, so every job has the thread count
 # it has on the cluster. Thread counts must match for equal outputs: generating on 2 threads
 # rounds differently from 1 thread (a capture's activations differ in the last bits), and a
 # bootstrap CI of a near-constant group amplifies that.
 LOCAL_ARGS = ["--executor", "local", "--cores", "2"]
 SACCT_FIELDS = ["JobID", "JobName", "Partition", "AllocTRES", "State", "ExitCode", "Elapsed"]
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)")
+# a rule's job id is a number, a group job's a UUID; the log sits under rule_<rule>/ or group_<group>/
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+?)\)")
 
 
 @pytest.fixture(scope="module")
@@ -144,33 +150,77 @@ def slurm_run(cluster, local_run, root, tmp_path_factory):
     )
     print(shown.stdout)
     for slurm_id, log in sorted((int(i), log) for _, i, log in SUBMITTED.findall(out)):
-        print(f"{slurm_id:>6} {log.split('/slurm_logs/')[-1].rsplit('/', 1)[0]}")  # rule_<rule>/<wildcards>
+        where = log.split("/slurm_logs/")[-1].rsplit("/", 1)[0]  # rule_<rule>/<wildcards> or group_<group>
+        inside = dict(rules_in_group_job(log)) if where.startswith("group_") else ""
+        print(f"{slurm_id:>6} {where} {inside}")
     return {"dir": work, "out": out, "sacct": table, "seconds": elapsed}
+
+
+def profile() -> dict:
+    return yaml.safe_load((PROFILE / "config.v8+.yaml").read_text())
 
 
 def expected_partition(rule: str) -> tuple[str, bool]:
     """(partition, one GPU) the project's profile gives a rule."""
-    profile = yaml.safe_load((PROFILE / "config.v8+.yaml").read_text())
-    resources = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
+    settings = profile()
+    resources = {**settings["default-resources"], **settings["set-resources"].get(rule, {})}
     return resources["slurm_partition"], resources.get("gpu", 0) == 1
 
 
-def submissions(out: str) -> dict[int, tuple[int, str]]:
-    """{Slurm job id: (Snakemake job id, rule)} from the executor's submission lines."""
+def submissions(out: str) -> dict[int, tuple[str, str, str, str]]:
+    """{Slurm job id: (Snakemake job id, "rule" or "group", rule or group name, its Slurm log)}
+    from the executor's submission lines. A group job's log folder is `group_<group>_<its rules,
+    sorted>` (Snakemake's name of a group job); the name kept here is the profile's group."""
     jobs = {}
     for job, slurm_id, log in SUBMITTED.findall(out):
-        jobs[int(slurm_id)] = (int(job), re.search(r"/rule_([A-Za-z0-9_]+)/", log)[1])
+        kind, name = re.search(r"/(rule|group)_([A-Za-z0-9_.]+)/", log).groups()
+        if kind == "group":
+            name = next(g for g in set(profile()["groups"].values()) if name.startswith(f"{g}_"))
+        jobs[int(slurm_id)] = (job, kind, name, log)
     return jobs
 
 
-def test_every_rule_ran_as_its_own_slurm_job(slurm_run):
+def rules_in_group_job(log: str) -> Counter:
+    """The rules a group job ran inside its allocation, from its Slurm log: Snakemake on the node
+    prints a `rule <name>:` block with the job's outputs for every job it runs (and the job's own
+    Snakemake under srun may print it again), so jobs are counted once per (rule, outputs)."""
+    jobs, rule = set(), None
+    for line in Path(log).read_text().splitlines():
+        start = re.match(r"\s*(?:local)?rule (\w+):$", line)
+        if start:
+            rule = start[1]
+        elif rule and line.strip().startswith("output:"):
+            jobs.add((rule, line.split("output:", 1)[1].strip()))
+            rule = None
+    return Counter(rule for rule, _ in jobs)
+
+
+def test_every_rule_ran_alone_or_inside_its_group_job(slurm_run):
     jobs = submissions(slurm_run["out"])
     planned = job_counts(slurm_run["out"])
     planned.pop("total")
     planned.pop("all")  # no shell command: Snakemake finishes it itself
-    # one submission per planned job (no retry, no job run inside another's allocation)
-    assert Counter(rule for _, rule in jobs.values()) == planned
-    assert len({job for job, _ in jobs.values()}) == len(jobs) == sum(planned.values())
+    groups = profile()["groups"]
+    ran = Counter()
+    group_jobs = Counter()
+    for _, kind, name, log in jobs.values():
+        if kind == "rule":
+            assert name not in groups, f"{name} is grouped in the profile but ran as its own Slurm job"
+            ran[name] += 1
+        else:
+            group_jobs[name] += 1
+            inside = rules_in_group_job(log)
+            assert inside and {groups.get(rule) for rule in inside} == {name}, (name, inside)
+            # Snakemake names a group job after its group and rules: the log's folder agrees
+            assert f"/group_{name}_{'_'.join(sorted(inside))}/" in log, (log, inside)
+            ran += inside
+    # every planned job ran exactly once (no retry), in its own Slurm job or in its group's
+    assert ran == planned
+    # the test config's small jobs: both trait prompt sets in one prep job; both traits' vectors,
+    # evaluations and the trait summary in one vectors job (joined through the summary)
+    assert group_jobs == {"prep": 1, "vectors": 1}
+    # 12 jobs in 7 Slurm jobs: 5 on their own and 2 group jobs, each submitted once
+    assert len({job for job, *_ in jobs.values()}) == len(jobs) == 7
     table = slurm_run["sacct"]
     assert sorted(table["JobID"].astype(int)) == sorted(jobs)  # nothing else ran under this run's name
     assert (table["State"] == "COMPLETED").all() and (table["ExitCode"] == "0:0").all(), table
@@ -178,48 +228,52 @@ def test_every_rule_ran_as_its_own_slurm_job(slurm_run):
 
 def test_gpu_rules_went_to_the_gpu_partition_with_one_gpu(slurm_run):
     jobs = submissions(slurm_run["out"])
+    groups = profile()["groups"]
     gpu_rules = set()
     for row in slurm_run["sacct"].itertuples():
-        rule = jobs[int(row.JobID)][1]
-        partition, gpu = expected_partition(rule)
-        assert row.Partition == partition, (rule, row)
+        _, kind, name, log = jobs[int(row.JobID)]
+        # a group job asks what its rules ask: here only CPU rules are grouped
+        rules = [name] if kind == "rule" else [r for r in groups if groups[r] == name]
+        (partition, gpu), *others = {expected_partition(rule) for rule in rules}
+        assert not others, (name, rules)
+        assert row.Partition == partition, (name, row)
         tres = dict(item.split("=", 1) for item in row.AllocTRES.split(","))
-        assert tres.get("gres/gpu") == ("1" if gpu else None), (rule, row.AllocTRES)
+        assert tres.get("gres/gpu") == ("1" if gpu else None), (name, row.AllocTRES)
         if gpu:
-            gpu_rules.add(rule)
-            assert row.Partition == "gpu"
+            assert kind == "rule" and row.Partition == "gpu"
+            gpu_rules.add(name)
     assert gpu_rules == {"capture", "steering_check"}  # the config's model jobs
     # the node's GPU has no device behind it (gres File=/dev/null): model jobs fall back to the CPU
     logs = list((slurm_run["dir"] / "results/logs/capture").rglob("*.log"))
-    assert len(logs) == Counter(rule for _, rule in jobs.values())["capture"]
+    assert len(logs) == sum(name == "capture" for _, _, name, _ in jobs.values())
     for log in logs:
         assert re.search(r"traitscope: model smollm2 on cpu, dtype", log.read_text()), log
 
 
 def test_each_job_got_its_threads_as_cpus(slurm_run):
     """--cpus-per-task follows the rule's threads (the profile's set-threads, capped by
-    --max-threads 2): model jobs 2 CPUs, the others 1."""
+    --max-threads 2): model jobs 2 CPUs, the others 1. A group job asks for the most CPUs its
+    jobs use side by side: two traits' single-thread jobs, 2."""
     threads = {}
     for block in slurm_run["out"].split("\nrule ")[1:]:
         job = re.search(r"^\s+jobid: (\d+)$", block, re.M)
         given = re.search(r"^\s+threads: (\d+)$", block, re.M)
         if job:
-            threads[int(job[1])] = int(given[1]) if given else 1
+            threads[job[1]] = int(given[1]) if given else 1
     jobs = submissions(slurm_run["out"])
     cpus = {}
     for row in slurm_run["sacct"].itertuples():
-        job, rule = jobs[int(row.JobID)]
+        job, kind, name, _ = jobs[int(row.JobID)]
         tres = dict(item.split("=", 1) for item in row.AllocTRES.split(","))
-        cpus[rule] = {*cpus.get(rule, ()), (threads[job], int(tres["cpu"]))}
+        given = threads[job] if kind == "rule" else None
+        cpus[f"{kind}_{name}"] = {*cpus.get(f"{kind}_{name}", ()), (given, int(tres["cpu"]))}
     assert cpus == {
-        "prepare_model": {(2, 2)},
-        "capture": {(2, 2)},
-        "steering_check": {(2, 2)},
-        "trait_prompts": {(1, 1)},
-        "trait_vectors": {(1, 1)},
-        "trait_evaluation": {(1, 1)},
-        "trait_summary": {(1, 1)},
-        "summarize": {(1, 1)},
+        "rule_prepare_model": {(2, 2)},
+        "rule_capture": {(2, 2)},
+        "rule_steering_check": {(2, 2)},
+        "rule_summarize": {(1, 1)},
+        "group_prep": {(None, 2)},  # trait_prompts x2
+        "group_vectors": {(None, 2)},  # trait_vectors x2, trait_evaluation x2, trait_summary
     }
 
 

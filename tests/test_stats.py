@@ -25,6 +25,7 @@ from traitscope.stats import (
     interaction_test,
     mean_with_ci,
     rate_difference_with_ci,
+    relative_gain_paired,
     spearman,
     youden_threshold,
 )
@@ -320,6 +321,49 @@ def _holm_reference(p):
         running = max(running, min(1.0, (m - k) * p[i]))
         adjusted[i] = running
     return adjusted
+
+
+def test_relative_gain_paired_hand_computed():
+    # shifts from base: a [2, 2], b [1, 2]; gain (2 - 1.5) / 1.5 = 1/3. A resample draws question
+    # 1 twice (p 1/4: gain (2 - 1) / 1 = 1, difference 1), one of each (p 1/2: 1/3, 1/2) or question
+    # 2 twice (p 1/4: (2 - 2) / 2 = 0, difference 0), so the 2.5% / 97.5% percentiles are 0 and 1
+    # for both, and the 30% / 70% ones (level 0.4) the mixed resample's
+    out = relative_gain_paired([2.0, 2.0], [1.0, 2.0], [0.0, 0.0])
+    assert out["gain"] == pytest.approx(1 / 3) and (out["ci_low"], out["ci_high"]) == (0.0, 1.0)
+    assert (out["delta_a"], out["delta_b"], out["difference"], out["n"]) == (2.0, 1.5, 0.5, 2)
+    assert (out["difference_ci_low"], out["difference_ci_high"]) == (0.0, 1.0)
+    assert "reason" not in out
+    narrow = relative_gain_paired([2.0, 2.0], [1.0, 2.0], [0.0, 0.0], level=0.4)
+    assert narrow["ci_low"] == pytest.approx(1 / 3) and narrow["ci_high"] == pytest.approx(1 / 3)
+    assert (narrow["difference_ci_low"], narrow["difference_ci_high"]) == (0.5, 0.5)
+    # the base cancels per question: shifting every arm of a question by the same amount changes nothing
+    moved = relative_gain_paired([12.0, -3.0], [11.0, -3.0], [10.0, -5.0])
+    assert {k: moved[k] for k in out} == pytest.approx(out)
+
+
+def test_relative_gain_paired_negative_baseline_shift_uses_its_size():
+    # b lowers the score by 2 on every question, a by 1: a's shift is 1 above b's, 50% of |-2|
+    out = relative_gain_paired([4.0, 6.0, 8.0], [3.0, 5.0, 7.0], [5.0, 7.0, 9.0])
+    assert out["gain"] == pytest.approx(0.5) and (out["ci_low"], out["ci_high"]) == pytest.approx((0.5, 0.5))
+
+
+def test_relative_gain_paired_undefined_ratio_keeps_the_difference():
+    # b's shifts [-1, 2]: mean 0.5, but a resample of question 1 twice has mean -1 (p 1/4), so
+    # the ratio's CI would mix opposite baselines; the difference a - b ([2, 1]) keeps its CI
+    out = relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0])
+    assert out["gain"] == pytest.approx(3.0)  # (2 - 0.5) / 0.5, the point estimate
+    assert out["ci_low"] is None and out["ci_high"] is None and "changes sign" in out["reason"]
+    assert out["difference"] == 1.5 and (out["difference_ci_low"], out["difference_ci_high"]) == (1.0, 2.0)
+    flat = relative_gain_paired([1.0, 3.0], [0.0, 0.0], [0.0, 0.0])  # b does not move the score
+    assert flat["gain"] is None and flat["ci_low"] is None and "is 0" in flat["reason"]
+    assert flat["difference"] == 2.0
+
+
+def test_relative_gain_paired_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="equal lengths"):
+        relative_gain_paired([1.0, 2.0], [1.0, 2.0], [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        relative_gain_paired([1.0], [1.0], [0.0])
 
 
 def test_holm_hand_computed():

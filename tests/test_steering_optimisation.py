@@ -244,6 +244,14 @@ def test_experiment_against_an_openai_compatible_server(
     )
     entry = gap["traits"]["safety/tiny"]
     assert {"judge_agreement", "training", "heldout", "cosines", "components_moved", "basis"} <= set(entry)
+    # the criterion's gain over the questions all three arms were scored on, from heldout.json's scores
+    gain = entry["heldout"]["gain_vs_mean_diff"]
+    arms = (held["scores"][name]["trait"] for name in ("optimised", "mean_diff", "none"))
+    both = [(o - n, m - n) for o, m, n in zip(*arms) if None not in (o, m, n)]
+    assert gain["n"] == len(both)
+    if len(both) >= 2 and gain["delta_b"] != 0:
+        delta_opt, delta_md = np.mean([o for o, _ in both]), np.mean([m for _, m in both])
+        assert gain["gain"] == pytest.approx((delta_opt - delta_md) / abs(delta_md))
     assert {"optimised_vs_mean_diff", "optimised_vs_probe", "optimised_vs_start"} <= set(entry["cosines"])
     assert gap["judge"]["backend"] == "openai" and "sk-test" not in json.dumps(gap)
     assert (tmp_path / "curves.png").stat().st_size > 0

@@ -145,15 +145,23 @@ def backdoor(earliest: str | None) -> dict:
     }
 
 
-def cmaes(optimised: float, mean_diff: float, cosine: float) -> dict:
-    def delta(diff: float) -> dict:
-        return {"trait": {"n_pairs": 14, "mean_diff": diff, "cohens_dz": 1.0, "ci_low": 0.2, "ci_high": 1.8}}
+def cmaes(optimised: list, mean_diff: list, none: list, cosine: float) -> dict:
+    """extraction_gap.json from held-out trait scores per question (None: the judge gave none),
+    its gain computed as cmaes_report computes it."""
+    from traitscope.experiments.steering_optimisation import gain_vs_mean_diff
 
+    def delta(diff: float) -> dict:
+        return {"trait": {"n_pairs": 2, "mean_diff": diff, "cohens_dz": 1.0, "ci_low": 0.2, "ci_high": 1.8}}
+
+    scores = {"optimised": {"trait": optimised}, "mean_diff": {"trait": mean_diff}, "none": {"trait": none}}
     return {
         "traits": {
             "safety/evil": {
                 "layer": 16,
-                "heldout": {"steering_delta": {"optimised": delta(optimised), "mean_diff": delta(mean_diff)}},
+                "heldout": {
+                    "steering_delta": {"optimised": delta(1.0), "mean_diff": delta(1.0)},
+                    "gain_vs_mean_diff": gain_vs_mean_diff(scores, n_boot=2000, seed=0),
+                },
                 "cosines": {"optimised_vs_mean_diff": cosine, "optimised_vs_start": 0.9},
             }
         }
@@ -192,7 +200,8 @@ def test_criteria_met(tmp_path):
             prefill=prefill(0.45, 0.01),
             emergent_misalignment=em(0.62, 0.01),
             backdoor=backdoor("p1"),
-            steering_optimisation=cmaes(optimised=3.0, mean_diff=2.0, cosine=0.5),
+            # shifts from no vector: optimised [2, 2], mean_diff [1, 2]; the third question is unscored
+            steering_optimisation=cmaes([12, 22, 50], [11, 22, None], [10, 20, 40], cosine=0.5),
         ),
     )
     external = rows(summary, "external")
@@ -213,7 +222,11 @@ def test_criteria_met(tmp_path):
     assert detect["status"] == "met" and detect["measured"] == 0.96 and "0.600" in detect["detail"]
     assert early["status"] == "met" and "p1" in early["detail"]  # p1 (harm) before g1 (evil)
     gain, cosine = rows(summary, "steering_optimisation")
-    assert gain["status"] == "met" and gain["measured"] == pytest.approx(0.5)  # (3 - 2) / 2
+    # (2 - 1.5) / 1.5; resamples of question 1 twice give (2 - 1) / 1 = 1, of question 2 twice
+    # (2 - 2) / 2 = 0, a quarter of the resamples each: the 95% CI is [0, 1]
+    assert gain["status"] == "met" and gain["measured"] == pytest.approx(1 / 3)
+    assert (gain["ci_low"], gain["ci_high"]) == (0.0, 1.0) and gain["n"] == "2 questions"
+    assert "difference 0.500 [0.000, 1.000]" in gain["detail"]
     assert cosine["status"] == "met" and cosine["measured"] == 0.5
     assert all(s["status"] == "met" for s in summary["sections"][1:])
     md = (tmp_path / "out/summary.md").read_text()
@@ -232,7 +245,7 @@ def test_criteria_not_met(tmp_path):
             prefill=prefill(0.45, 0.08),  # d passes, Holm p does not
             emergent_misalignment=em(0.45, 0.01),  # evil significant, d_z below 0.5
             backdoor=backdoor("g0"),  # harm's earliest is generated, evil's later
-            steering_optimisation=cmaes(optimised=2.3, mean_diff=2.0, cosine=0.75),
+            steering_optimisation=cmaes([2.3, 4.3], [2.0, 4.0], [0.0, 2.0], cosine=0.75),
         ),
     )
     traits = rows(summary, "traits")
@@ -245,6 +258,7 @@ def test_criteria_not_met(tmp_path):
     assert detect["status"] == "met" and early["status"] == "not met" and "g0" in early["detail"]
     gain, cosine = rows(summary, "steering_optimisation")
     assert gain["status"] == "not met" and gain["measured"] == pytest.approx(0.15)  # 0.3 / 2
+    assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((0.15, 0.15))  # the same gain on both
     assert cosine["status"] == "not met"
     statuses = {s["name"]: s["status"] for s in summary["sections"]}
     assert statuses["external"] == "1 of 3 met" and statuses["prefill"] == "0 of 1 met"
@@ -259,13 +273,25 @@ def test_no_earliest_position_and_no_mean_diff_delta(tmp_path):
             tmp_path,
             traits=traits_summary(),
             backdoor=nowhere,
-            steering_optimisation=cmaes(optimised=1.0, mean_diff=0.0, cosine=0.5),
+            steering_optimisation=cmaes([1.0, 2.0], [0.0, 1.0], [0.0, 1.0], cosine=0.5),
         ),
     )
     early = rows(summary, "backdoor")[1]
     assert early["status"] == "not met" and early["measured"] is None
     gain = rows(summary, "steering_optimisation")[0]
     assert gain["status"] == "not measured" and "undefined" in gain["detail"]
+    assert gain["measured"] is None and "difference 1.000" in gain["detail"]
+
+
+def test_cmaes_gain_without_a_ratio_ci_is_decided_on_its_point_estimate(tmp_path):
+    # mean_diff's shifts [-1, 2] average 0.5 but a resample of question 1 twice averages -1: the
+    # ratio (2 - 0.5) / 0.5 = 3 has no CI; the difference, shifts [2, 1], has [1, 2]
+    result = cmaes([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0], cosine=0.5)
+    summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result))
+    gain = rows(summary, "steering_optimisation")[0]
+    assert gain["status"] == "met" and gain["measured"] == pytest.approx(3.0)
+    assert gain["ci_low"] is None and gain["ci_high"] is None
+    assert "changes sign" in gain["detail"] and "difference 1.500 [1.000, 2.000]" in gain["detail"]
 
 
 def test_disabled_experiments_are_not_run(tmp_path):

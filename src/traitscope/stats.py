@@ -209,6 +209,60 @@ def compare_paired(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0
     }
 
 
+def relative_gain_paired(
+    a: ArrayLike, b: ArrayLike, base: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """How much larger a's shift from `base` is than b's, relative to b's: (Δa - Δb) / |Δb| with
+    Δx = mean(x - base), and a paired bootstrap CI (row i of the three arrays is one unit, e.g. a
+    question answered with no vector, vector b and vector a; resamples draw whole rows).
+
+    The ratio is ill-defined when Δb is 0 (no gain) or when Δb changes sign across resamples
+    (the CI would mix gains over opposite baselines): the ratio CI is then None with the reason,
+    and the difference Δa - Δb, always defined, carries its own CI beside it.
+    """
+    a, b, base = _sample(a, "a"), _sample(b, "b"), _sample(base, "base")
+    if not len(a) == len(b) == len(base):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)}, {len(b)} and {len(base)}")
+    shift_a, shift_b = a - base, b - base
+    delta_a, delta_b = float(shift_a.mean()), float(shift_b.mean())
+
+    def difference(x, y, axis=-1):
+        return x.mean(axis=axis) - y.mean(axis=axis)
+
+    diff_low, diff_high = _percentile_bootstrap(
+        (shift_a, shift_b), difference, n_boot, level, seed, vectorized=True, paired=True
+    )
+    record = {
+        "gain": None,
+        "ci_low": None,
+        "ci_high": None,
+        "delta_a": delta_a,
+        "delta_b": delta_b,
+        "difference": delta_a - delta_b,
+        "difference_ci_low": diff_low,
+        "difference_ci_high": diff_high,
+        "n": len(a),
+    }
+    if delta_b == 0:
+        return {**record, "reason": "b's shift from base is 0: the relative gain is undefined"}
+    sign = np.sign(delta_b)
+
+    def gain(x, y, axis=-1):
+        # NaN where a resample's Δb is 0 or of the other sign: _percentile_bootstrap refuses those
+        dy = y.mean(axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.sign(dy) == sign, (x.mean(axis=axis) - dy) / np.abs(dy), np.nan)
+
+    record["gain"] = (delta_a - delta_b) / abs(delta_b)
+    try:
+        low, high = _percentile_bootstrap(
+            (shift_a, shift_b), gain, n_boot, level, seed, vectorized=True, paired=True
+        )
+    except ValueError as exc:
+        return {**record, "reason": f"ratio CI undefined: b's shift is 0 or changes sign ({exc})"}
+    return {**record, "ci_low": low, "ci_high": high}
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values in input order: family-wise control, more power than Bonferroni."""
     p = np.asarray(p_values, dtype=float)

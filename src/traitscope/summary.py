@@ -279,33 +279,37 @@ def backdoor_criteria(result: Result) -> list[Criterion]:
 
 def cmaes_criteria(result: Result) -> list[Criterion]:
     """Per trait: optimised steering delta > 1.2 x mean_diff's (held-out, same norm), and
-    cosine(optimised, mean_diff) within 0.3-0.7."""
+    cosine(optimised, mean_diff) within 0.3-0.7.
+
+    The gain (delta_opt - delta_md) / |delta_md| carries a paired bootstrap CI over held-out
+    questions (`cmaes_report`); met or not is read off the point estimate, as every other
+    criterion here is, with the CI beside it. Where the mean_diff delta's sign is not stable
+    across resamples the ratio has no CI, and the difference delta_opt - delta_md with its CI
+    is given instead (in trait-score points)."""
     rows = []
     for trait in result.get("traits"):
+        gain = result.get("traits", trait, "heldout", "gain_vs_mean_diff")
         deltas = result.get("traits", trait, "heldout", "steering_delta")
-        opt, md = (deltas.get(k, {}).get("trait") for k in ("optimised", "mean_diff"))
-        if opt is None or md is None:
-            raise TraitscopeError(
-                f"{result.path}: missing field 'traits.{trait}.heldout.steering_delta.<optimised, "
-                "mean_diff>.trait'; rerun cmaes_heldout and cmaes_report"
-            )
+        opt, md = (deltas.get(k, {}).get("trait", {}) for k in ("optimised", "mean_diff"))
         criterion = f"{trait}: steering delta > {1 + CMAES_GAIN_MIN:.1f} x the mean_diff vector's"
-        d_opt, d_md = opt.get("mean_diff"), md.get("mean_diff")
         detail = (
-            f"held-out trait-score delta vs no vector: optimised {_fmt(d_opt)} "
-            f"(d_z CI [{_fmt(opt.get('ci_low'))}, {_fmt(opt.get('ci_high'))}]), mean_diff {_fmt(d_md)} "
-            f"(d_z CI [{_fmt(md.get('ci_low'))}, {_fmt(md.get('ci_high'))}]); measured = relative gain"
+            f"held-out trait-score delta vs no vector: optimised {_fmt(gain.get('delta_a'))} "
+            f"(d_z CI [{_fmt(opt.get('ci_low'))}, {_fmt(opt.get('ci_high'))}]), mean_diff "
+            f"{_fmt(gain.get('delta_b'))} (d_z CI [{_fmt(md.get('ci_low'))}, {_fmt(md.get('ci_high'))}]); "
+            "measured = relative gain, its CI a paired bootstrap over questions"
         )
-        n = f"{opt.get('n_pairs')} questions"
-        if d_opt is None or d_md is None or d_md == 0:
-            rows.append(
-                Criterion(criterion, NOT_MEASURED, n=n, detail=detail + "; undefined (no delta or 0)")
-            )
+        if gain.get("difference") is not None:
+            ci_text = f"[{_fmt(gain['difference_ci_low'])}, {_fmt(gain['difference_ci_high'])}]"
+            detail += f"; difference {_fmt(gain['difference'])} {ci_text}"
+        if gain.get("reason"):
+            detail += f"; {gain['reason']}"
+        n = f"{gain['n']} questions"
+        if gain["gain"] is None:
+            rows.append(Criterion(criterion, NOT_MEASURED, n=n, detail=detail))
         else:
-            gain = (d_opt - d_md) / abs(d_md)
-            rows.append(
-                Criterion(criterion, MET if gain > CMAES_GAIN_MIN else NOT_MET, gain, n=n, detail=detail)
-            )
+            status = MET if gain["gain"] > CMAES_GAIN_MIN else NOT_MET
+            ci = gain["ci_low"], gain["ci_high"]
+            rows.append(Criterion(criterion, status, gain["gain"], *ci, n=n, detail=detail))
         cosine = result.get("traits", trait, "cosines", "optimised_vs_mean_diff")
         low, high = COSINE_RANGE
         rows.append(

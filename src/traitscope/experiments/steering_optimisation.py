@@ -556,6 +556,21 @@ def _delta(vec: list, none: list, n_boot: int, seed: int) -> dict:
         return {"n_pairs": len(pairs), "mean_diff": diff, "reason": str(exc)}
 
 
+def gain_vs_mean_diff(scores: dict, n_boot: int, seed: int) -> dict:
+    """The plan's criterion: the optimised vector's held-out steering delta relative to the
+    mean_diff vector's, (delta_opt - delta_md) / |delta_md| (deltas against no vector), with a
+    paired bootstrap CI over the questions all three arms were scored on."""
+    from traitscope.stats import relative_gain_paired
+
+    arms = (scores[name]["trait"] for name in ("optimised", "mean_diff", "none"))
+    rows = [row for row in zip(*arms) if None not in row]
+    if len(rows) < 2:
+        reason = f"{len(rows)} held-out question(s) scored with no vector, mean_diff and optimised; need 2"
+        return {"gain": None, "ci_low": None, "ci_high": None, "n": len(rows), "reason": reason}
+    optimised, mean_diff, none = (list(arm) for arm in zip(*rows))
+    return relative_gain_paired(optimised, mean_diff, none, n_boot=n_boot, seed=seed)
+
+
 def cmaes_heldout(
     model_manifest: str | Path,
     vectors: str | Path,
@@ -666,6 +681,9 @@ def cmaes_report(
             "heldout": {
                 "conditions": held["conditions"],
                 "steering_delta": held["steering_delta"],
+                "gain_vs_mean_diff": gain_vs_mean_diff(
+                    held["scores"], opt["settings"]["n_boot"], opt["settings"]["seed"]
+                ),
                 "n_questions": held["n_questions"],
                 "delta_test": held["delta_test"],
             },
