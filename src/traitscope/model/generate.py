@@ -374,7 +374,9 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> i
 def generation_session(model: Any) -> Iterator[None]:
     """Keep the model's KV caches and captured decode graphs across `generate` calls inside,
     so repeated generation for the same prompts (one call per steering vector) captures once.
-    Holds up to KEPT_SHAPES batch caches on the GPU until it ends; a no-op on the CPU."""
+    Holds up to KEPT_SHAPES batch caches on the GPU until it ends; a no-op on the CPU. A graph
+    replays the code path it captured: weights changed in place are read anew, but a model
+    changed otherwise inside the session (another LoRA adapter set active) is not seen."""
     device = next(model.parameters()).device
     decoder = _static_decoder(model, device, keep=True) if model not in _SESSIONS else None
     if decoder is None or not decoder.capture:
