@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from traitscope.model import chat
+from traitscope.model import chat, static_decode
 from traitscope.model import generate as engine
 from traitscope.model.generate import generate
 from traitscope.model.hooks import add_to_layer
@@ -91,7 +91,8 @@ def test_shared_prefix_runs_once_and_generates_as_each_prompt_alone(smollm2, ste
     assert shared_prefix(prompts, [0, 1, 2]) >= 20
     calls = []
     real = engine.prefill_prefix
-    monkeypatch.setattr(engine, "prefill_prefix", lambda *a: calls.append(len(a[1])) or real(*a))
+    for loop in (engine, static_decode):  # the DynamicCache loop's and the static decoder's
+        monkeypatch.setattr(loop, "prefill_prefix", lambda *a: calls.append(len(a[1])) or real(*a))
     torch.manual_seed(1)
     vector = torch.randn(model.config.hidden_size) * 8.0
     with add_to_layer(model, 10, vector) if steer else torch.inference_mode():

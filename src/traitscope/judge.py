@@ -558,7 +558,7 @@ def tree_logits(model: Any, rows: list[list[int]], nodes: list[tuple[int, int]])
     from transformers import DynamicCache
 
     from traitscope.model.cuda_graphs import additive_mask
-    from traitscope.model.generate import _cache_keyword
+    from traitscope.model.decode_loop import _cache_keyword
     from traitscope.model.prefix import prefill_prefix, shared_prefix
 
     device = next(model.parameters()).device
