@@ -1,11 +1,13 @@
 """Profile GPU generation: where a decode step's time goes.
 
-One batch of random-weight prompts (bf16). Prints the decode step time in a generate call
-(32-token run minus a prefill-only run, over 31 steps: the graph's capture included), the
-replay of the captured graph alone, the CUDA kernels of one decode step (a 32-token run's
-kernel times minus a 2-token run's, per step), and decode attention done several ways.
+One batch of random-weight prompts (bf16), inside a `generation_session` (graphs captured once,
+then replayed, as CMA-ES candidates run). Prints per way of compiling the model: the decode
+step time (a 32-token run minus a 1-token run, over 31 steps), the replay of the captured graph
+alone, its share of the weights-only decode limit, and the CUDA kernels of one decode step (a
+32-token run's kernels minus a 2-token run's, per step; their count is the launches a graph
+replays, each with a fixed cost however small its work).
 
-    PYTHONPATH=src python benchmarks/profile_generate.py [--rows 192] [--model gemma-2-2b] [--compile]
+    PYTHONPATH=src python benchmarks/profile_generate.py [--rows 176] [--ways eager blocks]
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from collections import Counter
 
 import numpy as np
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from traitscope.model import cuda_graphs
+from traitscope.model import cuda_graphs, decode_attention
 from traitscope.model import generate as engine
 from traitscope.model.hooks import compile_blocks
 
 sys.path.insert(0, "benchmarks")
-from generate_gpu import build  # noqa: E402
+from generate_gpu import build, hbm_bandwidth  # noqa: E402
 
 
 def run(model, prompts, new_tokens) -> float:
@@ -37,132 +38,178 @@ def run(model, prompts, new_tokens) -> float:
     return time.perf_counter() - t0
 
 
-def kernels(model, prompts, new_tokens) -> Counter:
+def kernels(model, prompts, new_tokens) -> tuple[Counter, Counter]:
+    """Device microseconds and launches per kernel name over one run."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run(model, prompts, new_tokens)
     times: Counter = Counter()
+    counts: Counter = Counter()
     for event in prof.key_averages():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             times[event.key] += event.self_device_time_total
-    return times
+            counts[event.key] += event.count
+    return times, counts
 
 
 def decode_kernels(model, prompts, top: int) -> None:
-    """Per decode step: kernel microseconds of a 32-token run minus a 2-token run, / 30."""
-    long, short = kernels(model, prompts, 32), kernels(model, prompts, 2)
+    """Per decode step: kernel microseconds and launches of a 32-token run minus a 2-token run, / 30."""
+    (long, n_long), (short, n_short) = kernels(model, prompts, 32), kernels(model, prompts, 2)
     per_step = {k: (long[k] - short.get(k, 0)) / 30 for k in long}
-    print(f"decode step kernels: {sum(per_step.values()) / 1e3:.2f} ms in all")
+    launches = sum(n_long.values()) - sum(n_short.values())
+    print(f"decode step kernels: {sum(per_step.values()) / 1e3:.2f} ms in all, {launches / 30:.0f} launches")
     for key, us in sorted(per_step.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"  {us:8.1f} us  {key[:110]}")
+        calls = (n_long[key] - n_short.get(key, 0)) / 30
+        print(f"  {us:8.1f} us {calls:5.0f}x  {key[:100]}")
 
 
-def bench(fn, n=50) -> float:
-    fn()
+def replay_ms(model) -> float:
+    """GPU milliseconds of one replay of the session's captured decode graph (the 32-token one);
+    the cache is reset first, as each replay moves its write position on."""
+    buffers = max(
+        (b for b in engine._SESSIONS[model].shapes.values() if b.graphs), key=lambda b: b.allowed.shape[1]
+    )
+    replay = next(iter(buffers.graphs.values())).graph.replay
+    buffers.cache.reset()
+    replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(n):
-        fn()
+    for _ in range(20):
+        replay()
     end.record()
     end.synchronize()
-    return 1e3 * start.elapsed_time(end) / n
+    return start.elapsed_time(end) / 20
 
 
-def attention_variants(rows: int, groups: int, per_group: int, d: int, length: int) -> None:
-    """Microseconds of one layer's decode attention, grouped query heads, additive mask."""
-    dtype = torch.bfloat16
-    q = torch.randn(rows, groups, per_group, d, device="cuda", dtype=dtype)
-    k = torch.randn(rows, groups, length, d, device="cuda", dtype=dtype)
-    v = torch.randn_like(k)
-    allowed = torch.rand(rows, 1, 1, length, device="cuda") < 0.8
-    mask = torch.zeros(allowed.shape, dtype=dtype, device="cuda").masked_fill_(
-        ~allowed, torch.finfo(dtype).min
-    )
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def manual():
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * d**-0.5 + mask
-        return torch.matmul(scores.softmax(-1).to(dtype), v)
-
-    ref = sdpa(q, k, v, attn_mask=mask)
-    results = {"matmuls_fp32_softmax": manual}
-    for name, backend in [
-        ("cudnn", SDPBackend.CUDNN_ATTENTION),
-        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-        ("math", SDPBackend.MATH),
-    ]:
-
-        def f(backend=backend):
-            with sdpa_kernel(backend):
-                return sdpa(q, k, v, attn_mask=mask)
-
-        results[name] = f
-    kv_bytes = 2 * k.numel() * k.element_size()
-    print(
-        f"attention rows={rows} groups={groups}x{per_group} d={d} length={length}: "
-        f"K+V {kv_bytes / 1e6:.0f} MB"
-    )
-    for name, fn in results.items():
-        try:
-            err = (fn().float() - ref.float()).abs().max().item()
-            us = bench(fn)
-            print(f"  {name:22s} {us:8.1f} us  {kv_bytes / us / 1e6:5.2f} TB/s  max|diff| {err:.3g}")
-        except RuntimeError as error:
-            print(f"  {name:22s} failed: {str(error).splitlines()[0][:100]}")
-
-
-def replay_ms(decoder) -> float:
-    """GPU milliseconds of one replay of the captured decode graph; the cache is reset first,
-    as each replay moves its write position on."""
-    with torch.inference_mode():
-        decoder.cache.reset()
-        return bench(decoder.captured.graph.replay, 20) / 1e3
-
-
-def step(model, prompts, label: str) -> None:
-    """Decode step ms (runs of 32 and 1 tokens), and the graph's replay alone."""
-    decoders = []
-    original = engine._static_decoder
-    engine._static_decoder = lambda *a: decoders.append(original(*a)) or decoders[-1]
-    try:
+def step(model, prompts, label: str, limit_ms: float, top: int) -> None:
+    """Decode step ms (runs of 32 and 1 tokens), the graph's replay alone, and its kernels."""
+    with engine.generation_session(model):
+        t0 = time.perf_counter()
         run(model, prompts, 32)  # warm-up, compilation and capture
+        first = time.perf_counter() - t0
+        run(model, prompts, 1)
         full = min(run(model, prompts, 32) for _ in range(2))
-        replay = replay_ms(decoders[-1])
         prefill = min(run(model, prompts, 1) for _ in range(2))
-    finally:
-        engine._static_decoder = original
-    print(
-        f"{label}: decode step {1e3 * (full - prefill) / 31:.2f} ms; graph replay alone {replay:.2f} ms",
-        flush=True,
-    )
+        with torch.inference_mode():
+            replay = replay_ms(model)
+        print(
+            f"{label}: first run {first:.1f} s; decode step {1e3 * (full - prefill) / 31:.2f} ms; "
+            f"graph replay alone {replay:.2f} ms = {100 * limit_ms / replay:.0f}% of the weights-only limit",
+            flush=True,
+        )
+        decode_kernels(model, prompts, top)
+
+
+def attention_configs(rows: int, heads: int, kv_heads: int, d: int, columns: int, written: int) -> None:
+    """Microseconds and TB/s (of the K and V columns written) of one layer's decode attention:
+    PyTorch's memory-efficient kernel over the whole cache, and `decode_attention` launched with
+    several block sizes, warps and pipeline stages."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(rows, heads, 1, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(rows, kv_heads, columns, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    mask = torch.zeros(rows, 1, 1, columns, device="cuda", dtype=torch.bfloat16)
+    mask[..., written:] = torch.finfo(torch.bfloat16).min
+    count = torch.tensor([written], device="cuda")
+    nbytes = 2 * rows * kv_heads * written * d * 2
+    group = heads // kv_heads
+
+    def efficient():
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            q4 = q.reshape(rows, kv_heads, group, d)
+            return torch.nn.functional.scaled_dot_product_attention(q4, k, v, attn_mask=mask)
+
+    def triton_config(block: int, warps: int, stages: int):
+        out = torch.empty(rows, 1, heads, d, device="cuda", dtype=torch.bfloat16)
+
+        def launch():
+            decode_attention._kernel()[(rows, kv_heads)](
+                q, k, v, mask, count, out, d**-0.5,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2), mask.stride(0), out.stride(0), out.stride(2),
+                GROUP=group, GROUP_PAD=max(16, group), D=d, BLOCK=block, num_warps=warps, num_stages=stages,
+            )  # fmt: skip
+
+        return launch
+
+    variants = {"efficient (all columns)": efficient}
+    for block in (32, 64):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                variants[f"triton block {block} warps {warps} stages {stages}"] = triton_config(
+                    block, warps, stages
+                )
+    print(f"attention rows={rows} heads={heads}/{kv_heads} d={d} columns {written} of {columns}")
+    for name, fn in variants.items():
+        try:
+            fn()
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(50):
+                fn()
+            end.record()
+            end.synchronize()
+            us = 1e3 * start.elapsed_time(end) / 50
+            print(f"  {name:40s} {us:8.1f} us  {nbytes / us / 1e6:5.2f} TB/s", flush=True)
+        except Exception as error:  # a config that does not fit the card
+            print(f"  {name:40s} failed: {str(error).splitlines()[0][:90]}")
+
+
+def compile_forwards(model) -> None:
+    """Each decoder block's whole forward compiled (hooks stay outside it); every block its own
+    graph, so dynamo's recompile limit must cover them all."""
+    from traitscope.model.hooks import decoder_layers
+
+    blocks = decoder_layers(model)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks) + 8)
+    for block in blocks:
+        block.forward = torch.compile(block.forward, dynamic=True)
+
+
+def pytorch_attention(model) -> None:
+    """Compiled blocks, decode attention by PyTorch's SDPA kernels instead of `decode_attention`."""
+    cuda_graphs.supported = lambda *args: False
+    compile_blocks(model)
+
+
+WAYS = {
+    "eager": lambda model: None,
+    "blocks": compile_blocks,
+    "forwards": compile_forwards,
+    "blocks_pytorch_attention": pytorch_attention,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["gemma-2-2b", "llama-3.1-8b"])
-    parser.add_argument("--rows", type=int, default=192)
-    parser.add_argument("--compile", action="store_true", help="also with compile_blocks")
+    parser.add_argument("--model", default="gemma-2-2b")
+    parser.add_argument("--rows", type=int, default=176)
+    parser.add_argument("--ways", nargs="+", default=["eager", "blocks"], choices=sorted(WAYS))
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--attention", action="store_true", help="decode attention configurations only")
     args = parser.parse_args()
-    attention_variants(args.rows, 4, 2, 256, 256)
-    attention_variants(args.rows, 8, 4, 128, 256)
-    for name in args.models:
-        model = build(name)
+    if args.attention:
+        attention_configs(176, 8, 4, 256, 224, 182)  # Gemma-2-2B
+        attention_configs(176, 32, 8, 128, 224, 182)  # Llama-3.1-8B
+        attention_configs(16, 8, 4, 256, 1024, 1000)  # few rows, a long cache
+        return
+    bandwidth = hbm_bandwidth()
+    print(
+        f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; copy {bandwidth / 1e12:.2f} TB/s"
+    )
+    for way in args.ways:
+        model = build(args.model)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
         rng = np.random.default_rng(0)
         vocab = model.config.vocab_size
         prompts = [
             rng.integers(10, vocab, size=int(n)).tolist() for n in rng.integers(100, 151, size=args.rows)
         ]
-        for label, wide in [("pytorch's attention kernel", 10**9), ("memory-efficient attention", 0)]:
-            cuda_graphs.WIDE_HEAD = wide
-            step(model, prompts, f"{name} {args.rows} rows, {label}")
-        cuda_graphs.WIDE_HEAD = 256
-        step(model, prompts, f"{name} {args.rows} rows, default")
-        decode_kernels(model, prompts, args.top)
-        if args.compile and name == "gemma-2-2b":
-            compile_blocks(model)
-            step(model, prompts, f"{name} {args.rows} rows, default, compiled blocks")
-            decode_kernels(model, prompts, args.top)
+        cuda_graphs.supported = decode_attention.supported
+        WAYS[way](model)
+        step(model, prompts, f"{args.model} {args.rows} rows, {way}", 1e3 * weights / bandwidth, args.top)
         del model
         torch.cuda.empty_cache()
 

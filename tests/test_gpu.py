@@ -270,6 +270,37 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
         assert sum(replays) > len(replays) / 2  # most steps were graph replays
 
 
+@pytest.mark.skipif(DEVICE != "cuda" or importlib.util.find_spec("triton") is None, reason="a Triton kernel")
+@pytest.mark.parametrize("heads, kv_heads, d", [(8, 4, 256), (32, 8, 128), (4, 4, 64)])
+def test_decode_attention_reads_only_written_columns_and_equals_softmax_attention(heads, kv_heads, d):
+    """Against softmax attention computed in float64 from the same bf16 inputs: left padding
+    masked per row, and the columns past `written` hold NaN, which no read may touch."""
+    from traitscope.model.decode_attention import decode_attention, supported
+
+    rows, columns, written = 5, 100, 71
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(rows, heads, 1, d, device="cuda", generator=gen).bfloat16()
+    k = torch.randn(rows, kv_heads, columns, d, device="cuda", generator=gen).bfloat16()
+    v = torch.randn(rows, kv_heads, columns, d, device="cuda", generator=gen).bfloat16()
+    k[:, :, written:], v[:, :, written:] = float("nan"), float("nan")
+    allowed = torch.ones(rows, columns, dtype=torch.bool, device="cuda")
+    for row, pad in enumerate([0, 3, 40, 64, 70]):  # 64: two whole blocks of padding, 70: one column left
+        allowed[row, :pad] = False
+    mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bfloat16, device="cuda")
+    mask.masked_fill_(~allowed[:, None, None], torch.finfo(torch.bfloat16).min)
+    assert supported(q, k, mask)
+    out = decode_attention(q, k, v, mask, torch.tensor([written], device="cuda"), d**-0.5)
+    assert out.shape == (rows, 1, heads, d)
+    keys = k[:, :, :written].double().repeat_interleave(heads // kv_heads, dim=1)
+    values = v[:, :, :written].double().repeat_interleave(heads // kv_heads, dim=1)
+    scores = (q.double() @ keys.transpose(-1, -2)) * d**-0.5
+    scores = scores.masked_fill(~allowed[:, None, None, :written], float("-inf"))
+    expect = (scores.softmax(-1) @ values).transpose(1, 2)
+    assert out.isfinite().all()
+    assert (out.double() - expect).abs().max().item() < 2e-2
+    assert (out.double() - expect).abs().mean().item() < 2e-3
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="sessions keep CUDA graphs; a no-op on the CPU")
 def test_a_session_replays_one_graph_for_every_steering_vector():
     """Inside `generation_session` a second call with another steering vector captures no graph

@@ -15,6 +15,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from traitscope.model.decode_attention import decode_attention, supported
+
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean attention mask as an additive one (0 where allowed), as both "sdpa" and "eager"
@@ -35,18 +37,22 @@ DECODE_BACKENDS = [
 WIDE_HEAD = 256
 
 
-def grouped_sdpa(fallback: Callable) -> Callable:
-    """SDPA for one new token per row that never repeats the KV heads: the query heads sharing a
-    KV head become that head's queries (same result; HF's "sdpa" copies each KV head once per
-    query head when a mask is given, several times the KV cache's bytes per step). Only the
-    cache columns the mask covers are read: the engine's mask stops at the last written one."""
+def grouped_sdpa(fallback: Callable, written: torch.Tensor | None = None) -> Callable:
+    """Attention for one new token per row that never repeats the KV heads: on CUDA in half
+    precision `decode_attention` over the first `written` cache columns (a device count), else
+    SDPA with the query heads sharing a KV head as that head's queries (same result; HF's "sdpa"
+    copies each KV head once per query head when a mask is given, several times the KV cache's
+    bytes per step). Dynamo leaves it alone: a compiled attention module calls it as it is."""
 
+    @torch.compiler.disable
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
         b, heads, q, d = query.shape
         groups = key.shape[1]
         if attention_mask is not None:
             span = min(attention_mask.shape[-1], key.shape[-2])
             key, value, attention_mask = key[:, :, :span], value[:, :, :span], attention_mask[..., :span]
+        if written is not None and supported(query, key, attention_mask):
+            return decode_attention(query, key, value, attention_mask, written, scaling or d**-0.5), None
         if q != 1 or heads % groups or attention_mask is None:
             return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         wide = query.is_cuda and d >= WIDE_HEAD
@@ -64,8 +70,8 @@ def grouped_sdpa(fallback: Callable) -> Callable:
 
 
 @contextmanager
-def grouped_attention(model: Any) -> Iterator[None]:
-    """While a decode step is captured, "sdpa" attention is `grouped_sdpa`."""
+def grouped_attention(model: Any, written: torch.Tensor | None = None) -> Iterator[None]:
+    """While a decode step runs, "sdpa" attention is `grouped_sdpa` (reading `written` columns)."""
     try:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     except ImportError:
@@ -74,7 +80,7 @@ def grouped_attention(model: Any) -> Iterator[None]:
         yield
         return
     previous = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = grouped_sdpa(previous)
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = grouped_sdpa(previous, written)
     try:
         yield
     finally:

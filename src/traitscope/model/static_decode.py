@@ -144,7 +144,8 @@ class _StaticDecoder:
         """One decode step over the static buffers (what the graph holds)."""
         b.allowed.index_fill_(1, b.slot, True)
         mask = additive_mask(b.allowed[:, None, None, :], self.dtype)
-        return self._forward(b.cache, b.token, b.position, mask, b.slot)
+        with grouped_attention(self.model, b.slot + 1):  # the columns written, fed token's included
+            return self._forward(b.cache, b.token, b.position, mask, b.slot)
 
     def _run(self, b: _Buffers, key: Hashable, store: dict[int, torch.Tensor], layers: Sequence[int]):
         captured = b.graphs.get(key)
@@ -152,7 +153,7 @@ class _StaticDecoder:
             captured.graph.replay()
             return captured.logits, {layer: captured.hidden[layer].clone() for layer in layers}
         constants = OnceToDevice()
-        with grouped_attention(self.model), constants:
+        with constants:
             if not self.capture:
                 return self._step(b), {layer: store[layer] for layer in layers}
             stream = torch.cuda.Stream()
