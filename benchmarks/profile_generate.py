@@ -68,17 +68,21 @@ def replay_ms(model) -> float:
     buffers = max(
         (b for b in engine._SESSIONS[model].shapes.values() if b.graphs), key=lambda b: b.allowed.shape[1]
     )
-    replay = next(iter(buffers.graphs.values())).graph.replay
     buffers.cache.reset()
-    replay()
+    return gpu_ms(next(iter(buffers.graphs.values())).graph.replay, 20)
+
+
+def gpu_ms(fn, n: int) -> float:
+    """GPU milliseconds of one call of `fn`, over n back-to-back calls after one warm-up call."""
+    fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(20):
-        replay()
+    for _ in range(n):
+        fn()
     end.record()
     end.synchronize()
-    return start.elapsed_time(end) / 20
+    return start.elapsed_time(end) / n
 
 
 def step(model, prompts, label: str, limit_ms: float, top: int) -> None:
@@ -143,15 +147,7 @@ def attention_configs(rows: int, heads: int, kv_heads: int, d: int, columns: int
     print(f"attention rows={rows} heads={heads}/{kv_heads} d={d} columns {written} of {columns}")
     for name, fn in variants.items():
         try:
-            fn()
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(50):
-                fn()
-            end.record()
-            end.synchronize()
-            us = 1e3 * start.elapsed_time(end) / 50
+            us = 1e3 * gpu_ms(fn, 50)
             print(f"  {name:40s} {us:8.1f} us  {nbytes / us / 1e6:5.2f} TB/s", flush=True)
         except Exception as error:  # a config that does not fit the card
             print(f"  {name:40s} failed: {str(error).splitlines()[0][:90]}")

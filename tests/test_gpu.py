@@ -289,6 +289,7 @@ def test_decode_attention_reads_only_written_columns_and_equals_softmax_attentio
     mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bfloat16, device="cuda")
     mask.masked_fill_(~allowed[:, None, None], torch.finfo(torch.bfloat16).min)
     assert supported(q, k, mask)
+    assert not supported(q, k, mask[:1]) and not supported(q, k, mask == 0)  # broadcast rows, boolean: SDPA
     out = decode_attention(q, k, v, mask, torch.tensor([written], device="cuda"), d**-0.5)
     assert out.shape == (rows, 1, heads, d)
     keys = k[:, :, :written].double().repeat_interleave(heads // kv_heads, dim=1)

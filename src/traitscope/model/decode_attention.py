@@ -67,12 +67,19 @@ def _kernel() -> Any:
 
 def supported(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether `decode_attention` takes these: CUDA, half precision, one query per row, a head
-    size it is built for, a [rows, 1, 1, columns] additive mask, and Triton installed."""
+    size it is built for, an additive [rows, 1, 1, >= columns] mask, and Triton installed."""
     if not (query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and key.dtype == query.dtype):
         return False
     if query.shape[2] != 1 or query.shape[-1] not in HEAD_DIMS or query.shape[1] % key.shape[1]:
         return False
-    if mask is None or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] < key.shape[-2]:
+    if (
+        mask is None
+        or mask.dim() != 4
+        or mask.shape[:3] != (query.shape[0], 1, 1)
+        or not mask.is_floating_point()
+    ):
+        return False  # the kernel reads one additive mask row per query row
+    if mask.shape[-1] < key.shape[-2]:
         return False
     try:
         import triton  # noqa: F401
