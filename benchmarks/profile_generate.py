@@ -23,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from traitscope.model import cuda_graphs, decode_attention
 from traitscope.model import generate as engine
+from traitscope.model.batching import token_budget_batches
 from traitscope.model.hooks import compile_blocks
 
 sys.path.insert(0, "benchmarks")
@@ -30,9 +31,16 @@ from generate_gpu import build, hbm_bandwidth  # noqa: E402
 
 
 def run(model, prompts, new_tokens) -> float:
+    return run_budget(model, prompts, new_tokens, 10**9)
+
+
+def run_budget(model, prompts, new_tokens, budget) -> float:
+    """Seconds of one `generate_batches` over prompts in batches of at most `budget` tokens."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in engine.generate_batches(model, prompts, new_tokens, 10**9, 0.0, 0, set(), 0, (), progress=False):
+    for _ in engine.generate_batches(
+        model, prompts, new_tokens, budget, 0.0, 0, set(), 0, (), progress=False
+    ):
         pass
     torch.cuda.synchronize()
     return time.perf_counter() - t0
@@ -153,6 +161,38 @@ def attention_configs(rows: int, heads: int, kv_heads: int, d: int, columns: int
             print(f"  {name:40s} failed: {str(error).splitlines()[0][:90]}")
 
 
+def prefill(model, top: int) -> None:
+    """The prefill of generate_gpu.py's prompts (512 of 50-150 tokens, budget 32768): seconds,
+    TFLOP/s of its GEMMs (2 x non-embedding parameters per padded token) and its top kernels."""
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    prompts = [rng.integers(10, vocab, size=int(n)).tolist() for n in rng.integers(50, 151, size=512)]
+
+    def once() -> float:
+        return run_budget(model, prompts, 1, 32768)
+
+    once()
+    seconds = min(once() for _ in range(2))
+    padded = sum(
+        -(-len(idx) // 8) * 8 * max(len(prompts[i]) for i in idx)
+        for idx in token_budget_batches([len(p) + 64 for p in prompts], 32768)
+    )
+    flops = (
+        2
+        * (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel())
+        * padded
+    )
+    print(
+        f"prefill: {seconds:.3f} s, {padded} padded tokens, {flops / seconds / 1e12:.0f} TFLOP/s", flush=True
+    )
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        once()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"prefill kernels: {sum(e.self_device_time_total for e in events) / 1e3:.1f} ms in all")
+    for event in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"  {event.self_device_time_total / 1e3:8.2f} ms {event.count:6d}x  {event.key[:100]}")
+
+
 def compile_forwards(model) -> None:
     """Each decoder block's whole forward compiled (hooks stay outside it); every block its own
     graph, so dynamo's recompile limit must cover them all."""
@@ -185,6 +225,9 @@ def main() -> None:
     parser.add_argument("--ways", nargs="+", default=["eager", "blocks"], choices=sorted(WAYS))
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--attention", action="store_true", help="decode attention configurations only")
+    parser.add_argument(
+        "--prefill", action="store_true", help="also the prefill of generate_gpu.py's prompts"
+    )
     args = parser.parse_args()
     if args.attention:
         attention_configs(176, 8, 4, 256, 224, 182)  # Gemma-2-2B
@@ -206,6 +249,8 @@ def main() -> None:
         cuda_graphs.supported = decode_attention.supported
         WAYS[way](model)
         step(model, prompts, f"{args.model} {args.rows} rows, {way}", 1e3 * weights / bandwidth, args.top)
+        if args.prefill:
+            prefill(model, args.top)
         del model
         torch.cuda.empty_cache()
 
