@@ -1,0 +1,207 @@
+"""Backdoor SAE features: which features of the base model's SAE separate trigger from control.
+
+Trait vectors can only find the directions someone named; the SAE's features are found without
+labels. This stage scores every feature at the named positions on both models, ranks them by the
+backdoored model's separation beyond the base's, and shows where the top ones fire, in the pairs
+and in the SAE's own training data (sae_features.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from traitscope.errors import TraitscopeError
+from traitscope.experiments.backdoor.data import CONDITIONS
+from traitscope.experiments.backdoor.positions import token_positions, varying_prompt_tokens
+
+
+def _feature_scores(
+    sae: Any, capture_json: str | Path, layer: int, positions: pd.DataFrame, name: str
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
+    """For one capture: per-prompt rows (prompt, pair, condition), their `[n_prompts, d_sae]`
+    feature scores at a named position, the token index and every token's `[n, d_sae]` features."""
+    import torch
+
+    from traitscope.vectors.sae import layer_tokens
+
+    x, index = layer_tokens(capture_json, layer)
+    with torch.no_grad():
+        f = sae.encode(x).numpy()
+    index = index.reset_index(drop=True).assign(row=np.arange(len(index)))
+    merged = index.merge(
+        positions[["prompt_id", "token_index", "position", "pair_id", "condition"]],
+        on=["prompt_id", "token_index"],
+    )
+    if name == "last_prompt":
+        at = merged[merged["position"] == "last_prompt"]
+        rows = at[["prompt_id", "pair_id", "condition"]].reset_index(drop=True)
+        scores = f[at["row"].to_numpy()]
+    elif name == "after_prefix_mean":
+        at = merged.merge(varying_prompt_tokens(positions), on=["prompt_id", "token_index"])
+        groups = at.groupby(["prompt_id", "pair_id", "condition"])["row"].apply(list)
+        rows = groups.index.to_frame(index=False)
+        scores = np.stack([f[r].mean(0) for r in groups])
+    else:
+        raise TraitscopeError(f"experiments.backdoor.positions: unknown position {name!r}")
+    return rows, scores, index, f
+
+
+def top_contexts(
+    index: pd.DataFrame, acts: np.ndarray, feature: int, n: int = 5, width: int = 4
+) -> list[dict]:
+    """The tokens where a feature fires most, each with the few tokens before it."""
+    column = acts[:, feature]
+    best = np.argsort(-column)[:n]
+    out = []
+    for row in best:
+        if column[row] <= 0:
+            break
+        r = index.iloc[row]
+        same = index[(index["prompt_id"] == r["prompt_id"]) & (index["token_index"] < r["token_index"])]
+        before = "".join(same.sort_values("token_index")["token"].tail(width))
+        out.append(
+            {
+                "token": r["token"],
+                "before": before,
+                "activation": float(column[row]),
+                "prompt_id": r["prompt_id"],
+            }
+        )
+    return out
+
+
+def backdoor_sae_features(
+    sae_folder: str | Path,
+    layer: int,
+    pairs_path: str | Path,
+    capture_paths: dict[str, str | Path],
+    sae_capture: str | Path,
+    sae_record: str | Path,
+    position_names: list[str],
+    n_generated: int,
+    top: int,
+    out_json: str | Path,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """sae_features.json: per feature, AUC of trigger vs control on both models; the `top`
+    features that separate them most on the backdoored model beyond the base, with CIs and
+    the tokens where each fires most."""
+    from traitscope.capture.store import read_manifest, read_shards
+    from traitscope.data.prompts import read_prompt_set
+    from traitscope.io import write_json
+    from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
+    from traitscope.vectors.sae import check_width, layer_tokens, load_sae, reconstruction_quality
+
+    sae = load_sae(sae_folder)
+    for path in capture_paths.values():
+        check_width(sae, read_manifest(path)["d_model"], f"experiments.backdoor.sae ({sae_folder})")
+    pairs = read_prompt_set(pairs_path)
+    per_role: dict[str, dict] = {}
+    for role, path in capture_paths.items():
+        index = pd.concat([tokens for _, tokens, _ in read_shards(path)], ignore_index=True)
+        positions = token_positions(index, pairs, n_generated)
+        per_role[role] = {"positions": positions}
+        for name in position_names:
+            rows, scores, tokens, acts = _feature_scores(sae, path, layer, positions, name)
+            per_role[role][name] = (rows, scores)
+        per_role[role]["tokens"], per_role[role]["acts"] = tokens, acts
+        x, _ = layer_tokens(path, layer)
+        per_role[role]["quality"] = reconstruction_quality(sae, x)
+
+    def arrays(role: str, name: str, common: list[str]) -> dict[str, np.ndarray]:
+        rows, scores = per_role[role][name]
+        key = rows.set_index(["pair_id", "condition"]).index
+        where = {k: i for i, k in enumerate(key)}
+        return {c: scores[[where[(p, c)] for p in common]] for c in CONDITIONS}
+
+    results: dict[str, Any] = {}
+    for name in position_names:
+        sets = [
+            set(per_role[r][name][0]["pair_id"].value_counts().loc[lambda s: s == 2].index) for r in per_role
+        ]
+        common = sorted(set.intersection(*sets))
+        if len(common) < 5:
+            raise TraitscopeError(
+                f"{', '.join(map(str, capture_paths.values()))}: fewer than 5 complete pairs at {name}"
+            )
+        data = {role: arrays(role, name, common) for role in per_role}
+        aucs = {role: auc_columns(d["trigger"], d["control"]) for role, d in data.items()}
+        gain = np.abs(aucs["backdoored"] - 0.5) - np.abs(aucs["base"] - 0.5)
+        # ties (common: features silent on the base) go to the larger trigger-control gap in
+        # mean activation on the backdoored model
+        gap = np.abs(data["backdoored"]["trigger"].mean(0) - data["backdoored"]["control"].mean(0))
+        ranked = np.lexsort((-gap, -gain))[:top]
+        features = []
+        for feature in ranked:
+            col = {role: {c: data[role][c][:, feature] for c in CONDITIONS} for role in data}
+            entry = {"feature": int(feature), "separation_gain": float(gain[feature])}
+            for role in data:
+                entry[role] = auc_with_ci(
+                    col[role]["trigger"], col[role]["control"], n_boot=n_boot, seed=seed
+                )
+                entry[role]["fires_on_share"] = {c: float((col[role][c] > 0).mean()) for c in CONDITIONS}
+                entry[role]["mean_activation"] = {c: float(col[role][c].mean()) for c in CONDITIONS}
+            entry["difference"] = auc_difference_paired(
+                col["backdoored"]["trigger"],
+                col["backdoored"]["control"],
+                col["base"]["trigger"],
+                col["base"]["control"],
+                n_boot=n_boot,
+                seed=seed,
+            )
+            entry["direction"] = (
+                "higher on trigger" if aucs["backdoored"][feature] >= 0.5 else "higher on control"
+            )
+            entry["top_tokens_pairs_backdoored"] = top_contexts(
+                per_role["backdoored"]["tokens"], per_role["backdoored"]["acts"], int(feature)
+            )
+            features.append(entry)
+        results[name] = {
+            "n_pairs": len(common),
+            "n_features_auc_above_0.7_or_below_0.3": {
+                role: int(((a > 0.7) | (a < 0.3)).sum()) for role, a in aucs.items()
+            },
+            "top_features": features,
+        }
+    # the contexts each top feature fires most on in the SAE's own training data (base model)
+    sae_x, sae_index = layer_tokens(sae_capture, layer)
+    wanted = sorted({f["feature"] for r in results.values() for f in r["top_features"]})
+    import torch
+
+    with torch.no_grad():
+        sae_acts = sae.encode(sae_x).numpy()[:, wanted]
+    sae_index = sae_index.reset_index(drop=True)
+    for r in results.values():
+        for f in r["top_features"]:
+            f["top_tokens_sae_data"] = top_contexts(sae_index, sae_acts, wanted.index(f["feature"]))
+    record = json.loads(Path(sae_record).read_text())
+    result = {
+        "sae": {
+            "folder": str(sae_folder),
+            "layer": layer,
+            "architecture": sae.architecture,
+            "d_in": sae.d_in,
+            "d_sae": sae.d_sae,
+            "k": sae.k,
+            "quality_on_its_data": record["held_out"]
+            | (
+                {"dead_fraction_all_tokens": record["all_tokens"]["dead_fraction"]}
+                if "all_tokens" in record
+                else {}
+            ),
+            "quality_on_pairs": {role: per_role[role]["quality"] for role in per_role},
+        },
+        "ranking": "|AUC_backdoored - 0.5| - |AUC_base - 0.5| at the position, largest first; ties by the "
+        "trigger-control gap in mean activation on the backdoored model",
+        "auc": "ROC-AUC of trigger (positive) vs control of the feature's activation",
+        "positions": results,
+        "variants": {role: str(path) for role, path in capture_paths.items()},
+    }
+    write_json(out_json, result)
+    return result
