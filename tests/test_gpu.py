@@ -271,10 +271,11 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
 
 
 @pytest.mark.skipif(DEVICE != "cuda" or importlib.util.find_spec("triton") is None, reason="a Triton kernel")
-@pytest.mark.parametrize("heads, kv_heads, d", [(8, 4, 256), (32, 8, 128), (4, 4, 64)])
+@pytest.mark.parametrize("heads, kv_heads, d", [(8, 4, 256), (32, 8, 128), (9, 3, 64), (4, 4, 64)])
 def test_decode_attention_reads_only_written_columns_and_equals_softmax_attention(heads, kv_heads, d):
-    """Against softmax attention computed in float64 from the same bf16 inputs: left padding
-    masked per row, and the columns past `written` hold NaN, which no read may touch."""
+    """Against softmax attention computed in float64 from the same bf16 inputs (the head groups of
+    Gemma-2-2B, Llama-3.1-8B, SmolLM2, and one query head per KV head): left padding masked per
+    row, and the columns past `written` hold NaN, which no read may touch."""
     from traitscope.model.decode_attention import decode_attention, supported
 
     rows, columns, written = 5, 100, 71
