@@ -1,0 +1,105 @@
+"""The cmaes-report stage: extraction_gap.json (every trait's numbers) and optimization_curves.png.
+
+Also the plan's criterion, the optimised vector's held-out gain over the mean_diff vector,
+which the summary reads too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from traitscope.io import save_figure, write_json
+
+
+def gain_vs_mean_diff(scores: dict, n_boot: int, seed: int) -> dict:
+    """The plan's criterion: the optimised vector's held-out steering delta relative to the
+    mean_diff vector's, (delta_opt - delta_md) / |delta_md| (deltas against no vector), with a
+    paired bootstrap CI over the questions all three arms were scored on."""
+    from traitscope.stats import relative_gain_paired
+
+    arms = (scores[name]["trait"] for name in ("optimised", "mean_diff", "none"))
+    rows = [row for row in zip(*arms) if None not in row]
+    if len(rows) < 2:
+        reason = f"{len(rows)} held-out question(s) scored with no vector, mean_diff and optimised; need 2"
+        return {"gain": None, "ci_low": None, "ci_high": None, "n": len(rows), "reason": reason}
+    optimised, mean_diff, none = (list(arm) for arm in zip(*rows))
+    return relative_gain_paired(optimised, mean_diff, none, n_boot=n_boot, seed=seed)
+
+
+def cmaes_report(
+    traits: list[str],
+    optimisations: list[str | Path],
+    heldouts: list[str | Path],
+    agreements: list[str | Path],
+    out_json: str | Path,
+    out_png: str | Path,
+) -> dict:
+    """extraction_gap.json (every number, per trait) and optimization_curves.png."""
+    from traitscope import plotting
+
+    per = {}
+    for name, o, h, a in zip(traits, optimisations, heldouts, agreements):
+        opt, held, agree = (json.loads(Path(p).read_text()) for p in (o, h, a))
+        per[name] = {
+            "layer": opt["layer"],
+            "steering_norm": opt["steering_norm"],
+            "judge_agreement": {
+                k: agree.get(k)
+                for k in (
+                    "auc",
+                    "ci_low",
+                    "ci_high",
+                    "n_pos",
+                    "n_neg",
+                    "mean_score_positive",
+                    "mean_score_negative",
+                    "reason",
+                )
+            },
+            "training": {
+                "start_fitness": opt["start"]["fitness"],
+                "best_fitness": opt["best"]["fitness"],
+                "best_generation": opt["best"]["generation"],
+                "gain": opt["best"]["fitness"] - opt["start"]["fitness"],
+                "questions": len(opt["training_questions"]),
+            },
+            "heldout": {
+                "conditions": held["conditions"],
+                "steering_delta": held["steering_delta"],
+                "gain_vs_mean_diff": gain_vs_mean_diff(
+                    held["scores"], opt["settings"]["n_boot"], opt["settings"]["seed"]
+                ),
+                "n_questions": held["n_questions"],
+                "delta_test": held["delta_test"],
+            },
+            "cosines": opt["cosines"],
+            "basis": opt["basis"],
+            "components_moved": opt["components_moved"],
+            "judge_calls": {"optimise": opt["judge_calls"], "heldout": held["judge_calls"]},
+            "history": [
+                {
+                    k: e[k]
+                    for k in ("generation", "best_fitness", "mean_fitness", "best_so_far", "sigma", "judge")
+                }
+                for e in opt["history"]
+            ],
+        }
+    first = json.loads(Path(optimisations[0]).read_text())
+    result = {
+        "question": "how far are extracted vectors from vectors optimised for judged behaviour?",
+        "fitness": "mean judge trait score over training answers; an answer counts 0 unless judged "
+        f"coherent >= {first['settings']['coherence_floor']}",
+        "settings": first["settings"],
+        "judge": first["judge"],
+        "traits": per,
+    }
+    write_json(out_json, result)
+    save_figure(
+        out_png,
+        plotting.optimisation_curves_figure(
+            {t: p["history"] for t, p in per.items()},
+            {t: p["training"]["start_fitness"] for t, p in per.items()},
+        ),
+    )
+    return result

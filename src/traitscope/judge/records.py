@@ -1,0 +1,80 @@
+"""What the judge is configured with and what it hands around: its settings, a judgement, the
+per-run counters and a backend's raw answer.
+
+Plain records in their own module, so the backends, the cache and the judge share them
+without importing one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from traitscope.errors import TraitscopeError
+from traitscope.judge.rubrics import COHERENCE_RUBRIC
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The config's `judge:` section (every default lives in the schema)."""
+
+    backend: str  # "local" or "openai"
+    min_number_mass: float
+    cache: str | None  # SQLite file; None: no cache
+    coherence_rubric: str | None  # None: COHERENCE_RUBRIC
+    local: dict = field(default_factory=dict)  # {variant, manifest, prefill, max_tokens, device}
+    openai: dict = field(default_factory=dict)  # {base_url, model, api_key_env, max_concurrency, ...}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "judge") -> JudgeSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise TraitscopeError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        if data.get("backend") not in ("local", "openai"):
+            raise TraitscopeError(f"{where}.backend must be local or openai, got {data.get('backend')!r}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def coherence(self) -> str:
+        return self.coherence_rubric or COHERENCE_RUBRIC
+
+    def public(self) -> dict:
+        """The settings as results record them (the key's variable name, never a key)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    score: float | None  # None: no score (too little mass on numbers, unparsable or failed)
+    mass: float  # probability on integers 0-100 (1.0 for a parsed reply, 0 when failed)
+    source: str  # logprobs, digits, parsed, none, failed
+    cached: bool
+
+
+@dataclass
+class JudgeStats:
+    """Per-run counters: what was asked, what the cache answered, what it cost."""
+
+    judgements: int = 0  # judgements asked for
+    cache_hits: int = 0  # answered with no backend call: from the cache, or repeated in one call
+    computed: int = 0  # judgements the backend was asked for (cache misses)
+    requests: int = 0  # HTTP requests (retries included) or local forward passes
+    retries: int = 0
+    no_score: int = 0
+    failed: int = 0  # retries exhausted or a malformed reply: not cached
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Raw:
+    """What a backend returns per prompt: integer probabilities, or None when it failed."""
+
+    probs: dict[int, float] | None
+    source: str  # logprobs, digits, parsed, none, failed
+    prompt_tokens: int = 0
+    completion_tokens: int = 0

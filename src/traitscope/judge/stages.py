@@ -1,0 +1,99 @@
+"""The judge's stages on trait data: trait-judgements (score a trait set's captured answers)
+and trait-agreement (does the judge tell positive from negative instructions?).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from traitscope.errors import TraitscopeError
+from traitscope.judge.scorer import Item, Judge
+
+JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
+
+
+def trait_judgements(
+    capture_json: str | Path,
+    prompts: str | Path,
+    trait_file: str | Path,
+    judge: Judge,
+    splits: Sequence[str],
+    rubrics: Sequence[str],
+    out: str | Path,
+) -> Any:
+    """Judge a trait set's captured responses: the trait's rubric and/or coherence, per row.
+
+    One row per prompt of the asked splits: its label, question and pair, the response, and
+    per rubric the score (NaN: no score) and the probability mass on numbers.
+    """
+    import pandas as pd
+
+    from traitscope.capture.store import read_responses
+    from traitscope.data.traits import load_trait
+    from traitscope.io import write_parquet
+
+    trait = load_trait(trait_file)
+    table = pd.read_parquet(prompts)
+    missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
+    if missing:
+        raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    responses = read_responses(capture_json)
+    table = table[table["split"].isin(splits)].reset_index(drop=True)
+    absent = [pid for pid in table["prompt_id"] if pid not in responses]
+    if absent:
+        raise TraitscopeError(f"{capture_json}: prompt {absent[0]!r} was not captured; rerun capture")
+    out_table = table[list(JUDGEMENT_COLUMNS)].copy()
+    out_table["response"] = [responses[pid] for pid in table["prompt_id"]]
+    texts = {"trait": trait.judge_rubric, "coherence": judge.settings.coherence}
+    for name in rubrics:
+        found = judge.score(
+            [Item(texts[name], q, a) for q, a in zip(out_table["question"], out_table["response"])]
+        )
+        out_table[f"{name}_score"] = [float("nan") if j.score is None else j.score for j in found]
+        out_table[f"{name}_mass"] = [j.mass for j in found]
+    write_parquet(out, out_table)
+    print(f"traitscope judge: {json.dumps(judge.stats.as_dict())}", file=sys.stderr)
+    return out_table
+
+
+def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: int) -> dict:
+    """Does the judge tell positive from negative instructions on the held-out responses?
+
+    ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
+    bootstrap CI, over the answers the judge scored; how many it could not score, per label.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from traitscope.io import write_json
+    from traitscope.stats import auc_with_ci
+
+    table = pd.read_parquet(judgements)
+    if "trait_score" not in table.columns:
+        raise TraitscopeError(f"{judgements}: no trait scores; rerun trait-judgements with --rubrics trait")
+    held = table[table["split"] == "evaluation"]
+    pos = held.loc[held["label"] == 1, "trait_score"].to_numpy(float)
+    neg = held.loc[held["label"] == 0, "trait_score"].to_numpy(float)
+    pos_ok, neg_ok = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
+    result: dict[str, Any] = {
+        "split": "evaluation",
+        "n_positive": len(pos),
+        "n_negative": len(neg),
+        "n_no_score_positive": int(np.isnan(pos).sum()),
+        "n_no_score_negative": int(np.isnan(neg).sum()),
+        "mean_score_positive": float(pos_ok.mean()) if len(pos_ok) else None,
+        "mean_score_negative": float(neg_ok.mean()) if len(neg_ok) else None,
+        "mean_number_mass": float(held["trait_mass"].mean()) if len(held) else None,
+        "test": "ROC-AUC of the judge's trait score, positive vs negative instructions; "
+        "stratified percentile bootstrap CI",
+    }
+    try:
+        result.update(auc_with_ci(pos_ok, neg_ok, n_boot=n_boot, seed=seed))
+    except ValueError as exc:
+        result.update({"auc": None, "reason": str(exc)})
+    write_json(out, result)
+    return result
