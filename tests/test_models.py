@@ -44,9 +44,10 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
     manifest = prepare_model(spec, tmp_path / "tiny_lora", base_manifest)
     assert json.loads(manifest.read_text())["base_manifest"] == "../tiny/manifest.json"
     ids = torch.tensor([[5, 6, 7, 8]])
-    base, _ = load(base_manifest, device="cpu")
-    variant, tokenizer = load(manifest, device="cpu")
-    plain = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    # float32 pinned: merged weights against PEFT's unmerged matmuls, to fp32 rounding
+    base, _ = load(base_manifest, device="cpu", dtype="float32")
+    variant, tokenizer = load(manifest, device="cpu", dtype="float32")
+    plain = AutoModelForCausalLM.from_pretrained(tiny_folder, dtype=torch.float32)
     expected = PeftModel.from_pretrained(plain, adapter_folder).eval()
     with torch.inference_mode():
         out_variant = variant(input_ids=ids).logits
@@ -171,6 +172,32 @@ def test_auto_dtype_decision(name, device, probe, cuda_bf16, expected, reason):
     assert dtype == expected
     assert reason in why
     assert "\n" not in why
+
+
+@pytest.mark.parametrize(
+    ("switch", "expected", "reason"),
+    [
+        ("1", torch.bfloat16, "auto on cpu (TRAITSCOPE_CPU_BF16=1): AVX512 with native avx512_bf16"),
+        ("0", torch.float32, "auto on cpu (TRAITSCOPE_CPU_BF16=0): AVX2 has no native bf16"),
+    ],
+)
+def test_switch_makes_auto_decide_as_the_other_class_of_cpu(monkeypatch, switch, expected, reason):
+    """The real probe, overridden by the environment: one suite, both number formats, any CPU."""
+    from traitscope.model.loading import resolve_dtype
+
+    monkeypatch.setenv("TRAITSCOPE_CPU_BF16", switch)
+    dtype, why = resolve_dtype("auto", "cpu")
+    assert (dtype, why) == (expected, f"{reason} -> {str(expected).removeprefix('torch.')}")
+    assert resolve_dtype("auto", "cuda", cuda_bf16=lambda: True).dtype == torch.bfloat16  # GPUs unaffected
+    assert resolve_dtype("float32", "cpu").dtype == torch.float32  # a pinned dtype wins
+
+
+def test_switch_with_another_value_is_a_clear_error(monkeypatch):
+    from traitscope.model.loading import resolve_dtype
+
+    monkeypatch.setenv("TRAITSCOPE_CPU_BF16", "yes")
+    with pytest.raises(TraitscopeError, match="TRAITSCOPE_CPU_BF16='yes': use 1 .* 0 .* or unset"):
+        resolve_dtype("auto", "cpu")
 
 
 def test_unknown_dtype_is_a_clear_error():

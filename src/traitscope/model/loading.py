@@ -210,15 +210,35 @@ class DtypeChoice(NamedTuple):
     reason: str  # one line, e.g. "auto on cpu: AVX2 has no native bf16 -> float32"
 
 
+CPU_BF16_SWITCH = "TRAITSCOPE_CPU_BF16"
+
+
 def cpu_bf16_probe() -> dict[str, Any]:
     """torch's view of this CPU: the kernel level ATen dispatches to and the native bf16 instructions.
 
     `capability` is torch.backends.cpu.get_cpu_capability(): "DEFAULT", "AVX2", "AVX512", ... on x86
     (never "AVX512_BF16"); ATEN_CPU_CAPABILITY=avx2 lowers it. The flags are the hardware's, from
     cpuinfo via torch.cpu.get_capabilities(); a torch without that function reports none (fp32).
+
+    TRAITSCOPE_CPU_BF16=1 reports an AVX512 CPU with native bf16 and =0 one without, whatever this
+    CPU is, so `auto` decides as on the other class of machine: the whole test suite (or a run) can
+    take the bf16 path on an AVX2 CPU (emulated, slower) or the fp32 path on a bf16 one.
     """
     import torch
 
+    switch = os.environ.get(CPU_BF16_SWITCH, "").strip()
+    if switch in ("0", "1"):
+        native = switch == "1"
+        return {
+            "capability": "AVX512" if native else "AVX2",
+            "avx512_bf16": native,
+            "amx_bf16": False,
+            "forced_by": f"{CPU_BF16_SWITCH}={switch}",
+        }
+    if switch:
+        raise TraitscopeError(
+            f"{CPU_BF16_SWITCH}={switch!r}: use 1 (decide as a bf16 CPU), 0 (as an fp32 one) or unset"
+        )
     flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return {
         "capability": torch.backends.cpu.get_cpu_capability(),
@@ -265,13 +285,14 @@ def resolve_dtype(
     cpu = cpu_probe()
     level = cpu["capability"]
     native = "+".join(flag for flag in ("avx512_bf16", "amx_bf16") if cpu.get(flag))
+    where = f"auto on cpu ({cpu['forced_by']})" if cpu.get("forced_by") else "auto on cpu"
     if native and level.startswith("AVX512"):
-        return DtypeChoice(torch.bfloat16, f"auto on cpu: {level} with native {native} -> bfloat16")
+        return DtypeChoice(torch.bfloat16, f"{where}: {level} with native {native} -> bfloat16")
     if native:
         return DtypeChoice(
-            torch.float32, f"auto on cpu: kernels capped at {level} leave {native} unused -> float32"
+            torch.float32, f"{where}: kernels capped at {level} leave {native} unused -> float32"
         )
-    return DtypeChoice(torch.float32, f"auto on cpu: {level} has no native bf16 -> float32")
+    return DtypeChoice(torch.float32, f"{where}: {level} has no native bf16 -> float32")
 
 
 def load(manifest_path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
