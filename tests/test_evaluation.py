@@ -48,6 +48,15 @@ def test_split_half_picks_on_one_half_and_scores_the_other():
         expected = roc_auc_score(table["label"][rows], x[torch.tensor(rows), 1, 0].numpy())
         assert fold["auc_other_half"] == pytest.approx(expected)
     assert result["auc"] == pytest.approx(np.mean([f["auc_other_half"] for f in result["folds"]]))
+    assert result["ci_low"] < result["auc"] < result["ci_high"] <= 1.0  # not separable: a real interval
+
+
+def test_split_half_ci_of_a_perfectly_separated_trait_is_one():
+    """Every resample keeps both labels of both halves (stratified), so each scores AUC 1."""
+    table, x = planted()
+    x[:, 1, 0] += 100.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)
+    result = split_half_auc(x, table, {"mean_diff": torch.eye(4)[[3, 0, 3]]}, [0, 1, 2])
+    assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
 
 
 def test_layer_scores_match_sklearn():

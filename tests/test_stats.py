@@ -23,10 +23,12 @@ from traitscope.stats import (
     first_divergence,
     holm,
     interaction_test,
+    mean_auc_with_ci,
     mean_with_ci,
     rate_difference_with_ci,
     relative_gain_paired,
     spearman,
+    spearman_ci,
     youden_threshold,
 )
 
@@ -424,6 +426,16 @@ def test_auc_with_ci_perfect_separation_is_stratified():
     assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
 
 
+def test_mean_auc_with_ci_hand_computed():
+    # fold 1 is test_auc_with_ci_hand_computed's case (resampled AUC 0, 1/2, 1 with probability
+    # 1/4, 1/2, 1/4); fold 2 separates perfectly (always 1): the mean is 1/2, 3/4 or 1 with the
+    # same probabilities, so the point is 3/4 and the 95% CI [1/2, 1]
+    result = mean_auc_with_ci([([0.0, 1.0], [0.5, 0.5]), ([5.0, 6.0], [1.0, 2.0])])
+    assert result == {"auc": 0.75, "ci_low": 0.5, "ci_high": 1.0}
+    with pytest.raises(ValueError, match="fold 1 neg needs at least 2"):
+        mean_auc_with_ci([([0.0, 1.0], [0.5, 0.5]), ([5.0, 6.0], [1.0])])
+
+
 def test_auc_with_ci_rejects_degenerate_input():
     with pytest.raises(ValueError, match="at least 2"):
         auc_with_ci([1.0], [0.0, 0.5])
@@ -673,6 +685,17 @@ def test_spearman_hand_computed():
     assert spearman([1, 2, 3, 4, 5], [5, 4, 3, 2, 1])["rho"] == pytest.approx(-1.0)
     # ranks x = 1..4, y = 2, 1, 4, 3: d^2 = 1+1+1+1 -> rho = 1 - 6*4 / (4*15) = 0.6
     assert spearman([1, 2, 3, 4], [20, 10, 40, 30])["rho"] == pytest.approx(0.6)
+
+
+def test_spearman_ci_hand_computed():
+    # Fisher z: atanh(0.21) = 0.21317; Bonett-Wright se sqrt((1 + 0.21^2 / 2) / 397) = 0.050738;
+    # z -/+ 1.95996 se = 0.11373, 0.31262; tanh of those
+    assert spearman_ci(0.21, 400) == pytest.approx((0.113237, 0.302817), abs=1e-6)
+    # n = 10: se sqrt(1.125 / 7) = 0.40089, z 0.54931 -/+ 0.78573
+    assert spearman_ci(0.5, 10) == pytest.approx((-0.232119, 0.870476), abs=1e-6)
+    assert spearman_ci(0.5, 3) == (None, None) and spearman_ci(1.0, 50) == (None, None)
+    result = spearman([1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5])
+    assert (result["ci_low"], result["ci_high"]) == spearman_ci(result["rho"], 6)
 
 
 @pytest.mark.parametrize(

@@ -19,25 +19,30 @@ def auc(value: float, low: float, high: float, n: int = 40) -> dict:
     return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": n, "n_neg": n}
 
 
-def paired(dz: float, p_holm: float, mean_diff: float, n: int = 48) -> dict:
+def paired(dz: float, p_holm: float, mean_diff: float, n: int = 48, half: float = 0.1) -> dict:
     return {
         "n_pairs": n,
         "mean_diff": mean_diff,
         "cohens_dz": dz,
-        "ci_low": dz - 0.2,
-        "ci_high": dz + 0.2,
+        "ci_low": dz - half,
+        "ci_high": dz + half,
         "p_value": p_holm / 4,
         "p_holm": p_holm,
     }
+
+
+def split_half(value: float | None, low: float | None = None, high: float | None = None) -> dict:
+    return {"auc_split_half": value, "auc_split_half_ci_low": low, "auc_split_half_ci_high": high}
 
 
 def traits_summary() -> dict:
     row = {"method": "probe", "layer": 16, "cohens_d": 2.0, "n_positive": 56, "n_negative": 56}
     return {
         "traits": {
-            "safety/evil": {**row, "auc": 0.96, "auc_split_half": 0.95},
-            "safety/harm": {**row, "auc": 0.91, "auc_split_half": 0.85},
-            "alignment/deception": {**row, "auc": 0.90, "auc_split_half": None, "reason": "too few"},
+            "safety/evil": {**row, "auc": 0.96, **split_half(0.95, 0.92, 0.98)},  # CI above 0.9
+            "safety/harm": {**row, "auc": 0.91, **split_half(0.85, 0.80, 0.89)},  # CI below
+            "alignment/deception": {**row, "auc": 0.90, **split_half(None), "reason": "too few"},
+            "alignment/sycophancy": {**row, "auc": 0.93, **split_half(0.91, 0.85, 0.96)},  # straddles
         },
         "auc_threshold": 0.9,
         "n_traits_at_threshold": 2,
@@ -60,17 +65,17 @@ def harmbench(best: float) -> dict:
 def beavertails(rho: float, p: float) -> dict:
     return {
         "position": "prefill_mean",
-        "overall": {"safety/harm": auc(0.74, 0.70, 0.78, 200), "safety/evil": auc(0.61, 0.57, 0.65, 200)},
+        "overall": {"safety/harm": auc(0.74, 0.71, 0.78, 200), "safety/evil": auc(0.61, 0.57, 0.65, 200)},
         "severity": {
-            "safety/harm": {"rho": rho, "p_value": p, "n": 400},
-            "safety/evil": {"rho": 0.9, "p_value": 1e-9, "n": 400},
+            "safety/harm": {"rho": rho, "p_value": p, "n": 400, "ci_low": rho - 0.1, "ci_high": rho + 0.1},
+            "safety/evil": {"rho": 0.9, "p_value": 1e-9, "n": 400, "ci_low": 0.88, "ci_high": 0.92},
         },
     }
 
 
-def prefill(d_harm: float, p_harm: float) -> dict:
+def prefill(d_harm: float, p_harm: float, half: float = 0.1) -> dict:
     def entry(d: float, p: float) -> dict:
-        return {"n_a": 30, "n_b": 30, "cohens_d": d, "ci_low": d - 0.5, "ci_high": d + 0.5, "p_holm": p}
+        return {"n_a": 30, "n_b": 30, "cohens_d": d, "ci_low": d - half, "ci_high": d + half, "p_holm": p}
 
     return {
         "comparisons": {
@@ -80,9 +85,9 @@ def prefill(d_harm: float, p_harm: float) -> dict:
     }
 
 
-def em(evil_dz: float, evil_p: float) -> dict:
+def em(evil_dz: float, evil_p: float, half: float = 0.1) -> dict:
     control = {
-        "safety/evil": paired(evil_dz, evil_p, 0.3),
+        "safety/evil": paired(evil_dz, evil_p, 0.3, half=half),
         "alignment/sycophancy": paired(0.9, 0.001, 0.5),  # elevated, but not a safety trait
         "safety/harm": paired(-0.7, 0.001, -0.4),  # significant, but lower: no elevation
     }
@@ -114,7 +119,7 @@ def backdoor(earliest: str | None) -> dict:
         }
 
     def tokens(position: str | None) -> dict:
-        by_position = {"base": {}, "backdoored": {p: auc(0.8, 0.7, 0.9, 50) for p in order[1:]}}
+        by_position = {"base": {}, "backdoored": {p: auc(0.8, 0.72, 0.88, 50) for p in order[1:]}}
         # the two-sided search finds p0 (trigger scoring lower there); the criterion reads the
         # one-sided one (trigger higher)
         return {
@@ -145,7 +150,13 @@ def backdoor(earliest: str | None) -> dict:
     }
 
 
-def cmaes(optimised: list, mean_diff: list, none: list, cosine: float) -> dict:
+GOOD_JUDGE = auc(0.95, 0.90, 0.99, 56)
+BLIND_JUDGE = auc(0.5, 0.4, 0.6, 56)
+
+
+def cmaes(
+    optimised: list, mean_diff: list, none: list, cosine: float, cosine_ci=(None, None), judge=GOOD_JUDGE
+) -> dict:
     """extraction_gap.json from held-out trait scores per question (None: the judge gave none),
     its gain computed as cmaes_report computes it."""
     from traitscope.experiments.steering_optimisation import gain_vs_mean_diff
@@ -162,7 +173,13 @@ def cmaes(optimised: list, mean_diff: list, none: list, cosine: float) -> dict:
                     "steering_delta": {"optimised": delta(1.0), "mean_diff": delta(1.0)},
                     "gain_vs_mean_diff": gain_vs_mean_diff(scores, n_boot=2000, seed=0),
                 },
-                "cosines": {"optimised_vs_mean_diff": cosine, "optimised_vs_start": 0.9},
+                "cosines": {
+                    "optimised_vs_mean_diff": cosine,
+                    "optimised_vs_mean_diff_ci_low": cosine_ci[0],
+                    "optimised_vs_mean_diff_ci_high": cosine_ci[1],
+                    "optimised_vs_start": 0.9,
+                },
+                "judge_agreement": judge,
             }
         }
     }
@@ -200,8 +217,8 @@ def test_criteria_met(tmp_path):
             prefill=prefill(0.45, 0.01),
             emergent_misalignment=em(0.62, 0.01),
             backdoor=backdoor("p1"),
-            # shifts from no vector: optimised [2, 2], mean_diff [1, 2]; the third question is unscored
-            steering_optimisation=cmaes([12, 22, 50], [11, 22, None], [10, 20, 40], cosine=0.5),
+            # shifts from no vector: optimised [3, 3], mean_diff [1, 1]: gain 2 on every resample
+            steering_optimisation=cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6)),
         ),
     )
     external = rows(summary, "external")
@@ -211,6 +228,7 @@ def test_criteria_met(tmp_path):
     assert "alignment/deception" in external[0]["detail"]
     # severity follows the trait with the best BeaverTails AUC (harm), not the best rho (evil)
     assert external[2]["measured"] == 0.21 and external[2]["n"] == "400"
+    assert (external[2]["ci_low"], external[2]["ci_high"]) == pytest.approx((0.11, 0.31))
     (pre,) = rows(summary, "prefill")
     assert pre["status"] == "met" and pre["measured"] == 0.45 and pre["n"] == "30+30"
     elevated, safety = rows(summary, "emergent_misalignment")
@@ -222,16 +240,16 @@ def test_criteria_met(tmp_path):
     assert detect["status"] == "met" and detect["measured"] == 0.96 and "0.600" in detect["detail"]
     assert early["status"] == "met" and "p1" in early["detail"]  # p1 (harm) before g1 (evil)
     gain, cosine = rows(summary, "steering_optimisation")
-    # (2 - 1.5) / 1.5; resamples of question 1 twice give (2 - 1) / 1 = 1, of question 2 twice
-    # (2 - 2) / 2 = 0, a quarter of the resamples each: the 95% CI is [0, 1]
-    assert gain["status"] == "met" and gain["measured"] == pytest.approx(1 / 3)
-    assert (gain["ci_low"], gain["ci_high"]) == (0.0, 1.0) and gain["n"] == "2 questions"
-    assert "difference 0.500 [0.000, 1.000]" in gain["detail"]
+    assert gain["status"] == "met" and gain["measured"] == pytest.approx(2.0)
+    assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((2.0, 2.0)) and gain["n"] == "2 questions"
+    assert "judge agreement AUC for safety/evil 0.950 [0.900, 0.990]" in gain["detail"]
     assert cosine["status"] == "met" and cosine["measured"] == 0.5
     assert all(s["status"] == "met" for s in summary["sections"][1:])
     md = (tmp_path / "out/summary.md").read_text()
-    assert "| Prefill attack | C2 > C4" in md and "0.450 [-0.050, 0.950] | 30+30 | met |" in md
-    assert "<table" in (tmp_path / "out/summary.html").read_text()
+    assert "| Prefill attack | C2 > C4" in md and "0.450 [0.350, 0.550] | 30+30 | met |" in md
+    assert "- **inconclusive**: the 95% CI straddles the threshold" in md  # the legend
+    html = (tmp_path / "out/summary.html").read_text()
+    assert "<table" in html and "not measurable</b>: the number rests on a judge" in html
 
 
 def test_criteria_not_met(tmp_path):
@@ -240,31 +258,36 @@ def test_criteria_not_met(tmp_path):
         write(
             tmp_path,
             traits=traits_summary(),
-            harmbench=harmbench(0.70),  # not above 0.7
-            beavertails=beavertails(0.21, 0.2),  # not significant
-            prefill=prefill(0.45, 0.08),  # d passes, Holm p does not
-            emergent_misalignment=em(0.45, 0.01),  # evil significant, d_z below 0.5
-            backdoor=backdoor("g0"),  # harm's earliest is generated, evil's later
-            steering_optimisation=cmaes([2.3, 4.3], [2.0, 4.0], [0.0, 2.0], cosine=0.75),
+            harmbench=harmbench(0.55),  # CI [0.46, 0.63], under 0.7
+            beavertails=beavertails(-0.21, 0.001),  # CI [-0.31, -0.11], under 0
+            prefill=prefill(0.15, 0.01),  # CI [0.05, 0.25], under 0.3
+            emergent_misalignment=em(0.35, 0.01),  # evil significant, d_z CI [0.25, 0.45] under 0.5
+            backdoor=backdoor("p1"),
+            # shifts: optimised [1, 1], mean_diff [1, 1]: gain 0 on every resample
+            steering_optimisation=cmaes([11, 21], [11, 21], [10, 20], cosine=0.9, cosine_ci=(0.8, 0.95)),
         ),
     )
     traits = rows(summary, "traits")
-    assert [r["status"] for r in traits] == ["met", "not met", "not measured"]
+    assert [r["status"] for r in traits] == ["met", "not met", "not measured", "inconclusive"]
+    assert (traits[0]["ci_low"], traits[0]["ci_high"]) == (0.92, 0.98)
     assert [r["status"] for r in rows(summary, "external")] == ["not met", "met", "not met"]
     assert rows(summary, "prefill")[0]["status"] == "not met"
     elevated, safety = rows(summary, "emergent_misalignment")
-    assert elevated["status"] == "met" and safety["status"] == "not met" and safety["measured"] == 0.45
-    detect, early = rows(summary, "backdoor")
-    assert detect["status"] == "met" and early["status"] == "not met" and "g0" in early["detail"]
+    assert elevated["status"] == "met" and safety["status"] == "not met" and safety["measured"] == 0.35
     gain, cosine = rows(summary, "steering_optimisation")
-    assert gain["status"] == "not met" and gain["measured"] == pytest.approx(0.15)  # 0.3 / 2
-    assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((0.15, 0.15))  # the same gain on both
+    assert gain["status"] == "not met" and gain["measured"] == pytest.approx(0.0)
     assert cosine["status"] == "not met"
     statuses = {s["name"]: s["status"] for s in summary["sections"]}
-    assert statuses["external"] == "1 of 3 met" and statuses["prefill"] == "0 of 1 met"
+    assert (
+        statuses["external"] == "1 of 3 met (2 not met)" and statuses["prefill"] == "0 of 1 met (1 not met)"
+    )
+    assert statuses["traits"] == "1 of 4 met (1 not met, 1 inconclusive, 1 not measured)"
 
 
-def test_no_earliest_position_and_no_mean_diff_delta(tmp_path):
+def test_criteria_whose_ci_straddles_the_threshold_are_inconclusive(tmp_path):
+    """The same point estimates as the met case, with CIs wide enough to reach the line."""
+    wide = harmbench(0.83)
+    wide["traits"]["alignment/deception"]["auc"] = auc(0.83, 0.65, 0.95)
     nowhere = backdoor(None)
     nowhere["token_positions"]["by_trait"]["safety/evil"]["earliest_trigger_higher"]["position"] = None
     summary = run(
@@ -272,26 +295,115 @@ def test_no_earliest_position_and_no_mean_diff_delta(tmp_path):
         write(
             tmp_path,
             traits=traits_summary(),
+            harmbench=wide,
+            beavertails=beavertails(0.21, 0.2),  # CI clears 0 but the exact test does not
+            prefill=prefill(0.45, 0.01, half=0.5),  # CI [-0.05, 0.95]
+            emergent_misalignment=em(0.62, 0.01, half=0.2),  # d_z CI [0.42, 0.82]
             backdoor=nowhere,
+            # gain (2 - 1.5) / 1.5 = 1/3; resamples give 1 or 0 a quarter of the time each: CI [0, 1]
+            steering_optimisation=cmaes([12, 22, 50], [11, 22, None], [10, 20, 40], cosine=0.5),
+        ),
+    )
+    external = rows(summary, "external")
+    assert [r["status"] for r in external] == ["inconclusive", "met", "inconclusive"]
+    assert rows(summary, "prefill")[0]["status"] == "inconclusive"
+    assert rows(summary, "emergent_misalignment")[1]["status"] == "inconclusive"
+    early = rows(summary, "backdoor")[1]
+    assert early["status"] == "inconclusive" and early["measured"] is None and "not shown" in early["detail"]
+    gain, cosine = rows(summary, "steering_optimisation")
+    assert gain["status"] == "inconclusive" and gain["measured"] == pytest.approx(1 / 3)
+    assert (gain["ci_low"], gain["ci_high"]) == (0.0, 1.0)
+    assert "difference 0.500 [0.000, 1.000]" in gain["detail"]
+    # one optimiser run: the cosine has no CI, so no status can be read off it
+    assert cosine["status"] == "inconclusive" and "no CI" in cosine["detail"]
+
+
+def test_a_blind_judge_makes_its_rows_not_measurable(tmp_path):
+    """Agreement AUC 0.5 [0.4, 0.6]: the gain and cosine that rest on its scores get no status,
+    even where their own CIs would pass."""
+    result = cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6), judge=BLIND_JUDGE)
+    summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result))
+    gain, cosine = rows(summary, "steering_optimisation")
+    for row in (gain, cosine):
+        assert row["status"] == "not measurable"
+        assert row["detail"].startswith(
+            "the judge cannot read safety/evil (judge agreement AUC for safety/evil 0.500"
+        )
+    assert gain["measured"] == pytest.approx(2.0)  # the number is still shown
+    # a judge just under the gate (CI low 0.69) is gated; one at it (0.70) is not
+    for low, status in ((0.69, "not measurable"), (0.70, "met")):
+        result = cmaes(
+            [13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6), judge=auc(0.8, low, 0.9)
+        )
+        summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result))
+        assert rows(summary, "steering_optimisation")[0]["status"] == status
+    no_agreement = cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, judge={"auc": None, "reason": "no scores"})
+    summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=no_agreement))
+    gain = rows(summary, "steering_optimisation")[0]
+    assert (
+        gain["status"] == "not measurable" and "judge agreement for safety/evil: no scores" in gain["detail"]
+    )
+
+
+def test_no_mean_diff_delta(tmp_path):
+    summary = run(
+        tmp_path,
+        write(
+            tmp_path,
+            traits=traits_summary(),
             steering_optimisation=cmaes([1.0, 2.0], [0.0, 1.0], [0.0, 1.0], cosine=0.5),
         ),
     )
-    early = rows(summary, "backdoor")[1]
-    assert early["status"] == "not met" and early["measured"] is None
     gain = rows(summary, "steering_optimisation")[0]
     assert gain["status"] == "not measured" and "undefined" in gain["detail"]
     assert gain["measured"] is None and "difference 1.000" in gain["detail"]
 
 
-def test_cmaes_gain_without_a_ratio_ci_is_decided_on_its_point_estimate(tmp_path):
+def test_cmaes_gain_without_a_ratio_ci_is_inconclusive(tmp_path):
     # mean_diff's shifts [-1, 2] average 0.5 but a resample of question 1 twice averages -1: the
     # ratio (2 - 0.5) / 0.5 = 3 has no CI; the difference, shifts [2, 1], has [1, 2]
     result = cmaes([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0], cosine=0.5)
     summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result))
     gain = rows(summary, "steering_optimisation")[0]
-    assert gain["status"] == "met" and gain["measured"] == pytest.approx(3.0)
+    assert gain["status"] == "inconclusive" and gain["measured"] == pytest.approx(3.0)
     assert gain["ci_low"] is None and gain["ci_high"] is None
     assert "changes sign" in gain["detail"] and "difference 1.500 [1.000, 2.000]" in gain["detail"]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.71, 0.9, "met"),
+        (0.7, 0.9, "inconclusive"),  # touching the line decides nothing
+        (0.5, 0.69, "not met"),
+        (0.5, 0.7, "inconclusive"),
+        (0.6, 0.8, "inconclusive"),
+        (None, None, "inconclusive"),  # no CI
+    ],
+)
+def test_status_above_a_threshold(low, high, expected):
+    from traitscope.summary.records import above
+
+    assert above(low, high, 0.7) == expected
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0.3, 0.7, "met"),
+        (0.35, 0.5, "met"),
+        (0.1, 0.29, "not met"),
+        (0.71, 0.9, "not met"),
+        (0.2, 0.5, "inconclusive"),
+        (0.5, 0.8, "inconclusive"),
+        (0.1, 0.9, "inconclusive"),
+        (None, None, "inconclusive"),
+    ],
+)
+def test_status_within_a_range(low, high, expected):
+    from traitscope.summary.records import within
+
+    assert within(low, high, 0.3, 0.7) == expected
 
 
 def test_disabled_experiments_are_not_run(tmp_path):

@@ -12,6 +12,7 @@ from traitscope.summary.records import (
     COSINE_RANGE,
     EM_ALPHA,
     EM_D_MIN,
+    INCONCLUSIVE,
     MET,
     NOT_MEASURED,
     NOT_MET,
@@ -22,6 +23,9 @@ from traitscope.summary.records import (
     Result,
     _ci,
     _fmt,
+    above,
+    judge_gate,
+    within,
 )
 
 
@@ -32,12 +36,14 @@ def prefill_criteria(result: Result) -> list[Criterion]:
         result.get("comparisons", "C2_vs_C4", trait, "p_holm")
     best = max(comparisons, key=lambda t: comparisons[t]["cohens_d"])
     c = comparisons[best]
-    met = c["cohens_d"] > PREFILL_D_MIN and c["p_holm"] < PREFILL_ALPHA
+    status = above(*_ci(c), PREFILL_D_MIN)
+    if status == MET and c["p_holm"] >= PREFILL_ALPHA:
+        status = INCONCLUSIVE  # d's CI clears the line but the Holm-corrected test does not
     others = ", ".join(f"{t} {comparisons[t]['cohens_d']:.2f}" for t in comparisons if t != best)
     return [
         Criterion(
             f"C2 > C4 on the prefill tokens: Cohen's d > {PREFILL_D_MIN}, Holm p < {PREFILL_ALPHA}",
-            MET if met else NOT_MET,
+            status,
             c["cohens_d"],
             *_ci(c),
             n=f"{c['n_a']}+{c['n_b']}",
@@ -63,18 +69,26 @@ def em_criteria(result: Result, position: str = "response_mean") -> list[Criteri
         ci = f"[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]"
         return f"; misaligned vs base d_z {b['cohens_dz']:.2f} {ci}, Holm p {b['p_holm']:.2g}"
 
-    def row(criterion: str, trait: str | None, met: bool, note: str) -> Criterion:
+    def row(criterion: str, trait: str | None, status: str, note: str) -> Criterion:
         if trait is None:
             return Criterion(criterion, NOT_MET, detail=note)
         c = vs_control[trait]
         return Criterion(
             criterion,
-            MET if met else NOT_MET,
+            status,
             c["cohens_dz"],
             *_ci(c),
             n=f"{c['n_pairs']} pairs",
             detail=f"{trait}: misaligned vs control d_z, Holm p {c['p_holm']:.2g}{beside(trait)}",
         )
+
+    def elevation(trait: str | None) -> str:
+        """Met: Holm p < alpha. Not met: every trait's d_z CI lies at or below 0 (none raised)."""
+        if trait is not None and vs_control[trait]["p_holm"] < EM_ALPHA:
+            return MET
+        if all(above(*_ci(vs_control[t]), 0.0) == NOT_MET for t in vs_control):
+            return NOT_MET
+        return INCONCLUSIVE
 
     elevated = [t for t in vs_control if vs_control[t]["mean_diff"] > 0]
     sig = min(elevated, key=lambda t: vs_control[t]["p_holm"], default=None)
@@ -84,13 +98,13 @@ def em_criteria(result: Result, position: str = "response_mean") -> list[Criteri
         row(
             f">= 1 trait elevated, misaligned vs control (Holm p < {EM_ALPHA})",
             sig,
-            sig is not None and vs_control[sig]["p_holm"] < EM_ALPHA,
+            elevation(sig),
             "no trait scores higher on the misaligned variant",
         ),
         row(
             f"d_z > {EM_D_MIN} on a safety trait, misaligned vs control",
             big,
-            big is not None and vs_control[big]["cohens_dz"] > EM_D_MIN,
+            above(*_ci(vs_control[big]), EM_D_MIN) if big else NOT_MET,
             f"no {SAFETY_GROUP}* trait among the experiment's traits",
         ),
     ]
@@ -101,10 +115,11 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
     cosine(optimised, mean_diff) within 0.3-0.7.
 
     The gain (delta_opt - delta_md) / |delta_md| carries a paired bootstrap CI over held-out
-    questions (`cmaes_report`); met or not is read off the point estimate, as every other
-    criterion here is, with the CI beside it. Where the mean_diff delta's sign is not stable
-    across resamples the ratio has no CI, and the difference delta_opt - delta_md with its CI
-    is given instead (in trait-score points)."""
+    questions (`cmaes_report`), and its status is read off that CI. Where the mean_diff delta's
+    sign is not stable across resamples the ratio has no CI (inconclusive), and the difference
+    delta_opt - delta_md with its CI is given beside it (in trait-score points). One optimiser
+    run gives one cosine and no CI: inconclusive, with the number shown. Both rows rest on the
+    judge's scores (the fitness and the held-out deltas), so both pass the judge gate."""
     rows = []
     for trait in result.get("traits"):
         gain = result.get("traits", trait, "heldout", "gain_vs_mean_diff")
@@ -124,20 +139,23 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             detail += f"; {gain['reason']}"
         n = f"{gain['n']} questions"
         if gain["gain"] is None:
-            rows.append(Criterion(criterion, NOT_MEASURED, n=n, detail=detail))
+            gain_row = Criterion(criterion, NOT_MEASURED, n=n, detail=detail)
         else:
-            status = MET if gain["gain"] > CMAES_GAIN_MIN else NOT_MET
             ci = gain["ci_low"], gain["ci_high"]
-            rows.append(Criterion(criterion, status, gain["gain"], *ci, n=n, detail=detail))
-        cosine = result.get("traits", trait, "cosines", "optimised_vs_mean_diff")
+            gain_row = Criterion(criterion, above(*ci, CMAES_GAIN_MIN), gain["gain"], *ci, n=n, detail=detail)
+        cosines = result.get("traits", trait, "cosines")
+        cosine = cosines["optimised_vs_mean_diff"]
         low, high = COSINE_RANGE
-        rows.append(
-            Criterion(
-                f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]",
-                MET if low <= cosine <= high else NOT_MET,
-                cosine,
-                n="1 vector",
-                detail=f"layer {result.get('traits', trait, 'layer')}",
-            )
+        ci = cosines.get("optimised_vs_mean_diff_ci_low"), cosines.get("optimised_vs_mean_diff_ci_high")
+        cosine_row = Criterion(
+            f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]",
+            within(*ci, low, high),
+            cosine,
+            *ci,
+            n="1 vector",
+            detail=f"layer {result.get('traits', trait, 'layer')}"
+            + ("" if ci[0] is not None else "; one optimiser run: no CI"),
         )
+        agreement = result.get("traits", trait).get("judge_agreement")
+        rows += [judge_gate(r, trait, agreement) for r in (gain_row, cosine_row)]
     return rows

@@ -21,10 +21,9 @@ from traitscope.summary.records import (
     EM_ALPHA,
     EM_D_MIN,
     MET,
-    NOT_MEASURED,
-    NOT_MET,
     NOT_RUN,
     PREFILL_D_MIN,
+    STATUSES,
     Criterion,
     Result,
 )
@@ -60,8 +59,9 @@ def _overall(rows: list[Criterion]) -> str:
         return NOT_RUN
     if statuses == {MET}:
         return MET
-    met = sum(r.status == MET for r in rows)
-    return f"{met} of {len(rows)} met"
+    counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
+    others = ", ".join(f"{n} {s}" for s, n in counts.items() if n and s != MET)
+    return f"{counts[MET]} of {len(rows)} met ({others})"
 
 
 def summarize(
@@ -103,12 +103,7 @@ def summarize(
     summary = {
         "what": "the plan's success criteria per experiment, each with the measured number, its 95% CI "
         "(where the result computes one) and n",
-        "statuses": {
-            MET: "the run passes the criterion",
-            NOT_MET: "measured, and it does not pass",
-            NOT_RUN: "the experiment is not enabled in this config",
-            NOT_MEASURED: "the run computes no number for it (the detail says why)",
-        },
+        "statuses": STATUSES,
         "em_null": "emergent misalignment is judged misaligned vs control finetune (a finetune on matched "
         "benign data), since finetuning alone shifts activations; misaligned vs base is shown beside it",
         "sections": sections,

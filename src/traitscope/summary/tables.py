@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import html
 
-from traitscope.summary.records import MET, NOT_MEASURED, NOT_MET, NOT_RUN, _fmt
+from traitscope.summary.records import (
+    INCONCLUSIVE,
+    MET,
+    NOT_MEASURABLE,
+    NOT_MEASURED,
+    NOT_MET,
+    NOT_RUN,
+    STATUSES,
+    _fmt,
+)
 
 
 def _measured(row: dict) -> str:
@@ -37,12 +46,20 @@ def markdown_table(summary: dict) -> str:
                 row["detail"],
             ]
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += ["", "Statuses:", *(f"- **{status}**: {meaning}" for status, meaning in STATUSES.items())]
     return "\n".join(lines) + "\n"
 
 
 def html_table(summary: dict) -> str:
     """The table as an HTML fragment for the report's first page (details in smaller type)."""
-    colour = {MET: "#1a7f37", NOT_MET: "#b42318", NOT_RUN: "#6b7280", NOT_MEASURED: "#6b7280"}
+    colour = {
+        MET: "#1a7f37",
+        NOT_MET: "#b42318",
+        INCONCLUSIVE: "#b45309",
+        NOT_MEASURABLE: "#6b7280",
+        NOT_RUN: "#6b7280",
+        NOT_MEASURED: "#6b7280",
+    }
     out = [
         '<table style="font-size:12px;border-collapse:collapse;width:100%">',
         "<thead><tr><th align=left>criterion</th><th align=left>measured [95% CI]</th>"
@@ -62,4 +79,10 @@ def html_table(summary: dict) -> str:
                 f"{html.escape(row['status'])}</td></tr>"
             )
     out.append("</tbody></table>")
+    out.append('<p style="font-size:11px;color:#4b5563">')
+    out += [
+        f'<b style="color:{colour[status]}">{html.escape(status)}</b>: {html.escape(meaning)}<br>'
+        for status, meaning in STATUSES.items()
+    ]
+    out.append("</p>")
     return "\n".join(out) + "\n"

@@ -13,7 +13,7 @@ import torch
 from traitscope import plotting
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json
-from traitscope.stats import auc, cohens_d
+from traitscope.stats import auc, cohens_d, mean_auc_with_ci
 from traitscope.vectors.extraction import labelled_activations, split_groups
 from traitscope.vectors.methods import project
 from traitscope.vectors.record import read_evaluation, read_vectors
@@ -46,8 +46,9 @@ def choose(scores: dict[str, list[dict]]) -> dict:
     return {"method": method, "layer": s["layer"], "auc": s["auc"], "cohens_d": s["cohens_d"]}
 
 
-def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> dict:
-    """AUC at a layer chosen on the other half of the held-out questions, averaged both ways.
+def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_boot: int = 2000) -> dict:
+    """AUC at a layer chosen on the other half of the held-out questions, averaged both ways,
+    with a stratified bootstrap CI of that mean over the scored answers (the choices held fixed).
 
     `chosen` picks the layer on the data it is scored on, which flatters it; here each
     half of the questions picks (method, layer) and the other half scores it.
@@ -55,7 +56,7 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> 
     held = table["split"] == "evaluation"
     questions = sorted(set(table.loc[held, "question"]))
     halves = [set(questions[0::2]), set(questions[1::2])]
-    folds = []
+    folds, scored_halves = [], []
     for pick, score in ((0, 1), (1, 0)):
         groups = []
         for half in (halves[pick], halves[score]):
@@ -68,11 +69,14 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int]) -> 
         picked = choose({m: layer_scores(pos_a, neg_a, v, layers) for m, v in vectors.items()})
         i = layers.index(picked["layer"])
         one = slice(i, i + 1)
-        scored = layer_scores(
-            pos_b[:, one], neg_b[:, one], vectors[picked["method"]][one], [picked["layer"]]
-        )[0]
-        folds.append({"method": picked["method"], "layer": picked["layer"], "auc_other_half": scored["auc"]})
-    return {"auc": sum(f["auc_other_half"] for f in folds) / 2, "folds": folds}
+        unit = vectors[picked["method"]][one]
+        scored_halves.append(
+            (project(pos_b[:, one], unit)[:, 0].numpy(), project(neg_b[:, one], unit)[:, 0].numpy())
+        )
+        folds.append(
+            {"method": picked["method"], "layer": picked["layer"], "auc_other_half": auc(*scored_halves[-1])}
+        )
+    return {**mean_auc_with_ci(scored_halves, n_boot=n_boot), "folds": folds}
 
 
 def trait_evaluation(
@@ -115,6 +119,8 @@ def trait_summary(evaluations: list[str | Path], out: str | Path, threshold: flo
         result = read_evaluation(path)
         rows[result["trait"]] = {
             "auc_split_half": result["chosen_split_half"]["auc"],
+            "auc_split_half_ci_low": result["chosen_split_half"].get("ci_low"),
+            "auc_split_half_ci_high": result["chosen_split_half"].get("ci_high"),
             **result["chosen"],
             "n_positive": result["n_positive"],
             "n_negative": result["n_negative"],
