@@ -133,13 +133,21 @@ def test_pca_basis_is_the_top_principal_directions(trait_run):
         np.testing.assert_allclose(cov @ basis[k], eig[k] * basis[k], atol=1e-6 * eig[0])
 
 
-def test_check_config_names_the_problem():
-    config = {"traits": ["safety/evil"]}
+def test_check_config_names_the_problem(root):
+    config = {
+        "traits": ["safety/evil", "safety/harmful_request"],
+        "traits_dir": str(root / "resources/traits"),
+    }
     section = {"traits": ["safety/harm"], "popsize": 4}
     with pytest.raises(TraitscopeError, match="safety/harm"):
         so.check_config(section, config)
     with pytest.raises(TraitscopeError, match="popsize"):
         so.check_config({"traits": ["safety/evil"], "popsize": 1}, config)
+    # a prompt-contrast trait has prompts, not answers a judge could score: refused before any job
+    contrast = {"traits": ["safety/evil", "safety/harmful_request"], "popsize": 4}
+    with pytest.raises(TraitscopeError, match=r"traits: safety/harmful_request is a prompt-contrast trait"):
+        so.check_config(contrast, config)
+    so.check_config({"traits": ["safety/evil"], "popsize": 4}, config)
 
 
 # ----------------------------------------------------------------------------- the experiment

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 
 from traitscope.config import require_traits
+from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.steering_optimisation.cmaes import run_cmaes  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.heldout import cmaes_heldout, read_optimised  # noqa: F401  (re-exported)
@@ -63,6 +64,14 @@ def check_config(section: dict, config: dict) -> None:
     require_traits(f"{where}.traits", section["traits"], config)
     if not section["traits"]:
         raise TraitscopeError(f"{where}.traits: name at least one trait")
+    contrast = [
+        t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t)) is not None
+    ]
+    if contrast:
+        raise TraitscopeError(
+            f"{where}.traits: {', '.join(contrast)} is a prompt-contrast trait, which has no judge rubric "
+            "to score steered answers by; name a persona trait"
+        )
     if section["popsize"] < 2:
         raise TraitscopeError(f"{where}.popsize: CMA-ES needs at least 2 candidates per generation")
 
