@@ -35,7 +35,7 @@ def beavertails_jsonl(path, per_category=3, n_safe=4, seed=0):
         for k in range(per_category):
             flags = dict.fromkeys(BEAVERTAILS_CATEGORIES, False)
             flags[category] = True
-            if k == 0:  # a second category on some rows
+            if k == 0 and per_category > 1:  # a second category on some rows
                 flags[BEAVERTAILS_CATEGORIES[(i + 1) % len(BEAVERTAILS_CATEGORIES)]] = True
             records.append(
                 {
@@ -252,6 +252,46 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
         roc_auc_score(np.r_[np.ones(len(mine)), np.zeros(len(safe))], np.r_[mine, safe])
     )
     assert set(result["best_trait"].values()) == {TRAITS[0]}  # the other trait is its mirror image
+
+
+def test_small_categories_keep_a_point_auc_and_the_figure_shows_it(tmp_path):
+    """Categories of 1 pair get no CI (skipped) but their point AUC is kept and drawn as a hollow
+    bar; a panel with nothing computed says why instead of standing empty."""
+    from traitscope.plotting import category_auc_figure
+
+    beavertails_jsonl(tmp_path / "bt.jsonl", per_category=1, n_safe=3)
+    load_beavertails(tmp_path / "bt.jsonl").to_parquet(tmp_path / "bt.parquet")
+    groups = split(tmp_path / "bt.parquet", tmp_path / "groups")
+    table = pd.read_parquet(tmp_path / "bt.parquet").set_index("prompt_id")
+    score = {pid: float(i) for i, pid in enumerate(table.index)}
+    inputs = []
+    for category, group in groups.items():
+        values = {t: [score[p] for p in group["prompt_id"]] for t in TRAITS}
+        proj = tmp_path / f"{category}.proj.parquet"
+        projections(group["prompt_id"], values, "prefill_mean").to_parquet(proj)
+        inputs.append((proj, tmp_path / "groups" / f"{category}.parquet"))
+    result, _, _ = beavertails(inputs, TRAITS, "prefill_mean", n_boot=100, seed=0)
+    safe = [score[p] for p in table.index[table["label"] == 0]]
+    keys = table["category"].str.split(";")
+    drawn = {}
+    for category, entry in result["categories"].items():
+        mine = [score[p] for p in table.index[keys.apply(lambda ks, c=category: c in ks)]]
+        assert "skipped" in entry[TRAITS[0]] and "auc" not in entry[TRAITS[0]]
+        assert entry[TRAITS[0]]["auc_point"] == pytest.approx(brute_auc(mine, safe))
+        drawn[category] = entry[TRAITS[0]]["auc_point"]
+    assert len(drawn) == 14
+    fig = category_auc_figure(result, TRAITS)
+    ax = fig.axes[0]
+    bars = {t.get_text().replace(", ", ","): p for t, p in zip(ax.get_yticklabels(), ax.patches)}
+    for category, value in drawn.items():
+        assert bars[category].get_width() == pytest.approx(value)
+        assert bars[category].get_facecolor()[3] == 0.0  # hollow: no CI
+    assert "n too small for a CI" in ax.get_legend().get_texts()[0].get_text()
+    for entry in result["categories"].values():
+        for trait in TRAITS:
+            entry[trait] = {"mean": 0.0, "skipped": "n=1 vs safe n=0: too small"}
+    empty = category_auc_figure(result, TRAITS).axes[0]
+    assert not empty.patches and "no category AUC computed" in empty.texts[0].get_text()
 
 
 def test_fresh_clone_dry_run_lists_one_capture_per_category(root):

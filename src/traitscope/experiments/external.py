@@ -20,7 +20,7 @@ from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
-from traitscope.stats import auc_with_ci, compare_groups, spearman, youden_threshold
+from traitscope.stats import auc, auc_with_ci, compare_groups, spearman, youden_threshold
 
 OUT_DIR = "results/external_datasets"
 
@@ -280,6 +280,7 @@ def beavertails(
                 entry[trait]["auc"] = auc_with_ci(x, y, n_boot=n_boot, seed=seed)
             except ValueError as exc:  # a category too small for a CI: say so rather than fail the run
                 entry[trait]["skipped"] = f"n={len(x)} vs safe n={len(y)}: {exc}"
+                entry[trait]["auc_point"] = auc(x, y) if len(x) and np.isfinite(x).all() else None
         result["categories"][group] = entry
         scored = [t for t in traits if "auc" in entry[t]]
         result["best_trait"][group] = max(scored, key=lambda t: entry[t]["auc"]["auc"]) if scored else None
