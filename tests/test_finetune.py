@@ -172,13 +172,31 @@ def test_cli_trains_an_adapter_that_loads_as_a_variant(tiny_manifest, data, tmp_
     assert sorted(p.name for p in out.iterdir()) == ["adapter", "loss.json", "loss.png"]  # no checkpoints
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == TINY.rank and adapter_config["use_rslora"]
-    assert set(adapter_config["target_modules"]) == set(TINY.target_modules)
+    assert adapter_config["target_modules"] == sorted(TINY.target_modules)  # equal runs, equal files
 
     spec = ModelSpec.from_config("tuned", {"finetune": {"base": "tiny", "data": str(data)}})
     manifest = prepare_model(spec, tmp_path / "models" / "tuned", tiny_manifest, out / "adapter")
     assert json.loads(manifest.read_text())["load_from"] == "../../tuned/adapter"  # results/ can move
     # the variant (base + trained adapter) fits the training data better than its base
     assert hf_loss(*load(manifest, device="cpu"))[0] < hf_loss(*load(tiny_manifest, device="cpu"))[0] - 0.1
+
+
+def test_saved_adapter_lists_target_modules_sorted_whatever_order_peft_writes(tmp_path):
+    """PEFT writes its target_modules set in an order that changes between processes."""
+    from traitscope.model.finetune import save_adapter
+
+    class Model:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(exist_ok=True)
+            (Path(folder) / "adapter_config.json").write_text(
+                json.dumps({"r": 4, "target_modules": ["v_proj", "q_proj", "o_proj"]})
+            )
+
+    save_adapter(Model(), tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text()) == {
+        "r": 4,
+        "target_modules": ["o_proj", "q_proj", "v_proj"],
+    }
 
 
 class Killed(Exception):

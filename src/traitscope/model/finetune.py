@@ -101,6 +101,17 @@ def plan_steps(lengths: Sequence[int], settings: FinetuneSettings) -> list[Step]
     return steps
 
 
+def save_adapter(model: Any, folder: Path) -> None:
+    """PEFT's save_pretrained, with target_modules sorted: PEFT keeps them as a set and writes it
+    in an order that changes between processes, so two runs' equal adapters differed as files."""
+    model.save_pretrained(folder)
+    config = Path(folder) / "adapter_config.json"
+    data = json.loads(config.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def check_target_modules(model: Any, targets: Sequence[str], name: str) -> None:
     """Each LoRA target must name a module of the model (peft's own error lists nothing)."""
     names = [n for n, _ in model.named_modules()]
@@ -222,7 +233,7 @@ def finetune(
         "autocast": str(forward.autocast_dtype).removeprefix("torch.") if forward.autocast_dtype else None,
         "trainable_parameters": sum(p.numel() for p in params),
     }
-    atomic_dir(out / "adapter", model.save_pretrained)
+    atomic_dir(out / "adapter", lambda tmp: save_adapter(model, tmp))
     save_figure(out / "loss.png", finetune_loss_figure(record))
     write_json(out / "loss.json", record)
     shutil.rmtree(checkpoints, ignore_errors=True)
