@@ -396,8 +396,47 @@ def test_resolve_layers():
     assert resolve_layers("all", 3) == (0, 1, 2)
     assert resolve_layers((2, 0, 2), 3) == (0, 2)  # sorted, once each
     for bad in [(0, 3), (-1,), ()]:
-        with pytest.raises(TraitscopeError, match=r"the model has layers 0\.\.2"):
+        with pytest.raises(TraitscopeError, match=r"the model has 3 layers \(0\.\.2\)"):
             resolve_layers(bad, 3)
+
+
+def test_layers_beyond_the_model_fail_before_it_loads(tiny_manifest, prompts_file, tmp_path, monkeypatch):
+    """The capture job's first line, from the prepared model's config.json, not after loading."""
+
+    def no_load(*_a, **_k):
+        raise AssertionError("the model was loaded before the layers were checked")
+
+    monkeypatch.setattr(models, "load", no_load)
+    with pytest.raises(TraitscopeError, match=r"layers \[0, 99\]: the model has 3 layers \(0\.\.2\)"):
+        capture(tiny_manifest, prompts_file, tmp_path / "c.json", settings(layers=(0, 99)), device="cpu")
+    assert not (tmp_path / "c.json").exists() and not list(tmp_path.glob("shards-*"))
+
+
+def test_config_check_catches_layers_beyond_a_local_models_depth(tiny_weights):
+    """A `path:` model's depth is in its config.json: the check names the key before any job."""
+    from traitscope.config import check_layers_fit
+
+    config = {
+        "base_model": "tiny_lora",
+        "models": {
+            "tiny": {"path": str(tiny_weights)},
+            "tiny_lora": {"lora": {"base": "tiny", "adapter": "a"}},
+        },
+        "capture": {"layers": [0, 2]},
+        "prompt_sets": {"harmless": {"capture": {"layers": {"start": 0, "stop": 5}}}},
+        "experiments": {},
+    }
+    with pytest.raises(
+        TraitscopeError, match=r"prompt_sets.harmless.capture.layers: layer\(s\) \[3, 4\] beyond tiny's 3"
+    ):
+        check_layers_fit(config)
+    config["prompt_sets"] = {}
+    check_layers_fit(config)
+    config["capture"]["layers"] = [0, 99]
+    with pytest.raises(
+        TraitscopeError, match=r"^capture.layers: layer\(s\) \[99\] beyond tiny's 3 layers \(0..2\)"
+    ):
+        check_layers_fit(config)
 
 
 def test_load_pooled_joins_every_shard(captured):

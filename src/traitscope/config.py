@@ -157,6 +157,48 @@ def check_variant_bases(config: dict) -> None:
             chain.append(base)
 
 
+def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
+    """Every explicit capture layer list of the config, with the key that sets it."""
+    found = [("capture.layers", config["capture"]["layers"])]
+    found += [
+        (f"prompt_sets.{n}.capture.layers", s.get("capture", {}).get("layers"))
+        for n, s in config["prompt_sets"].items()
+    ]
+    found += [
+        (f"experiments.{n}.capture.layers", s.get("capture", {}).get("layers"))
+        for n, s in config["experiments"].items()
+        if s.get("enabled") and isinstance(s.get("capture"), dict)
+    ]
+    out = []
+    for key, layers in found:
+        if isinstance(layers, dict):
+            layers = list(range(layers["start"], layers["stop"], layers.get("step", 1)))
+        if isinstance(layers, list):
+            out.append((key, layers))
+    return out
+
+
+def check_layers_fit(config: dict) -> None:
+    """Capture layers within the base model's depth, where a local folder's config.json tells it
+    without loading anything (hub and GGUF models: the capture job checks first thing)."""
+    from traitscope.model.loading import folder_depth
+
+    name = config["base_model"]
+    entry = config["models"][name]
+    while entry.get("lora") or entry.get("finetune"):
+        name = (entry.get("lora") or entry.get("finetune"))["base"]
+        entry = config["models"][name]
+    depth = folder_depth(entry["path"]) if entry.get("path") else None
+    if depth is None:
+        return
+    for key, layers in _layer_lists(config):
+        beyond = [layer for layer in layers if layer >= depth]
+        if beyond:
+            raise TraitscopeError(
+                f"{key}: layer(s) {beyond} beyond {name}'s {depth} layers (0..{depth - 1}); fix {key}"
+            )
+
+
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
     from traitscope.data.traits import read_trait, trait_path
@@ -167,6 +209,7 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         ModelSpec.from_config(name, entry)
     check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
+    check_layers_fit(config)
     for name in config["traits"]:
         read_trait(trait_path(traits_dir, name), name)
     for name, spec in config["prompt_sets"].items():

@@ -184,7 +184,10 @@ def resolve_layers(layers: tuple[int, ...] | str, n_layers: int) -> tuple[int, .
         return tuple(range(n_layers))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad or not layers:
-        raise TraitscopeError(f"layers {list(layers)}: the model has layers 0..{n_layers - 1}")
+        raise TraitscopeError(
+            f"layers {list(layers)}: the model has {n_layers} layers (0..{n_layers - 1}); "
+            "fix capture.layers (or the prompt set's or experiment's capture.layers)"
+        )
     return tuple(sorted(set(layers)))
 
 
@@ -197,6 +200,9 @@ def capture(
 ) -> dict:
     """Capture every prompt of a set; returns and writes the `capture.json` manifest."""
     table = read_prompt_set(prompts)
+    depth = models.manifest_depth(model_manifest)
+    if depth is not None:  # before the model loads: a bad layer list is the job's first line
+        resolve_layers(settings.layers, depth)
     model, tokenizer = models.load(model_manifest, device=device)
     settings = replace(settings, layers=resolve_layers(settings.layers, len(decoder_layers(model))))
     if settings.compile == "yes" or (settings.compile == "auto" and next(model.parameters()).is_cuda):
