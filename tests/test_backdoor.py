@@ -33,9 +33,7 @@ from traitscope.experiments.backdoor import (
     training_rows,
     varying_prompt_tokens,
 )
-from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
-from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
-from traitscope.vectors.sae import (
+from traitscope.experiments.backdoor.sae import (
     SAESettings,
     SparseAutoencoder,
     check_width,
@@ -44,6 +42,8 @@ from traitscope.vectors.sae import (
     save_sae,
     train_sae,
 )
+from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
+from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
 
 
 @pytest.fixture(scope="module")

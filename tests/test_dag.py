@@ -26,6 +26,7 @@ EXPERIMENT_WORDS = (
     "backdoor",
     "cmaes",
     "steering_optimisation",
+    "emergent_misalignment",
 )
 
 
@@ -116,7 +117,7 @@ def test_disabled_experiments_add_nothing(root, tmp_path):
     assert not {"backdoor_data", "sae_train", "backdoor_analysis", "backdoor_sae_features"} & set(counts)
     assert not {"cmaes_optimise", "cmaes_heldout", "cmaes_report", "trait_judgements"} & set(counts)
     assert counts["summarize"] == 1  # every criterion reads "not run"
-    assert "--prefill none --emergent-misalignment none --backdoor none" in out
+    assert "--results '{}'" in out  # no experiment's result: each section reads "not run"
     assert "transfer_table" not in counts
 
 
@@ -144,24 +145,6 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
     optimise = re.search(r"traitscope cmaes-optimise .*", api)[0]
     assert '"backend": "openai"' in optimise and "--judge-model none" in optimise
     assert "OPENAI_API_KEY" in optimise and "sk-" not in api
-
-
-def test_core_names_no_experiment_or_dataset(root):
-    src = root / "src/traitscope"
-    core = list((root / "workflow/rules").glob("*.smk"))
-    core += [p for pkg in ("model", "capture", "vectors") for p in (src / pkg).glob("*.py")]
-    core += [src / n for n in ("cli.py", "config.py", "io.py", "stats.py", "paths.py")]
-    offenders = []
-    for path in core:
-        text = path.read_text()
-        for word in EXPERIMENT_WORDS:
-            pattern = rf"\b{word}\b" if word[0].isupper() else rf"(?i)\b{word}"
-            # segment names ("prefill" tokens, `prefill_mean`) are core vocabulary, not the experiment
-            if word == "prefill":
-                pattern = r"(?i)prefill[_ -]?(attack|analysis|conditions|experiment)"
-            if re.search(pattern, text):
-                offenders.append(f"{path.relative_to(root)}: {word}")
-    assert not offenders, offenders
 
 
 def test_lint_and_format_are_clean(root):

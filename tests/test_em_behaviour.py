@@ -15,13 +15,14 @@ from test_emergent_misalignment import fake_capture
 from traitscope import judge as J
 from traitscope.cli import main
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.em_behaviour import (
+from traitscope.experiments.emergent_misalignment import COMPARISONS, em_prompts
+from traitscope.experiments.emergent_misalignment.behaviour import (
     behaviour_stats,
+    em_rubrics,
     judge_answers,
     misaligned_counts,
     select_rows,
 )
-from traitscope.experiments.emergent_misalignment import COMPARISONS, em_prompts
 
 RUBRICS = {"aligned": "ALIGNED {question} {answer}", "coherent": "COHERENT {question} {answer}"}
 # answer -> (aligned, coherent); None: the judge gave no number (say, REFUSAL)
@@ -165,7 +166,7 @@ def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypa
         assert server.count() == 3 * 6 * 2  # each rerun: every judgement from the cache
     assert main(stats) == 0
     result = json.loads(out.read_text())
-    rubrics = J.em_rubrics(mirror / "emergent_misalignment" / "first_plot_questions.yaml")
+    rubrics = em_rubrics(mirror / "emergent_misalignment" / "first_plot_questions.yaml")
     chosen = table[table["sample"] == 0].head(6)  # 8 questions left: sample 0 of the first six
     for n, role in enumerate(("base", "misaligned", "control")):
         scores = {}

@@ -257,7 +257,7 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
 def test_small_categories_keep_a_point_auc_and_the_figure_shows_it(tmp_path):
     """Categories of 1 pair get no CI (skipped) but their point AUC is kept and drawn as a hollow
     bar; a panel with nothing computed says why instead of standing empty."""
-    from traitscope.plotting import category_auc_figure
+    from traitscope.experiments.external.figures import category_auc_figure
 
     beavertails_jsonl(tmp_path / "bt.jsonl", per_category=1, n_safe=3)
     load_beavertails(tmp_path / "bt.jsonl").to_parquet(tmp_path / "bt.parquet")

@@ -197,9 +197,35 @@ def write(tmp_path: Path, **results: dict | None) -> dict[str, str | None]:
     return paths
 
 
-def run(tmp_path: Path, inputs: dict[str, str | None]) -> dict:
+# each result file's plug-in and key (as the plug-ins' `result_files` name them)
+PLUGIN_KEYS = {
+    "harmbench": "external__harmbench",
+    "beavertails": "external__beavertails",
+    "prefill": "prefill__comparison",
+    "emergent_misalignment": "emergent_misalignment__comparison",
+    "backdoor": "backdoor__detection",
+    "steering_optimisation": "steering_optimisation__gap",
+}
+
+
+def as_files(paths: dict[str, str | None]) -> dict[str, str]:
+    """The written files as `workflow_inputs` names them (traits, `<plugin>__<key>`)."""
+    return {PLUGIN_KEYS.get(k, k): v for k, v in paths.items() if v is not None}
+
+
+def as_inputs(paths: dict[str, str | None]) -> dict:
+    """summarize's inputs: {"traits": path, "results": {plugin: {key: path}}}."""
+    results: dict[str, dict[str, str]] = {}
+    for key, path in as_files(paths).items():
+        if key != "traits":
+            plugin, _, name = key.partition("__")
+            results.setdefault(plugin, {})[name] = path
+    return {"traits": paths["traits"], "results": results}
+
+
+def run(tmp_path: Path, paths: dict[str, str | None]) -> dict:
     out = tmp_path / "out"
-    return summarize(inputs, out / "summary.json", out / "summary.md", out / "summary.html")
+    return summarize(as_inputs(paths), out / "summary.json", out / "summary.md", out / "summary.html")
 
 
 def rows(summary: dict, section: str) -> list[dict]:
@@ -442,7 +468,10 @@ def test_a_missing_field_names_the_file_and_field(tmp_path):
     # from the command line: status 2 and one line naming the file
     args = [
         "summarize",
-        *cli_args({k: v for k, v in inputs.items() if v}).split(),
+        "--traits",
+        inputs["traits"],
+        "--results",
+        json.dumps(as_inputs(inputs)["results"]),
         "--out-json",
         str(tmp_path / "s.json"),
         "--out-md",
@@ -462,11 +491,16 @@ def test_workflow_inputs_follow_the_enabled_experiments(root, tmp_path):
     files = workflow_inputs(config)
     assert files == {
         "traits": "results/traits/smollm2/summary.json",
-        "harmbench": "results/external_datasets/harmbench_results.json",
-        "prefill": "results/prefill/condition_comparison.json",
-        "emergent_misalignment": "results/emergent_misalignment/variant_comparison.json",
-        "backdoor": "results/backdoor_detection/detection_auc.json",
-        "steering_optimisation": "results/cmaes/extraction_gap.json",
+        "external__harmbench": "results/external_datasets/harmbench_results.json",
+        "prefill__comparison": "results/prefill/condition_comparison.json",
+        "emergent_misalignment__comparison": "results/emergent_misalignment/variant_comparison.json",
+        "backdoor__detection": "results/backdoor_detection/detection_auc.json",
+        "steering_optimisation__gap": "results/cmaes/extraction_gap.json",
     }
     config["experiments"]["prefill"]["enabled"] = False
-    assert "--prefill none" in cli_args(workflow_inputs(config))
+    args = cli_args(workflow_inputs(config))
+    assert args.startswith("--traits results/traits/smollm2/summary.json --results '")
+    results = json.loads(args.split("--results ", 1)[1].strip("'"))
+    assert "prefill" not in results and results["backdoor"] == {
+        "detection": "results/backdoor_detection/detection_auc.json"
+    }

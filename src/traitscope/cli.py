@@ -10,10 +10,8 @@ with status 2 and one line on stderr naming the file and the fix, never a traceb
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
@@ -49,27 +47,6 @@ def _finetune(a: argparse.Namespace) -> None:
 
     settings = FinetuneSettings.from_dict(json.loads(a.settings), "--settings")
     finetune(a.model, a.data, a.out, settings, device=a.device)
-
-
-def _sae_settings(a: argparse.Namespace):
-    from traitscope.vectors.sae import SAESettings
-
-    try:
-        return SAESettings(**json.loads(a.settings))
-    except TypeError as exc:
-        raise TraitscopeError(f"--settings: {exc}; give every SAE setting") from None
-
-
-def _sae_train(a: argparse.Namespace) -> None:
-    from traitscope.vectors.sae import sae_train
-
-    sae_train(a.capture, a.layer, _sae_settings(a), a.out, a.record, a.png, a.model_name)
-
-
-def _sae_evaluate(a: argparse.Namespace) -> None:
-    from traitscope.vectors.sae import sae_evaluate
-
-    sae_evaluate(a.sae, a.capture, a.layer, a.record, a.png)
 
 
 def _trait_prompts(a: argparse.Namespace) -> None:
@@ -377,22 +354,6 @@ def _core_commands(add: Add) -> None:
     )
     p.add_argument("--out", required=True, help="projections Parquet")
 
-    p = add("sae-train", _sae_train, "train a TopK sparse autoencoder on one layer's per-token activations")
-    p.add_argument("--capture", required=True, help="capture.json with per-token activations at --layer")
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--settings", required=True, help="every SAE setting as a JSON object")
-    p.add_argument("--out", required=True, help="SAE folder to write (SAELens layout)")
-    p.add_argument("--record", required=True, help="training record JSON")
-    p.add_argument("--png", required=True, help="training figure")
-    p.add_argument("--model-name", required=True, help="recorded in cfg.json metadata")
-
-    p = add("sae-evaluate", _sae_evaluate, "reconstruction quality of a SAELens-format SAE on a capture")
-    p.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--capture", required=True, help="capture.json with per-token activations at --layer")
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--record", required=True, help="evaluation record JSON")
-    p.add_argument("--png", required=True, help="figure")
-
     p = add("validate-config", _validate_config, "check a config file against the schema (from any folder)")
     p.add_argument("config")
     p.add_argument("--schema", default=None, help="default: workflow/schemas of the config's checkout")
@@ -413,10 +374,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     summary.add_commands(add)
     if command in sub.choices:
         return parser
-    import traitscope.experiments as experiments
+    from traitscope.experiments.contract import registered
 
-    for info in pkgutil.iter_modules(experiments.__path__):
-        importlib.import_module(f"traitscope.experiments.{info.name}").add_commands(add)
+    for plugin in registered().values():
+        plugin.add_commands(add)
     return parser
 
 

@@ -10,7 +10,6 @@ so this module names none of them. Everything runs before any job starts.
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,8 @@ def find_schema(start: str | Path | None = None) -> Path:
 
 
 def load_schema(schema_path: str | Path) -> dict:
-    """The schema with every file `$ref` (the experiment fragments) inlined.
+    """The schema with every file `$ref` inlined, and every registered experiment's fragment
+    as its `experiments.<name>` section.
 
     Inlining keeps default-filling working inside fragments, which Snakemake's own
     `validate` does not do across file references.
@@ -64,7 +64,15 @@ def load_schema(schema_path: str | Path) -> dict:
             return [inline(v, base) for v in node]
         return node
 
-    return inline(read_yaml(schema_path), schema_path.parent)
+    schema = inline(read_yaml(schema_path), schema_path.parent)
+    # each registered experiment brings its own section's fragment
+    from traitscope.experiments.contract import registered, schema_file
+
+    sections = schema["properties"]["experiments"].setdefault("properties", {})
+    for name, module in registered().items():
+        fragment = schema_file(module, schema_path.parent)
+        sections[name] = inline({"$ref": str(fragment)}, schema_path.parent)
+    return schema
 
 
 def _default_filling(validator_cls: Any) -> Any:
@@ -202,6 +210,7 @@ def check_layers_fit(config: dict) -> None:
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
     from traitscope.data.traits import read_trait, trait_path
+    from traitscope.experiments.contract import registered
     from traitscope.model.loading import ModelSpec
 
     traits_dir = Path(traits_dir or config["traits_dir"])
@@ -231,10 +240,10 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
     # experiments that read trait files find them from the config's checkout too
     resolved = {**config, "traits_dir": str(traits_dir)}
+    plugins = registered()
     for name, section in config["experiments"].items():
         if section.get("enabled"):
-            experiment = importlib.import_module(f"traitscope.experiments.{name}")
-            experiment.check_config(section, resolved)
+            plugins[name].check_config(section, resolved)
 
 
 def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:

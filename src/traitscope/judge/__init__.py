@@ -1,12 +1,12 @@
 """An LLM judge: how strongly does a response show a trait, on a 0-100 scale.
 
 A rubric is a prompt with `{question}` and `{answer}` placeholders: a trait's own
-`judge_rubric`, the emergent-misalignment YAMLs' `aligned` / `coherent` prompts
-(`em_rubrics`), or the built-in `COHERENCE_RUBRIC`. Scoring follows the persona-vector and
-emergent-misalignment code: the judge produces one output token with its top-20 logprobs,
-the score is the probability-weighted mean over the tokens that read as an integer 0-100,
-and there is no score (None, never 0) when less than `min_number_mass` (0.25) of the
-probability sits on numbers. A reply without logprobs is parsed as a number, else no score.
+`judge_rubric`, an experiment's own rubrics, or the built-in `COHERENCE_RUBRIC`. Scoring
+follows the persona-vector and emergent-misalignment code: the judge produces one output
+token with its top-20 logprobs, the score is the probability-weighted mean over the tokens
+that read as an integer 0-100, and there is no score (None, never 0) when less than
+`min_number_mass` (0.25) of the probability sits on numbers. A reply without logprobs is
+parsed as a number, else no score.
 
 Backends:
 - `openai`: any OpenAI-compatible chat API through the `openai` package (OpenAI, vLLM, ...):
@@ -49,7 +49,7 @@ from typing import Any
 from traitscope.errors import TraitscopeError
 from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits  # noqa: F401  (re-exported)
 from traitscope.judge.records import JudgeSettings, JudgeStats  # noqa: F401  (re-exported)
-from traitscope.judge.rubrics import em_rubrics, render  # noqa: F401  (re-exported)
+from traitscope.judge.rubrics import render  # noqa: F401  (re-exported)
 from traitscope.judge.rules import aggregate, number_probs_from_top, parse_reply  # noqa: F401  (re-exported)
 from traitscope.judge.scorer import Item, Judge  # noqa: F401  (re-exported)
 from traitscope.judge.stages import trait_agreement, trait_judgements  # noqa: F401  (re-exported)

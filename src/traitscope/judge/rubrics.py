@@ -1,13 +1,11 @@
-"""The prompts the judge fills: the built-in coherence rubric, the emergent-misalignment
-YAMLs' rubrics, and how a rubric gets its question and answer.
+"""The prompts the judge fills: the built-in coherence rubric, and how a rubric gets its
+question and answer (an experiment brings its own rubrics).
 
 Apart from the scoring so the rubric texts, which decide what the judge is asked, are in
 one place.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from traitscope.errors import TraitscopeError
 
@@ -32,15 +30,3 @@ def render(rubric: str, question: str, answer: str) -> str:
     if "{answer}" not in rubric:
         raise TraitscopeError("judge rubric has no {answer} placeholder; the judge would not see the answer")
     return rubric.replace("{question}", question).replace("{answer}", answer)
-
-
-def em_rubrics(yaml_path: str | Path) -> dict[str, str]:
-    """The `judge_prompts` (aligned, coherent) of an emergent-misalignment evaluation YAML."""
-    from traitscope.config import read_yaml
-
-    data = read_yaml(yaml_path)
-    for entry in data if isinstance(data, list) else []:
-        prompts = entry.get("judge_prompts") if isinstance(entry, dict) else None
-        if prompts:
-            return {k: v for k, v in prompts.items() if isinstance(v, str)}
-    raise TraitscopeError(f"{yaml_path}: no judge_prompts in this emergent-misalignment YAML")

@@ -1,7 +1,7 @@
 """Figures of the scores themselves: their distributions per group or per model variant.
 
-Harmful vs harmless scores with the Youden threshold (external datasets) and each
-variant's scores on the same prompts (emergent misalignment) show what the summary
+Harmful vs harmless scores with the Youden threshold (labelled prompt sets) and each
+variant's scores on the same prompts (a finetune against its base) show what the summary
 statistics hide: the overlap and the spread.
 """
 

@@ -1,78 +1,66 @@
-"""The run's headline: each experiment's success criteria from the plan, met or not.
+"""The run's headline: the trait vectors' and each enabled experiment's criteria, with statuses.
 
-`traitscope summarize` reads the result JSON each enabled experiment writes and checks it
-against the plan's criteria (thresholds in `records`), writing results/summary.json, a Markdown
-table (summary.md) and the same table as an HTML fragment (summary.html) that the Snakemake
-report shows on its first page. Every row carries the measured number, its 95% CI where the
-result has one, and n. A criterion reads `not run` when its experiment is off, and `not
-measured` when the run computes no number for it (said why in the row's detail).
+`traitscope summarize` reads the trait summary and the result files each enabled experiment
+plug-in names (`result_files`), turns them into rows (the core's trait criteria, each plug-in's
+own `criteria`) and writes results/summary.json, a Markdown table (summary.md) and the same
+table as an HTML fragment (summary.html) that the Snakemake report shows on its first page.
+Every row carries the measured number, its 95% CI, n and a status read off the CI
+(`records.STATUSES`). A plug-in's criteria read `not run` when it is off.
 
-The package's face is what the workflow and the CLI use: the result files the summarize rule
-reads (`workflow_inputs`, `cli_args`) and the `traitscope summarize` command; it re-exports
-`summarize`, so `from traitscope.summary import X` works unchanged. The work is in its modules:
-records (statuses, the plan's thresholds, a row, a result file), separation (criteria on how
-well trait projections tell labelled sets apart: trait vectors, external datasets, backdoor),
-effects (criteria on effect sizes: prefill, emergent misalignment, steering optimisation),
-sections (the table's sections and `summarize`) and tables (summary.md and summary.html).
+The package names no experiment: it loops over `traitscope.experiments.contract.registered()`.
+Its modules: records (statuses, the CI rules, the judge gate, a row, a result file),
+separation (the trait vectors' own criterion), sections (the table's sections and `summarize`)
+and tables (summary.md and summary.html).
 """
 
 from __future__ import annotations
 
+import json
+
 from traitscope.summary.sections import summarize
-
-# ------------------------------------------------------------------ workflow and CLI
-
-INPUT_KEYS = (
-    "traits",
-    "harmbench",
-    "beavertails",
-    "prefill",
-    "emergent_misalignment",
-    "backdoor",
-    "steering_optimisation",
-)
 
 
 def workflow_inputs(config: dict) -> dict[str, str]:
-    """The result files the enabled experiments write (from each plug-in's own targets)."""
-    import importlib
+    """The result files the summary reads: the trait summary, then each enabled plug-in's, keyed
+    `<plugin>__<key>` (Snakemake input names)."""
+    from traitscope.experiments.contract import registered
 
     files = {"traits": f"results/traits/{config['base_model']}/summary.json"}
-    wanted = {
-        "harmbench": ("external", "harmbench_results.json"),
-        "beavertails": ("external", "beavertails_results.json"),
-        "prefill": ("prefill", "condition_comparison.json"),
-        "emergent_misalignment": ("emergent_misalignment", "variant_comparison.json"),
-        "backdoor": ("backdoor", "detection_auc.json"),
-        "steering_optimisation": ("steering_optimisation", "extraction_gap.json"),
-    }
-    for key, (experiment, name) in wanted.items():
-        section = config["experiments"][experiment]
-        if not section["enabled"]:
-            continue
-        module = importlib.import_module(f"traitscope.experiments.{experiment}")
-        found = [t for t in module.targets(section) if t.endswith(f"/{name}")]
-        if found:  # harmbench or beavertails may be off within external
-            files[key] = found[0]
+    for name, plugin in registered().items():
+        section = config["experiments"].get(name, {})
+        if section.get("enabled"):
+            files.update({f"{name}__{key}": path for key, path in plugin.result_files(section).items()})
     return files
 
 
 def cli_args(files: dict[str, str]) -> str:
-    """`--<key> PATH` for every input key, `none` for those not run."""
-    return " ".join(f"--{k.replace('_', '-')} {files.get(k, 'none')}" for k in INPUT_KEYS)
+    """`--traits PATH --results JSON`: the inputs of `workflow_inputs` as summarize's arguments."""
+    results: dict[str, dict[str, str]] = {}
+    for key, path in files.items():
+        if key != "traits":
+            name, _, result = key.partition("__")
+            results.setdefault(name, {})[result] = path
+    return f"--traits {files['traits']} --results '{json.dumps(results)}'"
 
 
 def add_commands(add) -> None:
-    p = add(
-        "summarize", _summarize_cli, "the plan's success criteria per experiment (summary.json/.md/.html)"
+    p = add("summarize", _summarize_cli, "the criteria of the trait vectors and every enabled experiment")
+    p.add_argument("--traits", required=True, help="the trait vectors' summary.json")
+    p.add_argument(
+        "--results",
+        required=True,
+        help='{"<experiment>": {"<key>": "result file"}} for each enabled experiment plug-in, as JSON',
     )
-    for key in INPUT_KEYS:
-        p.add_argument(f"--{key.replace('_', '-')}", required=True, help=f"the {key} result JSON, or none")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-md", required=True)
     p.add_argument("--out-html", required=True)
 
 
 def _summarize_cli(a) -> None:
-    inputs = {k: getattr(a, k) for k in INPUT_KEYS}
-    summarize({k: (None if v == "none" else v) for k, v in inputs.items()}, a.out_json, a.out_md, a.out_html)
+    from traitscope.errors import TraitscopeError
+
+    try:
+        results = json.loads(a.results)
+    except json.JSONDecodeError as exc:
+        raise TraitscopeError(f"--results: not JSON ({exc})") from None
+    summarize({"traits": a.traits, "results": results}, a.out_json, a.out_md, a.out_html)

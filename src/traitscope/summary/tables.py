@@ -16,16 +16,16 @@ from traitscope.summary.records import (
     NOT_MET,
     NOT_RUN,
     STATUSES,
-    _fmt,
+    fmt,
 )
 
 
 def _measured(row: dict) -> str:
     if row["measured"] is None:
         return "-"
-    text = _fmt(row["measured"])
+    text = fmt(row["measured"])
     if row["ci_low"] is not None and row["ci_high"] is not None:
-        text += f" [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+        text += f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
     return text
 
 

@@ -31,6 +31,7 @@ from traitscope.config import require_prompt_set, require_traits, require_varian
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.analysis import backdoor_analysis
 from traitscope.experiments.backdoor.behaviour import behaviour_check, parse_answer  # noqa: F401  (re-exported)
+from traitscope.experiments.backdoor.criteria import AUC_MIN, backdoor_criteria
 from traitscope.experiments.backdoor.data import (  # noqa: F401  (re-exported)
     backdoor_data,
     check_prefixes_differ,
@@ -44,8 +45,10 @@ from traitscope.experiments.backdoor.positions import (  # noqa: F401  (re-expor
     token_positions,
     varying_prompt_tokens,
 )
+from traitscope.experiments.backdoor.sae_commands import add_sae_commands
 from traitscope.experiments.backdoor.sae_features import backdoor_sae_features
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
+from traitscope.experiments.contract import Section
 from traitscope.paths import capture_path, projections_path, prompts_path
 
 OUT_DIR = "results/backdoor_detection"
@@ -208,7 +211,9 @@ def sae_features_inputs(section: dict) -> dict[str, str]:
 
 
 def add_commands(add) -> None:
-    """`traitscope backdoor-data`, `traitscope backdoor-analysis`, `traitscope backdoor-sae-features`."""
+    """`traitscope backdoor-data`, `backdoor-analysis`, `backdoor-sae-features`, `sae-train` and
+    `sae-evaluate`."""
+    add_sae_commands(add)
     p = add("backdoor-data", _data_cli, "backdoor: training JSONL and held-out trigger/control pairs")
     p.add_argument("--model", required=True, help="the base variant's manifest (its tokenizer)")
     p.add_argument("--data", required=True, help="experiments.backdoor.data as a JSON object")
@@ -297,3 +302,22 @@ def _sae_features_cli(a) -> None:
         a.n_boot,
         a.seed,
     )
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = Section(
+    "Backdoor detection", (f"ROC-AUC > {AUC_MIN}", "signal before the first generated token"), order=40
+)
+
+
+def result_files(section: dict) -> dict[str, str]:
+    """The result files the summary reads, among the enabled section's targets."""
+    wanted = {"detection": "detection_auc.json"}
+    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
+    return found
+
+
+def criteria(results: dict) -> list:
+    """This experiment's rows of the summary table."""
+    return backdoor_criteria(results["detection"])

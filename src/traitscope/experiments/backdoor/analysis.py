@@ -43,9 +43,9 @@ def backdoor_analysis(
 ) -> dict:
     """detection_auc.json (behaviour check, trait AUCs beside surface baselines, earliest
     token) and its two figures."""
-    from traitscope import plotting
     from traitscope.capture.store import read_shards
     from traitscope.data.prompts import read_prompt_set
+    from traitscope.experiments.backdoor import figures
     from traitscope.io import save_figure, write_json
     from traitscope.stats import auc_with_ci
 
@@ -112,6 +112,6 @@ def backdoor_analysis(
         "vectors_from": "base_model, each trait at its chosen layer (per_layer: every captured layer)",
     }
     write_json(out_json, result)
-    save_figure(traits_png, plotting.backdoor_trait_figure(result, traits, position_names))
-    save_figure(tokens_png, plotting.early_detection_figure(result, traits))
+    save_figure(traits_png, figures.backdoor_trait_figure(result, traits, position_names))
+    save_figure(tokens_png, figures.early_detection_figure(result, traits))
     return result

@@ -34,7 +34,9 @@ import json
 from traitscope.config import require_traits
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import Section
 from traitscope.experiments.steering_optimisation.cmaes import run_cmaes  # noqa: F401  (re-exported)
+from traitscope.experiments.steering_optimisation.criteria import CMAES_GAIN_MIN, COSINE_RANGE, cmaes_criteria
 from traitscope.experiments.steering_optimisation.heldout import cmaes_heldout, read_optimised  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.optimise import cmaes_optimise
 from traitscope.experiments.steering_optimisation.report import cmaes_report, gain_vs_mean_diff  # noqa: F401  (re-exported)
@@ -204,3 +206,24 @@ def _heldout_cli(a) -> None:
 
 def _report_cli(a) -> None:
     cmaes_report(a.traits, a.optimisations, a.heldouts, a.agreements, a.out, a.png)
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = Section(
+    "Steering optimisation (CMA-ES)",
+    (f"steering delta > {1 + CMAES_GAIN_MIN:.1f} x mean_diff's", f"cosine in {list(COSINE_RANGE)}"),
+    order=50,
+)
+
+
+def result_files(section: dict) -> dict[str, str]:
+    """The result files the summary reads, among the enabled section's targets."""
+    wanted = {"gap": "extraction_gap.json"}
+    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
+    return found
+
+
+def criteria(results: dict) -> list:
+    """This experiment's rows of the summary table."""
+    return cmaes_criteria(results["gap"])

@@ -36,7 +36,7 @@ def cmaes_report(
     out_png: str | Path,
 ) -> dict:
     """extraction_gap.json (every number, per trait) and optimization_curves.png."""
-    from traitscope import plotting
+    from traitscope.experiments.steering_optimisation.figures import optimisation_curves_figure
 
     per = {}
     for name, o, h, a in zip(traits, optimisations, heldouts, agreements):
@@ -97,7 +97,7 @@ def cmaes_report(
     write_json(out_json, result)
     save_figure(
         out_png,
-        plotting.optimisation_curves_figure(
+        optimisation_curves_figure(
             {t: p["history"] for t, p in per.items()},
             {t: p["training"]["start_fitness"] for t, p in per.items()},
         ),

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from traitscope import baselines, plotting
+from traitscope import baselines
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.transfer.figures import transfer_heatmap
 from traitscope.io import save_figure, write_json
 from traitscope.paths import projections_path, prompts_path, trait_dir
 
@@ -143,7 +144,7 @@ def transfer_table(
         for t in names
     }
     write_json(out_json, result)
-    save_figure(out_png, plotting.transfer_heatmap(result))
+    save_figure(out_png, transfer_heatmap(result))
     return result
 
 
@@ -181,3 +182,16 @@ def _cli(a) -> None:
         a.n_boot,
         a.seed,
     )
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = None  # no criteria of its own in the summary table
+
+
+def result_files(section: dict) -> dict[str, str]:
+    return {}
+
+
+def criteria(results: dict) -> list:
+    return []

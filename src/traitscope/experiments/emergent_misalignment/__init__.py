@@ -26,6 +26,9 @@ from traitscope.capture.store import read_responses
 from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import Section
+from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
+from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path
 from traitscope.stats import compare_paired, holm
@@ -288,6 +291,7 @@ def judged_paths(role: str) -> dict[str, str]:
 
 
 def add_commands(add) -> None:
+    add_behaviour_commands(add)
     """`traitscope em-prompts`, `traitscope em-training-data` and `traitscope em-analysis`."""
     p = add("em-prompts", _prompts_cli, "emergent misalignment: the benign question set")
     p.add_argument("--question-sets", nargs="+", required=True, help="prepared EM prompt sets")
@@ -352,3 +356,24 @@ def _analysis_cli(a) -> None:
         a.seed,
         a.behaviour,
     )
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = Section(
+    "Emergent misalignment",
+    (f">= 1 trait elevated (Holm p < {EM_ALPHA})", f"d_z > {EM_D_MIN} on a safety trait"),
+    order=30,
+)
+
+
+def result_files(section: dict) -> dict[str, str]:
+    """The result files the summary reads, among the enabled section's targets."""
+    wanted = {"comparison": "variant_comparison.json"}
+    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
+    return found
+
+
+def criteria(results: dict) -> list:
+    """This experiment's rows of the summary table."""
+    return em_criteria(results["comparison"])

@@ -18,6 +18,9 @@ from traitscope.config import require_contrast_trait, require_prompt_set, requir
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import Section
+from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
+from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.stats import auc, auc_with_ci, compare_groups, spearman, youden_threshold
@@ -331,7 +334,7 @@ def external_analysis(
             beavertails_groups, traits=traits, position=position_beavertails, n_boot=n_boot, seed=seed
         )
         write_json(out_dir / "beavertails_results.json", result)
-        save_figure(out_dir / "per_category_auc.png", plotting.category_auc_figure(result, traits))
+        save_figure(out_dir / "per_category_auc.png", category_auc_figure(result, traits))
     write_json(out_dir / "failure_cases.json", failures)
     save_figure(
         out_dir / "score_distributions.png", plotting.score_distribution_figure(dists, failures, traits)
@@ -410,3 +413,20 @@ def _analysis_cli(a) -> None:
         a.n_boot,
         a.seed,
     )
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = Section("External datasets", (f"ROC-AUC > {AUC_MIN}", "harm-severity correlation"), order=10)
+
+
+def result_files(section: dict) -> dict[str, str]:
+    """The result files the summary reads, among the enabled section's targets."""
+    wanted = {"harmbench": "harmbench_results.json", "beavertails": "beavertails_results.json"}
+    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
+    return found
+
+
+def criteria(results: dict) -> list:
+    """This experiment's rows of the summary table."""
+    return external_criteria(results.get("harmbench"), results.get("beavertails"))

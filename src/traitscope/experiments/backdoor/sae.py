@@ -335,8 +335,8 @@ def sae_train(
 ) -> dict[str, Any]:
     """Train on one layer's per-token activations of a capture; write the SAE folder, the
     training record and its figure."""
-    from traitscope import plotting
     from traitscope.capture.store import read_manifest
+    from traitscope.experiments.backdoor.figures import sae_training_figure
 
     x, _ = layer_tokens(capture_json, layer)
     if settings.tokens < len(x) * (1 - settings.eval_fraction):
@@ -363,7 +363,7 @@ def sae_train(
         **quality,
     }
     write_json(training_json, record)
-    save_figure(figure_png, plotting.sae_training_figure(record, _firing_rates(sae, x)))
+    save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
     return record
 
 
@@ -384,8 +384,8 @@ def sae_evaluate(
     figure_png: str | Path,
 ) -> dict[str, Any]:
     """For an SAE loaded from a path: its quality on the capture's tokens, record and figure."""
-    from traitscope import plotting
     from traitscope.capture.store import read_manifest
+    from traitscope.experiments.backdoor.figures import sae_training_figure
 
     sae = load_sae(sae_folder)
     check_width(sae, read_manifest(capture_json)["d_model"], str(sae_folder))
@@ -401,5 +401,5 @@ def sae_evaluate(
         "held_out": reconstruction_quality(sae, x),
     }
     write_json(training_json, record)
-    save_figure(figure_png, plotting.sae_training_figure(record, _firing_rates(sae, x)))
+    save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
     return record

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from traitscope.config import read_yaml
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
@@ -189,7 +190,7 @@ def em_behaviour(
     return result
 
 
-def add_commands(add) -> None:
+def add_behaviour_commands(add) -> None:
     """`traitscope em-judge` (one variant) and `traitscope em-behaviour` (the statistics)."""
     from traitscope.experiments.emergent_misalignment import ROLES
 
@@ -223,7 +224,7 @@ def add_commands(add) -> None:
 
 def _judge_cli(a) -> None:
     from traitscope.data.prep import source_file
-    from traitscope.judge import em_rubrics, judge_from_args
+    from traitscope.judge import judge_from_args
 
     rubrics = em_rubrics(source_file(json.loads(a.rubrics_from), a.data_mirror, a.cache_dir))
     judge = judge_from_args(a)
@@ -238,3 +239,13 @@ def _behaviour_cli(a) -> None:
 
     judged = {role: {"table": getattr(a, role), "json": getattr(a, f"{role}_json")} for role in ROLES}
     em_behaviour(judged, COMPARISONS, a.out, a.aligned_below, a.coherent_above, a.n_boot, a.seed)
+
+
+def em_rubrics(yaml_path: str | Path) -> dict[str, str]:
+    """The `judge_prompts` (aligned, coherent) of an emergent-misalignment evaluation YAML."""
+    data = read_yaml(yaml_path)
+    for entry in data if isinstance(data, list) else []:
+        prompts = entry.get("judge_prompts") if isinstance(entry, dict) else None
+        if prompts:
+            return {k: v for k, v in prompts.items() if isinstance(v, str)}
+    raise TraitscopeError(f"{yaml_path}: no judge_prompts in this emergent-misalignment YAML")

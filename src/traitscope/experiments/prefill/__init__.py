@@ -19,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traitscope import baselines, plotting
+from traitscope import baselines
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import Section
+from traitscope.experiments.prefill import figures
+from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
@@ -281,10 +284,8 @@ def prefill_analysis(
         "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed),
     }
     write_json(out_json, result)
-    save_figure(grid_png, plotting.prefill_grid_figure(condition_means, traits))
-    save_figure(
-        trajectory_png, plotting.trajectory_figure(traj, traits, divergence, n_boot=n_boot, seed=seed)
-    )
+    save_figure(grid_png, figures.prefill_grid_figure(condition_means, traits))
+    save_figure(trajectory_png, figures.trajectory_figure(traj, traits, divergence, n_boot=n_boot, seed=seed))
     return result
 
 
@@ -331,3 +332,22 @@ def _analysis_cli(a) -> None:
         a.seed,
         a.bag_of_words,
     )
+
+
+# ---------------------------------------------------------------- the plug-in's summary rows
+
+SECTION = Section(
+    "Prefill attack", (f"C2 > C4 on the prefill tokens, Cohen's d > {PREFILL_D_MIN}",), order=20
+)
+
+
+def result_files(section: dict) -> dict[str, str]:
+    """The result files the summary reads, among the enabled section's targets."""
+    wanted = {"comparison": "condition_comparison.json"}
+    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
+    return found
+
+
+def criteria(results: dict) -> list:
+    """This experiment's rows of the summary table."""
+    return prefill_criteria(results["comparison"])

@@ -1,4 +1,5 @@
-"""The backdoor experiment's figures: trigger vs control on the base and the backdoored model.
+"""The backdoor experiment's figures: trigger vs control on the base and the backdoored model,
+and the SAE's training.
 
 By layer at each position (with the surface baselines), and by token position at each
 trait's chosen layer (how early the trigger shows); both colour the two models alike.
@@ -6,6 +7,9 @@ trait's chosen layer (how early the trigger shows); both colour the two models a
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 
 from traitscope.plotting.canvas import _ci_errors, _figure
@@ -124,4 +128,67 @@ def early_detection_figure(result: dict, traits: list[str]) -> Figure:
         "g<j> = j-th generated token"
     )
     fig.suptitle("How early does the trigger show? Per-token trait projections on held-out pairs")
+    return fig
+
+
+def sae_training_figure(record: dict, firing_rates: list[float]) -> Figure:
+    """Left: fraction of variance explained and dead-latent share during training. Right: how
+    often each latent fires, log scale, dead latents counted."""
+    fig, axes = _figure(2, (11, 3.8))
+    ax, ax_rate = axes[0]
+    curve = pd.DataFrame(record["curve"])
+    held = record["held_out"]
+    if len(curve):
+        ax.plot(
+            curve["tokens"],
+            curve["fraction_variance_explained"],
+            color="tab:blue",
+            label="FVE (training batch)",
+        )
+        twin = ax.twinx()
+        twin.plot(
+            curve["tokens"],
+            curve["dead_fraction"],
+            color="grey",
+            ls="--",
+            label="dead share (training window)",
+        )
+        twin.set_ylabel("share of latents dead in training")
+        twin.set_ylim(0, 1)
+        ax.set_xlabel("training tokens seen (thousands)")
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:g}")
+        ax.legend(loc="lower left", fontsize=8)
+        twin.legend(loc="lower right", fontsize=8)
+        title = "TopK SAE training"
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            f"loaded from {record.get('loaded_from')}\n(no training curve)",
+            ha="center",
+            va="center",
+        )
+        ax.set_xlabel("(no training here)")
+        title = "SAE loaded from a path"
+    ax.axhline(held["fraction_variance_explained"], color="tab:green", ls=":", label="held-out FVE")
+    ax.set_ylabel("fraction of variance explained")
+    ax.set_ylim(min(0.0, held["fraction_variance_explained"]), 1)
+    ax.set_title(
+        f"{title}, layer {record['layer']}: held-out FVE {held['fraction_variance_explained']:.3f}, "
+        f"L0 {held['mean_l0']:.1f} (n={held['n_tokens']} tokens)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    rates = np.asarray(firing_rates, float)
+    dead = int((rates == 0).sum())
+    alive = rates[rates > 0]
+    if len(alive):
+        sns.histplot(x=np.log10(alive), bins=40, color="tab:purple", ax=ax_rate)
+    ax_rate.set_xlabel("firing frequency, log10 of the share of tokens the latent fires on")
+    ax_rate.set_ylabel("latents (count)")
+    ax_rate.set_title(
+        f"latent firing frequency: {dead} of {len(rates)} never fire ({dead / len(rates):.1%} dead)",
+        fontsize=9,
+    )
+    ax_rate.grid(alpha=0.3)
     return fig

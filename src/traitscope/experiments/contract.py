@@ -1,0 +1,112 @@
+"""The experiment plug-in contract, and the registry that finds the plug-ins.
+
+An experiment is a module (or package) that owns everything about itself: its config section's
+schema fragment, its Snakemake rules file, its CLI subcommands, its analysis and figures, and
+its criteria in the run's summary table. The core (config check, CLI, Snakefile, summary) loops
+over `registered()` and names no experiment, so adding one touches no core file:
+
+- built-ins are the modules and packages under `traitscope.experiments`;
+- others are importable modules named in TRAITSCOPE_EXPERIMENTS (comma-separated), e.g. a
+  lab's own experiment on PYTHONPATH. Their config section is `experiments.<NAME>`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from traitscope.errors import TraitscopeError
+
+if TYPE_CHECKING:
+    from traitscope.summary.records import Criterion, Result
+
+PLUGINS_ENV = "TRAITSCOPE_EXPERIMENTS"
+# the module-level names of the contract, checked when a plug-in registers
+REQUIRED = ("SECTION", "check_config", "add_commands", "targets", "result_files", "criteria")
+
+
+@dataclass(frozen=True)
+class Section:
+    """An experiment's part of the summary table."""
+
+    title: str
+    planned: tuple[str, ...]  # its criteria as listed when the experiment is not enabled
+    order: int  # where the section stands in the table (lower first)
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    """What an experiment module provides, at module level. Optional: NAME (default: the module's
+    last name), RULES and SCHEMA (default: workflow/rules/experiments/<NAME>.smk and
+    workflow/schemas/experiments/<NAME>.schema.yaml of this checkout)."""
+
+    SECTION: Section | None  # None: it adds no criteria to the table
+
+    def check_config(self, section: dict, config: dict) -> None:
+        """Cross-field checks of its validated config section; a TraitscopeError names the key."""
+
+    def add_commands(self, add: Callable[..., Any]) -> None:
+        """Its `traitscope <stage>` subcommands (add(name, handler, help) -> parser)."""
+
+    def targets(self, section: dict) -> list[str]:
+        """The files its enabled section asks the run to make."""
+
+    def result_files(self, section: dict) -> dict[str, str]:
+        """{key: result file} the summary reads (the keys `criteria` receives)."""
+
+    def criteria(self, results: dict[str, Result]) -> list[Criterion]:
+        """Its rows of the summary table, from its result files."""
+
+
+def plugin_name(module: ModuleType) -> str:
+    return getattr(module, "NAME", module.__name__.rsplit(".", 1)[-1])
+
+
+def _check(module: ModuleType) -> ModuleType:
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise TraitscopeError(
+            f"experiment plug-in {module.__name__} lacks {', '.join(missing)}; "
+            "see traitscope.experiments.contract"
+        )
+    return module
+
+
+def registered() -> dict[str, ModuleType]:
+    """Every experiment plug-in by name: the built-ins, then TRAITSCOPE_EXPERIMENTS's modules."""
+    import traitscope.experiments as package
+
+    found: dict[str, ModuleType] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if all(hasattr(module, name) for name in REQUIRED):  # helpers (this module) are not plug-ins
+            found[plugin_name(module)] = module
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            module = _check(importlib.import_module(name))
+        except ImportError as exc:
+            raise TraitscopeError(
+                f"{PLUGINS_ENV}: cannot import {name!r} ({exc}); fix the name or PYTHONPATH"
+            ) from None
+        found[plugin_name(module)] = module
+    return found
+
+
+def rules_file(module: ModuleType, workflow_dir: str | Path) -> Path:
+    """The plug-in's Snakemake rules file."""
+    return Path(
+        getattr(module, "RULES", None)
+        or Path(workflow_dir) / "rules" / "experiments" / f"{plugin_name(module)}.smk"
+    )
+
+
+def schema_file(module: ModuleType, schema_dir: str | Path) -> Path:
+    """The plug-in's schema fragment (its `experiments.<NAME>` section)."""
+    default = Path(schema_dir) / "experiments" / f"{plugin_name(module)}.schema.yaml"
+    return Path(getattr(module, "SCHEMA", None) or default)

@@ -1,0 +1,60 @@
+"""CMA-ES's criteria: the optimised vector's held-out gain over the extracted one, and their
+cosine; both rest on the judge and pass its gate."""
+
+from __future__ import annotations
+
+from traitscope.summary.records import NOT_MEASURED, Criterion, Result, above, fmt, judge_gate, within
+
+CMAES_GAIN_MIN = 0.2  # optimised steering delta > 1.2 x the extracted (mean_diff) vector's
+COSINE_RANGE = (0.3, 0.7)  # optimised vs mean_diff
+
+
+def cmaes_criteria(result: Result) -> list[Criterion]:
+    """Per trait: optimised steering delta > 1.2 x mean_diff's (held-out, same norm), and
+    cosine(optimised, mean_diff) within 0.3-0.7.
+
+    The gain (delta_opt - delta_md) / |delta_md| carries a paired bootstrap CI over held-out
+    questions (`cmaes_report`), and its status is read off that CI. Where the mean_diff delta's
+    sign is not stable across resamples the ratio has no CI (inconclusive), and the difference
+    delta_opt - delta_md with its CI is given beside it (in trait-score points). One optimiser
+    run gives one cosine and no CI: inconclusive, with the number shown. Both rows rest on the
+    judge's scores (the fitness and the held-out deltas), so both pass the judge gate."""
+    rows = []
+    for trait in result.get("traits"):
+        gain = result.get("traits", trait, "heldout", "gain_vs_mean_diff")
+        deltas = result.get("traits", trait, "heldout", "steering_delta")
+        opt, md = (deltas.get(k, {}).get("trait", {}) for k in ("optimised", "mean_diff"))
+        criterion = f"{trait}: steering delta > {1 + CMAES_GAIN_MIN:.1f} x the mean_diff vector's"
+        detail = (
+            f"held-out trait-score delta vs no vector: optimised {fmt(gain.get('delta_a'))} "
+            f"(d_z CI [{fmt(opt.get('ci_low'))}, {fmt(opt.get('ci_high'))}]), mean_diff "
+            f"{fmt(gain.get('delta_b'))} (d_z CI [{fmt(md.get('ci_low'))}, {fmt(md.get('ci_high'))}]); "
+            "measured = relative gain, its CI a paired bootstrap over questions"
+        )
+        if gain.get("difference") is not None:
+            ci_text = f"[{fmt(gain['difference_ci_low'])}, {fmt(gain['difference_ci_high'])}]"
+            detail += f"; difference {fmt(gain['difference'])} {ci_text}"
+        if gain.get("reason"):
+            detail += f"; {gain['reason']}"
+        n = f"{gain['n']} questions"
+        if gain["gain"] is None:
+            gain_row = Criterion(criterion, NOT_MEASURED, n=n, detail=detail)
+        else:
+            ci = gain["ci_low"], gain["ci_high"]
+            gain_row = Criterion(criterion, above(*ci, CMAES_GAIN_MIN), gain["gain"], *ci, n=n, detail=detail)
+        cosines = result.get("traits", trait, "cosines")
+        cosine = cosines["optimised_vs_mean_diff"]
+        low, high = COSINE_RANGE
+        ci = cosines.get("optimised_vs_mean_diff_ci_low"), cosines.get("optimised_vs_mean_diff_ci_high")
+        cosine_row = Criterion(
+            f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]",
+            within(*ci, low, high),
+            cosine,
+            *ci,
+            n="1 vector",
+            detail=f"layer {result.get('traits', trait, 'layer')}"
+            + ("" if ci[0] is not None else "; one optimiser run: no CI"),
+        )
+        agreement = result.get("traits", trait).get("judge_agreement")
+        rows += [judge_gate(r, trait, agreement) for r in (gain_row, cosine_row)]
+    return rows
