@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # the pages that hold generated regions (a page named here without one is an error)
 PAGES = ("README.md", "docs/results.md", "docs/benchmarks.md")
+# a results file's header may name the commit it ran at; the guide names none (they go stale)
+COMMIT = re.compile(r",? *\b(?:at |commit )+[0-9a-f]{7,40}\b")
 REGION = re.compile(
     r"(?P<start><!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
     r"(?P<end><!-- end generated: (?P=name) -->)",
@@ -145,7 +147,7 @@ def benchmark_files(sources: Sources, page: Path) -> str:
         first = path.read_text().splitlines()[0].lstrip("#$ ").strip() if path.stat().st_size else ""
         if path.suffix == ".json" or first in {"{", ""}:
             first = "JSON"
-        lines.append(f"- [{path.name}]({_rel(path, page)}): {first[:160]}")
+        lines.append(f"- [{path.name}]({_rel(path, page)}): {COMMIT.sub('', first)[:160]}")
     if not lines:
         return f"No benchmark results in `{_shown(sources.benchmarks)}`.\n"
     return "\n".join(lines) + "\n"
