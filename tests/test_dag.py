@@ -194,7 +194,7 @@ def test_capture_layers_come_from_config(root, tmp_path):
 
 
 def test_every_experiment_is_a_complete_plug_in(root):
-    """One .smk, one schema fragment, one module, one test file and a README section each."""
+    """One .smk, one schema fragment, one module, one test file, one docs page, and a line in README."""
     readme = (root / "README.md").read_text()
     names = sorted(p.stem for p in (root / "workflow/rules/experiments").glob("*.smk"))
     assert names
@@ -209,6 +209,7 @@ def test_every_experiment_is_a_complete_plug_in(root):
         smk = (root / f"workflow/rules/experiments/{name}.smk").read_text()
         assert f'is_enabled("{name}")' in smk and f"get_{name}_targets = " in smk
         assert f"experiments.{name}" in readme
+        assert (root / f"docs/experiments/{name}.md").is_file()
 
 
 def test_core_commands_leave_the_experiment_modules_unimported():

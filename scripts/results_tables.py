@@ -1,0 +1,205 @@
+"""Rewrite the guide's results tables from the files that hold their numbers.
+
+Why: a number pasted into a page by hand goes stale as soon as the code or the run changes,
+and nothing says so. Each table in README.md and docs/ sits between
+`<!-- generated: NAME -->` and `<!-- end generated: NAME -->`; this script rewrites what lies
+between from a run's `results/summary.json` (written by `traitscope summarize`) and the
+benchmark results in `benchmarks/results/`. Where the file is absent, the region says which
+command makes it instead of keeping old numbers.
+
+    python scripts/results_tables.py                 # README.md, docs/results.md, docs/benchmarks.md
+    python scripts/results_tables.py --check         # exit 1 if a region is out of date
+    python scripts/results_tables.py --summary runs/gemma/results/summary.json docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# the pages that hold generated regions (a page named here without one is an error)
+PAGES = ("README.md", "docs/results.md", "docs/benchmarks.md")
+# a results file's header may name the commit it ran at; the guide names none (they go stale)
+COMMIT = re.compile(r",? *\b(?:at |commit )+[0-9a-f]{7,40}\b")
+REGION = re.compile(
+    r"(?P<start><!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+    r"(?P<end><!-- end generated: (?P=name) -->)",
+    re.DOTALL,
+)
+MAKE_SUMMARY = (
+    "`make run` (or `snakemake --cores 2 --resources gpu=1 results/summary.json`), "
+    "then `python scripts/results_tables.py`"
+)
+
+
+class RegionError(ValueError):
+    """A page without generated regions, or a region this script cannot fill; names the page."""
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the numbers come from: a run's summary and the benchmark results folder."""
+
+    summary: Path
+    benchmarks: Path
+
+
+def _rel(path: Path, page: Path) -> str:
+    """A path as a Markdown link target, relative to the page that shows it."""
+    return Path(os.path.relpath(path.resolve(), page.resolve().parent)).as_posix()
+
+
+def _shown(path: Path) -> str:
+    """A path as written in prose: relative to the checkout where it lies inside it."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _load_summary(sources: Sources) -> dict | None:
+    if not sources.summary.is_file():
+        return None
+    return json.loads(sources.summary.read_text())
+
+
+def _missing_summary(sources: Sources) -> str:
+    return f"No `{_shown(sources.summary)}` here, so no numbers to show. To fill this: {MAKE_SUMMARY}.\n"
+
+
+def _measured(row: dict) -> str:
+    from traitscope.summary.tables import _measured as measured  # the summary's own format
+
+    return measured(row)
+
+
+def headline(sources: Sources, page: Path) -> str:
+    """One row per criterion, without the detail column: the README's table."""
+    summary = _load_summary(sources)
+    if summary is None:
+        return _missing_summary(sources)
+    lines = [
+        f"From `{_shown(sources.summary)}`; every criterion's detail (which trait, layer and null) "
+        "is in [docs/results.md](" + _rel(ROOT / "docs/results.md", page) + ").",
+        "",
+        "| experiment | criterion | measured [95% CI] | n | status |",
+        "|---|---|---|---|---|",
+    ]
+    for section in summary["sections"]:
+        for row in section["criteria"]:
+            cells = [section["title"], row["criterion"], _measured(row), row["n"] or "-", row["status"]]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(sources: Sources, page: Path) -> str:
+    """The whole criteria table, exactly as `traitscope summarize` writes summary.md."""
+    from traitscope.summary.tables import markdown_table
+
+    summary = _load_summary(sources)
+    if summary is None:
+        return _missing_summary(sources)
+    sections = "; ".join(f"{s['title']}: {s['status']}" for s in summary["sections"])
+    return (
+        f"From `{_shown(sources.summary)}` ({summary['what']}). By experiment: {sections}. "
+        f"{summary['em_null'][:1].upper()}{summary['em_null'][1:]}.\n\n" + markdown_table(summary)
+    )
+
+
+def capture_benchmarks(sources: Sources, page: Path) -> str:
+    """Capture throughput from every `capture_*.json` result that `benchmarks/capture_gpu.py` wrote."""
+    rows = []
+    for path in sorted(sources.benchmarks.glob("capture_*.json")):
+        result = json.loads(path.read_text())
+        if "traitscope_tokens_per_s" not in result:  # another script's format (capture_multigpu.py)
+            continue
+        peak = result.get("peak_gib_scaled")
+        rows.append(
+            f"| [{path.name}]({_rel(path, page)}) | {result['device']} | {result['model']} "
+            f"| {result['n_prompts']} | {result['traitscope_tokens_per_s']:,} "
+            f"| {result['naive_tokens_per_s']:,} "
+            f"| {result['ratio_vs_naive']}x | {result['roofline_fraction']:.1%} "
+            f"| {'-' if peak is None else peak} |"
+        )
+    if not rows:
+        folder = _shown(sources.benchmarks)
+        return f"No `capture_*.json` in `{folder}`: `benchmarks/capture_gpu.py --json` writes one.\n"
+    head = [
+        "| result | device | model | prompts | tok/s | naive tok/s | ratio | of bf16 matmul | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
+def benchmark_files(sources: Sources, page: Path) -> str:
+    """Every committed benchmark result, with its first line (the command or what it measured)."""
+    lines = []
+    for path in sorted(p for p in sources.benchmarks.iterdir() if p.suffix in {".txt", ".json"}):
+        if path.suffix == ".json" and path.with_suffix(".txt").is_file():
+            continue  # the .txt beside it is the same run, printed
+        first = path.read_text().splitlines()[0].lstrip("#$ ").strip() if path.stat().st_size else ""
+        if path.suffix == ".json" or first in {"{", ""}:
+            first = "JSON"
+        lines.append(f"- [{path.name}]({_rel(path, page)}): {COMMIT.sub('', first)[:160]}")
+    if not lines:
+        return f"No benchmark results in `{_shown(sources.benchmarks)}`.\n"
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "headline": headline,
+    "summary": summary_table,
+    "capture-benchmarks": capture_benchmarks,
+    "benchmark-files": benchmark_files,
+}
+
+
+def rewrite(page: Path, sources: Sources) -> str:
+    """The page's text with every generated region rewritten; the page itself is not written."""
+    text = page.read_text()
+    if not REGION.search(text):
+        raise RegionError(f"{page}: no `<!-- generated: NAME -->` ... `<!-- end generated: NAME -->` region")
+
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise RegionError(f"{page}: unknown generated region {name!r} (known: {', '.join(RENDERERS)})")
+        body = RENDERERS[name](sources, page)
+        return f"{match['start']}{body}{match['end']}"
+
+    return REGION.sub(fill, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the pages in place (or, with --check, say which are out of date)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pages", nargs="*", type=Path, help=f"default: {', '.join(PAGES)}")
+    parser.add_argument("--summary", type=Path, default=ROOT / "results/summary.json")
+    parser.add_argument("--benchmarks", type=Path, default=ROOT / "benchmarks/results")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page would change")
+    args = parser.parse_args(argv)
+    sources = Sources(summary=args.summary, benchmarks=args.benchmarks)
+    stale = []
+    for page in args.pages or [ROOT / p for p in PAGES]:
+        new = rewrite(page, sources)
+        if new != page.read_text():
+            stale.append(page)
+            if not args.check:
+                page.write_text(new)
+    for page in stale:
+        print(f"{'out of date' if args.check else 'rewrote'}: {_shown(page)}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except RegionError as exc:
+        sys.exit(f"error: {exc}")

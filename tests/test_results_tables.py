@@ -1,0 +1,96 @@
+"""scripts/results_tables.py: the guide's tables come from results files, not from hand edits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results_tables.py"
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("results_tables", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary() -> dict:
+    row = {"measured": None, "ci_low": None, "ci_high": None, "n": None, "detail": ""}
+    return {
+        "what": "the plan's success criteria",
+        "statuses": {"met": "CI above", "not run": "off"},
+        "em_null": "misaligned vs control",
+        "sections": [
+            {
+                "name": "external",
+                "title": "External datasets",
+                "sources": ["results/external_datasets/harmbench_results.json"],
+                "status": "met",
+                "criteria": [
+                    {
+                        **row,
+                        "criterion": "HarmBench vs harmless: ROC-AUC > 0.7",
+                        "status": "met",
+                        "measured": 0.9412,
+                        "ci_low": 0.8903,
+                        "ci_high": 0.9791,
+                        "n": "40+40",
+                        "detail": "safety/harmful_request",
+                    }
+                ],
+            },
+            {
+                "name": "backdoor",
+                "title": "Backdoor detection",
+                "sources": [],
+                "status": "not run",
+                "criteria": [{**row, "criterion": "trigger vs control ROC-AUC > 0.7", "status": "not run"}],
+            },
+        ],
+    }
+
+
+def test_generated_region_is_rewritten_from_summary_json(tables, tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(_summary()))
+    page = tmp_path / "page.md"
+    before, after = "# Results\n\nkept above\n\n", "\nkept below\n"
+    page.write_text(
+        before
+        + "<!-- generated: headline -->\n| stale | 0.123 |\n<!-- end generated: headline -->\n"
+        + "<!-- generated: summary -->\nold\n<!-- end generated: summary -->"
+        + after
+    )
+    assert tables.main([str(page), "--summary", str(summary), "--benchmarks", str(tmp_path)]) == 0
+    text = page.read_text()
+    assert text.startswith(before) and text.endswith(after)
+    assert "stale" not in text and "\nold\n" not in text
+    headline = re.search(r"generated: headline -->\n(.*?)<!-- end generated: headline", text, re.S)[1]
+    row = "| External datasets | HarmBench vs harmless: ROC-AUC > 0.7 | 0.941 [0.890, 0.979] | 40+40 | met |"
+    assert row in headline
+    assert "| Backdoor detection | trigger vs control ROC-AUC > 0.7 | - | - | not run |" in headline
+    full = re.search(r"generated: summary -->\n(.*?)<!-- end generated: summary", text, re.S)[1]
+    assert "safety/harmful_request" in full and "Misaligned vs control" in full
+    # a second run changes nothing, and --check agrees
+    assert tables.main([str(page), "--summary", str(summary), "--check"]) == 0
+    # without the summary file, the region says how to make it instead of keeping numbers
+    assert tables.main([str(page), "--summary", str(tmp_path / "absent.json")]) == 0
+    assert "0.941" not in page.read_text() and "make run" in page.read_text()
+
+
+def test_page_without_markers_is_an_error_naming_it(tables, tmp_path):
+    page = tmp_path / "plain.md"
+    page.write_text("# no generated region here\n")
+    with pytest.raises(tables.RegionError, match=re.escape(str(page))):
+        tables.main([str(page), "--summary", str(tmp_path / "summary.json")])
+    page.write_text("<!-- generated: nonesuch -->\n<!-- end generated: nonesuch -->\n")
+    with pytest.raises(tables.RegionError, match="nonesuch"):
+        tables.main([str(page)])
