@@ -108,8 +108,8 @@ def summary_table(sources: Sources, page: Path) -> str:
         return _missing_summary(sources)
     sections = "; ".join(f"{s['title']}: {s['status']}" for s in summary["sections"])
     return (
-        f"From `{_shown(sources.summary)}` ({summary['what']}). By experiment: {sections}. "
-        f"{summary['em_null'][:1].upper()}{summary['em_null'][1:]}.\n\n" + markdown_table(summary)
+        f"From `{_shown(sources.summary)}` ({summary['what']}). By experiment: {sections}.\n\n"
+        + markdown_table(summary)
     )
 
 

@@ -27,7 +27,6 @@ def _summary() -> dict:
     return {
         "what": "the plan's success criteria",
         "statuses": {"met": "CI above", "not run": "off"},
-        "em_null": "misaligned vs control",
         "sections": [
             {
                 "name": "external",
