@@ -77,7 +77,7 @@ def test_generated_region_is_rewritten_from_summary_json(tables, tmp_path):
     assert row in headline
     assert "| Backdoor detection | trigger vs control ROC-AUC > 0.7 | - | - | not run |" in headline
     full = re.search(r"generated: summary -->\n(.*?)<!-- end generated: summary", text, re.S)[1]
-    assert "safety/harmful_request" in full and "Misaligned vs control" in full
+    assert "safety/harmful_request" in full and "- **inconclusive**: the 95% CI straddles" in full  # legend
     # a second run changes nothing, and --check agrees
     assert tables.main([str(page), "--summary", str(summary), "--check"]) == 0
     # without the summary file, the region says how to make it instead of keeping numbers
