@@ -110,3 +110,10 @@ def schema_file(module: ModuleType, schema_dir: str | Path) -> Path:
     """The plug-in's schema fragment (its `experiments.<NAME>` section)."""
     default = Path(schema_dir) / "experiments" / f"{plugin_name(module)}.schema.yaml"
     return Path(getattr(module, "SCHEMA", None) or default)
+
+
+def among_targets(targets: list[str], names: dict[str, str]) -> dict[str, str]:
+    """{key: the target whose file name is names[key]}: a plug-in's `result_files` from its
+    targets, so a result's path is spelled once (in `targets`); a key whose file is not among
+    them (a part of the experiment switched off) is left out."""
+    return {key: t for key, name in names.items() for t in targets if t.rsplit("/", 1)[-1] == name}

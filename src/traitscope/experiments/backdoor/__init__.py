@@ -48,7 +48,7 @@ from traitscope.experiments.backdoor.positions import (  # noqa: F401  (re-expor
 from traitscope.experiments.backdoor.sae_commands import add_sae_commands
 from traitscope.experiments.backdoor.sae_features import backdoor_sae_features
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import Section, among_targets
 from traitscope.paths import capture_path, projections_path, prompts_path
 
 OUT_DIR = "results/backdoor_detection"
@@ -313,9 +313,7 @@ SECTION = Section(
 
 def result_files(section: dict) -> dict[str, str]:
     """The result files the summary reads, among the enabled section's targets."""
-    wanted = {"detection": "detection_auc.json"}
-    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
-    return found
+    return among_targets(targets(section), {"detection": "detection_auc.json"})
 
 
 def criteria(results: dict) -> list:

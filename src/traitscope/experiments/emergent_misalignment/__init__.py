@@ -26,7 +26,7 @@ from traitscope.capture.store import read_responses
 from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
@@ -369,9 +369,7 @@ SECTION = Section(
 
 def result_files(section: dict) -> dict[str, str]:
     """The result files the summary reads, among the enabled section's targets."""
-    wanted = {"comparison": "variant_comparison.json"}
-    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
-    return found
+    return among_targets(targets(section), {"comparison": "variant_comparison.json"})
 
 
 def criteria(results: dict) -> list:

@@ -18,7 +18,7 @@ from traitscope.config import require_contrast_trait, require_prompt_set, requir
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
 from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.io import save_figure, write_json, write_parquet
@@ -422,9 +422,9 @@ SECTION = Section("External datasets", (f"ROC-AUC > {AUC_MIN}", "harm-severity c
 
 def result_files(section: dict) -> dict[str, str]:
     """The result files the summary reads, among the enabled section's targets."""
-    wanted = {"harmbench": "harmbench_results.json", "beavertails": "beavertails_results.json"}
-    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
-    return found
+    return among_targets(
+        targets(section), {"harmbench": "harmbench_results.json", "beavertails": "beavertails_results.json"}
+    )
 
 
 def criteria(results: dict) -> list:

@@ -23,7 +23,7 @@ from traitscope import baselines
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
 from traitscope.io import save_figure, write_json, write_parquet
@@ -343,9 +343,7 @@ SECTION = Section(
 
 def result_files(section: dict) -> dict[str, str]:
     """The result files the summary reads, among the enabled section's targets."""
-    wanted = {"comparison": "condition_comparison.json"}
-    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
-    return found
+    return among_targets(targets(section), {"comparison": "condition_comparison.json"})
 
 
 def criteria(results: dict) -> list:

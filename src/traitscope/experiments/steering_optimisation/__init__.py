@@ -34,7 +34,7 @@ import json
 from traitscope.config import require_traits
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.steering_optimisation.cmaes import run_cmaes  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.criteria import CMAES_GAIN_MIN, COSINE_RANGE, cmaes_criteria
 from traitscope.experiments.steering_optimisation.heldout import cmaes_heldout, read_optimised  # noqa: F401  (re-exported)
@@ -219,9 +219,7 @@ SECTION = Section(
 
 def result_files(section: dict) -> dict[str, str]:
     """The result files the summary reads, among the enabled section's targets."""
-    wanted = {"gap": "extraction_gap.json"}
-    found = {key: t for key in wanted for t in targets(section) if t.endswith("/" + wanted[key])}
-    return found
+    return among_targets(targets(section), {"gap": "extraction_gap.json"})
 
 
 def criteria(results: dict) -> list:
