@@ -14,7 +14,7 @@ from traitscope import plotting
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json
 from traitscope.stats import auc, cohens_d, mean_auc_with_ci
-from traitscope.vectors.extraction import labelled_activations, split_groups
+from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.methods import project
 from traitscope.vectors.record import read_evaluation, read_vectors
 

@@ -93,7 +93,7 @@ def trait_filter(
     import torch
 
     from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
-    from traitscope.vectors.extraction import labelled_activations, split_groups
+    from traitscope.vectors.labelled import labelled_activations, split_groups
     from traitscope.vectors.methods import METHODS
 
     kept, summary = surviving_pairs(judgements, trait_min, coherence_min)

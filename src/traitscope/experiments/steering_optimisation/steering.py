@@ -24,7 +24,7 @@ def pca_basis(
     at `layer`, their explained-variance ratios and the number of activations."""
     import torch
 
-    from traitscope.vectors.extraction import labelled_activations
+    from traitscope.vectors.labelled import labelled_activations
 
     table, x, layers = labelled_activations(capture_json, prompts, position)
     if layer not in layers:
