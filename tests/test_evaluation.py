@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from traitscope.cli import main
-from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
+from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
 from traitscope.vectors.record import TraitVector, read_vectors
 
 

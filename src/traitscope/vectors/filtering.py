@@ -92,8 +92,8 @@ def trait_filter(
 
     import torch
 
-    from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
     from traitscope.vectors.labelled import labelled_activations, split_groups
+    from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
     from traitscope.vectors.methods import METHODS
 
     kept, summary = surviving_pairs(judgements, trait_min, coherence_min)
