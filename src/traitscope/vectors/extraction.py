@@ -12,6 +12,7 @@ import torch
 from traitscope.data.prompts import text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_safetensors, write_json
+from traitscope.vectors.filtering import keep_rows, surviving_pairs
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.methods import METHODS
 
@@ -42,8 +43,6 @@ def trait_vectors(
     table, x, layers = labelled_activations(capture_json, prompts, position)
     filtered = None
     if filter_judgements is not None:
-        from traitscope.vectors.filtering import keep_rows, surviving_pairs
-
         kept, filtered = surviving_pairs(filter_judgements, trait_min, coherence_min)
         rows = keep_rows(table, kept)
         table, x = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
