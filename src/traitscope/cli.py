@@ -18,24 +18,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traitscope import summary
+from traitscope.command_args import int_or_none, path_or_none, words_or_none
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
-
-
-def int_or_none(value: str) -> int | None:
-    """A nullable count: `none` (the config's null) or an integer."""
-    return None if value.lower() in ("none", "null") else int(value)
-
-
-def path_or_none(value: str) -> str | None:
-    """A path the rule may leave unset: the word `none`."""
-    return None if value == "none" else value
-
-
-def words_or_none(values: list[str]) -> list[str]:
-    return [] if values == ["none"] else values
 
 
 def _prepare_model(a: argparse.Namespace) -> None:
