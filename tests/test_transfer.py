@@ -402,7 +402,7 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
     import torch
 
     from traitscope.capture.store import capture
-    from traitscope.model.generate import generate
+    from traitscope.generation.generate import generate
     from traitscope.model.hooks import ablate_direction, decoder_layers, run_recorded
     from traitscope.model.loading import load
     from traitscope.vectors.evaluation import trait_evaluation

@@ -26,11 +26,11 @@ import torch
 from traitscope.capture.engine import Batch, forward_batches, pool_batch
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
+from traitscope.generation.generate import generate_batches
 from traitscope.io import save_safetensors, write_json, write_parquet
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.chat import SEGMENT_CODE, SEGMENTS
-from traitscope.model.generate import generate_batches
 from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

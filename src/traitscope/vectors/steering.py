@@ -26,10 +26,10 @@ from traitscope.capture.engine import pooled_activations
 from traitscope.data.prompts import user_texts
 from traitscope.data.traits import ContrastTrait, Trait, read_trait
 from traitscope.errors import TraitscopeError
+from traitscope.generation.generate import generate
 from traitscope.io import write_json
 from traitscope.model import chat
 from traitscope.model import loading as models
-from traitscope.model.generate import generate
 from traitscope.model.hooks import ablate_direction, add_to_layer
 from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
 from traitscope.vectors.record import TraitVector

@@ -64,8 +64,8 @@ def steered_answers(
 
     import torch
 
+    from traitscope.generation.generate import generate
     from traitscope.model import chat
-    from traitscope.model.generate import generate
     from traitscope.model.hooks import add_to_layer
 
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]

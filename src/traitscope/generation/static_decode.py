@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
-from traitscope.model.decode_loop import Steps, _cache_keyword, _decode_loop, _forward_accepts, _joined
+from traitscope.generation.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
+from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _forward_accepts, _joined
+from traitscope.generation.prefix import prefill_prefix
 from traitscope.model.hooks import record
-from traitscope.model.prefix import prefill_prefix
 
 # static KV caches are sized in multiples of CACHE_STEP tokens and ROWS_STEP rows: coarser steps let
 # more batches share a graph, but every padded row and column is read each step
