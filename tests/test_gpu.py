@@ -347,7 +347,7 @@ def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manife
     restored for dropout), and the adapter loads as a finetuned variant."""
     from test_finetune import TINY
 
-    from traitscope.model.finetune import finetune
+    from traitscope.training.finetune import finetune
 
     spec = {
         **json.loads(gpu_manifest.read_text())["spec"],

@@ -32,7 +32,7 @@ def _prepare_model(a: argparse.Namespace) -> None:
 
 
 def _finetune(a: argparse.Namespace) -> None:
-    from traitscope.model.finetune import FinetuneSettings, finetune
+    from traitscope.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings.from_dict(json.loads(a.settings), "--settings")
     finetune(a.model, a.data, a.out, settings, device=a.device)
