@@ -145,7 +145,7 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
     import yaml
 
     from traitscope.capture.store import load_pooled
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     trait = {
         "description": "d",

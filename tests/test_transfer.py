@@ -220,7 +220,7 @@ def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
     from traitscope.vectors.projection import project
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     tmp = tmp_path_factory.mktemp("transfer")
     trait_file = contrast_trait(tmp)
@@ -407,8 +407,8 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
     from traitscope.model.loading import load
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
-    from traitscope.vectors.record import TraitVector
     from traitscope.vectors.steering import refuses, steering_check
+    from traitscope.vectors.trait_vector import TraitVector
 
     spec = yaml.safe_load((root / "resources/traits/safety/harmful_request.yaml").read_text())
     trait_file = tmp_path / "safety" / "harmful_request.yaml"

@@ -187,7 +187,7 @@ def _steering_check(a: argparse.Namespace) -> None:
 
 def _project(a: argparse.Namespace) -> None:
     from traitscope.vectors.projection import project
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     traits = [TraitVector.load(vec, ev, name) for name, vec, ev in a.trait]
     project(a.capture, traits, a.variant, a.prompt_set, a.out)

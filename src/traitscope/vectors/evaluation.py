@@ -13,7 +13,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
-from traitscope.vectors.record import read_evaluation, read_vectors
+from traitscope.vectors.trait_vector import read_evaluation, read_vectors
 
 
 def trait_evaluation(

@@ -32,7 +32,7 @@ from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import ablate_direction, add_to_layer
 from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
-from traitscope.vectors.record import TraitVector
+from traitscope.vectors.trait_vector import TraitVector
 
 # Arditi et al. (2024)'s refusal substrings, matched case-insensitively
 REFUSAL_PHRASES = (

@@ -108,6 +108,6 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _load_trait_vector(vectors: str | Path, evaluation: str | Path, name: str) -> Any:
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     return TraitVector.load(vectors, evaluation, name)
