@@ -170,7 +170,7 @@ def _trait_summary(a: argparse.Namespace) -> None:
 
 
 def _steering_check(a: argparse.Namespace) -> None:
-    from traitscope.vectors.steering import steering_check
+    from traitscope.vectors.steering_check import steering_check
 
     steering_check(
         a.model,
