@@ -16,7 +16,7 @@ from typing import Any
 from traitscope.errors import TraitscopeError
 from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits
 from traitscope.judge.records import JudgeStats, Raw
-from traitscope.judge.rules import TOP_LOGPROBS, number_probs_from_top
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top
 
 
 class LocalBackend:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge.rules import NUMBERS
+from traitscope.judge.scoring_rule import NUMBERS
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.records import JudgeStats, Raw
-from traitscope.judge.rules import TOP_LOGPROBS, number_probs_from_top, parse_reply
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top, parse_reply
 
 
 class OpenAIBackend:

@@ -15,7 +15,7 @@ from traitscope.judge.local_backend import LocalBackend
 from traitscope.judge.openai_backend import OpenAIBackend
 from traitscope.judge.records import Judgement, JudgeSettings, JudgeStats, Raw
 from traitscope.judge.rubrics import render
-from traitscope.judge.rules import TOP_LOGPROBS, aggregate
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, aggregate
 
 CHUNK = 64  # judgements sent to the backend, then written to the cache, at a time
 
