@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from traitscope.errors import TraitscopeError
+from traitscope.judge.judgements import JudgeStats, Raw
 from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits
-from traitscope.judge.records import JudgeStats, Raw
 from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge.records import JudgeStats, Raw
+from traitscope.judge.judgements import JudgeStats, Raw
 from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top, parse_reply
 
 
