@@ -19,15 +19,15 @@ from collections.abc import Callable, Sequence
 
 from traitscope import summary
 from traitscope.command_args import int_or_none, path_or_none, words_or_none
+from traitscope.config import load_config
 from traitscope.errors import TraitscopeError
-from traitscope.judge import add_judge_arguments
+from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
+from traitscope.model.loading import ModelSpec, prepare_model
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
 
 def _prepare_model(a: argparse.Namespace) -> None:
-    from traitscope.model.loading import ModelSpec, prepare_model
-
     prepare_model(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out, a.base_manifest, a.adapter)
 
 
@@ -126,8 +126,6 @@ def _trait_vectors(a: argparse.Namespace) -> None:
 
 
 def _trait_judgements(a: argparse.Namespace) -> None:
-    from traitscope.judge import judge_from_args, trait_judgements
-
     judge = judge_from_args(a)
     try:
         trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.splits, a.rubrics, a.out)
@@ -136,8 +134,6 @@ def _trait_judgements(a: argparse.Namespace) -> None:
 
 
 def _trait_agreement(a: argparse.Namespace) -> None:
-    from traitscope.judge import trait_agreement
-
     trait_agreement(a.judgements, a.out, a.n_boot, a.seed)
 
 
@@ -194,8 +190,6 @@ def _project(a: argparse.Namespace) -> None:
 
 
 def _validate_config(a: argparse.Namespace) -> None:
-    from traitscope.config import load_config
-
     load_config(a.config, a.schema)
     print(f"{a.config}: valid")
 

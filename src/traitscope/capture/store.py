@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from traitscope.capture.engine import Batch, forward_batches, pool_batch
 from traitscope.data.prompts import read_prompt_set
@@ -256,8 +257,6 @@ def read_shards(
     capture_json: str | Path,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, dict[str, torch.Tensor]]]:
     """(prompts, tokens, tensors) per shard of a finished capture."""
-    from safetensors.torch import load_file
-
     path = Path(capture_json)
     manifest = read_manifest(path)
     folder = path.parent / manifest["shard_dir"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from traitscope.config import read_yaml
 from traitscope.errors import TraitscopeError
 
 COHERENCE_RUBRIC = """\
@@ -36,8 +37,6 @@ def render(rubric: str, question: str, answer: str) -> str:
 
 def em_rubrics(yaml_path: str | Path) -> dict[str, str]:
     """The `judge_prompts` (aligned, coherent) of an emergent-misalignment evaluation YAML."""
-    from traitscope.config import read_yaml
-
     data = read_yaml(yaml_path)
     for entry in data if isinstance(data, list) else []:
         prompts = entry.get("judge_prompts") if isinstance(entry, dict) else None
