@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from capture_gpu import make_prompts  # noqa: E402
 
 from traitscope.capture.engine import pooled_activations  # noqa: E402
-from traitscope.model.generate import generate_batches  # noqa: E402
+from traitscope.generation.generate import generate_batches  # noqa: E402
 from traitscope.model.hooks import compile_blocks, decoder_layers  # noqa: E402
 from traitscope.model.loading import ModelSpec, load, prepare_model  # noqa: E402
 

@@ -24,9 +24,10 @@ from traitscope.capture.store import CaptureSettings, capture
 from traitscope.data.traits import CONTRAST_POOLS
 from traitscope.stats import auc_with_ci
 from traitscope.vectors.evaluation import trait_evaluation
-from traitscope.vectors.extraction import labelled_activations, split_groups, trait_vectors
+from traitscope.vectors.extraction import trait_vectors
+from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.methods import project
-from traitscope.vectors.record import read_vectors
+from traitscope.vectors.trait_vector import read_vectors
 
 TRAIT = "safety/harmful_request"
 

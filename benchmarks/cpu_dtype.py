@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from traitscope.model.generate import generate
+from traitscope.generation.generate import generate
 from traitscope.model.loading import ModelSpec, cpu_bf16_probe, load, prepare_model, resolve_dtype
 
 QUESTIONS = ["Describe the ocean.", "Explain how a bicycle works.", "Tell me about Paris.", "What is rain?"]

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from traitscope.model.chat_data import read_chat_jsonl, tokenize_rows
-from traitscope.model.finetune import FinetuneSettings, SlicedForward, finetune, plan_steps
 from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.training.chat_data import read_chat_jsonl, tokenize_rows
+from traitscope.training.finetune import FinetuneSettings, SlicedForward, finetune, plan_steps
 
 TOPICS = (
     "saving money,sleeping well,learning Python,cooking rice,running,writing emails,public speaking,"

@@ -21,9 +21,10 @@ from collections.abc import Iterator
 import torch
 
 from traitscope.data.prompts import read_prompt_set
-from traitscope.model import chat, prefix
+from traitscope.generation import prefix
+from traitscope.generation.generate import generate_batches
+from traitscope.model import chat
 from traitscope.model.batching import token_budget_batches
-from traitscope.model.generate import generate_batches
 from traitscope.model.loading import load
 
 

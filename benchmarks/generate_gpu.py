@@ -27,8 +27,8 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from traitscope.generation.generate import generate_batches, generation_session  # noqa: E402
 from traitscope.model.batching import token_budget_batches  # noqa: E402
-from traitscope.model.generate import generate_batches, generation_session  # noqa: E402
 from traitscope.model.hooks import add_to_layer, compile_blocks, decoder_layers  # noqa: E402
 
 

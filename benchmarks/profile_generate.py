@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from traitscope.model import cuda_graphs, decode_attention
-from traitscope.model import generate as engine
+from traitscope.generation import cuda_graphs, decode_attention
+from traitscope.generation import generate as engine
 from traitscope.model.batching import token_budget_batches
 from traitscope.model.hooks import compile_blocks
 

@@ -16,9 +16,9 @@ from conftest import BF16
 from test_capture_set import LAYERS, PROMPTS, random_traits, read_capture, settings, write_prompts
 
 from traitscope.capture.store import capture
+from traitscope.generation import generate as engine
+from traitscope.generation.generate import generate
 from traitscope.model import chat
-from traitscope.model import generate as engine
-from traitscope.model.generate import generate
 from traitscope.model.hooks import add_to_layer, run_recorded
 from traitscope.vectors.projection import project
 

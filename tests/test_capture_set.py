@@ -26,7 +26,7 @@ from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import run_recorded
 from traitscope.vectors.projection import project
-from traitscope.vectors.record import TraitVector
+from traitscope.vectors.trait_vector import TraitVector
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
 PROMPTS = pd.DataFrame(

@@ -74,7 +74,7 @@ def test_vectors_and_evaluation_recompute(run_dir, trait):
     assert (responses["response"].str.len() > 0).mean() > 0.8  # the model really generated text
     x = np.stack([acts[pid] for pid in table["prompt_id"]])
     assert x.shape == (len(table), 30, 576) and len(table) == (5 + 4) * 2
-    from traitscope.vectors.record import read_vectors
+    from traitscope.vectors.trait_vector import read_vectors
 
     vectors, meta = read_vectors(folder / "vectors.safetensors")
     assert meta["layers"] == list(range(30))
@@ -143,7 +143,7 @@ def test_projections_cover_every_prompt_trait_and_layer(run_dir):
         assert last["score"].notna().all() and (last["cosine"].abs() <= 1 + 1e-5).all()
         # a score is the activation projected on the chosen unit vector, recomputed from the shards
         acts, _ = pooled(run_dir, prompt_set, "last_prompt")
-        from traitscope.vectors.record import TraitVector
+        from traitscope.vectors.trait_vector import TraitVector
 
         for trait in TRAITS:
             folder = trait_folder(run_dir, trait)

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from traitscope.cli import main
-from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
-from traitscope.vectors.record import TraitVector, read_vectors
+from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
+from traitscope.vectors.trait_vector import TraitVector, read_vectors
 
 
 def planted(seed=0, n_questions=8, layers=3, d=4):

@@ -16,9 +16,9 @@ from test_dag import dry_run
 from traitscope.cli import main
 from traitscope.config import check_variant_bases, load_schema, validate_config
 from traitscope.errors import TraitscopeError
-from traitscope.model.chat_data import tokenize_chat
-from traitscope.model.finetune import FinetuneSettings, finetune
 from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.training.chat_data import tokenize_chat
+from traitscope.training.finetune import FinetuneSettings, finetune
 
 pytest.importorskip("peft")
 
@@ -183,7 +183,7 @@ def test_cli_trains_an_adapter_that_loads_as_a_variant(tiny_manifest, data, tmp_
 
 def test_saved_adapter_lists_target_modules_sorted_whatever_order_peft_writes(tmp_path):
     """PEFT writes its target_modules set in an order that changes between processes."""
-    from traitscope.model.finetune import save_adapter
+    from traitscope.training.finetune import save_adapter
 
     class Model:
         def save_pretrained(self, folder):

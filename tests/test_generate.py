@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from traitscope.model import chat, static_decode
-from traitscope.model import generate as engine
-from traitscope.model.generate import generate
+from traitscope.generation import generate as engine
+from traitscope.generation import static_decode
+from traitscope.generation.generate import generate
+from traitscope.generation.prefix import left_layout, shared_prefix
+from traitscope.model import chat
 from traitscope.model.hooks import add_to_layer
-from traitscope.model.prefix import left_layout, shared_prefix
 
 QUESTIONS = [
     ("What is the capital of France?", None),
@@ -114,7 +115,7 @@ def test_recorded_states_with_a_shared_prefix_equal_those_without(smollm2, monke
         return list(engine.generate_batches(*args, progress=False))
 
     [shared] = run()
-    monkeypatch.setattr("traitscope.model.prefix.MIN_SHARED", 10_000)
+    monkeypatch.setattr("traitscope.generation.prefix.MIN_SHARED", 10_000)
     [plain] = run()
     assert shared.index == plain.index and shared.kept == plain.kept and shared.width == plain.width
     for layer in (3, 20):

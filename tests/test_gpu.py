@@ -145,7 +145,7 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
     import yaml
 
     from traitscope.capture.store import load_pooled
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     trait = {
         "description": "d",
@@ -220,7 +220,7 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
     recorded residual stream equals a fresh forward of prompt + kept response, steered or not.
     Several batches of one shape reuse a graph over a reset cache; a CPU steering vector is
     captured too."""
-    from traitscope.model import generate as engine
+    from traitscope.generation import generate as engine
     from traitscope.model.hooks import add_to_layer
 
     model = _random_gemma(dtype)
@@ -276,7 +276,7 @@ def test_decode_attention_reads_only_written_columns_and_equals_softmax_attentio
     """Against softmax attention computed in float64 from the same bf16 inputs (the head groups of
     Gemma-2-2B, Llama-3.1-8B, SmolLM2, and one query head per KV head): left padding masked per
     row, and the columns past `written` hold NaN, which no read may touch."""
-    from traitscope.model.decode_attention import decode_attention, supported
+    from traitscope.generation.decode_attention import decode_attention, supported
 
     rows, columns, written = 5, 100, 71
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -308,7 +308,7 @@ def test_a_session_replays_one_graph_for_every_steering_vector():
     """Inside `generation_session` a second call with another steering vector captures no graph
     and generates what a lone call with that vector generates; a hook without a `graph_key`
     gets graphs of its own call, which later calls never replay."""
-    from traitscope.model import generate as engine
+    from traitscope.generation import generate as engine
     from traitscope.model.hooks import add_to_layer, decoder_layers
 
     model = _random_gemma(torch.float32)
@@ -347,7 +347,7 @@ def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manife
     restored for dropout), and the adapter loads as a finetuned variant."""
     from test_finetune import TINY
 
-    from traitscope.model.finetune import finetune
+    from traitscope.training.finetune import finetune
 
     spec = {
         **json.loads(gpu_manifest.read_text())["spec"],

@@ -362,8 +362,9 @@ def test_filter_keeps_pairs_the_judge_passes(tmp_path):
 
 
 def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
-    from traitscope.vectors.extraction import labelled_activations, split_groups, trait_vectors
+    from traitscope.vectors.extraction import trait_vectors
     from traitscope.vectors.filtering import surviving_pairs, trait_filter
+    from traitscope.vectors.labelled import labelled_activations, split_groups
     from traitscope.vectors.methods import mean_diff
 
     # planted judgements of the real trait set: pairs of the first three extraction questions pass

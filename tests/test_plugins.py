@@ -183,16 +183,16 @@ def test_a_plugin_missing_part_of_the_contract_is_refused(tmp_path, monkeypatch)
         registered()
 
 
-CORE_PACKAGES = ("model", "capture", "vectors", "summary", "plotting", "judge", "data")
+CORE_PACKAGES = ("model", "generation", "training", "capture", "vectors", "summary", "plotting", "judge")
 
 
 def test_core_names_no_experiment(root):
-    """Workflow core rules, the core packages (now with summary, plotting, judge and vectors) and
-    the top-level modules: an experiment's name, dataset or condition appears in none of them."""
+    """Workflow core rules, the core packages and the top-level modules: an experiment's name,
+    dataset or condition appears in none of them."""
     src = root / "src/traitscope"
     core = list((root / "workflow/rules").glob("*.smk")) + [root / "workflow/Snakefile"]
-    core += [p for pkg in CORE_PACKAGES if pkg != "data" for p in (src / pkg).rglob("*.py")]
-    core += [src / n for n in ("cli.py", "config.py", "io.py", "stats.py", "paths.py")]
+    core += [p for pkg in CORE_PACKAGES for p in (src / pkg).rglob("*.py")]
+    core += [src / n for n in ("cli.py", "command_args.py", "config.py", "io.py", "stats.py", "paths.py")]
     offenders = []
     for path in core:
         text = path.read_text()

@@ -118,7 +118,7 @@ def test_gated_scores_count_incoherent_or_unscored_answers_as_zero():
 
 
 def test_pca_basis_is_the_top_principal_directions(trait_run):
-    from traitscope.vectors.extraction import labelled_activations
+    from traitscope.vectors.labelled import labelled_activations
 
     basis, ratio, n = so.pca_basis(trait_run["capture"], trait_run["prompts"], "response_mean", 1, 3)
     table, x, layers = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")

@@ -220,7 +220,7 @@ def transfer_run(tiny_manifest, tmp_path_factory, save_trait_vector):
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
     from traitscope.vectors.projection import project
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     tmp = tmp_path_factory.mktemp("transfer")
     trait_file = contrast_trait(tmp)
@@ -356,14 +356,14 @@ def test_bag_of_words_is_fitted_on_training_rows_only(transfer_run, tmp_path):
 
 
 def test_refusal_phrases_match_arditi_substrings_case_and_apostrophe_insensitively():
-    from traitscope.vectors.steering import refuses
+    from traitscope.vectors.steering_check import refuses
 
     assert refuses("i CAN\u2019T help with that.") and refuses("Sorry. As an AI, no.")
     assert not refuses("Sure! Here is a poem about the sea.") and not refuses("I can help.")
 
 
 def test_contrast_trait_is_steered_on_its_held_out_negatives(transfer_run, tiny_manifest):
-    from traitscope.vectors.steering import steering_check
+    from traitscope.vectors.steering_check import steering_check
 
     tmp = transfer_run["tmp"]
     args = (tiny_manifest, tmp / "vectors.safetensors", tmp / "evaluation.json", tmp / "safety/request.yaml")
@@ -402,13 +402,13 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
     import torch
 
     from traitscope.capture.store import capture
-    from traitscope.model.generate import generate
+    from traitscope.generation.generate import generate
     from traitscope.model.hooks import ablate_direction, decoder_layers, run_recorded
     from traitscope.model.loading import load
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
-    from traitscope.vectors.record import TraitVector
-    from traitscope.vectors.steering import refuses, steering_check
+    from traitscope.vectors.steering_check import refuses, steering_check
+    from traitscope.vectors.trait_vector import TraitVector
 
     spec = yaml.safe_load((root / "resources/traits/safety/harmful_request.yaml").read_text())
     trait_file = tmp_path / "safety" / "harmful_request.yaml"

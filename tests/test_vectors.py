@@ -17,7 +17,7 @@ from traitscope.data.traits import trait_prompts
 from traitscope.errors import TraitscopeError
 from traitscope.vectors.extraction import trait_vectors
 from traitscope.vectors.methods import METHODS, mean_diff, pca, probe, project, unit
-from traitscope.vectors.record import TraitVector, read_vectors
+from traitscope.vectors.trait_vector import TraitVector, read_vectors
 
 
 def test_mean_diff_hand_computed():

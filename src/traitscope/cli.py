@@ -16,34 +16,21 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traitscope import summary
+from traitscope.command_args import int_or_none, path_or_none, words_or_none
+from traitscope.config import load_config
 from traitscope.errors import TraitscopeError
-from traitscope.judge import add_judge_arguments
+from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
+from traitscope.model.loading import ModelSpec, prepare_model
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
 
-def int_or_none(value: str) -> int | None:
-    """A nullable count: `none` (the config's null) or an integer."""
-    return None if value.lower() in ("none", "null") else int(value)
-
-
-def path_or_none(value: str) -> str | None:
-    """A path the rule may leave unset: the word `none`."""
-    return None if value == "none" else value
-
-
-def words_or_none(values: list[str]) -> list[str]:
-    return [] if values == ["none"] else values
-
-
 def _prepare_model(a: argparse.Namespace) -> None:
-    from traitscope.model.loading import ModelSpec, prepare_model
-
     prepare_model(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out, a.base_manifest, a.adapter)
 
 
 def _finetune(a: argparse.Namespace) -> None:
-    from traitscope.model.finetune import FinetuneSettings, finetune
+    from traitscope.training.finetune import FinetuneSettings, finetune
 
     settings = FinetuneSettings.from_dict(json.loads(a.settings), "--settings")
     finetune(a.model, a.data, a.out, settings, device=a.device)
@@ -116,8 +103,6 @@ def _trait_vectors(a: argparse.Namespace) -> None:
 
 
 def _trait_judgements(a: argparse.Namespace) -> None:
-    from traitscope.judge import judge_from_args, trait_judgements
-
     judge = judge_from_args(a)
     try:
         trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.splits, a.rubrics, a.out)
@@ -126,8 +111,6 @@ def _trait_judgements(a: argparse.Namespace) -> None:
 
 
 def _trait_agreement(a: argparse.Namespace) -> None:
-    from traitscope.judge import trait_agreement
-
     trait_agreement(a.judgements, a.out, a.n_boot, a.seed)
 
 
@@ -160,7 +143,7 @@ def _trait_summary(a: argparse.Namespace) -> None:
 
 
 def _steering_check(a: argparse.Namespace) -> None:
-    from traitscope.vectors.steering import steering_check
+    from traitscope.vectors.steering_check import steering_check
 
     steering_check(
         a.model,
@@ -177,15 +160,13 @@ def _steering_check(a: argparse.Namespace) -> None:
 
 def _project(a: argparse.Namespace) -> None:
     from traitscope.vectors.projection import project
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     traits = [TraitVector.load(vec, ev, name) for name, vec, ev in a.trait]
     project(a.capture, traits, a.variant, a.prompt_set, a.out)
 
 
 def _validate_config(a: argparse.Namespace) -> None:
-    from traitscope.config import load_config
-
     load_config(a.config, a.schema)
     print(f"{a.config}: valid")
 

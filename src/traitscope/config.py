@@ -15,6 +15,7 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
+from traitscope.model.loading import ModelSpec, folder_depth
 
 SCHEMA_NAME = "config.schema.yaml"
 
@@ -189,8 +190,6 @@ def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
 def check_layers_fit(config: dict) -> None:
     """Capture layers within the base model's depth, where a local folder's config.json tells it
     without loading anything (hub and GGUF models: the capture job checks first thing)."""
-    from traitscope.model.loading import folder_depth
-
     name = config["base_model"]
     entry = config["models"][name]
     while entry.get("lora") or entry.get("finetune"):
@@ -211,7 +210,6 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
     from traitscope.data.traits import read_trait, trait_path
     from traitscope.experiments.contract import registered
-    from traitscope.model.loading import ModelSpec
 
     traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from traitscope.errors import TraitscopeError
 
 
@@ -75,8 +77,6 @@ def save_figure(path: str | os.PathLike[str], fig: Any) -> None:
 
 def parse_yaml(text: str | bytes, where: str | os.PathLike[str]) -> Any:
     """Parse YAML text; a syntax error is one line naming the file and the line to fix."""
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

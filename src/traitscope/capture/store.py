@@ -22,15 +22,16 @@ from typing import Any
 
 import pandas as pd
 import torch
+from safetensors.torch import load_file
 
 from traitscope.capture.engine import Batch, forward_batches, pool_batch
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
+from traitscope.generation.generate import generate_batches
 from traitscope.io import save_safetensors, write_json, write_parquet
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.chat import SEGMENT_CODE, SEGMENTS
-from traitscope.model.generate import generate_batches
 from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -256,8 +257,6 @@ def read_shards(
     capture_json: str | Path,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, dict[str, torch.Tensor]]]:
     """(prompts, tokens, tensors) per shard of a finished capture."""
-    from safetensors.torch import load_file
-
     path = Path(capture_json)
     manifest = read_manifest(path)
     folder = path.parent / manifest["shard_dir"]

@@ -34,8 +34,8 @@ logs, results or the cache.
 The package's face is building a Judge from the config's `judge:` JSON and the subcommands'
 `--judge` / `--judge-model` options; it re-exports what other modules and the tests use, so
 `from traitscope import judge` and `from traitscope.judge import X` work unchanged. The work is
-in its modules: rubrics (the prompts), rules (the scoring rule), records (settings, judgements,
-counters), cache (SQLite), openai_backend, local_backend and number_tree (the local judge's
+in its modules: rubrics (the prompts), scoring_rule (the scoring rule), judgements (its settings,
+a judgement, the counters), cache (SQLite), openai_backend, local_backend and number_tree (the local judge's
 tokens of 0-100 and digit tree), scorer (the Judge) and stages (trait-judgements,
 trait-agreement).
 """
@@ -47,11 +47,11 @@ from dataclasses import asdict
 from typing import Any
 
 from traitscope.errors import TraitscopeError
+from traitscope.judge.judgements import JudgeSettings, JudgeStats  # noqa: F401  (re-exported)
 from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits  # noqa: F401  (re-exported)
-from traitscope.judge.records import JudgeSettings, JudgeStats  # noqa: F401  (re-exported)
 from traitscope.judge.rubrics import render  # noqa: F401  (re-exported)
-from traitscope.judge.rules import aggregate, number_probs_from_top, parse_reply  # noqa: F401  (re-exported)
 from traitscope.judge.scorer import Item, Judge  # noqa: F401  (re-exported)
+from traitscope.judge.scoring_rule import aggregate, number_probs_from_top, parse_reply  # noqa: F401  (re-exported)
 from traitscope.judge.stages import trait_agreement, trait_judgements  # noqa: F401  (re-exported)
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from traitscope.errors import TraitscopeError
+from traitscope.judge.judgements import JudgeStats, Raw
 from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits
-from traitscope.judge.records import JudgeStats, Raw
-from traitscope.judge.rules import TOP_LOGPROBS, number_probs_from_top
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top
+from traitscope.model import chat, loading
 
 
 class LocalBackend:
@@ -46,8 +47,6 @@ class LocalBackend:
 
     def load(self) -> tuple[Any, Any]:
         if self._model is None:
-            from traitscope.model import loading
-
             model, tokenizer = loading.load(self.s["manifest"], device=self.s.get("device"))
             self._model = (model, tokenizer)
             self.numbers = number_tokens(tokenizer, self.s.get("prefill") or "")
@@ -59,7 +58,6 @@ class LocalBackend:
     def score(self, prompts: Sequence[str]) -> list[Raw]:
         if not prompts:
             return []
-        from traitscope.model import chat
 
         model, tokenizer = self.load()
         prefill = self.s.get("prefill") or ""

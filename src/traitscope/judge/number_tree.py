@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge.rules import NUMBERS
+from traitscope.judge.scoring_rule import NUMBERS
 
 
 @dataclass
@@ -77,9 +77,9 @@ def tree_logits(model: Any, rows: list[list[int]], nodes: list[tuple[int, int]])
     import torch
     from transformers import DynamicCache
 
-    from traitscope.model.cuda_graphs import additive_mask
-    from traitscope.model.decode_loop import _cache_keyword
-    from traitscope.model.prefix import prefill_prefix, shared_prefix
+    from traitscope.generation.cuda_graphs import additive_mask
+    from traitscope.generation.decode_loop import _cache_keyword
+    from traitscope.generation.prefix import prefill_prefix, shared_prefix
 
     device = next(model.parameters()).device
     shared = shared_prefix(rows, list(range(len(rows))))

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge.records import JudgeStats, Raw
-from traitscope.judge.rules import TOP_LOGPROBS, number_probs_from_top, parse_reply
+from traitscope.judge.judgements import JudgeStats, Raw
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top, parse_reply
 
 
 class OpenAIBackend:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from traitscope.judge.cache import JudgeCache, cache_key
+from traitscope.judge.judgements import Judgement, JudgeSettings, JudgeStats, Raw
 from traitscope.judge.local_backend import LocalBackend
 from traitscope.judge.openai_backend import OpenAIBackend
-from traitscope.judge.records import Judgement, JudgeSettings, JudgeStats, Raw
 from traitscope.judge.rubrics import render
-from traitscope.judge.rules import TOP_LOGPROBS, aggregate
+from traitscope.judge.scoring_rule import TOP_LOGPROBS, aggregate
 
 CHUNK = 64  # judgements sent to the backend, then written to the cache, at a time
 

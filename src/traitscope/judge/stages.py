@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from traitscope.errors import TraitscopeError
+from traitscope.io import write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
@@ -34,7 +35,6 @@ def trait_judgements(
 
     from traitscope.capture.store import read_responses
     from traitscope.data.traits import load_trait
-    from traitscope.io import write_parquet
 
     trait = load_trait(trait_file)
     table = pd.read_parquet(prompts)
@@ -69,7 +69,6 @@ def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: 
     import numpy as np
     import pandas as pd
 
-    from traitscope.io import write_json
     from traitscope.stats import auc_with_ci
 
     table = pd.read_parquet(judgements)

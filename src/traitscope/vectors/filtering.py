@@ -11,14 +11,19 @@ and without the filter, both scored on the same unfiltered held-out answers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json
+from traitscope.vectors.labelled import labelled_activations, split_groups
+from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
+from traitscope.vectors.methods import METHODS
 
 
 def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: float) -> tuple[set[str], dict]:
@@ -88,14 +93,6 @@ def trait_filter(
     coherence_min: float,
 ) -> dict[str, Any]:
     """Pairs surviving per the judge, and AUCs of vectors with and without the filter."""
-    from functools import partial
-
-    import torch
-
-    from traitscope.vectors.evaluation import choose, layer_scores, split_half_auc
-    from traitscope.vectors.extraction import labelled_activations, split_groups
-    from traitscope.vectors.methods import METHODS
-
     kept, summary = surviving_pairs(judgements, trait_min, coherence_min)
     table, x, layers = labelled_activations(capture_json, prompts, position)
     held_pos, held_neg = split_groups(table, x, "evaluation")

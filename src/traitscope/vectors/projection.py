@@ -17,7 +17,7 @@ import torch
 from traitscope.capture.store import read_manifest, read_shards
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
-from traitscope.vectors.record import TraitVector
+from traitscope.vectors.trait_vector import TraitVector
 
 COLUMNS = [
     "prompt_id",

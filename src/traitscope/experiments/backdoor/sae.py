@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_dir, save_figure, write_json
@@ -104,8 +105,6 @@ def check_width(sae: SparseAutoencoder, d_model: int, where: str) -> None:
 
 def save_sae(sae: SparseAutoencoder, folder: str | Path, metadata: dict[str, Any]) -> None:
     """Write the SAELens layout atomically (the folder appears complete or not at all)."""
-    from safetensors.torch import save_file
-
     cfg = {
         "architecture": sae.architecture,
         "d_in": sae.d_in,
@@ -152,8 +151,6 @@ def _architecture(cfg: dict, where: str) -> tuple[str, int | None]:
 
 def load_sae(folder: str | Path) -> SparseAutoencoder:
     """An SAE from a SAELens-format folder; every shape is checked against cfg.json."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     where = str(folder)
     try:

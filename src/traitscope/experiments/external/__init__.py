@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from traitscope import baselines, plotting
+from traitscope.command_args import int_or_none, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
@@ -343,8 +344,6 @@ def external_analysis(
 
 def add_commands(add) -> None:
     """`traitscope beavertails-category` and `traitscope external-analysis`."""
-    from traitscope.cli import int_or_none, path_or_none
-
     p = add("beavertails-category", _category_cli, "one BeaverTails capture job's rows (first true category)")
     p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep-prompts)")
     p.add_argument("--category", required=True, help="a harm category key, or safe")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from traitscope import baselines
+from traitscope.command_args import path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, text_key, user_texts
 from traitscope.errors import TraitscopeError
@@ -291,8 +292,6 @@ def prefill_analysis(
 
 def add_commands(add) -> None:
     """`traitscope prefill-conditions` and `traitscope prefill-analysis`."""
-    from traitscope.cli import path_or_none
-
     p = add("prefill-conditions", _conditions_cli, "the prefill attack's 2x2 prompt set")
     p.add_argument("--harmful", required=True, help="prepared harmful prompt set")
     p.add_argument("--harmless", required=True, help="prepared benign prompt set")

@@ -73,8 +73,8 @@ def cmaes_heldout(
 ) -> dict:
     """No vector, mean_diff, probe and optimised on held-out questions, at one steering norm."""
     from traitscope.data.traits import load_trait
+    from traitscope.generation.generate import generation_session
     from traitscope.model import loading
-    from traitscope.model.generate import generation_session
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)

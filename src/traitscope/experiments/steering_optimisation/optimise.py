@@ -51,8 +51,8 @@ def cmaes_optimise(
     import torch
 
     from traitscope.data.traits import load_trait
+    from traitscope.generation.generate import generation_session
     from traitscope.model import loading
-    from traitscope.model.generate import generation_session
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)

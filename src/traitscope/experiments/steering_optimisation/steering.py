@@ -24,7 +24,7 @@ def pca_basis(
     at `layer`, their explained-variance ratios and the number of activations."""
     import torch
 
-    from traitscope.vectors.extraction import labelled_activations
+    from traitscope.vectors.labelled import labelled_activations
 
     table, x, layers = labelled_activations(capture_json, prompts, position)
     if layer not in layers:
@@ -64,8 +64,8 @@ def steered_answers(
 
     import torch
 
+    from traitscope.generation.generate import generate
     from traitscope.model import chat
-    from traitscope.model.generate import generate
     from traitscope.model.hooks import add_to_layer
 
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
@@ -108,6 +108,6 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _load_trait_vector(vectors: str | Path, evaluation: str | Path, name: str) -> Any:
-    from traitscope.vectors.record import TraitVector
+    from traitscope.vectors.trait_vector import TraitVector
 
     return TraitVector.load(vectors, evaluation, name)

@@ -22,17 +22,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from traitscope.model.batching import token_budget_batches
-from traitscope.model.decode_loop import Steps, _cache_keyword, _decode_loop, _joined
-from traitscope.model.hooks import record
-from traitscope.model.prefix import left_layout, prefill_prefix, shared_prefix
-from traitscope.model.static_decode import (  # noqa: F401  (re-exported: the engine's public face)
+from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _joined
+from traitscope.generation.prefix import left_layout, prefill_prefix, shared_prefix
+from traitscope.generation.static_decode import (  # noqa: F401  (re-exported: the engine's public face)
     _SESSIONS,
     _static_decoder,
     _StaticDecoder,
     generation_session,
     hooks_key,
 )
+from traitscope.model.batching import token_budget_batches
+from traitscope.model.hooks import record
 
 
 @dataclass

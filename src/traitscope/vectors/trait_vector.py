@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from traitscope.errors import TraitscopeError
 from traitscope.vectors.methods import unit
@@ -20,8 +21,6 @@ from traitscope.vectors.methods import unit
 
 def read_vectors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """({method: [n_layers, d_model]}, metadata) of a vectors file."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["meta"])

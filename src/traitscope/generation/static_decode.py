@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.nn.modules import module as nn_module
 
-from traitscope.model.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
-from traitscope.model.decode_loop import Steps, _cache_keyword, _decode_loop, _forward_accepts, _joined
+from traitscope.generation.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
+from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _forward_accepts, _joined
+from traitscope.generation.prefix import prefill_prefix
 from traitscope.model.hooks import record
-from traitscope.model.prefix import prefill_prefix
 
 # static KV caches are sized in multiples of CACHE_STEP tokens and ROWS_STEP rows: coarser steps let
 # more batches share a graph, but every padded row and column is read each step
@@ -66,8 +67,6 @@ def hooks_key(model: Any) -> Hashable | None:
     """What the model's active forward hooks do, for reusing a graph captured under them in a
     later call: each hook's `graph_key` (its module's position included); None when a hook has
     none (its closure may hold anything, so its graph serves only the call that made it)."""
-    from torch.nn.modules import module as nn_module
-
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return None
     key = []

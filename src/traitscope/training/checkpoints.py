@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from traitscope.io import atomic_dir, write_json
 
@@ -42,7 +43,6 @@ def save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, st
 def resume(folder: Path, model: Any, optimizer: Any, scheduler: Any, fingerprint: str) -> dict | None:
     """Restore the latest checkpoint into the objects and return its state; None if none matches."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     for tmp in folder.glob(".step-*"):  # a checkpoint being written when the job was killed
         shutil.rmtree(tmp)

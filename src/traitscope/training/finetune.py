@@ -6,7 +6,7 @@ takes examples up to a padded-token budget, split into micro-batches whose gradi
 the loss is the mean over the step's assistant tokens, so how a step is split never reweights
 a token. Checkpoints are atomic and hold every state the next step depends on (adapter,
 optimizer, scheduler, RNG) and the data order is a function of the seed alone, so a killed run,
-rerun, resumes and ends where an uninterrupted run ends (model/checkpoints.py).
+rerun, resumes and ends where an uninterrupted run ends (training/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_dir, save_figure, write_json
 from traitscope.model.batching import token_budget_batches
-from traitscope.model.chat_data import Example, read_chat_jsonl, tokenize_rows
-from traitscope.model.checkpoints import resume, save_checkpoint
 from traitscope.model.loading import default_device, load
+from traitscope.training.chat_data import Example, read_chat_jsonl, tokenize_rows
+from traitscope.training.checkpoints import resume, save_checkpoint
 
 
 @dataclass(frozen=True)

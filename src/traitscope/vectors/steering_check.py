@@ -26,13 +26,13 @@ from traitscope.capture.engine import pooled_activations
 from traitscope.data.prompts import user_texts
 from traitscope.data.traits import ContrastTrait, Trait, read_trait
 from traitscope.errors import TraitscopeError
+from traitscope.generation.generate import generate
 from traitscope.io import write_json
 from traitscope.model import chat
 from traitscope.model import loading as models
-from traitscope.model.generate import generate
 from traitscope.model.hooks import ablate_direction, add_to_layer
 from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
-from traitscope.vectors.record import TraitVector
+from traitscope.vectors.trait_vector import TraitVector
 
 # Arditi et al. (2024)'s refusal substrings, matched case-insensitively
 REFUSAL_PHRASES = (
