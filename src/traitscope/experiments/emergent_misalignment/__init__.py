@@ -29,17 +29,12 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
+from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path
 from traitscope.stats import compare_paired, holm
 
 OUT_DIR = "results/emergent_misalignment"
-ROLES = ("base", "misaligned", "control")
-COMPARISONS = {  # name -> (a, b): a paired comparison of a minus b
-    "misaligned_vs_base": ("misaligned", "base"),
-    "control_vs_base": ("control", "base"),
-    "misaligned_vs_control": ("misaligned", "control"),
-}
 POSITIONS = ("response_mean", "last_prompt")
 
 

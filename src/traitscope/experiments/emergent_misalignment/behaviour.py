@@ -22,6 +22,7 @@ import pandas as pd
 from traitscope.config import read_yaml
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
 from traitscope.io import write_json, write_parquet
 from traitscope.judge import add_judge_arguments
 from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
@@ -192,8 +193,6 @@ def em_behaviour(
 
 def add_behaviour_commands(add) -> None:
     """`traitscope em-judge` (one variant) and `traitscope em-behaviour` (the statistics)."""
-    from traitscope.experiments.emergent_misalignment import ROLES
-
     p = add("em-judge", _judge_cli, "emergent misalignment: judge one variant's answers (aligned, coherent)")
     p.add_argument("--prompts", required=True, help="the derived benign question set")
     p.add_argument("--capture", required=True, help="the variant's capture.json of it")
@@ -235,8 +234,6 @@ def _judge_cli(a) -> None:
 
 
 def _behaviour_cli(a) -> None:
-    from traitscope.experiments.emergent_misalignment import COMPARISONS, ROLES
-
     judged = {role: {"table": getattr(a, role), "json": getattr(a, f"{role}_json")} for role in ROLES}
     em_behaviour(judged, COMPARISONS, a.out, a.aligned_below, a.coherent_above, a.n_boot, a.seed)
 
