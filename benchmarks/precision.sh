@@ -14,15 +14,17 @@ set -euo pipefail
 out=$(realpath "$1")
 shift
 repo=$(git rev-parse --show-toplevel)
+commit=$(git -C "$repo" rev-parse HEAD)  # both runs: this commit, whatever lands meanwhile
 work=$(mktemp -d "$(dirname "$repo")/precision.XXXX")
 cores=${CORES:-2}
 {
-  echo "# benchmarks/precision.sh at $(git -C "$repo" rev-parse --short HEAD)"
+  echo "# benchmarks/precision.sh at ${commit:0:7}"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'); flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   echo "cores: $cores"
 } >"$out"
 for mode in fp32 bf16; do
   git clone -q "$repo" "$work/$mode"
+  git -C "$work/$mode" checkout -q "$commit"
   (
     cd "$work/$mode"
     export PYTHONPATH="$work/$mode/src"
