@@ -115,6 +115,25 @@ def alternatives_cv(prompts: Path, capture: Path, folds: int = 5) -> dict[str, f
     return out
 
 
+def clustered_ci(scores: Path, n_boot: int = N_BOOT) -> tuple[float, float]:
+    """95% percentile CI of the held-out AUC resampling questions, not answers: each question's
+    answers (its pairs, both labels) are not independent, so the row bootstrap the gate reads
+    may be too narrow."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    held = pd.read_parquet(scores)
+    groups = [g for _, g in held.groupby("question")]
+    rng = np.random.default_rng(SEED)
+    aucs = []
+    for _ in range(n_boot):
+        sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        if sample["label"].nunique() == 2:
+            aucs.append(roc_auc_score(sample["label"], sample["trait_score"]))
+    low, high = np.percentile(aucs, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def one_at_a_time(prompts: Path, capture: Path) -> float:
     """CPU-s of scoring one held-out answer per call (how a loop judging as it goes would)."""
     table = answer_table(prompts, capture)
@@ -179,12 +198,17 @@ def main() -> None:
             if not capture.is_file():
                 lines.append(f"{'classifier':<11} {name:<21} {'n/a (not captured yet)'}")
                 continue
-            clf = classifier_agreement(prompts, capture, None, N_BOOT, SEED)
+            with tempfile.TemporaryDirectory() as tmp:
+                scores = Path(tmp) / "scores.parquet"
+                clf = classifier_agreement(prompts, capture, None, N_BOOT, SEED, judgements=scores)
+                clf["question_clustered_ci"] = clustered_ci(scores)
             clf["extraction_cv_auc"] = extraction_cv_auc(prompts, capture)
             clf["cpu_seconds_one_at_a_time"] = one_at_a_time(prompts, capture)
             clf["extraction_cv_auc_alternatives"] = alternatives_cv(prompts, capture)
             cost = f"{clf['cpu_seconds_per_judgement']:.1e} (1 by 1 {clf['cpu_seconds_one_at_a_time']:.1e})"
-            note = f"fit {clf['fit_cpu_seconds']:.2f} CPU-s on {clf['n_fit']}; extraction CV AUC "
+            low, high = clf["question_clustered_ci"]
+            note = f"question-clustered CI [{low:.3f}, {high:.3f}]; "
+            note += f"fit {clf['fit_cpu_seconds']:.2f} CPU-s on {clf['n_fit']}; extraction CV AUC "
             note += f"{clf['extraction_cv_auc']:.3f} (other settings: "
             note += ", ".join(f"{k} {v:.2f}" for k, v in clf["extraction_cv_auc_alternatives"].items()) + ")"
             n = f"{clf['n_pos']}/{clf['n_neg']}"
@@ -204,6 +228,8 @@ def main() -> None:
         "extraction split's answers only; AUC: positive- vs negative-instruction answers to the",
         f"evaluation split's questions, stratified percentile bootstrap ({N_BOOT}, seed {SEED}).",
         "CPU-s: process CPU time (time.process_time) while another job shared the 2 cores.",
+        "question-clustered CI: the same AUC, questions resampled (rows within a question are not",
+        "independent; the gate reads the row CI).",
         "extraction CV AUC: 5-fold, grouped by question, within the extraction split (diagnostic: do",
         "the answers carry the instruction at all?); other settings: the same CV for words only, chars",
         "only, and both at C=0.1 and C=10 (nothing is chosen from them). Fit CPU-s of the first trait",
