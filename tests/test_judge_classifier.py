@@ -129,6 +129,20 @@ def test_agreement_json_is_the_llm_judges_plus_cost(tmp_path):
     assert row.status != NOT_MEASURABLE and "judge agreement AUC for t/x" in row.detail
 
 
+def test_cli_writes_the_agreement_and_names_errors(tmp_path, capsys):
+    from traitscope.cli import main
+
+    prompts, capture, _ = fake_trait(tmp_path, separable)
+    out, scores = tmp_path / "a.json", tmp_path / "s.parquet"
+    args = ["trait-classifier-agreement", "--prompts", str(prompts), "--capture", str(capture)]
+    args += ["--out", str(out), "--n-boot", "100", "--seed", "0", "--judgements", str(scores)]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["judge"] == "classifier" and scores.is_file()
+    args[4] = str(tmp_path / "missing.json")
+    assert main(args) == 2
+    assert "missing or unreadable capture manifest" in capsys.readouterr().err
+
+
 def test_answers_needed(tmp_path):
     prompts, capture, _ = fake_trait(tmp_path, lambda rng, split, label: "")
     with pytest.raises(TraitscopeError, match="no generated answers"):
