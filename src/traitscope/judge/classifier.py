@@ -24,6 +24,7 @@ instruction, it has nothing to read and its AUC shows that.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from traitscope.errors import TraitscopeError
+from traitscope.io import write_json, write_parquet
 
 FIT_SPLIT = "extraction"
 WORD_NGRAMS = (1, 2)
@@ -163,9 +165,6 @@ def classifier_agreement(
     their number, `fit_cpu_seconds` the one-off fit. `judgements`, when given, is a
     judgements.parquet of the held-out rows with the classifier's `trait_score`.
     """
-    import time
-
-    from traitscope.io import write_json, write_parquet
     from traitscope.judge.stages import agreement_record
 
     table = answer_table(prompts, capture_json)
