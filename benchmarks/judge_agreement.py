@@ -186,7 +186,10 @@ def main() -> None:
     record: dict = {"cpu": cpu, "runs": {}}
     for results in args.results:
         results = results.resolve()
-        lines += [f"run: {results} (variant {args.variant})", ""]
+        commit = subprocess.run(
+            ["git", "-C", str(results.parent), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        lines += [f"run: {results} (variant {args.variant}, checkout at {commit or 'unknown commit'})", ""]
         head = (
             f"{'judge':<11} {'trait':<21} {'AUC [95% CI]':<24} {'n pos/neg':<10} {'CPU-s/judgement':<28} note"
         )
@@ -207,7 +210,9 @@ def main() -> None:
             clf["extraction_cv_auc_alternatives"] = alternatives_cv(prompts, capture)
             cost = f"{clf['cpu_seconds_per_judgement']:.1e} (1 by 1 {clf['cpu_seconds_one_at_a_time']:.1e})"
             low, high = clf["question_clustered_ci"]
-            note = f"question-clustered CI [{low:.3f}, {high:.3f}]; "
+            pairs = clf["n_fit"] // (2 * clf["n_fit_questions"])
+            note = f"questions {clf['n_fit_questions']}+{clf['n_evaluation_questions']}, {pairs} pairs each; "
+            note += f"question-clustered CI [{low:.3f}, {high:.3f}]; "
             note += f"fit {clf['fit_cpu_seconds']:.2f} CPU-s on {clf['n_fit']}; extraction CV AUC "
             note += f"{clf['extraction_cv_auc']:.3f} (other settings: "
             note += ", ".join(f"{k} {v:.2f}" for k, v in clf["extraction_cv_auc_alternatives"].items()) + ")"
@@ -224,6 +229,8 @@ def main() -> None:
                 )
         lines.append("")
     lines += [
+        "questions A+B, k pairs each: A extraction questions (fitted on), B held-out questions, each",
+        "answered under k instruction pairs (both polarities).",
         "classifier: TF-IDF word 1-2 + char 2-5 grams, logistic regression C=1 seed 0, fitted on the",
         "extraction split's answers only; AUC: positive- vs negative-instruction answers to the",
         f"evaluation split's questions, stratified percentile bootstrap ({N_BOOT}, seed {SEED}).",
