@@ -114,6 +114,12 @@ def _trait_agreement(a: argparse.Namespace) -> None:
     trait_agreement(a.judgements, a.out, a.n_boot, a.seed)
 
 
+def _trait_classifier_agreement(a: argparse.Namespace) -> None:
+    from traitscope.judge.classifier import classifier_agreement
+
+    classifier_agreement(a.prompts, a.capture, a.out, a.n_boot, a.seed, a.judgements)
+
+
 def _trait_filter(a: argparse.Namespace) -> None:
     from traitscope.vectors.filtering import trait_filter
 
@@ -278,6 +284,18 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--out", required=True, help="judge_agreement.json")
     p.add_argument("--n-boot", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
+
+    p = add(
+        "trait-classifier-agreement",
+        _trait_classifier_agreement,
+        "answer classifier (fitted on extraction answers) vs instructions on held-out answers (AUC)",
+    )
+    p.add_argument("--prompts", required=True, help="the persona trait's prompt set")
+    p.add_argument("--capture", required=True, help="the trait set's capture.json (its answers)")
+    p.add_argument("--out", required=True, help="judge_agreement.json (judge: classifier)")
+    p.add_argument("--n-boot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--judgements", default=None, help="also write the held-out scores (Parquet)")
 
     p = add("trait-filter", _trait_filter, "judge-filtered extraction: survivors and AUCs with/without")
     p.add_argument("--capture", required=True)

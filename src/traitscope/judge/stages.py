@@ -66,10 +66,7 @@ def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: 
     ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
     bootstrap CI, over the answers the judge scored; how many it could not score, per label.
     """
-    import numpy as np
     import pandas as pd
-
-    from traitscope.stats import auc_with_ci
 
     table = pd.read_parquet(judgements)
     if "trait_score" not in table.columns:
@@ -77,6 +74,29 @@ def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: 
     held = table[table["split"] == "evaluation"]
     pos = held.loc[held["label"] == 1, "trait_score"].to_numpy(float)
     neg = held.loc[held["label"] == 0, "trait_score"].to_numpy(float)
+    mass = float(held["trait_mass"].mean()) if len(held) else None
+    test = (
+        "ROC-AUC of the judge's trait score, positive vs negative instructions; "
+        "stratified percentile bootstrap CI"
+    )
+    result = agreement_record(pos, neg, mass, test, n_boot, seed)
+    write_json(out, result)
+    return result
+
+
+def agreement_record(
+    pos: Any, neg: Any, mass: float | None, test: str, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """The agreement JSON both judges write: counts, unscored answers, means, AUC with CI.
+
+    `pos` and `neg` are the held-out trait scores (NaN: no score) of the positive- and
+    negative-instruction answers; `mass` the mean probability on numbers (None: no such thing).
+    """
+    import numpy as np
+
+    from traitscope.stats import auc_with_ci
+
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     pos_ok, neg_ok = pos[~np.isnan(pos)], neg[~np.isnan(neg)]
     result: dict[str, Any] = {
         "split": "evaluation",
@@ -86,13 +106,11 @@ def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: 
         "n_no_score_negative": int(np.isnan(neg).sum()),
         "mean_score_positive": float(pos_ok.mean()) if len(pos_ok) else None,
         "mean_score_negative": float(neg_ok.mean()) if len(neg_ok) else None,
-        "mean_number_mass": float(held["trait_mass"].mean()) if len(held) else None,
-        "test": "ROC-AUC of the judge's trait score, positive vs negative instructions; "
-        "stratified percentile bootstrap CI",
+        "mean_number_mass": mass,
+        "test": test,
     }
     try:
         result.update(auc_with_ci(pos_ok, neg_ok, n_boot=n_boot, seed=seed))
     except ValueError as exc:
         result.update({"auc": None, "reason": str(exc)})
-    write_json(out, result)
     return result
