@@ -177,7 +177,7 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
             **trait_args,
         ),
         cli("steering-check", model=m, vectors=v, evaluation=e, trait_file=str(path), out=steered)
-        + ["--coefficient", "4.0", "--max-new-tokens", "4", "--max-tokens", "8192"],
+        + ["--coefficient", "4.0", "--max-new-tokens", "4", "--max-tokens", "8192", "--prompts", "none"],
     ]
     for argv in steps:
         assert main(argv) == 0, argv[0]
