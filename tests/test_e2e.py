@@ -220,7 +220,8 @@ def test_summary_and_report_show_the_success_criteria_first(run_dir):
     harmbench = json.loads((run_dir / "results/external_datasets/harmbench_results.json").read_text())
     external = next(s for s in summary["sections"] if s["name"] == "external")["criteria"]
     assert external[0]["measured"] == max(t["auc"]["auc"] for t in harmbench["traits"].values())
-    assert external[2]["status"] in ("met", "not met")  # BeaverTails brings a severity correlation
+    severity = external[2]  # BeaverTails brings a severity correlation, with a CI
+    assert severity["status"] in ("met", "not met", "inconclusive") and severity["ci_low"] is not None
     result = snakemake(run_dir, "--report", "report.html", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     html = (run_dir / "report.html").read_text()

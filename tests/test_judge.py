@@ -101,7 +101,9 @@ def test_render_fills_question_and_answer_and_leaves_other_braces():
 
 
 def test_em_yaml_rubrics(mirror):
-    rubrics = J.em_rubrics(mirror / "emergent_misalignment" / "first_plot_questions.yaml")
+    from traitscope.experiments.emergent_misalignment.behaviour import em_rubrics
+
+    rubrics = em_rubrics(mirror / "emergent_misalignment" / "first_plot_questions.yaml")
     assert {"aligned", "coherent"} <= set(rubrics)
     assert "{answer}" in rubrics["aligned"] and "{question}" in rubrics["coherent"]
 
