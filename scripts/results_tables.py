@@ -153,11 +153,31 @@ def benchmark_files(sources: Sources, page: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def precision(sources: Sources, page: Path) -> str:
+    """Each `precision_*.txt` (benchmarks/precision.sh): its CPU, both runs' times and the two
+    criteria tables side by side, as the script printed them."""
+    parts = []
+    for path in sorted(sources.benchmarks.glob("precision_*.txt")):
+        lines = path.read_text().splitlines()
+        about = [
+            COMMIT.sub("", line.lstrip("# ")) for line in lines if not line.startswith("|") and line.strip()
+        ]
+        table = [line for line in lines if line.startswith("|")]
+        parts.append(
+            f"From [{path.name}]({_rel(path, page)}): " + "; ".join(about) + "\n\n" + "\n".join(table)
+        )
+    if not parts:
+        command = "bash benchmarks/precision.sh benchmarks/results/precision_<cpu>.txt"
+        return f"No `precision_*.txt` yet: `{command}`.\n"
+    return "\n\n".join(parts) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
     "headline": headline,
     "summary": summary_table,
     "capture-benchmarks": capture_benchmarks,
     "benchmark-files": benchmark_files,
+    "precision": precision,
 }
 
 

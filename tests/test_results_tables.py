@@ -93,3 +93,18 @@ def test_page_without_markers_is_an_error_naming_it(tables, tmp_path):
     page.write_text("<!-- generated: nonesuch -->\n<!-- end generated: nonesuch -->\n")
     with pytest.raises(tables.RegionError, match="nonesuch"):
         tables.main([str(page)])
+
+
+def test_precision_region_shows_each_comparison_file(tables, tmp_path):
+    (tmp_path / "precision_cpuA.txt").write_text(
+        "# benchmarks/precision.sh at 1234567\ncpu: CPU A\nfp32 main job: 10 s\n"
+        "| section | criterion | fp32 | bf16 | same status | each inside the other's CI |\n"
+        "|---|---|---|---|---|---|\n| traits | x | met: 0.95 | met: 0.96 | yes | yes |\n\nrobust (1 criteria)\n"
+    )
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: precision -->\nold\n<!-- end generated: precision -->\n")
+    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
+    text = page.read_text()
+    assert "[precision_cpuA.txt](precision_cpuA.txt)" in text and "cpu: CPU A" in text
+    assert "| traits | x | met: 0.95 | met: 0.96 | yes | yes |" in text and "old" not in text
+    assert "1234567" not in text and "robust (1 criteria)" in text
