@@ -99,7 +99,8 @@ def test_precision_region_shows_each_comparison_file(tables, tmp_path):
     (tmp_path / "precision_cpuA.txt").write_text(
         "# benchmarks/precision.sh at 1234567\ncpu: CPU A\nfp32 main job: 10 s\n"
         "| section | criterion | fp32 | bf16 | same status | each inside the other's CI |\n"
-        "|---|---|---|---|---|---|\n| traits | x | met: 0.95 | met: 0.96 | yes | yes |\n\nrobust (1 criteria)\n"
+        "|---|---|---|---|---|---|\n| traits | x | met: 0.95 | met: 0.96 | yes | yes |\n"
+        "\nrobust (1 criteria)\n"
     )
     page = tmp_path / "page.md"
     page.write_text("<!-- generated: precision -->\nold\n<!-- end generated: precision -->\n")

@@ -22,7 +22,11 @@ def trait_criteria(result: Result) -> list[Criterion]:
         if split_half is None:
             detail += "; too few held-out questions to split"
         elif low is None:
-            detail += "; no CI in the result (rerun trait_evaluation with this version)"
+            detail += (
+                f"; {row.get('auc_split_half_reason') or 'no CI in the result (rerun trait_evaluation)'}"
+            )
+        else:
+            detail += "; CI: bootstrap over the scored half's questions"
         rows.append(
             Criterion(
                 f"{trait}: split-half (out-of-sample) AUC >= {threshold}",

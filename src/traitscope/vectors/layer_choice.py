@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from traitscope.stats import auc, cohens_d, mean_auc_with_ci
+from traitscope.stats import auc, clustered_mean_auc_with_ci, cohens_d
 from traitscope.vectors.methods import project
 
 
@@ -41,7 +41,8 @@ def choose(scores: dict[str, list[dict]]) -> dict:
 
 def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_boot: int = 2000) -> dict:
     """AUC at a layer chosen on the other half of the held-out questions, averaged both ways,
-    with a stratified bootstrap CI of that mean over the scored answers (the choices held fixed).
+    with a bootstrap CI of that mean over the scored half's questions (clusters: a question's
+    answers go together; the choices held fixed).
 
     `chosen` picks the layer on the data it is scored on, which flatters it; here each
     half of the questions picks (method, layer) and the other half scores it.
@@ -63,10 +64,13 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
         i = layers.index(picked["layer"])
         one = slice(i, i + 1)
         unit = vectors[picked["method"]][one]
-        scored_halves.append(
-            (project(pos_b[:, one], unit)[:, 0].numpy(), project(neg_b[:, one], unit)[:, 0].numpy())
-        )
-        folds.append(
-            {"method": picked["method"], "layer": picked["layer"], "auc_other_half": auc(*scored_halves[-1])}
-        )
-    return {**mean_auc_with_ci(scored_halves, n_boot=n_boot), "folds": folds}
+        rows = (held & table["question"].isin(halves[score])).to_numpy()
+        label, question = table["label"].to_numpy(), table["question"].to_numpy()
+        scored = (project(pos_b[:, one], unit)[:, 0].numpy(), project(neg_b[:, one], unit)[:, 0].numpy())
+        scored_halves.append((*scored, question[rows & (label == 1)], question[rows & (label == 0)]))
+        folds.append({"method": picked["method"], "layer": picked["layer"], "auc_other_half": auc(*scored)})
+    try:
+        return {**clustered_mean_auc_with_ci(scored_halves, n_boot=n_boot), "folds": folds}
+    except ValueError as exc:  # a half of one question: a point, no CI
+        point = sum(f["auc_other_half"] for f in folds) / 2
+        return {"auc": point, "ci_low": None, "ci_high": None, "reason": f"no CI: {exc}", "folds": folds}
