@@ -95,14 +95,15 @@ def test_bf16_capture_of_a_batch_equals_each_prompt_alone_to_a_few_ulps(
     tiny_manifest_bf16, tmp_path, padding_side
 ):
     """Batching pads and reorders sums: within 4 ulps of the largest value of each pooled vector
-    (a mean over a prompt's tokens) or per-token row, every layer, every pool."""
+    (a mean over a prompt's tokens) or per-token row, every layer, every pool. (Whether left
+    padding moves bf16 sums at all depends on the kernels: with AVX512 ones it does, by up to
+    a few ulps; held to AVX2 the batch equals each prompt alone bit for bit.)"""
     s = settings(padding_side=padding_side)
     manifest = capture(
         tiny_manifest_bf16, write_prompts(tmp_path / "all.parquet"), tmp_path / "all.json", s, "cpu"
     )
     assert manifest["dtype"] == "bfloat16"
     together = read_capture(tmp_path / "all.json")
-    differ = False
     for i, pid in enumerate(PROMPTS["prompt_id"]):
         alone_json = tmp_path / pid / "c.json"
         capture(
@@ -124,8 +125,6 @@ def test_bf16_capture_of_a_batch_equals_each_prompt_alone_to_a_few_ulps(
             got, want = got.nan_to_num(), want.nan_to_num()
             bound = 4 * ulp(want.abs().amax(dim=-1, keepdim=True))
             assert ((got - want).abs() <= bound).all(), f"{pid}: {(got - want).abs().max()} > {bound.min()}"
-            differ |= not torch.equal(got, want)
-    assert differ or padding_side == "right"  # left padding really moves bf16 sums
 
 
 def test_bf16_projections_stay_within_the_depth_bound_of_fp32(tiny_manifest, tiny_manifest_bf16, tmp_path):
