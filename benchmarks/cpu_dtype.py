@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from traitscope.generation.generate import generate
-from traitscope.model.loading import ModelSpec, cpu_bf16_probe, load, prepare_model, resolve_dtype
+from traitscope.model.dtype import cpu_bf16_probe, resolve_dtype
+from traitscope.model.loading import ModelSpec, load, prepare_model
 
 QUESTIONS = ["Describe the ocean.", "Explain how a bicycle works.", "Tell me about Paris.", "What is rain?"]
 

@@ -166,7 +166,7 @@ def _cpu(capability, avx512_bf16=False, amx_bf16=False):
     ],
 )
 def test_auto_dtype_decision(name, device, probe, cuda_bf16, expected, reason):
-    from traitscope.model.loading import resolve_dtype
+    from traitscope.model.dtype import resolve_dtype
 
     dtype, why = resolve_dtype(name, device, cpu_probe=probe, cuda_bf16=cuda_bf16)
     assert dtype == expected
@@ -183,7 +183,7 @@ def test_auto_dtype_decision(name, device, probe, cuda_bf16, expected, reason):
 )
 def test_switch_makes_auto_decide_as_the_other_class_of_cpu(monkeypatch, switch, expected, reason):
     """The real probe, overridden by the environment: one suite, both number formats, any CPU."""
-    from traitscope.model.loading import resolve_dtype
+    from traitscope.model.dtype import resolve_dtype
 
     monkeypatch.setenv("TRAITSCOPE_CPU_BF16", switch)
     dtype, why = resolve_dtype("auto", "cpu")
@@ -193,7 +193,7 @@ def test_switch_makes_auto_decide_as_the_other_class_of_cpu(monkeypatch, switch,
 
 
 def test_switch_with_another_value_is_a_clear_error(monkeypatch):
-    from traitscope.model.loading import resolve_dtype
+    from traitscope.model.dtype import resolve_dtype
 
     monkeypatch.setenv("TRAITSCOPE_CPU_BF16", "yes")
     with pytest.raises(TraitscopeError, match="TRAITSCOPE_CPU_BF16='yes': use 1 .* 0 .* or unset"):
@@ -201,14 +201,14 @@ def test_switch_with_another_value_is_a_clear_error(monkeypatch):
 
 
 def test_unknown_dtype_is_a_clear_error():
-    from traitscope.model.loading import resolve_dtype
+    from traitscope.model.dtype import resolve_dtype
 
     with pytest.raises(TraitscopeError, match="dtype 'int8' unknown; use auto"):
         resolve_dtype("int8", "cpu", cpu_probe=_cpu("AVX2"))
 
 
 def test_auto_dtype_is_logged_and_recorded(tmp_path, tiny_folder, capsys):
-    from traitscope.model.loading import cpu_bf16_probe, resolve_dtype
+    from traitscope.model.dtype import cpu_bf16_probe, resolve_dtype
 
     here = resolve_dtype(None, "cpu")  # this machine's own decision, whatever its CPU
     name = str(here.dtype).removeprefix("torch.")

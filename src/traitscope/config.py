@@ -15,7 +15,8 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
-from traitscope.model.loading import ModelSpec, folder_depth
+from traitscope.model.depth import folder_depth
+from traitscope.model.loading import ModelSpec
 
 SCHEMA_NAME = "config.schema.yaml"
 

@@ -32,6 +32,7 @@ from traitscope.io import save_safetensors, write_json, write_parquet
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.chat import SEGMENT_CODE, SEGMENTS
+from traitscope.model.depth import manifest_depth
 from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -201,7 +202,7 @@ def capture(
 ) -> dict:
     """Capture every prompt of a set; returns and writes the `capture.json` manifest."""
     table = read_prompt_set(prompts)
-    depth = models.manifest_depth(model_manifest)
+    depth = manifest_depth(model_manifest)
     if depth is not None:  # before the model loads: a bad layer list is the job's first line
         resolve_layers(settings.layers, depth)
     model, tokenizer = models.load(model_manifest, device=device)
