@@ -1,0 +1,31 @@
+"""Separation statistics used to score a trait vector on held-out data.
+
+Library implementations (scipy, scikit-learn, statsmodels) do the arithmetic; this module adds
+the input checks that turn a degenerate sample into a clear error instead of a NaN in a report.
+"""
+
+from __future__ import annotations
+
+# the package's face: `from traitscope.stats import X` for every statistic, whichever module holds it
+from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci, mean_with_ci  # noqa: F401
+from traitscope.stats.effects import (  # noqa: F401
+    cohens_d,
+    cohens_dz,
+    compare_groups,
+    compare_paired,
+    first_divergence,
+    interaction_test,
+    relative_gain_paired,
+)
+from traitscope.stats.rates import holm, proportion_with_ci, rate_difference_with_ci, spearman, spearman_ci  # noqa: F401
+from traitscope.stats.roc import (  # noqa: F401
+    HISTOGRAM_MAX,
+    _auc_along,
+    auc,
+    auc_columns,
+    auc_difference_paired,
+    auc_difference_same_rows,
+    auc_with_ci,
+    clustered_mean_auc_with_ci,
+    youden_threshold,
+)

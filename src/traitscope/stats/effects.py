@@ -1,0 +1,213 @@
+"""Effect sizes and comparisons of groups: Cohen's d and d_z with CIs, paired gains, the 2x2
+interaction test and the first position where two groups diverge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+from numpy.typing import ArrayLike
+from scipy import stats as _sps
+from statsmodels.stats.anova import anova_lm
+
+from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci
+from traitscope.stats.rates import holm
+
+
+def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's d with the pooled (n-1) standard deviation; positive when `a` is larger."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    na, nb = len(a), len(b)
+    pooled = ((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2)
+    diff = a.mean() - b.mean()
+    if pooled == 0:
+        return 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
+    return float(diff / np.sqrt(pooled))
+
+
+def cohens_dz(diff: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Cohen's d_z of paired differences: mean over their (n-1) standard deviation (along
+    `axis`, so bootstrap resamples come in one call)."""
+    diff = np.asarray(diff, float)
+    sd = diff.std(ddof=1, axis=axis)
+    mean = diff.mean(axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd == 0, np.where(mean == 0, 0.0, np.sign(mean) * np.inf), mean / sd)
+
+
+def compare_groups(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The two-group comparison every experiment reports: effect size with CI, Welch t and Mann-Whitney U."""
+    a, b = _sample(a, "a"), _sample(b, "b")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        raise ValueError("both groups are constant: Welch's t and Cohen's d are undefined")
+    welch = _sps.ttest_ind(a, b, equal_var=False)
+    mw = _sps.mannwhitneyu(a, b, alternative="two-sided")
+    low, high = bootstrap_ci(a, b, cohens_d, n_boot=n_boot, seed=seed)
+    return {
+        "n_a": len(a),
+        "n_b": len(b),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "cohens_d": cohens_d(a, b),
+        "ci_low": low,
+        "ci_high": high,
+        "welch_t": float(welch.statistic),
+        "p_value": float(welch.pvalue),
+        "mannwhitney_u": float(mw.statistic),
+        "p_mannwhitney": float(mw.pvalue),
+        "test": "welch_t",
+    }
+
+
+def compare_paired(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The paired comparison (same prompts, two models): d_z with a bootstrap CI over pairs,
+    paired t and Wilcoxon signed-rank. A finetune that shifts every prompt a little shows up
+    here even when the two groups' spreads overlap."""
+    a, b = _sample(a, "a"), _sample(b, "b")
+    if len(a) != len(b):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
+    diff = a - b
+    if np.ptp(diff) == 0:
+        raise ValueError("every paired difference is the same: the paired t and d_z are undefined")
+    paired = _sps.ttest_rel(a, b)
+    signed = _sps.wilcoxon(a, b)
+    low, high = _percentile_bootstrap((diff,), cohens_dz, n_boot, 0.95, seed, vectorized=True)
+    return {
+        "n_pairs": len(diff),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_diff": float(diff.mean()),
+        "cohens_dz": float(cohens_dz(diff)),
+        "ci_low": low,
+        "ci_high": high,
+        "paired_t": float(paired.statistic),
+        "p_value": float(paired.pvalue),
+        "wilcoxon_w": float(signed.statistic),
+        "p_wilcoxon": float(signed.pvalue),
+        "test": "paired_t",
+    }
+
+
+def relative_gain_paired(
+    a: ArrayLike, b: ArrayLike, base: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """How much larger a's shift from `base` is than b's, relative to b's: (Δa - Δb) / |Δb| with
+    Δx = mean(x - base), and a paired bootstrap CI (row i of the three arrays is one unit, e.g. a
+    question answered with no vector, vector b and vector a; resamples draw whole rows).
+
+    The ratio is ill-defined when Δb is 0 (no gain) or when Δb changes sign across resamples
+    (the CI would mix gains over opposite baselines): the ratio CI is then None with the reason,
+    and the difference Δa - Δb, always defined, carries its own CI beside it.
+    """
+    a, b, base = _sample(a, "a"), _sample(b, "b"), _sample(base, "base")
+    if not len(a) == len(b) == len(base):
+        raise ValueError(f"paired samples need equal lengths, got {len(a)}, {len(b)} and {len(base)}")
+    shift_a, shift_b = a - base, b - base
+    delta_a, delta_b = float(shift_a.mean()), float(shift_b.mean())
+
+    def difference(x, y, axis=-1):
+        return x.mean(axis=axis) - y.mean(axis=axis)
+
+    diff_low, diff_high = _percentile_bootstrap(
+        (shift_a, shift_b), difference, n_boot, level, seed, vectorized=True, paired=True
+    )
+    record = {
+        "gain": None,
+        "ci_low": None,
+        "ci_high": None,
+        "delta_a": delta_a,
+        "delta_b": delta_b,
+        "difference": delta_a - delta_b,
+        "difference_ci_low": diff_low,
+        "difference_ci_high": diff_high,
+        "n": len(a),
+    }
+    if delta_b == 0:
+        return {**record, "reason": "b's shift from base is 0: the relative gain is undefined"}
+    sign = np.sign(delta_b)
+
+    def gain(x, y, axis=-1):
+        # NaN where a resample's Δb is 0 or of the other sign: _percentile_bootstrap refuses those
+        dy = y.mean(axis=axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.sign(dy) == sign, (x.mean(axis=axis) - dy) / np.abs(dy), np.nan)
+
+    record["gain"] = (delta_a - delta_b) / abs(delta_b)
+    try:
+        low, high = _percentile_bootstrap(
+            (shift_a, shift_b), gain, n_boot, level, seed, vectorized=True, paired=True
+        )
+    except ValueError as exc:
+        return {**record, "reason": f"ratio CI undefined: b's shift is 0 or changes sign ({exc})"}
+    return {**record, "ci_low": low, "ci_high": high}
+
+
+def interaction_test(y: ArrayLike, factor_a: ArrayLike, factor_b: ArrayLike) -> dict:
+    """F-test of the a×b interaction in a 2×2 design: does b's effect on y depend on a?
+
+    OLS of `y ~ a * b` with a type 2 ANOVA table (statsmodels). For the interaction, the
+    highest-order term, type 2 and type 3 both compare the full model with the additive one
+    and give the same F, balanced or not; type 2 is used because its main-effect rows do not
+    depend on the 0/1 coding, whereas type 3's do.
+    """
+    y = _sample(y, "y")
+    factors = []
+    for name, f in (("factor_a", factor_a), ("factor_b", factor_b)):
+        f = np.asarray(f)
+        if f.shape != y.shape:
+            raise ValueError(f"{name} has shape {f.shape} but y has shape {y.shape}")
+        if not np.isin(f, (0, 1)).all():
+            raise ValueError(f"{name} must be coded 0/1, got values {np.unique(f).tolist()}")
+        factors.append(f.astype(float))
+    a, b = factors
+    cells = {(i, j): (a == i) & (b == j) for i in (0, 1) for j in (0, 1)}
+    small = {f"a={i},b={j}": int(m.sum()) for (i, j), m in cells.items() if m.sum() < 2}
+    if small:
+        raise ValueError(f"every a×b cell needs at least 2 observations, got {small}")
+    if all(np.ptp(y[m]) == 0 for m in cells.values()):
+        raise ValueError("y is constant within every cell: residual variance is zero, so F is undefined")
+    fit = smf.ols("y ~ a * b", data=pd.DataFrame({"y": y, "a": a, "b": b})).fit()
+    row = anova_lm(fit, typ=2).loc["a:b"]
+    return {
+        "f": float(row["F"]),
+        "df_num": int(row["df"]),
+        "df_den": int(fit.df_resid),
+        "p_value": float(row["PR(>F)"]),
+        "interaction_coef": float(fit.params["a:b"]),
+        "test": "OLS F-test of the a×b interaction (two-way ANOVA)",
+    }
+
+
+def first_divergence(
+    traj_a: ArrayLike, traj_b: ArrayLike, alpha: float = 0.05, min_run: int = 1
+) -> int | None:
+    """Where trajectories part: first position whose Welch test (Holm) stays significant `min_run` long."""
+    ta, tb = np.asarray(traj_a, dtype=float), np.asarray(traj_b, dtype=float)
+    if ta.ndim != 2 or tb.ndim != 2:
+        raise ValueError(f"trajectories must be 2-D [n_prompts, n_positions], got {ta.shape} and {tb.shape}")
+    if np.isinf(ta).any() or np.isinf(tb).any():
+        raise ValueError("trajectories contain infinite values")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha}")
+    if min_run < 1:
+        raise ValueError(f"min_run must be at least 1, got {min_run}")
+    width = max(ta.shape[1], tb.shape[1])  # a group with fewer columns has no data (NaN) beyond them
+    ta, tb = (np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=np.nan) for t in (ta, tb))
+    tested, p_values = [], []
+    for j in range(width):
+        xa, xb = ta[~np.isnan(ta[:, j]), j], tb[~np.isnan(tb[:, j]), j]
+        if len(xa) >= 2 and len(xb) >= 2:
+            p = _sps.ttest_ind(xa, xb, equal_var=False).pvalue
+            if not np.isnan(p):  # both columns constant and equal: nothing to test
+                tested.append(j)
+                p_values.append(p)
+    if not tested:
+        raise ValueError("no position has at least 2 non-NaN, non-constant values per group to test")
+    significant = np.zeros(width, dtype=bool)
+    significant[tested] = np.asarray(holm(p_values)) <= alpha
+    run = 0
+    for j, sig in enumerate(significant):
+        run = run + 1 if sig else 0
+        if run == min_run:
+            return j - min_run + 1
+    return None
