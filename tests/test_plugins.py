@@ -183,7 +183,17 @@ def test_a_plugin_missing_part_of_the_contract_is_refused(tmp_path, monkeypatch)
         registered()
 
 
-CORE_PACKAGES = ("model", "generation", "training", "capture", "vectors", "summary", "plotting", "judge", "stats")
+CORE_PACKAGES = (
+    "model",
+    "generation",
+    "training",
+    "capture",
+    "vectors",
+    "summary",
+    "plotting",
+    "judge",
+    "stats",
+)
 
 
 def test_core_names_no_experiment(root):
