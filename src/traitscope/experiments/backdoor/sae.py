@@ -6,11 +6,12 @@ here opens in SAELens and an SAELens SAE of the right model and layer loads here
 follows SAELens: subtract b_dec (apply_b_dec_to_input), multiply by W_enc, add b_enc, keep
 the k largest pre-activations (ReLU on them) for "topk", or ReLU everything for "standard".
 
-Training (`sae_train`) reads a capture's per-token activations at one layer: inputs are
-scaled to unit mean squared norm per dimension while training and the scale is folded back
-into the weights, so the saved SAE works on raw activations. The decoder rows are kept at
-unit norm, and an auxiliary TopK loss on dead latents (Gao et al. 2024, "Scaling and
-evaluating sparse autoencoders") keeps latents from dying on small data.
+Training (`train_sae`; the pipeline stage is `sae_stages.sae_train`) fits one layer's per-
+token activations: inputs are scaled to unit mean squared norm per dimension while training
+and the scale is folded back into the weights, so the saved SAE works on raw activations.
+The decoder rows are kept at unit norm, and an auxiliary TopK loss on dead latents (Gao et
+al. 2024, "Scaling and evaluating sparse autoencoders") keeps latents from dying on small
+data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitscope.errors import TraitscopeError
-from traitscope.io import atomic_dir, save_figure, write_json
+from traitscope.io import atomic_dir
 
 WEIGHTS = "sae_weights.safetensors"
 CONFIG = "cfg.json"
@@ -295,108 +296,3 @@ def train_sae(
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
     return sae, curve, quality
-
-
-def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
-    """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
-    import pandas as pd
-
-    from traitscope.capture.store import read_manifest, read_shards
-
-    manifest = read_manifest(capture_json)
-    if layer not in manifest["layers"]:
-        raise TraitscopeError(
-            f"{capture_json}: layer {layer} was not captured (layers {manifest['layers']}); recapture with it"
-        )
-    parts, index = [], []
-    for _, tokens, tensors in read_shards(capture_json):
-        key = f"tokens.layer.{layer}"
-        if key in tensors:
-            parts.append(tensors[key].float())
-            index.append(tokens)
-    if not parts:
-        raise TraitscopeError(
-            f"{capture_json}: no per-token activations; capture the set with token_segments"
-        )
-    return torch.cat(parts), pd.concat(index, ignore_index=True)
-
-
-def sae_train(
-    capture_json: str | Path,
-    layer: int,
-    settings: SAESettings,
-    out_dir: str | Path,
-    training_json: str | Path,
-    figure_png: str | Path,
-    model_name: str = "",
-) -> dict[str, Any]:
-    """Train on one layer's per-token activations of a capture; write the SAE folder, the
-    training record and its figure."""
-    from traitscope.capture.store import read_manifest
-    from traitscope.experiments.backdoor.figures import sae_training_figure
-
-    x, _ = layer_tokens(capture_json, layer)
-    if settings.tokens < len(x) * (1 - settings.eval_fraction):
-        note = "fewer training tokens than the capture holds: not every token is seen"
-    else:
-        passes = settings.tokens / max(1, len(x) * (1 - settings.eval_fraction))
-        note = f"{passes:.1f} passes over the training tokens"
-    sae, curve, quality = train_sae(x, settings)
-    manifest = read_manifest(capture_json)
-    metadata = {
-        "model_name": model_name or Path(manifest["model"]).parent.name,
-        "hook_name": f"blocks.{layer}.hook_resid_post",
-        "hook_layer": layer,
-        "traitscope_capture": str(capture_json),
-    }
-    save_sae(sae, out_dir, metadata)
-    record = {
-        "layer": layer,
-        "capture": str(capture_json),
-        "settings": asdict(settings),
-        "n_tokens": len(x),
-        "passes": note,
-        "curve": curve,
-        **quality,
-    }
-    write_json(training_json, record)
-    save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
-    return record
-
-
-@torch.no_grad()
-def _firing_rates(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) -> list[float]:
-    """Share of tokens each latent fires on."""
-    counts = torch.zeros(sae.d_sae)
-    for start in range(0, len(x), batch):
-        counts += (sae.encode(x[start : start + batch]) > 0).float().sum(0)
-    return (counts / len(x)).tolist()
-
-
-def sae_evaluate(
-    sae_folder: str | Path,
-    capture_json: str | Path,
-    layer: int,
-    training_json: str | Path,
-    figure_png: str | Path,
-) -> dict[str, Any]:
-    """For an SAE loaded from a path: its quality on the capture's tokens, record and figure."""
-    from traitscope.capture.store import read_manifest
-    from traitscope.experiments.backdoor.figures import sae_training_figure
-
-    sae = load_sae(sae_folder)
-    check_width(sae, read_manifest(capture_json)["d_model"], str(sae_folder))
-    x, _ = layer_tokens(capture_json, layer)
-    record = {
-        "layer": layer,
-        "capture": str(capture_json),
-        "loaded_from": str(sae_folder),
-        "architecture": sae.architecture,
-        "d_sae": sae.d_sae,
-        "k": sae.k,
-        "curve": [],
-        "held_out": reconstruction_quality(sae, x),
-    }
-    write_json(training_json, record)
-    save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
-    return record

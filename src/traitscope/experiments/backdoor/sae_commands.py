@@ -18,13 +18,13 @@ def _sae_settings(a: argparse.Namespace):
 
 
 def _sae_train(a: argparse.Namespace) -> None:
-    from traitscope.experiments.backdoor.sae import sae_train
+    from traitscope.experiments.backdoor.sae_stages import sae_train
 
     sae_train(a.capture, a.layer, _sae_settings(a), a.out, a.record, a.png, a.model_name)
 
 
 def _sae_evaluate(a: argparse.Namespace) -> None:
-    from traitscope.experiments.backdoor.sae import sae_evaluate
+    from traitscope.experiments.backdoor.sae_stages import sae_evaluate
 
     sae_evaluate(a.sae, a.capture, a.layer, a.record, a.png)
 

@@ -27,7 +27,7 @@ def _feature_scores(
     feature scores at a named position, the token index and every token's `[n, d_sae]` features."""
     import torch
 
-    from traitscope.experiments.backdoor.sae import layer_tokens
+    from traitscope.experiments.backdoor.sae_stages import layer_tokens
 
     x, index = layer_tokens(capture_json, layer)
     with torch.no_grad():
@@ -94,12 +94,8 @@ def backdoor_sae_features(
     the tokens where each fires most."""
     from traitscope.capture.store import read_manifest, read_shards
     from traitscope.data.prompts import read_prompt_set
-    from traitscope.experiments.backdoor.sae import (
-        check_width,
-        layer_tokens,
-        load_sae,
-        reconstruction_quality,
-    )
+    from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
+    from traitscope.experiments.backdoor.sae_stages import layer_tokens
     from traitscope.io import write_json
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
