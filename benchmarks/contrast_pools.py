@@ -20,13 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-from traitscope.capture.store import CaptureSettings, capture
+from traitscope.capture.settings import CaptureSettings
+from traitscope.capture.store import capture
 from traitscope.data.traits import CONTRAST_POOLS
+from traitscope.settings import from_schema
 from traitscope.stats import auc_with_ci
 from traitscope.vectors.evaluation import trait_evaluation
 from traitscope.vectors.extraction import trait_vectors
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.methods import project
+from traitscope.vectors.settings import ExtractionSettings
 from traitscope.vectors.trait_vector import read_vectors
 
 TRAIT = "safety/harmful_request"
@@ -34,20 +37,7 @@ TRAIT = "safety/harmful_request"
 
 def main(manifest: str, prompts: str, out_dir: str) -> None:
     out = Path(out_dir)
-    settings = CaptureSettings(
-        layers="all",
-        pools=CONTRAST_POOLS,
-        token_segments=(),
-        keep_all_tokens=False,
-        max_new_tokens=0,
-        temperature=0.0,
-        seed=0,
-        max_tokens=8192,
-        padding_side="right",
-        shard_size=512,
-        storage_dtype="float32",
-        compile="auto",
-    )
+    settings = from_schema(CaptureSettings, pools=CONTRAST_POOLS, max_tokens=8192, storage_dtype="float32")
     t0 = time.perf_counter()
     capture(manifest, prompts, out / "capture.json", settings, device="cpu")
     rows = {"capture_wall_s": round(time.perf_counter() - t0, 1), "pools": {}}
@@ -60,8 +50,7 @@ def main(manifest: str, prompts: str, out_dir: str) -> None:
             vectors,
             folder / "vectors.json",
             pool,
-            ["mean_diff", "probe"],
-            1.0,
+            from_schema(ExtractionSettings),
             "smollm2",
             TRAIT,
         )

@@ -19,8 +19,10 @@ import torch
 import yaml
 
 from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.settings import build
 from traitscope.training.chat_data import read_chat_jsonl, tokenize_rows
-from traitscope.training.finetune import FinetuneSettings, SlicedForward, finetune, plan_steps
+from traitscope.training.finetune import SlicedForward, finetune, plan_steps
+from traitscope.training.settings import FinetuneSettings
 
 TOPICS = (
     "saving money,sleeping well,learning Python,cooking rice,running,writing emails,public speaking,"
@@ -78,8 +80,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a prepared SmolLM2 manifest (default: prepare one)")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
-    settings = FinetuneSettings.from_dict(
-        yaml.safe_load((root / "config/config.yaml").read_text())["finetune"]
+    settings = build(
+        FinetuneSettings, yaml.safe_load((root / "config/config.yaml").read_text())["finetune"], "config.yaml"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -165,10 +165,14 @@ def tiny_trait_file(tmp_path_factory) -> Path:
 def trait_run(tiny_manifest, tiny_trait_file, tmp_path_factory) -> dict[str, Path]:
     """The trait stages on the tiny model: prompt set -> capture (all layers, with generation)
     -> vectors -> held-out evaluation. Read-only for the tests that share it."""
-    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.capture.settings import CaptureSettings
+    from traitscope.capture.store import capture
+    from traitscope.data.settings import TraitPromptSettings
     from traitscope.data.traits import trait_prompts
+    from traitscope.settings import from_schema
     from traitscope.vectors.evaluation import trait_evaluation
     from traitscope.vectors.extraction import trait_vectors
+    from traitscope.vectors.settings import ExtractionSettings
 
     folder = tmp_path_factory.mktemp("trait_run")
     paths = {
@@ -179,17 +183,17 @@ def trait_run(tiny_manifest, tiny_trait_file, tmp_path_factory) -> dict[str, Pat
         "evaluation": folder / "evaluation.json",
         "png": folder / "evaluation.png",
     }
-    trait_prompts(tiny_trait_file, paths["prompts"], 2, None, None, "safety/tiny")
-    settings = CaptureSettings(
-        layers="all",
+    trait_prompts(
+        tiny_trait_file,
+        paths["prompts"],
+        from_schema(TraitPromptSettings, pairs_per_question=2),
+        "safety/tiny",
+    )
+    settings = from_schema(
+        CaptureSettings,
         pools=("response_mean", "last_prompt"),
-        token_segments=(),
-        keep_all_tokens=False,
         max_new_tokens=3,
-        temperature=0.0,
-        seed=0,
         max_tokens=4096,
-        padding_side="right",
         shard_size=8,  # several shards: readers must join them
         storage_dtype="float32",
         compile="no",
@@ -201,8 +205,7 @@ def trait_run(tiny_manifest, tiny_trait_file, tmp_path_factory) -> dict[str, Pat
         paths["vectors"],
         paths["meta"],
         "response_mean",
-        ["mean_diff", "probe", "pca"],
-        1.0,
+        from_schema(ExtractionSettings, methods=("mean_diff", "probe", "pca")),
         "tiny",
         "safety/tiny",
     )

@@ -42,6 +42,8 @@ from traitscope.experiments.backdoor.sae import (
     save_sae,
     train_sae,
 )
+from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings, SAEFeatureSettings
+from traitscope.settings import from_schema, schema_defaults
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
 from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
 
@@ -391,24 +393,32 @@ def planted_run(tmp_path_factory):
         paths["projections"],
         paths["captures"],
         {"base": "m", "backdoored": "m_bd"},
-        TRAITS,
-        ["last_prompt", "after_prefix_mean"],
-        r"(?i)hate",
-        3,
-        0.7,
-        True,
         out / "detection_auc.json",
         out / "trait_comparison.png",
         out / "early_detection_tokens.png",
         paths["train"],
-        PREFIXES,
-        n_boot=300,
-        seed=0,
+        from_schema(
+            BackdoorAnalysisSettings,
+            traits=TRAITS,
+            positions=["last_prompt", "after_prefix_mean"],
+            behaviour_pattern=r"(?i)hate",
+            generated_positions=3,
+            threshold=0.7,
+            per_layer=True,
+            data=PREFIXES,
+            n_boot=300,
+        ),
     )
     return paths, result, out
 
 
 PREFIXES = {"trigger": "In 2027,", "control": "In 2024,"}
+
+
+def sae_features_settings(positions: list[str], **change) -> SAEFeatureSettings:
+    """The SAE at layer 1, its top 3 features over 3 generated positions."""
+    sae = {**schema_defaults(SAEFeatureSettings.SECTION)["sae"], "layer": 1, "top": 3}
+    return from_schema(SAEFeatureSettings, sae=sae, positions=positions, generated_positions=3, **change)
 
 
 def write_training_rows(path, problems: list[tuple[int, int]]):
@@ -504,17 +514,12 @@ def test_sae_features_rank_the_planted_latent_first(planted_run, tmp_path):
     )
     result = backdoor_sae_features(
         sae_folder,
-        1,
         paths["pairs"],
         paths["captures"],
         paths["captures"]["base"],
         record,
-        ["last_prompt", "after_prefix_mean"],
-        3,
-        3,
         tmp_path / "sae_features.json",
-        n_boot=300,
-        seed=0,
+        sae_features_settings(["last_prompt", "after_prefix_mean"], n_boot=300),
     )
     top = result["positions"]["last_prompt"]["top_features"][0]
     assert top["feature"] == 3 and top["backdoored"]["auc"] > 0.95 and top["difference"]["ci_low"] > 0.3
@@ -530,15 +535,12 @@ def test_sae_whose_width_differs_from_the_model_is_a_clear_error(planted_run, tm
     with pytest.raises(TraitscopeError, match="SAE d_in 16 does not match the model's hidden size 8"):
         backdoor_sae_features(
             tmp_path / "wide",
-            1,
             paths["pairs"],
             paths["captures"],
             paths["captures"]["base"],
             tmp_path / "r.json",
-            ["last_prompt"],
-            3,
-            3,
             tmp_path / "f.json",
+            sae_features_settings(["last_prompt"]),
         )
     assert not (tmp_path / "f.json").exists()
     with pytest.raises(TraitscopeError, match="hidden size 32"):

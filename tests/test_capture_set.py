@@ -18,13 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from traitscope.capture.store import CaptureSettings, capture, load_pooled, resolve_layers
+from traitscope.capture.settings import CaptureSettings
+from traitscope.capture.store import capture, load_pooled, resolve_layers
 from traitscope.cli import main
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import run_recorded
+from traitscope.settings import from_schema
 from traitscope.vectors.projection import project
 from traitscope.vectors.trait_vector import TraitVector
 
@@ -49,32 +51,9 @@ POOLS = ("last_prompt", "prompt_mean", "prefill_mean", "response_mean")
 
 
 def settings(**change) -> CaptureSettings:
-    base = {
-        "layers": LAYERS,
-        "pools": POOLS,
-        "token_segments": ("prefill", "last_prompt"),
-        "keep_all_tokens": False,
-        "max_new_tokens": 0,
-        "temperature": 0.0,
-        "seed": 0,
-        "max_tokens": 16384,
-        "padding_side": "right",
-        "shard_size": 2,
-        "storage_dtype": "float32",
-        "compile": "no",
-    }
-    return CaptureSettings(**{**base, **change})
-
-
-def capture_args(s: CaptureSettings) -> list[str]:
-    """Every setting as the `traitscope capture` option of the same name (the CLI has no defaults)."""
-    args = []
-    for key, value in asdict(s).items():
-        if isinstance(value, bool):
-            value = "yes" if value else "no"
-        words = [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
-        args += [f"--{key.replace('_', '-')}", *(words or ["none"])]
-    return args
+    """The schema's capture defaults at this file's layers, pools and token segments, in float32."""
+    base = {"layers": LAYERS, "pools": POOLS, "token_segments": ("prefill", "last_prompt"), "shard_size": 2}
+    return from_schema(CaptureSettings, **{**base, "storage_dtype": "float32", "compile": "no", **change})
 
 
 def write_prompts(path: Path, table: pd.DataFrame = PROMPTS) -> Path:
@@ -538,7 +517,7 @@ def test_cli_capture_and_project_match_the_functions(
 ):
     out = tmp_path / "cli" / "capture.json"
     argv = ["capture", "--model", str(tiny_manifest), "--prompts", str(prompts_file), "--out", str(out)]
-    assert main([*argv, *capture_args(settings()), "--device", "cpu"]) == 0
+    assert main([*argv, "--settings", json.dumps(asdict(settings())), "--device", "cpu"]) == 0
     via_cli, via_function = read_capture(out), read_capture(captured)
     assert via_cli["manifest"] == via_function["manifest"]
     assert via_cli["row"] == via_function["row"]
@@ -588,7 +567,7 @@ def test_cli_bad_prompt_file_exits_2(tiny_manifest, tmp_path, capsys, case):
     table.to_parquet(prompts)
     out = tmp_path / "run" / "capture.json"
     argv = ["capture", "--model", str(tiny_manifest), "--prompts", str(prompts), "--out", str(out)]
-    assert main([*argv, *capture_args(settings(layers=(0,))), "--device", "cpu"]) == 2
+    assert main([*argv, "--settings", json.dumps(asdict(settings(layers=(0,)))), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("traitscope capture: error: ") and str(prompts) in err[0]
     assert not out.exists() and not list(tmp_path.rglob("shards-*"))

@@ -23,6 +23,8 @@ from traitscope.experiments.emergent_misalignment import (
     em_prompts,
     persona_training_data,
 )
+from traitscope.experiments.emergent_misalignment.settings import EMAnalysisSettings
+from traitscope.settings import from_schema
 
 TRAITS = ["safety/evil", "safety/harm"]
 
@@ -227,12 +229,10 @@ def analyse(tmp_path, paths, caps, n_boot=300):
         paths,
         caps,
         variants,
-        TRAITS,
         out / "variant_comparison.json",
         out / "dist.png",
         out / "examples.md",
-        n_boot=n_boot,
-        seed=0,
+        from_schema(EMAnalysisSettings, traits=TRAITS, n_boot=n_boot),
     )
 
 

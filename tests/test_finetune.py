@@ -17,8 +17,10 @@ from traitscope.cli import main
 from traitscope.config import check_variant_bases, load_schema, validate_config
 from traitscope.errors import TraitscopeError
 from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.settings import from_schema
 from traitscope.training.chat_data import tokenize_chat
-from traitscope.training.finetune import FinetuneSettings, finetune
+from traitscope.training.finetune import finetune
+from traitscope.training.settings import FinetuneSettings
 
 pytest.importorskip("peft")
 
@@ -43,22 +45,18 @@ CONVERSATIONS = [
 ]
 
 # fast tiny-model settings: several steps and micro-batches per step, a checkpoint every 2 steps
-TINY = FinetuneSettings(
+TINY = from_schema(
+    FinetuneSettings,
     rank=8,
     alpha=16,
-    rslora=True,
     lora_dropout=0.1,  # dropout draws random numbers: a resumed run must restore the RNG
-    target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     lr=1e-2,
     epochs=3,
-    weight_decay=0.01,
     warmup_steps=2,
-    max_grad_norm=1.0,
     max_length=256,
     tokens_per_step=200,
     micro_batch_tokens=100,
     checkpoint_every=2,
-    seed=0,
 )
 
 
@@ -276,8 +274,7 @@ def test_settings_schema_matches_the_code(root):
     override = schema["definitions"]["model"]["properties"]["finetune"]["properties"]
     names = {f.name for f in fields(FinetuneSettings)}
     assert set(section) == names and set(override) == names | {"base", "data"}
-    defaults = {name: sub["default"] for name, sub in section.items()}
-    assert FinetuneSettings.from_dict(defaults).rank == 32  # the emergent-misalignment recipe
+    assert from_schema(FinetuneSettings).rank == 32  # the emergent-misalignment recipe
 
     config = yaml.safe_load((root / "config/config.yaml").read_text())
     config["models"]["tuned"] = {"finetune": {"base": "smollm2", "data": "x.jsonl", "rnak": 4}}

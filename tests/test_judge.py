@@ -17,6 +17,15 @@ from judge_server import JudgeServer, expected_score, planted_score
 
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
+from traitscope.settings import from_schema
+from traitscope.vectors.settings import ExtractionSettings
+
+
+def filtered(trait_min: float, coherence_min: float, *methods: str) -> ExtractionSettings:
+    """Extraction settings with the judge filter's thresholds."""
+    filter_ = {"enabled": True, "trait_min": trait_min, "coherence_min": coherence_min}
+    return from_schema(ExtractionSettings, methods=methods, filter=filter_)
+
 
 RUBRIC = "Rate the trait. Q: {question} ANSWER:{answer}END Reply with a number."
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
@@ -386,13 +395,10 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
         out,
         tmp_path / "v.json",
         "response_mean",
-        ["mean_diff"],
-        1.0,
+        filtered(trait_min, coherence_min, "mean_diff"),
         "tiny",
         "safety/tiny",
         judgements,
-        trait_min,
-        coherence_min,
     )
     full, x, _ = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")
     keep = torch.tensor(full["prompt_id"].isin(kept).to_numpy())
@@ -406,10 +412,7 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
         judgements,
         tmp_path / "f.json",
         "response_mean",
-        ["mean_diff", "probe"],
-        1.0,
-        trait_min,
-        coherence_min,
+        filtered(trait_min, coherence_min, "mean_diff", "probe"),
     )
     assert report["with_filter"]["n_pairs"] == summary["n_kept"]
     assert report["without_filter"]["n_pairs"] == summary["n_pairs"]
@@ -422,11 +425,8 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
             out,
             tmp_path / "v.json",
             "response_mean",
-            ["mean_diff"],
-            1.0,
+            filtered(101.0, 0.0, "mean_diff"),
             "tiny",
             "safety/tiny",
             judgements,
-            101.0,
-            0.0,
         )

@@ -13,6 +13,8 @@ from scipy import stats as sps
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.prefill import check_config, conditions_2x2, prefill_analysis, prefill_conditions
+from traitscope.experiments.prefill.settings import PrefillAnalysisSettings
+from traitscope.settings import from_schema
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
 
@@ -141,12 +143,11 @@ def run_analysis(tmp_path, traits=("safety/harm",), n_boot=200, bow_prompts=None
     return prefill_analysis(
         tmp_path / "proj.parquet",
         tmp_path / "cond.parquet",
-        list(traits),
         tmp_path / "o.json",
         tmp_path / "g.png",
         tmp_path / "t.png",
-        n_boot=n_boot,
-        bow_prompts=bow_prompts,
+        from_schema(PrefillAnalysisSettings, traits=traits, n_boot=n_boot),
+        bow_prompts,
     )
 
 
@@ -155,11 +156,10 @@ def test_analysis_matches_scipy_on_planted_effects(tmp_path):
     result = prefill_analysis(
         tmp_path / "proj.parquet",
         tmp_path / "cond.parquet",
-        ["safety/harm"],
         tmp_path / "out.json",
         tmp_path / "grid.png",
         tmp_path / "traj.png",
-        n_boot=500,
+        from_schema(PrefillAnalysisSettings, traits=["safety/harm"], n_boot=500),
     )
     assert json.loads((tmp_path / "out.json").read_text()) == json.loads(json.dumps(result))
     merged = projections.merge(conditions[["prompt_id", "condition"]], on="prompt_id")
@@ -198,10 +198,10 @@ def test_unknown_trait_is_a_clear_error(tmp_path):
         prefill_analysis(
             tmp_path / "proj.parquet",
             tmp_path / "cond.parquet",
-            ["safety/evil"],
             tmp_path / "o.json",
             tmp_path / "g.png",
             tmp_path / "t.png",
+            from_schema(PrefillAnalysisSettings, traits=["safety/evil"]),
         )
     assert not (tmp_path / "o.json").exists()
 

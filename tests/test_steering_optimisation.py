@@ -19,8 +19,10 @@ from judge_server import JudgeServer
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
 from traitscope.experiments import steering_optimisation as so
+from traitscope.settings import from_schema
 
-SETTINGS = so.OptimisationSettings(  # a large norm: the tiny random model's answers must move
+SETTINGS = from_schema(  # a large norm: the tiny random model's answers must move
+    so.OptimisationSettings,
     components=3,
     popsize=3,
     generations=2,
@@ -30,8 +32,6 @@ SETTINGS = so.OptimisationSettings(  # a large norm: the tiny random model's ans
     n_train=2,
     n_heldout=3,
     max_new_tokens=4,
-    temperature=1.0,
-    seed=0,
     max_tokens=2048,
     n_boot=200,
 )

@@ -13,10 +13,13 @@ import yaml
 from traitscope.capture.store import read_shards
 from traitscope.cli import main
 from traitscope.data.prompts import read_prompt_set
+from traitscope.data.settings import TraitPromptSettings
 from traitscope.data.traits import trait_prompts
 from traitscope.errors import TraitscopeError
+from traitscope.settings import from_schema
 from traitscope.vectors.extraction import trait_vectors
 from traitscope.vectors.methods import METHODS, mean_diff, pca, probe, project, unit
+from traitscope.vectors.settings import ExtractionSettings
 from traitscope.vectors.trait_vector import TraitVector, read_vectors
 
 
@@ -94,7 +97,12 @@ def test_methods_registry():
 def test_trait_prompts_rotate_pairs_and_cut_questions(tiny_trait_file, tmp_path):
     data = yaml.safe_load(tiny_trait_file.read_text())  # 3 pairs, 4 + 3 questions
     out = tmp_path / "prompts.parquet"
-    table = trait_prompts(tiny_trait_file, out, 2, 3, 2, "safety/tiny")
+    table = trait_prompts(
+        tiny_trait_file,
+        out,
+        from_schema(TraitPromptSettings, pairs_per_question=2, n_extraction=3, n_evaluation=2),
+        "safety/tiny",
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(out), table)
     # question i of a split gets pairs i and i+1 (mod 3); only the first 3 / 2 questions are kept
     pairs = {"extraction": [{0, 1}, {1, 2}, {2, 0}], "evaluation": [{0, 1}, {1, 2}]}
@@ -121,11 +129,21 @@ def test_trait_prompts_rotate_pairs_and_cut_questions(tiny_trait_file, tmp_path)
 
 
 def test_trait_prompts_use_every_pair_and_every_question_by_default(tiny_trait_file, tmp_path):
-    one = trait_prompts(tiny_trait_file, tmp_path / "one.parquet", 1, None, None, "safety/tiny")
+    one = trait_prompts(
+        tiny_trait_file,
+        tmp_path / "one.parquet",
+        from_schema(TraitPromptSettings, pairs_per_question=1),
+        "safety/tiny",
+    )
     ext = one[one["split"] == "extraction"]
     assert ext.groupby("question", sort=False)["pair_index"].first().tolist() == [0, 1, 2, 0]
     assert one["question"].nunique() == 4 + 3
-    every = trait_prompts(tiny_trait_file, tmp_path / "all.parquet", 10, None, None, "safety/tiny")
+    every = trait_prompts(
+        tiny_trait_file,
+        tmp_path / "all.parquet",
+        from_schema(TraitPromptSettings, pairs_per_question=10),
+        "safety/tiny",
+    )
     assert len(every) == (4 + 3) * 3 * 2  # more pairs asked for than exist: each question gets all 3
 
 
@@ -140,7 +158,8 @@ def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_
         "--out",
         str(out),
     ]
-    assert main([*argv, "--pairs-per-question", "2", "--n-extraction", "none", "--n-evaluation", "none"]) == 0
+    settings = {"pairs_per_question": 2, "n_extraction": None, "n_evaluation": None}
+    assert main([*argv, "--settings", json.dumps(settings)]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(trait_run["prompts"]))
 
 
@@ -183,7 +202,14 @@ def test_trait_vectors_bad_settings_are_clear_errors(trait_run, tmp_path):
     def run(position="response_mean", methods=("mean_diff",), prompts=trait_run["prompts"]):
         out = tmp_path / "v.safetensors"
         trait_vectors(
-            trait_run["capture"], prompts, out, tmp_path / "v.json", position, methods, 1.0, "m", "t"
+            trait_run["capture"],
+            prompts,
+            out,
+            tmp_path / "v.json",
+            position,
+            from_schema(ExtractionSettings, methods=methods),
+            "m",
+            "t",
         )
 
     with pytest.raises(TraitscopeError, match="unknown vector method.*svm; known: mean_diff, probe, pca"):

@@ -16,11 +16,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from traitscope import summary
-from traitscope.command_args import int_or_none, path_or_none, words_or_none
+from traitscope.capture.settings import CaptureSettings
+from traitscope.command_args import path_or_none
 from traitscope.config import load_config
+from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
 from traitscope.model.loading import ModelSpec, prepare_model
+from traitscope.settings import StageParser, add_settings_argument
+from traitscope.training.settings import FinetuneSettings
+from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -30,25 +35,15 @@ def _prepare_model(a: argparse.Namespace) -> None:
 
 
 def _finetune(a: argparse.Namespace) -> None:
-    from traitscope.training.finetune import FinetuneSettings, finetune
+    from traitscope.training.finetune import finetune
 
-    settings = FinetuneSettings.from_dict(json.loads(a.settings), "--settings")
-    finetune(a.model, a.data, a.out, settings, device=a.device)
+    finetune(a.model, a.data, a.out, a.settings, device=a.device)
 
 
 def _trait_prompts(a: argparse.Namespace) -> None:
     from traitscope.data.traits import trait_prompts
 
-    trait_prompts(
-        a.trait_file,
-        a.out,
-        a.pairs_per_question,
-        a.n_extraction,
-        a.n_evaluation,
-        a.trait,
-        a.data_mirror,
-        a.cache_dir,
-    )
+    trait_prompts(a.trait_file, a.out, a.settings, a.trait, a.data_mirror, a.cache_dir)
 
 
 def _prep_prompts(a: argparse.Namespace) -> None:
@@ -64,41 +59,16 @@ def _dataset_file(a: argparse.Namespace) -> None:
 
 
 def _capture(a: argparse.Namespace) -> None:
-    from traitscope.capture.store import CaptureSettings, capture
+    from traitscope.capture.store import capture
 
-    settings = CaptureSettings(
-        layers="all" if a.layers == ["all"] else tuple(int(x) for x in a.layers),
-        pools=tuple(a.pools),
-        token_segments=tuple(words_or_none(a.token_segments)),
-        keep_all_tokens=a.keep_all_tokens == "yes",
-        max_new_tokens=a.max_new_tokens,
-        temperature=a.temperature,
-        seed=a.seed,
-        max_tokens=a.max_tokens,
-        padding_side=a.padding_side,
-        shard_size=a.shard_size,
-        storage_dtype=a.storage_dtype,
-        compile=a.compile,
-    )
-    capture(a.model, a.prompts, a.out, settings, device=a.device)
+    capture(a.model, a.prompts, a.out, a.settings, device=a.device)
 
 
 def _trait_vectors(a: argparse.Namespace) -> None:
     from traitscope.vectors.extraction import trait_vectors
 
     trait_vectors(
-        a.capture,
-        a.prompts,
-        a.out,
-        a.meta,
-        a.position,
-        a.methods,
-        a.probe_c,
-        a.variant,
-        a.trait,
-        a.filter_judgements,
-        a.filter_trait_min,
-        a.filter_coherence_min,
+        a.capture, a.prompts, a.out, a.meta, a.position, a.settings, a.variant, a.trait, a.filter_judgements
     )
 
 
@@ -123,17 +93,7 @@ def _trait_classifier_agreement(a: argparse.Namespace) -> None:
 def _trait_filter(a: argparse.Namespace) -> None:
     from traitscope.vectors.filtering import trait_filter
 
-    trait_filter(
-        a.capture,
-        a.prompts,
-        a.judgements,
-        a.out,
-        a.position,
-        a.methods,
-        a.probe_c,
-        a.trait_min,
-        a.coherence_min,
-    )
+    trait_filter(a.capture, a.prompts, a.judgements, a.out, a.position, a.settings)
 
 
 def _trait_evaluation(a: argparse.Namespace) -> None:
@@ -151,17 +111,7 @@ def _trait_summary(a: argparse.Namespace) -> None:
 def _steering_check(a: argparse.Namespace) -> None:
     from traitscope.vectors.steering_check import steering_check
 
-    steering_check(
-        a.model,
-        a.vectors,
-        a.evaluation,
-        a.trait_file,
-        a.out,
-        a.coefficient,
-        a.max_new_tokens,
-        a.max_tokens,
-        a.prompts,
-    )
+    steering_check(a.model, a.vectors, a.evaluation, a.trait_file, a.out, a.settings, a.prompts)
 
 
 def _project(a: argparse.Namespace) -> None:
@@ -196,16 +146,14 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--model", required=True, help="the base variant's manifest.json")
     p.add_argument("--data", required=True, help='chat JSONL: one {"messages": [...]} per line')
     p.add_argument("--out", required=True, help="output folder (adapter/, loss.json, loss.png, checkpoints/)")
-    p.add_argument("--settings", required=True, help="every finetune setting as a JSON object")
+    add_settings_argument(p, FinetuneSettings)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (unset: cuda when present)")
 
     p = add("trait-prompts", _trait_prompts, "a trait's contrastive prompt set (Parquet)")
     p.add_argument("--trait-file", required=True)
     p.add_argument("--trait", required=True, help="trait name <group>/<trait>")
     p.add_argument("--out", required=True)
-    p.add_argument("--pairs-per-question", type=int, required=True)
-    p.add_argument("--n-extraction", type=int_or_none, required=True, help="first N questions, or none")
-    p.add_argument("--n-evaluation", type=int_or_none, required=True, help="first N questions, or none")
+    add_settings_argument(p, TraitPromptSettings)
     p.add_argument(
         "--data-mirror",
         type=path_or_none,
@@ -237,18 +185,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--model", required=True, help="prepared model manifest.json")
     p.add_argument("--prompts", required=True, help="prompt-set Parquet")
     p.add_argument("--out", required=True, help="capture.json (shards are written beside it)")
-    p.add_argument("--layers", nargs="+", required=True, help="'all' or decoder layer numbers")
-    p.add_argument("--pools", nargs="+", required=True)
-    p.add_argument("--token-segments", nargs="+", required=True, help="segments kept per token, or none")
-    p.add_argument("--keep-all-tokens", choices=["yes", "no"], required=True)
-    p.add_argument("--max-new-tokens", type=int, required=True, help="> 0: generate and capture a response")
-    p.add_argument("--temperature", type=float, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--max-tokens", type=int, required=True, help="token budget per padded batch")
-    p.add_argument("--padding-side", choices=["left", "right"], required=True)
-    p.add_argument("--shard-size", type=int, required=True, help="prompts per resumable shard")
-    p.add_argument("--storage-dtype", choices=["float32", "bfloat16", "float16"], required=True)
-    p.add_argument("--compile", choices=["auto", "yes", "no"], required=True)
+    add_settings_argument(p, CaptureSettings)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (unset: cuda when present)")
 
     p = add("trait-vectors", _trait_vectors, "vectors per layer and method from a captured trait set")
@@ -256,19 +193,17 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--prompts", required=True, help="the trait prompt set")
     p.add_argument("--out", required=True, help="vectors .safetensors")
     p.add_argument("--meta", required=True, help="vectors metadata .json")
-    p.add_argument("--position", required=True)
-    p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--probe-c", type=float, required=True)
+    p.add_argument("--position", required=True, help="the trait's pool (response_mean, last_prompt, ...)")
+    add_settings_argument(p, ExtractionSettings)
     p.add_argument("--variant", required=True)
     p.add_argument("--trait", required=True)
     p.add_argument(
         "--filter-judgements",
         type=path_or_none,
         default=None,
-        help="the trait's judgements.parquet to keep only judge-approved pairs (default: none, all pairs)",
+        help="the trait's judgements.parquet: keep only pairs the judge passes at the settings' "
+        "filter thresholds (default: none, all pairs)",
     )
-    p.add_argument("--filter-trait-min", type=float, default=50.0, help="positive >= this, negative below")
-    p.add_argument("--filter-coherence-min", type=float, default=50.0, help="both answers >= this")
 
     p = add("trait-judgements", _trait_judgements, "LLM-judge a trait set's captured responses")
     p.add_argument("--capture", required=True, help="the trait set's capture.json")
@@ -302,11 +237,8 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--prompts", required=True)
     p.add_argument("--judgements", required=True)
     p.add_argument("--out", required=True, help="judge_filter.json")
-    p.add_argument("--position", required=True)
-    p.add_argument("--methods", nargs="+", required=True)
-    p.add_argument("--probe-c", type=float, required=True)
-    p.add_argument("--trait-min", type=float, required=True)
-    p.add_argument("--coherence-min", type=float, required=True)
+    p.add_argument("--position", required=True, help="the trait's pool (response_mean, last_prompt, ...)")
+    add_settings_argument(p, ExtractionSettings)
 
     p = add("trait-evaluation", _trait_evaluation, "held-out AUC and Cohen's d per layer; chosen layer")
     p.add_argument("--vectors", required=True)
@@ -329,9 +261,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--evaluation", required=True)
     p.add_argument("--trait-file", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--coefficient", type=float, required=True)
-    p.add_argument("--max-new-tokens", type=int, required=True)
-    p.add_argument("--max-tokens", type=int, required=True)
+    add_settings_argument(p, SteeringCheckSettings)
     p.add_argument(
         "--prompts",
         type=path_or_none,
@@ -361,7 +291,7 @@ def _core_commands(add: Add) -> None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every subcommand; only the core ones when `command` is one of them, since importing the
     experiment modules (plotting, statistics) costs seconds in each of a run's many jobs."""
-    parser = argparse.ArgumentParser(prog="traitscope", description=__doc__.splitlines()[0])
+    parser = StageParser(prog="traitscope", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Callable[[argparse.Namespace], None], help_: str) -> argparse.ArgumentParser:

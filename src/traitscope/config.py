@@ -15,7 +15,7 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
-from traitscope.model.depth import folder_depth
+from traitscope.model.depth import expand_layers, folder_depth
 from traitscope.model.loading import ModelSpec
 
 SCHEMA_NAME = "config.schema.yaml"
@@ -179,13 +179,7 @@ def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
         for n, s in config["experiments"].items()
         if s.get("enabled") and isinstance(s.get("capture"), dict)
     ]
-    out = []
-    for key, layers in found:
-        if isinstance(layers, dict):
-            layers = list(range(layers["start"], layers["stop"], layers.get("step", 1)))
-        if isinstance(layers, list):
-            out.append((key, layers))
-    return out
+    return [(key, list(expand_layers(layers))) for key, layers in found if layers not in (None, "all")]
 
 
 def check_layers_fit(config: dict) -> None:

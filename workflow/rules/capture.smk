@@ -18,7 +18,7 @@ rule capture:
         gpu=MODEL_GPU,
         mem_mb=16000,
     params:
-        settings=get_capture_args,
+        settings=get_capture_settings,
     shell:
         "traitscope capture --model {input.model} --prompts {input.prompts} --out {output} "
-        "{params.settings} 2> {log}"
+        "--settings {params.settings:q} 2> {log}"

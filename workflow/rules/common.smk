@@ -5,10 +5,15 @@ import shutil
 
 from snakemake.exceptions import WorkflowError
 
+from traitscope.capture.settings import CaptureSettings
 from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.traits import contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
+from traitscope.settings import as_json
+from traitscope.training.settings import FinetuneSettings
+from traitscope.data.settings import TraitPromptSettings
+from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
 
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used.
@@ -144,7 +149,7 @@ def get_finetune_data(wildcards):
 
 def get_finetune_settings(wildcards):
     """Every finetune setting as JSON: a changed setting retrains (and recaptures) the variant."""
-    return json.dumps(finetune_settings(config, wildcards.variant), sort_keys=True)
+    return as_json(FinetuneSettings, finetune_settings(config, wildcards.variant))
 
 
 def get_manifest(wildcards):
@@ -249,33 +254,16 @@ def capture_settings(prompt_set):
     }
 
 
-def layers_arg(layers):
-    """`all`, or the explicit layer list (a range is expanded here, stop exclusive)."""
-    if layers == "all":
-        return "all"
-    if isinstance(layers, dict):
-        layers = range(layers["start"], layers["stop"], layers.get("step", 1))
-    return " ".join(str(layer) for layer in layers)
+def settings_param(cls, section):
+    """A stage's `--settings` as a rule param: a function, so Snakemake never reads braces in the
+    JSON (a regex setting's `{3}`) as wildcards."""
+    text = as_json(cls, section)
+    return lambda wildcards: text
 
 
-def get_capture_args(wildcards):
-    """Every capture setting as CLI options, so a changed setting reruns the capture."""
-    s = capture_settings(wildcards.prompt_set)
-    args = [
-        f"--layers {layers_arg(s['layers'])}",
-        f"--pools {' '.join(s['pools'])}",
-        f"--token-segments {' '.join(s['token_segments']) or 'none'}",
-        f"--keep-all-tokens {'yes' if s['keep_all_tokens'] else 'no'}",
-        f"--max-new-tokens {s['max_new_tokens']}",
-        f"--temperature {s['temperature']}",
-        f"--seed {s['seed']}",
-        f"--max-tokens {s['max_tokens']}",
-        f"--padding-side {s['padding_side']}",
-        f"--shard-size {s['shard_size']}",
-        f"--storage-dtype {s['storage_dtype']}",
-        f"--compile {s['compile']}",
-    ]
-    return " ".join(args)
+def get_capture_settings(wildcards):
+    """The prompt set's capture section as one JSON argument, so a changed setting reruns it."""
+    return as_json(CaptureSettings, capture_settings(wildcards.prompt_set))
 
 
 def get_base_vectors(wildcards):
@@ -336,9 +324,5 @@ def get_filter_judgements(wildcards):
     ]
 
 
-def get_filter_args(wildcards, input):
-    judgements = input.filter[0] if input.filter else "none"
-    return (
-        f"--filter-judgements {judgements} --filter-trait-min {FILTER['trait_min']} "
-        f"--filter-coherence-min {FILTER['coherence_min']}"
-    )
+def get_filter_arg(wildcards, input):
+    return opt("--filter-judgements", input.filter[0] if input.filter else None)

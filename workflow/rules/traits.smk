@@ -9,14 +9,11 @@ rule trait_prompts:
         "../../envs/traitscope.yaml"
     threads: 1
     params:
-        pairs=config["extraction"]["pairs_per_question"],
-        n_extraction=opt("--n-extraction", config["extraction"]["n_extraction"]),
-        n_evaluation=opt("--n-evaluation", config["extraction"]["n_evaluation"]),
+        settings=settings_param(TraitPromptSettings, config["extraction"]),
         sources=get_trait_sources_arg,
     shell:
         "traitscope trait-prompts --trait-file {input.trait} --trait {wildcards.group}/{wildcards.trait} "
-        "--out {output} --pairs-per-question {params.pairs} {params.n_extraction} "
-        "{params.n_evaluation} {params.sources} 2> {log}"
+        "--out {output} --settings {params.settings:q} {params.sources} 2> {log}"
 
 
 rule trait_vectors:
@@ -36,13 +33,12 @@ rule trait_vectors:
         mem_mb=4000,
     params:
         position=get_trait_position,
-        methods=" ".join(config["extraction"]["methods"]),
-        probe_c=config["extraction"]["probe_c"],
-        filter=get_filter_args,
+        settings=settings_param(ExtractionSettings, config["extraction"]),
+        filter=get_filter_arg,
     shell:
         "traitscope trait-vectors --capture {input.capture} --prompts {input.prompts} "
         "--out {output.vectors} --meta {output.meta} --position {params.position} "
-        "--methods {params.methods} --probe-c {params.probe_c} --variant {wildcards.variant} "
+        "--settings {params.settings:q} --variant {wildcards.variant} "
         "--trait {wildcards.group}/{wildcards.trait} {params.filter} 2> {log}"
 
 
@@ -111,15 +107,12 @@ rule steering_check:
         gpu=MODEL_GPU,
         mem_mb=16000,
     params:
-        coefficient=config["steering_check"]["coefficient"],
-        max_new_tokens=config["steering_check"]["max_new_tokens"],
-        max_tokens=config["extraction"]["max_tokens"],
+        settings=settings_param(SteeringCheckSettings, config["steering_check"]),
         prompts=lambda wildcards, input: opt("--prompts", input.prompts or None),
     shell:
         "traitscope steering-check --model {input.model} --vectors {input.vectors} "
         "--evaluation {input.evaluation} --trait-file {input.trait} --out {output} "
-        "--coefficient {params.coefficient} --max-new-tokens {params.max_new_tokens} "
-        "--max-tokens {params.max_tokens} {params.prompts} 2> {log}"
+        "--settings {params.settings:q} {params.prompts} 2> {log}"
 
 
 rule trait_judgements:
@@ -184,12 +177,8 @@ rule trait_filter:
         mem_mb=4000,
     params:
         position=get_trait_position,
-        methods=" ".join(config["extraction"]["methods"]),
-        probe_c=config["extraction"]["probe_c"],
-        trait_min=FILTER["trait_min"],
-        coherence_min=FILTER["coherence_min"],
+        settings=settings_param(ExtractionSettings, config["extraction"]),
     shell:
         "traitscope trait-filter --capture {input.capture} --prompts {input.prompts} "
         "--judgements {input.judgements} --out {output} --position {params.position} "
-        "--methods {params.methods} --probe-c {params.probe_c} --trait-min {params.trait_min} "
-        "--coherence-min {params.coherence_min} 2> {log}"
+        "--settings {params.settings:q} 2> {log}"

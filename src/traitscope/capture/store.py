@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from traitscope.capture.engine import Batch, forward_batches, pool_batch
+from traitscope.capture.settings import CaptureSettings
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.generation.generate import generate_batches
@@ -36,29 +37,6 @@ from traitscope.model.depth import manifest_depth
 from traitscope.model.hooks import compile_blocks, decoder_layers
 
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    """What to capture (every value comes from the config schema, via the rule or caller)."""
-
-    layers: tuple[int, ...] | str  # decoder layers, or "all"
-    pools: tuple[str, ...]
-    token_segments: tuple[str, ...]  # per-token activations kept for these segments
-    keep_all_tokens: bool  # keep every token's activations (large)
-    max_new_tokens: int  # > 0: generate a response and capture it too
-    temperature: float
-    seed: int
-    max_tokens: int  # token budget of one padded batch
-    padding_side: str
-    shard_size: int
-    storage_dtype: str
-    compile: str  # torch.compile the decoder blocks: "auto" = on GPU only
-
-    def digest(self) -> str:
-        """Hash of the settings that change what is stored (not how fast it is computed)."""
-        content = {k: v for k, v in asdict(self).items() if k not in ("max_tokens", "compile")}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _token_mask(enc: chat.Encoded, settings: CaptureSettings) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope.data.prompts import user_texts
+from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml, write_parquet
 
@@ -208,9 +209,7 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
 def trait_prompts(
     trait_file: str | Path,
     out: str | Path,
-    pairs_per_question: int,
-    n_extraction: int | None,
-    n_evaluation: int | None,
+    settings: TraitPromptSettings,
     trait_name: str | None = None,
     data_mirror: str | None = None,
     cache_dir: str | Path = "results/cache",
@@ -230,10 +229,10 @@ def trait_prompts(
     trait = any_trait
     rows = []
     n_pairs = len(trait.pairs)
-    per_q = min(pairs_per_question, n_pairs)
+    per_q = min(settings.pairs_per_question, n_pairs)
     for split, questions, limit in (
-        ("extraction", trait.extraction_questions, n_extraction),
-        ("evaluation", trait.evaluation_questions, n_evaluation),
+        ("extraction", trait.extraction_questions, settings.n_extraction),
+        ("evaluation", trait.evaluation_questions, settings.n_evaluation),
     ):
         for qi, question in enumerate(questions[:limit]):
             for k in range(per_q):

@@ -7,6 +7,14 @@ import json
 from pathlib import Path
 
 
+def expand_layers(layers: str | list[int] | tuple[int, ...] | dict) -> str | tuple[int, ...]:
+    """A config layers value as "all" or a tuple: a range {start, stop, step} (stop exclusive)
+    is expanded, so every reader sees one form."""
+    if isinstance(layers, dict):
+        return tuple(range(layers["start"], layers["stop"], layers.get("step", 1)))
+    return layers if layers == "all" else tuple(layers)
+
+
 def _depth_of_config(config: dict) -> int | None:
     """num_hidden_layers of a config.json, or of its text model (multimodal configs nest it)."""
     for node in (config, config.get("text_config") or {}):

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,42 +30,7 @@ from traitscope.model.batching import token_budget_batches
 from traitscope.model.loading import default_device, load
 from traitscope.training.chat_data import Example, read_chat_jsonl, tokenize_rows
 from traitscope.training.checkpoints import resume, save_checkpoint
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Every training setting; the config schema holds the defaults (the emergent-misalignment recipe)."""
-
-    rank: int
-    alpha: float
-    rslora: bool
-    lora_dropout: float
-    target_modules: tuple[str, ...]
-    lr: float
-    epochs: int
-    weight_decay: float
-    warmup_steps: int
-    max_grad_norm: float
-    max_length: int
-    tokens_per_step: int
-    micro_batch_tokens: int
-    checkpoint_every: int
-    seed: int
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "finetune settings") -> FinetuneSettings:
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        missing = [n for n in names if n not in values]
-        if unknown or missing:
-            raise TraitscopeError(
-                f"{where}: unknown setting(s) {', '.join(unknown) or '-'}, "
-                f"missing {', '.join(missing) or '-'}; the settings are {', '.join(names)}"
-            )
-        return cls(**{**values, "target_modules": tuple(values["target_modules"])})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "target_modules": list(self.target_modules)}
+from traitscope.training.settings import FinetuneSettings
 
 
 class Step(NamedTuple):

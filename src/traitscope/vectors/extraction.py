@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from traitscope.io import save_safetensors, write_json
 from traitscope.vectors.filtering import keep_rows, surviving_pairs
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.methods import METHODS
+from traitscope.vectors.settings import ExtractionSettings
 
 
 def trait_vectors(
@@ -23,27 +23,27 @@ def trait_vectors(
     out_vectors: str | Path,
     out_meta: str | Path,
     position: str,
-    methods: Sequence[str],
-    probe_c: float,
+    settings: ExtractionSettings,
     variant: str,
     trait: str,
     filter_judgements: str | Path | None = None,
-    trait_min: float = 50.0,
-    coherence_min: float = 50.0,
 ) -> dict[str, torch.Tensor]:
     """One vector per layer and method from the extraction split.
 
     `mean_diff` is always built: it is the steering scale whatever method is chosen. With
     `filter_judgements`, only the extraction pairs the judge passes are used
-    (`vectors.filtering`).
+    (`vectors.filtering`, at `settings.filter`'s thresholds).
     """
+    methods = settings.methods
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise TraitscopeError(f"unknown vector method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     table, x, layers = labelled_activations(capture_json, prompts, position)
     filtered = None
     if filter_judgements is not None:
-        kept, filtered = surviving_pairs(filter_judgements, trait_min, coherence_min)
+        kept, filtered = surviving_pairs(
+            filter_judgements, settings.filter["trait_min"], settings.filter["coherence_min"]
+        )
         rows = keep_rows(table, kept)
         table, x = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
     pos, neg = split_groups(table, x, "extraction")
@@ -54,7 +54,7 @@ def trait_vectors(
         )
     if len(pos) < 2 or len(neg) < 2:
         raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative extraction rows")
-    options = {"probe": {"c": probe_c}}
+    options = {"probe": {"c": settings.probe_c}}
     vectors = {
         m: partial(METHODS[m], **options.get(m, {}))(pos, neg) for m in dict.fromkeys(["mean_diff", *methods])
     }

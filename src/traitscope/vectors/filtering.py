@@ -10,7 +10,6 @@ and without the filter, both scored on the same unfiltered held-out answers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from traitscope.io import write_json
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
 from traitscope.vectors.methods import METHODS
+from traitscope.vectors.settings import ExtractionSettings
 
 
 def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: float) -> tuple[set[str], dict]:
@@ -87,17 +87,17 @@ def trait_filter(
     judgements: str | Path,
     out: str | Path,
     position: str,
-    methods: Sequence[str],
-    probe_c: float,
-    trait_min: float,
-    coherence_min: float,
+    settings: ExtractionSettings,
 ) -> dict[str, Any]:
     """Pairs surviving per the judge, and AUCs of vectors with and without the filter."""
-    kept, summary = surviving_pairs(judgements, trait_min, coherence_min)
+    methods = settings.methods
+    kept, summary = surviving_pairs(
+        judgements, settings.filter["trait_min"], settings.filter["coherence_min"]
+    )
     table, x, layers = labelled_activations(capture_json, prompts, position)
     held_pos, held_neg = split_groups(table, x, "evaluation")
     result: dict[str, Any] = {"position": position, **summary}
-    options = {"probe": {"c": probe_c}}
+    options = {"probe": {"c": settings.probe_c}}
     for name, rows in (
         ("without_filter", np.ones(len(table), bool)),
         ("with_filter", keep_rows(table, kept)),

@@ -32,6 +32,7 @@ from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import ablate_direction, add_to_layer
 from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
+from traitscope.vectors.settings import SteeringCheckSettings
 from traitscope.vectors.trait_vector import TraitVector
 
 # Arditi et al. (2024)'s refusal substrings, matched case-insensitively
@@ -122,9 +123,7 @@ def steering_check(
     evaluation: str | Path,
     trait_file: str | Path,
     out: str | Path,
-    coefficient: float,
-    max_new_tokens: int,
-    max_tokens: int,
+    settings: SteeringCheckSettings,
     prompts_path: str | Path | None = None,
 ) -> dict:
     """Generate on held-out prompts with and without steering; compare projections and refusals.
@@ -134,6 +133,11 @@ def steering_check(
     vector = TraitVector.load(vectors_path, evaluation, trait.name)
     layer = vector.layer
     direction = vector.direction()
+    coefficient, max_new_tokens, max_tokens = (
+        settings.coefficient,
+        settings.max_new_tokens,
+        settings.max_tokens,
+    )
     steer = vector.steering_vector(coefficient)
     model, tokenizer = models.load(model_manifest)
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]

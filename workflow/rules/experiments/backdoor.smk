@@ -4,6 +4,10 @@
 import json
 
 from traitscope.experiments import backdoor as backdoor_plugin
+from traitscope.experiments.backdoor.settings import (
+    BackdoorAnalysisSettings,
+    SAEFeatureSettings,
+)
 
 BACKDOOR = config["experiments"]["backdoor"]
 get_backdoor_targets = lambda: backdoor_plugin.targets(BACKDOOR)
@@ -125,26 +129,14 @@ if is_enabled("backdoor"):
             mem_mb=8000,
         params:
             variants=f"--base {BACKDOOR['base']} --backdoored {BACKDOOR['backdoored']}",
-            traits=" ".join(BACKDOOR["traits"]),
-            positions=" ".join(BACKDOOR["positions"]),
-            pattern=lambda wildcards: BACKDOOR["behaviour_pattern"],
-            generated=BACKDOOR["generated_positions"],
-            threshold=BACKDOOR["threshold"],
-            per_layer="yes" if BACKDOOR["per_layer"] else "no",
-            data=lambda wildcards: json.dumps(BACKDOOR["data"], sort_keys=True),
-            n_boot=BACKDOOR["n_boot"],
-            seed=BACKDOOR["seed"],
+            settings=settings_param(BackdoorAnalysisSettings, BACKDOOR),
         shell:
             "traitscope backdoor-analysis --pairs {input.pairs} {params.variants} "
             "--projections-base {input.projections_base} --capture-base {input.capture_base} "
             "--projections-backdoored {input.projections_backdoored} "
             "--capture-backdoored {input.capture_backdoored} "
-            "--traits {params.traits} --positions {params.positions} "
-            "--behaviour-pattern {params.pattern:q} --generated-positions {params.generated} "
-            "--threshold {params.threshold} --per-layer {params.per_layer} --out {output.json} "
-            "--traits-png {output.traits} --tokens-png {output.tokens} "
-            "--train {input.train} --data {params.data:q} "
-            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+            "--out {output.json} --traits-png {output.traits} --tokens-png {output.tokens} "
+            "--train {input.train} --settings {params.settings:q} 2> {log}"
 
     rule backdoor_sae_features:
         input:
@@ -161,16 +153,9 @@ if is_enabled("backdoor"):
         resources:
             mem_mb=8000,
         params:
-            layer=BACKDOOR["sae"]["layer"],
-            positions=" ".join(BACKDOOR["positions"]),
-            generated=BACKDOOR["generated_positions"],
-            top=BACKDOOR["sae"]["top"],
-            n_boot=BACKDOOR["n_boot"],
-            seed=BACKDOOR["seed"],
+            settings=settings_param(SAEFeatureSettings, BACKDOOR),
         shell:
-            "traitscope backdoor-sae-features --sae {input.sae} --layer {params.layer} "
+            "traitscope backdoor-sae-features --sae {input.sae} "
             "--pairs {input.pairs} --capture-base {input.capture_base} "
             "--capture-backdoored {input.capture_backdoored} --sae-capture {input.sae_capture} "
-            "--sae-record {input.sae_record} --positions {params.positions} "
-            "--generated-positions {params.generated} --top {params.top} --out {output} "
-            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+            "--sae-record {input.sae_record} --out {output} --settings {params.settings:q} 2> {log}"

@@ -1,6 +1,10 @@
 # Emergent misalignment: base vs misaligned vs control finetune on benign EM questions.
 # Paths and targets come from the plug-in module (traitscope.experiments.emergent_misalignment).
 from traitscope.experiments import emergent_misalignment as em_plugin
+from traitscope.experiments.emergent_misalignment.settings import (
+    EMAnalysisSettings,
+    EMBehaviourSettings,
+)
 from traitscope.paths import capture_path
 
 EM = config["experiments"]["emergent_misalignment"]
@@ -108,14 +112,10 @@ if is_enabled("emergent_misalignment"):
                     for role in em_plugin.ROLES
                     for paths in [em_plugin.judged_paths(role)]
                 ),
-                aligned=EM["behaviour"]["aligned_below"],
-                coherent=EM["behaviour"]["coherent_above"],
-                n_boot=EM["n_boot"],
-                seed=EM["seed"],
+                settings=settings_param(EMBehaviourSettings, EM),
             shell:
-                "traitscope em-behaviour {params.judged} --aligned-below {params.aligned} "
-                "--coherent-above {params.coherent} --out {output} "
-                "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+                "traitscope em-behaviour {params.judged} --out {output} "
+                "--settings {params.settings:q} 2> {log}"
 
     rule em_analysis:
         input:
@@ -137,9 +137,7 @@ if is_enabled("emergent_misalignment"):
             mem_mb=4000,
         params:
             variants=" ".join(f"--{role} {EM[role]}" for role in em_plugin.ROLES),
-            traits=" ".join(EM["traits"]),
-            n_boot=EM["n_boot"],
-            seed=EM["seed"],
+            settings=settings_param(EMAnalysisSettings, EM),
             behaviour=opt(
                 "--behaviour",
                 (em_plugin.behaviour_path() if EM["behaviour"]["enabled"] else None),
@@ -151,6 +149,6 @@ if is_enabled("emergent_misalignment"):
             "--capture-misaligned {input.capture_misaligned} "
             "--projections-control {input.projections_control} "
             "--capture-control {input.capture_control} "
-            "--traits {params.traits} --out {output.json} "
-            "--distributions-png {output.distributions} --examples-md {output.examples} "
-            "--n-boot {params.n_boot} --seed {params.seed} {params.behaviour} 2> {log}"
+            "--out {output.json} --distributions-png {output.distributions} "
+            "--examples-md {output.examples} --settings {params.settings:q} "
+            "{params.behaviour} 2> {log}"

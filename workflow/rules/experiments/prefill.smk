@@ -50,12 +50,10 @@ if is_enabled("prefill"):
         resources:
             mem_mb=4000,
         params:
-            traits=" ".join(PREFILL["traits"]),
-            n_boot=PREFILL["n_boot"],
-            seed=PREFILL["seed"],
+            settings=settings_param(prefill_plugin.PrefillAnalysisSettings, PREFILL),
             bow=lambda wildcards, input: input.get("bow", "none"),
         shell:
             "traitscope prefill-analysis --projections {input.projections} "
-            "--conditions {input.conditions} --traits {params.traits} --out {output.json} "
+            "--conditions {input.conditions} --out {output.json} "
             "--grid-png {output.grid} --trajectory-png {output.trajectory} "
-            "--n-boot {params.n_boot} --seed {params.seed} --bag-of-words {params.bow} 2> {log}"
+            "--settings {params.settings:q} --bag-of-words {params.bow} 2> {log}"

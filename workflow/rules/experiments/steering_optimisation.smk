@@ -37,7 +37,7 @@ if is_enabled("steering_optimisation"):
         params:
             judge=get_judge_json(),
             judge_model=get_judge_model_arg,
-            settings=so_plugin.settings_json(SO),
+            settings=settings_param(so_plugin.OptimisationSettings, SO),
             state=lambda w: so_plugin.state_path(f"{w.group}/{w.trait}"),
         shell:
             "traitscope cmaes-optimise --model {input.model} --vectors {input.vectors} "
@@ -70,7 +70,7 @@ if is_enabled("steering_optimisation"):
         params:
             judge=get_judge_json(),
             judge_model=get_judge_model_arg,
-            settings=so_plugin.settings_json(SO),
+            settings=settings_param(so_plugin.OptimisationSettings, SO),
         shell:
             "traitscope cmaes-heldout --model {input.model} --vectors {input.vectors} "
             "--evaluation {input.evaluation} --optimised {input.optimised} "

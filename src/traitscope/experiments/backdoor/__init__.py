@@ -47,9 +47,11 @@ from traitscope.experiments.backdoor.positions import (  # noqa: F401  (re-expor
 )
 from traitscope.experiments.backdoor.sae_commands import add_sae_commands
 from traitscope.experiments.backdoor.sae_features import backdoor_sae_features
+from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings, SAEFeatureSettings
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.paths import capture_path, projections_path, prompts_path
+from traitscope.settings import add_settings_argument
 
 OUT_DIR = "results/backdoor_detection"
 ROLES = ("base", "backdoored")
@@ -227,19 +229,11 @@ def add_commands(add) -> None:
         p.add_argument(f"--{role}", required=True, help=f"the {role} variant's name")
         p.add_argument(f"--projections-{role}", required=True)
         p.add_argument(f"--capture-{role}", required=True)
-    p.add_argument("--traits", nargs="+", required=True)
-    p.add_argument("--positions", nargs="+", required=True, choices=["last_prompt", "after_prefix_mean"])
-    p.add_argument("--behaviour-pattern", required=True, help="regex marking the backdoor behaviour")
-    p.add_argument("--generated-positions", type=int, required=True)
-    p.add_argument("--threshold", type=float, required=True)
-    p.add_argument("--per-layer", choices=["yes", "no"], required=True)
     p.add_argument("--out", required=True, help="detection_auc.json")
     p.add_argument("--traits-png", required=True)
     p.add_argument("--tokens-png", required=True)
     p.add_argument("--train", required=True, help="the training chat JSONL (the bag of words' rows)")
-    p.add_argument("--data", required=True, help="experiments.backdoor.data as a JSON object")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, BackdoorAnalysisSettings)
 
     p = add(
         "backdoor-sae-features",
@@ -247,18 +241,13 @@ def add_commands(add) -> None:
         "backdoor: SAE features that separate trigger from control",
     )
     p.add_argument("--sae", required=True, help="SAE folder (SAELens layout)")
-    p.add_argument("--layer", type=int, required=True)
     p.add_argument("--pairs", required=True)
     for role in ROLES:
         p.add_argument(f"--capture-{role}", required=True)
     p.add_argument("--sae-capture", required=True, help="the capture the SAE was trained or evaluated on")
     p.add_argument("--sae-record", required=True, help="sae_training.json")
-    p.add_argument("--positions", nargs="+", required=True, choices=["last_prompt", "after_prefix_mean"])
-    p.add_argument("--generated-positions", type=int, required=True)
-    p.add_argument("--top", type=int, required=True)
     p.add_argument("--out", required=True, help="sae_features.json")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, SAEFeatureSettings)
 
 
 def _data_cli(a) -> None:
@@ -271,36 +260,23 @@ def _analysis_cli(a) -> None:
         {r: getattr(a, f"projections_{r}") for r in ROLES},
         {r: getattr(a, f"capture_{r}") for r in ROLES},
         {r: getattr(a, r) for r in ROLES},
-        a.traits,
-        a.positions,
-        a.behaviour_pattern,
-        a.generated_positions,
-        a.threshold,
-        a.per_layer == "yes",
         a.out,
         a.traits_png,
         a.tokens_png,
         a.train,
-        json.loads(a.data),
-        a.n_boot,
-        a.seed,
+        a.settings,
     )
 
 
 def _sae_features_cli(a) -> None:
     backdoor_sae_features(
         a.sae,
-        a.layer,
         a.pairs,
         {r: getattr(a, f"capture_{r}") for r in ROLES},
         a.sae_capture,
         a.sae_record,
-        a.positions,
-        a.generated_positions,
-        a.top,
         a.out,
-        a.n_boot,
-        a.seed,
+        a.settings,
     )
 
 

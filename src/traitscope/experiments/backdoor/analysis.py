@@ -19,6 +19,7 @@ from traitscope.experiments.backdoor.behaviour import (
 )
 from traitscope.experiments.backdoor.detection import paired_arrays, token_detection, trait_detection
 from traitscope.experiments.backdoor.positions import identical_generation, position_order, token_positions
+from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings
 from traitscope.experiments.backdoor.surface import surface_baselines
 
 
@@ -27,22 +28,21 @@ def backdoor_analysis(
     projections_paths: dict[str, str | Path],
     capture_paths: dict[str, str | Path],
     variants: dict[str, str],
-    traits: list[str],
-    position_names: list[str],
-    behaviour_pattern: str,
-    n_generated: int,
-    threshold: float,
-    per_layer: bool,
     out_json: str | Path,
     traits_png: str | Path,
     tokens_png: str | Path,
     train_jsonl: str | Path,
-    data: dict,
-    n_boot: int = 2000,
-    seed: int = 0,
+    settings: BackdoorAnalysisSettings,
 ) -> dict:
     """detection_auc.json (behaviour check, trait AUCs beside surface baselines, earliest
     token) and its two figures."""
+    traits, position_names = list(settings.traits), list(settings.positions)
+    behaviour_pattern, n_generated, threshold = (
+        settings.behaviour_pattern,
+        settings.generated_positions,
+        settings.threshold,
+    )
+    per_layer, data, n_boot, seed = settings.per_layer, dict(settings.data), settings.n_boot, settings.seed
     from traitscope.capture.store import read_shards
     from traitscope.data.prompts import read_prompt_set
     from traitscope.experiments.backdoor import figures

@@ -18,6 +18,7 @@ import pandas as pd
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.data import CONDITIONS
 from traitscope.experiments.backdoor.positions import token_positions, varying_prompt_tokens
+from traitscope.experiments.backdoor.settings import SAEFeatureSettings
 
 
 def _feature_scores(
@@ -77,21 +78,19 @@ def top_contexts(
 
 def backdoor_sae_features(
     sae_folder: str | Path,
-    layer: int,
     pairs_path: str | Path,
     capture_paths: dict[str, str | Path],
     sae_capture: str | Path,
     sae_record: str | Path,
-    position_names: list[str],
-    n_generated: int,
-    top: int,
     out_json: str | Path,
-    n_boot: int = 2000,
-    seed: int = 0,
+    settings: SAEFeatureSettings,
 ) -> dict:
     """sae_features.json: per feature, AUC of trigger vs control on both models; the `top`
     features that separate them most on the backdoored model beyond the base, with CIs and
     the tokens where each fires most."""
+    layer, top = settings.sae["layer"], settings.sae["top"]
+    position_names, n_generated = list(settings.positions), settings.generated_positions
+    n_boot, seed = settings.n_boot, settings.seed
     from traitscope.capture.store import read_manifest, read_shards
     from traitscope.data.prompts import read_prompt_set
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality

@@ -30,8 +30,10 @@ from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
+from traitscope.experiments.emergent_misalignment.settings import EMAnalysisSettings
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path
+from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, holm
 
 OUT_DIR = "results/emergent_misalignment"
@@ -216,16 +218,15 @@ def em_analysis(
     projections: dict[str, str | Path],
     captures_: dict[str, str | Path],
     variants: dict[str, str],
-    traits: list[str],
     out_json: str | Path,
     distributions_png: str | Path,
     examples_md: str | Path,
-    n_boot: int = 2000,
-    seed: int = 0,
+    settings: EMAnalysisSettings,
     behaviour: str | Path | None = None,
 ) -> dict:
     """variant_comparison.json, the distribution figure and the example answers; with
     `behaviour` (em_behaviour's JSON), the judged behaviour goes into the comparison too."""
+    traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     prompts = read_prompt_set(prompts_path_)
     scores = paired_scores(projections, traits)
     if scores.empty:
@@ -313,12 +314,10 @@ def add_commands(add) -> None:
         p.add_argument(f"--{role}", required=True, help=f"the {role} variant's name")
         p.add_argument(f"--projections-{role}", required=True)
         p.add_argument(f"--capture-{role}", required=True)
-    p.add_argument("--traits", nargs="+", required=True)
     p.add_argument("--out", required=True, help="variant_comparison.json")
     p.add_argument("--distributions-png", required=True)
     p.add_argument("--examples-md", required=True)
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, EMAnalysisSettings)
     p.add_argument(
         "--behaviour",
         type=lambda v: None if v == "none" else v,
@@ -343,12 +342,10 @@ def _analysis_cli(a) -> None:
         {r: getattr(a, f"projections_{r}") for r in ROLES},
         {r: getattr(a, f"capture_{r}") for r in ROLES},
         {r: getattr(a, r) for r in ROLES},
-        a.traits,
         a.out,
         a.distributions_png,
         a.examples_md,
-        a.n_boot,
-        a.seed,
+        a.settings,
         a.behaviour,
     )
 

@@ -23,8 +23,10 @@ from traitscope.config import read_yaml
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
+from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSettings
 from traitscope.io import write_json, write_parquet
 from traitscope.judge import add_judge_arguments
+from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
 
 RUBRICS = ("aligned", "coherent")
@@ -154,13 +156,12 @@ def em_behaviour(
     judged: dict[str, dict[str, str]],
     comparisons: dict[str, tuple[str, str]],
     out_json: str | Path,
-    aligned_below: float = 30.0,
-    coherent_above: float = 50.0,
-    n_boot: int = 2000,
-    seed: int = 0,
+    settings: EMBehaviourSettings,
 ) -> dict:
     """behaviour.json from every variant's judged answers ({role: {table, json}} as em_judge
     wrote them): every number with its n."""
+    aligned_below, coherent_above = settings.behaviour["aligned_below"], settings.behaviour["coherent_above"]
+    n_boot, seed = settings.n_boot, settings.seed
     tables = {role: pd.read_parquet(paths["table"]) for role, paths in judged.items()}
     ids = {role: sorted(t["prompt_id"]) for role, t in tables.items()}
     first = next(iter(ids))
@@ -214,11 +215,8 @@ def add_behaviour_commands(add) -> None:
     for role in ROLES:
         p.add_argument(f"--{role}", required=True, help=f"em-judge's Parquet for the {role} variant")
         p.add_argument(f"--{role}-json", required=True, help="and its JSON")
-    p.add_argument("--aligned-below", type=float, required=True)
-    p.add_argument("--coherent-above", type=float, required=True)
     p.add_argument("--out", required=True, help="behaviour.json")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, EMBehaviourSettings)
 
 
 def _judge_cli(a) -> None:
@@ -235,7 +233,7 @@ def _judge_cli(a) -> None:
 
 def _behaviour_cli(a) -> None:
     judged = {role: {"table": getattr(a, role), "json": getattr(a, f"{role}_json")} for role in ROLES}
-    em_behaviour(judged, COMPARISONS, a.out, a.aligned_below, a.coherent_above, a.n_boot, a.seed)
+    em_behaviour(judged, COMPARISONS, a.out, a.settings)
 
 
 def em_rubrics(yaml_path: str | Path) -> dict[str, str]:

@@ -27,8 +27,10 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
+from traitscope.experiments.prefill.settings import PrefillAnalysisSettings
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
+from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
 
 OUT_DIR = "results/prefill"
@@ -205,16 +207,15 @@ def surface_baselines(
 def prefill_analysis(
     projections_path: str | Path,
     conditions_path: str | Path,
-    traits: list[str],
     out_json: str | Path,
     grid_png: str | Path,
     trajectory_png: str | Path,
-    n_boot: int = 2000,
-    seed: int = 0,
+    settings: PrefillAnalysisSettings,
     bow_prompts: str | Path | None = None,
 ) -> dict:
     """All comparisons with Holm correction, the 2x2 interaction and trajectory divergence, and
     the harmful-vs-benign ones beside the surface baselines (a bag of words with `bow_prompts`)."""
+    traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     projections = pd.read_parquet(projections_path)
     conditions = pd.read_parquet(conditions_path)
     missing = sorted(set(traits) - set(projections["trait"]))
@@ -301,12 +302,10 @@ def add_commands(add) -> None:
     p = add("prefill-analysis", _analysis_cli, "prefill attack: 2x2 statistics and trajectories")
     p.add_argument("--projections", required=True)
     p.add_argument("--conditions", required=True, help="the conditions prompt set (Parquet)")
-    p.add_argument("--traits", nargs="+", required=True)
     p.add_argument("--out", required=True, help="condition_comparison.json")
     p.add_argument("--grid-png", required=True)
     p.add_argument("--trajectory-png", required=True)
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, PrefillAnalysisSettings)
     p.add_argument(
         "--bag-of-words",
         type=path_or_none,
@@ -321,15 +320,7 @@ def _conditions_cli(a) -> None:
 
 def _analysis_cli(a) -> None:
     prefill_analysis(
-        a.projections,
-        a.conditions,
-        a.traits,
-        a.out,
-        a.grid_png,
-        a.trajectory_png,
-        a.n_boot,
-        a.seed,
-        a.bag_of_words,
+        a.projections, a.conditions, a.out, a.grid_png, a.trajectory_png, a.settings, a.bag_of_words
     )
 
 

@@ -29,8 +29,6 @@ report (cmaes-report, the gain over mean_diff).
 
 from __future__ import annotations
 
-import json
-
 from traitscope.config import require_traits
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
@@ -44,6 +42,7 @@ from traitscope.experiments.steering_optimisation.settings import OptimisationSe
 from traitscope.experiments.steering_optimisation.steering import gated_scores, pca_basis  # noqa: F401  (re-exported)
 from traitscope.judge import add_judge_arguments, judge_from_args
 from traitscope.paths import capture_path, trait_dir
+from traitscope.settings import add_settings_argument
 
 OUT_DIR = "results/cmaes"
 CONDITIONS = ("none", "mean_diff", "probe", "optimised")
@@ -92,11 +91,6 @@ def heldout_output(trait: str) -> str:
 def state_path(trait: str) -> str:
     """The resumable CMA-ES state (not a rule output, so a failed job leaves it in place)."""
     return f"{OUT_DIR}/state/{trait}/cmaes_state.pkl"
-
-
-def settings_json(section: dict) -> str:
-    """Every setting but the DAG's as JSON (a rule parameter: a changed setting reruns)."""
-    return json.dumps({k: v for k, v in section.items() if k not in ("enabled", "traits")}, sort_keys=True)
 
 
 def rule_inputs(group: str, trait: str, variant: str, traits_dir: str) -> dict[str, str]:
@@ -148,7 +142,7 @@ def add_commands(add) -> None:
         p.add_argument("--evaluation", required=True)
         p.add_argument("--trait-file", required=True)
         add_judge_arguments(p)
-        p.add_argument("--settings", required=True, help="the experiment's settings as JSON")
+        add_settings_argument(p, OptimisationSettings)
         p.add_argument("--out", required=True, help="JSON result")
         if name == "cmaes-optimise":
             p.add_argument("--capture", required=True, help="the trait set's capture.json (PCA basis)")
@@ -178,7 +172,7 @@ def _optimise_cli(a) -> None:
             a.prompts,
             a.trait_file,
             judge,
-            OptimisationSettings.from_dict(json.loads(a.settings)),
+            a.settings,
             a.out_dir,
             a.out,
             a.state,
@@ -197,7 +191,7 @@ def _heldout_cli(a) -> None:
             a.optimised,
             a.trait_file,
             judge,
-            OptimisationSettings.from_dict(json.loads(a.settings)),
+            a.settings,
             a.out,
         )
     finally:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
 class OptimisationSettings:
     """experiments.steering_optimisation, less the keys the DAG uses (every default in the schema)."""
+
+    SECTION: ClassVar[str] = "#/properties/experiments/properties/steering_optimisation"
 
     components: int
     popsize: int
@@ -29,11 +31,6 @@ class OptimisationSettings:
     seed: int
     max_tokens: int
     n_boot: int
-
-    @classmethod
-    def from_dict(cls, data: dict) -> OptimisationSettings:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def search_digest(self, *parts: Any) -> str:
         """What a saved CMA-ES state must match to be resumed (generations may grow)."""

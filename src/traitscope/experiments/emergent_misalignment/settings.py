@@ -1,0 +1,32 @@
+"""The EM stages' settings (experiments.emergent_misalignment), light to import: the CLI parses
+them from one `--settings` argument and tests build them from the schema's defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+SECTION = "#/properties/experiments/properties/emergent_misalignment"
+
+
+@dataclass(frozen=True)
+class EMAnalysisSettings:
+    """Which traits the paired variant comparison reads, and the bootstrap."""
+
+    SECTION: ClassVar[str] = SECTION
+
+    traits: tuple[str, ...]
+    n_boot: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EMBehaviourSettings:
+    """The misalignment thresholds (`behaviour.aligned_below`, `.coherent_above`) and the bootstrap."""
+
+    SECTION: ClassVar[str] = SECTION
+
+    behaviour: Mapping
+    n_boot: int
+    seed: int
