@@ -6,6 +6,7 @@ import shutil
 from snakemake.exceptions import WorkflowError
 
 from traitscope.config import check, finetune_settings, validate_config
+from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
@@ -200,6 +201,16 @@ def get_prompt_match(wildcards):
     """A length-matched set is drawn after the set whose lengths it matches."""
     target = config["prompt_sets"][wildcards.prompt_set].get("match_length")
     return [prompts_path(target)] if target else []
+
+
+def get_prompt_source(wildcards):
+    """A bundled prompt file (the project's own, under resources/) is an input: editing it reruns
+    the set; fetched and mirrored files are not, so a mirror setting never reruns anything.
+    """
+    entry = config["prompt_sets"][wildcards.prompt_set]
+    if is_bundled(entry["dataset"]):
+        return [str(bundled_path(entry["dataset"], entry["file"]))]
+    return []
 
 
 def get_match_arg(wildcards, input):
