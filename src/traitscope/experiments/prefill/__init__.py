@@ -192,7 +192,9 @@ def surface_baselines(
             rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
             ra, rb = rows[rows["condition"] == a], rows[rows["condition"] == b]
             surface = baselines.baseline_scores(
-                [texts[i] for i in ra["prompt_id"]], [texts[i] for i in rb["prompt_id"]], bow
+                [texts[i] for i in ra["prompt_id"]],
+                [texts[i] for i in rb["prompt_id"]],
+                {} if bow is None else {"bag_of_words": bow},
             )
             out[key]["n_harmful"], out[key]["n_benign"] = len(ra), len(rb)
             out[key]["baselines"] = baselines.baseline_aucs(surface, n_boot, seed)
