@@ -3,6 +3,7 @@ structure issue #28 asks for, its loader, and no overlap with the public benchma
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -98,3 +99,46 @@ def test_loader_names_the_file_and_the_fix_for_a_bad_pair(tmp_path):
         load_pairs(bad)
     with pytest.raises(TraitscopeError, match=r"split must be one of extraction, heldout"):
         load_pairs(PAIRS, split="test")
+
+
+def test_a_contrast_trait_adds_whole_extraction_pairs_to_both_sides(tmp_path, mirror, root):
+    """safety/harmful_intent: harmful_request's rows exactly, plus the hard negatives' extraction
+    pairs, each pair on both sides of one split; no held-out pair is ever read."""
+    from traitscope.data.traits import trait_prompts
+
+    cache = tmp_path / "cache"
+    traits = root / "resources" / "traits" / "safety"
+    intent = trait_prompts(
+        traits / "harmful_intent.yaml", tmp_path / "i.parquet", 1, None, None, None, mirror, cache
+    )
+    plain = trait_prompts(
+        traits / "harmful_request.yaml", tmp_path / "r.parquet", 1, None, None, None, mirror, cache
+    )
+    paired = intent["source_id"].str.startswith("hard_negatives-")
+    rows = intent[~paired]
+    assert sorted(zip(rows["split"], rows["label"], rows["prompt"])) == sorted(
+        zip(plain["split"], plain["label"], plain["prompt"])
+    )
+    pairs = load_pairs(PAIRS).set_index("prompt_id")
+    used = pairs.loc[intent.loc[paired, "source_id"]]
+    assert set(used["meta"].map(lambda m: json.loads(m)["split"])) == {"extraction"}
+    pair_split = {}
+    for source, split in zip(intent.loc[paired, "source_id"], intent.loc[paired, "split"]):
+        pair_split.setdefault(source.rsplit("-", 1)[0], set()).add(split)
+    assert all(len(s) == 1 for s in pair_split.values())
+    assert len(pair_split) == (load_pairs(PAIRS, split="extraction")["label"] == 1).sum()
+    counts = intent[paired].groupby("split")["label"].agg(["sum", "size"])
+    assert (counts["size"] == 2 * counts["sum"]).all()  # both sides of every pair
+    assert counts.loc["extraction", "sum"] == round(133 * 80 / 120)
+
+
+def test_a_bad_pairs_source_is_one_line_naming_the_file(tmp_path):
+    from traitscope.data.traits import read_trait
+
+    text = (PAIRS.parents[2] / "traits" / "safety" / "harmful_intent.yaml").read_text()
+    bad = tmp_path / "t.yaml"
+    bad.write_text(
+        text.replace("pairs: {dataset: hard_negatives, file: pairs.yaml}", "pairs: {dataset: advbench}")
+    )
+    with pytest.raises(TraitscopeError, match=r"t\.yaml: 'pairs' must be a paired source"):
+        read_trait(bad)

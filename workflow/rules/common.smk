@@ -7,7 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.registry import bundled_path, is_bundled
-from traitscope.data.traits import contrast_pool
+from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
 
@@ -154,6 +154,12 @@ def get_manifest(wildcards):
 
 def get_trait_file(wildcards):
     return f"{TRAITS_DIR}/{wildcards.group}/{wildcards.trait}.yaml"
+
+
+def get_trait_bundled(wildcards):
+    """The project's own prompt files a prompt-contrast trait reads (its `pairs`): editing one
+    reruns the trait's prompt set."""
+    return bundled_sources(get_trait_file(wildcards))
 
 
 def get_trait_position(wildcards):
