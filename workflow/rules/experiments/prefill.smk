@@ -29,7 +29,7 @@ if is_enabled("prefill"):
 
     rule prefill_analysis:
         input:
-            **prefill_plugin.analysis_inputs(PREFILL),
+            **prefill_plugin.analysis_inputs(PREFILL, config),
         output:
             json="results/prefill/condition_comparison.json",
             grid=report(
@@ -54,8 +54,12 @@ if is_enabled("prefill"):
             n_boot=PREFILL["n_boot"],
             seed=PREFILL["seed"],
             bow=lambda wildcards, input: input.get("bow", "none"),
+            own_bow=lambda wildcards, input: prefill_plugin.own_bow_args(
+                PREFILL, config, dict(input.items())
+            ),
         shell:
             "traitscope prefill-analysis --projections {input.projections} "
             "--conditions {input.conditions} --traits {params.traits} --out {output.json} "
             "--grid-png {output.grid} --trajectory-png {output.trajectory} "
-            "--n-boot {params.n_boot} --seed {params.seed} --bag-of-words {params.bow} 2> {log}"
+            "--n-boot {params.n_boot} --seed {params.seed} --bag-of-words {params.bow} "
+            "{params.own_bow} 2> {log}"
