@@ -40,6 +40,14 @@ def training_keys(vectors_meta: str | Path) -> set[str]:
     return set(keys)
 
 
+def vectors_position(vectors_meta: str | Path) -> str:
+    """The pooled position a trait's vectors were built at (vectors.json `position`)."""
+    try:
+        return str(json.loads(Path(vectors_meta).read_text())["position"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        raise TraitscopeError(f"{vectors_meta}: no position record; rerun trait-vectors") from None
+
+
 def check_unseen(training: Mapping[str, set[str]], scored: Mapping[str, Sequence[str]]) -> None:
     """Refuse to score a row that built a vector or fitted a baseline.
 

@@ -44,6 +44,15 @@ def failure_cases(scores: pd.Series, labels: np.ndarray, prompts: pd.Series, lim
     }
 
 
+def scores_at(projections: pd.DataFrame, position_of: dict[str, str]) -> pd.DataFrame:
+    """prompt_id x trait scores, each trait at its own pooled position."""
+    by_position: dict[str, list[str]] = {}
+    for trait, position in position_of.items():
+        by_position.setdefault(position, []).append(trait)
+    parts = [chosen_scores(projections, p, traits)[traits] for p, traits in by_position.items()]
+    return pd.concat(parts, axis=1)[list(position_of)]
+
+
 def _categories(table: pd.DataFrame) -> np.ndarray:
     """A prompt set's `category` column (None where it has none), for per-category AUCs."""
     if "category" not in table.columns:
@@ -70,17 +79,21 @@ def harmbench(
     a bag of words fitted on the rows each trait saw (a prompt-contrast trait's own extraction
     rows, `own_bow`; else `bow_prompts`' extraction rows).
 
-    Per category, controls of the same category are the comparison where the controls carry
-    categories (paired sets), else all controls. `trait_meta` maps each trait to its
-    vectors.json: a scored prompt that built a vector (or fitted a bag of words) is an error.
+    Persona traits are scored at `position`; a prompt-contrast trait (in `own_bow`) at the pool
+    its vectors were built at. Per category, controls of the same category are the comparison
+    where the controls carry categories (paired sets), else all controls. `trait_meta` maps each
+    trait to its vectors.json: a scored prompt that built a vector (or fitted a bag of words) is
+    an error.
     """
-    bad = chosen_scores(_read(harmful_proj), position, traits)
-    good = chosen_scores(_read(harmless_proj), position, traits)
+    own_bow = own_bow or {}
+    position_of = {t: baselines.vectors_position(trait_meta[t]) if t in own_bow else position for t in traits}
+    bad = scores_at(_read(harmful_proj), position_of)
+    good = scores_at(_read(harmless_proj), position_of)
     prompts = pd.read_parquet(harmful_prompts).set_index("prompt_id")
     controls = read_prompt_set(harmless_prompts).set_index("prompt_id")
     bad_rows, good_rows = prompts.loc[bad.index].reset_index(), controls.loc[good.index].reset_index()
     bad_texts, good_texts = user_texts(bad_rows), user_texts(good_rows)
-    bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow or {}, traits, seed)
+    bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow, traits, seed)
     training = {t: baselines.training_keys(m) for t, m in trait_meta.items()} | bow_training
     baselines.check_unseen(training, {f"{name} harmful": bad_texts, f"{name} harmless": good_texts})
     surface = baselines.baseline_scores(bad_texts, good_texts, bows)
@@ -89,6 +102,7 @@ def harmbench(
     )
     result: dict = {
         "position": position,
+        "position_of": position_of,
         "n_harmful": len(bad),
         "n_harmless": len(good),
         "baselines": baselines.baseline_aucs(surface, n_boot, seed),
