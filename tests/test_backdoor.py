@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from dag_commands import settings_in
 from safetensors.torch import save_file
 from statsmodels.stats.proportion import proportion_confint
 
@@ -681,10 +682,13 @@ def test_dag_runs_data_finetune_prepare_captures_then_analysis(root):
     # the SAE's training set is captured at its one layer, per token, and never projected
     text = out.stdout + out.stderr
     sae_capture = re.search(r"traitscope capture .*prompts/harmless_train_sae\.parquet.*", text)[0]
-    assert "--layers 15 " in sae_capture and "--token-segments user last_prompt " in sae_capture
+    sae_settings = settings_in(sae_capture)
+    assert sae_settings["layers"] == [15] and sae_settings["token_segments"] == ["user", "last_prompt"]
     assert "results/projections/smollm2/harmless_train_sae.parquet" not in text
     pairs_capture = re.search(
         r"traitscope capture .*smollm2_backdoored/manifest.json --prompts results/prompts/backdoor_pairs.*",
         text,
     )[0]
-    assert "--layers all " in pairs_capture and "--max-new-tokens 20 " in pairs_capture
+    assert (
+        settings_in(pairs_capture)["layers"] == "all" and settings_in(pairs_capture)["max_new_tokens"] == 20
+    )

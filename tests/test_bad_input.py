@@ -215,6 +215,7 @@ def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):
         "trait": "safety/evil",
         "coefficient": 4.0,
         "max_new_tokens": 32,
+        "max_tokens": 8192,
     }
     assert config["models"]["m"]["dtype"] == "auto"
     assert (config["prompt_sets"], config["captures"], config["data_mirror"]) == ({}, [], None)

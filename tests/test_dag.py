@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dag_commands import settings_in
 
+from traitscope.capture.settings import CaptureSettings
 from traitscope.data.traits import contrast_pool
+from traitscope.settings import build
 
 TRAIT_STAGES = ("trait_prompts", "trait_vectors", "trait_evaluation")
 # datasets and experiment names that only the registry and the experiments may mention
@@ -188,9 +191,11 @@ def test_capture_layers_come_from_config(root, tmp_path):
     )
     out = dry_run(root, "--forceall", "--configfile", str(overlay))
     harmbench = re.search(r"traitscope capture .*prompts/harmbench_val\.parquet.*", out)[0]
-    assert "--layers 4 8 " in harmbench
+    assert build(CaptureSettings, settings_in(harmbench), "dry run").layers == (4, 8)
     trait = re.search(r"traitscope capture .*prompts/traits/safety/evil\.parquet.*", out)[0]
-    assert "--layers all " in trait  # trait sets are captured at every layer: vectors are per layer
+    assert (
+        settings_in(trait)["layers"] == "all"
+    )  # trait sets are captured at every layer: vectors are per layer
 
 
 def test_every_experiment_is_a_complete_plug_in(root):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from dag_commands import settings_in
 
 from traitscope.data.prep import length_matched, prep_prompts, without
 from traitscope.data.settings import TraitPromptSettings
@@ -508,9 +509,9 @@ def test_default_dag_captures_contrast_trait_without_generation_and_matches_cont
         check=True,
     ).stdout
     contrast = re.search(r"traitscope capture .*prompts/traits/safety/harmful_request\.parquet.*", out)[0]
-    assert "--max-new-tokens 0" in contrast and "--pools last_prompt " in contrast
+    assert settings_in(contrast)["max_new_tokens"] == 0 and settings_in(contrast)["pools"] == ["last_prompt"]
     persona = re.search(r"traitscope capture .*prompts/traits/safety/evil\.parquet.*", out)[0]
-    assert "--max-new-tokens 32" in persona  # persona traits still answer
+    assert settings_in(persona)["max_new_tokens"] == 32  # persona traits still answer
     prep = re.search(r"traitscope prep-prompts .*--out results/prompts/harmless_val\.parquet.*", out)[0]
     assert "--match-to results/prompts/harmbench_val.parquet" in prep
     vectors = re.search(r"traitscope trait-vectors .*--trait safety/harmful_request.*", out)[0]

@@ -6,7 +6,9 @@ it beats what the surface alone achieves, so each detection AUC is reported next
 
 - `length`: the prompt's user text length in characters, no fitting;
 - `bag_of_words`: TF-IDF + logistic regression fitted on a prompt-contrast trait's
-  extraction rows (the rows its vector was built from), never on the rows it scores;
+  extraction rows (the rows its vector was built from), never on the rows it scores; a
+  prompt-contrast trait is compared with the bag of words fitted on its own extraction rows
+  (`bags_of_words`), so both saw the same training rows;
 
 and the trait-minus-baseline AUC difference with a paired bootstrap CI over the same rows.
 `check_unseen` makes scoring a training row an error.
@@ -26,6 +28,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.stats import auc_difference_same_rows, auc_with_ci
 
 Scorer = Callable[[Sequence[str]], np.ndarray]
+MIN_PER_CATEGORY = 2  # rows per side below which a category gets no AUC
 
 
 def training_keys(vectors_meta: str | Path) -> set[str]:
@@ -35,6 +38,14 @@ def training_keys(vectors_meta: str | Path) -> set[str]:
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         raise TraitscopeError(f"{vectors_meta}: no training_prompts record; rerun trait-vectors") from None
     return set(keys)
+
+
+def vectors_position(vectors_meta: str | Path) -> str:
+    """The pooled position a trait's vectors were built at (vectors.json `position`)."""
+    try:
+        return str(json.loads(Path(vectors_meta).read_text())["position"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        raise TraitscopeError(f"{vectors_meta}: no position record; rerun trait-vectors") from None
 
 
 def check_unseen(training: Mapping[str, set[str]], scored: Mapping[str, Sequence[str]]) -> None:
@@ -80,17 +91,50 @@ def bag_of_words(texts: Sequence[str], labels: np.ndarray, seed: int) -> Scorer:
     return lambda scored: model.decision_function(vectorizer.transform(list(scored)))
 
 
+def bags_of_words(
+    default: str | Path | None, own: Mapping[str, str | Path], traits: Sequence[str], seed: int
+) -> tuple[dict[str, str], dict[str, Scorer], dict[str, set[str]]]:
+    """Each trait's bag of words, fitted on the rows its direction saw: a prompt-contrast trait's
+    own extraction rows (`own`: trait -> its trait prompt set), else `default`'s (persona traits).
+
+    Returns (trait -> baseline name, baseline name -> scorer, baseline name -> training keys).
+    The default fit is `bag_of_words`; another is `bag_of_words[<trait>]`. A trait without a
+    fit (no default, not in `own`) is absent from the first map.
+    """
+    fitted_on = {name: str(own.get(name, default)) for name in traits if own.get(name, default) is not None}
+    names = {str(default): "bag_of_words"} if default is not None else {}
+    for trait, path in fitted_on.items():
+        names.setdefault(path, f"bag_of_words[{trait}]")
+    scorers, keys = {}, {}
+    for path, name in names.items():
+        texts, labels = fitting_rows(path)
+        scorers[name] = bag_of_words(texts, labels, seed)
+        keys[f"the bag of words ({path})"] = {text_key(t) for t in texts}
+    return {t: names[path] for t, path in fitted_on.items()}, scorers, keys
+
+
 def lengths(texts: Sequence[str]) -> np.ndarray:
     return np.array([len(t) for t in texts], dtype=float)
 
 
 def baseline_scores(
-    pos_texts: Sequence[str], neg_texts: Sequence[str], bow: Scorer | None
+    pos_texts: Sequence[str], neg_texts: Sequence[str], bows: Mapping[str, Scorer]
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{baseline: (positive scores, negative scores)}, rows in the texts' order."""
+    """{baseline: (positive scores, negative scores)}, rows in the texts' order: length, then
+    each bag of words (`bows`, by baseline name)."""
     out = {"length": (lengths(pos_texts), lengths(neg_texts))}
-    if bow is not None:
-        out["bag_of_words"] = (bow(pos_texts), bow(neg_texts))
+    for name, bow in bows.items():
+        out[name] = (bow(pos_texts), bow(neg_texts))
+    return out
+
+
+def trait_baselines(
+    surface: Mapping[str, tuple[np.ndarray, np.ndarray]], bow_name: str | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The baselines one trait stands beside: length and, as `bag_of_words`, its own fit."""
+    out = {"length": surface["length"]}
+    if bow_name is not None:
+        out["bag_of_words"] = surface[bow_name]
     return out
 
 
@@ -115,3 +159,42 @@ def against_baselines(
         result[f"vs_{name}"] = auc_difference_same_rows(pos, neg, bp, bn, n_boot=n_boot, seed=seed)
     result["beats_baselines"] = all(result[f"vs_{name}"]["ci_low"] > 0 for name in baselines)
     return result
+
+
+def by_category(
+    bad: pd.DataFrame,
+    good: pd.DataFrame,
+    categories: tuple[np.ndarray, np.ndarray],
+    surface: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Per category of the harmful side: every trait's and baseline's AUC against the harmless rows
+    of the same category where the harmless side has them (paired sets), else against all.
+
+    `categories` is (harmful categories, harmless categories), arrays in the rows' order.
+    """
+    bad_cats, good_cats = categories
+    out = {}
+    for category in sorted({c for c in bad_cats if isinstance(c, str)}):
+        is_bad = bad_cats == category
+        paired = (good_cats == category).sum() >= MIN_PER_CATEGORY
+        is_good = good_cats == category if paired else np.ones(len(good), dtype=bool)
+        if is_bad.sum() < MIN_PER_CATEGORY:
+            continue
+        out[str(category)] = {
+            "n_harmful": int(is_bad.sum()),
+            "n_harmless": int(is_good.sum()),
+            "harmless": "same category" if paired else "all",
+            "baselines": {
+                name: auc_with_ci(p[is_bad], n[is_good], n_boot=n_boot, seed=seed)
+                for name, (p, n) in surface.items()
+            },
+            "traits": {
+                t: auc_with_ci(
+                    bad[t].to_numpy()[is_bad], good[t].to_numpy()[is_good], n_boot=n_boot, seed=seed
+                )
+                for t in bad.columns
+            },
+        }
+    return out

@@ -7,7 +7,8 @@ from snakemake.exceptions import WorkflowError
 
 from traitscope.capture.settings import CaptureSettings
 from traitscope.config import check, finetune_settings, validate_config
-from traitscope.data.traits import contrast_pool
+from traitscope.data.registry import bundled_path, is_bundled
+from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
@@ -160,6 +161,12 @@ def get_trait_file(wildcards):
     return f"{TRAITS_DIR}/{wildcards.group}/{wildcards.trait}.yaml"
 
 
+def get_trait_bundled(wildcards):
+    """The project's own prompt files a prompt-contrast trait reads (its `pairs`): editing one
+    reruns the trait's prompt set."""
+    return bundled_sources(get_trait_file(wildcards))
+
+
 def get_trait_position(wildcards):
     """Where a trait's vectors are built and scored: a persona trait's answers
     (extraction.position), a prompt-contrast trait's own pool."""
@@ -205,6 +212,16 @@ def get_prompt_match(wildcards):
     """A length-matched set is drawn after the set whose lengths it matches."""
     target = config["prompt_sets"][wildcards.prompt_set].get("match_length")
     return [prompts_path(target)] if target else []
+
+
+def get_prompt_source(wildcards):
+    """A bundled prompt file (the project's own, under resources/) is an input: editing it reruns
+    the set; fetched and mirrored files are not, so a mirror setting never reruns anything.
+    """
+    entry = config["prompt_sets"][wildcards.prompt_set]
+    if is_bundled(entry["dataset"]):
+        return [str(bundled_path(entry["dataset"], entry["file"]))]
+    return []
 
 
 def get_match_arg(wildcards, input):

@@ -1,6 +1,7 @@
 rule prep_prompts:
     input:
         match=get_prompt_match,
+        source=get_prompt_source,
     output:
         "results/prompts/{prompt_set}.parquet",
     log:

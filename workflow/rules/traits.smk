@@ -1,6 +1,7 @@
 rule trait_prompts:
     input:
         trait=get_trait_file,
+        bundled=get_trait_bundled,
     output:
         "results/prompts/traits/{group}/{trait}.parquet",
     log:

@@ -19,7 +19,15 @@ from traitscope.data.prompts import normalise, read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
 
-LOADERS = ("harmbench", "advbench", "refusal_direction", "beavertails", "emergent_misalignment", "parquet")
+LOADERS = (
+    "harmbench",
+    "advbench",
+    "refusal_direction",
+    "beavertails",
+    "emergent_misalignment",
+    "hard_negatives",
+    "parquet",
+)
 
 
 def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> pd.DataFrame:
@@ -43,6 +51,8 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
         return loaders.load_advbench(path)
     if dataset == "refusal_direction":
         return loaders.load_instructions(path, int(spec.get("label", path.name.startswith("harmful"))))
+    if dataset == "hard_negatives":
+        return loaders.load_pairs(path, spec.get("split"), spec.get("label"))
     return loaders.load_em_questions(path)
 
 

@@ -2,7 +2,8 @@
 
 Offline machines point `data_mirror` at a folder laid out as `<dataset>/<file>`; then
 nothing is ever downloaded, so a run cannot silently depend on the network. Without a
-mirror, files are downloaded once from their origin into a cache folder.
+mirror, files are downloaded once from their origin into a cache folder. The project's own
+prompt sets are bundled under `resources/prompts/<dataset>/<file>` and read from there always.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from traitscope.errors import TraitscopeError
 from traitscope.io import atomic_path
 
 DOWNLOAD_TIMEOUT_S = 60
+# The project's own prompt sets, relative to the project root (where Snakemake runs), as traits_dir is.
+BUNDLED_DIR = Path("resources/prompts")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Source:
     folder: str
     files: tuple[SourceFile, ...]
     hub_id: str | None = None  # Hugging Face hub dataset, loaded with `datasets`
+    bundled: bool = False  # the project's own text, under BUNDLED_DIR: never fetched nor mirrored
 
     def file(self, name: str) -> SourceFile:
         """The entry for `name`; an unknown name is an error listing the known ones."""
@@ -99,6 +103,10 @@ SOURCES: dict[str, Source] = {
         tuple(SourceFile(f"{s}.jsonl", None) for s in BEAVERTAILS_SPLITS),
         hub_id="PKU-Alignment/BeaverTails",
     ),
+    # harmful/harmless request pairs sharing a key word, written by the project (its README.md)
+    "hard_negatives": Source(
+        "hard_negatives", (SourceFile("pairs.yaml", None, mirrored=False),), bundled=True
+    ),
 }
 
 
@@ -130,11 +138,31 @@ def _download(url: str, head_lines: int | None) -> bytes:
         return b"".join(itertools.islice(response, head_lines))
 
 
+def is_bundled(dataset: str) -> bool:
+    """Whether `dataset` is one of the project's own prompt sets (a file under resources/)."""
+    return dataset in SOURCES and SOURCES[dataset].bundled
+
+
+def bundled_path(dataset: str, filename: str) -> Path:
+    """`resources/prompts/<dataset>/<filename>`, one of the project's own files, which must exist."""
+    entry = source(dataset)
+    entry.file(filename)
+    path = BUNDLED_DIR / entry.folder / filename
+    if not path.is_file():
+        raise TraitscopeError(
+            f"{path}: bundled prompt file not found; run from the project root (where resources/ is)"
+        )
+    return path
+
+
 def fetch(dataset: str, filename: str, data_mirror: str | Path | None, cache_dir: str | Path) -> Path:
-    """A dataset file's local copy: the mirror's if `data_mirror` is set, else a cached download."""
+    """A dataset file's local copy: bundled with the project, else the mirror's if `data_mirror`
+    is set, else a cached download."""
+    entry = source(dataset)
+    if entry.bundled:
+        return bundled_path(dataset, filename)
     if data_mirror is not None:
         return mirror_path(dataset, filename, data_mirror)
-    entry = source(dataset)
     spec = entry.file(filename)
     if spec.url is None:
         raise TraitscopeError(

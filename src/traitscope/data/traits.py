@@ -5,7 +5,9 @@
 - prompt_contrast (`kind: prompt_contrast`): two labelled prompt sets (say harmful vs harmless
   requests) read like `prompt_sets:` entries, length-matched, captured without generation at
   one pool (`last_prompt`, `prompt_mean`, or `post_instruction_mean`: the template tokens
-  between the user's text and the answer), as in Arditi et al.'s refusal direction.
+  between the user's text and the answer), as in Arditi et al.'s refusal direction. Optional
+  `pairs` adds the extraction split of a paired prompt file (the hard negatives: harmful and
+  harmless requests sharing a key word) to both sides, so the contrast is not one of vocabulary.
 
 Both become one trait prompt set (split, label, question, pair_index) and from there the same
 vectors, evaluation and record. Validation happens here, once, so later stages trust the fields.
@@ -31,6 +33,7 @@ CONTRAST_KIND = "prompt_contrast"
 CONTRAST_REQUIRED = ("description", "positive", "negative", "n_extraction", "n_evaluation", "pool")
 CONTRAST_POOLS = ("last_prompt", "prompt_mean", "post_instruction_mean")
 CONTRAST_DATASETS = ("harmbench", "advbench", "refusal_direction", "parquet")
+PAIR_DATASETS = ("hard_negatives",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ContrastTrait:
     match_length: bool  # negatives drawn to match the positives' lengths, split by split
     seed: int
     sha256: str
+    pairs: dict | None = None  # a paired source {dataset, file} whose extraction split joins both sides
 
 
 def trait_path(traits_dir: str | Path, name: str) -> Path:
@@ -132,6 +136,29 @@ def _source(path: Path, data: dict, key: str) -> dict:
     return spec
 
 
+def _pairs(path: Path, data: dict) -> dict | None:
+    spec = data.get("pairs")
+    if spec is None:
+        return None
+    if not (
+        isinstance(spec, dict) and spec.get("dataset") in PAIR_DATASETS and set(spec) == {"dataset", "file"}
+    ):
+        raise TraitscopeError(
+            f"{path}: 'pairs' must be a paired source {{dataset, file}} with dataset one of "
+            f"{', '.join(PAIR_DATASETS)}; its extraction split is used, never its held-out one"
+        )
+    return spec
+
+
+def bundled_sources(path: str | Path) -> list[str]:
+    """The project's own prompt files a trait reads (`pairs`): inputs of its prompt set."""
+    from traitscope.data.registry import bundled_path, is_bundled
+
+    trait = read_trait(path)
+    specs = [trait.positive, trait.negative, trait.pairs] if isinstance(trait, ContrastTrait) else []
+    return [str(bundled_path(s["dataset"], s["file"])) for s in specs if s and is_bundled(s["dataset"])]
+
+
 def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTrait:
     missing = [k for k in CONTRAST_REQUIRED if k not in data]
     if missing:
@@ -154,6 +181,7 @@ def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTr
         match_length=bool(data.get("match_length", True)),
         seed=int(data.get("seed", 0)),
         sha256=hashlib.sha256(raw).hexdigest(),
+        pairs=_pairs(path, data),
     )
 
 
@@ -262,7 +290,9 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
 
     Texts are deduplicated and no negative repeats a positive, so no row is both trained on and
     held out. Rows carry `question` (the prompt) and `pair_index` 0, the columns the persona
-    trait sets have, so vectors and evaluation read both kinds alike.
+    trait sets have, so vectors and evaluation read both kinds alike. With `pairs`, the paired
+    file's extraction split joins both sides, whole pairs divided between the trait's splits in
+    the ratio n_extraction : n_evaluation (seeded).
     """
     from traitscope.data.prep import length_matched, load_source, without
 
@@ -278,6 +308,7 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
     pool = without(load_source(trait.negative, data_mirror, cache_dir), positives)
     cut = trait.n_extraction
     splits = {"extraction": positives.iloc[:cut], "evaluation": positives.iloc[cut:]}
+    paired = _paired_splits(trait, data_mirror, cache_dir) if trait.pairs is not None else {}
     rows = []
     for split, pos in splits.items():
         texts = user_texts(pos)
@@ -286,6 +317,8 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
         else:
             neg = pool.sample(n=len(pos), random_state=trait.seed)
         pool = pool.drop(neg.index)
+        if trait.pairs is not None:
+            pos, neg = pd.concat([pos, paired[split][0]]), pd.concat([neg, paired[split][1]])
         for label, group in ((1, pos), (0, neg)):
             for i, (source_id, text) in enumerate(zip(group["prompt_id"], user_texts(group))):
                 rows.append(
@@ -302,3 +335,21 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def _paired_splits(
+    trait: ContrastTrait, data_mirror: str | None, cache_dir: str | Path
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """{trait split: (harmful side, harmless side)} of the paired file's extraction split, whole
+    pairs shuffled (seeded) and cut in the ratio n_extraction : n_evaluation."""
+    from traitscope.data.prep import load_source
+
+    rows = load_source({**trait.pairs, "split": "extraction"}, data_mirror, cache_dir)
+    pair_ids = rows["meta"].map(lambda m: json.loads(m)["pair_id"])
+    order = pd.Series(sorted(set(pair_ids))).sample(frac=1.0, random_state=trait.seed).tolist()
+    cut = round(len(order) * trait.n_extraction / (trait.n_extraction + trait.n_evaluation))
+    out = {}
+    for split, chosen in (("extraction", set(order[:cut])), ("evaluation", set(order[cut:]))):
+        side = rows[pair_ids.isin(chosen)]
+        out[split] = (side[side["label"] == 1], side[side["label"] == 0])
+    return out

@@ -66,7 +66,7 @@ if is_enabled("external"):
         params:
             out_dir=lambda wildcards, output: os.path.dirname(output[0]),
             inputs=lambda wildcards, input: external_plugin.analysis_args(
-                EXTERNAL, dict(input.items())
+                EXTERNAL, config, dict(input.items())
             ),
             traits=" ".join(EXTERNAL["traits"]),
             hb_position=EXTERNAL["position_harmbench"],

@@ -29,7 +29,7 @@ if is_enabled("prefill"):
 
     rule prefill_analysis:
         input:
-            **prefill_plugin.analysis_inputs(PREFILL),
+            **prefill_plugin.analysis_inputs(PREFILL, config),
         output:
             json="results/prefill/condition_comparison.json",
             grid=report(
@@ -52,8 +52,12 @@ if is_enabled("prefill"):
         params:
             settings=settings_param(prefill_plugin.PrefillAnalysisSettings, PREFILL),
             bow=lambda wildcards, input: input.get("bow", "none"),
+            own_bow=lambda wildcards, input: prefill_plugin.own_bow_args(
+                PREFILL, config, dict(input.items())
+            ),
         shell:
             "traitscope prefill-analysis --projections {input.projections} "
             "--conditions {input.conditions} --out {output.json} "
             "--grid-png {output.grid} --trajectory-png {output.trajectory} "
-            "--settings {params.settings:q} --bag-of-words {params.bow} 2> {log}"
+            "--settings {params.settings:q} --bag-of-words {params.bow} "
+            "{params.own_bow} 2> {log}"

@@ -1,6 +1,7 @@
 """External datasets: do trait projections detect harm in labelled prompt sets?
 
-HarmBench behaviours vs harmless controls, and BeaverTails prompt/response pairs per harm
+HarmBench behaviours vs harmless controls, the project's held-out hard negatives (harmful
+and harmless requests sharing a key word), and BeaverTails prompt/response pairs per harm
 category. Every trait is scored at its chosen layer, at one pooled position (the last
 prompt token for bare prompts; the mean over the response for BeaverTails, whose labels
 describe the response). AUCs carry stratified bootstrap CIs.
@@ -23,6 +24,8 @@ from traitscope.io import write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
 
 OUT_DIR = "results/external_datasets"
+# labelled harmful/harmless set pairs of the section -> their short key in the rule's inputs
+LABELLED = {"harmbench": "hb", "hard_negatives": "hn"}
 
 
 def beavertails_category(
@@ -75,8 +78,9 @@ def beavertails_sets(section: dict) -> dict[str, str]:
 def targets(section: dict) -> list[str]:
     """The files the experiment ends in, given which datasets are configured."""
     out = ["failure_cases.json", "score_distributions.png"]
-    if section["harmbench"]:
-        out += ["harmbench_results.json", "harmbench_auc.png"]
+    for name in LABELLED:
+        if section[name]:
+            out += [f"{name}_results.json", f"{name}_auc.png"]
     if section["beavertails"]:
         out += ["beavertails_results.json", "per_category_auc.png"]
     return [f"{OUT_DIR}/{name}" for name in out]
@@ -84,25 +88,35 @@ def targets(section: dict) -> list[str]:
 
 def captures(section: dict) -> list[tuple[str, str]]:
     """(variant, prompt set) pairs the analysis projects."""
-    sets = list((section["harmbench"] or {}).values())
+    sets = [s for name in LABELLED for s in (section[name] or {}).values()]
     if section["beavertails"]:
         sets += list(beavertails_sets(section).values())
     return [(section["variant"], s) for s in sets]
 
 
+def contrast_traits(section: dict, config: dict) -> list[str]:
+    """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
+    from traitscope.data.traits import contrast_pool, trait_path
+
+    return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
+
+
 def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
-    """Named inputs of the analysis rule: HarmBench's with what its baselines need (both sides'
-    prompts, the bag of words' training set, each trait's training rows)."""
+    """Named inputs of the analysis rule: each labelled set's with what its baselines need (both
+    sides' prompts, the bags of words' training sets, each trait's training rows)."""
     variant, inputs = section["variant"], {}
-    if section["harmbench"]:
-        hb = section["harmbench"]
-        inputs["hb_harmful"] = projections_path(variant, hb["harmful"])
-        inputs["hb_harmless"] = projections_path(variant, hb["harmless"])
-        inputs["hb_prompts"] = prompts_path(hb["harmful"])
-        inputs["hb_harmless_prompts"] = prompts_path(hb["harmless"])
+    for name, key in LABELLED.items():
+        if section[name]:
+            pair = section[name]
+            inputs[f"{key}_harmful"] = projections_path(variant, pair["harmful"])
+            inputs[f"{key}_harmless"] = projections_path(variant, pair["harmless"])
+            inputs[f"{key}_prompts"] = prompts_path(pair["harmful"])
+            inputs[f"{key}_harmless_prompts"] = prompts_path(pair["harmless"])
+    if any(section[name] for name in LABELLED):
         inputs["trait_meta"] = [
             f"{trait_dir(config['base_model'], t)}/vectors.json" for t in section["traits"]
         ]
+        inputs["own_bow"] = [prompts_path(f"traits/{t}") for t in contrast_traits(section, config)]
         if section["bag_of_words"]:
             inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
     if section["beavertails"]:
@@ -112,17 +126,25 @@ def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
     return inputs
 
 
-def analysis_args(section: dict, inputs: dict) -> str:
+def analysis_args(section: dict, config: dict, inputs: dict) -> str:
     """CLI options naming every input of `traitscope external-analysis`."""
     args = []
     if "hb_harmful" in inputs:
         args.append(
             f"--harmbench-harmful {inputs['hb_harmful']} --harmbench-harmless {inputs['hb_harmless']} "
             f"--harmbench-prompts {inputs['hb_prompts']} "
-            f"--harmbench-harmless-prompts {inputs['hb_harmless_prompts']} "
-            f"--bag-of-words {inputs.get('bow', 'none')}"
+            f"--harmbench-harmless-prompts {inputs['hb_harmless_prompts']}"
         )
+    if "hn_harmful" in inputs:
+        args.append(
+            f"--hard-negatives {inputs['hn_harmful']} {inputs['hn_prompts']} "
+            f"{inputs['hn_harmless']} {inputs['hn_harmless_prompts']}"
+        )
+    if "trait_meta" in inputs:
+        args.append(f"--bag-of-words {inputs.get('bow', 'none')}")
         args += [f"--trait-meta {t} {m}" for t, m in zip(section["traits"], inputs["trait_meta"])]
+        own = zip(contrast_traits(section, config), inputs["own_bow"])
+        args += [f"--own-bag-of-words {t} {p}" for t, p in own]
     args += [
         f"--beavertails {p} {q}" for p, q in zip(inputs.get("bt_proj", []), inputs.get("bt_prompts", []))
     ]
@@ -134,10 +156,13 @@ def check_config(section: dict, config: dict) -> None:
     where = "experiments.external"
     require_variant(f"{where}.variant", section.get("variant"), config)
     require_traits(f"{where}.traits", section["traits"], config)
-    if not (section["harmbench"] or section["beavertails"]):
-        raise TraitscopeError(f"{where}: set harmbench, beavertails or both (or enabled: false)")
-    for key, name in (section["harmbench"] or {}).items():
-        require_prompt_set(f"{where}.harmbench.{key}", name, config)
+    if not (any(section[name] for name in LABELLED) or section["beavertails"]):
+        raise TraitscopeError(
+            f"{where}: set harmbench, hard_negatives, beavertails or several (or enabled: false)"
+        )
+    for labelled in LABELLED:
+        for key, name in (section[labelled] or {}).items():
+            require_prompt_set(f"{where}.{labelled}.{key}", name, config)
     if section["bag_of_words"]:
         require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
     bt = section["beavertails"]
@@ -165,6 +190,13 @@ def add_commands(add) -> None:
     p.add_argument("--harmbench-prompts", default=None, help="the HarmBench prompt set (for categories)")
     p.add_argument("--harmbench-harmless-prompts", default=None, help="the controls' prompt set")
     p.add_argument(
+        "--hard-negatives",
+        nargs=4,
+        default=None,
+        metavar=("HARMFUL_PROJ", "HARMFUL_PROMPTS", "HARMLESS_PROJ", "HARMLESS_PROMPTS"),
+        help="the held-out hard-negative pairs' two sides (projections and prompt sets)",
+    )
+    p.add_argument(
         "--bag-of-words",
         type=path_or_none,
         default=None,
@@ -177,6 +209,15 @@ def add_commands(add) -> None:
         default=[],
         metavar=("TRAIT", "VECTORS_JSON"),
         help="a trait's vectors.json: its training rows must not be scored (repeat)",
+    )
+    p.add_argument(
+        "--own-bag-of-words",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TRAIT", "TRAIT_PROMPTS"),
+        dest="own_bow",
+        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
     )
     p.add_argument(
         "--beavertails",
@@ -197,15 +238,24 @@ def _category_cli(a) -> None:
 
 
 def _analysis_cli(a) -> None:
-    harmbench_inputs = None
+    shared = {"trait_meta": dict(a.trait_meta), "bow_prompts": a.bag_of_words, "own_bow": dict(a.own_bow)}
+    harmbench_inputs = hard_negatives_inputs = None
     if a.harmbench_harmful:
         harmbench_inputs = {
             "harmful_proj": [a.harmbench_harmful],
             "harmless_proj": [a.harmbench_harmless],
             "harmful_prompts": a.harmbench_prompts,
             "harmless_prompts": a.harmbench_harmless_prompts,
-            "trait_meta": dict(a.trait_meta),
-            "bow_prompts": a.bag_of_words,
+            **shared,
+        }
+    if a.hard_negatives:
+        proj, prompts, harmless_proj, harmless_prompts = a.hard_negatives
+        hard_negatives_inputs = {
+            "harmful_proj": [proj],
+            "harmless_proj": [harmless_proj],
+            "harmful_prompts": prompts,
+            "harmless_prompts": harmless_prompts,
+            **shared,
         }
     external_analysis(
         a.out_dir,
@@ -216,6 +266,7 @@ def _analysis_cli(a) -> None:
         [tuple(g) for g in a.beavertails],
         a.n_boot,
         a.seed,
+        hard_negatives_inputs,
     )
 
 

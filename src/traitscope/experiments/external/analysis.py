@@ -10,7 +10,7 @@ import pandas as pd
 
 from traitscope import baselines, plotting
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
-from traitscope.data.prompts import read_prompt_set, text_key, user_texts
+from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.io import save_figure, write_json
@@ -44,6 +44,22 @@ def failure_cases(scores: pd.Series, labels: np.ndarray, prompts: pd.Series, lim
     }
 
 
+def scores_at(projections: pd.DataFrame, position_of: dict[str, str]) -> pd.DataFrame:
+    """prompt_id x trait scores, each trait at its own pooled position."""
+    by_position: dict[str, list[str]] = {}
+    for trait, position in position_of.items():
+        by_position.setdefault(position, []).append(trait)
+    parts = [chosen_scores(projections, p, traits)[traits] for p, traits in by_position.items()]
+    return pd.concat(parts, axis=1)[list(position_of)]
+
+
+def _categories(table: pd.DataFrame) -> np.ndarray:
+    """A prompt set's `category` column (None where it has none), for per-category AUCs."""
+    if "category" not in table.columns:
+        return np.full(len(table), None, dtype=object)
+    return table["category"].to_numpy(dtype=object)
+
+
 def harmbench(
     harmful_proj: list[str | Path],
     harmless_proj: list[str | Path],
@@ -55,51 +71,59 @@ def harmbench(
     bow_prompts: str | Path | None = None,
     n_boot: int = 2000,
     seed: int = 0,
-) -> tuple[dict, dict]:
-    """AUC of harmful behaviours vs harmless controls, overall and per semantic category, beside
-    the surface baselines (prompt length; a bag of words fitted on `bow_prompts`' extraction rows).
+    own_bow: dict[str, str | Path] | None = None,
+    name: str = "harmbench",
+) -> tuple[dict, dict, dict]:
+    """AUC of a labelled harmful set (HarmBench behaviours, the held-out hard negatives) vs its
+    harmless controls, overall and per category, beside the surface baselines: prompt length and
+    a bag of words fitted on the rows each trait saw (a prompt-contrast trait's own extraction
+    rows, `own_bow`; else `bow_prompts`' extraction rows).
 
-    `trait_meta` maps each trait to its vectors.json: a scored prompt that built a vector (or
-    fitted the bag of words) is an error.
+    Persona traits are scored at `position`; a prompt-contrast trait (in `own_bow`) at the pool
+    its vectors were built at. Per category, controls of the same category are the comparison
+    where the controls carry categories (paired sets), else all controls. `trait_meta` maps each
+    trait to its vectors.json: a scored prompt that built a vector (or fitted a bag of words) is
+    an error.
     """
-    bad = chosen_scores(_read(harmful_proj), position, traits)
-    good = chosen_scores(_read(harmless_proj), position, traits)
+    own_bow = own_bow or {}
+    position_of = {t: baselines.vectors_position(trait_meta[t]) if t in own_bow else position for t in traits}
+    bad = scores_at(_read(harmful_proj), position_of)
+    good = scores_at(_read(harmless_proj), position_of)
     prompts = pd.read_parquet(harmful_prompts).set_index("prompt_id")
     controls = read_prompt_set(harmless_prompts).set_index("prompt_id")
-    bad_texts = user_texts(prompts.loc[bad.index].reset_index())
-    good_texts = user_texts(controls.loc[good.index].reset_index())
-    training = {t: baselines.training_keys(m) for t, m in trait_meta.items()}
-    bow = None
-    if bow_prompts is not None:
-        fit_texts, fit_labels = baselines.fitting_rows(bow_prompts)
-        training[f"the bag of words ({bow_prompts})"] = {text_key(t) for t in fit_texts}
-        bow = baselines.bag_of_words(fit_texts, fit_labels, seed)
-    baselines.check_unseen(training, {"harmbench harmful": bad_texts, "harmbench harmless": good_texts})
-    surface = baselines.baseline_scores(bad_texts, good_texts, bow)
+    bad_rows, good_rows = prompts.loc[bad.index].reset_index(), controls.loc[good.index].reset_index()
+    bad_texts, good_texts = user_texts(bad_rows), user_texts(good_rows)
+    bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow, traits, seed)
+    training = {t: baselines.training_keys(m) for t, m in trait_meta.items()} | bow_training
+    baselines.check_unseen(training, {f"{name} harmful": bad_texts, f"{name} harmless": good_texts})
+    surface = baselines.baseline_scores(bad_texts, good_texts, bows)
+    categories = baselines.by_category(
+        bad, good, (_categories(bad_rows), _categories(good_rows)), surface, n_boot, seed
+    )
     result: dict = {
         "position": position,
+        "position_of": position_of,
         "n_harmful": len(bad),
         "n_harmless": len(good),
         "baselines": baselines.baseline_aucs(surface, n_boot, seed),
+        "bag_of_words_of": bow_of,
+        "by_category": {c: {k: v for k, v in e.items() if k != "traits"} for c, e in categories.items()},
         "traits": {},
     }
     failures: dict = {}
     texts = pd.concat([prompts["prompt"], pd.Series(index=good.index, data="")])
     for trait in traits:
         versus = baselines.against_baselines(
-            bad[trait].to_numpy(), good[trait].to_numpy(), surface, n_boot=n_boot, seed=seed
+            bad[trait].to_numpy(),
+            good[trait].to_numpy(),
+            baselines.trait_baselines(surface, bow_of.get(trait)),
+            n_boot=n_boot,
+            seed=seed,
         )
         overall = versus.pop("auc")
-        per_category = {}
-        for category, ids in prompts.groupby("category").groups.items():
-            scores = bad.loc[bad.index.intersection(ids), trait].to_numpy()
-            if len(scores) >= 2:
-                per_category[str(category)] = auc_with_ci(
-                    scores, good[trait].to_numpy(), n_boot=n_boot, seed=seed
-                )
         result["traits"][trait] = {
             "auc": overall,
-            "by_category": per_category,
+            "by_category": {c: e["traits"][trait] for c, e in categories.items()},
             "mean_harmful": float(bad[trait].mean()),
             "mean_harmless": float(good[trait].mean()),
             **versus,
@@ -179,22 +203,29 @@ def external_analysis(
     beavertails_groups: list[tuple[str, str]],
     n_boot: int,
     seed: int,
+    hard_negatives_inputs: dict | None = None,
 ) -> None:
-    """Write every external-dataset result and figure under `out_dir`."""
+    """Write every external-dataset result and figure under `out_dir`.
+
+    `harmbench_inputs` and `hard_negatives_inputs` are `harmbench`'s keyword arguments for each
+    labelled set (HarmBench vs Alpaca controls; the held-out hard-negative pairs)."""
     out_dir = Path(out_dir)
     failures: dict = {}
     dists: dict = {}
-    if harmbench_inputs:
-        result, failures["harmbench"], dists["harmbench"] = harmbench(
-            **harmbench_inputs, traits=traits, position=position_harmbench, n_boot=n_boot, seed=seed
+    labelled = (
+        ("harmbench", harmbench_inputs, "HarmBench behaviours vs harmless controls"),
+        ("hard_negatives", hard_negatives_inputs, "Hard negatives: harmful vs harmless, same key word"),
+    )
+    for name, inputs, title in labelled:
+        if not inputs:
+            continue
+        result, failures[name], dists[name] = harmbench(
+            **inputs, traits=traits, position=position_harmbench, n_boot=n_boot, seed=seed, name=name
         )
-        write_json(out_dir / "harmbench_results.json", result)
+        write_json(out_dir / f"{name}_results.json", result)
         save_figure(
-            out_dir / "harmbench_auc.png",
-            plotting.auc_figure(
-                {t: r["auc"] for t, r in result["traits"].items()},
-                "HarmBench behaviours vs harmless controls",
-            ),
+            out_dir / f"{name}_auc.png",
+            plotting.auc_figure({t: r["auc"] for t, r in result["traits"].items()}, title),
         )
     if beavertails_groups:
         result, failures["beavertails"], dists["beavertails"] = beavertails(

@@ -22,7 +22,7 @@ import pandas as pd
 from traitscope import baselines
 from traitscope.command_args import path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
-from traitscope.data.prompts import read_prompt_set, text_key, user_texts
+from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
@@ -105,16 +105,30 @@ def targets(section: dict) -> list[str]:
     ]
 
 
-def analysis_inputs(section: dict) -> dict[str, str]:
-    """Named inputs of the analysis rule: the conditions, their projections and, when the bag of
-    words is on, the trait prompt set it is fitted on."""
-    inputs = {
+def contrast_traits(section: dict, config: dict) -> list[str]:
+    """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
+    from traitscope.data.traits import contrast_pool, trait_path
+
+    return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
+
+
+def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
+    """Named inputs of the analysis rule: the conditions, their projections, the trait prompt
+    set the default bag of words is fitted on (when on) and each prompt-contrast trait's own."""
+    inputs: dict[str, str | list[str]] = {
         "conditions": prompts_path(section["prompt_set"]),
         "projections": projections_path(section["variant"], section["prompt_set"]),
+        "own_bow": [prompts_path(f"traits/{t}") for t in contrast_traits(section, config)],
     }
     if section["bag_of_words"]:
         inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
     return inputs
+
+
+def own_bow_args(section: dict, config: dict, inputs: dict) -> str:
+    """`--own-bag-of-words TRAIT PROMPTS` per prompt-contrast trait."""
+    own = zip(contrast_traits(section, config), inputs["own_bow"])
+    return " ".join(f"--own-bag-of-words {t} {p}" for t, p in own)
 
 
 def check_config(section: dict, config: dict) -> None:
@@ -169,24 +183,25 @@ def surface_baselines(
     bow_prompts: str | Path | None,
     n_boot: int,
     seed: int,
+    own_bow: dict[str, str | Path] | None = None,
 ) -> dict:
     """The harmful-vs-benign comparisons beside the surface baselines of `traitscope.baselines`.
 
     AdvBench requests are longer than Alpaca instructions and use other words, so C1 vs C3 and
     C2 vs C4 can separate on the surface alone. Baselines: prompt length (the user text's
     characters) and, with `bow_prompts`, a bag of words fitted on that trait prompt set's
-    extraction rows; both read the user text only, so they score C2 vs C4 as they score C1 vs C3.
-    Per comparison and trait: the trait AUC, each baseline's, and the differences with paired
-    bootstrap CIs. A scored prompt that fitted the bag of words is an error.
+    extraction rows (a prompt-contrast trait: its own, `own_bow`, the rows its vector saw); both
+    read the user text only, so they score C2 vs C4 as they score C1 vs C3. Per comparison and
+    trait: the trait AUC, each baseline's, and the differences with paired bootstrap CIs. A
+    scored prompt that fitted a bag of words is an error.
     """
     texts = dict(zip(conditions["prompt_id"], user_texts(conditions)))
-    bow = None
-    out: dict = {"bag_of_words_fitted_on": None if bow_prompts is None else str(bow_prompts)}
-    if bow_prompts is not None:
-        fit_texts, fit_labels = baselines.fitting_rows(bow_prompts)
-        training = {f"the bag of words ({bow_prompts})": {text_key(t) for t in fit_texts}}
-        baselines.check_unseen(training, {"prefill conditions": list(texts.values())})
-        bow = baselines.bag_of_words(fit_texts, fit_labels, seed)
+    bow_of, bows, training = baselines.bags_of_words(bow_prompts, own_bow or {}, traits, seed)
+    baselines.check_unseen(training, {"prefill conditions": list(texts.values())})
+    out: dict = {
+        "bag_of_words_fitted_on": None if bow_prompts is None else str(bow_prompts),
+        "bag_of_words_of": bow_of,
+    }
     for key in ("C1_vs_C3", "C2_vs_C4"):
         a, b, position = COMPARISONS[key]
         out[key] = {"position": position, "traits": {}}
@@ -194,12 +209,16 @@ def surface_baselines(
             rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
             ra, rb = rows[rows["condition"] == a], rows[rows["condition"] == b]
             surface = baselines.baseline_scores(
-                [texts[i] for i in ra["prompt_id"]], [texts[i] for i in rb["prompt_id"]], bow
+                [texts[i] for i in ra["prompt_id"]], [texts[i] for i in rb["prompt_id"]], bows
             )
             out[key]["n_harmful"], out[key]["n_benign"] = len(ra), len(rb)
             out[key]["baselines"] = baselines.baseline_aucs(surface, n_boot, seed)
             out[key]["traits"][trait] = baselines.against_baselines(
-                ra["score"].to_numpy(), rb["score"].to_numpy(), surface, n_boot=n_boot, seed=seed
+                ra["score"].to_numpy(),
+                rb["score"].to_numpy(),
+                baselines.trait_baselines(surface, bow_of.get(trait)),
+                n_boot=n_boot,
+                seed=seed,
             )
     return out
 
@@ -212,9 +231,11 @@ def prefill_analysis(
     trajectory_png: str | Path,
     settings: PrefillAnalysisSettings,
     bow_prompts: str | Path | None = None,
+    own_bow: dict[str, str | Path] | None = None,
 ) -> dict:
     """All comparisons with Holm correction, the 2x2 interaction and trajectory divergence, and
-    the harmful-vs-benign ones beside the surface baselines (a bag of words with `bow_prompts`)."""
+    the harmful-vs-benign ones beside the surface baselines (a bag of words with `bow_prompts`,
+    or a prompt-contrast trait's own, `own_bow`)."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     projections = pd.read_parquet(projections_path)
     conditions = pd.read_parquet(conditions_path)
@@ -283,7 +304,7 @@ def prefill_analysis(
         "interaction": interaction,
         "condition_means": condition_means,
         "trajectory_divergence": divergence,
-        "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed),
+        "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed, own_bow),
     }
     write_json(out_json, result)
     save_figure(grid_png, figures.prefill_grid_figure(condition_means, traits))
@@ -312,6 +333,15 @@ def add_commands(add) -> None:
         required=True,
         help="trait prompt set whose extraction rows fit the bag-of-words baseline, or none",
     )
+    p.add_argument(
+        "--own-bag-of-words",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TRAIT", "TRAIT_PROMPTS"),
+        dest="own_bow",
+        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
+    )
 
 
 def _conditions_cli(a) -> None:
@@ -320,7 +350,14 @@ def _conditions_cli(a) -> None:
 
 def _analysis_cli(a) -> None:
     prefill_analysis(
-        a.projections, a.conditions, a.out, a.grid_png, a.trajectory_png, a.settings, a.bag_of_words
+        a.projections,
+        a.conditions,
+        a.out,
+        a.grid_png,
+        a.trajectory_png,
+        a.settings,
+        a.bag_of_words,
+        dict(a.own_bow),
     )
 
 

@@ -4,9 +4,12 @@ A vector generalises if it separates harmful from harmless prompts on sets it wa
 from, better than the prompt's surface does. Per (harmful set, length-matched harmless set):
 ROC-AUC of prompt length and of a bag-of-words classifier (`traitscope.baselines`), and per
 trait and pool the projection's AUC at the chosen layer with a stratified bootstrap CI and
-its difference to each baseline with a paired bootstrap CI. Scoring a row any vector or the
-bag of words was fitted on is an error. Outputs: results/traits/<variant>/transfer.json and
-transfer.png (a heatmap of AUCs, one panel per pool).
+its difference to each baseline with a paired bootstrap CI. A prompt-contrast trait stands
+beside the bag of words fitted on its own extraction rows (the rows its vector saw); persona
+traits beside the configured one's. Per category of the harmful side, the same AUCs against
+the harmless rows of that category (paired sets such as the hard negatives) or else all of
+them. Scoring a row any vector or bag of words was fitted on is an error. Outputs:
+results/traits/<variant>/transfer.json and transfer.png (a heatmap of AUCs, one panel per pool).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pandas as pd
 
 from traitscope import baselines
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
-from traitscope.data.prompts import read_prompt_set, text_key, user_texts
+from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.transfer.figures import transfer_heatmap
 from traitscope.io import save_figure, write_json
@@ -37,6 +40,13 @@ def traits(section: dict, config: dict) -> list[str]:
     return section["traits"] or list(config["traits"])
 
 
+def contrast_traits(section: dict, config: dict) -> list[str]:
+    """The scored prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
+    from traitscope.data.traits import contrast_pool, trait_path
+
+    return [t for t in traits(section, config) if contrast_pool(trait_path(config["traits_dir"], t))]
+
+
 def captures(section: dict) -> list[tuple[str, str]]:
     """(variant, prompt set) pairs the table projects: each harmful set and its controls."""
     return [(section["variant"], s) for pair in section["sets"].items() for s in pair]
@@ -44,7 +54,8 @@ def captures(section: dict) -> list[tuple[str, str]]:
 
 def analysis_inputs(section: dict, config: dict) -> dict[str, list[str] | str]:
     """Named inputs of the rule: projections and prompts per set, each trait's vectors metadata
-    (its training rows) and the prompt set the bag of words is fitted on."""
+    (its training rows), the prompt set the default bag of words is fitted on and each
+    prompt-contrast trait's own (`own_bow`)."""
     variant, base = section["variant"], config["base_model"]
     sets = [s for pair in section["sets"].items() for s in pair]
     return {
@@ -52,17 +63,21 @@ def analysis_inputs(section: dict, config: dict) -> dict[str, list[str] | str]:
         "prompts": [prompts_path(s) for s in sets],
         "meta": [f"{trait_dir(base, t)}/vectors.json" for t in traits(section, config)],
         "bow": prompts_path(f"traits/{section['bag_of_words']}"),
+        "own_bow": [prompts_path(f"traits/{t}") for t in contrast_traits(section, config)],
     }
 
 
 def analysis_args(section: dict, config: dict, inputs: dict) -> str:
-    """`--set` per harmful set (its and its controls' projections and prompts), `--trait` per trait."""
+    """`--set` per harmful set (its and its controls' projections and prompts), `--trait` per trait,
+    `--own-bag-of-words` per prompt-contrast trait."""
     proj, prompts = list(inputs["projections"]), list(inputs["prompts"])
     args = [
         f"--set {name} {proj[2 * i]} {prompts[2 * i]} {proj[2 * i + 1]} {prompts[2 * i + 1]}"
         for i, name in enumerate(section["sets"])
     ]
     args += [f"--trait {t} {m}" for t, m in zip(traits(section, config), inputs["meta"])]
+    own = zip(contrast_traits(section, config), inputs["own_bow"])
+    args += [f"--own-bag-of-words {t} {p}" for t, p in own]
     return " ".join(args)
 
 
@@ -88,7 +103,7 @@ def check_config(section: dict, config: dict) -> None:
 
 
 def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: str) -> tuple:
-    """(scores prompt_id x trait, texts) of one side, rows in the same order."""
+    """(scores prompt_id x trait, texts, categories) of one side, rows in the same order."""
     from traitscope.vectors.projection import chosen_scores
 
     scores = chosen_scores(pd.read_parquet(projections), pool, names)
@@ -96,7 +111,9 @@ def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: 
     missing = scores.index.difference(table.index)
     if len(missing):
         raise TraitscopeError(f"{projections}: prompt {missing[0]!r} is not in {prompts}; rerun project")
-    return scores, user_texts(table.loc[scores.index].reset_index())
+    rows = table.loc[scores.index]
+    categories = rows["category"] if "category" in rows.columns else pd.Series(None, index=rows.index)
+    return scores, user_texts(rows.reset_index()), categories.to_numpy(dtype=object)
 
 
 def transfer_table(
@@ -108,33 +125,46 @@ def transfer_table(
     out_png: str | Path,
     n_boot: int,
     seed: int,
+    own_bow: dict[str, str | Path] | None = None,
 ) -> dict:
     """Score every trait on every set; write the JSON and the heatmap.
 
     `sets`: (name, harmful projections, harmful prompts, harmless projections, harmless
-    prompts); `trait_meta`: (trait, vectors.json) for each trait.
+    prompts); `trait_meta`: (trait, vectors.json) for each trait; `own_bow`: a prompt-contrast
+    trait's own trait prompt set, whose extraction rows fit the bag of words it stands beside.
     """
     names = [t for t, _ in trait_meta]
-    bow_texts, bow_labels = baselines.fitting_rows(bow_prompts)
-    training = {t: baselines.training_keys(m) for t, m in trait_meta}
-    training[f"the bag of words ({bow_prompts})"] = {text_key(t) for t in bow_texts}
-    bow = baselines.bag_of_words(bow_texts, bow_labels, seed)
-    result: dict = {"pools": pools, "traits": names, "bag_of_words_fitted_on": str(bow_prompts), "sets": {}}
+    bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow or {}, names, seed)
+    training = {t: baselines.training_keys(m) for t, m in trait_meta} | bow_training
+    result: dict = {
+        "pools": pools,
+        "traits": names,
+        "bag_of_words_fitted_on": str(bow_prompts),
+        "bag_of_words_of": bow_of,
+        "sets": {},
+    }
     for name, hp, hq, sp, sq in sets:
-        entry: dict = {"harmful": str(hq), "harmless": str(sq), "pools": {}}
+        entry: dict = {"harmful": str(hq), "harmless": str(sq), "pools": {}, "by_category": {}}
         for pool in pools:
-            bad, bad_texts = _side(hp, hq, names, pool)
-            good, good_texts = _side(sp, sq, names, pool)
+            bad, bad_texts, bad_cats = _side(hp, hq, names, pool)
+            good, good_texts, good_cats = _side(sp, sq, names, pool)
             baselines.check_unseen(training, {name: bad_texts + good_texts})
-            base = baselines.baseline_scores(bad_texts, good_texts, bow)
+            base = baselines.baseline_scores(bad_texts, good_texts, bows)
             entry["n_harmful"], entry["n_harmless"] = len(bad), len(good)
             entry["baselines"] = baselines.baseline_aucs(base, n_boot, seed)
             entry["pools"][pool] = {
                 t: baselines.against_baselines(
-                    bad[t].to_numpy(), good[t].to_numpy(), base, n_boot=n_boot, seed=seed
+                    bad[t].to_numpy(),
+                    good[t].to_numpy(),
+                    baselines.trait_baselines(base, bow_of.get(t)),
+                    n_boot=n_boot,
+                    seed=seed,
                 )
                 for t in names
             }
+            entry["by_category"][pool] = baselines.by_category(
+                bad, good, (bad_cats, good_cats), base, n_boot, seed
+            )
         result["sets"][name] = entry
     result["summary"] = {
         t: {
@@ -164,6 +194,15 @@ def add_commands(add) -> None:
         "--trait", nargs=2, action="append", required=True, metavar=("NAME", "VECTORS_JSON"), dest="traits"
     )
     p.add_argument("--bag-of-words", required=True, help="trait prompt set whose extraction rows fit it")
+    p.add_argument(
+        "--own-bag-of-words",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TRAIT", "TRAIT_PROMPTS"),
+        dest="own_bow",
+        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
+    )
     p.add_argument("--pools", nargs="+", required=True)
     p.add_argument("--out", required=True, help="transfer.json")
     p.add_argument("--png", required=True, help="transfer.png")
@@ -181,6 +220,7 @@ def _cli(a) -> None:
         a.png,
         a.n_boot,
         a.seed,
+        dict(a.own_bow),
     )
 
 
