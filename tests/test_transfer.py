@@ -20,6 +20,7 @@ from traitscope.data.prep import length_matched, prep_prompts, without
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.data.traits import load_trait, read_trait, trait_prompts
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.transfer.settings import TransferSettings
 from traitscope.settings import from_schema
 from traitscope.stats import auc_difference_same_rows
 from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
@@ -309,11 +310,9 @@ def test_transfer_table_numbers_match_hand_computed(transfer_run):
         [("held_out", *r["harmful"], *r["harmless"])],
         [("safety/request", str(r["meta"]))],
         r["trait_prompts"],
-        ["last_prompt", "prompt_mean"],
         tmp / "transfer.json",
         tmp / "transfer.png",
-        n_boot=200,
-        seed=0,
+        from_schema(TransferSettings, pools=["last_prompt", "prompt_mean"], n_boot=200),
     )
     entry = result["sets"]["held_out"]
     bad, good = pd.read_parquet(r["harmful"][1]), pd.read_parquet(r["harmless"][1])
@@ -347,11 +346,9 @@ def test_scoring_a_training_row_is_an_error(transfer_run):
             [("leaky", *r["leaky"], *r["harmless"])],
             [("safety/request", str(r["meta"]))],
             r["trait_prompts"],
-            ["last_prompt"],
             tmp / "leak.json",
             tmp / "leak.png",
-            n_boot=200,
-            seed=0,
+            from_schema(TransferSettings, pools=["last_prompt"], n_boot=200),
         )
     assert not (tmp / "leak.json").exists() and not (tmp / "leak.png").exists()
 

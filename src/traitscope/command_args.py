@@ -6,6 +6,8 @@ experiment module) parse their arguments with these, so no experiment imports th
 
 from __future__ import annotations
 
+import argparse
+
 
 def int_or_none(value: str) -> int | None:
     """A nullable count: `none` (the config's null) or an integer."""
@@ -19,3 +21,17 @@ def path_or_none(value: str) -> str | None:
 
 def words_or_none(values: list[str]) -> list[str]:
     return [] if values == ["none"] else values
+
+
+def add_own_bow_argument(parser: argparse.ArgumentParser) -> None:
+    """`--own-bag-of-words TRAIT TRAIT_PROMPTS` (repeatable): each prompt-contrast trait stands
+    beside a bag of words fitted on its own extraction rows, the rows its vector saw."""
+    parser.add_argument(
+        "--own-bag-of-words",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("TRAIT", "TRAIT_PROMPTS"),
+        dest="own_bow",
+        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
+    )

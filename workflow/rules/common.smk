@@ -272,7 +272,7 @@ def capture_settings(prompt_set):
 
 
 def settings_param(cls, section):
-    """A stage's `--settings` as a rule param: a function, so Snakemake never reads braces in the
+    """A stage's `--settings` as a param: a function, so Snakemake never reads braces in the
     JSON (a regex setting's `{3}`) as wildcards."""
     text = as_json(cls, section)
     return lambda wildcards: text

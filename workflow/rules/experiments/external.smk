@@ -1,6 +1,7 @@
 # External datasets: harm detection on HarmBench and on BeaverTails per harm category.
 # Paths and targets come from the plug-in module (traitscope.experiments.external).
 from traitscope.experiments import external as external_plugin
+from traitscope.experiments.external.settings import ExternalSettings
 
 EXTERNAL = config["experiments"]["external"]
 get_external_targets = lambda: external_plugin.targets(EXTERNAL)
@@ -68,13 +69,7 @@ if is_enabled("external"):
             inputs=lambda wildcards, input: external_plugin.analysis_args(
                 EXTERNAL, config, dict(input.items())
             ),
-            traits=" ".join(EXTERNAL["traits"]),
-            hb_position=EXTERNAL["position_harmbench"],
-            bt_position=EXTERNAL["position_beavertails"],
-            n_boot=EXTERNAL["n_boot"],
-            seed=EXTERNAL["seed"],
+            settings=settings_param(ExternalSettings, EXTERNAL),
         shell:
-            "traitscope external-analysis --out-dir {params.out_dir} --traits {params.traits} "
-            "{params.inputs} --position-harmbench {params.hb_position} "
-            "--position-beavertails {params.bt_position} --n-boot {params.n_boot} "
-            "--seed {params.seed} 2> {log}"
+            "traitscope external-analysis --out-dir {params.out_dir} "
+            "--settings {params.settings:q} {params.inputs} 2> {log}"

@@ -1,6 +1,7 @@
 # Transfer table: every trait vector on every labelled prompt set vs length-matched controls,
 # beside surface baselines. Paths and targets come from traitscope.experiments.transfer.
 from traitscope.experiments import transfer as transfer_plugin
+from traitscope.experiments.transfer.settings import TransferSettings
 
 TRANSFER = config["experiments"]["transfer"]
 get_transfer_targets = lambda: transfer_plugin.targets(TRANSFER)
@@ -32,10 +33,7 @@ if is_enabled("transfer"):
                 TRANSFER, config, dict(input.items())
             ),
             bow=lambda wildcards, input: input.bow,
-            pools=" ".join(TRANSFER["pools"]),
-            n_boot=TRANSFER["n_boot"],
-            seed=TRANSFER["seed"],
+            settings=settings_param(TransferSettings, TRANSFER),
         shell:
             "traitscope transfer-table {params.inputs} --bag-of-words {params.bow} "
-            "--pools {params.pools} --out {output.json} --png {output.png} "
-            "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+            "--out {output.json} --png {output.png} --settings {params.settings:q} 2> {log}"

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from traitscope.command_args import int_or_none, path_or_none
+from traitscope.command_args import add_own_bow_argument, int_or_none, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
+from traitscope.experiments.external.settings import ExternalSettings
 from traitscope.io import write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
+from traitscope.settings import add_settings_argument
 
 OUT_DIR = "results/external_datasets"
 # labelled harmful/harmless set pairs of the section -> their short key in the rule's inputs
@@ -184,7 +186,7 @@ def add_commands(add) -> None:
 
     p = add("external-analysis", _analysis_cli, "HarmBench and BeaverTails harm-detection statistics")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--traits", nargs="+", required=True)
+    add_settings_argument(p, ExternalSettings)
     p.add_argument("--harmbench-harmful", default=None, help="projections of HarmBench behaviours")
     p.add_argument("--harmbench-harmless", default=None, help="projections of harmless controls")
     p.add_argument("--harmbench-prompts", default=None, help="the HarmBench prompt set (for categories)")
@@ -210,15 +212,7 @@ def add_commands(add) -> None:
         metavar=("TRAIT", "VECTORS_JSON"),
         help="a trait's vectors.json: its training rows must not be scored (repeat)",
     )
-    p.add_argument(
-        "--own-bag-of-words",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("TRAIT", "TRAIT_PROMPTS"),
-        dest="own_bow",
-        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
-    )
+    add_own_bow_argument(p)
     p.add_argument(
         "--beavertails",
         nargs=2,
@@ -227,10 +221,6 @@ def add_commands(add) -> None:
         metavar=("PROJECTIONS", "PROMPTS"),
         help="one BeaverTails capture job's projections and prompts (repeat)",
     )
-    p.add_argument("--position-harmbench", required=True)
-    p.add_argument("--position-beavertails", required=True)
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
 
 
 def _category_cli(a) -> None:
@@ -258,15 +248,7 @@ def _analysis_cli(a) -> None:
             **shared,
         }
     external_analysis(
-        a.out_dir,
-        a.traits,
-        a.position_harmbench,
-        a.position_beavertails,
-        harmbench_inputs,
-        [tuple(g) for g in a.beavertails],
-        a.n_boot,
-        a.seed,
-        hard_negatives_inputs,
+        a.out_dir, a.settings, harmbench_inputs, [tuple(g) for g in a.beavertails], hard_negatives_inputs
     )
 
 

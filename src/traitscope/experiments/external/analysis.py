@@ -13,6 +13,7 @@ from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.external.figures import category_auc_figure
+from traitscope.experiments.external.settings import ExternalSettings
 from traitscope.io import save_figure, write_json
 from traitscope.stats import auc, auc_with_ci, compare_groups, spearman, youden_threshold
 
@@ -196,19 +197,17 @@ def beavertails(
 
 def external_analysis(
     out_dir: str | Path,
-    traits: list[str],
-    position_harmbench: str,
-    position_beavertails: str,
+    settings: ExternalSettings,
     harmbench_inputs: dict | None,
     beavertails_groups: list[tuple[str, str]],
-    n_boot: int,
-    seed: int,
     hard_negatives_inputs: dict | None = None,
 ) -> None:
     """Write every external-dataset result and figure under `out_dir`.
 
     `harmbench_inputs` and `hard_negatives_inputs` are `harmbench`'s keyword arguments for each
     labelled set (HarmBench vs Alpaca controls; the held-out hard-negative pairs)."""
+    traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
+    position_harmbench, position_beavertails = settings.position_harmbench, settings.position_beavertails
     out_dir = Path(out_dir)
     failures: dict = {}
     dists: dict = {}

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from traitscope import baselines
-from traitscope.command_args import path_or_none
+from traitscope.command_args import add_own_bow_argument, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
@@ -333,15 +333,7 @@ def add_commands(add) -> None:
         required=True,
         help="trait prompt set whose extraction rows fit the bag-of-words baseline, or none",
     )
-    p.add_argument(
-        "--own-bag-of-words",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("TRAIT", "TRAIT_PROMPTS"),
-        dest="own_bow",
-        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
-    )
+    add_own_bow_argument(p)
 
 
 def _conditions_cli(a) -> None:

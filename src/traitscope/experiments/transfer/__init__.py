@@ -19,12 +19,15 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope import baselines
+from traitscope.command_args import add_own_bow_argument
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.transfer.figures import transfer_heatmap
+from traitscope.experiments.transfer.settings import TransferSettings
 from traitscope.io import save_figure, write_json
 from traitscope.paths import projections_path, prompts_path, trait_dir
+from traitscope.settings import add_settings_argument
 
 
 def out_dir(section: dict) -> str:
@@ -120,11 +123,9 @@ def transfer_table(
     sets: list[tuple[str, str, str, str, str]],
     trait_meta: list[tuple[str, str]],
     bow_prompts: str | Path,
-    pools: list[str],
     out_json: str | Path,
     out_png: str | Path,
-    n_boot: int,
-    seed: int,
+    settings: TransferSettings,
     own_bow: dict[str, str | Path] | None = None,
 ) -> dict:
     """Score every trait on every set; write the JSON and the heatmap.
@@ -133,6 +134,7 @@ def transfer_table(
     prompts); `trait_meta`: (trait, vectors.json) for each trait; `own_bow`: a prompt-contrast
     trait's own trait prompt set, whose extraction rows fit the bag of words it stands beside.
     """
+    pools, n_boot, seed = list(settings.pools), settings.n_boot, settings.seed
     names = [t for t, _ in trait_meta]
     bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow or {}, names, seed)
     training = {t: baselines.training_keys(m) for t, m in trait_meta} | bow_training
@@ -194,20 +196,10 @@ def add_commands(add) -> None:
         "--trait", nargs=2, action="append", required=True, metavar=("NAME", "VECTORS_JSON"), dest="traits"
     )
     p.add_argument("--bag-of-words", required=True, help="trait prompt set whose extraction rows fit it")
-    p.add_argument(
-        "--own-bag-of-words",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("TRAIT", "TRAIT_PROMPTS"),
-        dest="own_bow",
-        help="a prompt-contrast trait's prompt set, whose extraction rows fit its own bag of words",
-    )
-    p.add_argument("--pools", nargs="+", required=True)
+    add_own_bow_argument(p)
     p.add_argument("--out", required=True, help="transfer.json")
     p.add_argument("--png", required=True, help="transfer.png")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, TransferSettings)
 
 
 def _cli(a) -> None:
@@ -215,11 +207,9 @@ def _cli(a) -> None:
         [tuple(s) for s in a.sets],
         [tuple(t) for t in a.traits],
         a.bag_of_words,
-        a.pools,
         a.out,
         a.png,
-        a.n_boot,
-        a.seed,
+        a.settings,
         dict(a.own_bow),
     )
 

@@ -1,0 +1,20 @@
+"""The external-datasets analysis's settings (experiments.external), light to import: the CLI
+parses them from one `--settings` argument and tests build them from the schema's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class ExternalSettings:
+    """Which traits are scored, at which positions, and the bootstrap."""
+
+    SECTION: ClassVar[str] = "#/properties/experiments/properties/external"
+
+    traits: tuple[str, ...]
+    position_harmbench: str
+    position_beavertails: str
+    n_boot: int
+    seed: int
