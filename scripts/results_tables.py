@@ -172,7 +172,35 @@ def precision(sources: Sources, page: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _header(lines: list[str], key: str) -> str:
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(f"{key}:")), "?")
+
+
+def times(sources: Sources, page: Path) -> str:
+    """The main job's and the suite's wall times, each with its CPU and number format, from
+    `precision_*.txt` (benchmarks/precision.sh) and `suite_times_*.txt` (benchmarks/suite_times.sh)."""
+    rows = []
+    for pattern, what, line_re in (
+        ("precision_*.txt", "the main job, every experiment", r"^(fp32|bf16) main job: (\d+) s; (.*)$"),
+        ("suite_times_*.txt", "`make test`'s pytest", r"^suite (native|fp32): (\d+) s; (.*)$"),
+    ):
+        for path in sorted(sources.benchmarks.glob(pattern)):
+            lines = path.read_text().splitlines()
+            cpu = f"{_header(lines, 'cpu')}, {_header(lines, 'cores')} cores"
+            for line in lines:
+                if m := re.match(line_re, line):
+                    wall = f"{m[2]} s ({int(m[2]) // 60} min {int(m[2]) % 60} s)"
+                    rows.append(
+                        f"| {what} | {cpu} | {m[1]}: {m[3]} | {wall} | [{path.name}]({_rel(path, page)}) |"
+                    )
+    if not rows:
+        return "No `precision_*.txt` or `suite_times_*.txt` yet: `bash benchmarks/precision.sh ...`.\n"
+    head = "| | CPU | mode | wall | from |\n|---|---|---|---|---|\n"
+    return head + "\n".join(rows) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "times": times,
     "headline": headline,
     "summary": summary_table,
     "capture-benchmarks": capture_benchmarks,

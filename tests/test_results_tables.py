@@ -109,3 +109,27 @@ def test_precision_region_shows_each_comparison_file(tables, tmp_path):
     assert "[precision_cpuA.txt](precision_cpuA.txt)" in text and "cpu: CPU A" in text
     assert "| traits | x | met: 0.95 | met: 0.96 | yes | yes |" in text and "old" not in text
     assert "1234567" not in text and "robust (1 criteria)" in text
+
+
+def test_times_region_names_the_cpu_and_mode_of_every_time(tables, tmp_path):
+    (tmp_path / "precision_cpuA.txt").write_text(
+        "# benchmarks/precision.sh at 1234567\ncpu: CPU A; flags: avx2\ncores: 2\n"
+        "fp32 main job: 871 s; dtype float32\nbf16 main job: 486 s; dtype bfloat16\n"
+    )
+    (tmp_path / "suite_times_cpuA.txt").write_text(
+        "cpu: CPU A; flags: avx2\ncores: 2\nsuite native: 333 s; 466 passed, 19 skipped in 332.1s\n"
+    )
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: times -->\n<!-- end generated: times -->\n")
+    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
+    rows = [
+        line for line in page.read_text().splitlines() if line.startswith("| the") or line.startswith("| `")
+    ]
+    assert rows == [
+        "| the main job, every experiment | CPU A; flags: avx2, 2 cores | fp32: dtype float32 "
+        "| 871 s (14 min 31 s) | [precision_cpuA.txt](precision_cpuA.txt) |",
+        "| the main job, every experiment | CPU A; flags: avx2, 2 cores | bf16: dtype bfloat16 "
+        "| 486 s (8 min 6 s) | [precision_cpuA.txt](precision_cpuA.txt) |",
+        "| `make test`'s pytest | CPU A; flags: avx2, 2 cores | native: 466 passed, 19 skipped in 332.1s "
+        "| 333 s (5 min 33 s) | [suite_times_cpuA.txt](suite_times_cpuA.txt) |",
+    ]
