@@ -37,8 +37,9 @@ The package's face is building a Judge from the config's `judge:` JSON and the s
 in its modules: rubrics (the prompts), scoring_rule (the scoring rule), judgements (its settings,
 a judgement, the counters), cache (SQLite), openai_backend, local_backend and number_tree (the local judge's
 tokens of 0-100 and digit tree), scorer (the Judge) and stages (trait-judgements,
-trait-agreement). classifier is another judge, not an LLM and not yet a backend: a text
-classifier fitted on a trait's extraction-split answers (trait-classifier-agreement).
+trait-agreement). classifier and embedding are other judges, not LLMs and not yet backends:
+classifiers (TF-IDF; a reader model's pooled hidden states) fitted on a trait's extraction-split
+answers (trait-classifier-agreement); truth_set reads the project-written labelled answers.
 """
 
 from __future__ import annotations

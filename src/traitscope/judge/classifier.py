@@ -69,21 +69,10 @@ class AnswerClassifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        answers, labels, splits = list(answers), np.asarray(labels, dtype=int), list(splits)
+        answers = list(answers)
         ids = list(prompt_ids) if prompt_ids is not None else []
         qs = list(questions) if questions is not None else []
-        if not (len(answers) == len(labels) == len(splits)) or (ids and len(ids) != len(answers)):
-            raise TraitscopeError("answer classifier: answers, labels, splits (and ids) differ in length")
-        held = [s for s in splits if s != FIT_SPLIT]
-        if held:
-            raise TraitscopeError(
-                f"answer classifier: {len(held)} row(s) of split {held[0]!r} given to fit; it is "
-                f"fitted on the {FIT_SPLIT} split only (held-out answers are what it is scored on)"
-            )
-        if set(labels.tolist()) != {0, 1}:
-            raise TraitscopeError(
-                f"answer classifier: needs labels 0 and 1, got {sorted(set(labels.tolist()))}"
-            )
+        labels = check_fit_rows(len(answers), labels, splits, ids)
         words = TfidfVectorizer(ngram_range=WORD_NGRAMS, sublinear_tf=True)
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, sublinear_tf=True, min_df=2)
         x = _stack(words.fit_transform(answers), chars.fit_transform(answers))
@@ -103,15 +92,43 @@ class AnswerClassifier:
         self, answers: Sequence[str], prompt_ids: Sequence[str], questions: Sequence[str]
     ) -> np.ndarray:
         """`score`, after checking no row (prompt id) or question was among those it was fitted on."""
-        seen_ids = sorted(self.fitted_ids & set(prompt_ids))
-        seen_qs = sorted(self.fitted_questions & set(questions))
-        if seen_ids or seen_qs:
-            what = f"prompt {seen_ids[0]!r}" if seen_ids else f"question {seen_qs[0][:60]!r}"
-            raise TraitscopeError(
-                f"answer classifier: {len(seen_ids) or len(seen_qs)} scored row(s) were fitted on "
-                f"(e.g. {what}); score held-out answers only"
-            )
+        check_held_out("answer classifier", self.fitted_ids, self.fitted_questions, prompt_ids, questions)
         return self.score(answers)
+
+
+def check_fit_rows(n: int, labels: Sequence[int], splits: Sequence[str], ids: Sequence[str]) -> np.ndarray:
+    """The labels as an array, once the rows are fit to fit on: all of the extraction split
+    (held-out answers are what a judge is scored on), both labels, lengths that agree."""
+    labels, splits, ids = np.asarray(labels, dtype=int), list(splits), list(ids)
+    if not (n == len(labels) == len(splits)) or (ids and len(ids) != n):
+        raise TraitscopeError("answer classifier: answers, labels, splits (and ids) differ in length")
+    held = [s for s in splits if s != FIT_SPLIT]
+    if held:
+        raise TraitscopeError(
+            f"answer classifier: {len(held)} row(s) of split {held[0]!r} given to fit; it is "
+            f"fitted on the {FIT_SPLIT} split only (held-out answers are what it is scored on)"
+        )
+    if set(labels.tolist()) != {0, 1}:
+        raise TraitscopeError(f"answer classifier: needs labels 0 and 1, got {sorted(set(labels.tolist()))}")
+    return labels
+
+
+def check_held_out(
+    who: str,
+    fitted_ids: frozenset[str],
+    fitted_questions: frozenset[str],
+    prompt_ids: Sequence[str],
+    questions: Sequence[str],
+) -> None:
+    """Refuse scoring a row (prompt id) or a question the scorer was fitted on."""
+    seen_ids = sorted(fitted_ids & set(prompt_ids))
+    seen_qs = sorted(fitted_questions & set(questions))
+    if seen_ids or seen_qs:
+        what = f"prompt {seen_ids[0]!r}" if seen_ids else f"question {seen_qs[0][:60]!r}"
+        raise TraitscopeError(
+            f"{who}: {len(seen_ids) or len(seen_qs)} scored row(s) were fitted on "
+            f"(e.g. {what}); score held-out answers only"
+        )
 
 
 def _stack(a: Any, b: Any) -> Any:
