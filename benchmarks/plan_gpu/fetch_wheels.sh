@@ -42,10 +42,9 @@ if [ "${1:-}" = check ]; then
     "$tmp/venv/bin/pip" install -q --no-index --find-links "$tmp/wheels" "${want[@]}"
     "$tmp/venv/bin/python" -c 'import snakemake, jsonschema, gguf, cma, openai; print("imports: ok")'
     "$tmp/venv/bin/python" -m snakemake --version
-    "$tmp/venv/bin/pip" list --format=freeze | sort >"$tmp/installed"
+    "$tmp/venv/bin/pip" list --format=freeze | tr 'A-Z_' 'a-z-' | sort >"$tmp/installed"
     echo "installed in the fresh venv: $(wc -l <"$tmp/installed") packages"
     # every pin that the install needed came from the wheels; list the pins it did not need
-    unused=$(grep -v '^#' benchmarks/plan_gpu/wheels.txt | tr 'A-Z_' 'a-z-' | sort |
-        comm -23 - <(tr 'A-Z_' 'a-z-' <"$tmp/installed") || true)
+    unused=$(grep -v '^#' benchmarks/plan_gpu/wheels.txt | tr 'A-Z_' 'a-z-' | sort | comm -23 - "$tmp/installed")
     echo "pins not needed by the install: ${unused:-none}"
 fi
