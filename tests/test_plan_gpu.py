@@ -140,6 +140,15 @@ def test_snakemake_log_is_read_back_into_jobs():
     assert jobs[1]["shell"] == "traitscope capture --max-new-tokens 0"
 
 
+def test_an_unfinished_job_is_projected_at_the_rate_it_was_going():
+    collect = module("collect")
+    record = {"units_done": 4, "units_total": 20}
+    # first unit 100 s in (load, compile), then 10 s a unit: 130 s to unit 4, 16 units to go
+    assert collect.projected(record, 1000.0, 1150.0, [[1100.0, 1], [1130.0, 4]]) == 290
+    assert collect.projected(record, 1000.0, 1150.0, None) == 750  # no times: seconds / share done
+    assert collect.projected({}, 1000.0, 1150.0, None) is None
+
+
 def job(rule: str, wildcards: str, seconds: float, status: str = "done", **extra) -> dict:
     return {"rule": rule, "wildcards": wildcards, "seconds": seconds, "status": status, **extra}
 

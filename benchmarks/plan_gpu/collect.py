@@ -3,8 +3,8 @@ the jobs it planned), the `traitscope` wrapper's records (start, end, exit code,
 samples (busy share, memory) and each job's own outputs and log (tokens, steps, judge calls).
 
 A job still running when the call's time ran out is `unfinished`: its seconds are a lower bound,
-and where its outputs tell how far it got (capture shards, finetune steps, CMA-ES generations)
-`projected_seconds` is seconds / progress.
+and where its outputs or log tell how far it got (capture shards, finetune steps, CMA-ES
+generations) `projected_seconds` prices the rest at the rate it was going (`projected`).
 """
 
 from __future__ import annotations
@@ -120,13 +120,16 @@ def _capture(job: dict) -> dict:
     shards = sorted(shard_dir.glob("*.prompts.parquet")) if shard_dir else []
     table = pd.concat([pd.read_parquet(s) for s in shards]) if shards else None
     new = re.search(r"--max-new-tokens (\d+)", job.get("shell", ""))
-    work = {"prompts": 0 if table is None else len(table)}
+    work: dict = {"prompts": 0 if table is None else len(table)}
     if table is not None:
         work["tokens"] = int(table["n_tokens"].sum())
         if new and int(new[1]) > 0:  # tokens after the prompt: generated (none is prefilled)
             work["generated_tokens"] = int((table["n_tokens"] - table["prompt_len"]).sum())
-    if total:
-        work["progress"] = work["prompts"] / total
+    size = re.search(r"--shard-size (\d+)", job.get("shell", ""))
+    if total and size and shards:  # shards are length-sorted: the later ones take longer
+        times = sorted(p.stat().st_mtime for p in shards)
+        work.update(units_done=len(shards), units_total=-(-total // int(size[1])))
+        work["unit_times"] = [[times[0], 1], [times[-1], len(shards)]]
     return work
 
 
@@ -143,8 +146,7 @@ def _finetune(job: dict, log: str) -> dict:
     steps = FINETUNE_STEP.findall(log)
     if not steps:
         return {}
-    done, total = int(steps[-1][0]), int(steps[-1][1])
-    return {"steps": done, "progress": done / total}
+    return {"units_done": int(steps[-1][0]), "units_total": int(steps[-1][1])}  # optimizer steps
 
 
 def _cmaes(job: dict, log: str) -> dict:
@@ -152,7 +154,20 @@ def _cmaes(job: dict, log: str) -> dict:
     planned = re.search(r'"generations": (\d+)', job.get("shell", ""))
     if not generations or not planned:
         return {}
-    return {"generations": int(generations[-1]), "progress": int(generations[-1]) / int(planned[1])}
+    return {"units_done": int(generations[-1]), "units_total": int(planned[1])}
+
+
+def projected(record: dict, start: float, end: float, times: list | None) -> float | None:
+    """An unfinished job's seconds: to its latest progress, then the rest at the rate between its
+    first and latest progress (the first unit also paid for loading and compiling); else the
+    seconds so far over the share done."""
+    done, total = record.get("units_done"), record.get("units_total")
+    if not done or not total:
+        return None
+    if times and len(times) == 2 and times[1][1] > times[0][1]:
+        (t0, n0), (t1, n1) = times
+        return round(t1 - start + (total - n1) * (t1 - t0) / (n1 - n0), 1)
+    return round((end - start) * total / done, 1)
 
 
 def _sae(job: dict) -> dict:
@@ -220,9 +235,8 @@ def collect(
     for job in jobs:
         timed = wrapper.get(str(Path(job.get("log", "").split(" (")[0]).resolve()))
         if timed:
-            job.update(
-                start=timed["start"], end=timed["end"], pid=timed["pid"], max_rss_mib=timed["max_rss_mib"]
-            )
+            job.update(start=timed["start"], end=timed["end"], pid=timed["pid"])
+            job.update(max_rss_mib=timed["max_rss_mib"], progress_times=timed.get("progress"))
             if job["status"] == "started" or timed["rc"] < 0:  # stopped by a signal: the deadline
                 job["status"] = "unfinished"
         else:
@@ -247,8 +261,9 @@ def collect(
         tokens = record.get("generated_tokens") or record.get("tokens")
         if tokens and seconds > 0 and record["status"] != "failed":
             record["tokens_per_s"] = round(tokens / seconds, 1)
-        if record["status"] == "unfinished" and record.get("progress"):
-            record["projected_seconds"] = round(seconds / record["progress"], 1)
+        if record["status"] == "unfinished":
+            times = record.pop("unit_times", None) or job.get("progress_times")
+            record["projected_seconds"] = projected(record, job["start"], job["end"], times)
         records.append(record)
     done = Counter(r["rule"] for r in records if r["status"] == "done")
     busy = [u for t, u, _ in gpu if started <= t <= ended]

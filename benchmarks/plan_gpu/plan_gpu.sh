@@ -16,8 +16,7 @@
 #   all        the whole plan
 # and one call's samples of every kind of model job, whose twins aggregate.py prices by them:
 #   sample-traits   the evil trait's chain (capture with generation, judge filter, vectors,
-#                   agreement), CMA-ES on it (unfinished: projected from its generations), and
-#                   the prompt-contrast trait (harmful_request)
+#                   agreement) and CMA-ES on it (if unfinished, projected from its generations)
 #   sample-em       the insecure.jsonl finetune, the EM answers of the base model and their judge
 #   sample-captures the prefill 2x2, HarmBench, 3 BeaverTails categories, a transfer set, the SAE's
 #                   set, the backdoor finetune and pairs, and the SAE's training (on the CPU)
@@ -55,7 +54,7 @@ targets_of() {  # the Snakemake arguments that select a group's jobs
         backdoor) echo --until backdoor_sae_features ;;
         cmaes) echo --until cmaes_heldout ;;
         sample-traits) echo results/traits/gemma2/safety/evil/judge_{filter,agreement}.json \
-            results/cmaes/safety/evil/heldout.json results/traits/gemma2/safety/harmful_request/evaluation.json ;;
+            results/cmaes/safety/evil/heldout.json ;;
         sample-em) echo results/finetune/gemma2_insecure/loss.json \
             results/emergent_misalignment/behaviour/base.json ;;
         sample-captures) echo results/capture/gemma2/{prefill_conditions,harmbench_all,harmless_val}/capture.json \
