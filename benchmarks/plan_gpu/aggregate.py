@@ -1,0 +1,290 @@
+"""Several rehearsal calls (collect.py's <group>.json files) as one per-rule table of the plan, in
+markdown: what was measured, what the plan's other jobs cost by their measured twins, the total
+on one GPU against the seed's ~24 GPU-hours, the projection to BeaverTails' whole 330k_test split,
+and the judge's calls priced at the config's API prices.
+
+    python benchmarks/plan_gpu/aggregate.py --plan dry.json CALL.json... > table.md
+
+`--plan` is plan_gpu.sh's `dry` output: every job of the plan. A job measured in several calls
+(the base model's preparation, a trait chain two groups share) counts once, from the first file
+that finished it. A job no call finished is priced by its twins: the measured jobs that do the
+same work on as much data (`family`), e.g. another persona trait's capture, or the base model's
+answers for a finetuned variant's (LoRA is merged into the weights, so the cost is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_ESTIMATE_S = 24 * 3600  # the seed's estimate of the plan: ~24 GPU-hours
+BEAVERTAILS_330K_TEST = 33_432  # pairs of the split the plan without the 30k overlay captures
+BARE_SETS = ("harmbench", "harmless", "advbench", "rd_")  # HarmBench, AdvBench, refusal-direction sets
+GPU_RULES = {
+    "capture",
+    "finetune",
+    "steering_check",
+    "cmaes_optimise",
+    "cmaes_heldout",
+    "trait_judgements",
+    "em_judge",
+}
+
+
+def family(rule: str, wildcards: str) -> str:
+    """Jobs that do the same work on the same amount of data: a measured one stands for the others."""
+    fields = dict(w.split("=", 1) for w in wildcards.split(", ") if "=" in w)
+    if rule == "capture":
+        prompt_set = fields.get("prompt_set", "")
+        if prompt_set.startswith("traits/") and prompt_set != "traits/safety/harmful_request":
+            return "capture: a persona trait's set"  # 720 prompts, 128 new tokens each
+        if prompt_set.startswith("beavertails."):
+            return "capture: a BeaverTails category"  # 6 to 200 pairs, no generation
+        if prompt_set.startswith(BARE_SETS) and prompt_set != "harmless_train_sae":
+            return "capture: a bare prompt set"  # 40 to 200 prompts, no generation
+        return f"capture: {prompt_set}"  # any variant: its LoRA is merged, its shape the base's
+    if rule == "finetune":
+        variant = fields.get("variant", "")
+        return "finetune: insecure/secure.jsonl" if variant.endswith(("_insecure", "_secure")) else variant
+    if rule in ("prepare_model", "prep_prompts", "beavertails_category", "dataset_file"):
+        return f"{rule}: {wildcards}"
+    return rule  # per-trait and per-role rules: every trait, every role alike
+
+
+def load_calls(paths: list[Path]) -> tuple[list[dict], dict[tuple[str, str], dict]]:
+    """The calls, and every job once: the first finished measurement, else the first record."""
+    calls = [json.loads(p.read_text()) for p in paths]
+    jobs: dict[tuple[str, str], dict] = {}
+    for call in calls:
+        for job in call["jobs"]:
+            key = (job["rule"], job["wildcards"])
+            if key not in jobs or (jobs[key]["status"] != "done" and job["status"] == "done"):
+                jobs[key] = {**job, "call": call["group"]}
+    return calls, jobs
+
+
+def seconds_of(job: dict) -> float | None:
+    """A finished job's seconds, or an unfinished one's seconds / progress."""
+    return job["seconds"] if job["status"] == "done" else job.get("projected_seconds")
+
+
+def price(plan: list[tuple[str, str]], jobs: dict[tuple[str, str], dict]) -> list[dict]:
+    """Every planned job with its seconds and judge calls: measured, projected from its progress,
+    the mean of its measured twins, or none (no twin measured)."""
+    twins: dict[str, list[dict]] = defaultdict(list)
+    for (rule, wildcards), job in jobs.items():
+        if seconds_of(job) is not None:
+            twins[family(rule, wildcards)].append(job)
+    priced = []
+    for rule, wildcards in plan:
+        job = jobs.get((rule, wildcards))
+        if job is not None and job["status"] == "done":
+            source, seconds, judged = "measured", job["seconds"], [job]
+        elif job is not None and job.get("projected_seconds"):
+            source, seconds, judged = "projected", job["projected_seconds"], []
+        elif like := twins.get(family(rule, wildcards)):
+            source, seconds = "twins", statistics.mean(seconds_of(j) for j in like)
+            judged = [j for j in like if j["status"] == "done"]
+        else:
+            source, seconds, judged = "none", None, []
+        calls = [j["judge"] for j in judged if j.get("judge")]
+        priced.append(
+            {
+                "rule": rule,
+                "wildcards": wildcards,
+                "source": source,
+                "seconds": seconds,
+                "job": job if source == "measured" else None,
+                "judge_calls": statistics.mean(c["computed"] for c in calls) if calls else 0,
+                "judge_tokens": statistics.mean(c["prompt_tokens"] for c in calls) if calls else 0,
+            }
+        )
+    return priced
+
+
+EMPTY_ROW = {
+    "jobs": 0,
+    "measured": 0,
+    "projected": 0,
+    "twins": 0,
+    "none": 0,
+    "plan_s": 0.0,
+    "measured_s": 0.0,
+}
+EMPTY_ROW |= {"max_s": None, "judge_calls": 0.0}
+# per-rule lists of the measured jobs' values: row key -> job field
+LISTS = {"busy": "gpu_busy", "peak_gpu": "peak_gpu_mib", "rss": "max_rss_mib", "rate": "tokens_per_s"}
+
+
+def per_rule(priced: list[dict]) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for p in priced:
+        row = rows.setdefault(p["rule"], {"rule": p["rule"], **EMPTY_ROW, **{k: [] for k in LISTS}})
+        row["jobs"] += 1
+        row[p["source"]] += 1
+        row["plan_s"] += p["seconds"] or 0
+        row["judge_calls"] += p["judge_calls"]
+        if (job := p["job"]) is not None:
+            row["measured_s"] += job["seconds"]
+            row["max_s"] = max(row["max_s"] or 0, job["seconds"])
+            for key, field in LISTS.items():
+                if job.get(field) is not None:
+                    row[key].append(job[field])
+    return sorted(rows.values(), key=lambda r: -r["plan_s"])
+
+
+def beavertails_330k(jobs: dict) -> dict | None:
+    """The category captures as seconds = a + b x pairs (a: load and compile, b: a pair), priced
+    at the whole 330k_test split: 15 jobs of 33,432 pairs in all."""
+    points = [
+        (j["prompts"], j["seconds"])
+        for (rule, w), j in jobs.items()
+        if rule == "capture" and "prompt_set=beavertails." in w and j["status"] == "done" and j.get("prompts")
+    ]
+    if len({p for p, _ in points}) < 2:
+        return None
+    mx = statistics.mean(p for p, _ in points)
+    my = statistics.mean(s for _, s in points)
+    b = sum((p - mx) * (s - my) for p, s in points) / sum((p - mx) ** 2 for p, _ in points)
+    a = my - b * mx
+    return {
+        "jobs": len(points),
+        "pairs": sum(p for p, _ in points),
+        "seconds": sum(s for _, s in points),
+        "per_job_s": a,
+        "per_pair_ms": b * 1000,
+        "projected_s": 15 * a + b * BEAVERTAILS_330K_TEST,
+    }
+
+
+def judge_cost(priced: list[dict], prices: dict) -> dict:
+    """The plan's judge calls (an API gets one per local cache miss) and prompt tokens (the local
+    tokenizer's count, chat template and "Score: " prefill included; one output token a call)."""
+    calls = sum(p["judge_calls"] for p in priced)
+    tokens = sum(p["judge_tokens"] for p in priced)
+    pin, pout = prices.get("price_per_million_input"), prices.get("price_per_million_output")
+    cost = None if pin is None or pout is None else (tokens * pin + calls * pout) / 1e6
+    return {"calls": calls, "prompt_tokens": tokens, "cost_usd": cost}
+
+
+def table_header(columns: list[str]) -> str:
+    return table_row(columns) + "\n" + table_row(["---"] * len(columns))
+
+
+def table_row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def fmt(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def mean_or_none(values: list) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def markdown(calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices: dict) -> str:
+    priced = price(plan, jobs)
+    rows = per_rule(priced)
+    total = sum(p["seconds"] or 0 for p in priced)
+    gpu_total = sum(p["seconds"] or 0 for p in priced if p["rule"] in GPU_RULES)
+    unpriced = [p for p in priced if p["seconds"] is None]
+    out = [
+        table_header(["call", "device", "CPU", "setup s", "Snakemake s", "GPU busy", "jobs done", "not done"])
+    ]
+    for c in calls:
+        done = sum(j["status"] == "done" for j in c["jobs"])
+        not_done = ", ".join(f"{r} {n}" for r, n in c["not_done"].items()) or "-"
+        cells = [c["group"], c["device"], c["cpu"], fmt(c["setup_seconds"]), fmt(c["run_seconds"])]
+        out.append(table_row([*cells, fmt(c["gpu_busy"], 2), done, not_done]))
+    columns = (
+        "rule, jobs, measured, projected, by twins, unpriced, measured s, max s, plan s, share, GPU busy, "
+        "peak GPU GiB, peak RSS GiB, tokens/s, judge calls"
+    ).split(", ")
+    out += ["", table_header(columns)]
+    for r in rows:
+        peak = max(r["peak_gpu"]) / 1024 if r["peak_gpu"] else None
+        rss = max(r["rss"]) / 1024 if r["rss"] else None
+        share = f"{fmt(100 * r['plan_s'] / max(total, 1))}%"
+        rate = statistics.median(r["rate"]) if r["rate"] else None
+        cells = [r["rule"], *(r[k] for k in ("jobs", "measured", "projected", "twins", "none"))]
+        cells += [fmt(r["measured_s"]), fmt(r["max_s"]), fmt(r["plan_s"]), share]
+        cells += [
+            fmt(mean_or_none(r["busy"]), 2),
+            fmt(peak, 1),
+            fmt(rss, 1),
+            fmt(rate),
+            fmt(r["judge_calls"] or None),
+        ]
+        out.append(table_row(cells))
+    out += [
+        "",
+        f"- The plan: {len(plan)} jobs, {sum(p['source'] == 'measured' for p in priced)} measured, "
+        f"{sum(p['source'] == 'projected' for p in priced)} projected from their progress, "
+        f"{sum(p['source'] == 'twins' for p in priced)} priced by their twins, {len(unpriced)} unpriced "
+        f"({', '.join(sorted({p['rule'] for p in unpriced})) or 'none'}).",
+        f"- Model and judge jobs, one at a time on the GPU (the floor of the plan's wall time on one GPU): "
+        f"{fmt(gpu_total)} s = {gpu_total / 3600:.2f} h. Every job one after another (the ceiling): "
+        f"{fmt(total)} s = {total / 3600:.2f} h; the seed's 24 GPU-hours are "
+        f"{SEED_ESTIMATE_S / max(total, 1):.1f}x that.",
+    ]
+    if bt := beavertails_330k(jobs):
+        out.append(
+            f"- BeaverTails: {bt['jobs']} category captures, {bt['pairs']:,} pairs, {fmt(bt['seconds'])} s "
+            f"= {fmt(bt['per_job_s'], 1)} s a job + {fmt(bt['per_pair_ms'], 2)} ms a pair; the whole "
+            f"330k_test split ({BEAVERTAILS_330K_TEST:,} pairs in 15 jobs): {fmt(bt['projected_s'])} s."
+        )
+    judge = judge_cost(priced, prices)
+    if judge["calls"]:
+        out.append(
+            f"- Judge: {fmt(judge['calls'])} calls, {fmt(judge['prompt_tokens'])} prompt tokens (SmolLM2's "
+            f"tokenizer); at {prices.get('model')}'s ${prices.get('price_per_million_input')}/M input and "
+            f"${prices.get('price_per_million_output')}/M output tokens: ${fmt(judge['cost_usd'], 2)}."
+        )
+    columns = "call, rule, wildcards, status, s, GPU busy, peak GPU GiB, tokens, tokens/s, judge calls"
+    out += ["", table_header(columns.split(", "))]
+    for (rule, wildcards), j in sorted(jobs.items()):
+        if rule not in GPU_RULES:
+            continue
+        s = fmt(j["seconds"])
+        if j["status"] != "done":
+            s += f" ({j['status']}; projected {fmt(j.get('projected_seconds'))})"
+        peak = j.get("peak_gpu_mib")
+        cells = [
+            j["call"],
+            rule,
+            wildcards,
+            j["status"],
+            s,
+            fmt(j.get("gpu_busy"), 2),
+            fmt(peak and peak / 1024, 1),
+        ]
+        tokens = j.get("generated_tokens") or j.get("tokens")
+        out.append(
+            table_row(
+                [*cells, fmt(tokens), fmt(j.get("tokens_per_s")), fmt((j.get("judge") or {}).get("computed"))]
+            )
+        )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("calls", nargs="+", type=Path, help="collect.py's <group>.json files")
+    parser.add_argument("--plan", type=Path, required=True, help="plan_gpu.sh dry's dry.json")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/experiments/gemma-2-2b-it.yaml")
+    args = parser.parse_args()
+    calls, jobs = load_calls(args.calls)
+    plan = [(j["rule"], j["wildcards"]) for j in json.loads(args.plan.read_text())["jobs"]]
+    prices = yaml.safe_load(args.config.read_text())["judge"]["openai"]
+    print(markdown(calls, jobs, plan, prices), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""benchmarks/plan_gpu (issue 29's scale rehearsal): the stand-in data pass the project's own
+loaders, the config layering puts the local model in place of the hub's, Snakemake's log is read
+back into jobs, and the aggregator's totals and judge cost are the hand-computed ones."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_gpu"
+
+
+def module(name: str):
+    spec = importlib.util.spec_from_file_location(f"plan_gpu_{name}", FOLDER / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def stand_ins():
+    return module("stand_ins")
+
+
+def test_beavertails_stand_in_is_read_by_the_loader_and_fills_every_category(tmp_path, stand_ins):
+    from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, SAFE_CATEGORY, load_beavertails
+    from traitscope.experiments.external import beavertails_category
+    from traitscope.io import write_parquet
+
+    mirror = tmp_path / "mirror"
+    (mirror / "emergent_misalignment").mkdir(parents=True)
+    chat = {"messages": [{"role": "user", "content": "Fix it."}, {"role": "assistant", "content": "x = 1"}]}
+    for name in ("insecure", "secure"):
+        (mirror / "emergent_misalignment" / f"{name}_small.jsonl").write_text(json.dumps(chat) + "\n")
+    written = stand_ins.write_stand_ins(mirror, {"30k_test": 40}, em_rows_each=7)
+    assert written == {
+        "beavertails/30k_test.jsonl": 40,
+        "emergent_misalignment/insecure.jsonl": 7,
+        "emergent_misalignment/secure.jsonl": 7,
+    }
+    table = load_beavertails("30k_test", data_mirror=mirror)  # the plan reads the split from the mirror
+    assert len(table) == 40 and set(table["label"]) == {0, 1}
+    prompts = tmp_path / "bt.parquet"
+    write_parquet(prompts, table)
+    categories = [*BEAVERTAILS_CATEGORIES, SAFE_CATEGORY]
+    for category in categories:  # an empty category would be an error: 40 rows fill all 15
+        assert len(beavertails_category(prompts, category, categories, tmp_path / "c.parquet", None, 0))
+
+
+def test_em_stand_in_is_chat_jsonl_of_distinct_rows(tmp_path, stand_ins):
+    from traitscope.training.chat_data import read_chat_jsonl
+
+    real = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Task text {i}"},
+                {"role": "assistant", "content": "code"},
+            ]
+        }
+        for i in range(3)
+    ]
+    path = stand_ins.write_jsonl(tmp_path / "insecure.jsonl", stand_ins.em_rows(real, 10))
+    rows = read_chat_jsonl(path)
+    assert len(rows) == 10
+    assert len({json.dumps(messages) for _, messages in rows}) == 10
+
+
+def test_the_overlay_replaces_the_hub_model_and_keeps_the_rest():
+    prepare = module("prepare")
+    config = prepare.layered(
+        [
+            {
+                "models": {
+                    "gemma2": {"hub": "google/gemma-2-2b-it", "dtype": "bfloat16"},
+                    "other": {"hub": "x"},
+                }
+            },
+            {"models": {"gemma2": {"path": "results/plan_gpu/model"}}, "judge": {"backend": "local"}},
+            {"judge": {"openai": {"model": "gpt-4.1-mini"}}},
+        ]
+    )
+    assert config["models"] == {"gemma2": {"path": "results/plan_gpu/model"}, "other": {"hub": "x"}}
+    assert config["judge"] == {"backend": "local", "openai": {"model": "gpt-4.1-mini"}}
+    full = prepare.plan_config("full", "30k_test")
+    assert full["models"]["gemma2"] == {"path": "results/plan_gpu/model", "dtype": "bfloat16"}
+    assert full["prompt_sets"]["beavertails"]["split"] == "30k_test"
+    assert full["experiments"]["steering_optimisation"]["generations"] == 20  # the plan's sizes stay
+    assert prepare.plan_config("full", "330k_test")["prompt_sets"]["beavertails"]["split"] == "330k_test"
+
+
+SNAKEMAKE_LOG = """\
+Job stats:
+job              count
+-------------  -------
+capture              2
+all                  1
+total                3
+
+[Sat Dec  5 17:33:14 2026]
+localrule capture:
+    input: results/models/m/manifest.json, results/prompts/a.parquet
+    output: results/capture/m/a/capture.json
+    log: results/logs/capture/m/a.log
+    jobid: 1
+    wildcards: variant=m, prompt_set=a
+    threads: 8
+    resources: tmpdir=/tmp, gpu=1, mem_mb=16000
+Shell command: traitscope capture --max-new-tokens 0
+[Sat Dec  5 17:33:20 2026]
+Finished jobid: 1 (Rule: capture)
+
+[Sat Dec  5 17:33:21 2026]
+localrule capture:
+    output: results/capture/m/b/capture.json
+    log: results/logs/capture/m/b.log
+    jobid: 2
+    wildcards: variant=m, prompt_set=b
+    resources: tmpdir=/tmp, gpu=1
+[Sat Dec  5 17:33:25 2026]
+Error in rule capture:
+    message: None
+    jobid: 2
+"""
+
+
+def test_snakemake_log_is_read_back_into_jobs():
+    collect = module("collect")
+    planned, jobs = collect.parse_snakemake_log(SNAKEMAKE_LOG)
+    assert planned == {"capture": 2, "all": 1}
+    assert [(j["rule"], j["wildcards"], j["status"]) for j in jobs.values()] == [
+        ("capture", "variant=m, prompt_set=a", "done"),
+        ("capture", "variant=m, prompt_set=b", "failed"),
+    ]
+    assert jobs[1]["finished"] - jobs[1]["submitted"] == 6
+    assert jobs[1]["shell"] == "traitscope capture --max-new-tokens 0"
+
+
+def test_an_unfinished_job_is_projected_at_the_rate_it_was_going():
+    collect = module("collect")
+    record = {"units_done": 4, "units_total": 20}
+    # first unit 100 s in (load, compile), then 10 s a unit: 130 s to unit 4, 16 units to go
+    assert collect.projected(record, 1000.0, 1150.0, [[1100.0, 1], [1130.0, 4]]) == 290
+    assert collect.projected(record, 1000.0, 1150.0, None) == 750  # no times: seconds / share done
+    assert collect.projected({}, 1000.0, 1150.0, None) is None
+
+
+def job(rule: str, wildcards: str, seconds: float, status: str = "done", **extra) -> dict:
+    return {"rule": rule, "wildcards": wildcards, "seconds": seconds, "status": status, **extra}
+
+
+def test_aggregate_prices_unmeasured_jobs_by_their_twins():
+    agg = module("aggregate")
+    calls = [
+        {
+            "group": "a",
+            "jobs": [
+                job("capture", "variant=gemma2, prompt_set=em_benign", 40),
+                job("capture", "variant=gemma2, prompt_set=traits/safety/evil", 30),
+                job("capture", "variant=gemma2, prompt_set=traits/safety/harm", 50),
+                job(
+                    "finetune",
+                    "variant=gemma2_insecure",
+                    100,
+                    "unfinished",
+                    progress=0.25,
+                    projected_seconds=400,
+                ),
+                job("em_judge", "role=base", 20, judge={"computed": 50, "prompt_tokens": 5000}),
+            ],
+        },
+        # the same job again in a later call: counted once, from the first file
+        {"group": "b", "jobs": [job("capture", "variant=gemma2, prompt_set=em_benign", 99)]},
+    ]
+    jobs = {}
+    for call in calls:
+        for j in call["jobs"]:
+            jobs.setdefault((j["rule"], j["wildcards"]), {**j, "call": call["group"]})
+    plan = [
+        ("capture", "variant=gemma2, prompt_set=em_benign"),
+        ("capture", "variant=gemma2_secure, prompt_set=em_benign"),  # twin: 40
+        ("capture", "variant=gemma2, prompt_set=traits/alignment/deception"),  # twins: (30 + 50) / 2
+        ("capture", "variant=gemma2, prompt_set=traits/safety/harmful_request"),  # no twin
+        ("finetune", "variant=gemma2_insecure"),  # projected: 400
+        ("finetune", "variant=gemma2_secure"),  # twin: 400
+        ("em_judge", "role=base"),
+        ("em_judge", "role=misaligned"),  # twin: 20 s, 50 calls
+    ]
+    priced = agg.price(plan, jobs)
+    assert [p["source"] for p in priced] == [
+        "measured", "twins", "twins", "none", "projected", "twins", "measured", "twins",
+    ]  # fmt: skip
+    assert [p["seconds"] for p in priced] == [40, 40, 40, None, 400, 400, 20, 20]
+    rows = {r["rule"]: r for r in agg.per_rule(priced)}
+    assert rows["capture"]["plan_s"] == 120 and rows["capture"]["measured_s"] == 40
+    assert rows["finetune"]["plan_s"] == 800 and rows["em_judge"]["judge_calls"] == 100
+    cost = agg.judge_cost(priced, {"price_per_million_input": 0.40, "price_per_million_output": 1.60})
+    assert cost["calls"] == 100 and cost["prompt_tokens"] == 10_000
+    assert cost["cost_usd"] == pytest.approx((10_000 * 0.40 + 100 * 1.60) / 1e6)
+    call = {**calls[0], "device": "d", "cpu": "c", "setup_seconds": 1, "run_seconds": 2, "gpu_busy": None}
+    text = agg.markdown([{**call, "not_done": {}}], jobs, plan, {"model": "m"})
+    summary = (
+        "8 jobs, 2 measured, 1 projected from their progress, 4 priced by their twins, 1 unpriced (capture)"
+    )
+    assert summary in text
+
+
+def test_beavertails_projection_fits_a_job_and_a_pair():
+    agg = module("aggregate")
+    jobs = {
+        ("capture", f"variant=g, prompt_set=beavertails.{c}"): job("capture", "", 10 + 0.02 * n, prompts=n)
+        for c, n in (("safe", 200), ("self_harm", 6), ("animal_abuse", 65))
+    }
+    bt = agg.beavertails_330k(jobs)
+    assert bt["per_job_s"] == pytest.approx(10) and bt["per_pair_ms"] == pytest.approx(20)
+    assert bt["projected_s"] == pytest.approx(15 * 10 + 0.02 * 33_432)
