@@ -152,8 +152,8 @@ def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypa
     }
     common = ["--prompts", str(prompts), "--rubrics-from", json.dumps(spec), "--data-mirror", str(mirror)]
     common += ["--judge", json.dumps(judge), "--judge-model", "none", "--max-answers", "6"]
-    stats = ["em-behaviour", "--aligned-below", "30", "--coherent-above", "50", "--out", str(out)]
-    stats += ["--n-boot", "200", "--seed", "0"]
+    settings = {"behaviour": {"aligned_below": 30, "coherent_above": 50}, "n_boot": 200, "seed": 0}
+    stats = ["em-behaviour", "--out", str(out), "--settings", json.dumps(settings)]
     for role, paths in judged.items():
         stats += [f"--{role}", str(paths["table"]), f"--{role}-json", str(paths["json"])]
     with JudgeServer() as server:

@@ -123,7 +123,8 @@ def test_cli_trait_vectors_and_evaluation_match_the_functions(trait_run, tmp_pat
     common = ["--capture", str(trait_run["capture"]), "--prompts", str(trait_run["prompts"])]
     common += ["--position", "response_mean", "--variant", "tiny", "--trait", "safety/tiny"]
     vec, meta = tmp_path / "v.safetensors", tmp_path / "v.json"
-    methods = ["--methods", "mean_diff", "probe", "pca", "--probe-c", "1.0"]
+    extraction = {"methods": ["mean_diff", "probe", "pca"], "probe_c": 1.0, "filter": {}}
+    methods = ["--settings", json.dumps(extraction)]
     assert main(["trait-vectors", *common, "--out", str(vec), "--meta", str(meta), *methods]) == 0
     evaluation = tmp_path / "e.json"
     argv = ["trait-evaluation", *common, "--vectors", str(vec), "--out", str(evaluation)]

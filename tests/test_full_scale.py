@@ -19,31 +19,31 @@ GEMMA = "config/experiments/gemma-2-2b-it.yaml"
 LLAMA = "config/experiments/llama-3.3-70b.yaml"
 BT_30K = "config/experiments/beavertails-30k-test.yaml"
 
-# every trait's set (6), HarmBench + harmless (2), BeaverTails' 14 categories and safe (15),
+# every trait's set (7), HarmBench + harmless (2), the held-out hard negatives (2), BeaverTails' 14 categories and safe (15),
 # the prefill 2x2 (1), the EM questions on 3 variants, the backdoor pairs on 2, the SAE's set (1),
 # the transfer table's four harmful sets and their length-matched controls (8)
 GEMMA_JOBS = {
     "dataset_file": 2,
-    "prep_prompts": 16,
+    "prep_prompts": 18,
     "prepare_model": 4,
-    "trait_prompts": 6,
+    "trait_prompts": 7,
     "backdoor_data": 1,
     "beavertails_category": 15,
-    "capture": 38,
+    "capture": 41,
     "em_prompts": 1,
     "finetune": 3,
     "prefill_conditions": 1,
     "sae_train": 1,
     "trait_judgements": 5,
-    "trait_vectors": 6,
+    "trait_vectors": 7,
     "em_judge": 3,
     "trait_agreement": 5,
-    "trait_evaluation": 6,
+    "trait_evaluation": 7,
     "trait_filter": 5,
     "backdoor_sae_features": 1,
     "cmaes_optimise": 3,
     "em_behaviour": 1,
-    "project": 31,
+    "project": 33,
     "steering_check": 1,
     "trait_summary": 1,
     "backdoor_analysis": 1,
@@ -58,17 +58,17 @@ GEMMA_JOBS = {
 }
 LLAMA_JOBS = {
     "dataset_file": 2,
-    "prep_prompts": 14,
+    "prep_prompts": 16,
     "prepare_model": 3,
-    "trait_prompts": 6,
-    "capture": 20,
+    "trait_prompts": 7,
+    "capture": 23,
     "em_prompts": 1,
     "finetune": 2,
     "prefill_conditions": 1,
-    "trait_vectors": 6,
+    "trait_vectors": 7,
     "em_judge": 3,
-    "trait_evaluation": 6,
-    "project": 14,
+    "trait_evaluation": 7,
+    "project": 16,
     "steering_check": 1,
     "trait_summary": 1,
     "em_behaviour": 1,
@@ -97,9 +97,9 @@ GROUPED = {
     "vectors": {"trait_vectors", "trait_evaluation", "trait_filter", "trait_agreement", "trait_summary"},
     "project": {"project"},
 }
-# Slurm jobs submitted (`all` runs nowhere): 166 jobs in 81 for Gemma (71 on their own, prep,
-# vectors and 8 projection groups), 86 in 41 for Llama (35, prep, vectors, 4 projection groups)
-SLURM_JOBS = {"gemma": 81, "llama": 41}
+# Slurm jobs submitted (`all` runs nowhere): 176 jobs in 85 for Gemma (74 on their own, prep,
+# vectors and 9 projection groups), 96 in 44 for Llama (38, prep, vectors, 4 projection groups)
+SLURM_JOBS = {"gemma": 85, "llama": 44}
 
 
 @pytest.fixture(scope="module")

@@ -36,21 +36,33 @@ WORDS = (
 
 
 # every `traitscope capture` setting: the CLI has no defaults, the rules pass them all
-CAPTURE = {
+CAPTURE = {  # `traitscope capture --settings`: the schema's capture section, in float32
     "layers": "all",
-    "pools": "last_prompt prompt_mean prefill_mean response_mean",
-    "token_segments": "none",
-    "keep_all_tokens": "no",
-    "max_new_tokens": "0",
-    "temperature": "0.0",
-    "seed": "0",
-    "max_tokens": "16384",
+    "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"],
+    "token_segments": [],
+    "keep_all_tokens": False,
+    "max_new_tokens": 0,
+    "temperature": 0.0,
+    "seed": 0,
+    "max_tokens": 16384,
     "padding_side": "right",
-    "shard_size": "512",
+    "shard_size": 512,
     "storage_dtype": "float32",
     "compile": "yes" if DEVICE == "cuda" else "no",
-    "device": DEVICE,
 }
+EXTRACTION = {"probe_c": 1.0, "filter": {"enabled": False, "trait_min": 50, "coherence_min": 50}}
+ONE_PAIR = ["--settings", json.dumps({"pairs_per_question": 1, "n_extraction": None, "n_evaluation": None})]
+
+
+def capture_cli(model, prompts, out, **settings) -> list[str]:
+    """`traitscope capture` with CAPTURE changed by `settings`, on DEVICE."""
+    paths = ["--model", str(model), "--prompts", str(prompts), "--out", str(out)]
+    return ["capture", *paths, "--settings", json.dumps({**CAPTURE, **settings}), "--device", DEVICE]
+
+
+def methods(*names: str) -> list[str]:
+    """`traitscope trait-vectors --settings` with these methods."""
+    return ["--settings", json.dumps({**EXTRACTION, "methods": list(names)})]
 
 
 def cli(command: str, **options: str) -> list[str]:
@@ -109,10 +121,8 @@ def test_compiled_gpu_capture_equals_each_prompt_alone(tmp_path, gpu_manifest, p
     )
     prompts.to_parquet(tmp_path / "p.parquet")
     out = tmp_path / "cap" / "capture.json"
-    settings = {**CAPTURE, "layers": "1 4", "padding_side": padding, "token_segments": "prefill"}
-    code = main(
-        cli("capture", model=str(gpu_manifest), prompts=str(tmp_path / "p.parquet"), out=str(out), **settings)
-    )
+    settings = {"layers": [1, 4], "padding_side": padding, "token_segments": ["prefill"]}
+    code = main(capture_cli(gpu_manifest, tmp_path / "p.parquet", out, **settings))
     assert code == 0
     model, tokenizer = load(gpu_manifest, device=DEVICE)
     ((shard_prompts, tokens, tensors),) = list(read_shards(out))
@@ -160,13 +170,12 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
     m, p, cap = str(gpu_manifest), str(tmp_path / "p.parquet"), str(tmp_path / "cap" / "capture.json")
     v, e, steered = str(tmp_path / "v.safetensors"), str(tmp_path / "e.json"), str(tmp_path / "s.json")
     trait_args = {"position": "response_mean", "variant": "gemma", "trait": "safety/evil"}
-    generate = {**CAPTURE, "pools": "response_mean last_prompt", "max_new_tokens": "4", "max_tokens": "8192"}
+    generate = {"pools": ["response_mean", "last_prompt"], "max_new_tokens": 4, "max_tokens": 8192}
     steps = [
-        cli("trait-prompts", trait_file=str(path), trait="safety/evil", out=p, pairs_per_question="1")
-        + ["--n-extraction", "none", "--n-evaluation", "none"],
-        cli("capture", model=m, prompts=p, out=cap, **generate),
+        cli("trait-prompts", trait_file=str(path), trait="safety/evil", out=p) + ONE_PAIR,
+        capture_cli(m, p, cap, **generate),
         cli("trait-vectors", capture=cap, prompts=p, out=v, meta=str(tmp_path / "v.json"), **trait_args)
-        + ["--methods", "mean_diff", "probe", "pca", "--probe-c", "1.0"],
+        + methods("mean_diff", "probe", "pca"),
         cli(
             "trait-evaluation",
             vectors=v,
@@ -177,7 +186,8 @@ def test_trait_stages_run_on_the_gpu(tmp_path, gpu_manifest):
             **trait_args,
         ),
         cli("steering-check", model=m, vectors=v, evaluation=e, trait_file=str(path), out=steered)
-        + ["--coefficient", "4.0", "--max-new-tokens", "4", "--max-tokens", "8192", "--prompts", "none"],
+        + ["--settings", json.dumps({"coefficient": 4.0, "max_new_tokens": 4, "max_tokens": 8192})]
+        + ["--prompts", "none"],
     ]
     for argv in steps:
         assert main(argv) == 0, argv[0]
@@ -490,8 +500,8 @@ def llama(tmp_path_factory):
             trait="safety/evil",
             out=paths["p"],
         )
-        + ["--pairs-per-question", "1", "--n-extraction", "none", "--n-evaluation", "none"],
-        cli("capture", model=paths["manifest"], prompts=paths["p"], out=paths["cap"], **LLAMA_CAPTURE),
+        + ONE_PAIR,
+        capture_cli(paths["manifest"], paths["p"], paths["cap"], **LLAMA_CAPTURE),
         cli(
             "trait-vectors",
             capture=paths["cap"],
@@ -500,7 +510,7 @@ def llama(tmp_path_factory):
             meta=str(root / "v.json"),
         )
         + [f"--{k}={v}" for k, v in trait_args.items()]
-        + ["--methods", "mean_diff", "--probe-c", "1.0"],
+        + methods("mean_diff"),
         cli("trait-evaluation", vectors=paths["v"], capture=paths["cap"], prompts=paths["p"], out=paths["e"])
         + ["--png", str(root / "e.png")]
         + [f"--{k}={v}" for k, v in trait_args.items()],
@@ -513,12 +523,7 @@ def llama(tmp_path_factory):
 
 
 # every layer, pooled and the last prompt token kept per token (so both store paths gather layers)
-LLAMA_CAPTURE = {
-    **CAPTURE,
-    "pools": "last_prompt prompt_mean",
-    "token_segments": "last_prompt",
-    "storage_dtype": "float32",
-}
+LLAMA_CAPTURE = {"pools": ["last_prompt", "prompt_mean"], "token_segments": ["last_prompt"]}
 
 
 def _llama_manifest(weights: Path, out: Path, name: str, extra: dict) -> Path:
@@ -567,7 +572,7 @@ def test_sharded_capture_over_two_gpus_equals_one_gpu(tmp_path, llama, capsys):
     placement = {str(d): sum(p.numel() for p in model.parameters() if p.device == d) for d in devices}
     del model
     cap = str(tmp_path / "cap" / "capture.json")
-    assert main(cli("capture", model=str(sharded), prompts=llama["p"], out=cap, **LLAMA_CAPTURE)) == 0
+    assert main(capture_cli(sharded, llama["p"], cap, **LLAMA_CAPTURE)) == 0
     one, two = _shards(llama["cap"]), _shards(cap)
     assert one.keys() == two.keys() and any(k.startswith("tokens.") for k in one)
     errors = {k: _relative_error(two[k], one[k]) for k in one}
@@ -582,9 +587,9 @@ def test_sharded_capture_over_two_gpus_equals_one_gpu(tmp_path, llama, capsys):
 
     # generation on the sharded model: responses, recorded, through the same CLI stage
     gen = str(tmp_path / "gen" / "capture.json")
-    settings = {**LLAMA_CAPTURE, "pools": "response_mean last_prompt", "max_new_tokens": "6"}
+    settings = {**LLAMA_CAPTURE, "pools": ["response_mean", "last_prompt"], "max_new_tokens": 6}
     capsys.readouterr()
-    assert main(cli("capture", model=str(sharded), prompts=llama["p"], out=gen, **settings)) == 0
+    assert main(capture_cli(sharded, llama["p"], gen, **settings)) == 0
     assert "static-cache decoding failed" not in capsys.readouterr().err
     generated = _shards(gen)
     lengths = pd.concat([p for p, _, _ in read_shards(gen)])
@@ -607,7 +612,7 @@ def test_quantized_capture_projections_correlate_with_bf16(tmp_path, llama, bits
     bf16 trait vector correlate with the bf16 ones, per layer over prompts."""
     quantized = _llama_manifest(Path(llama["root"]) / "weights", tmp_path, bits, {"quantization": bits})
     cap = str(tmp_path / "cap" / "capture.json")
-    assert main(cli("capture", model=str(quantized), prompts=llama["p"], out=cap, **LLAMA_CAPTURE)) == 0
+    assert main(capture_cli(quantized, llama["p"], cap, **LLAMA_CAPTURE)) == 0
     ref = _score_table(llama["proj"])
     got = _score_table(_projections(llama, cap, tmp_path / "proj.parquet"))
     pooled = (ref["token_index"] == -1) & (ref["position"] == "last_prompt")
@@ -659,13 +664,11 @@ def test_lora_variant_on_gpu_equals_merged_weights_and_unmerged_peft(tmp_path, g
         }
     )
     prompts.to_parquet(tmp_path / "p.parquet")
-    settings = {**CAPTURE, "pools": "last_prompt prompt_mean", "token_segments": "prefill"}
+    settings = {"pools": ["last_prompt", "prompt_mean"], "token_segments": ["prefill"]}
     caps = {}
     for name, manifest in [("lora", lora), ("merged", merged_manifest), ("base", base)]:
         caps[name] = str(tmp_path / name / "capture.json")
-        argv = cli(
-            "capture", model=str(manifest), prompts=str(tmp_path / "p.parquet"), out=caps[name], **settings
-        )
+        argv = capture_cli(manifest, tmp_path / "p.parquet", caps[name], **settings)
         assert main(argv) == 0
     got, want, plain = (_shards(caps[k]) for k in ("lora", "merged", "base"))
     tolerance = 1e-4 if dtype == "float32" else 2e-2
