@@ -52,9 +52,7 @@ def family(rule: str, wildcards: str) -> str:
     if rule == "finetune":
         variant = fields.get("variant", "")
         return "finetune: insecure/secure.jsonl" if variant.endswith(("_insecure", "_secure")) else variant
-    if rule in ("prepare_model", "prep_prompts", "beavertails_category", "dataset_file"):
-        return f"{rule}: {wildcards}"
-    return rule  # per-trait and per-role rules: every trait, every role alike
+    return rule  # per-trait and per-role rules, and small CPU jobs: every job of the rule alike
 
 
 def load_calls(paths: list[Path]) -> tuple[list[dict], dict[tuple[str, str], dict]]:
@@ -152,6 +150,7 @@ def beavertails_330k(jobs: dict) -> dict | None:
     mx = statistics.mean(p for p, _ in points)
     my = statistics.mean(s for _, s in points)
     b = sum((p - mx) * (s - my) for p, s in points) / sum((p - mx) ** 2 for p, _ in points)
+    b = max(b, 0.0)  # below the jobs' noise a pair costs nothing measurable (a small run)
     a = my - b * mx
     return {
         "jobs": len(points),

@@ -137,8 +137,9 @@ user_args=("$@")
 snakemake() {  # snakemake LOG ARGS...: one run, stopped (SIGINT) when the call's time is up
     local left=$((budget - ($(date +%s) - started) - 45))
     [ "$left" -gt 0 ] || return 124
-    timeout -s INT -k 30 "$left" "$py" -m snakemake --cores "$cores" "${common[@]}" \
-        --set-threads "${threads[@]}" "${targets[@]}" "${user_args[@]}" "${@:2}" >"$1" 2>&1
+    # common ends in a flag: the targets after it are not taken for a list option's values
+    timeout -s INT -k 30 "$left" "$py" -m snakemake --cores "$cores" --set-threads "${threads[@]}" \
+        "${common[@]}" "${targets[@]}" "${user_args[@]}" "${@:2}" >"$1" 2>&1
 }
 # First up to the trait judgements, whose scores perfect_judge.py makes a good judge's, then the
 # rest. A group's own --omit-from list comes last in its targets: the judges' readers join it.
