@@ -172,8 +172,9 @@ def generate_batches(
                 suffix_lengths = mask[:n].sum(-1)
                 prefill = {layer: left_layout(h[:n], shared, suffix_lengths) for layer, h in prefill.items()}
             generated = torch.stack(fed, dim=1)[:n].tolist()
-            hidden = {
-                layer: torch.cat([prefill[layer], *(s[layer] for s in steps)], dim=1)[:n] for layer in layers
+            hidden = {  # the real rows: a padded batch's extra rows (graph buckets) hold nothing
+                layer: torch.cat([prefill[layer][:n], *(s[layer][:n] for s in steps)], dim=1)
+                for layer in layers
             }
             yield GeneratedBatch(list(idx), width, [_kept(g, stop_ids) for g in generated], hidden)
             bar.update(n)
