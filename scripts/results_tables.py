@@ -159,12 +159,17 @@ def precision(sources: Sources, page: Path) -> str:
     parts = []
     for path in sorted(sources.benchmarks.glob("precision_*.txt")):
         lines = path.read_text().splitlines()
-        about = [
-            COMMIT.sub("", line.lstrip("# ")) for line in lines if not line.startswith("|") and line.strip()
-        ]
+        first = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+        about = [COMMIT.sub("", line.lstrip("# ")) for line in lines[:first] if line.strip()]
         table = [line for line in lines if line.startswith("|")]
+        after = [line for line in lines[first:] if not line.startswith("|")]  # the verdict, then prose
+        notes = " ".join(COMMIT.sub("", line).strip() for line in after if line.strip())
         parts.append(
-            f"From [{path.name}]({_rel(path, page)}): " + "; ".join(about) + "\n\n" + "\n".join(table)
+            f"From [{path.name}]({_rel(path, page)}): "
+            + "; ".join(about)
+            + "\n\n"
+            + "\n".join(table)
+            + (f"\n\n{notes}" if notes else "")
         )
     if not parts:
         command = "bash benchmarks/precision.sh benchmarks/results/precision_<cpu>.txt"
