@@ -19,9 +19,10 @@ GEMMA = "config/experiments/gemma-2-2b-it.yaml"
 LLAMA = "config/experiments/llama-3.3-70b.yaml"
 BT_30K = "config/experiments/beavertails-30k-test.yaml"
 
-# every trait's set (7), HarmBench + harmless (2), the held-out hard negatives (2), BeaverTails' 14 categories and safe (15),
-# the prefill 2x2 (1), the EM questions on 3 variants, the backdoor pairs on 2, the SAE's set (1),
-# the transfer table's four harmful sets and their length-matched controls (8)
+# every trait's set (7), HarmBench + harmless (2), the held-out hard negatives (2), BeaverTails'
+# 14 categories and safe (15), the prefill 2x2 (1), the EM questions on 3 variants, the backdoor
+# pairs on 2, the SAE's set (1), the transfer table's four harmful sets and their length-matched
+# controls (8)
 GEMMA_JOBS = {
     "dataset_file": 2,
     "prep_prompts": 18,
