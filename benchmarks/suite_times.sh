@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make test's pytest in both number formats, on this machine, in a fresh clone of HEAD beside
-# this checkout (so ../shared/data resolves as here): once with `dtype: auto` deciding natively,
+# this checkout (so ../shared/data resolves as here, and the data-mirror tests run): once with `dtype: auto` deciding natively,
 # once with TRAITSCOPE_CPU_BF16=0 (auto -> fp32, as on an AVX2-only CPU). One line per mode with
 # pytest's summary and the wall seconds; README's times table is generated from these lines.
 #
@@ -9,9 +9,10 @@ set -euo pipefail
 out=$(realpath "$1")
 repo=$(git rev-parse --show-toplevel)
 commit=$(git -C "$repo" rev-parse HEAD)
-work=$(mktemp -d "$(dirname "$repo")/suite.XXXX")
-git clone -q "$repo" "$work/clone"
-git -C "$work/clone" checkout -q "$commit"
+work=$(mktemp -d "$(dirname "$repo")/suite.XXXX")  # the clone itself: its ../shared is ours
+git clone -q "$repo" "$work"
+git -C "$work" checkout -q "$commit"
+logs=$(mktemp -d)
 {
   echo "# benchmarks/suite_times.sh at ${commit:0:7}"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'); flags: $(grep -o -w -E 'avx2|avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
@@ -19,14 +20,14 @@ git -C "$work/clone" checkout -q "$commit"
 } >"$out"
 for mode in native fp32; do
   (
-    cd "$work/clone"
-    export PYTHONPATH="$work/clone/src"
+    cd "$work"
+    export PYTHONPATH="$work/src"
     [ "$mode" = fp32 ] && export TRAITSCOPE_CPU_BF16=0
     start=$(date +%s)
-    python3 -m pytest -q -p no:cacheprovider >"$work/$mode.log" 2>&1 || true
-    summary=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$work/$mode.log" | tail -1 | tr -d '=' | xargs)
+    python3 -m pytest -q -p no:cacheprovider >"$logs/$mode.log" 2>&1 || true
+    summary=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$logs/$mode.log" | tail -1 | tr -d '=' | xargs)
     echo "suite $mode: $(($(date +%s) - start)) s; $summary" >>"$out"
   )
 done
 cat "$out"
-echo "logs in $work"
+echo "clone in $work, logs in $logs"
