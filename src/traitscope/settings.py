@@ -29,7 +29,7 @@ S = TypeVar("S", bound=Settings)
 
 
 def _frozen(value: Any) -> Any:
-    """Lists become tuples, so settings hash and compare by value (mappings stay mappings)."""
+    """Lists become tuples, so a settings object cannot be changed in place through a list."""
     if isinstance(value, list):
         return tuple(_frozen(v) for v in value)
     if isinstance(value, Mapping):
