@@ -38,7 +38,7 @@ import torch
 from traitscope import baselines
 from traitscope.capture.settings import CaptureSettings
 from traitscope.capture.store import capture, load_pooled
-from traitscope.data.loaders import load_pairs
+from traitscope.data.pairs import load_pairs
 from traitscope.data.prompts import text_key
 from traitscope.data.traits import CONTRAST_POOLS, contrast_prompts, read_trait
 from traitscope.settings import from_schema

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from traitscope.data.loaders import load_advbench, load_harmbench, load_instructions, load_pairs
+from traitscope.data.loaders import load_advbench, load_harmbench, load_instructions
+from traitscope.data.pairs import load_pairs
 from traitscope.data.prep import load_source
 from traitscope.data.prompts import normalise
 from traitscope.errors import TraitscopeError

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from traitscope.data import loaders, registry
+from traitscope.data.pairs import load_pairs
 from traitscope.data.prompts import normalise, read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_parquet
@@ -52,7 +53,7 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     if dataset == "refusal_direction":
         return loaders.load_instructions(path, int(spec.get("label", path.name.startswith("harmful"))))
     if dataset == "hard_negatives":
-        return loaders.load_pairs(path, spec.get("split"), spec.get("label"))
+        return load_pairs(path, spec.get("split"), spec.get("label"))
     return loaders.load_em_questions(path)
 
 
