@@ -248,7 +248,8 @@ def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
     # the shift every finetune gives is seen against base, and is gone against the control
     assert c["control_vs_base"]["last_prompt"]["safety/harm"]["mean_diff"] == pytest.approx(0.3, abs=0.1)
     assert c["misaligned_vs_control"]["last_prompt"]["safety/harm"]["p_holm"] > 0.01
-    # numbers by hand: d_z and the paired t of misaligned minus base on evil's response tokens
+    # numbers by hand: d_z over pairs, and the t-test on each question's mean difference (its
+    # two samples are one cluster), misaligned minus base on evil's response tokens
     table = {role: pd.read_parquet(p) for role, p in paths.items()}
 
     def pick(t):
@@ -259,8 +260,10 @@ def test_em_analysis_finds_the_planted_shift_beyond_the_control(tmp_path):
     diff = pick(table["misaligned"]) - pick(table["base"]).reindex(pick(table["misaligned"]).index)
     got = c["misaligned_vs_base"]["response_mean"]["safety/evil"]
     assert got["cohens_dz"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    means = diff.groupby(diff.index.str.split(":").str[0]).mean()
+    assert len(means) == got["n_clusters"] == 12
     assert got["p_value"] == pytest.approx(
-        2 * sps.t.sf(abs(diff.mean() / (diff.std(ddof=1) / np.sqrt(24))), 23)
+        2 * sps.t.sf(abs(means.mean() / (means.std(ddof=1) / np.sqrt(12))), 11), rel=1e-6
     )
     examples = (tmp_path / "out/examples.md").read_text()
     assert "misaligned says q3-0:s0" in examples and "q3-0:s1" not in examples

@@ -20,6 +20,7 @@ from traitscope.stats import (
     clustered_mean_auc_with_ci,
     cohens_d,
     compare_groups,
+    clustered_dz_ci,
     compare_paired,
     first_divergence,
     holm,
@@ -750,6 +751,43 @@ def test_compare_paired_sees_a_shift_that_groups_hide():
     assert compare_groups(shifted, base)["p_value"] > 0.5
     paired = compare_paired(shifted, base)
     assert paired["p_value"] < 1e-10 and paired["ci_low"] > 1.0
+
+
+def test_compare_paired_with_clusters_tests_cluster_means():
+    """3 questions x 2 samples, differences (1, 3), (2, 4), (5, 7): d_z over the 6 pairs is
+    (11/3) / sqrt(14/3); the t-test runs on the question means 2, 3, 6: mean 11/3,
+    sd sqrt(13/3), t = (11/3) / (sqrt(13/3) / sqrt(3)) = 11 / sqrt(13) on 2 df."""
+    diff = np.array([1.0, 3.0, 2.0, 4.0, 5.0, 7.0])
+    r = compare_paired(diff, np.zeros(6), n_boot=400, seed=0, clusters=["q1", "q1", "q2", "q2", "q3", "q3"])
+    dz, t = (11 / 3) / np.sqrt(14 / 3), 11 / np.sqrt(13)
+    assert r["cohens_dz"] == pytest.approx(dz)
+    assert r["n_pairs"] == 6 and r["n_clusters"] == 3
+    assert r["paired_t"] == pytest.approx(t)
+    assert r["p_value"] == pytest.approx(2 * t_dist.sf(t, 2))
+    # a resample of 3 clusters drawn from these: every one is one of finitely many d_z values
+    assert r["ci_low"] <= dz <= r["ci_high"]
+
+
+def test_clustered_dz_ci_widens_when_questions_carry_the_effect():
+    """Samples of a question share its effect: resampling pairs counts them as independent
+    and narrows the CI; resampling questions does not."""
+    rng = np.random.default_rng(1)
+    question_effect = rng.normal(0.5, 1.0, 12)
+    diff = np.repeat(question_effect, 8) + rng.normal(0, 0.1, 96)
+    clusters = np.repeat(np.arange(12), 8)
+    pairs = compare_paired(diff, np.zeros(96), n_boot=1000, seed=0)
+    questions = compare_paired(diff, np.zeros(96), n_boot=1000, seed=0, clusters=clusters)
+    assert questions["cohens_dz"] == pairs["cohens_dz"]
+    width = questions["ci_high"] - questions["ci_low"]
+    assert width > 2 * (pairs["ci_high"] - pairs["ci_low"])
+    assert questions["p_value"] > pairs["p_value"]
+
+
+def test_clustered_dz_ci_rejects_one_cluster_or_mismatched_labels():
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        clustered_dz_ci([1.0, 2.0, 3.0], ["q", "q", "q"])
+    with pytest.raises(ValueError, match="3 labels for 4"):
+        clustered_dz_ci([1.0, 2.0, 3.0, 4.0], ["a", "b", "c"])
 
 
 def test_compare_paired_rejects_unequal_or_constant_differences():

@@ -59,19 +59,60 @@ def compare_groups(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0
     }
 
 
-def compare_paired(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
+def clustered_dz_ci(
+    diff: ArrayLike, clusters: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of d_z over pairs, resampling whole clusters (a question's samples go
+    together): samples of one question share its effect, so resampling pairs alone would
+    count them as independent and narrow the CI."""
+    diff = _sample(diff, "diff")
+    labels, index = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(index) != len(diff):
+        raise ValueError(f"clusters has {len(index)} labels for {len(diff)} paired differences")
+    k = len(labels)
+    if k < 2:
+        raise ValueError(f"a clustered CI needs at least 2 clusters, got {k}")
+    # per-cluster sufficient statistics: a resample's d_z is a function of their sums
+    n_c, s1, s2 = (np.bincount(index, weights=w, minlength=k) for w in (np.ones_like(diff), diff, diff**2))
+    picks = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+    counts = np.stack([np.bincount(row, minlength=k) for row in picks])
+    n, t1, t2 = counts @ n_c, counts @ s1, counts @ s2
+    mean = t1 / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = np.sqrt(np.maximum(t2 - n * mean**2, 0.0) / (n - 1))
+        boot = np.where(sd == 0, np.where(mean == 0, 0.0, np.sign(mean) * np.inf), mean / sd)
+    tail = (1 - level) / 2 * 100
+    low, high = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("bootstrap CI is not finite: a resample's differences were all equal")
+    return low, high
+
+
+def compare_paired(
+    a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0, clusters: ArrayLike | None = None
+) -> dict:
     """The paired comparison (same prompts, two models): d_z with a bootstrap CI over pairs,
     paired t and Wilcoxon signed-rank. A finetune that shifts every prompt a little shows up
-    here even when the two groups' spreads overlap."""
+    here even when the two groups' spreads overlap.
+
+    With `clusters` (several samples per question), the CI resamples clusters and the tests
+    run on each cluster's mean difference: its samples are not independent pairs.
+    """
     a, b = _sample(a, "a"), _sample(b, "b")
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
     diff = a - b
     if np.ptp(diff) == 0:
         raise ValueError("every paired difference is the same: the paired t and d_z are undefined")
-    paired = _sps.ttest_rel(a, b)
-    signed = _sps.wilcoxon(a, b)
-    low, high = _percentile_bootstrap((diff,), cohens_dz, n_boot, 0.95, seed, vectorized=True)
+    if clusters is None:
+        paired, signed = _sps.ttest_rel(a, b), _sps.wilcoxon(a, b)
+        low, high = _percentile_bootstrap((diff,), cohens_dz, n_boot, 0.95, seed, vectorized=True)
+        design = {"test": "paired_t"}
+    else:
+        means = pd.Series(diff).groupby(np.asarray(clusters)).mean().to_numpy()
+        paired, signed = _sps.ttest_1samp(means, 0.0), _sps.wilcoxon(means)
+        low, high = clustered_dz_ci(diff, clusters, n_boot=n_boot, seed=seed)
+        design = {"test": "paired_t on cluster means", "n_clusters": len(means)}
     return {
         "n_pairs": len(diff),
         "mean_a": float(a.mean()),
@@ -84,7 +125,7 @@ def compare_paired(a: ArrayLike, b: ArrayLike, n_boot: int = 2000, seed: int = 0
         "p_value": float(paired.pvalue),
         "wilcoxon_w": float(signed.statistic),
         "p_wilcoxon": float(signed.pvalue),
-        "test": "paired_t",
+        **design,
     }
 
 

@@ -185,7 +185,8 @@ def paired_scores(projections: dict[str, str | Path], traits: list[str]) -> pd.D
 
 
 def compare_variants(scores: pd.DataFrame, traits: list[str], n_boot: int, seed: int) -> dict:
-    """Every paired comparison per position and trait, Holm across traits within each."""
+    """Every paired comparison per position and trait, Holm across traits within each; a
+    question's samples form one cluster (its CI resamples questions, its test their means)."""
     result: dict[str, dict] = {}
     for name, (a, b) in COMPARISONS.items():
         result[name] = {}
@@ -194,7 +195,9 @@ def compare_variants(scores: pd.DataFrame, traits: list[str], n_boot: int, seed:
             entries = {}
             for trait in traits:
                 rows = at[at["trait"] == trait]
-                entries[trait] = compare_paired(rows[a], rows[b], n_boot=n_boot, seed=seed)
+                entries[trait] = compare_paired(
+                    rows[a], rows[b], n_boot=n_boot, seed=seed, clusters=rows["question_id"]
+                )
             for trait, p in zip(traits, holm([entries[t]["p_value"] for t in traits])):
                 entries[trait]["p_holm"] = p
             result[name][position] = entries
@@ -228,7 +231,7 @@ def em_analysis(
     `behaviour` (em_behaviour's JSON), the judged behaviour goes into the comparison too."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     prompts = read_prompt_set(prompts_path_)
-    scores = paired_scores(projections, traits)
+    scores = paired_scores(projections, traits).merge(prompts[["prompt_id", "question_id"]], on="prompt_id")
     if scores.empty:
         raise TraitscopeError(
             f"{', '.join(map(str, projections.values()))}: no prompt scored by every variant"
@@ -249,7 +252,8 @@ def em_analysis(
         },
         "comparisons": compare_variants(scores, traits, n_boot, seed),
         "design": {
-            name: {"a": a, "b": b, "paired_by": "question and sample"} for name, (a, b) in COMPARISONS.items()
+            name: {"a": a, "b": b, "paired_by": "question and sample", "clustered_by": "question"}
+            for name, (a, b) in COMPARISONS.items()
         },
         "correction": "Holm across traits, within each comparison and position",
         "mean_response_words": lengths,
