@@ -7,7 +7,7 @@ between from a run's `results/summary.json` (written by `traitscope summarize`) 
 benchmark results in `benchmarks/results/`. Where the file is absent, the region says which
 command makes it instead of keeping old numbers.
 
-    python scripts/results_tables.py                 # README.md, docs/results.md, docs/benchmarks.md
+    python scripts/results_tables.py                 # every page in PAGES
     python scripts/results_tables.py --check         # exit 1 if a region is out of date
     python scripts/results_tables.py --summary runs/gemma/results/summary.json docs/results.md
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # the pages that hold generated regions (a page named here without one is an error)
-PAGES = ("README.md", "docs/results.md", "docs/benchmarks.md")
+PAGES = ("README.md", "docs/results.md", "docs/benchmarks.md", "docs/judge.md")
 # a results file's header may name the commit it ran at; the guide names none (they go stale)
 COMMIT = re.compile(r",? *\b(?:at |commit )+[0-9a-f]{7,40}\b")
 REGION = re.compile(
@@ -204,7 +204,36 @@ def times(sources: Sources, page: Path) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _ci(r: dict | None) -> str:
+    return "n/a" if r is None else f"{r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def judge_agreement(sources: Sources, page: Path) -> str:
+    """Each `judge_written_*.json` (benchmarks/judge_written.py): judge x trait, the truth-set AUC
+    with CI and the gate, the run's held-out AUC with CI, CPU-s per judgement."""
+    parts = []
+    for path in sorted(sources.benchmarks.glob("judge_written_*.json")):
+        data = json.loads(path.read_text())
+        rows = [
+            f"| {r['judge']} | {r['trait']} | {'' if r['cv'] is None else format(r['cv'], '.3f')} "
+            f"| {_ci(r['truth'])} | {'pass' if r['passes'] else 'fail'} | {_ci(r['held'])} | {r['cpu']:.2g} |"
+            for r in data["rows"]
+        ]
+        head = (
+            "| judge | trait | train CV | truth AUC [95% CI] | gate | run held-out AUC [95% CI] | CPU-s/j |\n"
+            "|---|---|---|---|---|---|---|\n"
+        )
+        parts.append(
+            f"From [{path.name}]({_rel(path, page)}) (CPU: {data['cpu']}):\n\n" + head + "\n".join(rows)
+        )
+    if not parts:
+        command = "PYTHONPATH=src python benchmarks/judge_written.py --work DIR --reader gemma3=<manifest>"
+        return f"No `judge_written_*.json` yet: `{command}`.\n"
+    return "\n\n".join(parts) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "judge-agreement": judge_agreement,
     "times": times,
     "headline": headline,
     "summary": summary_table,

@@ -150,6 +150,29 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
     assert "OPENAI_API_KEY" in optimise and "sk-" not in api
 
 
+def test_classifier_judge_passes_its_reader_and_fallback(root, tmp_path):
+    """judge.backend classifier: the reader's manifest travels in --judge (and is an input), the
+    local fallback's in --judge-model; tfidf with no fallback needs no model at all."""
+    overlay = tmp_path / "classifier.yaml"
+    off = "experiments: {steering_optimisation: {enabled: false}}\n"  # it refuses one scorer for both
+    overlay.write_text(off + "judge: {backend: classifier, agreement: true}\n")
+    judged = re.search(
+        r"traitscope trait-judgements .*safety/evil.*",
+        dry_run(root, "--forceall", "--configfile", str(overlay)),
+    )[0]
+    assert '"backend": "classifier"' in judged and '"features": "embedding"' in judged
+    assert '"reader_manifest": "results/models/smollm2/manifest.json"' in judged
+    assert "--judge-model results/models/smollm2/manifest.json" in judged
+    overlay.write_text(
+        off + "judge: {backend: classifier, agreement: true, classifier: {features: tfidf, fallback: null}}\n"
+    )
+    judged = re.search(
+        r"traitscope trait-judgements .*safety/evil.*",
+        dry_run(root, "--forceall", "--configfile", str(overlay)),
+    )[0]
+    assert '"reader_manifest": null' in judged and "--judge-model none" in judged
+
+
 def test_lint_and_format_are_clean(root):
     lint = subprocess.run(
         [sys.executable, "-m", "snakemake", "--lint", "--nolock"],

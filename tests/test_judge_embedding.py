@@ -1,7 +1,7 @@
-"""The embedding judge (traitscope.judge.embedding) and the truth set (traitscope.judge.truth_set):
-the classifier finds the layer that carries the label, never fits on held-out rows nor scores
-a fitted row, the pooled states read only the answer's tokens, and the shipped truth set is
-held-out questions only."""
+"""The embedding judge (traitscope.judge.embedding) and the written answer sets
+(traitscope.judge.truth_set): the classifier finds the layer that carries the label, never fits
+on held-out rows nor scores a fitted row, the pooled states read only the answer's tokens, the
+shipped truth set is held-out questions only and the training set extraction questions only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import yaml
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.embedding import EmbeddingClassifier, answer_states
-from traitscope.judge.truth_set import truth_table
+from traitscope.judge.truth_set import training_table, truth_table
 from traitscope.stats import auc
 
 PERSONA = ["safety/evil", "safety/harm", "safety/refusal", "alignment/deception", "alignment/sycophancy"]
@@ -94,3 +94,23 @@ def test_truth_set_refuses_an_extraction_question(root, tmp_path):
     bad.write_text(yaml.safe_dump({"items": [{"question": extraction, "shown": "a", "not_shown": "b"}]}))
     with pytest.raises(TraitscopeError, match="not one of"):
         truth_table(bad, trait)
+
+
+@pytest.mark.parametrize("trait", PERSONA)
+def test_shipped_training_set_uses_extraction_questions_only(root, trait):
+    trait_file = root / "resources" / "traits" / f"{trait}.yaml"
+    train = training_table(root / "resources" / "judge_train" / f"{trait}.yaml", trait_file)
+    truth = truth_table(root / "resources" / "judge_truth" / f"{trait}.yaml", trait_file)
+    counts = train.groupby("label").size()
+    assert counts[1] >= 40 and counts[0] >= 40
+    assert (train["split"] == "extraction").all()
+    assert not set(train["question"]) & set(truth["question"])
+
+
+def test_training_set_refuses_an_evaluation_question(root, tmp_path):
+    trait = root / "resources" / "traits" / "safety" / "evil.yaml"
+    evaluation = yaml.safe_load(trait.read_text())["evaluation_questions"][0]
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(yaml.safe_dump({"items": [{"question": evaluation, "shown": "a", "not_shown": "b"}]}))
+    with pytest.raises(TraitscopeError, match="training set uses extraction questions only"):
+        training_table(bad, trait)

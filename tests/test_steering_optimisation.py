@@ -148,6 +148,11 @@ def test_check_config_names_the_problem(root):
     with pytest.raises(TraitscopeError, match=r"traits: safety/harmful_request is a prompt-contrast trait"):
         so.check_config(contrast, config)
     so.check_config({"traits": ["safety/evil"], "popsize": 4}, config)
+    # one classifier scoring fitness and held-out answers could be gamed unseen: refused
+    with pytest.raises(TraitscopeError, match="judge.backend classifier would score both"):
+        so.check_config(
+            {"traits": ["safety/evil"], "popsize": 4}, {**config, "judge": {"backend": "classifier"}}
+        )
 
 
 # ----------------------------------------------------------------------------- the experiment

@@ -299,30 +299,54 @@ def get_project_traits(wildcards, input):
     )
 
 
+def judge_llm_local():
+    """Whether a local LLM judge runs: the local backend, or the classifier's local fallback."""
+    return JUDGE["backend"] == "local" or (
+        JUDGE["backend"] == "classifier" and JUDGE["classifier"]["fallback"] == "local"
+    )
+
+
+def judge_reader_manifest():
+    """The classifier backend's reader model (embedding features), else None."""
+    clf = JUDGE["classifier"]
+    if JUDGE["backend"] != "classifier" or clf["features"] != "embedding":
+        return None
+    return f"results/models/{clf['reader'] or BASE}/manifest.json"
+
+
 def get_judge_json():
-    """The judge: section as JSON for `--judge` (the local judge's variant resolved; the DAG-only
-    keys left out). It names the API key's variable, never a key."""
+    """The judge: section as JSON for `--judge` (the local judge's variant and the classifier's
+    reader and traits resolved; the DAG-only keys left out). It names the API key's variable,
+    never a key."""
     keys = ("backend", "min_number_mass", "cache", "coherence_rubric", "openai")
+    clf = {k: JUDGE["classifier"][k] for k in ("features", "training", "fallback")}
     return json.dumps(
         {
             **{k: JUDGE[k] for k in keys},
             "local": {**JUDGE["local"], "variant": JUDGE_VARIANT},
+            "classifier": {
+                **clf,
+                "traits_dir": TRAITS_DIR,
+                "reader_manifest": judge_reader_manifest(),
+            },
         },
         sort_keys=True,
     )
 
 
 def get_judge_model(wildcards):
-    """The local judge's prepared manifest (nothing for an API judge)."""
-    if JUDGE["backend"] != "local":
-        return []
-    return [f"results/models/{JUDGE_VARIANT}/manifest.json"]
+    """The prepared manifests the judge reads: the local LLM judge's, the classifier's reader
+    (nothing for an API judge alone)."""
+    out = [f"results/models/{JUDGE_VARIANT}/manifest.json"] if judge_llm_local() else []
+    reader = judge_reader_manifest()
+    return out + ([reader] if reader and reader not in out else [])
 
 
 def get_judge_model_arg(wildcards, input):
-    return (
-        f"--judge-model {input.judge_model if JUDGE['backend'] == 'local' else 'none'}"
-    )
+    """`--judge-model`: the local LLM judge's manifest, else none (the reader's is in --judge)."""
+    if not judge_llm_local():
+        return "--judge-model none"
+    return f"--judge-model results/models/{JUDGE_VARIANT}/manifest.json"
 
 
 def get_judgement_args(wildcards):

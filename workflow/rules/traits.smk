@@ -132,7 +132,7 @@ rule trait_judgements:
         "../../envs/traitscope.yaml"
     threads: 1
     resources:
-        gpu=MODEL_GPU if JUDGE["backend"] == "local" else 0,
+        gpu=MODEL_GPU if get_judge_model(None) else 0,
         mem_mb=8000,
     params:
         judge=get_judge_json(),

@@ -37,9 +37,10 @@ The package's face is building a Judge from the config's `judge:` JSON and the s
 in its modules: rubrics (the prompts), scoring_rule (the scoring rule), judgements (its settings,
 a judgement, the counters), cache (SQLite), openai_backend, local_backend and number_tree (the local judge's
 tokens of 0-100 and digit tree), scorer (the Judge) and stages (trait-judgements,
-trait-agreement). classifier and embedding are other judges, not LLMs and not yet backends:
-classifiers (TF-IDF; a reader model's pooled hidden states) fitted on a trait's extraction-split
-answers (trait-classifier-agreement); truth_set reads the project-written labelled answers.
+trait-agreement). classifier and embedding are judges that are not LLMs: classifiers (TF-IDF; a
+reader model's pooled hidden states) fitted on labelled answers; written_judge makes them the
+`classifier` backend, fitted on the project-written training set (truth_set reads it and the
+truth set), for trait rubrics, with an LLM backend as fallback for the rest.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def judge_from_json(text: str, manifest: str | None = None) -> Judge:
     except json.JSONDecodeError as exc:
         raise TraitscopeError(f"--judge: not JSON ({exc})") from None
     settings = JudgeSettings.from_dict(data)
-    if settings.backend == "local":
+    if settings.llm_backend == "local":
         if manifest is None:
             raise TraitscopeError(
-                "judge.backend local needs --judge-model (the judge variant's manifest.json)"
+                "judge.backend local (or classifier with fallback local) needs --judge-model "
+                "(the judge variant's manifest.json)"
             )
         settings = JudgeSettings(**{**asdict(settings), "local": {**settings.local, "manifest": manifest}})
     return Judge(settings)

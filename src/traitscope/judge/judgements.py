@@ -12,17 +12,22 @@ from dataclasses import asdict, dataclass, field, fields
 from traitscope.errors import TraitscopeError
 from traitscope.judge.rubrics import COHERENCE_RUBRIC
 
+BACKENDS = ("local", "openai", "classifier")
+
 
 @dataclass(frozen=True)
 class JudgeSettings:
     """The config's `judge:` section (every default lives in the schema)."""
 
-    backend: str  # "local" or "openai"
+    backend: str  # "local", "openai" or "classifier" (trait rubrics; the rest to classifier.fallback)
     min_number_mass: float
     cache: str | None  # SQLite file; None: no cache
     coherence_rubric: str | None  # None: COHERENCE_RUBRIC
     local: dict = field(default_factory=dict)  # {variant, manifest, prefill, max_tokens, device}
     openai: dict = field(default_factory=dict)  # {base_url, model, api_key_env, max_concurrency, ...}
+    classifier: dict = field(
+        default_factory=dict
+    )  # {features, training, traits_dir, reader_manifest, fallback}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "judge") -> JudgeSettings:
@@ -30,13 +35,28 @@ class JudgeSettings:
         unknown = set(data) - known
         if unknown:
             raise TraitscopeError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        if data.get("backend") not in ("local", "openai"):
-            raise TraitscopeError(f"{where}.backend must be local or openai, got {data.get('backend')!r}")
+        if data.get("backend") not in BACKENDS:
+            raise TraitscopeError(
+                f"{where}.backend must be one of {', '.join(BACKENDS)}, got {data.get('backend')!r}"
+            )
+        fallback = (data.get("classifier") or {}).get("fallback", "local")
+        if data["backend"] == "classifier" and fallback not in ("local", "openai", None):
+            raise TraitscopeError(
+                f"{where}.classifier.fallback must be local, openai or null, got {fallback!r}"
+            )
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def coherence(self) -> str:
         return self.coherence_rubric or COHERENCE_RUBRIC
+
+    @property
+    def llm_backend(self) -> str | None:
+        """The LLM backend that scores rubrics: the backend itself, or the classifier's fallback
+        for the rubrics it cannot read (None: none, those are an error)."""
+        if self.backend != "classifier":
+            return self.backend
+        return self.classifier.get("fallback", "local")
 
     def public(self) -> dict:
         """The settings as results record them (the key's variable name, never a key)."""

@@ -75,6 +75,14 @@ def check_config(section: dict, config: dict) -> None:
         )
     if section["popsize"] < 2:
         raise TraitscopeError(f"{where}.popsize: CMA-ES needs at least 2 candidates per generation")
+    if section.get("enabled", True) and config.get("judge", {}).get("backend") == "classifier":
+        # cmaes-heldout scores with the fitness's judge: a vector that games the classifier would
+        # also pass its held-out check, so an optimiser gaming one scorer would not show up
+        raise TraitscopeError(
+            f"{where}: judge.backend classifier would score both the fitness and the held-out "
+            "check (one scorer, so gaming it cannot show); run this experiment with judge.backend "
+            "local or openai, or switch it off (enabled: false)"
+        )
 
 
 def optimise_outputs(trait: str) -> dict[str, str]:

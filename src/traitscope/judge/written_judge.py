@@ -1,0 +1,138 @@
+"""The classifier backend: trait rubrics scored by classifiers fitted on the project's written answers.
+
+Why: the local LLM judge (SmolLM2-135M, and Gemma 3 270M) cannot read the persona traits even
+in plain answers (truth-set AUC 0.37-0.76). A classifier fitted on the written training set
+(`resources/judge_train/`: per extraction question one answer that shows the trait and one
+that does not) reads them: truth-set AUC 0.98-1.0 with Gemma 3 270M embeddings on evil, harm,
+refusal and sycophancy (`benchmarks/results/judge_written_*.txt`). Deception it does not read
+(0.74-0.85): a false fact reads like a true one. The agreement gate shows that per trait.
+
+What: `judge.backend: classifier` with `judge.classifier: {features, training, traits_dir,
+reader_manifest, fallback}`. A rubric is a trait's when it is the `judge_rubric` of a trait
+that has a training file (`<training>/<group>/<trait>.yaml`, the trait read from
+`<traits_dir>/<group>/<trait>.yaml`); its score is P(shows the trait | answer) x 100, on the
+LLM judge's scale, so CMA-ES fitness, the judge filter and agreement read it unchanged.
+`features`: `tfidf` (traitscope.judge.classifier) or `embedding` (traitscope.judge.embedding
+on the reader's pooled hidden states; layer and C by grouped CV within the training set).
+Every other rubric (coherence, EM's aligned/coherent) goes to `fallback` (`local` or
+`openai`, the LLM backends as they are); with `fallback: null` it is an error naming the rubric.
+
+Fitted per trait on first use, on the training set only (`training_table` refuses an
+evaluation question), so agreement on the evaluation split (the truth set, a run's held-out
+answers) is never in-sample. Scoring an extraction-split answer (the judge filter, CMA-ES's
+training questions) is allowed: that is a use of the judge, not a measure of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traitscope.errors import TraitscopeError
+from traitscope.judge.classifier import AnswerClassifier
+from traitscope.judge.embedding import EmbeddingClassifier, answer_states
+from traitscope.judge.truth_set import training_table
+
+FEATURES = ("tfidf", "embedding")
+
+
+@dataclass(frozen=True)
+class TraitSet:
+    """A trait the backend can read: its name, rubric and training file."""
+
+    name: str
+    training: Path
+    trait_file: Path
+
+
+class WrittenJudge:
+    """Per trait rubric, a classifier fitted on the written training set; 0-100 scores."""
+
+    def __init__(self, settings: dict) -> None:
+        from traitscope.data.traits import load_trait
+
+        self.features = settings.get("features", "embedding")
+        if self.features not in FEATURES:
+            raise TraitscopeError(
+                f"judge.classifier.features must be one of {', '.join(FEATURES)}, got {self.features!r}"
+            )
+        self.reader_manifest = settings.get("reader_manifest")
+        if self.features == "embedding" and not self.reader_manifest:
+            raise TraitscopeError(
+                "judge.classifier.features embedding needs a reader model: set judge.classifier.reader "
+                "(a models: variant)"
+            )
+        training = Path(settings.get("training") or "resources/judge_train")
+        traits_dir = Path(settings.get("traits_dir") or "resources/traits")
+        files = sorted(training.glob("*/*.yaml"))
+        if not files:
+            raise TraitscopeError(
+                f"{training}: no training files (<group>/<trait>.yaml); fix judge.classifier.training"
+            )
+        self.traits: dict[str, TraitSet] = {}
+        digest = hashlib.sha256()
+        for path in files:
+            name = path.relative_to(training).with_suffix("").as_posix()
+            trait_file = traits_dir / f"{name}.yaml"
+            if not trait_file.is_file():
+                raise TraitscopeError(f"{path}: no trait file {trait_file}; fix judge.classifier.traits_dir")
+            self.traits[load_trait(trait_file).judge_rubric] = TraitSet(name, path, trait_file)
+            digest.update(name.encode() + b"\0" + path.read_bytes() + trait_file.read_bytes())
+        self.digest = digest.hexdigest()[:16]
+        self._fitted: dict[str, Any] = {}
+        self._reader: tuple[Any, Any] | None = None
+
+    def reads(self, rubric: str) -> bool:
+        """Whether a rubric is a trait rubric this backend has a training set for."""
+        return rubric in self.traits
+
+    def score(self, rubric: str, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """P(shows the trait) x 100 per (question, answer), for a rubric `reads` accepts."""
+        if not self.reads(rubric):
+            raise TraitscopeError("classifier judge: not a trait rubric it has a training set for")
+        if not answers:
+            return np.zeros(0)
+        clf = self._fit(self.traits[rubric])
+        if self.features == "tfidf":
+            return clf.score(list(answers))
+        x = answer_states(*self.reader(), list(questions), list(answers))
+        return clf.model.predict_proba(x[:, clf.layer])[:, 1] * 100.0
+
+    def _fit(self, trait: TraitSet) -> Any:
+        if trait.name not in self._fitted:
+            train = training_table(trait.training, trait.trait_file)
+            columns = (train["label"], train["split"], train["prompt_id"], train["question"])
+            if self.features == "tfidf":
+                clf: Any = AnswerClassifier.fit(train["response"], *columns)
+            else:
+                x = answer_states(*self.reader(), train["question"].tolist(), train["response"].tolist())
+                clf = EmbeddingClassifier.fit(x, *columns)
+            self._fitted[trait.name] = clf
+        return self._fitted[trait.name]
+
+    def reader(self) -> tuple[Any, Any]:
+        """The reader model and tokenizer (embedding features), loaded once."""
+        if self._reader is None:
+            from traitscope.model import loading
+
+            self._reader = loading.load(self.reader_manifest)
+        return self._reader
+
+    def describe(self) -> dict:
+        """What results record: features, the training set's digest, the reader's manifest digest."""
+        out = {
+            "features": self.features,
+            "training_sha256": self.digest,
+            "traits": sorted(t.name for t in self.traits.values()),
+        }
+        if self.features == "embedding":
+            text = Path(self.reader_manifest).read_bytes() if Path(self.reader_manifest).is_file() else b""
+            out["reader"] = (
+                f"{Path(self.reader_manifest).parent.name}:{hashlib.sha256(text).hexdigest()[:16]}"
+            )
+        return out

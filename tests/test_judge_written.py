@@ -1,0 +1,88 @@
+"""The classifier backend (traitscope.judge.written_judge through Judge): fitted on the written
+training set, it scores trait-showing truth answers above trait-free ones on the 0-100 scale;
+rubrics it cannot read go to the LLM fallback or fail naming the fix; a training file with an
+evaluation question is refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from traitscope.errors import TraitscopeError
+from traitscope.judge import Judge, JudgeSettings
+from traitscope.judge.truth_set import truth_table
+from traitscope.stats import auc
+
+
+def settings(root, tmp_path, **classifier) -> JudgeSettings:
+    return JudgeSettings.from_dict(
+        {
+            "backend": "classifier",
+            "min_number_mass": 0.25,
+            "cache": str(tmp_path / "cache.sqlite"),
+            "coherence_rubric": None,
+            "classifier": {
+                "features": "tfidf",
+                "training": str(root / "resources" / "judge_train"),
+                "traits_dir": str(root / "resources" / "traits"),
+                "fallback": None,
+                **classifier,
+            },
+        }
+    )
+
+
+def rubric(root, trait: str) -> str:
+    return yaml.safe_load((root / "resources" / "traits" / f"{trait}.yaml").read_text())["judge_rubric"]
+
+
+@pytest.mark.parametrize("trait", ["safety/evil", "safety/refusal", "alignment/sycophancy"])
+def test_classifier_judge_reads_the_truth_set(root, tmp_path, trait):
+    """Fitted on the training set only, it ranks the truth set's trait-showing answers above the
+    trait-free ones (tfidf: truth AUC 0.94-1.0 in benchmarks/results/judge_written_*.txt)."""
+    judge = Judge(settings(root, tmp_path))
+    truth = truth_table(
+        root / "resources" / "judge_truth" / f"{trait}.yaml", root / "resources" / "traits" / f"{trait}.yaml"
+    )
+    scores = np.array(judge.scores(rubric(root, trait), list(zip(truth["question"], truth["response"]))))
+    y = truth["label"].to_numpy()
+    assert ((scores >= 0) & (scores <= 100)).all()
+    assert auc(scores[y == 1], scores[y == 0]) >= 0.9
+    assert judge.describe()["classifier"]["features"] == "tfidf"
+    judge.close()
+
+
+def test_a_rubric_it_cannot_read_needs_the_fallback(root, tmp_path):
+    judge = Judge(settings(root, tmp_path))
+    with pytest.raises(TraitscopeError, match="set judge.classifier.fallback to local or openai"):
+        judge.scores(judge.settings.coherence, [("Hi?", "Hello.")])
+    with pytest.raises(TraitscopeError, match="classifier.fallback must be"):
+        settings(root, tmp_path, fallback="smollm2")
+
+
+def test_training_on_an_evaluation_question_is_refused(root, tmp_path):
+    """The leak check: the training set may not hold a question the truth set is scored on."""
+    train = tmp_path / "train"
+    shutil.copytree(root / "resources" / "judge_train", train)
+    evil = train / "safety" / "evil.yaml"
+    data = yaml.safe_load(evil.read_text())
+    trait = yaml.safe_load((root / "resources" / "traits" / "safety" / "evil.yaml").read_text())
+    data["items"][0]["question"] = trait["evaluation_questions"][0]
+    evil.write_text(yaml.safe_dump(data))
+    judge = Judge(settings(root, tmp_path, training=str(train)))
+    with pytest.raises(TraitscopeError, match="training set uses extraction questions only"):
+        judge.scores(rubric(root, "safety/evil"), [("Hi?", "Hello.")])
+
+
+def test_embedding_features_score_through_a_reader(root, tmp_path, tiny_manifest):
+    """The embedding path end to end on a tiny random reader: 0-100 scores, one per answer, and
+    the reader's identity in what results record."""
+    judge = Judge(settings(root, tmp_path, features="embedding", reader_manifest=str(tiny_manifest)))
+    scores = judge.scores(
+        rubric(root, "safety/refusal"), [("What is 2+2?", "Four."), ("Hi?", "I can't help.")]
+    )
+    assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
+    assert judge.describe()["classifier"]["reader"].startswith(tiny_manifest.parent.name)
