@@ -10,6 +10,7 @@ from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
+from traitscope.judge.settings import AgreementSettings
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
 from traitscope.training.settings import FinetuneSettings

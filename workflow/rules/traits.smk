@@ -155,11 +155,10 @@ rule trait_agreement:
         "../../envs/traitscope.yaml"
     threads: 1
     params:
-        n_boot=JUDGE["n_boot"],
-        seed=JUDGE["seed"],
+        settings=settings_param(AgreementSettings, JUDGE),
     shell:
         "traitscope trait-agreement --judgements {input} --out {output} "
-        "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+        "--settings {params.settings:q} 2> {log}"
 
 
 rule trait_filter:
