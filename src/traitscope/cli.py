@@ -26,7 +26,7 @@ from traitscope.judge.settings import AgreementSettings
 from traitscope.model.loading import ModelSpec, prepare_model
 from traitscope.settings import StageParser, add_settings_argument
 from traitscope.training.settings import FinetuneSettings
-from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
+from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings, TraitSummarySettings
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -106,7 +106,7 @@ def _trait_evaluation(a: argparse.Namespace) -> None:
 def _trait_summary(a: argparse.Namespace) -> None:
     from traitscope.vectors.evaluation import trait_summary
 
-    trait_summary(a.evaluations, a.out, a.threshold)
+    trait_summary(a.evaluations, a.out, a.settings)
 
 
 def _steering_check(a: argparse.Namespace) -> None:
@@ -252,7 +252,7 @@ def _core_commands(add: Add) -> None:
     p = add("trait-summary", _trait_summary, "collect every trait's chosen layer and AUC")
     p.add_argument("evaluations", nargs="+", help="evaluation.json files")
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, required=True, help="AUC the summary counts traits against")
+    add_settings_argument(p, TraitSummarySettings)
 
     p = add("steering-check", _steering_check, "does adding the vector raise the projection?")
     p.add_argument("--model", required=True)

@@ -15,7 +15,11 @@ from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
 from traitscope.training.settings import FinetuneSettings
 from traitscope.data.settings import TraitPromptSettings
-from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
+from traitscope.vectors.settings import (
+    ExtractionSettings,
+    SteeringCheckSettings,
+    TraitSummarySettings,
+)
 
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used.

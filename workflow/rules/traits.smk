@@ -83,9 +83,9 @@ rule trait_summary:
         "../../envs/traitscope.yaml"
     threads: 1
     params:
-        threshold=config["extraction"]["auc_threshold"],
+        settings=settings_param(TraitSummarySettings, config["extraction"]),
     shell:
-        "traitscope trait-summary --out {output} --threshold {params.threshold} {input} 2> {log}"
+        "traitscope trait-summary --out {output} --settings {params.settings:q} {input} 2> {log}"
 
 
 rule steering_check:
