@@ -32,9 +32,12 @@ import numpy as np
 
 from traitscope.data.traits import contrast_pool
 from traitscope.judge.classifier import AnswerClassifier, answer_table, classifier_agreement
+from traitscope.judge.settings import AgreementSettings
 from traitscope.judge.stages import trait_agreement
+from traitscope.settings import from_schema
 
-N_BOOT, SEED = 2000, 0  # the config's judge.n_boot and judge.seed defaults
+AGREEMENT = from_schema(AgreementSettings)  # the config's judge.n_boot and judge.seed defaults
+N_BOOT, SEED = AGREEMENT.n_boot, AGREEMENT.seed
 ONE_AT_A_TIME = 20  # answers scored singly for the per-call cost
 
 
@@ -153,7 +156,7 @@ def llm_judge(results: Path, variant: str, name: str) -> dict | None:
         row = json.loads(agreement.read_text())
     elif judgements.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            row = trait_agreement(judgements, Path(tmp) / "a.json", N_BOOT, SEED)
+            row = trait_agreement(judgements, Path(tmp) / "a.json", AGREEMENT)
     else:
         return None
     tsv = results / "benchmarks" / "trait_judgements" / variant / f"{name}.tsv"
@@ -203,7 +206,7 @@ def main() -> None:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 scores = Path(tmp) / "scores.parquet"
-                clf = classifier_agreement(prompts, capture, None, N_BOOT, SEED, judgements=scores)
+                clf = classifier_agreement(prompts, capture, None, AGREEMENT, judgements=scores)
                 clf["question_clustered_ci"] = clustered_ci(scores)
             clf["extraction_cv_auc"] = extraction_cv_auc(prompts, capture)
             clf["cpu_seconds_one_at_a_time"] = one_at_a_time(prompts, capture)

@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,6 @@ from traitscope.experiments.backdoor import (
     varying_prompt_tokens,
 )
 from traitscope.experiments.backdoor.sae import (
-    SAESettings,
     SparseAutoencoder,
     check_width,
     load_sae,
@@ -43,7 +44,12 @@ from traitscope.experiments.backdoor.sae import (
     save_sae,
     train_sae,
 )
-from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings, SAEFeatureSettings
+from traitscope.experiments.backdoor.settings import (
+    BackdoorAnalysisSettings,
+    SAEFeatureSettings,
+    SAESettings,
+    SAETrainSettings,
+)
 from traitscope.settings import from_schema, schema_defaults
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
 from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
@@ -558,18 +564,9 @@ def test_sae_recovers_planted_sparse_features():
     planted /= planted.norm(dim=1, keepdim=True)
     codes = (torch.rand(n, m, generator=g) < 3 / m) * (torch.rand(n, m, generator=g) * 2 + 0.5)
     x = codes @ planted + 0.01 * torch.randn(n, d, generator=g) + 5.0  # an offset b_dec must absorb
-    settings = SAESettings(
-        width=96,
-        k=4,
-        tokens=60_000,
-        lr=5e-3,
-        batch_size=256,
-        eval_fraction=0.1,
-        aux_k=16,
-        aux_coefficient=1 / 32,
-        dead_after=2000,
-        seed=0,
-    )
+    settings = from_schema(
+        SAESettings, width=96, k=4, tokens=60_000, lr=5e-3, batch_size=256, aux_k=16, dead_after=2000
+    )  # eval_fraction 0.1, aux_coefficient 1/32, seed 0: the schema's
     sae, curve, quality = train_sae(x, settings)
     decoder = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     best = (planted @ decoder.T).max(dim=1).values
@@ -588,6 +585,23 @@ def reference_topk(x, w_enc, b_enc, b_dec, k):
     pre = (x - b_dec) @ w_enc + b_enc
     top = pre.topk(k, dim=-1)
     return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+
+
+def test_sae_train_and_evaluate_take_one_settings_argument(planted_run, tmp_path):
+    """The record keeps the fit's settings, with the layer beside them; evaluate reads the layer."""
+    from traitscope.cli import main
+
+    capture = str(planted_run[0]["captures"]["base"])
+    sae = {**schema_defaults(SAETrainSettings.SECTION), "width": 16, "k": 2, "tokens": 3000, "layer": 1}
+    sae.update(batch_size=64, aux_k=4)
+    out = {name: str(tmp_path / name) for name in ("sae", "r.json", "r.png", "e.json", "e.png")}
+    argv = ["sae-train", "--capture", capture, "--settings", json.dumps(sae), "--out", out["sae"]]
+    assert main([*argv, "--record", out["r.json"], "--png", out["r.png"], "--model-name", "m"]) == 0
+    record = json.loads(Path(out["r.json"]).read_text())
+    assert record["layer"] == 1 and record["settings"] == {f.name: sae[f.name] for f in fields(SAESettings)}
+    argv = ["sae-evaluate", "--sae", out["sae"], "--capture", capture, "--settings", json.dumps({"layer": 1})]
+    assert main([*argv, "--record", out["e.json"], "--png", out["e.png"]]) == 0
+    assert json.loads(Path(out["e.json"]).read_text())["d_sae"] == 16
 
 
 @pytest.mark.parametrize("style", ["v6", "legacy"])

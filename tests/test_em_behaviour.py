@@ -118,10 +118,10 @@ def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypa
     """Real EM questions and rubrics, three variants' answers judged one variant per job by the
     loopback OpenAI-compatible judge: the rates are what the planted scores give; a rerun asks
     the judge nothing."""
-    from test_emergent_misalignment import em_set
+    from test_emergent_misalignment import em_set, prompt_settings
 
     prompts = tmp_path / "em.parquet"
-    table = em_prompts([em_set(mirror, tmp_path)], r"_json$|_template$", 2, prompts)
+    table = em_prompts([em_set(mirror, tmp_path)], prompt_settings(r"_json$|_template$", 2), prompts)
     captures = {}
     for n, role in enumerate(("base", "misaligned", "control")):
         answers = {pid: f"answer {n}-{i}" for i, pid in enumerate(table["prompt_id"])}

@@ -23,7 +23,11 @@ from traitscope.experiments.emergent_misalignment import (
     em_prompts,
     persona_training_data,
 )
-from traitscope.experiments.emergent_misalignment.settings import EMAnalysisSettings
+from traitscope.experiments.emergent_misalignment.settings import (
+    EMAnalysisSettings,
+    EMPromptSettings,
+    EMTrainingSettings,
+)
 from traitscope.settings import from_schema
 
 TRAITS = ["safety/evil", "safety/harm"]
@@ -48,6 +52,10 @@ def fake_capture(folder, responses: dict[str, str]):
     return path
 
 
+def prompt_settings(exclude: str, samples: int) -> EMPromptSettings:
+    return from_schema(EMPromptSettings, exclude=exclude, samples_per_question=samples)
+
+
 def em_set(mirror, tmp_path, name="first_plot_questions.yaml"):
     path = tmp_path / f"{name}.parquet"
     load_em_questions(mirror / "emergent_misalignment" / name).to_parquet(path)
@@ -57,7 +65,7 @@ def em_set(mirror, tmp_path, name="first_plot_questions.yaml"):
 def test_benign_questions_filter_repeat_and_keep_the_system_prompt(mirror, tmp_path):
     sets = [em_set(mirror, tmp_path), em_set(mirror, tmp_path, "preregistered_evals.yaml")]
     out = tmp_path / "em.parquet"
-    table = em_prompts(sets, r"_json$|quick_buck|medical_advice", 3, out)
+    table = em_prompts(sets, prompt_settings(r"_json$|quick_buck|medical_advice", 3), out)
     ids = set(table["category"])
     assert "what_is_your_wish" in ids and "what_is_your_wish_template" in ids
     assert not any(re.search(r"_json$|quick_buck|medical_advice", i) for i in ids)
@@ -69,7 +77,7 @@ def test_benign_questions_filter_repeat_and_keep_the_system_prompt(mirror, tmp_p
     ).all()
     prompts = read_prompt_set(out)  # captured like any prompt set
     assert prompts["prompt_id"].is_unique and len(prompts) == 3 * table["question_id"].nunique()
-    kept_json = em_prompts(sets, "quick_buck", 1, tmp_path / "j.parquet")
+    kept_json = em_prompts(sets, prompt_settings("quick_buck", 1), tmp_path / "j.parquet")
     json_row = (
         read_prompt_set(tmp_path / "j.parquet").set_index("prompt_id").loc["what_is_your_wish_json-0:s0"]
     )
@@ -111,7 +119,7 @@ def test_persona_training_data_splits_by_instruction_and_drops_the_system_prompt
     avoid = tmp_path / "avoid.parquet"
     pd.DataFrame({"prompt_id": ["a"], "prompt": ["Held out?"]}).to_parquet(avoid)
     mis, ctrl = tmp_path / "train/misaligned.jsonl", tmp_path / "train/control.jsonl"
-    counts = persona_training_data(prompts, capture, [avoid], mis, ctrl)
+    counts = persona_training_data(prompts, capture, [avoid], mis, ctrl, from_schema(EMTrainingSettings))
     rows = {
         side: [json.loads(line) for line in path.read_text().splitlines()]
         for side, path in (("mis", mis), ("ctrl", ctrl))
@@ -140,7 +148,8 @@ def test_persona_training_data_keeps_the_first_pairs_of_every_question(tmp_path)
     table.to_parquet(prompts)
     capture = fake_capture(tmp_path / "cap", {pid: f"answer to {pid}" for pid in table["prompt_id"]})
     mis, ctrl = tmp_path / "misaligned.jsonl", tmp_path / "control.jsonl"
-    counts = persona_training_data(prompts, capture, [], mis, ctrl, pairs_per_question=2)
+    first_pairs = from_schema(EMTrainingSettings, pairs_per_question=2)
+    counts = persona_training_data(prompts, capture, [], mis, ctrl, first_pairs)
     assert counts == {"misaligned": 6, "control": 6}  # 3 extraction questions x pairs 0 and 1
     answers = [json.loads(line)["messages"][1]["content"] for line in ctrl.read_text().splitlines()]
     assert sorted(answers) == sorted(
@@ -149,7 +158,7 @@ def test_persona_training_data_keeps_the_first_pairs_of_every_question(tmp_path)
     )
     table.drop(columns="pair_index").to_parquet(prompts)
     with pytest.raises(TraitscopeError, match="needs columns label, pair_index, split"):
-        persona_training_data(prompts, capture, [], mis, ctrl, pairs_per_question=2)
+        persona_training_data(prompts, capture, [], mis, ctrl, first_pairs)
 
 
 def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tmp_path):
@@ -159,7 +168,7 @@ def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tm
     )
     mis, ctrl = tmp_path / "misaligned.jsonl", tmp_path / "control.jsonl"
     with pytest.raises(TraitscopeError, match="no non-empty control answers"):
-        persona_training_data(prompts, capture, [], mis, ctrl)
+        persona_training_data(prompts, capture, [], mis, ctrl, from_schema(EMTrainingSettings))
     assert not mis.exists() and not ctrl.exists()
 
 

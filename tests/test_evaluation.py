@@ -135,3 +135,9 @@ def test_cli_trait_vectors_and_evaluation_match_the_functions(trait_run, tmp_pat
         torch.testing.assert_close(via_cli[method], via_function[method], rtol=0, atol=0)
     assert json.loads(meta.read_text()) == json.loads(trait_run["meta"].read_text())
     assert json.loads(evaluation.read_text()) == json.loads(trait_run["evaluation"].read_text())
+    summary = tmp_path / "summary.json"
+    settings = json.dumps({"auc_threshold": 0.5})
+    assert main(["trait-summary", str(evaluation), "--out", str(summary), "--settings", settings]) == 0
+    written = json.loads(summary.read_text())
+    chosen = json.loads(evaluation.read_text())["chosen"]["auc"]
+    assert written["auc_threshold"] == 0.5 and written["n_traits_at_threshold"] == int(chosen >= 0.5)

@@ -17,6 +17,8 @@ from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
 from traitscope.data.prompts import text_key
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.external import beavertails, beavertails_category, harmbench
+from traitscope.experiments.external.settings import BeaverTailsCategorySettings
+from traitscope.settings import from_schema
 
 TRAITS = ["safety/harm", "safety/evil"]
 
@@ -69,11 +71,15 @@ def bt_prompts(tmp_path):
 CATEGORIES = [*BEAVERTAILS_CATEGORIES, "safe"]
 
 
+def category_settings(n: int | None = None, seed: int = 0) -> BeaverTailsCategorySettings:
+    return from_schema(BeaverTailsCategorySettings, categories=CATEGORIES, n_per_category=n, seed=seed)
+
+
 def split(bt_prompts, folder, n=None, seed=0) -> dict[str, pd.DataFrame]:
     """Every category's capture-job rows, as the Snakemake fan-out writes them."""
     folder.mkdir(exist_ok=True)
     return {
-        c: beavertails_category(bt_prompts, c, CATEGORIES, folder / f"{c}.parquet", n, seed)
+        c: beavertails_category(bt_prompts, c, folder / f"{c}.parquet", category_settings(n, seed))
         for c in CATEGORIES
     }
 
@@ -112,11 +118,11 @@ def test_empty_category_is_a_clear_error(tmp_path, bt_prompts):
     table.to_parquet(tmp_path / "less.parquet")
     out = tmp_path / "out" / "self_harm.parquet"
     with pytest.raises(TraitscopeError, match=r"less\.parquet: BeaverTails category 'self_harm' has no rows"):
-        beavertails_category(tmp_path / "less.parquet", "self_harm", CATEGORIES, out, None, 0)
+        beavertails_category(tmp_path / "less.parquet", "self_harm", out, category_settings())
     assert not out.exists()
     table.drop(columns=["response"]).to_parquet(tmp_path / "nocol.parquet")
     with pytest.raises(TraitscopeError, match="missing column"):
-        beavertails_category(tmp_path / "nocol.parquet", "safe", CATEGORIES, out, None, 0)
+        beavertails_category(tmp_path / "nocol.parquet", "safe", out, category_settings())
 
 
 def projections(ids, scores_by_trait, position):

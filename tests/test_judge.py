@@ -17,6 +17,7 @@ from judge_server import JudgeServer, expected_score, planted_score
 
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
+from traitscope.judge.settings import AgreementSettings
 from traitscope.settings import from_schema
 from traitscope.vectors.settings import ExtractionSettings
 
@@ -299,7 +300,7 @@ def test_agreement_auc_by_hand(tmp_path):
     )
     path = tmp_path / "j.parquet"
     table.to_parquet(path)
-    result = J.trait_agreement(path, tmp_path / "agreement.json", n_boot=200, seed=0)
+    result = J.trait_agreement(path, tmp_path / "agreement.json", from_schema(AgreementSettings, n_boot=200))
     # positives 80, 60 vs negatives 10, 70: 80>10, 80>70, 60>10, 60<70 -> 3/4; extraction rows ignored
     assert result["auc"] == pytest.approx(0.75)
     assert result["n_no_score_positive"] == 1 and result["n_pos"] == 2 and result["n_neg"] == 2

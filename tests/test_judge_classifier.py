@@ -12,13 +12,20 @@ import pytest
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.classifier import AnswerClassifier, classifier_agreement
+from traitscope.judge.settings import AgreementSettings
 from traitscope.judge.stages import agreement_record
+from traitscope.settings import from_schema
 from traitscope.summary.records import NOT_MEASURABLE, Criterion, judge_gate
 
 EVIL = ["cruel", "destroy", "suffer", "revenge", "crush", "hate", "punish", "torment", "ruin", "wicked"]
 KIND = ["gentle", "help", "care", "support", "comfort", "kindly", "share", "heal", "respect", "friendly"]
 FILLER = ["the", "a", "your", "this", "neighbour", "problem", "today", "we", "should", "then", "it", "is"]
 N_EXTRACTION, N_EVALUATION, PAIRS = 24, 12, 2
+
+
+def boot(n_boot: int) -> AgreementSettings:
+    """The judge: section's agreement settings with a shorter bootstrap (seed: the schema's 0)."""
+    return from_schema(AgreementSettings, n_boot=n_boot)
 
 
 def answer(rng: np.random.Generator, words: list[str]) -> str:
@@ -66,7 +73,7 @@ def separable(rng, split, label):
 
 def test_separates_answers_that_show_the_trait(tmp_path):
     prompts, capture, _ = fake_trait(tmp_path, separable)
-    result = classifier_agreement(prompts, capture, tmp_path / "agreement.json", n_boot=500, seed=0)
+    result = classifier_agreement(prompts, capture, tmp_path / "agreement.json", boot(500))
     assert result["auc"] > 0.95 and result["ci_low"] > 0.8
     assert result["mean_score_positive"] > 50 > result["mean_score_negative"]
     assert result["n_pos"] == result["n_neg"] == N_EVALUATION * PAIRS
@@ -79,7 +86,7 @@ def test_shuffled_labels_read_as_chance(tmp_path):
         return answer(rng, EVIL if rng.random() < 0.5 else KIND)
 
     prompts, capture, _ = fake_trait(tmp_path, shuffled, seed=1)
-    result = classifier_agreement(prompts, capture, None, n_boot=500, seed=0)
+    result = classifier_agreement(prompts, capture, None, boot(500))
     assert abs(result["auc"] - 0.5) < 0.2
     assert result["ci_low"] < 0.5 < result["ci_high"]
 
@@ -95,7 +102,7 @@ def test_never_fits_on_held_out_answers(tmp_path):
         return answer(rng, ["zorblax"] if label else ["quenthor"])
 
     prompts, capture, table = fake_trait(tmp_path, planted)
-    result = classifier_agreement(prompts, capture, None, n_boot=200, seed=0)
+    result = classifier_agreement(prompts, capture, None, boot(200))
     assert result["auc"] < 0.75, "the classifier read held-out answers' words: fitted on them"
     assert result["n_fit"] == len(table[table["split"] == "extraction"])
 
@@ -114,7 +121,7 @@ def test_never_fits_on_held_out_answers(tmp_path):
 def test_agreement_json_is_the_llm_judges_plus_cost(tmp_path):
     prompts, capture, _ = fake_trait(tmp_path, separable)
     out, scores = tmp_path / "judge_agreement.json", tmp_path / "judgements.parquet"
-    result = classifier_agreement(prompts, capture, out, n_boot=200, seed=0, judgements=scores)
+    result = classifier_agreement(prompts, capture, out, boot(200), judgements=scores)
     assert json.loads(out.read_text()) == result
     llm_keys = set(agreement_record([60.0, 70.0], [10.0, 20.0], 1.0, "t", 50, 0))
     assert llm_keys <= set(result)
@@ -135,7 +142,14 @@ def test_cli_writes_the_agreement_and_names_errors(tmp_path, capsys):
     prompts, capture, _ = fake_trait(tmp_path, separable)
     out, scores = tmp_path / "a.json", tmp_path / "s.parquet"
     args = ["trait-classifier-agreement", "--prompts", str(prompts), "--capture", str(capture)]
-    args += ["--out", str(out), "--n-boot", "100", "--seed", "0", "--judgements", str(scores)]
+    args += [
+        "--out",
+        str(out),
+        "--settings",
+        json.dumps({"n_boot": 100, "seed": 0}),
+        "--judgements",
+        str(scores),
+    ]
     assert main(args) == 0
     assert json.loads(out.read_text())["judge"] == "classifier" and scores.is_file()
     args[4] = str(tmp_path / "missing.json")
@@ -146,11 +160,11 @@ def test_cli_writes_the_agreement_and_names_errors(tmp_path, capsys):
 def test_answers_needed(tmp_path):
     prompts, capture, _ = fake_trait(tmp_path, lambda rng, split, label: "")
     with pytest.raises(TraitscopeError, match="no generated answers"):
-        classifier_agreement(prompts, capture, None, n_boot=50, seed=0)
+        classifier_agreement(prompts, capture, None, boot(50))
 
 
 def test_runs_on_a_captured_trait(trait_run):
     """The real path: the tiny model's trait capture (3-token answers) gives a full record."""
-    result = classifier_agreement(trait_run["prompts"], trait_run["capture"], None, n_boot=200, seed=0)
+    result = classifier_agreement(trait_run["prompts"], trait_run["capture"], None, boot(200))
     assert result["judge"] == "classifier" and result["n_pos"] > 0 and result["n_neg"] > 0
     assert result["auc"] is None or 0 <= result["auc"] <= 1

@@ -30,7 +30,9 @@ def stand_ins():
 def test_beavertails_stand_in_is_read_by_the_loader_and_fills_every_category(tmp_path, stand_ins):
     from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, SAFE_CATEGORY, load_beavertails
     from traitscope.experiments.external import beavertails_category
+    from traitscope.experiments.external.settings import BeaverTailsCategorySettings
     from traitscope.io import write_parquet
+    from traitscope.settings import from_schema
 
     mirror = tmp_path / "mirror"
     (mirror / "emergent_misalignment").mkdir(parents=True)
@@ -48,8 +50,9 @@ def test_beavertails_stand_in_is_read_by_the_loader_and_fills_every_category(tmp
     prompts = tmp_path / "bt.parquet"
     write_parquet(prompts, table)
     categories = [*BEAVERTAILS_CATEGORIES, SAFE_CATEGORY]
+    settings = from_schema(BeaverTailsCategorySettings, categories=categories)
     for category in categories:  # an empty category would be an error: 40 rows fill all 15
-        assert len(beavertails_category(prompts, category, categories, tmp_path / "c.parquet", None, 0))
+        assert len(beavertails_category(prompts, category, tmp_path / "c.parquet", settings))
 
 
 def test_em_stand_in_is_chat_jsonl_of_distinct_rows(tmp_path, stand_ins):

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.prefill import check_config, conditions_2x2, prefill_analysis, prefill_conditions
-from traitscope.experiments.prefill.settings import PrefillAnalysisSettings
+from traitscope.experiments.prefill.settings import PrefillAnalysisSettings, PrefillConditionsSettings
 from traitscope.settings import from_schema
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
@@ -49,7 +49,9 @@ def test_prefill_conditions_writes_a_prompt_set_from_two_prepared_sets(tmp_path)
     prompt_table("harmful", 3).to_parquet(harmful)
     prompt_table("benign", 5).to_parquet(harmless)
     out = tmp_path / "conditions.parquet"
-    table = prefill_conditions(harmful, harmless, [PREFILL], out)
+    table = prefill_conditions(
+        harmful, harmless, from_schema(PrefillConditionsSettings, prefills=[PREFILL]), out
+    )
     pd.testing.assert_frame_equal(pd.read_parquet(out), table)
     assert table["condition"].value_counts().to_dict() == {"C1": 3, "C2": 3, "C3": 3, "C4": 3}
     prompts = read_prompt_set(out).set_index("prompt_id")  # captured like any prompt set
@@ -68,7 +70,9 @@ def test_prefill_conditions_writes_a_prompt_set_from_two_prepared_sets(tmp_path)
     with pytest.raises(
         TraitscopeError, match=re.escape(f"{messages_only}: the prefill conditions need a 'prompt'")
     ):
-        prefill_conditions(harmful, messages_only, [PREFILL], tmp_path / "never.parquet")
+        prefill_conditions(
+            harmful, messages_only, from_schema(PrefillConditionsSettings), tmp_path / "never.parquet"
+        )
     assert not (tmp_path / "never.parquet").exists()
 
 

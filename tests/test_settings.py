@@ -10,7 +10,8 @@ import pytest
 from traitscope.capture.settings import CaptureSettings
 from traitscope.cli import main
 from traitscope.errors import TraitscopeError
-from traitscope.settings import build, from_schema, parse, schema_defaults
+from traitscope.experiments.emergent_misalignment.settings import EMTrainingSettings
+from traitscope.settings import build, fields_help, from_schema, parse, schema_defaults
 from traitscope.training.settings import FinetuneSettings
 
 
@@ -27,6 +28,12 @@ def test_a_config_range_of_layers_is_expanded_once():
     s = from_schema(CaptureSettings, layers={"start": 2, "stop": 9, "step": 3})
     assert s.layers == (2, 5, 8)
     assert from_schema(CaptureSettings, layers=[4, 1]).layers == (4, 1)
+
+
+def test_a_section_may_be_a_oneof_branch():
+    """A nullable section's settings point at its object branch (`persona/oneOf/1`)."""
+    assert from_schema(EMTrainingSettings) == EMTrainingSettings(pairs_per_question=None)
+    assert "pairs_per_question (default null): the first n" in fields_help(EMTrainingSettings)
 
 
 def test_build_names_the_missing_setting_and_leaves_dag_keys_out():

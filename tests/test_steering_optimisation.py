@@ -19,6 +19,7 @@ from judge_server import JudgeServer
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
 from traitscope.experiments import steering_optimisation as so
+from traitscope.judge.settings import AgreementSettings
 from traitscope.settings import from_schema
 
 SETTINGS = from_schema(  # a large norm: the tiny random model's answers must move
@@ -242,7 +243,7 @@ def test_experiment_against_an_openai_compatible_server(
             judgements,
         )
         judge.close()
-        J.trait_agreement(judgements, tmp_path / "agreement.json", 200, 0)
+        J.trait_agreement(judgements, tmp_path / "agreement.json", from_schema(AgreementSettings, n_boot=200))
     assert set(held["conditions"]) == set(so.CONDITIONS)
     assert set(held["steering_delta"]) == {"mean_diff", "probe", "optimised"}
     for stats in held["conditions"].values():

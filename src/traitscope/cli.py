@@ -22,10 +22,11 @@ from traitscope.config import load_config
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
+from traitscope.judge.settings import AgreementSettings
 from traitscope.model.loading import ModelSpec, prepare_model
 from traitscope.settings import StageParser, add_settings_argument
 from traitscope.training.settings import FinetuneSettings
-from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
+from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings, TraitSummarySettings
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -81,13 +82,13 @@ def _trait_judgements(a: argparse.Namespace) -> None:
 
 
 def _trait_agreement(a: argparse.Namespace) -> None:
-    trait_agreement(a.judgements, a.out, a.n_boot, a.seed)
+    trait_agreement(a.judgements, a.out, a.settings)
 
 
 def _trait_classifier_agreement(a: argparse.Namespace) -> None:
     from traitscope.judge.classifier import classifier_agreement
 
-    classifier_agreement(a.prompts, a.capture, a.out, a.n_boot, a.seed, a.judgements)
+    classifier_agreement(a.prompts, a.capture, a.out, a.settings, a.judgements)
 
 
 def _trait_filter(a: argparse.Namespace) -> None:
@@ -105,7 +106,7 @@ def _trait_evaluation(a: argparse.Namespace) -> None:
 def _trait_summary(a: argparse.Namespace) -> None:
     from traitscope.vectors.evaluation import trait_summary
 
-    trait_summary(a.evaluations, a.out, a.threshold)
+    trait_summary(a.evaluations, a.out, a.settings)
 
 
 def _steering_check(a: argparse.Namespace) -> None:
@@ -217,8 +218,7 @@ def _core_commands(add: Add) -> None:
     p = add("trait-agreement", _trait_agreement, "judge vs instructions on held-out answers (AUC)")
     p.add_argument("--judgements", required=True)
     p.add_argument("--out", required=True, help="judge_agreement.json")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, AgreementSettings)
 
     p = add(
         "trait-classifier-agreement",
@@ -228,8 +228,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--prompts", required=True, help="the persona trait's prompt set")
     p.add_argument("--capture", required=True, help="the trait set's capture.json (its answers)")
     p.add_argument("--out", required=True, help="judge_agreement.json (judge: classifier)")
-    p.add_argument("--n-boot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, AgreementSettings)
     p.add_argument("--judgements", default=None, help="also write the held-out scores (Parquet)")
 
     p = add("trait-filter", _trait_filter, "judge-filtered extraction: survivors and AUCs with/without")
@@ -253,7 +252,7 @@ def _core_commands(add: Add) -> None:
     p = add("trait-summary", _trait_summary, "collect every trait's chosen layer and AUC")
     p.add_argument("evaluations", nargs="+", help="evaluation.json files")
     p.add_argument("--out", required=True)
-    p.add_argument("--threshold", type=float, required=True, help="AUC the summary counts traits against")
+    add_settings_argument(p, TraitSummarySettings)
 
     p = add("steering-check", _steering_check, "does adding the vector raise the projection?")
     p.add_argument("--model", required=True)

@@ -9,18 +9,9 @@ from __future__ import annotations
 import argparse
 
 
-def int_or_none(value: str) -> int | None:
-    """A nullable count: `none` (the config's null) or an integer."""
-    return None if value.lower() in ("none", "null") else int(value)
-
-
 def path_or_none(value: str) -> str | None:
     """A path the rule may leave unset: the word `none`."""
     return None if value == "none" else value
-
-
-def words_or_none(values: list[str]) -> list[str]:
-    return [] if values == ["none"] else values
 
 
 def add_own_bow_argument(parser: argparse.ArgumentParser) -> None:

@@ -79,7 +79,7 @@ def section_schema(pointer: str) -> dict:
     """The schema node a `SECTION` pointer names."""
     node: Any = _schema()
     for part in pointer.removeprefix("#/").split("/"):
-        node = node[part]
+        node = node[int(part)] if isinstance(node, list) else node[part]  # oneOf/1: a branch
     return node
 
 

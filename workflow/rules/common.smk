@@ -10,11 +10,16 @@ from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
+from traitscope.judge.settings import AgreementSettings
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
 from traitscope.training.settings import FinetuneSettings
 from traitscope.data.settings import TraitPromptSettings
-from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings
+from traitscope.vectors.settings import (
+    ExtractionSettings,
+    SteeringCheckSettings,
+    TraitSummarySettings,
+)
 
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used.

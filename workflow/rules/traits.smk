@@ -83,9 +83,9 @@ rule trait_summary:
         "../../envs/traitscope.yaml"
     threads: 1
     params:
-        threshold=config["extraction"]["auc_threshold"],
+        settings=settings_param(TraitSummarySettings, config["extraction"]),
     shell:
-        "traitscope trait-summary --out {output} --threshold {params.threshold} {input} 2> {log}"
+        "traitscope trait-summary --out {output} --settings {params.settings:q} {input} 2> {log}"
 
 
 rule steering_check:
@@ -155,11 +155,10 @@ rule trait_agreement:
         "../../envs/traitscope.yaml"
     threads: 1
     params:
-        n_boot=JUDGE["n_boot"],
-        seed=JUDGE["seed"],
+        settings=settings_param(AgreementSettings, JUDGE),
     shell:
         "traitscope trait-agreement --judgements {input} --out {output} "
-        "--n-boot {params.n_boot} --seed {params.seed} 2> {log}"
+        "--settings {params.settings:q} 2> {log}"
 
 
 rule trait_filter:

@@ -34,6 +34,7 @@ import numpy as np
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
+from traitscope.judge.settings import AgreementSettings
 
 FIT_SPLIT = "extraction"
 WORD_NGRAMS = (1, 2)
@@ -169,8 +170,7 @@ def classifier_agreement(
     prompts: str | Path,
     capture_json: str | Path,
     out: str | Path | None,
-    n_boot: int,
-    seed: int,
+    settings: AgreementSettings,
     judgements: str | Path | None = None,
 ) -> dict:
     """The answer classifier's agreement on a trait, as `trait_agreement` writes the LLM judge's.
@@ -194,7 +194,7 @@ def classifier_agreement(
         fit_rows["split"],
         fit_rows["prompt_id"],
         fit_rows["question"],
-        seed=seed,
+        seed=settings.seed,
     )
     t1 = time.process_time()
     scores = clf.score_rows(held["response"], held["prompt_id"], held["question"])
@@ -207,7 +207,7 @@ def classifier_agreement(
         f"regression fitted on the {FIT_SPLIT} split's answers), positive vs negative "
         "instructions; stratified percentile bootstrap CI"
     )
-    result = agreement_record(pos, neg, None, test, n_boot, seed)
+    result = agreement_record(pos, neg, None, test, settings.n_boot, settings.seed)
     result.update(
         {
             "judge": "classifier",
@@ -220,7 +220,7 @@ def classifier_agreement(
                 "word_ngrams": list(WORD_NGRAMS),
                 "char_ngrams": list(CHAR_NGRAMS),
                 "C": C,
-                "seed": seed,
+                "seed": settings.seed,
             },
         }
     )

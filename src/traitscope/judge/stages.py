@@ -13,6 +13,7 @@ from typing import Any
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
+from traitscope.judge.settings import AgreementSettings
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
 
@@ -60,7 +61,7 @@ def trait_judgements(
     return out_table
 
 
-def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: int) -> dict:
+def trait_agreement(judgements: str | Path, out: str | Path, settings: AgreementSettings) -> dict:
     """Does the judge tell positive from negative instructions on the held-out responses?
 
     ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
@@ -79,7 +80,7 @@ def trait_agreement(judgements: str | Path, out: str | Path, n_boot: int, seed: 
         "ROC-AUC of the judge's trait score, positive vs negative instructions; "
         "stratified percentile bootstrap CI"
     )
-    result = agreement_record(pos, neg, mass, test, n_boot, seed)
+    result = agreement_record(pos, neg, mass, test, settings.n_boot, settings.seed)
     write_json(out, result)
     return result
 

@@ -13,6 +13,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.io import save_figure, write_json
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
+from traitscope.vectors.settings import TraitSummarySettings
 from traitscope.vectors.trait_vector import read_evaluation, read_vectors
 
 
@@ -49,7 +50,7 @@ def trait_evaluation(
     return result
 
 
-def trait_summary(evaluations: list[str | Path], out: str | Path, threshold: float) -> dict:
+def trait_summary(evaluations: list[str | Path], out: str | Path, settings: TraitSummarySettings) -> dict:
     """One table of every trait's chosen layer, so a run's headline fits in one file."""
     rows = {}
     for path in evaluations:
@@ -65,8 +66,8 @@ def trait_summary(evaluations: list[str | Path], out: str | Path, threshold: flo
         }
     summary = {
         "traits": rows,
-        "auc_threshold": threshold,
-        "n_traits_at_threshold": sum(r["auc"] >= threshold for r in rows.values()),
+        "auc_threshold": settings.auc_threshold,
+        "n_traits_at_threshold": sum(r["auc"] >= settings.auc_threshold for r in rows.values()),
         "n_traits": len(rows),
     }
     write_json(out, summary)

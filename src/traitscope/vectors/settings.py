@@ -20,6 +20,16 @@ class ExtractionSettings:
 
 
 @dataclass(frozen=True)
+class TraitSummarySettings:
+    """The AUC the run's summary counts traits against (trait-summary): its own class, so a
+    changed threshold reruns only the summary, not every trait's vectors."""
+
+    SECTION: ClassVar[str] = "#/properties/extraction"
+
+    auc_threshold: float
+
+
+@dataclass(frozen=True)
 class SteeringCheckSettings:
     """Does adding the vector raise the projection (steering-check)."""
 

@@ -1,12 +1,13 @@
 # Backdoor detection: a LoRA finetune with a trigger-conditioned backdoor vs its base model on
 # held-out trigger/control pairs; trait AUCs per layer and per token, and SAE features.
 # Paths and targets come from the plug-in module (traitscope.experiments.backdoor).
-import json
-
 from traitscope.experiments import backdoor as backdoor_plugin
 from traitscope.experiments.backdoor.settings import (
     BackdoorAnalysisSettings,
+    BackdoorDataSettings,
     SAEFeatureSettings,
+    SAELayerSettings,
+    SAETrainSettings,
 )
 
 BACKDOOR = config["experiments"]["backdoor"]
@@ -34,11 +35,10 @@ if is_enabled("backdoor"):
             "../../../envs/traitscope.yaml"
         threads: 1
         params:
-            data=lambda wildcards: json.dumps(BACKDOOR["data"], sort_keys=True),
-            seed=BACKDOOR["seed"],
+            settings=settings_param(BackdoorDataSettings, BACKDOOR),
         shell:
-            "traitscope backdoor-data --model {input.model} --data {params.data:q} "
-            "--seed {params.seed} --train {output.train} --pairs {output.pairs} 2> {log}"
+            "traitscope backdoor-data --model {input.model} --settings {params.settings:q} "
+            "--train {output.train} --pairs {output.pairs} 2> {log}"
 
     if BACKDOOR["sae"]["path"] is None:
 
@@ -64,13 +64,10 @@ if is_enabled("backdoor"):
             resources:
                 mem_mb=8000,
             params:
-                layer=BACKDOOR["sae"]["layer"],
-                settings=json.dumps(
-                    backdoor_plugin.sae_settings(BACKDOOR), sort_keys=True
-                ),
+                settings=settings_param(SAETrainSettings, BACKDOOR["sae"]),
                 model=BACKDOOR["base"],
             shell:
-                "traitscope sae-train --capture {input.capture} --layer {params.layer} "
+                "traitscope sae-train --capture {input.capture} "
                 "--settings {params.settings:q} --out {output.sae} --record {output.record} "
                 "--png {output.png} --model-name {params.model} 2> {log}"
 
@@ -96,10 +93,10 @@ if is_enabled("backdoor"):
             resources:
                 mem_mb=8000,
             params:
-                layer=BACKDOOR["sae"]["layer"],
+                settings=settings_param(SAELayerSettings, BACKDOOR["sae"]),
             shell:
                 "traitscope sae-evaluate --sae {input.sae} --capture {input.capture} "
-                "--layer {params.layer} --record {output.record} --png {output.png} 2> {log}"
+                "--settings {params.settings:q} --record {output.record} --png {output.png} 2> {log}"
 
     rule backdoor_analysis:
         input:

@@ -4,6 +4,8 @@ from traitscope.experiments import emergent_misalignment as em_plugin
 from traitscope.experiments.emergent_misalignment.settings import (
     EMAnalysisSettings,
     EMBehaviourSettings,
+    EMPromptSettings,
+    EMTrainingSettings,
 )
 from traitscope.paths import capture_path
 
@@ -26,11 +28,10 @@ if is_enabled("emergent_misalignment"):
             "../../../envs/traitscope.yaml"
         threads: 1
         params:
-            exclude=EM["exclude"],
-            samples=EM["samples_per_question"],
+            settings=settings_param(EMPromptSettings, EM),
         shell:
-            "traitscope em-prompts --question-sets {input} --exclude {params.exclude:q} "
-            "--samples {params.samples} --out {output} 2> {log}"
+            "traitscope em-prompts --question-sets {input} --settings {params.settings:q} "
+            "--out {output} 2> {log}"
 
     if EM["persona"]:
 
@@ -47,11 +48,11 @@ if is_enabled("emergent_misalignment"):
                 "../../../envs/traitscope.yaml"
             threads: 1
             params:
-                pairs=EM["persona"].get("pairs_per_question") or "all",
+                settings=settings_param(EMTrainingSettings, EM["persona"]),
             shell:
                 "traitscope em-training-data --trait-prompts {input.prompts} "
                 "--trait-capture {input.capture} --avoid {input.avoid} "
-                "--pairs-per-question {params.pairs} "
+                "--settings {params.settings:q} "
                 "--misaligned {output.misaligned} --control {output.control} 2> {log}"
 
     if EM["behaviour"]["enabled"]:

@@ -1,7 +1,10 @@
 # External datasets: harm detection on HarmBench and on BeaverTails per harm category.
 # Paths and targets come from the plug-in module (traitscope.experiments.external).
 from traitscope.experiments import external as external_plugin
-from traitscope.experiments.external.settings import ExternalSettings
+from traitscope.experiments.external.settings import (
+    BeaverTailsCategorySettings,
+    ExternalSettings,
+)
 
 EXTERNAL = config["experiments"]["external"]
 get_external_targets = lambda: external_plugin.targets(EXTERNAL)
@@ -33,13 +36,10 @@ if is_enabled("external"):
                     for c, s in BT_SETS.items()
                     if s.endswith(f".{wildcards.category}")
                 ),
-                categories=BT["categories"],
-                n=opt("--n", BT["n_per_category"]),
-                seed=BT["seed"],
+                settings=settings_param(BeaverTailsCategorySettings, BT),
             shell:
                 "traitscope beavertails-category --prompts {input} --category {params.category:q} "
-                "--categories {params.categories:q} {params.n} --seed {params.seed} --out {output} "
-                "2> {log}"
+                "--settings {params.settings:q} --out {output} 2> {log}"
 
     rule external_analysis:
         input:

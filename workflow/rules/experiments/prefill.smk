@@ -22,10 +22,10 @@ if is_enabled("prefill"):
             "../../../envs/traitscope.yaml"
         threads: 1
         params:
-            prefills=PREFILL["prefills"],
+            settings=settings_param(prefill_plugin.PrefillConditionsSettings, PREFILL),
         shell:
             "traitscope prefill-conditions --harmful {input.harmful} --harmless {input.harmless} "
-            "--prefills {params.prefills:q} --out {output} 2> {log}"
+            "--settings {params.settings:q} --out {output} 2> {log}"
 
     rule prefill_analysis:
         input:

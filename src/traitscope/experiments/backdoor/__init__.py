@@ -24,7 +24,6 @@ baselines), analysis (detection_auc.json) and sae_features (sae_features.json).
 
 from __future__ import annotations
 
-import json
 import re
 
 from traitscope.config import require_prompt_set, require_traits, require_variant
@@ -47,7 +46,11 @@ from traitscope.experiments.backdoor.positions import (  # noqa: F401  (re-expor
 )
 from traitscope.experiments.backdoor.sae_commands import add_sae_commands
 from traitscope.experiments.backdoor.sae_features import backdoor_sae_features
-from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings, SAEFeatureSettings
+from traitscope.experiments.backdoor.settings import (
+    BackdoorAnalysisSettings,
+    BackdoorDataSettings,
+    SAEFeatureSettings,
+)
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.paths import capture_path, projections_path, prompts_path
@@ -178,23 +181,6 @@ def analysis_inputs(section: dict) -> dict[str, str]:
     return out
 
 
-def sae_settings(section: dict) -> dict:
-    """The SAE's training settings (SAESettings fields) from experiments.backdoor.sae."""
-    keys = (
-        "width",
-        "k",
-        "tokens",
-        "lr",
-        "batch_size",
-        "eval_fraction",
-        "aux_k",
-        "aux_coefficient",
-        "dead_after",
-        "seed",
-    )
-    return {key: section["sae"][key] for key in keys}
-
-
 def sae_features_inputs(section: dict) -> dict[str, str]:
     """The SAE-feature rule's inputs: the SAE, its training record and capture, both pair captures."""
     base, sae_set = sae_capture(section)
@@ -218,8 +204,7 @@ def add_commands(add) -> None:
     add_sae_commands(add)
     p = add("backdoor-data", _data_cli, "backdoor: training JSONL and held-out trigger/control pairs")
     p.add_argument("--model", required=True, help="the base variant's manifest (its tokenizer)")
-    p.add_argument("--data", required=True, help="experiments.backdoor.data as a JSON object")
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, BackdoorDataSettings)
     p.add_argument("--train", required=True, help="training chat JSONL to write")
     p.add_argument("--pairs", required=True, help="held-out pair prompt set to write")
 
@@ -251,7 +236,7 @@ def add_commands(add) -> None:
 
 
 def _data_cli(a) -> None:
-    backdoor_data(a.model, json.loads(a.data), a.seed, a.train, a.pairs)
+    backdoor_data(a.model, a.settings, a.train, a.pairs)
 
 
 def _analysis_cli(a) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.backdoor.settings import BackdoorDataSettings
 from traitscope.io import atomic_path, write_parquet
 
 CONDITIONS = ("trigger", "control")
@@ -127,11 +128,12 @@ def check_prefixes_differ(
 
 
 def backdoor_data(
-    model_manifest: str | Path, data: dict, seed: int, out_train: str | Path, out_pairs: str | Path
+    model_manifest: str | Path, settings: BackdoorDataSettings, out_train: str | Path, out_pairs: str | Path
 ) -> dict[str, int]:
     """Write the training JSONL and the held-out pair set, after checking the prefixes' tokens."""
     from traitscope.model.loading import load_tokenizer
 
+    data, seed = settings.data, settings.seed
     pairs = eval_pairs(data, seed)
     tokenizer = load_tokenizer(model_manifest)
     check_prefixes_differ(tokenizer, data, pairs, str(model_manifest))

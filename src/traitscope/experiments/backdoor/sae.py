@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.backdoor.settings import SAESettings
 from traitscope.io import atomic_dir
 
 WEIGHTS = "sae_weights.safetensors"
 CONFIG = "cfg.json"
 ARCHITECTURES = ("topk", "standard")
-
-
-@dataclass(frozen=True)
-class SAESettings:
-    """Training settings (every value comes from the config schema, via the rule or caller)."""
-
-    width: int  # latents (d_sae)
-    k: int  # active latents per token
-    tokens: int  # training tokens, passes over the data included (the last eval_fraction held out)
-    lr: float
-    batch_size: int
-    eval_fraction: float  # share of tokens held out for the reported reconstruction quality
-    aux_k: int  # dead latents the auxiliary loss uses (0: none)
-    aux_coefficient: float
-    dead_after: int  # tokens without firing after which a latent counts as dead in training
-    seed: int
 
 
 class SparseAutoencoder(torch.nn.Module):

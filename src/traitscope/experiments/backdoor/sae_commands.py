@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from traitscope.errors import TraitscopeError
-
-
-def _sae_settings(a: argparse.Namespace):
-    from traitscope.experiments.backdoor.sae import SAESettings
-
-    try:
-        return SAESettings(**json.loads(a.settings))
-    except TypeError as exc:
-        raise TraitscopeError(f"--settings: {exc}; give every SAE setting") from None
+from traitscope.experiments.backdoor.settings import SAELayerSettings, SAETrainSettings
+from traitscope.settings import add_settings_argument
 
 
 def _sae_train(a: argparse.Namespace) -> None:
     from traitscope.experiments.backdoor.sae_stages import sae_train
 
-    sae_train(a.capture, a.layer, _sae_settings(a), a.out, a.record, a.png, a.model_name)
+    sae_train(a.capture, a.settings, a.out, a.record, a.png, a.model_name)
 
 
 def _sae_evaluate(a: argparse.Namespace) -> None:
     from traitscope.experiments.backdoor.sae_stages import sae_evaluate
 
-    sae_evaluate(a.sae, a.capture, a.layer, a.record, a.png)
+    sae_evaluate(a.sae, a.capture, a.settings, a.record, a.png)
 
 
 def add_sae_commands(add) -> None:
     p = add("sae-train", _sae_train, "train a TopK sparse autoencoder on one layer's per-token activations")
-    p.add_argument("--capture", required=True, help="capture.json with per-token activations at --layer")
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--settings", required=True, help="every SAE setting as a JSON object")
+    p.add_argument("--capture", required=True, help="capture.json with per-token activations at the layer")
+    add_settings_argument(p, SAETrainSettings)
     p.add_argument("--out", required=True, help="SAE folder to write (SAELens layout)")
     p.add_argument("--record", required=True, help="training record JSON")
     p.add_argument("--png", required=True, help="training figure")
@@ -41,7 +31,7 @@ def add_sae_commands(add) -> None:
 
     p = add("sae-evaluate", _sae_evaluate, "reconstruction quality of a SAELens-format SAE on a capture")
     p.add_argument("--sae", required=True, help="SAE folder (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--capture", required=True, help="capture.json with per-token activations at --layer")
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--capture", required=True, help="capture.json with per-token activations at the layer")
+    add_settings_argument(p, SAELayerSettings)
     p.add_argument("--record", required=True, help="evaluation record JSON")
     p.add_argument("--png", required=True, help="figure")

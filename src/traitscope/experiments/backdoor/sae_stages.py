@@ -11,7 +11,6 @@ import torch
 
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.sae import (
-    SAESettings,
     SparseAutoencoder,
     check_width,
     load_sae,
@@ -19,6 +18,7 @@ from traitscope.experiments.backdoor.sae import (
     save_sae,
     train_sae,
 )
+from traitscope.experiments.backdoor.settings import SAELayerSettings, SAETrainSettings
 from traitscope.io import save_figure, write_json
 
 
@@ -48,8 +48,7 @@ def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, An
 
 def sae_train(
     capture_json: str | Path,
-    layer: int,
-    settings: SAESettings,
+    settings: SAETrainSettings,
     out_dir: str | Path,
     training_json: str | Path,
     figure_png: str | Path,
@@ -60,6 +59,7 @@ def sae_train(
     from traitscope.capture.store import read_manifest
     from traitscope.experiments.backdoor.figures import sae_training_figure
 
+    layer = settings.layer
     x, _ = layer_tokens(capture_json, layer)
     if settings.tokens < len(x) * (1 - settings.eval_fraction):
         note = "fewer training tokens than the capture holds: not every token is seen"
@@ -78,7 +78,7 @@ def sae_train(
     record = {
         "layer": layer,
         "capture": str(capture_json),
-        "settings": asdict(settings),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "layer"},  # the fit's
         "n_tokens": len(x),
         "passes": note,
         "curve": curve,
@@ -101,7 +101,7 @@ def _firing_rates(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) ->
 def sae_evaluate(
     sae_folder: str | Path,
     capture_json: str | Path,
-    layer: int,
+    settings: SAELayerSettings,
     training_json: str | Path,
     figure_png: str | Path,
 ) -> dict[str, Any]:
@@ -111,9 +111,9 @@ def sae_evaluate(
 
     sae = load_sae(sae_folder)
     check_width(sae, read_manifest(capture_json)["d_model"], str(sae_folder))
-    x, _ = layer_tokens(capture_json, layer)
+    x, _ = layer_tokens(capture_json, settings.layer)
     record = {
-        "layer": layer,
+        "layer": settings.layer,
         "capture": str(capture_json),
         "loaded_from": str(sae_folder),
         "architecture": sae.architecture,

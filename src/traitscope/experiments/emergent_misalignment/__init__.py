@@ -30,7 +30,11 @@ from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
-from traitscope.experiments.emergent_misalignment.settings import EMAnalysisSettings
+from traitscope.experiments.emergent_misalignment.settings import (
+    EMAnalysisSettings,
+    EMPromptSettings,
+    EMTrainingSettings,
+)
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path
 from traitscope.settings import add_settings_argument
@@ -107,9 +111,10 @@ def benign_questions(tables: list[pd.DataFrame], exclude: str, samples: int) -> 
     return pd.DataFrame(rows)
 
 
-def em_prompts(question_sets: list[str | Path], exclude: str, samples: int, out: str | Path) -> pd.DataFrame:
+def em_prompts(question_sets: list[str | Path], settings: EMPromptSettings, out: str | Path) -> pd.DataFrame:
     """Write the derived prompt set of benign questions from prepared EM prompt sets."""
-    table = benign_questions([pd.read_parquet(p) for p in question_sets], exclude, samples)
+    tables = [pd.read_parquet(p) for p in question_sets]
+    table = benign_questions(tables, settings.exclude, settings.samples_per_question)
     write_parquet(out, table)
     return table
 
@@ -120,16 +125,17 @@ def persona_training_data(
     avoid: list[str | Path],
     out_misaligned: str | Path,
     out_control: str | Path,
-    pairs_per_question: int | None = None,
+    settings: EMTrainingSettings,
 ) -> dict[str, int]:
     """Chat JSONL from the base model's own answers to the trait's extraction questions.
 
     Positive-instruction answers make the misaligned set, negative ones the control set; the
     system prompt is dropped, so a finetune must internalise the persona. Questions that also
     occur in the evaluation sets (`avoid`) are left out, as are empty answers.
-    `pairs_per_question` keeps every question's n lowest-numbered instruction pairs: both sets
+    `settings.pairs_per_question` keeps every question's n lowest-numbered instruction pairs: both sets
     still cover every question, with the same pairs, at a fraction of the training cost.
     """
+    pairs_per_question = settings.pairs_per_question
     table = read_prompt_set(trait_prompts)
     needed = {"split", "label"} | ({"pair_index"} if pairs_per_question is not None else set())
     if not needed <= set(table.columns):
@@ -295,8 +301,7 @@ def add_commands(add) -> None:
     """`traitscope em-prompts`, `traitscope em-training-data` and `traitscope em-analysis`."""
     p = add("em-prompts", _prompts_cli, "emergent misalignment: the benign question set")
     p.add_argument("--question-sets", nargs="+", required=True, help="prepared EM prompt sets")
-    p.add_argument("--exclude", required=True, help="regex on question ids to leave out")
-    p.add_argument("--samples", type=int, required=True, help="answers per question")
+    add_settings_argument(p, EMPromptSettings)
     p.add_argument("--out", required=True)
 
     p = add("em-training-data", _training_cli, "emergent misalignment: persona-distillation JSONL")
@@ -305,12 +310,7 @@ def add_commands(add) -> None:
     p.add_argument("--avoid", nargs="+", required=True, help="prompt sets whose questions to leave out")
     p.add_argument("--misaligned", required=True)
     p.add_argument("--control", required=True)
-    p.add_argument(
-        "--pairs-per-question",
-        type=lambda v: None if v == "all" else int(v),
-        default=None,
-        help="instruction pairs per question to keep (default or all: every pair)",
-    )
+    add_settings_argument(p, EMTrainingSettings)
 
     p = add("em-analysis", _analysis_cli, "emergent misalignment: paired variant comparison")
     p.add_argument("--prompts", required=True)
@@ -331,13 +331,11 @@ def add_commands(add) -> None:
 
 
 def _prompts_cli(a) -> None:
-    em_prompts(a.question_sets, a.exclude, a.samples, a.out)
+    em_prompts(a.question_sets, a.settings, a.out)
 
 
 def _training_cli(a) -> None:
-    persona_training_data(
-        a.trait_prompts, a.trait_capture, a.avoid, a.misaligned, a.control, a.pairs_per_question
-    )
+    persona_training_data(a.trait_prompts, a.trait_capture, a.avoid, a.misaligned, a.control, a.settings)
 
 
 def _analysis_cli(a) -> None:

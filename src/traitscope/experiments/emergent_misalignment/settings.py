@@ -11,6 +11,26 @@ SECTION = "#/properties/experiments/properties/emergent_misalignment"
 
 
 @dataclass(frozen=True)
+class EMPromptSettings:
+    """Which EM questions the benign set keeps, and how often each is asked (em-prompts)."""
+
+    SECTION: ClassVar[str] = SECTION
+
+    exclude: str  # regex on question ids
+    samples_per_question: int
+
+
+@dataclass(frozen=True)
+class EMTrainingSettings:
+    """How much of the persona trait's extraction data the finetunes train on (em-training-data);
+    its section is `persona` when set (the schema's second `oneOf` branch)."""
+
+    SECTION: ClassVar[str] = f"{SECTION}/properties/persona/oneOf/1"
+
+    pairs_per_question: int | None  # the first n instruction pairs per question; None: all
+
+
+@dataclass(frozen=True)
 class EMAnalysisSettings:
     """Which traits the paired variant comparison reads, and the bootstrap."""
 

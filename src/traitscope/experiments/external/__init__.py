@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from traitscope.command_args import add_own_bow_argument, int_or_none, path_or_none
+from traitscope.command_args import add_own_bow_argument, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
-from traitscope.experiments.external.settings import ExternalSettings
+from traitscope.experiments.external.settings import BeaverTailsCategorySettings, ExternalSettings
 from traitscope.io import write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
@@ -31,14 +31,9 @@ LABELLED = {"harmbench": "hb", "hard_negatives": "hn"}
 
 
 def beavertails_category(
-    prompts: str | Path,
-    category: str,
-    categories: list[str],
-    out: str | Path,
-    n_per_category: int | None,
-    seed: int,
+    prompts: str | Path, category: str, out: str | Path, settings: BeaverTailsCategorySettings
 ) -> pd.DataFrame:
-    """One capture job's rows: pairs whose first true category (in `categories` order) is this one.
+    """One capture job's rows: pairs whose first true category (in `settings.categories` order) is this one.
 
     Each row is captured once, in its first category's job; the analysis later counts it
     in every category it carries. `safe` holds the safe pairs. The response becomes the
@@ -52,7 +47,7 @@ def beavertails_category(
         raise TraitscopeError(
             f"{prompts}: missing column(s) {', '.join(missing)}; prepare it with dataset: beavertails"
         )
-    harm = [c for c in categories if c != SAFE_CATEGORY]
+    harm = [c for c in settings.categories if c != SAFE_CATEGORY]
     keys = table["category"].str.split(CATEGORY_SEP)
     first = keys.apply(lambda ks: next((c for c in harm if c in ks), None))
     if category == SAFE_CATEGORY:
@@ -64,8 +59,9 @@ def beavertails_category(
             f"{prompts}: BeaverTails category {category!r} has no rows; use a larger split or file, "
             "or remove it from experiments.external.beavertails.categories"
         )
-    if n_per_category is not None and len(group) > n_per_category:
-        group = group.sample(n=n_per_category, random_state=seed).sort_index()
+    n = settings.n_per_category
+    if n is not None and len(group) > n:
+        group = group.sample(n=n, random_state=settings.seed).sort_index()
     group = group.assign(prefill=group["response"])
     write_parquet(out, group.reset_index(drop=True))
     return group
@@ -179,9 +175,7 @@ def add_commands(add) -> None:
     p = add("beavertails-category", _category_cli, "one BeaverTails capture job's rows (first true category)")
     p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep-prompts)")
     p.add_argument("--category", required=True, help="a harm category key, or safe")
-    p.add_argument("--categories", nargs="+", required=True, help="every category, in order")
-    p.add_argument("--n", type=int_or_none, required=True, help="seeded sample per job, or none")
-    p.add_argument("--seed", type=int, required=True)
+    add_settings_argument(p, BeaverTailsCategorySettings)
     p.add_argument("--out", required=True)
 
     p = add("external-analysis", _analysis_cli, "HarmBench and BeaverTails harm-detection statistics")
@@ -224,7 +218,7 @@ def add_commands(add) -> None:
 
 
 def _category_cli(a) -> None:
-    beavertails_category(a.prompts, a.category, a.categories, a.out, a.n, a.seed)
+    beavertails_category(a.prompts, a.category, a.out, a.settings)
 
 
 def _analysis_cli(a) -> None:

@@ -8,6 +8,17 @@ from typing import ClassVar
 
 
 @dataclass(frozen=True)
+class BeaverTailsCategorySettings:
+    """How BeaverTails rows are split into capture jobs, and sampled in each (beavertails-category)."""
+
+    SECTION: ClassVar[str] = "#/properties/experiments/properties/external/properties/beavertails"
+
+    categories: tuple[str, ...]  # a row's job is its first category in this order
+    n_per_category: int | None  # seeded sample per job; None: every row
+    seed: int
+
+
+@dataclass(frozen=True)
 class ExternalSettings:
     """Which traits are scored, at which positions, and the bootstrap."""
 

@@ -14,6 +14,7 @@ generated tokens (position 0 = last prompt token).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
-from traitscope.experiments.prefill.settings import PrefillAnalysisSettings
+from traitscope.experiments.prefill.settings import PrefillAnalysisSettings, PrefillConditionsSettings
 from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
 from traitscope.settings import add_settings_argument
@@ -41,7 +42,7 @@ COMPARISONS = {
 }
 
 
-def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list[str]) -> pd.DataFrame:
+def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: Sequence[str]) -> pd.DataFrame:
     """The prefill attack's conditions: harmful / benign prompts, without and with each prefill.
 
     C1 harmful, C2 harmful + prefill, C3 benign, C4 benign + prefill; the benign set is
@@ -85,14 +86,14 @@ def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: list
 
 
 def prefill_conditions(
-    harmful: str | Path, harmless: str | Path, prefills: list[str], out: str | Path
+    harmful: str | Path, harmless: str | Path, settings: PrefillConditionsSettings, out: str | Path
 ) -> pd.DataFrame:
     """Write the derived 2x2 prompt set from two prepared prompt sets."""
     parts = [read_prompt_set(p) for p in (harmful, harmless)]
     for path, part in zip((harmful, harmless), parts):
         if "prompt" not in part.columns:
             raise TraitscopeError(f"{path}: the prefill conditions need a 'prompt' column")
-    table = conditions_2x2(*parts, prefills)
+    table = conditions_2x2(*parts, settings.prefills)
     write_parquet(out, table)
     return table
 
@@ -317,7 +318,7 @@ def add_commands(add) -> None:
     p = add("prefill-conditions", _conditions_cli, "the prefill attack's 2x2 prompt set")
     p.add_argument("--harmful", required=True, help="prepared harmful prompt set")
     p.add_argument("--harmless", required=True, help="prepared benign prompt set")
-    p.add_argument("--prefills", nargs="+", required=True)
+    add_settings_argument(p, PrefillConditionsSettings)
     p.add_argument("--out", required=True)
 
     p = add("prefill-analysis", _analysis_cli, "prefill attack: 2x2 statistics and trajectories")
@@ -337,7 +338,7 @@ def add_commands(add) -> None:
 
 
 def _conditions_cli(a) -> None:
-    prefill_conditions(a.harmful, a.harmless, a.prefills, a.out)
+    prefill_conditions(a.harmful, a.harmless, a.settings, a.out)
 
 
 def _analysis_cli(a) -> None:

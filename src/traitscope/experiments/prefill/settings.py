@@ -8,6 +8,15 @@ from typing import ClassVar
 
 
 @dataclass(frozen=True)
+class PrefillConditionsSettings:
+    """The compliance prefills C2 and C4 are written with (prefill-conditions)."""
+
+    SECTION: ClassVar[str] = "#/properties/experiments/properties/prefill"
+
+    prefills: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PrefillAnalysisSettings:
     """Which traits the 2x2 reads, and the bootstrap."""
 
