@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from traitscope.data.traits import contrast_pool
-from traitscope.judge.classifier import AnswerClassifier, answer_table, classifier_agreement
+from traitscope.judge.classifier import AnswerClassifier  # noqa: E402
+from traitscope.judge.classifier_agreement import answer_table, classifier_agreement  # noqa: E402
 from traitscope.judge.settings import AgreementSettings
 from traitscope.judge.stages import trait_agreement
 from traitscope.settings import from_schema

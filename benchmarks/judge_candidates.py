@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from judge_agreement import cpu_name, extraction_cv_auc, persona_traits  # noqa: E402
 
 from traitscope.data.traits import load_trait  # noqa: E402
-from traitscope.judge.classifier import AnswerClassifier, answer_table  # noqa: E402
+from traitscope.judge.classifier import AnswerClassifier  # noqa: E402
+from traitscope.judge.classifier_agreement import answer_table  # noqa: E402
 from traitscope.judge.embedding import EmbeddingClassifier, answer_states  # noqa: E402
 from traitscope.judge.truth_set import truth_table  # noqa: E402
 from traitscope.stats import auc_with_ci  # noqa: E402

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from judge_agreement import cpu_name  # noqa: E402
 from judge_candidates import Reader  # noqa: E402
 
-from traitscope.judge.classifier import AnswerClassifier, answer_table  # noqa: E402
+from traitscope.judge.classifier import AnswerClassifier  # noqa: E402
+from traitscope.judge.classifier_agreement import answer_table  # noqa: E402
 from traitscope.judge.embedding import EmbeddingClassifier  # noqa: E402
 from traitscope.judge.truth_set import training_table, truth_table  # noqa: E402
 from traitscope.stats import auc_with_ci  # noqa: E402

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge.classifier import AnswerClassifier, classifier_agreement
+from traitscope.judge.classifier import AnswerClassifier
+from traitscope.judge.classifier_agreement import classifier_agreement
 from traitscope.judge.settings import AgreementSettings
 from traitscope.judge.stages import agreement_record
 from traitscope.settings import from_schema

@@ -86,7 +86,7 @@ def _trait_agreement(a: argparse.Namespace) -> None:
 
 
 def _trait_classifier_agreement(a: argparse.Namespace) -> None:
-    from traitscope.judge.classifier import classifier_agreement
+    from traitscope.judge.classifier_agreement import classifier_agreement
 
     classifier_agreement(a.prompts, a.capture, a.out, a.settings, a.judgements)
 
