@@ -80,7 +80,8 @@ LLAMA_JOBS = {
     "summarize": 1,
     "all": 1,
 }
-MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes_heldout"}
+# (sae_train: the backdoor SAE, minutes on a GPU and hours on a few CPU cores at full scale)
+MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes_heldout", "sae_train"}
 # the judge's rules: the profile gives them a GPU for the local judge; these configs judge
 # through an API, where they need none (the profile's comment says to drop them then)
 JUDGE_RULES = {"trait_judgements", "em_judge"}

@@ -62,6 +62,7 @@ if is_enabled("backdoor"):
                 "../../../envs/traitscope.yaml"
             threads: 1
             resources:
+                gpu=MODEL_GPU,
                 mem_mb=8000,
             params:
                 settings=settings_param(SAETrainSettings, BACKDOOR["sae"]),

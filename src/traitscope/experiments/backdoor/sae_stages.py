@@ -66,7 +66,7 @@ def sae_train(
     else:
         passes = settings.tokens / max(1, len(x) * (1 - settings.eval_fraction))
         note = f"{passes:.1f} passes over the training tokens"
-    sae, curve, quality = train_sae(x, settings)
+    sae, curve, quality = train_sae(x, settings, device="cuda" if torch.cuda.is_available() else "cpu")
     manifest = read_manifest(capture_json)
     metadata = {
         "model_name": model_name or Path(manifest["model"]).parent.name,
