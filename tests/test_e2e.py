@@ -100,7 +100,11 @@ def test_steering_check_reports_both_means(run_dir):
     assert steering["difference"] == pytest.approx(
         steering["mean_projection_steered"] - steering["mean_projection_unsteered"]
     )
-    assert steering["n"] == 20 and steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
+    held_out = yaml.safe_load((run_dir / "resources/traits/safety/evil.yaml").read_text())[
+        "evaluation_questions"
+    ]
+    assert steering["n"] == len(held_out) == 40  # one steered and one plain answer per held-out question
+    assert steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
 
 
 def test_editing_one_trait_reruns_only_that_trait_and_no_prompt_set_capture(run_dir):

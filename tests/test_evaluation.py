@@ -51,6 +51,23 @@ def test_split_half_picks_on_one_half_and_scores_the_other():
     assert result["ci_low"] < result["auc"] < result["ci_high"] <= 1.0  # not separable: a real interval
 
 
+def test_split_half_ci_chooses_the_layer_again_in_every_resample():
+    """With one layer carrying the trait, every resample picks it; with two equal layers, which
+    one a half picks is chance, and the bootstrap sees the choice change."""
+    table, x = planted(n_questions=12)
+    vectors = {"mean_diff": torch.eye(4)[[0, 0, 0]]}
+    clear = split_half_auc(x, table, vectors, [0, 1, 2], n_boot=300)
+    assert clear["choice_stability"] == 1.0 and clear["n_clusters"] == 12
+    twin = x.clone()
+    rng = np.random.default_rng(5)
+    twin[:, 2, 0] = torch.tensor(rng.normal(size=len(table)), dtype=torch.float32)
+    twin[:, 2, 0] += 2.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)
+    tied = split_half_auc(twin, table, vectors, [0, 1, 2], n_boot=300)
+    assert {f["layer"] for f in tied["folds"]} <= {1, 2}
+    assert tied["choice_stability"] < 0.8
+    assert tied["ci_low"] < tied["auc"] < tied["ci_high"]
+
+
 def test_split_half_ci_of_a_perfectly_separated_trait_is_one():
     """Every resample keeps both labels of both halves (stratified), so each scores AUC 1."""
     table, x = planted()

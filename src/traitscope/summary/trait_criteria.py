@@ -26,7 +26,10 @@ def trait_criteria(result: Result) -> list[Criterion]:
                 f"; {row.get('auc_split_half_reason') or 'no CI in the result (rerun trait_evaluation)'}"
             )
         else:
-            detail += "; CI: bootstrap over the scored half's questions"
+            detail += "; CI: bootstrap over questions, the layer chosen again in each resample"
+            stability = row.get("auc_split_half_choice_stability")
+            if stability is not None:
+                detail += f" (the same choices in {stability:.0%} of them)"
         rows.append(
             Criterion(
                 f"{trait}: split-half (out-of-sample) AUC >= {threshold}",

@@ -60,6 +60,7 @@ def trait_summary(evaluations: list[str | Path], out: str | Path, settings: Trai
             "auc_split_half_ci_low": result["chosen_split_half"].get("ci_low"),
             "auc_split_half_ci_high": result["chosen_split_half"].get("ci_high"),
             "auc_split_half_reason": result["chosen_split_half"].get("reason"),
+            "auc_split_half_choice_stability": result["chosen_split_half"].get("choice_stability"),
             **result["chosen"],
             "n_positive": result["n_positive"],
             "n_negative": result["n_negative"],

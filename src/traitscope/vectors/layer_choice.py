@@ -6,9 +6,10 @@ on easy traits, and d then says which layer separates with the widest margin.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from traitscope.stats import auc, clustered_mean_auc_with_ci, cohens_d
+from traitscope.stats import auc, auc_columns, cohens_d
 from traitscope.vectors.methods import project
 
 
@@ -41,36 +42,77 @@ def choose(scores: dict[str, list[dict]]) -> dict:
 
 def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_boot: int = 2000) -> dict:
     """AUC at a layer chosen on the other half of the held-out questions, averaged both ways,
-    with a bootstrap CI of that mean over the scored half's questions (clusters: a question's
-    answers go together; the choices held fixed).
+    with a bootstrap CI of the whole procedure: each resample draws each half's questions with
+    replacement (a question's answers go together), chooses (method, layer) again on the
+    resampled picking half and scores that choice on the resampled other half.
 
-    `chosen` picks the layer on the data it is scored on, which flatters it; here each
-    half of the questions picks (method, layer) and the other half scores it.
+    `chosen` picks the layer on the data it is scored on, which flatters it; here each half
+    of the questions picks (method, layer) and the other half scores it. Where two layers
+    nearly tie on a half, which one wins is chance, and a CI that held the choice fixed would
+    leave that chance out (two runs that differed only in the number format then fell outside
+    each other's CIs); `choice_stability` is the share of resamples whose choices are the
+    point estimate's.
     """
-    held = table["split"] == "evaluation"
-    questions = sorted(set(table.loc[held, "question"]))
-    halves = [set(questions[0::2]), set(questions[1::2])]
-    folds, scored_halves = [], []
-    for pick, score in ((0, 1), (1, 0)):
-        groups = []
-        for half in (halves[pick], halves[score]):
-            rows = (held & table["question"].isin(half)).to_numpy()
-            label = table["label"].to_numpy()
-            groups.append((x[torch.tensor(rows & (label == 1))], x[torch.tensor(rows & (label == 0))]))
-        (pos_a, neg_a), (pos_b, neg_b) = groups
-        if min(len(pos_a), len(neg_a), len(pos_b), len(neg_b)) < 2:
+    held = (table["split"] == "evaluation").to_numpy()
+    label, question = table["label"].to_numpy(), table["question"].to_numpy()
+    questions = sorted(set(question[held]))
+    halves = [questions[0::2], questions[1::2]]
+    rows_of = [[np.flatnonzero(held & (question == q)) for q in half] for half in halves]
+    for half in rows_of:
+        labels = label[np.concatenate(half)] if half else np.array([])
+        if (labels == 1).sum() < 2 or (labels == 0).sum() < 2:
             return {"auc": None, "reason": "fewer than 2 positive and negative rows in a half"}
-        picked = choose({m: layer_scores(pos_a, neg_a, v, layers) for m, v in vectors.items()})
-        i = layers.index(picked["layer"])
-        one = slice(i, i + 1)
-        unit = vectors[picked["method"]][one]
-        rows = (held & table["question"].isin(halves[score])).to_numpy()
-        label, question = table["label"].to_numpy(), table["question"].to_numpy()
-        scored = (project(pos_b[:, one], unit)[:, 0].numpy(), project(neg_b[:, one], unit)[:, 0].numpy())
-        scored_halves.append((*scored, question[rows & (label == 1)], question[rows & (label == 0)]))
-        folds.append({"method": picked["method"], "layer": picked["layer"], "auc_other_half": auc(*scored)})
-    try:
-        return {**clustered_mean_auc_with_ci(scored_halves, n_boot=n_boot), "folds": folds}
-    except ValueError as exc:  # a half of one question: a point, no CI
-        point = sum(f["auc_other_half"] for f in folds) / 2
-        return {"auc": point, "ci_low": None, "ci_high": None, "reason": f"no CI: {exc}", "folds": folds}
+    candidates = [(m, layer) for m in vectors for layer in layers]
+    scores = torch.cat([project(x, v) for v in vectors.values()], dim=1).numpy()  # [rows, candidates]
+
+    def procedure(picked_rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
+        """Mean other-half AUC, each fold's chosen candidate and its AUC."""
+        choices, aucs = [], []
+        for pick, score in ((0, 1), (1, 0)):
+            r = picked_rows[pick]
+            best = _best_column(scores[r][label[r] == 1], scores[r][label[r] == 0])
+            r = picked_rows[score]
+            choices.append(best)
+            aucs.append(auc(scores[r][label[r] == 1, best], scores[r][label[r] == 0, best]))
+        return float(np.mean(aucs)), choices, aucs
+
+    point, choices, aucs = procedure([np.concatenate(half) for half in rows_of])
+    folds = [
+        {"method": candidates[c][0], "layer": candidates[c][1], "auc_other_half": a}
+        for c, a in zip(choices, aucs)
+    ]
+    rng = np.random.default_rng(0)
+    boot, same = np.empty(n_boot), 0
+    for b in range(n_boot):
+        drawn = [np.concatenate([half[k] for k in rng.integers(0, len(half), len(half))]) for half in rows_of]
+        if any(len(set(label[r])) < 2 for r in drawn):
+            boot[b] = np.nan
+            continue
+        boot[b], again, _ = procedure(drawn)
+        same += again == choices
+    if np.isnan(boot).any() or min(map(len, halves)) < 2:
+        reason = "no CI: a half has one question, or a resample drew one label only"
+        return {"auc": point, "ci_low": None, "ci_high": None, "reason": reason, "folds": folds}
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {
+        "auc": point,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n_clusters": len(questions),
+        "choice_stability": same / n_boot,
+        "folds": folds,
+    }
+
+
+def _best_column(pos: np.ndarray, neg: np.ndarray) -> int:
+    """`choose`'s rule over score columns: the highest AUC, ties (to 6 decimals) broken by
+    Cohen's d."""
+    aucs = np.round(auc_columns(pos, neg), 6)
+    pooled = ((len(pos) - 1) * pos.var(0, ddof=1) + (len(neg) - 1) * neg.var(0, ddof=1)) / (
+        len(pos) + len(neg) - 2
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (pos.mean(0) - neg.mean(0)) / np.sqrt(pooled)
+    d = np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    order = np.lexsort((-d, -aucs))  # the last key sorts first: AUC, then d (both descending)
+    return int(order[0])
