@@ -103,7 +103,7 @@ def test_steering_check_reports_both_means(run_dir):
     held_out = yaml.safe_load((run_dir / "resources/traits/safety/evil.yaml").read_text())[
         "evaluation_questions"
     ]
-    assert steering["n"] == len(held_out) == 40  # one steered and one plain answer per held-out question
+    assert steering["n"] == len(held_out) == 80  # one steered and one plain answer per held-out question
     assert steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
 
 
