@@ -68,6 +68,27 @@ def test_split_half_ci_chooses_the_layer_again_in_every_resample():
     assert tied["ci_low"] < tied["auc"] < tied["ci_high"]
 
 
+def test_split_half_ci_resamples_questions_not_answers():
+    """Four answers per question that agree with each other are one piece of evidence, not four:
+    the split-half CI is wider than a bootstrap over answers of the same scores."""
+    from traitscope.stats import auc_with_ci
+
+    rng = np.random.default_rng(0)
+    rows, acts = [], []
+    for q in range(20):
+        for label in (1, 0):
+            x = rng.normal(size=(1, 2))
+            x[0, 0] += 0.5 * label
+            for _ in range(4):  # the question's answers: the same activation
+                acts.append(x)
+                rows.append({"split": "evaluation", "question": f"q{q:02d}", "label": label})
+    table, x = pd.DataFrame(rows), torch.tensor(np.array(acts), dtype=torch.float32)
+    result = split_half_auc(x, table, {"mean_diff": torch.eye(2)[[0]]}, [0], n_boot=1000)
+    score, label = x[:, 0, 0].numpy(), table["label"].to_numpy()
+    answers = auc_with_ci(score[label == 1], score[label == 0], n_boot=1000)
+    assert result["ci_high"] - result["ci_low"] > 1.5 * (answers["ci_high"] - answers["ci_low"])
+
+
 def test_split_half_ci_of_a_perfectly_separated_trait_is_one():
     """Every resample keeps both labels of both halves (stratified), so each scores AUC 1."""
     table, x = planted()

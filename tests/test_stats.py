@@ -18,7 +18,6 @@ from traitscope.stats import (
     auc_with_ci,
     bootstrap_ci,
     clustered_dz_ci,
-    clustered_mean_auc_with_ci,
     cohens_d,
     compare_groups,
     compare_paired,
@@ -425,31 +424,6 @@ def test_auc_with_ci_perfect_separation_is_stratified():
     # each resample keeps both classes (stratified), so every bootstrap AUC is exactly 1
     result = auc_with_ci([5.0, 6.0, 7.0], [1.0, 2.0], n_boot=200)
     assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
-
-
-def test_clustered_mean_auc_with_ci_hand_computed():
-    # fold 1: question A (pos 1, neg 0) and B (pos 0, neg 1): AUC 1/2; resampling questions gives
-    # AA -> 1, BB -> 0, AB or BA -> 1/2 with probability 1/4, 1/4, 1/2. Fold 2 separates
-    # perfectly whatever is drawn. The mean is 1, 1/2 or 3/4 with probability 1/4, 1/4, 1/2: the
-    # point is 3/4 and the 95% CI [1/2, 1]
-    fold1 = ([1.0, 0.0], [0.0, 1.0], ["A", "B"], ["A", "B"])
-    fold2 = ([5.0, 6.0], [1.0, 2.0], ["C", "D"], ["C", "D"])
-    result = clustered_mean_auc_with_ci([fold1, fold2])
-    assert result == {"auc": 0.75, "ci_low": 0.5, "ci_high": 1.0, "n_clusters": 4}
-    with pytest.raises(ValueError, match="fold 0 needs at least 2 clusters"):
-        clustered_mean_auc_with_ci([([1.0, 0.0], [0.0, 1.0], ["A", "A"], ["A", "A"])])
-
-
-def test_clustered_ci_is_wider_than_the_row_ci_when_answers_repeat_their_question():
-    """Four answers per question that agree with each other are one piece of evidence, not four."""
-    rng = np.random.default_rng(0)
-    base_pos, base_neg = rng.normal(0.5, 1, 10), rng.normal(0, 1, 10)
-    pos, neg = np.repeat(base_pos, 4), np.repeat(base_neg, 4)
-    clusters = np.repeat(np.arange(10), 4)
-    clustered = clustered_mean_auc_with_ci([(pos, neg, clusters, clusters)], n_boot=1000)
-    rows = auc_with_ci(pos, neg, n_boot=1000)
-    assert clustered["auc"] == pytest.approx(rows["auc"])
-    assert clustered["ci_high"] - clustered["ci_low"] > 1.5 * (rows["ci_high"] - rows["ci_low"])
 
 
 def test_auc_with_ci_rejects_degenerate_input():

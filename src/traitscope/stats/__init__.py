@@ -27,6 +27,5 @@ from traitscope.stats.roc import (  # noqa: F401
     auc_difference_paired,
     auc_difference_same_rows,
     auc_with_ci,
-    clustered_mean_auc_with_ci,
     youden_threshold,
 )

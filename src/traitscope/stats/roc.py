@@ -3,8 +3,6 @@ question), differences of AUCs and the Youden threshold."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
@@ -139,43 +137,4 @@ def youden_threshold(pos: ArrayLike, neg: ArrayLike) -> dict:
         "tpr": float(tpr[best + 1]),
         "fpr": float(fpr[best + 1]),
         "j": float(j[best]),
-    }
-
-
-def clustered_mean_auc_with_ci(
-    folds: Sequence[tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike]], n_boot: int = 2000, seed: int = 0
-) -> dict:
-    """The mean of several folds' ROC-AUCs with a percentile bootstrap CI that resamples clusters
-    (questions): each fold is (pos, neg, pos_cluster, neg_cluster), and a resample draws that
-    fold's clusters with replacement and keeps every row of each. Answers to one question share
-    it, so resampling answers one by one (as `auc_with_ci` does) would claim more independent
-    evidence than the questions give; a held-out set generalises over questions."""
-    rng = np.random.default_rng(seed)
-    prepared = []
-    for i, (pos, neg, pos_c, neg_c) in enumerate(folds):
-        pos, neg = _sample(pos, f"fold {i} pos"), _sample(neg, f"fold {i} neg")
-        pos_c, neg_c = np.asarray(pos_c), np.asarray(neg_c)
-        clusters = np.unique(np.concatenate([pos_c, neg_c]))
-        if len(clusters) < 2:
-            raise ValueError(f"fold {i} needs at least 2 clusters, got {len(clusters)}")
-        prepared.append(([pos[pos_c == c] for c in clusters], [neg[neg_c == c] for c in clusters], pos, neg))
-    boot = np.empty(n_boot)
-    for b in range(n_boot):
-        aucs = []
-        for pos_by, neg_by, _, _ in prepared:
-            pick = rng.integers(0, len(pos_by), len(pos_by))
-            p, n = np.concatenate([pos_by[k] for k in pick]), np.concatenate([neg_by[k] for k in pick])
-            aucs.append(auc(p, n) if len(p) and len(n) else np.nan)
-        boot[b] = np.mean(aucs)
-    if np.isnan(boot).any():
-        raise ValueError(
-            f"a resample drew no positive or no negative in {int(np.isnan(boot).sum())} of {n_boot}"
-        )
-    low, high = np.percentile(boot, [2.5, 97.5])
-    point = float(np.mean([auc(pos, neg) for _, _, pos, neg in prepared]))
-    return {
-        "auc": point,
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "n_clusters": sum(len(f[0]) for f in prepared),
     }

@@ -32,12 +32,17 @@ def layer_scores(
 
 def choose(scores: dict[str, list[dict]]) -> dict:
     """Best (method, layer) by AUC then Cohen's d."""
-    best = max(
-        ((m, s) for m, rows in scores.items() for s in rows),
-        key=lambda ms: (round(ms[1]["auc"], 6), ms[1]["cohens_d"]),
-    )
-    method, s = best
+    flat = [(m, s) for m, rows in scores.items() for s in rows]
+    method, s = flat[
+        _first_best(np.array([s["auc"] for _, s in flat]), np.array([s["cohens_d"] for _, s in flat]))
+    ]
     return {"method": method, "layer": s["layer"], "auc": s["auc"], "cohens_d": s["cohens_d"]}
+
+
+def _first_best(aucs: np.ndarray, ds: np.ndarray) -> int:
+    """The rule every layer choice uses: the highest AUC (to 6 decimals: AUC saturates at 1 on
+    easy traits), ties broken by Cohen's d, remaining ties by order."""
+    return int(np.lexsort((-ds, -np.round(aucs, 6)))[0])  # the last key sorts first
 
 
 def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_boot: int = 2000) -> dict:
@@ -105,14 +110,10 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
 
 
 def _best_column(pos: np.ndarray, neg: np.ndarray) -> int:
-    """`choose`'s rule over score columns: the highest AUC, ties (to 6 decimals) broken by
-    Cohen's d."""
-    aucs = np.round(auc_columns(pos, neg), 6)
+    """`choose`'s rule over score columns at once (positives vs negatives)."""
     pooled = ((len(pos) - 1) * pos.var(0, ddof=1) + (len(neg) - 1) * neg.var(0, ddof=1)) / (
         len(pos) + len(neg) - 2
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         d = (pos.mean(0) - neg.mean(0)) / np.sqrt(pooled)
-    d = np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf)
-    order = np.lexsort((-d, -aucs))  # the last key sorts first: AUC, then d (both descending)
-    return int(order[0])
+    return _first_best(auc_columns(pos, neg), np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf))
