@@ -90,7 +90,18 @@ def test_vectors_and_evaluation_recompute(run_dir, trait):
     scores = x[held, chosen["layer"]] @ (v / np.linalg.norm(v))
     assert chosen["auc"] == pytest.approx(roc_auc_score(label[held], scores))
     assert 0.0 <= evaluation["chosen_split_half"]["auc"] <= 1.0
-    assert chosen["auc"] == max(r["auc"] for m in evaluation["methods"].values() for r in m)
+    assert (
+        chosen["plateau_auc"]
+        == pytest.approx(
+            max(  # the lesser of its own AUC and the 1-2-1 neighbourhood's
+                min(r["auc"], sum(w * n["auc"] for w, n in zip(ws, m[max(i - 1, 0) : i + 2])) / sum(ws))
+                for m in evaluation["methods"].values()
+                for i, r in enumerate(m)
+                for ws in [(2, 1) if i == 0 else (1, 2) if i == len(m) - 1 else (1, 2, 1)]
+            ),
+            abs=1e-6,
+        )
+    )
     summary = json.loads((run_dir / "results/traits/smollm2/summary.json").read_text())
     assert summary["traits"][trait]["auc"] == chosen["auc"]
 

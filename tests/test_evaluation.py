@@ -34,7 +34,29 @@ def test_choose_prefers_auc_then_cohens_d():
         "a": [{"layer": 0, "auc": 1.0, "cohens_d": 2.0}, {"layer": 1, "auc": 0.9, "cohens_d": 9.0}],
         "b": [{"layer": 0, "auc": 1.0, "cohens_d": 3.0}],
     }
-    assert choose(scores) == {"method": "b", "layer": 0, "auc": 1.0, "cohens_d": 3.0}
+    assert choose(scores) == {"method": "b", "layer": 0, "auc": 1.0, "plateau_auc": 1.0, "cohens_d": 3.0}
+
+
+def rows(aucs: list[float]) -> list[dict]:
+    return [{"layer": i, "auc": a, "cohens_d": 1.0} for i, a in enumerate(aucs)]
+
+
+def test_choose_prefers_a_plateau_to_a_lone_peak():
+    """By hand, min(own AUC, weights 1-2-1 over the neighbours): a's peak min(.95, (.6 + 2 * .95
+    + .6) / 4 = .775); b's layers min(.90, (2 * .90 + .93) / 3 = .91) = .90, min(.93, .92) = .92,
+    min(.92, .8925), min(.80, .84). b's layer 1 wins though a's layer 1 has the highest AUC."""
+    chosen = choose({"a": rows([0.6, 0.95, 0.6, 0.6]), "b": rows([0.90, 0.93, 0.92, 0.80])})
+    assert (chosen["method"], chosen["layer"]) == ("b", 1)
+    assert chosen["plateau_auc"] == pytest.approx(0.92) and chosen["auc"] == 0.93
+
+
+def test_choose_does_not_pick_an_edge_layer_for_its_neighbour():
+    """One layer carries the trait: an edge scores min(.5, (2 * .5 + .9) / 3 = .633) = .5, the
+    middle min(.9, (.5 + 2 * .9 + .5) / 4 = .7) = .7; near-tied neighbours resolve to the same
+    layer whichever of them peaks (.941 against .906 and .905)."""
+    assert choose({"m": rows([0.5, 0.9, 0.5])})["layer"] == 1
+    for peak in ([0.80, 0.942, 0.941, 0.940, 0.80], [0.80, 0.940, 0.941, 0.942, 0.80]):
+        assert choose({"m": rows(peak)})["layer"] == 2
 
 
 def test_split_half_picks_on_one_half_and_scores_the_other():
@@ -52,19 +74,24 @@ def test_split_half_picks_on_one_half_and_scores_the_other():
 
 
 def test_split_half_ci_chooses_the_layer_again_in_every_resample():
-    """With one layer carrying the trait, every resample picks it; with two equal layers, which
-    one a half picks is chance, and the bootstrap sees the choice change."""
-    table, x = planted(n_questions=12)
-    vectors = {"mean_diff": torch.eye(4)[[0, 0, 0]]}
-    clear = split_half_auc(x, table, vectors, [0, 1, 2], n_boot=300)
-    assert clear["choice_stability"] == 1.0 and clear["n_clusters"] == 12
+    """With one layer carrying the trait most strongly (its neighbours weakly, as residual layers
+    do), nearly every resample picks it; with two equal neighbouring layers between two blank
+    ones, which one a half picks is chance, and the bootstrap sees the choice change."""
+    table, x = planted(n_questions=12, layers=4)
+    label = torch.tensor(table["label"].to_numpy(), dtype=torch.float32)
+    vectors = {"mean_diff": torch.eye(4)[[0, 0, 0, 0]]}
+    peaked = x.clone()
+    peaked[:, 1, 0] += 2.0 * label
+    peaked[:, [0, 2], 0] += label[:, None]
+    clear = split_half_auc(peaked, table, vectors, [0, 1, 2, 3], n_boot=300)
+    assert clear["choice_stability"] >= 0.95 and clear["n_clusters"] == 12
+    assert {f["layer"] for f in clear["folds"]} == {1}
     twin = x.clone()
     rng = np.random.default_rng(5)
-    twin[:, 2, 0] = torch.tensor(rng.normal(size=len(table)), dtype=torch.float32)
-    twin[:, 2, 0] += 2.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)
-    tied = split_half_auc(twin, table, vectors, [0, 1, 2], n_boot=300)
+    twin[:, 2, 0] = torch.tensor(rng.normal(size=len(table)), dtype=torch.float32) + 2.0 * label
+    tied = split_half_auc(twin, table, vectors, [0, 1, 2, 3], n_boot=300)
     assert {f["layer"] for f in tied["folds"]} <= {1, 2}
-    assert tied["choice_stability"] < 0.8
+    assert tied["choice_stability"] < min(0.9, clear["choice_stability"])
     assert tied["ci_low"] < tied["auc"] < tied["ci_high"]
 
 
@@ -92,8 +119,8 @@ def test_split_half_ci_resamples_questions_not_answers():
 def test_split_half_ci_of_a_perfectly_separated_trait_is_one():
     """Every resample keeps both labels of both halves (stratified), so each scores AUC 1."""
     table, x = planted()
-    x[:, 1, 0] += 100.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)
-    result = split_half_auc(x, table, {"mean_diff": torch.eye(4)[[3, 0, 3]]}, [0, 1, 2])
+    x[:, :, 0] += 100.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)[:, None]
+    result = split_half_auc(x, table, {"mean_diff": torch.eye(4)[[0, 0, 0]]}, [0, 1, 2])
     assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
 
 
@@ -131,7 +158,7 @@ def test_trait_evaluation_aucs_are_pair_counts_of_the_projections(trait_run, tra
     assert (result["trait"], result["model"], result["position"]) == ("safety/tiny", "tiny", "response_mean")
     assert result["n_positive"] == len(pos_ids) == 6 and result["n_negative"] == len(neg_ids) == 6
     assert set(result["methods"]) == {"mean_diff", "probe", "pca"}
-    aucs = []
+    aucs = []  # (plateau AUC, AUC, d, method, row) of every candidate
     for method, rows in result["methods"].items():
         assert [r["layer"] for r in rows] == [0, 1, 2]
         for i, row in enumerate(rows):
@@ -142,12 +169,14 @@ def test_trait_evaluation_aucs_are_pair_counts_of_the_projections(trait_run, tra
             assert row["auc"] == pytest.approx(pair_count_auc(sp, sn), abs=1e-12), (method, i)
             assert row["mean_positive"] == pytest.approx(np.mean(sp), abs=1e-5)
             assert row["mean_negative"] == pytest.approx(np.mean(sn), abs=1e-5)
-            aucs.append((row["auc"], row["cohens_d"], method, row["layer"]))
-    # chosen: the highest AUC, ties broken by the larger Cohen's d
-    best = max(a for a, *_ in aucs)
-    tied = [x for x in aucs if x[0] == best]
-    _, d, method, layer = max(tied, key=lambda x: x[1])
-    assert result["chosen"] == {"method": method, "layer": layer, "auc": best, "cohens_d": d}
+        a0, a1, a2 = (r["auc"] for r in rows)
+        plateaus = [min(a0, (2 * a0 + a1) / 3), min(a1, (a0 + 2 * a1 + a2) / 4), min(a2, (a1 + 2 * a2) / 3)]
+        aucs += [(round(p, 6), round(r["auc"], 6), r["cohens_d"], method, r) for p, r in zip(plateaus, rows)]
+    # chosen: the highest plateau AUC, ties broken by the layer's own AUC, then Cohen's d
+    plateau, _, _, method, row = max(aucs, key=lambda x: x[:3])
+    layer = row["layer"]
+    expected = {"method": method, "layer": layer, "auc": row["auc"], "cohens_d": row["cohens_d"]}
+    assert result["chosen"] == {**expected, "plateau_auc": pytest.approx(plateau, abs=1e-6)}
     for m, chosen in result["chosen_by_method"].items():
         assert chosen["auc"] == max(r["auc"] for r in result["methods"][m])
 

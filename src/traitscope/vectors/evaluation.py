@@ -1,7 +1,7 @@
 """Held-out evaluation of trait vectors: per-layer separation and the chosen layer.
 
-The chosen (method, layer) maximises AUC, ties broken by Cohen's d: AUC saturates at 1
-on easy traits, and d then says which layer separates with the widest margin.
+The chosen (method, layer) maximises the plateau AUC (layer_choice.py says why), and the
+split-half AUC beside it is what that choice scores out of sample.
 """
 
 from __future__ import annotations

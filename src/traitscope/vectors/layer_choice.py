@@ -1,7 +1,13 @@
 """Per-layer separation of held-out projections, and the (method, layer) it chooses.
 
-The chosen (method, layer) maximises AUC, ties broken by Cohen's d: AUC saturates at 1
-on easy traits, and d then says which layer separates with the widest margin.
+The chosen (method, layer) maximises the plateau AUC: the lesser of the layer's own AUC and
+its AUC smoothed over its captured neighbours under the same method (weights 1-2-1).
+Adjacent layers of one trait often score within a few thousandths of each other, and which
+of them peaked then moved with the number format, while the experiments downstream read
+very different things at neighbouring layers; a layer whose neighbours also separate is the
+stable choice, and a lone peak among weaker layers is more likely noise. Ties are broken by
+the layer's own AUC, then Cohen's d (AUC saturates at 1 on easy traits, and d then says
+which layer separates with the widest margin).
 """
 
 from __future__ import annotations
@@ -31,18 +37,42 @@ def layer_scores(
 
 
 def choose(scores: dict[str, list[dict]]) -> dict:
-    """Best (method, layer) by AUC then Cohen's d."""
-    flat = [(m, s) for m, rows in scores.items() for s in rows]
-    method, s = flat[
-        _first_best(np.array([s["auc"] for _, s in flat]), np.array([s["cohens_d"] for _, s in flat]))
-    ]
-    return {"method": method, "layer": s["layer"], "auc": s["auc"], "cohens_d": s["cohens_d"]}
+    """Best (method, layer) by plateau AUC, then the layer's own AUC, then Cohen's d."""
+    flat = [(m, s) for m, rows in scores.items() for s in sorted(rows, key=lambda r: r["layer"])]
+    aucs = np.array([s["auc"] for _, s in flat])
+    method_of = np.array([i for i, rows in enumerate(scores.values()) for _ in rows])
+    plateau = _plateau(aucs, method_of)
+    best = _first_best(aucs, np.array([s["cohens_d"] for _, s in flat]), method_of)
+    method, s = flat[best]
+    return {
+        "method": method,
+        "layer": s["layer"],
+        "auc": s["auc"],
+        "plateau_auc": float(plateau[best]),
+        "cohens_d": s["cohens_d"],
+    }
 
 
-def _first_best(aucs: np.ndarray, ds: np.ndarray) -> int:
-    """The rule every layer choice uses: the highest AUC (to 6 decimals: AUC saturates at 1 on
-    easy traits), ties broken by Cohen's d, remaining ties by order."""
-    return int(np.lexsort((-ds, -np.round(aucs, 6)))[0])  # the last key sorts first
+def _plateau(aucs: np.ndarray, method_of: np.ndarray) -> np.ndarray:
+    """Each candidate's plateau AUC: the lesser of its own AUC and its AUC smoothed over its
+    neighbours (the previous and next captured layer under the same method, weights 1-2-1).
+    Candidates are ordered by method, then layer. The lesser of the two, so that a weak layer
+    beside a strong one (an edge layer, say) cannot win on its neighbour's strength."""
+    total, count = 2.0 * aucs.astype(float), np.full(len(aucs), 2.0)
+    same = method_of[1:] == method_of[:-1]  # candidate i and i + 1 are neighbouring layers
+    total[:-1] += np.where(same, aucs[1:], 0.0)
+    count[:-1] += same
+    total[1:] += np.where(same, aucs[:-1], 0.0)
+    count[1:] += same
+    return np.minimum(aucs, total / count)
+
+
+def _first_best(aucs: np.ndarray, ds: np.ndarray, method_of: np.ndarray) -> int:
+    """The rule every layer choice uses: the highest plateau AUC, ties broken by the layer's own
+    AUC, then by Cohen's d, remaining ties by order (AUCs to 6 decimals: they saturate at 1 on
+    easy traits)."""
+    plateau = np.round(_plateau(aucs, method_of), 6)
+    return int(np.lexsort((-ds, -np.round(aucs, 6), -plateau))[0])  # the last key sorts first
 
 
 def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_boot: int = 2000) -> dict:
@@ -68,6 +98,7 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
         if (labels == 1).sum() < 2 or (labels == 0).sum() < 2:
             return {"auc": None, "reason": "fewer than 2 positive and negative rows in a half"}
     candidates = [(m, layer) for m in vectors for layer in layers]
+    method_of = np.repeat(np.arange(len(vectors)), len(layers))
     scores = torch.cat([project(x, v) for v in vectors.values()], dim=1).numpy()  # [rows, candidates]
 
     def procedure(picked_rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
@@ -75,7 +106,7 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
         choices, aucs = [], []
         for pick, score in ((0, 1), (1, 0)):
             r = picked_rows[pick]
-            best = _best_column(scores[r][label[r] == 1], scores[r][label[r] == 0])
+            best = _best_column(scores[r][label[r] == 1], scores[r][label[r] == 0], method_of)
             r = picked_rows[score]
             choices.append(best)
             aucs.append(auc(scores[r][label[r] == 1, best], scores[r][label[r] == 0, best]))
@@ -109,11 +140,13 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
     }
 
 
-def _best_column(pos: np.ndarray, neg: np.ndarray) -> int:
-    """`choose`'s rule over score columns at once (positives vs negatives)."""
+def _best_column(pos: np.ndarray, neg: np.ndarray, method_of: np.ndarray) -> int:
+    """`choose`'s rule over score columns at once (positives vs negatives; columns ordered by
+    method, then layer)."""
     pooled = ((len(pos) - 1) * pos.var(0, ddof=1) + (len(neg) - 1) * neg.var(0, ddof=1)) / (
         len(pos) + len(neg) - 2
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         d = (pos.mean(0) - neg.mean(0)) / np.sqrt(pooled)
-    return _first_best(auc_columns(pos, neg), np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf))
+    d = np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    return _first_best(auc_columns(pos, neg), d, method_of)
