@@ -237,7 +237,7 @@ def collect(
         if timed:
             job.update(start=timed["start"], end=timed["end"], pid=timed["pid"])
             job.update(max_rss_mib=timed["max_rss_mib"], progress_times=timed.get("progress"))
-            if job["status"] == "started" or timed["rc"] < 0:  # stopped by a signal: the deadline
+            if job["status"] == "started" or timed["rc"] < 0 or timed.get("stopped_by_signal"):  # the deadline
                 job["status"] = "unfinished"
         else:
             job.update(start=job["submitted"], end=job.get("finished") or ended)

@@ -24,8 +24,14 @@ PROGRESS = re.compile(rb"^traitscope (?:finetune: step|cmaes: generation) (\d+)"
 def main() -> int:
     start = time.time()
     child = subprocess.Popen([sys.executable, "-m", "traitscope.cli", *sys.argv[1:]], stderr=subprocess.PIPE)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # Snakemake stopping the job stops the job
-        signal.signal(sig, lambda s, _: child.send_signal(s))
+    stopped = []  # the signals forwarded: a Python child stopped by SIGINT exits 1, not -2
+
+    def forward(sig: int, _frame: object) -> None:  # Snakemake stopping the job stops the job
+        stopped.append(sig)
+        child.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
     progress = []
     for line in iter(child.stderr.readline, b""):  # the log, unchanged, with the progress lines' times
         sys.stderr.buffer.write(line)
@@ -37,6 +43,7 @@ def main() -> int:
         "start": start,
         "end": time.time(),
         "rc": rc,
+        "stopped_by_signal": bool(stopped),
         "pid": child.pid,
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
         "command": sys.argv[1] if len(sys.argv) > 1 else "",
