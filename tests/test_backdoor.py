@@ -316,7 +316,8 @@ def write_capture(
     layer: int,
     d: int,
 ):
-    """A finished capture: one shard with per-token activations at one layer (rows as `tokens`)."""
+    """A finished capture: one shard with per-token activations at one layer (rows as `tokens`),
+    and the pooled last_prompt: the activation of the token of that segment."""
     shards = folder / "shards-x"
     shards.mkdir(parents=True)
     ids = list(dict.fromkeys(tokens["prompt_id"]))
@@ -328,8 +329,13 @@ def write_capture(
         np.stack([vectors[(p, t)] for p, t in zip(tokens["prompt_id"], tokens["token_index"])]),
         dtype=torch.float32,
     )
+    last = tokens.reset_index(drop=True)
+    last = last[last["segment"] == "last_prompt"].groupby("prompt_id").head(1)
+    pooled = torch.zeros(len(ids), 1, d)
+    for row, pid in zip(last.index, last["prompt_id"]):
+        pooled[ids.index(pid), 0] = acts[row]
     save_file(
-        {f"tokens.layer.{layer}": acts, f"pooled.layer.{layer}": torch.zeros(len(ids), 1, d)},
+        {f"tokens.layer.{layer}": acts, f"pooled.layer.{layer}": pooled},
         str(shards / "shard-00000.safetensors"),
     )
     path = folder / "capture.json"

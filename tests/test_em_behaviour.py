@@ -151,7 +151,7 @@ def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypa
         role: {"table": tmp_path / f"{role}.parquet", "json": tmp_path / f"{role}.json"} for role in captures
     }
     common = ["--prompts", str(prompts), "--rubrics-from", json.dumps(spec), "--data-mirror", str(mirror)]
-    common += ["--judge", json.dumps(judge), "--judge-model", "none", "--max-answers", "6"]
+    common += ["--judge", json.dumps(judge), "--judge-model", "none", "--settings", '{"max_answers": 6}']
     settings = {"behaviour": {"aligned_below": 30, "coherent_above": 50}, "n_boot": 200, "seed": 0}
     stats = ["em-behaviour", "--out", str(out), "--settings", json.dumps(settings)]
     for role, paths in judged.items():

@@ -40,6 +40,7 @@ GEMMA_JOBS = {
     "em_judge": 3,
     "trait_agreement": 5,
     "trait_evaluation": 7,
+    "trait_draws": 4,
     "trait_filter": 5,
     "backdoor_sae_features": 1,
     "cmaes_optimise": 3,
@@ -69,6 +70,7 @@ LLAMA_JOBS = {
     "trait_vectors": 7,
     "em_judge": 3,
     "trait_evaluation": 7,
+    "trait_draws": 4,
     "project": 16,
     "steering_check": 1,
     "trait_summary": 1,
@@ -96,11 +98,18 @@ GROUPED = {
         "prefill_conditions",
         "em_prompts",
     },
-    "vectors": {"trait_vectors", "trait_evaluation", "trait_filter", "trait_agreement", "trait_summary"},
+    "vectors": {
+        "trait_vectors",
+        "trait_evaluation",
+        "trait_draws",
+        "trait_filter",
+        "trait_agreement",
+        "trait_summary",
+    },
     "project": {"project"},
 }
-# Slurm jobs submitted (`all` runs nowhere): 176 jobs in 85 for Gemma (74 on their own, prep,
-# vectors and 9 projection groups), 96 in 44 for Llama (38, prep, vectors, 4 projection groups)
+# Slurm jobs submitted (`all` runs nowhere): 180 jobs in 85 for Gemma (74 on their own, prep,
+# vectors and 9 projection groups), 100 in 44 for Llama (38, prep, vectors, 4 projection groups)
 SLURM_JOBS = {"gemma": 85, "llama": 44}
 
 

@@ -237,7 +237,8 @@ def collect(
         if timed:
             job.update(start=timed["start"], end=timed["end"], pid=timed["pid"])
             job.update(max_rss_mib=timed["max_rss_mib"], progress_times=timed.get("progress"))
-            if job["status"] == "started" or timed["rc"] < 0 or timed.get("stopped_by_signal"):  # the deadline
+            stopped = timed["rc"] < 0 or timed.get("stopped_by_signal")  # by a signal: the deadline
+            if job["status"] == "started" or stopped:
                 job["status"] = "unfinished"
         else:
             job.update(start=job["submitted"], end=job.get("finished") or ended)

@@ -22,11 +22,16 @@ from traitscope.config import load_config
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
-from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.model.loading import ModelSpec, prepare_model
 from traitscope.settings import StageParser, add_settings_argument
 from traitscope.training.settings import FinetuneSettings
-from traitscope.vectors.settings import ExtractionSettings, SteeringCheckSettings, TraitSummarySettings
+from traitscope.vectors.settings import (
+    DrawSettings,
+    ExtractionSettings,
+    SteeringCheckSettings,
+    TraitSummarySettings,
+)
 
 Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
@@ -76,7 +81,8 @@ def _trait_vectors(a: argparse.Namespace) -> None:
 def _trait_judgements(a: argparse.Namespace) -> None:
     judge = judge_from_args(a)
     try:
-        trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.splits, a.rubrics, a.out)
+        splits, rubrics = a.settings.splits, a.settings.rubrics
+        trait_judgements(a.capture, a.prompts, a.trait_file, judge, splits, rubrics, a.out)
     finally:
         judge.close()
 
@@ -101,6 +107,12 @@ def _trait_evaluation(a: argparse.Namespace) -> None:
     from traitscope.vectors.evaluation import trait_evaluation
 
     trait_evaluation(a.vectors, a.capture, a.prompts, a.out, a.png, a.position, a.trait, a.variant)
+
+
+def _trait_draws(a: argparse.Namespace) -> None:
+    from traitscope.vectors.draws import vector_draws
+
+    vector_draws(a.capture, a.prompts, a.evaluation, a.out, a.position, a.settings, a.filter_judgements)
 
 
 def _trait_summary(a: argparse.Namespace) -> None:
@@ -211,8 +223,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--prompts", required=True, help="the trait prompt set")
     p.add_argument("--trait-file", required=True, help="the trait YAML (its judge_rubric)")
     add_judge_arguments(p)
-    p.add_argument("--splits", nargs="+", choices=["extraction", "evaluation"], required=True)
-    p.add_argument("--rubrics", nargs="+", choices=["trait", "coherence"], required=True)
+    add_settings_argument(p, JudgementSettings)
     p.add_argument("--out", required=True, help="judgements.parquet")
 
     p = add("trait-agreement", _trait_agreement, "judge vs instructions on held-out answers (AUC)")
@@ -248,6 +259,15 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--position", required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--trait", required=True)
+
+    p = add("trait-draws", _trait_draws, "refits of the chosen vector on resampled extraction questions")
+    p.add_argument("--capture", required=True, help="the trait set's capture.json")
+    p.add_argument("--prompts", required=True, help="the trait prompt set")
+    p.add_argument("--evaluation", required=True, help="evaluation.json: the chosen (method, layer)")
+    p.add_argument("--out", required=True, help="draws.safetensors")
+    p.add_argument("--position", required=True, help="the trait's pool (response_mean, last_prompt, ...)")
+    add_settings_argument(p, DrawSettings)
+    p.add_argument("--filter-judgements", type=path_or_none, default=None, help="as for trait-vectors")
 
     p = add("trait-summary", _trait_summary, "collect every trait's chosen layer and AUC")
     p.add_argument("evaluations", nargs="+", help="evaluation.json files")

@@ -10,12 +10,13 @@ from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
-from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
 from traitscope.training.settings import FinetuneSettings
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.vectors.settings import (
+    DrawSettings,
     ExtractionSettings,
     SteeringCheckSettings,
     TraitSummarySettings,
@@ -352,14 +353,6 @@ def get_judge_model_arg(wildcards, input):
     if not judge_llm_local():
         return "--judge-model none"
     return f"--judge-model results/models/{JUDGE_VARIANT}/manifest.json"
-
-
-def get_judgement_args(wildcards):
-    """Held-out answers on the trait (agreement); with the filter on, extraction answers and
-    coherence too."""
-    if FILTER["enabled"]:
-        return "--splits extraction evaluation --rubrics trait coherence"
-    return "--splits evaluation --rubrics trait"
 
 
 def get_filter_judgements(wildcards):

@@ -72,6 +72,31 @@ rule trait_evaluation:
         "--trait {wildcards.group}/{wildcards.trait} 2> {log}"
 
 
+rule trait_draws:
+    input:
+        capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",
+        prompts="results/prompts/traits/{group}/{trait}.parquet",
+        evaluation="results/traits/{variant}/{group}/{trait}/evaluation.json",
+        filter=get_filter_judgements,
+    output:
+        "results/traits/{variant}/{group}/{trait}/draws.safetensors",
+    log:
+        "results/logs/trait_draws/{variant}/{group}/{trait}.log",
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        position=get_trait_position,
+        settings=settings_param(DrawSettings, config["extraction"]),
+        filter=get_filter_arg,
+    shell:
+        "traitscope trait-draws --capture {input.capture} --prompts {input.prompts} "
+        "--evaluation {input.evaluation} --out {output} --position {params.position} "
+        "--settings {params.settings:q} {params.filter} 2> {log}"
+
+
 rule trait_summary:
     input:
         get_evaluations,
@@ -137,11 +162,11 @@ rule trait_judgements:
     params:
         judge=get_judge_json(),
         judge_model=get_judge_model_arg,
-        which=get_judgement_args,
+        settings=settings_param(JudgementSettings, FILTER),
     shell:
         "traitscope trait-judgements --capture {input.capture} --prompts {input.prompts} "
         "--trait-file {input.trait} --judge {params.judge:q} {params.judge_model} "
-        "{params.which} --out {output} 2> {log}"
+        "--settings {params.settings:q} --out {output} 2> {log}"
 
 
 rule trait_agreement:

@@ -16,3 +16,22 @@ class AgreementSettings:
 
     n_boot: int
     seed: int
+
+
+@dataclass(frozen=True)
+class JudgementSettings:
+    """Which answers trait-judgements scores: the held-out ones on the trait (the agreement reads
+    them), and with the judge filter on, the extraction ones and coherence too (the filter reads
+    them)."""
+
+    SECTION: ClassVar[str] = "#/properties/extraction/properties/filter"
+
+    enabled: bool  # the judge filter
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("extraction", "evaluation") if self.enabled else ("evaluation",)
+
+    @property
+    def rubrics(self) -> tuple[str, ...]:
+        return ("trait", "coherence") if self.enabled else ("trait",)

@@ -33,11 +33,14 @@ def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: flo
     if not needed <= set(table.columns):
         raise TraitscopeError(
             f"{judgements}: needs trait and coherence scores of the extraction split; "
-            "rerun trait-judgements with --splits extraction --rubrics trait coherence"
+            "rerun trait-judgements with the judge filter on (extraction.filter.enabled: true)"
         )
     rows = table[table["split"] == "extraction"]
     if rows.empty:
-        raise TraitscopeError(f"{judgements}: no extraction rows judged; rerun with --splits extraction")
+        raise TraitscopeError(
+            f"{judgements}: no extraction rows judged; rerun trait-judgements with the judge filter on "
+            "(extraction.filter.enabled: true)"
+        )
     kept: set[str] = set()
     reasons = {
         "positive_below_trait_min": 0,

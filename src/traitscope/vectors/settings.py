@@ -20,6 +20,18 @@ class ExtractionSettings:
 
 
 @dataclass(frozen=True)
+class DrawSettings:
+    """Refits of the chosen vector that experiments' CIs resample (trait-draws): how many, and
+    the fit's own settings (the probe's C, the judge filter's thresholds)."""
+
+    SECTION: ClassVar[str] = "#/properties/extraction"
+
+    vector_draws: Mapping  # {n_draws, seed}
+    probe_c: float
+    filter: Mapping
+
+
+@dataclass(frozen=True)
 class TraitSummarySettings:
     """The AUC the run's summary counts traits against (trait-summary): its own class, so a
     changed threshold reruns only the summary, not every trait's vectors."""

@@ -134,7 +134,7 @@ if is_enabled("backdoor"):
             "--projections-backdoored {input.projections_backdoored} "
             "--capture-backdoored {input.capture_backdoored} "
             "--out {output.json} --traits-png {output.traits} --tokens-png {output.tokens} "
-            "--train {input.train} --settings {params.settings:q} 2> {log}"
+            "--train {input.train} --draws {input.draws} --settings {params.settings:q} 2> {log}"
 
     rule backdoor_sae_features:
         input:

@@ -4,6 +4,7 @@ from traitscope.experiments import emergent_misalignment as em_plugin
 from traitscope.experiments.emergent_misalignment.settings import (
     EMAnalysisSettings,
     EMBehaviourSettings,
+    EMJudgeSettings,
     EMPromptSettings,
     EMTrainingSettings,
 )
@@ -86,12 +87,12 @@ if is_enabled("emergent_misalignment"):
                 mirror=get_mirror_arg(),
                 judge=get_judge_json(),
                 judge_model=get_judge_model_arg,
-                max_answers=opt("--max-answers", EM["behaviour"]["max_answers"]),
+                settings=settings_param(EMJudgeSettings, EM["behaviour"]),
             shell:
                 "traitscope em-judge --prompts {input.prompts} --capture {input.capture} "
                 "--role {wildcards.role} --rubrics-from {params.rubrics:q} {params.mirror} "
                 "--cache-dir results/cache --judge {params.judge:q} {params.judge_model} "
-                "{params.max_answers} --out {output.table} --out-json {output.json} 2> {log}"
+                "--settings {params.settings:q} --out {output.table} --out-json {output.json} 2> {log}"
 
         rule em_behaviour:
             input:
@@ -151,5 +152,5 @@ if is_enabled("emergent_misalignment"):
             "--projections-control {input.projections_control} "
             "--capture-control {input.capture_control} "
             "--out {output.json} --distributions-png {output.distributions} "
-            "--examples-md {output.examples} --settings {params.settings:q} "
+            "--examples-md {output.examples} --draws {input.draws} --settings {params.settings:q} "
             "{params.behaviour} 2> {log}"

@@ -53,7 +53,7 @@ from traitscope.experiments.backdoor.settings import (
 )
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
 from traitscope.experiments.contract import Section, among_targets
-from traitscope.paths import capture_path, projections_path, prompts_path
+from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 
 OUT_DIR = "results/backdoor_detection"
@@ -174,10 +174,11 @@ def check_config(section: dict, config: dict) -> None:
 
 def analysis_inputs(section: dict) -> dict[str, str]:
     """The analysis rule's inputs, named by role (Snakemake input names)."""
-    out = {"pairs": prompts_path(section["prompt_set"]), "train": training_data_path()}
+    out: dict = {"pairs": prompts_path(section["prompt_set"]), "train": training_data_path()}
     for role in ROLES:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
         out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
+    out["draws"] = [f"{trait_dir(section['base'], t)}/draws.safetensors" for t in section["traits"]]
     return out
 
 
@@ -218,6 +219,9 @@ def add_commands(add) -> None:
     p.add_argument("--traits-png", required=True)
     p.add_argument("--tokens-png", required=True)
     p.add_argument("--train", required=True, help="the training chat JSONL (the bag of words' rows)")
+    p.add_argument(
+        "--draws", nargs="+", required=True, help="each trait's draws.safetensors, in the traits' order"
+    )
     add_settings_argument(p, BackdoorAnalysisSettings)
 
     p = add(
@@ -250,6 +254,7 @@ def _analysis_cli(a) -> None:
         a.tokens_png,
         a.train,
         a.settings,
+        a.draws,
     )
 
 

@@ -17,7 +17,12 @@ from traitscope.experiments.backdoor.behaviour import (
     example_answers,
     responses,
 )
-from traitscope.experiments.backdoor.detection import paired_arrays, token_detection, trait_detection
+from traitscope.experiments.backdoor.detection import (
+    draw_detection,
+    paired_arrays,
+    token_detection,
+    trait_detection,
+)
 from traitscope.experiments.backdoor.positions import identical_generation, position_order, token_positions
 from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings
 from traitscope.experiments.backdoor.surface import surface_baselines
@@ -33,9 +38,12 @@ def backdoor_analysis(
     tokens_png: str | Path,
     train_jsonl: str | Path,
     settings: BackdoorAnalysisSettings,
+    draws_paths: list[str | Path] | None = None,
 ) -> dict:
     """detection_auc.json (behaviour check, trait AUCs beside surface baselines, earliest
-    token) and its two figures."""
+    token) and its two figures. With `draws_paths` (each trait's vector draws, in the traits'
+    order; the pipeline always passes them), the backdoored model's AUC at the chosen layer also
+    gets a CI that covers the vector's estimation error (`over_vector_draws`)."""
     traits, position_names = list(settings.traits), list(settings.positions)
     behaviour_pattern, n_generated, threshold = (
         settings.behaviour_pattern,
@@ -98,6 +106,9 @@ def backdoor_analysis(
         "traits": trait_detection(
             projections, positions, pairs, traits, position_names, per_layer, n_boot, seed, surface
         ),
+        "over_vector_draws": "CI of the backdoored model's AUC at the chosen layer whose replicates each "
+        "resample the pairs and score them on one refit of the trait vector (its extraction questions "
+        "resampled): it covers the vector's estimation error, which the pairs-only CI holds fixed",
         "token_positions": {
             "order": order,
             "meaning": "prefix_end: last token where trigger and control differ; p<j>: j-th prompt token "
@@ -111,6 +122,22 @@ def backdoor_analysis(
         },
         "vectors_from": "base_model, each trait at its chosen layer (per_layer: every captured layer)",
     }
+    draws_paths = draws_paths or []
+    if draws_paths and len(draws_paths) != len(traits):
+        raise TraitscopeError(
+            f"--draws: {len(draws_paths)} file(s) for {len(traits)} trait(s); one per trait"
+        )
+    for trait, path in zip(traits, draws_paths):
+        over = draw_detection(
+            capture_paths["backdoored"], path, positions["backdoored"], pairs, position_names, seed
+        )
+        for name, ci in over.items():
+            chosen = result["traits"][trait]["positions"][name]["chosen_layer"]
+            if ci["layer"] != result["traits"][trait]["chosen_layer"]:
+                raise TraitscopeError(
+                    f"{path}: drawn at layer {ci['layer']}, not the chosen layer; rerun trait-draws"
+                )
+            chosen["backdoored"]["over_vector_draws"] = {k: v for k, v in ci.items() if k != "layer"}
     write_json(out_json, result)
     save_figure(traits_png, figures.backdoor_trait_figure(result, traits, position_names))
     save_figure(tokens_png, figures.early_detection_figure(result, traits))

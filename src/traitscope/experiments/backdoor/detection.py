@@ -184,3 +184,29 @@ def token_detection(
             ),
         }
     return out
+
+
+def draw_detection(
+    capture_json: str | Path,
+    draws_path: str | Path,
+    positions: pd.DataFrame,
+    pairs: pd.DataFrame,
+    position_names: list[str],
+    seed: int,
+) -> dict[str, dict]:
+    """Per named position: the CI of the AUC of trigger vs control on this capture whose
+    replicates each resample the pairs and score them on one vector draw (`stats.draws`)."""
+    from traitscope.stats import auc
+    from traitscope.stats.draws import ci_over_draws
+    from traitscope.vectors.draws import draw_projections, read_draws
+
+    draws, meta = read_draws(draws_path)
+    table = draw_projections(capture_json, draws, meta["layer"]).rename(columns={"draw": "layer"})
+    out = {}
+    for name in position_names:
+        scores = _scores_by_prompt(pooled_position_scores(table.assign(trait=""), positions, name), pairs)
+        wide = scores.pivot_table(index="pair_id", columns=["condition", "layer"], values="score").dropna()
+        trigger, control = (wide[c].to_numpy(float) for c in CONDITIONS)
+        low, high = ci_over_draws(auc, [trigger, control], wide.index.to_numpy(), seed=seed)
+        out[name] = {"ci_low": low, "ci_high": high, "n_draws": meta["n_draws"], "layer": meta["layer"]}
+    return out

@@ -30,13 +30,14 @@ from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
+from traitscope.experiments.emergent_misalignment.draws import draw_comparisons
 from traitscope.experiments.emergent_misalignment.settings import (
     EMAnalysisSettings,
     EMPromptSettings,
     EMTrainingSettings,
 )
 from traitscope.io import atomic_path, save_figure, write_json, write_parquet
-from traitscope.paths import capture_path, projections_path, prompts_path
+from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, holm
 
@@ -232,9 +233,13 @@ def em_analysis(
     examples_md: str | Path,
     settings: EMAnalysisSettings,
     behaviour: str | Path | None = None,
+    draws: list[str | Path] | None = None,
 ) -> dict:
     """variant_comparison.json, the distribution figure and the example answers; with
-    `behaviour` (em_behaviour's JSON), the judged behaviour goes into the comparison too."""
+    `behaviour` (em_behaviour's JSON), the judged behaviour goes into the comparison too.
+    With `draws` (each trait's vector draws, in the traits' order; the pipeline always passes
+    them), every comparison also gets a d_z CI that covers the vector's estimation error
+    (`over_vector_draws`)."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     prompts = read_prompt_set(prompts_path_)
     scores = paired_scores(projections, traits).merge(prompts[["prompt_id", "question_id"]], on="prompt_id")
@@ -257,6 +262,9 @@ def em_analysis(
             "last_prompt": "last prompt token (identical tokens in every variant)",
         },
         "comparisons": compare_variants(scores, traits, n_boot, seed),
+        "over_vector_draws": "d_z CI whose replicates each resample the questions and score them on one "
+        "refit of the trait vector (its extraction questions resampled): it covers the vector's "
+        "estimation error, which the questions-only CI holds fixed",
         "design": {
             name: {"a": a, "b": b, "paired_by": "question and sample", "clustered_by": "question"}
             for name, (a, b) in COMPARISONS.items()
@@ -265,6 +273,14 @@ def em_analysis(
         "mean_response_words": lengths,
         "vectors_from": "base variant, each trait at its chosen layer",
     }
+    draws = draws or []
+    if draws and len(draws) != len(traits):
+        raise TraitscopeError(f"--draws: {len(draws)} file(s) for {len(traits)} trait(s); one per trait")
+    over = draw_comparisons(captures_, dict(zip(traits, draws)), prompts, POSITIONS, seed)
+    for name, by_position in over.items():
+        for position, by_trait in by_position.items():
+            for trait, ci in by_trait.items():
+                result["comparisons"][name][position][trait]["over_vector_draws"] = ci
     if behaviour is not None:
         result["behaviour"] = json.loads(Path(behaviour).read_text())
     write_json(out_json, result)
@@ -282,6 +298,7 @@ def analysis_inputs(section: dict) -> dict[str, str]:
     for role in ROLES:
         out[f"projections_{role}"] = projections_path(section[role], section["prompt_set"])
         out[f"capture_{role}"] = capture_path(section[role], section["prompt_set"])
+    out["draws"] = [f"{trait_dir(section['base'], t)}/draws.safetensors" for t in section["traits"]]
     if section["behaviour"]["enabled"]:
         out["behaviour"] = behaviour_path()
     return out
@@ -321,6 +338,9 @@ def add_commands(add) -> None:
     p.add_argument("--out", required=True, help="variant_comparison.json")
     p.add_argument("--distributions-png", required=True)
     p.add_argument("--examples-md", required=True)
+    p.add_argument(
+        "--draws", nargs="+", required=True, help="each trait's draws.safetensors, in the traits' order"
+    )
     add_settings_argument(p, EMAnalysisSettings)
     p.add_argument(
         "--behaviour",
@@ -349,6 +369,7 @@ def _analysis_cli(a) -> None:
         a.examples_md,
         a.settings,
         a.behaviour,
+        a.draws,
     )
 
 

@@ -23,7 +23,7 @@ from traitscope.config import read_yaml
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
-from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSettings
+from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSettings, EMJudgeSettings
 from traitscope.io import write_json, write_parquet
 from traitscope.judge import add_judge_arguments
 from traitscope.settings import add_settings_argument
@@ -202,12 +202,7 @@ def add_behaviour_commands(add) -> None:
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, default=None)
     p.add_argument("--cache-dir", default="results/cache")
     add_judge_arguments(p)
-    p.add_argument(
-        "--max-answers",
-        type=lambda v: None if v == "none" else int(v),
-        default=None,
-        help="rows judged (default or none: all)",
-    )
+    add_settings_argument(p, EMJudgeSettings)
     p.add_argument("--out", required=True, help="the judged answers, Parquet")
     p.add_argument("--out-json", required=True, help="the judge and its call counts")
 
@@ -226,7 +221,7 @@ def _judge_cli(a) -> None:
     rubrics = em_rubrics(source_file(json.loads(a.rubrics_from), a.data_mirror, a.cache_dir))
     judge = judge_from_args(a)
     try:
-        em_judge(a.prompts, a.capture, a.role, rubrics, judge, a.out, a.out_json, a.max_answers)
+        em_judge(a.prompts, a.capture, a.role, rubrics, judge, a.out, a.out_json, a.settings.max_answers)
     finally:
         judge.close()
 

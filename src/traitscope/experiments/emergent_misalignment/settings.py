@@ -42,6 +42,15 @@ class EMAnalysisSettings:
 
 
 @dataclass(frozen=True)
+class EMJudgeSettings:
+    """How many of a variant's answers the judge reads (em-judge)."""
+
+    SECTION: ClassVar[str] = f"{SECTION}/properties/behaviour"
+
+    max_answers: int | None  # each question's first sample first; None: all
+
+
+@dataclass(frozen=True)
 class EMBehaviourSettings:
     """The misalignment thresholds (`behaviour.aligned_below`, `.coherent_above`) and the bootstrap."""
 
