@@ -109,6 +109,12 @@ def _trait_evaluation(a: argparse.Namespace) -> None:
     trait_evaluation(a.vectors, a.capture, a.prompts, a.out, a.png, a.position, a.trait, a.variant)
 
 
+def _trait_set_arguments(p: argparse.ArgumentParser) -> None:
+    """A trait stage's inputs: the captured trait set and its prompt set."""
+    p.add_argument("--capture", required=True, help="the trait set's capture.json")
+    p.add_argument("--prompts", required=True, help="the trait prompt set")
+
+
 def _trait_draws(a: argparse.Namespace) -> None:
     from traitscope.vectors.draws import vector_draws
 
@@ -202,8 +208,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (unset: cuda when present)")
 
     p = add("trait-vectors", _trait_vectors, "vectors per layer and method from a captured trait set")
-    p.add_argument("--capture", required=True, help="the trait set's capture.json")
-    p.add_argument("--prompts", required=True, help="the trait prompt set")
+    _trait_set_arguments(p)
     p.add_argument("--out", required=True, help="vectors .safetensors")
     p.add_argument("--meta", required=True, help="vectors metadata .json")
     p.add_argument("--position", required=True, help="the trait's pool (response_mean, last_prompt, ...)")
@@ -219,8 +224,7 @@ def _core_commands(add: Add) -> None:
     )
 
     p = add("trait-judgements", _trait_judgements, "LLM-judge a trait set's captured responses")
-    p.add_argument("--capture", required=True, help="the trait set's capture.json")
-    p.add_argument("--prompts", required=True, help="the trait prompt set")
+    _trait_set_arguments(p)
     p.add_argument("--trait-file", required=True, help="the trait YAML (its judge_rubric)")
     add_judge_arguments(p)
     add_settings_argument(p, JudgementSettings)
@@ -261,8 +265,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--trait", required=True)
 
     p = add("trait-draws", _trait_draws, "refits of the chosen vector on resampled extraction questions")
-    p.add_argument("--capture", required=True, help="the trait set's capture.json")
-    p.add_argument("--prompts", required=True, help="the trait prompt set")
+    _trait_set_arguments(p)
     p.add_argument("--evaluation", required=True, help="evaluation.json: the chosen (method, layer)")
     p.add_argument("--out", required=True, help="draws.safetensors")
     p.add_argument("--position", required=True, help="the trait's pool (response_mean, last_prompt, ...)")
