@@ -89,7 +89,7 @@ def headline(sources: Sources, page: Path) -> str:
         f"From `{_shown(sources.summary)}`; every criterion's detail (which trait, layer and null) "
         "is in [docs/results.md](" + _rel(ROOT / "docs/results.md", page) + ").",
         "",
-        "| experiment | criterion | measured [95% CI] | n | status |",
+        "| experiment | criterion | measured [95% CI] ±half-width | n | status |",
         "|---|---|---|---|---|",
     ]
     for section in summary["sections"]:

@@ -73,7 +73,9 @@ def test_generated_region_is_rewritten_from_summary_json(tables, tmp_path):
     assert text.startswith(before) and text.endswith(after)
     assert "stale" not in text and "\nold\n" not in text
     headline = re.search(r"generated: headline -->\n(.*?)<!-- end generated: headline", text, re.S)[1]
-    row = "| External datasets | HarmBench vs harmless: ROC-AUC > 0.7 | 0.941 [0.890, 0.979] | 40+40 | met |"
+    # half-width (.979 - .890) / 2 = .0445, which float arithmetic leaves a hair under, so .044
+    row = "| External datasets | HarmBench vs harmless: ROC-AUC > 0.7 | 0.941 [0.890, 0.979] ±0.044 "
+    row += "| 40+40 | met |"
     assert row in headline
     assert "| Backdoor detection | trigger vs control ROC-AUC > 0.7 | - | - | not run |" in headline
     full = re.search(r"generated: summary -->\n(.*?)<!-- end generated: summary", text, re.S)[1]

@@ -272,7 +272,9 @@ def test_criteria_met(tmp_path):
     assert cosine["status"] == "met" and cosine["measured"] == 0.5
     assert all(s["status"] == "met" for s in summary["sections"][1:])
     md = (tmp_path / "out/summary.md").read_text()
-    assert "| Prefill attack | C2 > C4" in md and "0.450 [0.350, 0.550] | 30+30 | met |" in md
+    assert (
+        "| Prefill attack | C2 > C4" in md and "0.450 [0.350, 0.550] ±0.100 | 30+30 | met |" in md
+    )  # half-width (.55 - .35) / 2
     assert "- **inconclusive**: the 95% CI straddles the threshold" in md  # the legend
     html = (tmp_path / "out/summary.html").read_text()
     assert "<table" in html and "not measurable</b>: the number rests on a judge" in html

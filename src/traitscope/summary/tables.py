@@ -21,18 +21,20 @@ from traitscope.summary.records import (
 
 
 def _measured(row: dict) -> str:
+    """The number, its CI and the CI's half-width (how far n is from deciding it)."""
     if row["measured"] is None:
         return "-"
     text = fmt(row["measured"])
     if row["ci_low"] is not None and row["ci_high"] is not None:
-        text += f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+        half = (row["ci_high"] - row["ci_low"]) / 2
+        text += f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}] ±{fmt(half)}"
     return text
 
 
 def markdown_table(summary: dict) -> str:
     """One table, one row per criterion; the detail says which trait, position and null."""
     lines = [
-        "| experiment | criterion | measured [95% CI] | n | status | detail |",
+        "| experiment | criterion | measured [95% CI] ±half-width | n | status | detail |",
         "|---|---|---|---|---|---|",
     ]
     for section in summary["sections"]:
@@ -62,7 +64,7 @@ def html_table(summary: dict) -> str:
     }
     out = [
         '<table style="font-size:12px;border-collapse:collapse;width:100%">',
-        "<thead><tr><th align=left>criterion</th><th align=left>measured [95% CI]</th>"
+        "<thead><tr><th align=left>criterion</th><th align=left>measured [95% CI] ±half-width</th>"
         "<th align=left>n</th><th align=left>status</th></tr></thead><tbody>",
     ]
     for section in summary["sections"]:
