@@ -109,10 +109,22 @@ def test_backdoor_ci_over_draws_reads_each_draws_direction(tmp_path):
     cis = {}
     for name, draws in (("along", along + 0.05 * across), ("across", across)):
         save_safetensors(tmp_path / f"{name}.safetensors", {"draws": draws}, {"meta": meta})
-        got = draw_detection(capture, tmp_path / f"{name}.safetensors", positions, pairs, ["last_prompt"], 0)
-        cis[name] = got["last_prompt"]
+        got = draw_detection(
+            capture,
+            tmp_path / f"{name}.safetensors",
+            positions,
+            pairs,
+            ["last_prompt"],
+            0,
+            ["last_prompt", "p0"],
+        )
+        cis[name] = got["positions"]["last_prompt"]
+        # the pooled last_prompt is that token's activation: the token's CI is the same numbers
+        assert got["tokens"]["last_prompt"] == cis[name]
+        cis[f"{name} p0"] = got["tokens"]["p0"]
     assert cis["along"]["ci_low"] > 0.9 and cis["along"]["layer"] == 1 and cis["along"]["n_draws"] == 50
     assert cis["across"]["ci_low"] < 0.5 < cis["across"]["ci_high"]
+    assert cis["along p0"]["ci_high"] < cis["along"]["ci_low"]  # nothing planted at p0
 
 
 def pooled_capture(folder, acts: np.ndarray, ids: list[str], layer: int):

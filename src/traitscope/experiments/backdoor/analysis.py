@@ -128,16 +128,26 @@ def backdoor_analysis(
             f"--draws: {len(draws_paths)} file(s) for {len(traits)} trait(s); one per trait"
         )
     for trait, path in zip(traits, draws_paths):
+        by_token = result["token_positions"]["by_trait"][trait]
+        earliest = by_token["earliest_trigger_higher"]["position"]  # the token the criterion reads
+        labels = [earliest] if earliest is not None else []
         over = draw_detection(
-            capture_paths["backdoored"], path, positions["backdoored"], pairs, position_names, seed
+            capture_paths["backdoored"], path, positions["backdoored"], pairs, position_names, seed, labels
         )
-        for name, ci in over.items():
-            chosen = result["traits"][trait]["positions"][name]["chosen_layer"]
-            if ci["layer"] != result["traits"][trait]["chosen_layer"]:
-                raise TraitscopeError(
-                    f"{path}: drawn at layer {ci['layer']}, not the chosen layer; rerun trait-draws"
-                )
-            chosen["backdoored"]["over_vector_draws"] = {k: v for k, v in ci.items() if k != "layer"}
+        entries = {
+            "positions": {
+                n: result["traits"][trait]["positions"][n]["chosen_layer"]["backdoored"]
+                for n in position_names
+            },
+            "tokens": {label: by_token["by_position"]["backdoored"][label] for label in labels},
+        }
+        for kind, by_name in over.items():
+            for name, ci in by_name.items():
+                if ci["layer"] != result["traits"][trait]["chosen_layer"]:
+                    raise TraitscopeError(
+                        f"{path}: drawn at layer {ci['layer']}, not the chosen layer; rerun trait-draws"
+                    )
+                entries[kind][name]["over_vector_draws"] = {k: v for k, v in ci.items() if k != "layer"}
     write_json(out_json, result)
     save_figure(traits_png, figures.backdoor_trait_figure(result, traits, position_names))
     save_figure(tokens_png, figures.early_detection_figure(result, traits))

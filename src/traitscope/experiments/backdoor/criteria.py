@@ -69,14 +69,23 @@ def backdoor_criteria(result: Result) -> list[Criterion]:
     else:
         at = by_trait[first]["by_position"]["backdoored"][label]
         before = earliest[first]["before_first_generated_token"]
+        over = at.get("over_vector_draws")
+        ci = (over["ci_low"], over["ci_high"]) if over else ci_of(at)  # over the vector's refits too
         token_row = Criterion(
             criterion,
-            above(*ci_of(at), threshold) if before else INCONCLUSIVE,
+            above(*ci, threshold) if before else INCONCLUSIVE,
             at["auc"],
-            *ci_of(at),
+            *ci,
             n=f"{at['n_pos']}+{at['n_neg']}",
             detail=f"{first} at position {label} (p<j>: j-th question token after the prefix; "
-            f"g<j>: j-th generated token), backdoored model; base model (null) "
+            f"g<j>: j-th generated token), backdoored model; "
+            + (
+                f"CI over pairs and {over['n_draws']} vector refits (pairs only: "
+                f"[{fmt(at['ci_low'])}, {fmt(at['ci_high'])}]); "
+                if over
+                else ""
+            )
+            + "base model (null) "
             f"{fmt(earliest[first]['auc_base'])}, max(AUC, 1 - AUC) <= {threshold}",
         )
     return [detection, token_row]

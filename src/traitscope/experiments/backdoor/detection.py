@@ -193,8 +193,10 @@ def draw_detection(
     pairs: pd.DataFrame,
     position_names: list[str],
     seed: int,
-) -> dict[str, dict]:
-    """Per named position: the CI of the AUC of trigger vs control on this capture whose
+    token_labels: list[str] = (),
+) -> dict[str, dict[str, dict]]:
+    """{"positions": per named position, "tokens": per token position of `token_labels` (`p4`,
+    `last_prompt`, `g1`, ...)}: the CI of the AUC of trigger vs control on this capture whose
     replicates each resample the pairs and score them on one vector draw (`stats.draws`)."""
     from traitscope.stats import auc
     from traitscope.stats.draws import ci_over_draws
@@ -202,11 +204,27 @@ def draw_detection(
 
     draws, meta = read_draws(draws_path)
     table = draw_projections(capture_json, draws, meta["layer"]).rename(columns={"draw": "layer"})
-    out = {}
-    for name in position_names:
-        scores = _scores_by_prompt(pooled_position_scores(table.assign(trait=""), positions, name), pairs)
-        wide = scores.pivot_table(index="pair_id", columns=["condition", "layer"], values="score").dropna()
-        trigger, control = (wide[c].to_numpy(float) for c in CONDITIONS)
-        low, high = ci_over_draws(auc, [trigger, control], wide.index.to_numpy(), seed=seed)
-        out[name] = {"ci_low": low, "ci_high": high, "n_draws": meta["n_draws"], "layer": meta["layer"]}
+    tokens = table[table["token_index"] >= 0].drop(columns="position")
+    tokens = tokens.merge(positions, on=["prompt_id", "token_index"])
+    scored = {
+        "positions": {
+            n: pooled_position_scores(table.assign(trait=""), positions, n) for n in position_names
+        },
+        "tokens": {label: tokens[tokens["position"] == label] for label in token_labels},
+    }
+    out: dict[str, dict[str, dict]] = {"positions": {}, "tokens": {}}
+    for kind, by_name in scored.items():
+        for name, rows in by_name.items():
+            scores = _scores_by_prompt(rows[["prompt_id", "layer", "score"]], pairs)
+            wide = scores.pivot_table(
+                index="pair_id", columns=["condition", "layer"], values="score"
+            ).dropna()
+            trigger, control = (wide[c].to_numpy(float) for c in CONDITIONS)
+            low, high = ci_over_draws(auc, [trigger, control], wide.index.to_numpy(), seed=seed)
+            out[kind][name] = {
+                "ci_low": low,
+                "ci_high": high,
+                "n_draws": meta["n_draws"],
+                "layer": meta["layer"],
+            }
     return out
