@@ -21,8 +21,7 @@ import torch
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_safetensors
-from traitscope.vectors.filtering import keep_rows, surviving_pairs
-from traitscope.vectors.labelled import labelled_activations
+from traitscope.vectors.filtering import fitting_rows
 from traitscope.vectors.methods import METHODS
 from traitscope.vectors.settings import DrawSettings
 
@@ -54,12 +53,7 @@ def vector_draws(
     judge filter's survivors)."""
     chosen = json.loads(Path(evaluation_json).read_text())["chosen"]
     method, layer = chosen["method"], int(chosen["layer"])
-    table, x, layers = labelled_activations(capture_json, prompts, position)
-    if filter_judgements is not None:
-        f = settings.filter
-        kept, _ = surviving_pairs(filter_judgements, f["trait_min"], f["coherence_min"])
-        rows = keep_rows(table, kept)
-        table, x = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
+    table, x, layers, _ = fitting_rows(capture_json, prompts, position, settings.filter, filter_judgements)
     if layer not in layers:
         raise TraitscopeError(
             f"{capture_json}: chosen layer {layer} was not captured; rerun trait-evaluation"

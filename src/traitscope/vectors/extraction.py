@@ -11,8 +11,8 @@ import torch
 from traitscope.data.prompts import text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.io import save_safetensors, write_json
-from traitscope.vectors.filtering import keep_rows, surviving_pairs
-from traitscope.vectors.labelled import labelled_activations, split_groups
+from traitscope.vectors.filtering import fitting_rows
+from traitscope.vectors.labelled import split_groups
 from traitscope.vectors.methods import METHODS
 from traitscope.vectors.settings import ExtractionSettings
 
@@ -38,14 +38,9 @@ def trait_vectors(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise TraitscopeError(f"unknown vector method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    table, x, layers = labelled_activations(capture_json, prompts, position)
-    filtered = None
-    if filter_judgements is not None:
-        kept, filtered = surviving_pairs(
-            filter_judgements, settings.filter["trait_min"], settings.filter["coherence_min"]
-        )
-        rows = keep_rows(table, kept)
-        table, x = table[rows].reset_index(drop=True), x[torch.tensor(rows)]
+    table, x, layers, filtered = fitting_rows(
+        capture_json, prompts, position, settings.filter, filter_judgements
+    )
     pos, neg = split_groups(table, x, "extraction")
     if filtered is not None and len(pos) < 2:
         raise TraitscopeError(

@@ -10,6 +10,7 @@ and without the filter, both scored on the same unfiltered held-out answers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,24 @@ def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: flo
 def keep_rows(table: pd.DataFrame, kept: set[str]) -> np.ndarray:
     """Rows to use: every held-out row, and the extraction rows of surviving pairs."""
     return ((table["split"] != "extraction") | table["prompt_id"].isin(kept)).to_numpy()
+
+
+def fitting_rows(
+    capture_json: str | Path,
+    prompts: str | Path,
+    position: str,
+    thresholds: Mapping,
+    filter_judgements: str | Path | None = None,
+) -> tuple[pd.DataFrame, torch.Tensor, list[int], dict | None]:
+    """(table, activations, layers, filter counts) of the rows vectors are fitted on: every row,
+    or with `filter_judgements` the held-out rows and the extraction pairs the judge passes at
+    `thresholds` (trait_min, coherence_min). trait-vectors and trait-draws fit on the same rows."""
+    table, x, layers = labelled_activations(capture_json, prompts, position)
+    if filter_judgements is None:
+        return table, x, layers, None
+    kept, filtered = surviving_pairs(filter_judgements, thresholds["trait_min"], thresholds["coherence_min"])
+    rows = keep_rows(table, kept)
+    return table[rows].reset_index(drop=True), x[torch.tensor(rows)], layers, filtered
 
 
 def trait_filter(
