@@ -57,6 +57,23 @@ def test_lora_variant_loads_base_plus_adapter(tmp_path, tiny_folder, adapter_fol
     assert not isinstance(variant, PeftModel)  # merged at load: plain weights, no adapter matmuls
 
 
+def test_merged_variant_prefill_reads_the_head_as_a_matrix(tmp_path, tiny_folder, adapter_folder):
+    """A prefill keeps the last position's logits: the head reads a [batch, 1, d] slice. The
+    merged variant's weights do not require grad, where PyTorch's matmul would copy the head's
+    weight per batch row into a batched matmul unless the slice is made contiguous."""
+    base_manifest = prepare_model(
+        ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny"
+    )
+    spec = ModelSpec.from_config("tiny_lora", {"lora": {"base": "tiny", "adapter": str(adapter_folder)}})
+    variant, _ = load(prepare_model(spec, tmp_path / "tiny_lora", base_manifest), device="cpu")
+    assert not variant.get_output_embeddings().weight.requires_grad  # the case that copied
+    ids = torch.randint(0, 100, (4, 6))
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        logits = variant(input_ids=ids, logits_to_keep=1).logits
+    assert logits.shape[:2] == (4, 1)
+    assert "aten::bmm" not in {event.key for event in prof.key_averages()}
+
+
 def test_load_tokenizer_reads_no_weights_and_follows_the_base(
     tmp_path, tiny_folder, adapter_folder, monkeypatch
 ):
