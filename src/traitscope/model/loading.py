@@ -260,7 +260,15 @@ def _contiguous_head_input(model: Any) -> None:
     matmul. SmolLM2's finetuned variants captured 3-5x slower than their base for that alone."""
     head = model.get_output_embeddings()
     if head is not None:
-        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+        head.register_forward_pre_hook(_contiguous_input)
+
+
+def _contiguous_input(_module: Any, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
+# it changes no value: a CUDA graph captured under it may serve later calls (`hooks_key`)
+_contiguous_input.graph_key = "contiguous_input"
 
 
 def load_tokenizer(manifest_path: str | Path) -> Any:
