@@ -143,7 +143,7 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
     vectors = re.search(r"traitscope trait-vectors .*safety/evil/capture\.json.*", out)[0]
     assert "--filter-judgements results/traits/smollm2/safety/evil/judgements.parquet" in vectors
     judged = re.search(r"traitscope trait-judgements .*safety/evil.*", out)[0]
-    assert """--settings '{"enabled": true}'""" in judged  # the judge filter: extraction rows too
+    assert '"filter": {"coherence_min": 50, "enabled": true' in judged  # the filter: extraction rows too
     api = dry_run(root, "--forceall", "--configfile", "config/experiments/cmaes_openai.yaml")
     optimise = re.search(r"traitscope cmaes-optimise .*", api)[0]
     assert '"backend": "openai"' in optimise and "--judge-model none" in optimise

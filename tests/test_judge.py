@@ -17,7 +17,7 @@ from judge_server import JudgeServer, expected_score, planted_score
 
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
-from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.settings import from_schema
 from traitscope.vectors.settings import ExtractionSettings
 
@@ -309,30 +309,39 @@ def test_agreement_auc_by_hand(tmp_path):
     ] == pytest.approx(40)
 
 
-def judged_trait(trait_run, tiny_trait_file, server, tmp_path, splits=("extraction", "evaluation")):
+def judged_trait(trait_run, tiny_trait_file, server, tmp_path, **overrides):
+    """The trait set judged on the trait and coherence (the judge filter's settings)."""
     judge = J.Judge(api_settings(server, "logprobs", tmp_path / "cache.sqlite"))
     out = tmp_path / "judgements.parquet"
-    table = J.trait_judgements(
-        trait_run["capture"],
-        trait_run["prompts"],
-        tiny_trait_file,
-        judge,
-        list(splits),
-        ["trait", "coherence"],
-        out,
-    )
+    settings = from_schema(JudgementSettings, filter={"enabled": True}, **overrides)
+    run = (trait_run["capture"], trait_run["prompts"], tiny_trait_file)
+    table = J.trait_judgements(*run, judge, settings, out)
     judge.close()
     return table, out
 
 
 def test_trait_judgements_score_every_captured_answer(trait_run, tiny_trait_file, server, tmp_path):
-    table, out = judged_trait(trait_run, tiny_trait_file, server, tmp_path, splits=("evaluation",))
+    table, out = judged_trait(trait_run, tiny_trait_file, server, tmp_path)
     prompts = pd.read_parquet(trait_run["prompts"])
-    assert len(table) == (prompts["split"] == "evaluation").sum() == len(pd.read_parquet(out))
+    assert len(table) == len(prompts) == len(pd.read_parquet(out))
     assert table["trait_score"].notna().all() and table["coherence_score"].notna().all()
     n = server.count()
-    judged_trait(trait_run, tiny_trait_file, server, tmp_path, splits=("evaluation",))
+    judged_trait(trait_run, tiny_trait_file, server, tmp_path)
     assert server.count() == n  # rerun: all from the cache
+
+
+def test_agreement_reads_each_held_out_questions_first_pairs(trait_run, tiny_trait_file, server, tmp_path):
+    """agreement_pairs_per_question 1: one positive and one negative answer per held-out
+    question (its lowest-numbered pair); the filter's extraction answers are all judged."""
+    table, _ = judged_trait(trait_run, tiny_trait_file, server, tmp_path, agreement_pairs_per_question=1)
+    prompts = pd.read_parquet(trait_run["prompts"])
+    held = prompts[prompts["split"] == "evaluation"]
+    assert held.groupby("question")["pair_index"].nunique().min() > 1  # the case can fail
+    first = held[held["pair_index"] == held.groupby("question")["pair_index"].transform("min")]
+    judged = table[table["split"] == "evaluation"]
+    assert sorted(judged["prompt_id"]) == sorted(first["prompt_id"])
+    assert (judged.groupby("question")["label"].value_counts() == 1).all()
+    assert (table["split"] == "extraction").sum() == (prompts["split"] == "extraction").sum()
 
 
 def test_filter_keeps_pairs_the_judge_passes(tmp_path):

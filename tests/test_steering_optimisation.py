@@ -19,7 +19,7 @@ from judge_server import JudgeServer
 from traitscope import judge as J
 from traitscope.errors import TraitscopeError
 from traitscope.experiments import steering_optimisation as so
-from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.settings import from_schema
 
 SETTINGS = from_schema(  # a large norm: the tiny random model's answers must move
@@ -233,15 +233,9 @@ def test_experiment_against_an_openai_compatible_server(
             tmp_path / "heldout.json",
         )
         judgements = tmp_path / "judgements.parquet"
-        J.trait_judgements(
-            trait_run["capture"],
-            trait_run["prompts"],
-            tiny_trait_file,
-            judge,
-            ["evaluation"],
-            ["trait"],
-            judgements,
-        )
+        settings = from_schema(JudgementSettings)
+        run = (trait_run["capture"], trait_run["prompts"], tiny_trait_file)
+        J.trait_judgements(*run, judge, settings, judgements)
         judge.close()
         J.trait_agreement(judgements, tmp_path / "agreement.json", from_schema(AgreementSettings, n_boot=200))
     assert set(held["conditions"]) == set(so.CONDITIONS)

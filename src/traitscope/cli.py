@@ -81,8 +81,7 @@ def _trait_vectors(a: argparse.Namespace) -> None:
 def _trait_judgements(a: argparse.Namespace) -> None:
     judge = judge_from_args(a)
     try:
-        splits, rubrics = a.settings.splits, a.settings.rubrics
-        trait_judgements(a.capture, a.prompts, a.trait_file, judge, splits, rubrics, a.out)
+        trait_judgements(a.capture, a.prompts, a.trait_file, judge, a.settings, a.out)
     finally:
         judge.close()
 

@@ -162,7 +162,7 @@ rule trait_judgements:
     params:
         judge=get_judge_json(),
         judge_model=get_judge_model_arg,
-        settings=settings_param(JudgementSettings, FILTER),
+        settings=settings_param(JudgementSettings, config["extraction"]),
     shell:
         "traitscope trait-judgements --capture {input.capture} --prompts {input.prompts} "
         "--trait-file {input.trait} --judge {params.judge:q} {params.judge_model} "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,18 +21,19 @@ class AgreementSettings:
 
 @dataclass(frozen=True)
 class JudgementSettings:
-    """Which answers trait-judgements scores: the held-out ones on the trait (the agreement reads
-    them), and with the judge filter on, the extraction ones and coherence too (the filter reads
-    them)."""
+    """Which answers trait-judgements scores: held-out ones on the trait (the agreement reads
+    them; each question's first `agreement_pairs_per_question` instruction pairs), and with the
+    judge filter on, every extraction one and coherence too (the filter reads them)."""
 
-    SECTION: ClassVar[str] = "#/properties/extraction/properties/filter"
+    SECTION: ClassVar[str] = "#/properties/extraction"
 
-    enabled: bool  # the judge filter
+    agreement_pairs_per_question: int | None
+    filter: Mapping  # the judge filter: {enabled, trait_min, coherence_min}
 
     @property
     def splits(self) -> tuple[str, ...]:
-        return ("extraction", "evaluation") if self.enabled else ("evaluation",)
+        return ("extraction", "evaluation") if self.filter["enabled"] else ("evaluation",)
 
     @property
     def rubrics(self) -> tuple[str, ...]:
-        return ("trait", "coherence") if self.enabled else ("trait",)
+        return ("trait", "coherence") if self.filter["enabled"] else ("trait",)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
-from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.settings import AgreementSettings, JudgementSettings
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
 
@@ -23,14 +22,14 @@ def trait_judgements(
     prompts: str | Path,
     trait_file: str | Path,
     judge: Judge,
-    splits: Sequence[str],
-    rubrics: Sequence[str],
+    settings: JudgementSettings,
     out: str | Path,
 ) -> Any:
     """Judge a trait set's captured responses: the trait's rubric and/or coherence, per row.
 
-    One row per prompt of the asked splits: its label, question and pair, the response, and
-    per rubric the score (NaN: no score) and the probability mass on numbers.
+    One row per prompt of the splits the settings ask for (of the held-out split, each
+    question's first `agreement_pairs_per_question` instruction pairs): its label, question and
+    pair, the response, and per rubric the score (NaN: no score) and the mass on numbers.
     """
     import pandas as pd
 
@@ -43,14 +42,19 @@ def trait_judgements(
     if missing:
         raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
     responses = read_responses(capture_json)
-    table = table[table["split"].isin(splits)].reset_index(drop=True)
+    table = table[table["split"].isin(settings.splits)]
+    if settings.agreement_pairs_per_question is not None:
+        held = table["split"] == "evaluation"
+        rank = table["pair_index"].where(held).groupby(table["question"]).rank(method="dense")
+        table = table[~held | (rank <= settings.agreement_pairs_per_question)]
+    table = table.reset_index(drop=True)
     absent = [pid for pid in table["prompt_id"] if pid not in responses]
     if absent:
         raise TraitscopeError(f"{capture_json}: prompt {absent[0]!r} was not captured; rerun capture")
     out_table = table[list(JUDGEMENT_COLUMNS)].copy()
     out_table["response"] = [responses[pid] for pid in table["prompt_id"]]
     texts = {"trait": trait.judge_rubric, "coherence": judge.settings.coherence}
-    for name in rubrics:
+    for name in settings.rubrics:
         found = judge.score(
             [Item(texts[name], q, a) for q, a in zip(out_table["question"], out_table["response"])]
         )
