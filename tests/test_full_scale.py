@@ -39,6 +39,7 @@ GEMMA_JOBS = {
     "trait_vectors": 7,
     "em_judge": 3,
     "trait_agreement": 5,
+    "trait_truth_agreement": 5,
     "trait_evaluation": 7,
     "trait_draws": 4,
     "trait_filter": 5,
@@ -86,7 +87,7 @@ LLAMA_JOBS = {
 MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes_heldout", "sae_train"}
 # the judge's rules: the profile gives them a GPU for the local judge; these configs judge
 # through an API, where they need none (the profile's comment says to drop them then)
-JUDGE_RULES = {"trait_judgements", "em_judge"}
+JUDGE_RULES = {"trait_judgements", "trait_truth_agreement", "em_judge"}
 # the profile's groups: every prompt preparation in one Slurm job, the trait vectors with their
 # evaluations, filter, agreement and summary in another, projections four to a job
 GROUPED = {
@@ -108,9 +109,9 @@ GROUPED = {
     },
     "project": {"project"},
 }
-# Slurm jobs submitted (`all` runs nowhere): 180 jobs in 85 for Gemma (74 on their own, prep,
+# Slurm jobs submitted (`all` runs nowhere): 185 jobs in 90 for Gemma (79 on their own, prep,
 # vectors and 9 projection groups), 100 in 44 for Llama (38, prep, vectors, 4 projection groups)
-SLURM_JOBS = {"gemma": 85, "llama": 44}
+SLURM_JOBS = {"gemma": 90, "llama": 44}
 
 
 @pytest.fixture(scope="module")

@@ -86,3 +86,33 @@ def test_embedding_features_score_through_a_reader(root, tmp_path, tiny_manifest
     )
     assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
     assert judge.describe()["classifier"]["reader"].startswith(tiny_manifest.parent.name)
+
+
+def test_truth_agreement_gates_on_the_written_answers(root, tmp_path):
+    """trait-truth-agreement: the judge's AUC on the truth set, counted by hand from its scores;
+    the judge gate reads it where the run's held-out agreement (shown beside) would fail."""
+    from traitscope.judge.settings import AgreementSettings
+    from traitscope.judge.stages import truth_agreement
+    from traitscope.settings import from_schema
+    from traitscope.summary.records import NOT_MEASURABLE, Criterion, judge_gate
+
+    trait = "safety/evil"
+    files = (root / "resources" / folder / f"{trait}.yaml" for folder in ("judge_truth", "traits"))
+    files = tuple(files)
+    judge = Judge(settings(root, tmp_path))
+    boot = from_schema(AgreementSettings, n_boot=200)
+    result = truth_agreement(*files, judge, tmp_path / "truth.json", boot)
+    truth = truth_table(*files)
+    scores = np.array(judge.scores(rubric(root, trait), list(zip(truth["question"], truth["response"]))))
+    judge.close()
+    pos, neg = scores[truth["label"] == 1], scores[truth["label"] == 0]
+    by_hand = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+    assert result["split"] == "truth set" and result["n_pos"] == len(pos) == len(truth) // 2
+    assert result["auc"] == pytest.approx(by_hand) and 0.5 < by_hand < 1  # a case the gate must read
+    assert result["ci_low"] <= result["auc"] <= result["ci_high"]
+    held_out = {"split": "evaluation", "auc": 0.55, "ci_low": 0.45, "ci_high": 0.65}
+    row = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, result, held_out)
+    assert row.status == ("met" if result["ci_low"] >= 0.7 else NOT_MEASURABLE)
+    assert "on the truth set" in row.detail and "on held-out answers 0.550 [0.450, 0.650]" in row.detail
+    failing = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, held_out)
+    assert failing.status == NOT_MEASURABLE

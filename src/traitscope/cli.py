@@ -23,6 +23,7 @@ from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
+from traitscope.judge.stages import truth_agreement
 from traitscope.model.loading import ModelSpec, prepare_model
 from traitscope.settings import StageParser, add_settings_argument
 from traitscope.training.settings import FinetuneSettings
@@ -88,6 +89,14 @@ def _trait_judgements(a: argparse.Namespace) -> None:
 
 def _trait_agreement(a: argparse.Namespace) -> None:
     trait_agreement(a.judgements, a.out, a.settings)
+
+
+def _trait_truth_agreement(a: argparse.Namespace) -> None:
+    judge = judge_from_args(a)
+    try:
+        truth_agreement(a.truth, a.trait_file, judge, a.out, a.settings)
+    finally:
+        judge.close()
 
 
 def _trait_classifier_agreement(a: argparse.Namespace) -> None:
@@ -233,6 +242,13 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--judgements", required=True)
     p.add_argument("--out", required=True, help="judge_agreement.json")
     add_settings_argument(p, AgreementSettings)
+
+    p = add("trait-truth-agreement", _trait_truth_agreement, "judge vs the written truth set (AUC)")
+    p.add_argument("--truth", required=True, help="the trait's truth set (resources/judge_truth/...)")
+    p.add_argument("--trait-file", required=True, help="the trait YAML (its judge_rubric, questions)")
+    add_judge_arguments(p)
+    add_settings_argument(p, AgreementSettings)
+    p.add_argument("--out", required=True, help="judge_truth_agreement.json")
 
     p = add(
         "trait-classifier-agreement",

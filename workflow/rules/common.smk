@@ -76,6 +76,17 @@ PERSONA_TRAITS = [t for t in config["traits"] if t not in CONTRAST_POOL]
 
 JUDGE = config["judge"]
 FILTER = config["extraction"]["filter"]
+
+
+def truth_agreement_path(variant, trait):
+    """The judge's agreement on the trait's written truth set, where it has one (else None):
+    what the judge gate reads, the run's held-out agreement shown beside it."""
+    truth = JUDGE["truth_set"]
+    if truth is None or not os.path.isfile(f"{truth}/{trait}.yaml"):
+        return None
+    return f"{trait_dir(variant, trait)}/judge_truth_agreement.json"
+
+
 JUDGE_VARIANT = JUDGE["local"]["variant"] or BASE
 
 
@@ -121,6 +132,7 @@ def get_final_output():
     for trait in PERSONA_TRAITS:
         if JUDGE["agreement"]:
             out.append(f"{trait_dir(BASE, trait)}/judge_agreement.json")
+            out += [p for p in [truth_agreement_path(BASE, trait)] if p]
         if FILTER["enabled"]:
             out.append(f"{trait_dir(BASE, trait)}/judge_filter.json")
     return out

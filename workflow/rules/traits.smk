@@ -186,6 +186,31 @@ rule trait_agreement:
         "--settings {params.settings:q} 2> {log}"
 
 
+rule trait_truth_agreement:
+    input:
+        truth=f"{JUDGE['truth_set']}/{{group}}/{{trait}}.yaml",
+        trait=get_trait_file,
+        judge_model=get_judge_model,
+    output:
+        "results/traits/{variant}/{group}/{trait}/judge_truth_agreement.json",
+    log:
+        "results/logs/trait_truth_agreement/{variant}/{group}/{trait}.log",
+    conda:
+        "../../envs/traitscope.yaml"
+    threads: 1
+    resources:
+        gpu=MODEL_GPU if get_judge_model(None) else 0,
+        mem_mb=8000,
+    params:
+        judge=get_judge_json(),
+        judge_model=get_judge_model_arg,
+        settings=settings_param(AgreementSettings, JUDGE),
+    shell:
+        "traitscope trait-truth-agreement --truth {input.truth} --trait-file {input.trait} "
+        "--judge {params.judge:q} {params.judge_model} --settings {params.settings:q} "
+        "--out {output} 2> {log}"
+
+
 rule trait_filter:
     input:
         capture="results/capture/{variant}/traits/{group}/{trait}/capture.json",

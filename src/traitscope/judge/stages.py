@@ -1,5 +1,7 @@
-"""The judge's stages on trait data: trait-judgements (score a trait set's captured answers)
-and trait-agreement (does the judge tell positive from negative instructions?).
+"""The judge's stages on trait data: trait-judgements (score a trait set's captured answers),
+trait-agreement (does the judge tell positive from negative instructions?) and
+trait-truth-agreement (does it tell the written truth set's answers that show the trait from
+those that do not?).
 """
 
 from __future__ import annotations
@@ -86,6 +88,37 @@ def trait_agreement(judgements: str | Path, out: str | Path, settings: Agreement
     )
     result = agreement_record(pos, neg, mass, test, settings.n_boot, settings.seed)
     write_json(out, result)
+    return result
+
+
+def truth_agreement(
+    truth_file: str | Path, trait_file: str | Path, judge: Judge, out: str | Path, settings: AgreementSettings
+) -> dict:
+    """Does the judge read the trait where the answer plainly shows it or plainly does not?
+
+    The run's held-out agreement labels an answer by the instruction it was written under, and
+    a small model follows those weakly, so a judge that reads the trait well can still score
+    low there. The project's truth set (`judge.truth_set`: one answer that shows the trait and
+    one that does not per held-out question) is labelled by construction: the judge gate reads
+    agreement on it. One pair per question, so the bootstrap resamples independent units.
+    """
+    from traitscope.data.traits import load_trait
+    from traitscope.judge.truth_set import truth_table
+
+    table = truth_table(truth_file, trait_file)
+    rubric = load_trait(trait_file).judge_rubric
+    found = judge.score([Item(rubric, q, a) for q, a in zip(table["question"], table["response"])])
+    scores = [float("nan") if j.score is None else j.score for j in found]
+    table = table.assign(score=scores, mass=[j.mass for j in found])
+    test = (
+        "ROC-AUC of the judge's trait score on the project-written truth set, answers that show "
+        "the trait vs answers that do not; stratified percentile bootstrap CI"
+    )
+    pos, neg = (table.loc[table["label"] == label, "score"].to_numpy(float) for label in (1, 0))
+    result = agreement_record(pos, neg, float(table["mass"].mean()), test, settings.n_boot, settings.seed)
+    result.update({"split": "truth set", "truth_file": str(truth_file)})
+    write_json(out, result)
+    print(f"traitscope judge: {json.dumps(judge.stats.as_dict())}", file=sys.stderr)
     return result
 
 

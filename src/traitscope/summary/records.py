@@ -91,21 +91,34 @@ def within(low: float | None, high: float | None, lower: float, upper: float) ->
     return INCONCLUSIVE
 
 
-def judge_gate(row: Criterion, trait: str, agreement: dict | None) -> Criterion:
+def judge_gate(row: Criterion, trait: str, agreement: dict | None, beside: dict | None = None) -> Criterion:
     """A row whose number rests on judge scores: the judge's agreement beside it, and "not
-    measurable" instead of a status where that agreement's CI low is under JUDGE_GATE."""
+    measurable" instead of a status where that agreement's CI low is under JUDGE_GATE.
+    `agreement` is what the gate reads (the truth set's, where the trait has one), `beside`
+    another agreement shown with it (the run's held-out answers')."""
     if not agreement or agreement.get("auc") is None:
         why = (agreement or {}).get("reason") or "no agreement measured"
         row.status, row.detail = NOT_MEASURABLE, f"{row.detail}; judge agreement for {trait}: {why}"
         return row
-    low, high = agreement.get("ci_low"), agreement.get("ci_high")
-    text = f"judge agreement AUC for {trait} {fmt(agreement['auc'])} [{fmt(low)}, {fmt(high)}]"
+    low = agreement.get("ci_low")
+    text = f"judge agreement AUC for {trait}{_on(agreement)} {_auc(agreement)}"
+    if beside and beside.get("auc") is not None:
+        text += f"; {_on(beside).strip()} {_auc(beside)}"
     if low is None or low < JUDGE_GATE:
         row.status = NOT_MEASURABLE
         row.detail = f"the judge cannot read {trait} ({text}, CI low under {JUDGE_GATE}); {row.detail}"
     else:
         row.detail = f"{row.detail}; {text}"
     return row
+
+
+def _auc(agreement: dict) -> str:
+    return f"{fmt(agreement['auc'])} [{fmt(agreement.get('ci_low'))}, {fmt(agreement.get('ci_high'))}]"
+
+
+def _on(agreement: dict) -> str:
+    """Which answers an agreement was measured on, as the gate's text names them."""
+    return " on the truth set" if agreement.get("split") == "truth set" else " on held-out answers"
 
 
 def fmt(x: float | None) -> str:

@@ -80,6 +80,9 @@ if is_enabled("steering_optimisation"):
     rule cmaes_report:
         input:
             **so_plugin.report_inputs(SO, BASE),
+            truth_agreements=[
+                p for t in SO["traits"] if (p := truth_agreement_path(BASE, t))
+            ],
         output:
             json=f"{so_plugin.OUT_DIR}/extraction_gap.json",
             png=report(
@@ -94,7 +97,13 @@ if is_enabled("steering_optimisation"):
         threads: 1
         params:
             traits=" ".join(SO["traits"]),
+            truth=" ".join(
+                f"{t}={p}"
+                for t in SO["traits"]
+                if (p := truth_agreement_path(BASE, t))
+            ),
         shell:
             "traitscope cmaes-report --traits {params.traits} "
             "--optimisations {input.optimisations} --heldouts {input.heldouts} "
-            "--agreements {input.agreements} --out {output.json} --png {output.png} 2> {log}"
+            "--agreements {input.agreements} --truth-agreements {params.truth} "
+            "--out {output.json} --png {output.png} 2> {log}"

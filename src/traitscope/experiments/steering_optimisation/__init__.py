@@ -164,7 +164,14 @@ def add_commands(add) -> None:
     p.add_argument("--traits", nargs="+", required=True)
     p.add_argument("--optimisations", nargs="+", required=True)
     p.add_argument("--heldouts", nargs="+", required=True)
-    p.add_argument("--agreements", nargs="+", required=True)
+    p.add_argument("--agreements", nargs="+", required=True, help="each trait's judge_agreement.json")
+    p.add_argument(
+        "--truth-agreements",
+        nargs="*",
+        default=[],
+        metavar="TRAIT=JSON",
+        help="judge_truth_agreement.json of the traits with a truth set (the judge gate reads it)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--png", required=True)
 
@@ -207,7 +214,8 @@ def _heldout_cli(a) -> None:
 
 
 def _report_cli(a) -> None:
-    cmaes_report(a.traits, a.optimisations, a.heldouts, a.agreements, a.out, a.png)
+    truth = dict(item.split("=", 1) for item in a.truth_agreements)
+    cmaes_report(a.traits, a.optimisations, a.heldouts, a.agreements, a.out, a.png, truth)
 
 
 # ---------------------------------------------------------------- the plug-in's summary rows

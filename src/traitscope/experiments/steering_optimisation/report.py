@@ -34,29 +34,21 @@ def cmaes_report(
     agreements: list[str | Path],
     out_json: str | Path,
     out_png: str | Path,
+    truth_agreements: dict[str, str | Path] | None = None,
 ) -> dict:
-    """extraction_gap.json (every number, per trait) and optimization_curves.png."""
+    """extraction_gap.json (every number, per trait) and optimization_curves.png; the judge's
+    agreement on the run's held-out answers per trait, and on the truth set where it has one."""
     from traitscope.experiments.steering_optimisation.figures import optimisation_curves_figure
 
     per = {}
     for name, o, h, a in zip(traits, optimisations, heldouts, agreements):
         opt, held, agree = (json.loads(Path(p).read_text()) for p in (o, h, a))
+        truth = (truth_agreements or {}).get(name)
         per[name] = {
             "layer": opt["layer"],
             "steering_norm": opt["steering_norm"],
-            "judge_agreement": {
-                k: agree.get(k)
-                for k in (
-                    "auc",
-                    "ci_low",
-                    "ci_high",
-                    "n_pos",
-                    "n_neg",
-                    "mean_score_positive",
-                    "mean_score_negative",
-                    "reason",
-                )
-            },
+            "judge_agreement": _agreement(agree),
+            "judge_truth_agreement": _agreement(json.loads(Path(truth).read_text())) if truth else None,
             "training": {
                 "start_fitness": opt["start"]["fitness"],
                 "best_fitness": opt["best"]["fitness"],
@@ -103,3 +95,10 @@ def cmaes_report(
         ),
     )
     return result
+
+
+def _agreement(record: dict) -> dict:
+    """The part of an agreement record the report and its criteria read."""
+    keys = ("split", "auc", "ci_low", "ci_high", "n_pos", "n_neg", "reason")
+    keys += ("mean_score_positive", "mean_score_negative")
+    return {k: record.get(k) for k in keys}
