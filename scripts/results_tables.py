@@ -232,7 +232,53 @@ def judge_agreement(sources: Sources, page: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _diff(r: dict) -> str:
+    return f"{r['difference']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+
+
+def hard_negatives(sources: Sources, page: Path) -> str:
+    """The held-out hard negatives (issue 28) from the main job's snapshots: each trait and pool's
+    AUC beside the bag of words fitted on its rows and prompt length (`transfer_*.json`, the
+    run's transfer.json), and the AUC per category (`hard_negatives_default_*.json`, the external
+    experiment's hard_negatives_results.json)."""
+    transfers = sorted(sources.benchmarks.glob("transfer_default_*.json"))
+    categories = sorted(sources.benchmarks.glob("hard_negatives_default_*.json"))
+    if not transfers or not categories:
+        return "No `transfer_default_*.json` / `hard_negatives_default_*.json` snapshot yet: copy a run's.\n"
+    transfer = json.loads(transfers[-1].read_text())
+    held = transfer["sets"]["hardneg_harmful"]["pools"]
+    rows = [
+        f"| `{trait}` | {pool} | {_ci(r['auc'])} | {r['vs_bag_of_words']['auc_b']:.3f} "
+        f"| {_diff(r['vs_bag_of_words'])} | {r['vs_length']['auc_b']:.3f} |"
+        for trait in transfer["traits"]
+        for pool, by_trait in held.items()
+        if (r := by_trait.get(trait))
+    ]
+    n = next(iter(next(iter(held.values())).values()))["auc"]
+    out = (
+        f"From [{transfers[-1].name}]({_rel(transfers[-1], page)}) (n = {n['n_pos']} + {n['n_neg']} "
+        "held-out pairs, 95% CIs; each trait beside the bag of words fitted on its vector's rows):\n\n"
+        "| trait | pool | hard-negative AUC | bag of words | trait - bag of words | length |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    external = json.loads(categories[-1].read_text())
+    names = sorted(next(iter(external["traits"].values()))["by_category"])
+    rows = [
+        f"| `{trait}` ({external['position_of'][trait]}) | "
+        + " | ".join(f"{r['by_category'][c]['auc']:.2f}" for c in names)
+        + " |"
+        for trait, r in external["traits"].items()
+    ]
+    out += (
+        f"\nPer category (AUC, {external['n_harmful'] // len(names)} pairs each; the external experiment, "
+        f"each trait at its pool, [{categories[-1].name}]({_rel(categories[-1], page)})):\n\n"
+        f"| trait | {' | '.join(names)} |\n|---|{'---|' * len(names)}\n" + "\n".join(rows) + "\n"
+    )
+    return out
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "hard-negatives": hard_negatives,
     "judge-agreement": judge_agreement,
     "times": times,
     "headline": headline,

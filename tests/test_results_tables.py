@@ -135,3 +135,30 @@ def test_times_region_names_the_cpu_and_mode_of_every_time(tables, tmp_path):
         "| `make test`'s pytest | CPU A; flags: avx2, 2 cores | native: 466 passed, 19 skipped in 332.1s "
         "| 333 s (5 min 33 s) | [suite_times_cpuA.txt](suite_times_cpuA.txt) |",
     ]
+
+
+def test_hard_negatives_region_reads_the_snapshots(tables, tmp_path):
+    """Each trait and pool's held-out hard-negative AUC beside its bag of words and length, and
+    the per-category AUCs at each trait's pool, from the run's snapshots."""
+
+    def auc(value, low, high):
+        return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": 4, "n_neg": 4}
+
+    row = {
+        "auc": auc(0.9, 0.8, 0.95),
+        "vs_bag_of_words": {"difference": 0.2, "auc_b": 0.7, "ci_low": 0.05, "ci_high": 0.3},
+        "vs_length": {"difference": 0.3, "auc_b": 0.6, "ci_low": 0.1, "ci_high": 0.4},
+    }
+    transfer = {"traits": ["t/a"], "sets": {"hardneg_harmful": {"pools": {"last_prompt": {"t/a": row}}}}}
+    (tmp_path / "transfer_default_x.json").write_text(json.dumps(transfer))
+    categories = {"homonym": auc(0.75, 0.5, 0.9), "records": auc(1.0, 1.0, 1.0)}
+    external = {"n_harmful": 4, "position_of": {"t/a": "prompt_mean"}}
+    external["traits"] = {"t/a": {"by_category": categories}}
+    (tmp_path / "hard_negatives_default_x.json").write_text(json.dumps(external))
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: hard-negatives -->\n<!-- end generated: hard-negatives -->\n")
+    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
+    text = page.read_text()
+    assert "| `t/a` | last_prompt | 0.900 [0.800, 0.950] | 0.700 | +0.200 [+0.050, +0.300] | 0.600 |" in text
+    assert "| trait | homonym | records |" in text and "| `t/a` (prompt_mean) | 0.75 | 1.00 |" in text
+    assert "n = 4 + 4" in text and "2 pairs each" in text
