@@ -128,7 +128,9 @@ rule steering_check:
         "results/benchmarks/steering_check/{variant}/{group}/{trait}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
+    # one thread, like every model job here: with two it waited for both cores to be free and
+    # ended a 2-core run alone
+    threads: 1
     resources:
         gpu=MODEL_GPU,
         mem_mb=16000,
