@@ -8,9 +8,6 @@ rule capture:
         "results/logs/capture/{variant}/{prompt_set}.log",
     benchmark:
         "results/benchmarks/capture/{variant}/{prompt_set}.tsv"
-    # a trait's set first: its vectors head every chain the experiments read (on 2 cores the
-    # evil set's capture started after 136 s of smaller sets, and the EM finetunes waited on it)
-    priority: capture_priority
     conda:
         "../../envs/traitscope.yaml"
     # one thread each: on a small CPU two captures side by side do ~1.2-1.4x the work of one

@@ -296,11 +296,6 @@ def settings_param(cls, section):
     return lambda wildcards: text
 
 
-def capture_priority(wildcards):
-    """Trait sets before the others (their vectors head the experiments' chains)."""
-    return 3 if wildcards.prompt_set.startswith("traits/") else 0
-
-
 def get_capture_settings(wildcards):
     """The prompt set's capture section as one JSON argument, so a changed setting reruns it."""
     return as_json(CaptureSettings, capture_settings(wildcards.prompt_set))

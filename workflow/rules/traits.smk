@@ -128,9 +128,7 @@ rule steering_check:
         "results/benchmarks/steering_check/{variant}/{group}/{trait}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    # one thread, like every model job here: with two it waited for both cores to be free and
-    # ended a 2-core run alone
-    threads: 1
+    threads: 2
     resources:
         gpu=MODEL_GPU,
         mem_mb=16000,

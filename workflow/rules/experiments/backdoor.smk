@@ -31,9 +31,6 @@ if is_enabled("backdoor"):
             pairs=prompts_path(BACKDOOR["prompt_set"]),
         log:
             "results/logs/backdoor_data.log",
-        # seconds of work that heads the run's longest chain (finetune, capture, analysis): as
-        # early as the finetune it feeds, not after the captures (on 2 cores it started at 379 s)
-        priority: 5
         conda:
             "../../../envs/traitscope.yaml"
         threads: 1

@@ -45,8 +45,6 @@ if is_enabled("emergent_misalignment"):
                 **em_plugin.training_data_paths(),
             log:
                 "results/logs/em_training_data.log",
-            # heads the two finetunes' chain, as soon as the persona trait's answers exist
-            priority: 5
             conda:
                 "../../../envs/traitscope.yaml"
             threads: 1
