@@ -111,7 +111,7 @@ def test_truth_agreement_gates_on_the_written_answers(root, tmp_path):
     assert result["auc"] == pytest.approx(by_hand) and 0.5 < by_hand < 1  # a case the gate must read
     assert result["ci_low"] <= result["auc"] <= result["ci_high"]
     held_out = {"split": "evaluation", "auc": 0.55, "ci_low": 0.45, "ci_high": 0.65}
-    row = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, result, held_out)
+    row = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, held_out, truth=result)
     assert row.status == ("met" if result["ci_low"] >= 0.7 else NOT_MEASURABLE)
     assert "on the truth set" in row.detail and "on held-out answers 0.550 [0.450, 0.650]" in row.detail
     failing = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, held_out)

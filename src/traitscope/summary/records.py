@@ -91,11 +91,14 @@ def within(low: float | None, high: float | None, lower: float, upper: float) ->
     return INCONCLUSIVE
 
 
-def judge_gate(row: Criterion, trait: str, agreement: dict | None, beside: dict | None = None) -> Criterion:
+def judge_gate(row: Criterion, trait: str, held_out: dict | None, truth: dict | None = None) -> Criterion:
     """A row whose number rests on judge scores: the judge's agreement beside it, and "not
     measurable" instead of a status where that agreement's CI low is under JUDGE_GATE.
-    `agreement` is what the gate reads (the truth set's, where the trait has one), `beside`
-    another agreement shown with it (the run's held-out answers')."""
+
+    The gate reads the agreement on the written truth set where the trait has one (labelled by
+    construction), the run's held-out answers' (labelled by the instruction a small model may
+    not have followed) beside it; else the held-out one."""
+    agreement, beside = (truth, held_out) if truth else (held_out, None)
     if not agreement or agreement.get("auc") is None:
         why = (agreement or {}).get("reason") or "no agreement measured"
         row.status, row.detail = NOT_MEASURABLE, f"{row.detail}; judge agreement for {trait}: {why}"

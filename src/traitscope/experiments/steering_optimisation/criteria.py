@@ -55,10 +55,7 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             detail=f"layer {result.get('traits', trait, 'layer')}"
             + ("" if ci[0] is not None else "; one optimiser run: no CI"),
         )
-        # the gate reads the judge's agreement on the written truth set where the trait has one
-        # (labelled by construction), the run's held-out answers' (labelled by instruction) beside it
         agreements = result.get("traits", trait)
-        truth, held = agreements.get("judge_truth_agreement"), agreements.get("judge_agreement")
-        gate, beside = (truth, held) if truth else (held, None)
-        rows += [judge_gate(r, trait, gate, beside) for r in (gain_row, cosine_row)]
+        held, truth = agreements.get("judge_agreement"), agreements.get("judge_truth_agreement")
+        rows += [judge_gate(r, trait, held, truth) for r in (gain_row, cosine_row)]
     return rows
