@@ -77,6 +77,8 @@ PERSONA_TRAITS = [t for t in config["traits"] if t not in CONTRAST_POOL]
 JUDGE = config["judge"]
 FILTER = config["extraction"]["filter"]
 
+JUDGE_VARIANT = JUDGE["local"]["variant"] or BASE
+
 
 def truth_agreement_path(variant, trait):
     """The judge's agreement on the trait's written truth set, where it has one (else None):
@@ -85,9 +87,6 @@ def truth_agreement_path(variant, trait):
     if truth is None or not os.path.isfile(f"{truth}/{trait}.yaml"):
         return None
     return f"{trait_dir(variant, trait)}/judge_truth_agreement.json"
-
-
-JUDGE_VARIANT = JUDGE["local"]["variant"] or BASE
 
 
 def is_enabled(experiment):
