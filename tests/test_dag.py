@@ -151,18 +151,29 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
 
 
 def test_classifier_judge_passes_its_reader_and_fallback(root, tmp_path):
-    """judge.backend classifier: the reader's manifest travels in --judge (and is an input), the
-    local fallback's in --judge-model; tfidf with no fallback needs no model at all."""
+    """judge.backend classifier (the embedded default): the reader's manifest travels in --judge,
+    the local fallback's in --judge-model, and both, with the written training files, are inputs
+    (an edited training file re-judges); CMA-ES's held-out check gets its own scorer and the
+    trait's truth set; tfidf with no fallback needs no model at all."""
     overlay = tmp_path / "classifier.yaml"
-    off = "experiments: {steering_optimisation: {enabled: false}}\n"  # it refuses one scorer for both
-    overlay.write_text(off + "judge: {backend: classifier, agreement: true}\n")
-    judged = re.search(
-        r"traitscope trait-judgements .*safety/evil.*",
-        dry_run(root, "--forceall", "--configfile", str(overlay)),
-    )[0]
+    off = "experiments: {steering_optimisation: {enabled: false}}\n"  # one n-gram scorer for both: refused
+    overlay.write_text("judge: {agreement: true}\n")
+    out = dry_run(root, "--forceall", "--configfile", str(overlay))
+    judged = re.search(r"traitscope trait-judgements .*safety/evil.*", out)[0]
     assert '"backend": "classifier"' in judged and '"features": "embedding"' in judged
     assert '"reader_manifest": "results/models/smollm2/manifest.json"' in judged
     assert "--judge-model results/models/smollm2/manifest.json" in judged
+    inputs = re.search(r"rule trait_judgements:\n    input: (.*safety/evil/capture\.json.*)", out)[1].split(
+        ", "
+    )
+    training = sorted(
+        p.relative_to(root).as_posix() for p in (root / "resources/judge_train").glob("*/*.yaml")
+    )
+    assert training and set(training) <= set(inputs)
+    assert "results/models/smollm2/manifest.json" in inputs
+    heldout = re.search(r"traitscope cmaes-heldout .*", out)[0]
+    assert re.search(r"--heldout-judge '\{[^']*\"features\": \"tfidf\"", heldout)
+    assert "--truth resources/judge_truth/safety/evil.yaml" in heldout
     overlay.write_text(
         off + "judge: {backend: classifier, agreement: true, classifier: {features: tfidf, fallback: null}}\n"
     )

@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import TINY_TRAIT
 from judge_server import JudgeServer
 
 from traitscope import judge as J
@@ -22,6 +25,7 @@ from traitscope.experiments import steering_optimisation as so
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.settings import from_schema
 
+TINY_EVAL = TINY_TRAIT["evaluation_questions"]
 SETTINGS = from_schema(  # a large norm: the tiny random model's answers must move
     so.OptimisationSettings,
     components=3,
@@ -149,11 +153,18 @@ def test_check_config_names_the_problem(root):
     with pytest.raises(TraitscopeError, match=r"traits: safety/harmful_request is a prompt-contrast trait"):
         so.check_config(contrast, config)
     so.check_config({"traits": ["safety/evil"], "popsize": 4}, config)
-    # one classifier scoring fitness and held-out answers could be gamed unseen: refused
-    with pytest.raises(TraitscopeError, match="judge.backend classifier would score both"):
-        so.check_config(
-            {"traits": ["safety/evil"], "popsize": 4}, {**config, "judge": {"backend": "classifier"}}
-        )
+    # a classifier fitness needs a held-out check by another scorer, or gaming it would not show
+    embedding = {"backend": "classifier", "classifier": {"features": "embedding", "reader": None}}
+    tfidf = {"backend": "classifier", "classifier": {"features": "tfidf"}}
+    section = {"traits": ["safety/evil"], "popsize": 4}
+    for heldout in (None, embedding, {**embedding, "cache": None}):
+        with pytest.raises(
+            TraitscopeError, match="heldout_judge: judge.backend classifier scores the fitness"
+        ):
+            so.check_config({**section, "heldout_judge": heldout}, {**config, "judge": embedding})
+    other_reader = {"backend": "classifier", "classifier": {"features": "embedding", "reader": "gemma3"}}
+    for heldout in (tfidf, other_reader, {"backend": "openai"}):
+        so.check_config({**section, "heldout_judge": heldout}, {**config, "judge": embedding})
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -232,6 +243,29 @@ def test_experiment_against_an_openai_compatible_server(
             SETTINGS,
             tmp_path / "heldout.json",
         )
+        # an independent scorer (a bare "73" for every answer, so blind) reads the same answers;
+        # the fitness judge's scores stand beside its own, and its truth-set agreement is measured
+        truth = tmp_path / "truth.yaml"
+        items = [{"question": q, "shown": f"cruel {q}", "not_shown": f"kind {q}"} for q in TINY_EVAL]
+        truth.write_text(yaml.safe_dump({"items": items}))
+        blind = J.Judge(
+            J.JudgeSettings(**{**asdict(settings), "openai": {**settings.openai, "model": "nologprobs"}})
+        )
+        fitness = J.Judge(settings)
+        independent = so.cmaes_heldout(
+            tiny_manifest,
+            trait_run["vectors"],
+            trait_run["evaluation"],
+            tmp_path / "a" / "vectors",
+            tiny_trait_file,
+            fitness,
+            SETTINGS,
+            tmp_path / "heldout_independent.json",
+            heldout_judge=blind,
+            truth_file=truth,
+        )
+        fitness.close()
+        blind.close()
         judgements = tmp_path / "judgements.parquet"
         settings = from_schema(JudgementSettings)
         run = (trait_run["capture"], trait_run["prompts"], tiny_trait_file)
@@ -261,5 +295,14 @@ def test_experiment_against_an_openai_compatible_server(
         delta_opt, delta_md = np.mean([o for o, _ in both]), np.mean([m for _, m in both])
         assert gain["gain"] == pytest.approx((delta_opt - delta_md) / abs(delta_md))
     assert {"optimised_vs_mean_diff", "optimised_vs_probe", "optimised_vs_start"} <= set(entry["cosines"])
+    assert held["scorer"] == "fitness judge" and "fitness_judge" not in held
+    assert independent["scorer"] == "independent" and independent["questions"] == held["questions"]
+    # the same seeded answers: the fitness judge's scores there are those of the plain run
+    assert independent["fitness_judge"]["scores"] == held["scores"]
+    n = SETTINGS.n_heldout
+    assert all(independent["scores"][c]["trait"] == [73.0] * n for c in so.CONDITIONS)
+    truth_agreement = independent["judge_truth_agreement"]
+    assert truth_agreement["split"] == "truth set" and truth_agreement["auc"] == 0.5
+    assert (truth_agreement["n_pos"], truth_agreement["n_neg"]) == (len(TINY_EVAL), len(TINY_EVAL))
     assert gap["judge"]["backend"] == "openai" and "sk-test" not in json.dumps(gap)
     assert (tmp_path / "curves.png").stat().st_size > 0

@@ -382,6 +382,49 @@ def test_a_blind_judge_makes_its_rows_not_measurable(tmp_path):
     )
 
 
+def test_an_independent_held_out_scorer_gates_the_gain_on_its_own_agreement(tmp_path):
+    """The gain is read off the independent scorer's held-out scores (opt +3, mean_diff +1 per
+    question: (3 - 1) / 1 = 2), gated on that scorer's truth-set agreement; the fitness judge's
+    gain on the same answers (+50 vs +1: 49) stands beside it, as a gamed fitness would show;
+    the cosine, from the optimiser alone, keeps the fitness judge's gate."""
+    from traitscope.experiments.steering_optimisation import gain_vs_mean_diff
+
+    def independent(truth: dict | None) -> dict:
+        result = cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6))
+        fitness = {
+            "optimised": {"trait": [60, 70]},
+            "mean_diff": {"trait": [11, 21]},
+            "none": {"trait": [10, 20]},
+        }
+        result["traits"]["safety/evil"]["heldout"] |= {
+            "scorer": "independent",
+            "judge": {"backend": "classifier", "classifier": {"features": "tfidf"}},
+            "judge_truth_agreement": truth,
+            "fitness_judge": {"gain_vs_mean_diff": gain_vs_mean_diff(fitness, n_boot=2000, seed=0)},
+        }
+        return result
+
+    good = {**auc(0.94, 0.85, 1.0), "split": "truth set"}
+    summary = run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=independent(good)))
+    gain, cosine = rows(summary, "steering_optimisation")
+    assert gain["status"] == "met" and gain["measured"] == pytest.approx(2.0)
+    assert "independent scorer (classifier, tfidf)" in gain["detail"]
+    assert "the fitness judge reads gain 49.000 [49.000, 49.000]" in gain["detail"]
+    assert "on the truth set 0.940 [0.850, 1.000]" in gain["detail"]
+    assert "on held-out answers" not in gain["detail"]  # the fitness judge's agreement is not its
+    # a blind independent scorer: no status for the gain, whatever the fitness judge reads
+    for truth, why in (
+        (BLIND_JUDGE | {"split": "truth set"}, "cannot read"),
+        (None, "no agreement measured"),
+    ):
+        summary = run(
+            tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=independent(truth))
+        )
+        gain, cosine = rows(summary, "steering_optimisation")
+        assert gain["status"] == "not measurable" and why in gain["detail"]
+        assert cosine["status"] == "met"  # [0.4, 0.6] within [0.3, 0.7], the fitness judge passes
+
+
 def test_no_mean_diff_delta(tmp_path):
     summary = run(
         tmp_path,

@@ -15,7 +15,13 @@ py=$(python3 -c 'import sys; print(sys.executable)')
 settings() {  # the plan's capture settings (plan_gpu's snakemake log), compile as given
     printf '{"compile": "%s", "keep_all_tokens": false, "layers": "all", "max_new_tokens": 0, "max_tokens": 65536, "padding_side": "right", "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"], "seed": 0, "shard_size": 512, "storage_dtype": "float16", "temperature": 0.0, "token_segments": []}' "$1"
 }
-seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+seconds() {  # the wall seconds of a command (no bc on the device)
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>&1
+    t1=$(date +%s.%N)
+    "$py" -c "print(round($t1 - $t0, 2))"
+}
 {
     echo "import torch + CUDA init: $(seconds "$py" -c 'import torch; torch.zeros(1, device="cuda")') s"
     echo "import the capture module: $(seconds "$py" -c 'import traitscope.capture.store') s"

@@ -102,6 +102,8 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
+        while err.context:  # anyOf/oneOf: the deepest error of an alternative names the key
+            err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
     return config

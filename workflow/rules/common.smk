@@ -1,6 +1,8 @@
+import glob
 import json
 import os
 import re
+import shlex
 import shutil
 
 from snakemake.exceptions import WorkflowError
@@ -77,7 +79,6 @@ PERSONA_TRAITS = [t for t in config["traits"] if t not in CONTRAST_POOL]
 JUDGE = config["judge"]
 FILTER = config["extraction"]["filter"]
 
-JUDGE_VARIANT = JUDGE["local"]["variant"] or BASE
 
 
 def truth_agreement_path(variant, trait):
@@ -316,54 +317,79 @@ def get_project_traits(wildcards, input):
     )
 
 
-def judge_llm_local():
+def judge_llm_local(judge=JUDGE):
     """Whether a local LLM judge runs: the local backend, or the classifier's local fallback."""
-    return JUDGE["backend"] == "local" or (
-        JUDGE["backend"] == "classifier" and JUDGE["classifier"]["fallback"] == "local"
+    return judge["backend"] == "local" or (
+        judge["backend"] == "classifier" and judge["classifier"]["fallback"] == "local"
     )
 
 
-def judge_reader_manifest():
+def judge_variant(judge=JUDGE):
+    return judge["local"]["variant"] or BASE
+
+
+def judge_reader_manifest(judge=JUDGE):
     """The classifier backend's reader model (embedding features), else None."""
-    clf = JUDGE["classifier"]
-    if JUDGE["backend"] != "classifier" or clf["features"] != "embedding":
+    clf = judge["classifier"]
+    if judge["backend"] != "classifier" or clf["features"] != "embedding":
         return None
     return f"results/models/{clf['reader'] or BASE}/manifest.json"
 
 
-def get_judge_json():
-    """The judge: section as JSON for `--judge` (the local judge's variant and the classifier's
+def get_judge_json(judge=JUDGE):
+    """A judge: section as JSON for `--judge` (the local judge's variant and the classifier's
     reader and traits resolved; the DAG-only keys left out). It names the API key's variable,
     never a key."""
     keys = ("backend", "min_number_mass", "cache", "coherence_rubric", "openai")
-    clf = {k: JUDGE["classifier"][k] for k in ("features", "training", "fallback")}
+    clf = {k: judge["classifier"][k] for k in ("features", "training", "fallback")}
     return json.dumps(
         {
-            **{k: JUDGE[k] for k in keys},
-            "local": {**JUDGE["local"], "variant": JUDGE_VARIANT},
+            **{k: judge[k] for k in keys},
+            "local": {**judge["local"], "variant": judge_variant(judge)},
             "classifier": {
                 **clf,
                 "traits_dir": TRAITS_DIR,
-                "reader_manifest": judge_reader_manifest(),
+                "reader_manifest": judge_reader_manifest(judge),
             },
         },
         sort_keys=True,
     )
 
 
+def judge_runs_model(judge=JUDGE):
+    """Whether a judge runs a model here (a GPU job on a cluster): a local LLM or a reader."""
+    return judge_llm_local(judge) or judge_reader_manifest(judge) is not None
+
+
+def judge_inputs(judge=JUDGE):
+    """What a judge reads: the local LLM judge's and the classifier's reader's prepared
+    manifests, and the classifier's written training files with their traits' files (an edit
+    to one re-judges); nothing for an API judge alone."""
+    out = [f"results/models/{judge_variant(judge)}/manifest.json"] if judge_llm_local(judge) else []
+    reader = judge_reader_manifest(judge)
+    out += [reader] if reader and reader not in out else []
+    if judge["backend"] == "classifier":
+        training = judge["classifier"]["training"]
+        for path in sorted(glob.glob(f"{training}/*/*.yaml")):
+            name = os.path.splitext(os.path.relpath(path, training))[0]
+            out += [path, f"{TRAITS_DIR}/{name}.yaml"]
+    return out
+
+
 def get_judge_model(wildcards):
-    """The prepared manifests the judge reads: the local LLM judge's, the classifier's reader
-    (nothing for an API judge alone)."""
-    out = [f"results/models/{JUDGE_VARIANT}/manifest.json"] if judge_llm_local() else []
-    reader = judge_reader_manifest()
-    return out + ([reader] if reader and reader not in out else [])
+    """The main judge's inputs (judge_inputs)."""
+    return judge_inputs()
+
+
+def judge_model_arg(judge=JUDGE):
+    """`--judge-model`: the local LLM judge's manifest, else none (the reader's is in --judge)."""
+    if not judge_llm_local(judge):
+        return "--judge-model none"
+    return f"--judge-model results/models/{judge_variant(judge)}/manifest.json"
 
 
 def get_judge_model_arg(wildcards, input):
-    """`--judge-model`: the local LLM judge's manifest, else none (the reader's is in --judge)."""
-    if not judge_llm_local():
-        return "--judge-model none"
-    return f"--judge-model results/models/{JUDGE_VARIANT}/manifest.json"
+    return judge_model_arg()
 
 
 def get_filter_judgements(wildcards):

@@ -157,7 +157,7 @@ rule trait_judgements:
         "../../envs/traitscope.yaml"
     threads: 1
     resources:
-        gpu=MODEL_GPU if get_judge_model(None) else 0,
+        gpu=MODEL_GPU if judge_runs_model() else 0,
         mem_mb=8000,
     params:
         judge=get_judge_json(),
@@ -199,7 +199,7 @@ rule trait_truth_agreement:
         "../../envs/traitscope.yaml"
     threads: 1
     resources:
-        gpu=MODEL_GPU if get_judge_model(None) else 0,
+        gpu=MODEL_GPU if judge_runs_model() else 0,
         mem_mb=8000,
     params:
         judge=get_judge_json(),

@@ -100,8 +100,19 @@ def truth_agreement(
     a small model follows those weakly, so a judge that reads the trait well can still score
     low there. The project's truth set (`judge.truth_set`: one answer that shows the trait and
     one that does not per held-out question) is labelled by construction: the judge gate reads
-    agreement on it. One pair per question, so the bootstrap resamples independent units.
+    agreement on it.
     """
+    result = truth_agreement_record(truth_file, trait_file, judge, settings.n_boot, settings.seed)
+    write_json(out, result)
+    print(f"traitscope judge: {json.dumps(judge.stats.as_dict())}", file=sys.stderr)
+    return result
+
+
+def truth_agreement_record(
+    truth_file: str | Path, trait_file: str | Path, judge: Judge, n_boot: int, seed: int
+) -> dict:
+    """The judge's agreement record on a trait's truth set (one pair per question, so the
+    bootstrap resamples independent units)."""
     from traitscope.data.traits import load_trait
     from traitscope.judge.truth_set import truth_table
 
@@ -115,10 +126,8 @@ def truth_agreement(
         "the trait vs answers that do not; stratified percentile bootstrap CI"
     )
     pos, neg = (table.loc[table["label"] == label, "score"].to_numpy(float) for label in (1, 0))
-    result = agreement_record(pos, neg, float(table["mass"].mean()), test, settings.n_boot, settings.seed)
+    result = agreement_record(pos, neg, float(table["mass"].mean()), test, n_boot, seed)
     result.update({"split": "truth set", "truth_file": str(truth_file)})
-    write_json(out, result)
-    print(f"traitscope judge: {json.dumps(judge.stats.as_dict())}", file=sys.stderr)
     return result
 
 

@@ -40,7 +40,7 @@ from traitscope.experiments.steering_optimisation.optimise import cmaes_optimise
 from traitscope.experiments.steering_optimisation.report import cmaes_report, gain_vs_mean_diff  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.settings import OptimisationSettings
 from traitscope.experiments.steering_optimisation.steering import gated_scores, pca_basis  # noqa: F401  (re-exported)
-from traitscope.judge import add_judge_arguments, judge_from_args
+from traitscope.judge import add_judge_arguments, judge_from_args, judge_from_json
 from traitscope.paths import capture_path, trait_dir
 from traitscope.settings import add_settings_argument
 
@@ -75,14 +75,28 @@ def check_config(section: dict, config: dict) -> None:
         )
     if section["popsize"] < 2:
         raise TraitscopeError(f"{where}.popsize: CMA-ES needs at least 2 candidates per generation")
-    if section.get("enabled", True) and config.get("judge", {}).get("backend") == "classifier":
-        # cmaes-heldout scores with the fitness's judge: a vector that games the classifier would
-        # also pass its held-out check, so an optimiser gaming one scorer would not show up
-        raise TraitscopeError(
-            f"{where}: judge.backend classifier would score both the fitness and the held-out "
-            "check (one scorer, so gaming it cannot show); run this experiment with judge.backend "
-            "local or openai, or switch it off (enabled: false)"
+    fitness, heldout = config.get("judge", {}), section.get("heldout_judge")
+    if section.get("enabled", True) and fitness.get("backend") == "classifier":
+        # a classifier is the scorer easiest to game: the held-out check must read another one
+        if heldout is None or _scorer(heldout) == _scorer(fitness):
+            raise TraitscopeError(
+                f"{where}.heldout_judge: judge.backend classifier scores the fitness, so the held-out "
+                "check needs a different scorer (another features or reader, or an LLM backend), or a "
+                "vector that games the classifier cannot show; set heldout_judge, e.g. "
+                "{backend: classifier, classifier: {features: tfidf}}"
+            )
+
+
+def _scorer(judge: dict) -> tuple:
+    """What scores a trait rubric: the backend and, for a classifier, its features and reader."""
+    clf = judge.get("classifier", {})
+    if judge.get("backend") == "classifier":
+        return (
+            "classifier",
+            clf.get("features"),
+            clf.get("reader") if clf.get("features") == "embedding" else None,
         )
+    return (judge.get("backend"), judge.get("local", {}).get("variant"), judge.get("openai", {}).get("model"))
 
 
 def optimise_outputs(trait: str) -> dict[str, str]:
@@ -159,6 +173,19 @@ def add_commands(add) -> None:
             p.add_argument("--state", required=True, help="the resumable CMA-ES state file")
         else:
             p.add_argument("--optimised", required=True, help="the optimised vector's folder")
+            p.add_argument(
+                "--heldout-judge",
+                default=None,
+                help="the held-out scorer (a judge: section, JSON); none: --judge's",
+            )
+            p.add_argument(
+                "--heldout-judge-model", default="none", help="its local judge's manifest, else none"
+            )
+            p.add_argument(
+                "--truth",
+                default=None,
+                help="the trait's truth set: the held-out scorer's agreement",
+            )
 
     p = add("cmaes-report", _report_cli, "steering optimisation: extraction_gap.json and curves")
     p.add_argument("--traits", nargs="+", required=True)
@@ -198,6 +225,10 @@ def _optimise_cli(a) -> None:
 
 def _heldout_cli(a) -> None:
     judge = judge_from_args(a)
+    heldout = None
+    if a.heldout_judge not in (None, "none"):
+        model = None if a.heldout_judge_model == "none" else a.heldout_judge_model
+        heldout = judge_from_json(a.heldout_judge, model)
     try:
         cmaes_heldout(
             a.model,
@@ -208,9 +239,13 @@ def _heldout_cli(a) -> None:
             judge,
             a.settings,
             a.out,
+            heldout_judge=heldout,
+            truth_file=None if a.truth in (None, "none") else a.truth,
         )
     finally:
         judge.close()
+        if heldout is not None:
+            heldout.close()
 
 
 def _report_cli(a) -> None:

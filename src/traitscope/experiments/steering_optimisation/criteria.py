@@ -57,5 +57,29 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
         )
         agreements = result.get("traits", trait)
         held, truth = agreements.get("judge_agreement"), agreements.get("judge_truth_agreement")
-        rows += [judge_gate(r, trait, held, truth) for r in (gain_row, cosine_row)]
+        heldout = agreements.get("heldout", {})
+        if heldout.get("scorer") == "independent":
+            gain_row.detail += _fitness_beside(heldout)
+            gain_row = judge_gate(gain_row, trait, None, heldout.get("judge_truth_agreement"))
+        else:
+            gain_row = judge_gate(gain_row, trait, held, truth)
+        rows += [gain_row, judge_gate(cosine_row, trait, held, truth)]
     return rows
+
+
+def _fitness_beside(heldout: dict) -> str:
+    """The fitness judge's reading of the same held-out answers: a vector that games the fitness
+    scorer shows as a gain there and none from the independent scorer."""
+    scorer = heldout.get("judge") or {}
+    fit = heldout["fitness_judge"]["gain_vs_mean_diff"]
+    text = f"; scored by an independent scorer ({_name(scorer)})"
+    text += f"; the fitness judge reads gain {fmt(fit['gain'])}"
+    if fit.get("ci_low") is not None:
+        text += f" [{fmt(fit['ci_low'])}, {fmt(fit['ci_high'])}]"
+    return text
+
+
+def _name(judge: dict) -> str:
+    """A judge's short name: its backend, and a classifier's features."""
+    clf = judge.get("classifier") or {}
+    return f"classifier, {clf['features']}" if clf.get("features") else str(judge.get("backend", "?"))

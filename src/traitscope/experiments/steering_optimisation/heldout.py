@@ -70,8 +70,16 @@ def cmaes_heldout(
     judge: Any,
     settings: OptimisationSettings,
     out_json: str | Path,
+    heldout_judge: Any = None,
+    truth_file: str | Path | None = None,
 ) -> dict:
-    """No vector, mean_diff, probe and optimised on held-out questions, at one steering norm."""
+    """No vector, mean_diff, probe and optimised on held-out questions, at one steering norm.
+
+    With `heldout_judge` (a scorer other than the fitness's `judge`), the conditions and deltas
+    are that scorer's and the fitness judge's deltas stand beside them: a vector that games the
+    fitness scorer scores high there and not here. `truth_file`: the held-out scorer's agreement
+    on the trait's written truth set, which the judge gate of the criterion reads.
+    """
     from traitscope.data.traits import load_trait
     from traitscope.generation.generate import generation_session
     from traitscope.model import loading
@@ -93,39 +101,58 @@ def cmaes_heldout(
         answers = [
             steered_answers(model, tokenizer, questions, directions[n], layer, settings) for n in names
         ]
-    trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
-    per = {}
-    for name, ans, t, c in zip(names, answers, trait_scores, coherence):
-        gated = gated_scores(t, c, settings.coherence_floor)
-        per[name] = {"trait": t, "coherence": c, "gated": gated, "answers": ans}
+    scorer = heldout_judge or judge
     result = {
         "trait": trait.name,
         "layer": layer,
         "steering_norm": norm,
         "questions": questions,
         "n_questions": len(questions),
+        "scorer": "independent" if heldout_judge is not None else "fitness judge",
+        **_scored(scorer, trait.judge_rubric, questions, answers, names, settings),
+        "delta_test": "paired by question: mean difference, Cohen's d_z with a bootstrap CI over "
+        "questions, paired t and Wilcoxon; only questions both arms were scored on",
+        "examples": [
+            {"question": q, **{n: answers[k][i] for k, n in enumerate(names)}}
+            for i, q in enumerate(questions[:4])
+        ],
+        "judge_truth_agreement": None,
+    }
+    if heldout_judge is not None:
+        result["fitness_judge"] = _scored(judge, trait.judge_rubric, questions, answers, names, settings)
+    if truth_file is not None:
+        from traitscope.judge.stages import truth_agreement_record
+
+        result["judge_truth_agreement"] = truth_agreement_record(
+            truth_file, trait_file, scorer, settings.n_boot, settings.seed
+        )
+    write_json(out_json, result)
+    return result
+
+
+def _scored(
+    judge: Any, rubric: str, questions: list, answers: list, names: list, settings: OptimisationSettings
+) -> dict:
+    """One scorer's trait and coherence scores of every condition, their stats and the steering
+    deltas against no vector."""
+    trait_scores, coherence = judge_answers(judge, rubric, questions, answers)
+    per = {}
+    for name, t, c in zip(names, trait_scores, coherence):
+        per[name] = {"trait": t, "coherence": c, "gated": gated_scores(t, c, settings.coherence_floor)}
+    n_boot, seed = settings.n_boot, settings.seed
+    return {
         "conditions": {
-            n: _condition_stats(p["trait"], p["coherence"], p["gated"], settings.n_boot, settings.seed)
-            for n, p in per.items()
+            n: _condition_stats(p["trait"], p["coherence"], p["gated"], n_boot, seed) for n, p in per.items()
         },
         "steering_delta": {
             n: {
-                "trait": _delta(per[n]["trait"], per["none"]["trait"], settings.n_boot, settings.seed),
-                "coherence": _delta(
-                    per[n]["coherence"], per["none"]["coherence"], settings.n_boot, settings.seed
-                ),
+                "trait": _delta(per[n]["trait"], per["none"]["trait"], n_boot, seed),
+                "coherence": _delta(per[n]["coherence"], per["none"]["coherence"], n_boot, seed),
             }
             for n in names
             if n != "none"
         },
-        "delta_test": "paired by question: mean difference, Cohen's d_z with a bootstrap CI over "
-        "questions, paired t and Wilcoxon; only questions both arms were scored on",
         "scores": {n: {k: p[k] for k in ("trait", "coherence")} for n, p in per.items()},
-        "examples": [
-            {"question": q, **{n: per[n]["answers"][i] for n in names}} for i, q in enumerate(questions[:4])
-        ],
         "judge": judge.describe(),
         "judge_calls": judge.stats.as_dict(),
     }
-    write_json(out_json, result)
-    return result

@@ -56,19 +56,19 @@ def cmaes_report(
                 "gain": opt["best"]["fitness"] - opt["start"]["fitness"],
                 "questions": len(opt["training_questions"]),
             },
-            "heldout": {
-                "conditions": held["conditions"],
-                "steering_delta": held["steering_delta"],
-                "gain_vs_mean_diff": gain_vs_mean_diff(
-                    held["scores"], opt["settings"]["n_boot"], opt["settings"]["seed"]
-                ),
-                "n_questions": held["n_questions"],
-                "delta_test": held["delta_test"],
-            },
+            "heldout": _heldout(held, opt["settings"]),
             "cosines": opt["cosines"],
             "basis": opt["basis"],
             "components_moved": opt["components_moved"],
-            "judge_calls": {"optimise": opt["judge_calls"], "heldout": held["judge_calls"]},
+            "judge_calls": {
+                "optimise": opt["judge_calls"],
+                "heldout": held["judge_calls"],
+                **(
+                    {"heldout_fitness_judge": held["fitness_judge"]["judge_calls"]}
+                    if "fitness_judge" in held
+                    else {}
+                ),
+            },
             "history": [
                 {
                     k: e[k]
@@ -95,6 +95,32 @@ def cmaes_report(
         ),
     )
     return result
+
+
+def _heldout(held: dict, settings: dict) -> dict:
+    """The held-out check as the criteria read it: its scorer's conditions, deltas and gain,
+    that scorer's truth-set agreement, and (an independent scorer) the fitness judge's beside."""
+    n_boot, seed = settings["n_boot"], settings["seed"]
+    out = {
+        "scorer": held.get("scorer", "fitness judge"),
+        "judge": held.get("judge"),
+        "conditions": held["conditions"],
+        "steering_delta": held["steering_delta"],
+        "gain_vs_mean_diff": gain_vs_mean_diff(held["scores"], n_boot, seed),
+        "n_questions": held["n_questions"],
+        "delta_test": held["delta_test"],
+        "judge_truth_agreement": _agreement(held["judge_truth_agreement"])
+        if held.get("judge_truth_agreement")
+        else None,
+    }
+    if "fitness_judge" in held:
+        fit = held["fitness_judge"]
+        out["fitness_judge"] = {
+            "judge": fit["judge"],
+            "steering_delta": fit["steering_delta"],
+            "gain_vs_mean_diff": gain_vs_mean_diff(fit["scores"], n_boot, seed),
+        }
+    return out
 
 
 def _agreement(record: dict) -> dict:
