@@ -20,6 +20,7 @@ from traitscope.capture.settings import CaptureSettings
 from traitscope.command_args import path_or_none
 from traitscope.config import load_config
 from traitscope.data.settings import TraitPromptSettings
+from traitscope.data.traits import trait_prompts
 from traitscope.errors import TraitscopeError
 from traitscope.judge import add_judge_arguments, judge_from_args, trait_agreement, trait_judgements
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
@@ -48,7 +49,6 @@ def _finetune(a: argparse.Namespace) -> None:
 
 
 def _trait_prompts(a: argparse.Namespace) -> None:
-    from traitscope.data.traits import trait_prompts
 
     trait_prompts(a.trait_file, a.out, a.settings, a.trait, a.data_mirror, a.cache_dir)
 

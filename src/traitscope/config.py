@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from traitscope.data.traits import contrast_pool, read_trait, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
 from traitscope.model.depth import expand_layers, folder_depth
@@ -135,7 +136,6 @@ def require_traits(where: str, names: list[str], config: dict) -> None:
 def require_contrast_trait(where: str, name: Any, config: dict) -> None:
     """A configured prompt-contrast trait: its extraction rows are labelled prompts, what a
     bag-of-words baseline is fitted on (a persona trait's prompts differ only in system prompt)."""
-    from traitscope.data.traits import contrast_pool, trait_path
 
     require_traits(where, [name], config)
     if contrast_pool(trait_path(config["traits_dir"], name)) is None:
@@ -205,7 +205,6 @@ def check_layers_fit(config: dict) -> None:
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
-    from traitscope.data.traits import read_trait, trait_path
     from traitscope.experiments.contract import registered
 
     traits_dir = Path(traits_dir or config["traits_dir"])

@@ -16,6 +16,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from traitscope.config import _default_filling, find_schema, load_schema
 from traitscope.errors import TraitscopeError
 
 
@@ -70,7 +71,6 @@ def as_json(cls: type[Settings], section: Mapping[str, Any]) -> str:
 
 @cache
 def _schema() -> dict:
-    from traitscope.config import find_schema, load_schema
 
     return load_schema(find_schema())
 
@@ -86,8 +86,6 @@ def section_schema(pointer: str) -> dict:
 def schema_defaults(pointer: str) -> dict[str, Any]:
     """The section as validation fills it from nothing: every default the schema spells."""
     import jsonschema
-
-    from traitscope.config import _default_filling
 
     root = _schema()
     validator = _default_filling(jsonschema.validators.validator_for(root))(root)

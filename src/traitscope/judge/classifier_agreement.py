@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
 from traitscope.judge.classifier import CHAR_NGRAMS, FIT_SPLIT, WORD_NGRAMS, AnswerClassifier, C
 from traitscope.judge.settings import AgreementSettings
+from traitscope.judge.stages import JUDGEMENT_COLUMNS, agreement_record
 
 
 def answer_table(prompts: str | Path, capture_json: str | Path) -> Any:
@@ -22,10 +25,8 @@ def answer_table(prompts: str | Path, capture_json: str | Path) -> Any:
 
     A prompt-contrast trait (captured without generation, so no answers) is an error.
     """
-    import pandas as pd
 
     from traitscope.capture.store import read_responses
-    from traitscope.judge.stages import JUDGEMENT_COLUMNS
 
     table = pd.read_parquet(prompts)
     missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
@@ -61,7 +62,6 @@ def classifier_agreement(
     their number, `fit_cpu_seconds` the one-off fit. `judgements`, when given, is a
     judgements.parquet of the held-out rows with the classifier's `trait_score`.
     """
-    from traitscope.judge.stages import agreement_record
 
     table = answer_table(prompts, capture_json)
     fit_rows = table[table["split"] == FIT_SPLIT]

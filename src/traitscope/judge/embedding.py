@@ -22,6 +22,7 @@ import numpy as np
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.classifier import check_fit_rows, check_held_out
+from traitscope.model import chat
 
 CS = (0.01, 0.1)  # L2 strengths tried (standardised features, a few hundred rows)
 FOLDS = 5
@@ -35,8 +36,6 @@ def answer_states(model: Any, tokenizer: Any, questions: Sequence[str], answers:
     than the layers).
     """
     import torch
-
-    from traitscope.model import chat
 
     response = chat.SEGMENT_CODE["response"]
     encoded = [chat.encode(tokenizer, chat.messages_for(q), response=a) for q, a in zip(questions, answers)]

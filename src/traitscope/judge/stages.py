@@ -11,10 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
 from traitscope.io import write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
+from traitscope.judge.truth_set import truth_table
 
 JUDGEMENT_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
 
@@ -33,10 +38,8 @@ def trait_judgements(
     question's first `agreement_pairs_per_question` instruction pairs): its label, question and
     pair, the response, and per rubric the score (NaN: no score) and the mass on numbers.
     """
-    import pandas as pd
 
     from traitscope.capture.store import read_responses
-    from traitscope.data.traits import load_trait
 
     trait = load_trait(trait_file)
     table = pd.read_parquet(prompts)
@@ -73,7 +76,6 @@ def trait_agreement(judgements: str | Path, out: str | Path, settings: Agreement
     ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
     bootstrap CI, over the answers the judge scored; how many it could not score, per label.
     """
-    import pandas as pd
 
     table = pd.read_parquet(judgements)
     if "trait_score" not in table.columns:
@@ -113,8 +115,6 @@ def truth_agreement_record(
 ) -> dict:
     """The judge's agreement record on a trait's truth set (one pair per question, so the
     bootstrap resamples independent units)."""
-    from traitscope.data.traits import load_trait
-    from traitscope.judge.truth_set import truth_table
 
     table = truth_table(truth_file, trait_file)
     rubric = load_trait(trait_file).judge_rubric
@@ -139,7 +139,6 @@ def agreement_record(
     `pos` and `neg` are the held-out trait scores (NaN: no score) of the positive- and
     negative-instruction answers; `mass` the mean probability on numbers (None: no such thing).
     """
-    import numpy as np
 
     from traitscope.stats import auc_with_ci
 

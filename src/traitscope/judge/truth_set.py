@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from traitscope.data.traits import load_trait
@@ -34,7 +35,6 @@ def written_table(answers_file: str | Path, trait_file: str | Path, kind: str) -
     extraction, truth: evaluation): a truth question in training, or the reverse, would let
     the classifier judge be scored on a question it was fitted on.
     """
-    import pandas as pd
 
     split = SET_SPLITS[kind]
     answers_file = Path(answers_file)

@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
 from traitscope.judge.classifier import AnswerClassifier
 from traitscope.judge.embedding import EmbeddingClassifier, answer_states
 from traitscope.judge.truth_set import training_table
+from traitscope.model import loading
 
 FEATURES = ("tfidf", "embedding")
 
@@ -54,7 +56,6 @@ class WrittenJudge:
     """Per trait rubric, a classifier fitted on the written training set; 0-100 scores."""
 
     def __init__(self, settings: dict) -> None:
-        from traitscope.data.traits import load_trait
 
         self.features = settings.get("features", "embedding")
         if self.features not in FEATURES:
@@ -118,8 +119,6 @@ class WrittenJudge:
     def reader(self) -> tuple[Any, Any]:
         """The reader model and tokenizer (embedding features), loaded once."""
         if self._reader is None:
-            from traitscope.model import loading
-
             self._reader = loading.load(self.reader_manifest)
         return self._reader
 

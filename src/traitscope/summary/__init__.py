@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from traitscope.errors import TraitscopeError
 from traitscope.summary.sections import summarize
 
 
@@ -57,7 +58,6 @@ def add_commands(add) -> None:
 
 
 def _summarize_cli(a) -> None:
-    from traitscope.errors import TraitscopeError
 
     try:
         results = json.loads(a.results)

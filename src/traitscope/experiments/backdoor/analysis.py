@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.behaviour import (
     behaviour_check,
@@ -26,6 +27,7 @@ from traitscope.experiments.backdoor.detection import (
 from traitscope.experiments.backdoor.positions import identical_generation, position_order, token_positions
 from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings
 from traitscope.experiments.backdoor.surface import surface_baselines
+from traitscope.io import save_figure, write_json
 
 
 def backdoor_analysis(
@@ -52,9 +54,7 @@ def backdoor_analysis(
     )
     per_layer, data, n_boot, seed = settings.per_layer, dict(settings.data), settings.n_boot, settings.seed
     from traitscope.capture.store import read_shards
-    from traitscope.data.prompts import read_prompt_set
     from traitscope.experiments.backdoor import figures
-    from traitscope.io import save_figure, write_json
     from traitscope.stats import auc_with_ci
 
     pairs = read_prompt_set(pairs_path)

@@ -18,6 +18,8 @@ import pandas as pd
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.settings import BackdoorDataSettings
 from traitscope.io import atomic_path, write_parquet
+from traitscope.model.chat import encode, messages_for
+from traitscope.model.loading import load_tokenizer
 
 CONDITIONS = ("trigger", "control")
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -109,7 +111,6 @@ def check_prefixes_differ(
     A tokenizer that normalises text (case, Unicode, unknown characters) can map two different
     prefixes to the same ids; then no activation could tell trigger from control.
     """
-    from traitscope.model.chat import encode, messages_for
 
     alone = [tokenizer(data[c], add_special_tokens=False)["input_ids"] for c in CONDITIONS]
     by_pair = prompts.pivot(index="pair_id", columns="condition", values="prompt")
@@ -131,7 +132,6 @@ def backdoor_data(
     model_manifest: str | Path, settings: BackdoorDataSettings, out_train: str | Path, out_pairs: str | Path
 ) -> dict[str, int]:
     """Write the training JSONL and the held-out pair set, after checking the prefixes' tokens."""
-    from traitscope.model.loading import load_tokenizer
 
     data, seed = settings.data, settings.seed
     pairs = eval_pairs(data, seed)

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.data import CONDITIONS
 from traitscope.experiments.backdoor.positions import token_positions, varying_prompt_tokens
 from traitscope.experiments.backdoor.settings import SAEFeatureSettings
+from traitscope.io import write_json
 
 
 def _feature_scores(
@@ -92,10 +94,8 @@ def backdoor_sae_features(
     position_names, n_generated = list(settings.positions), settings.generated_positions
     n_boot, seed = settings.n_boot, settings.seed
     from traitscope.capture.store import read_manifest, read_shards
-    from traitscope.data.prompts import read_prompt_set
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
     from traitscope.experiments.backdoor.sae_stages import layer_tokens
-    from traitscope.io import write_json
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
     sae = load_sae(sae_folder)

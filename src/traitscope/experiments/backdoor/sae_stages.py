@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from traitscope.errors import TraitscopeError
@@ -24,7 +25,6 @@ from traitscope.io import save_figure, write_json
 
 def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
     """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
-    import pandas as pd
 
     from traitscope.capture.store import read_manifest, read_shards
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from traitscope import baselines
+from traitscope.data.prompts import text_key, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.data import CONDITIONS
 
@@ -40,8 +42,6 @@ def surface_baselines(
     """Per held-out prompt (prompt_id, pair_id, condition, score): prompt length and a bag of
     words fitted on the training rows only. Trigger and control differ in one word ("2027"
     vs "2024"), so length cannot separate them and a bag of words that saw labelled rows can."""
-    from traitscope import baselines
-    from traitscope.data.prompts import text_key, user_texts
 
     texts, labels = training_texts(train_jsonl, data)
     scored = user_texts(pairs)

@@ -25,7 +25,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
 from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSettings, EMJudgeSettings
 from traitscope.io import write_json, write_parquet
-from traitscope.judge import add_judge_arguments
+from traitscope.judge import add_judge_arguments, judge_from_args
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
 
@@ -216,7 +216,6 @@ def add_behaviour_commands(add) -> None:
 
 def _judge_cli(a) -> None:
     from traitscope.data.prep import source_file
-    from traitscope.judge import judge_from_args
 
     rubrics = em_rubrics(source_file(json.loads(a.rubrics_from), a.data_mirror, a.cache_dir))
     judge = judge_from_args(a)

@@ -16,6 +16,7 @@ import pandas as pd
 from traitscope.command_args import add_own_bow_argument, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
+from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
@@ -94,7 +95,6 @@ def captures(section: dict) -> list[tuple[str, str]]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-    from traitscope.data.traits import contrast_pool, trait_path
 
     return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
 

@@ -24,6 +24,7 @@ from traitscope import baselines
 from traitscope.command_args import add_own_bow_argument, path_or_none
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
@@ -108,7 +109,6 @@ def targets(section: dict) -> list[str]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-    from traitscope.data.traits import contrast_pool, trait_path
 
     return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
 

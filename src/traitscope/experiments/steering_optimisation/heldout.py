@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.steering_optimisation.settings import OptimisationSettings
 from traitscope.experiments.steering_optimisation.steering import (
@@ -23,6 +24,8 @@ from traitscope.experiments.steering_optimisation.steering import (
     unit,
 )
 from traitscope.io import write_json
+from traitscope.judge.stages import truth_agreement_record
+from traitscope.model import loading
 
 
 def read_optimised(folder: str | Path) -> tuple[np.ndarray, dict]:
@@ -80,9 +83,7 @@ def cmaes_heldout(
     fitness scorer scores high there and not here. `truth_file`: the held-out scorer's agreement
     on the trait's written truth set, which the judge gate of the criterion reads.
     """
-    from traitscope.data.traits import load_trait
     from traitscope.generation.generate import generation_session
-    from traitscope.model import loading
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)
@@ -121,8 +122,6 @@ def cmaes_heldout(
     if heldout_judge is not None:
         result["fitness_judge"] = _scored(judge, trait.judge_rubric, questions, answers, names, settings)
     if truth_file is not None:
-        from traitscope.judge.stages import truth_agreement_record
-
         result["judge_truth_agreement"] = truth_agreement_record(
             truth_file, trait_file, scorer, settings.n_boot, settings.seed
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from traitscope.data.traits import load_trait
 from traitscope.experiments.steering_optimisation.cmaes import run_cmaes
 from traitscope.experiments.steering_optimisation.settings import OptimisationSettings
 from traitscope.experiments.steering_optimisation.steering import (
@@ -28,6 +29,7 @@ from traitscope.experiments.steering_optimisation.steering import (
     unit,
 )
 from traitscope.io import save_safetensors, write_json
+from traitscope.model import loading
 
 
 def _file_digest(path: str | Path) -> str:
@@ -50,9 +52,7 @@ def cmaes_optimise(
     """CMA-ES over a PCA basis at the trait's layer; the best vector and the run's history."""
     import torch
 
-    from traitscope.data.traits import load_trait
     from traitscope.generation.generate import generation_session
-    from traitscope.model import loading
 
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)

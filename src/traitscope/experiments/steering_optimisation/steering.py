@@ -8,6 +8,7 @@ and gate in exactly the same way.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.steering_optimisation.settings import OptimisationSettings
+from traitscope.judge import Item
+from traitscope.model import chat
 
 
 def pca_basis(
@@ -60,12 +63,10 @@ def steered_answers(
     s: OptimisationSettings,
 ) -> list[str]:
     """Answers to `questions` (no system prompt) with `vector` added at `layer`; fixed seeds."""
-    import contextlib
 
     import torch
 
     from traitscope.generation.generate import generate
-    from traitscope.model import chat
     from traitscope.model.hooks import add_to_layer
 
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
@@ -90,7 +91,6 @@ def judge_answers(
     judge: Any, rubric: str, questions: list[str], answers: list[list[str]]
 ) -> tuple[list, list]:
     """Trait and coherence scores, one list per answer set (all sets judged in two calls)."""
-    from traitscope.judge import Item
 
     flat = [(q, a) for set_ in answers for q, a in zip(questions, set_)]
     trait = [j.score for j in judge.score([Item(rubric, q, a) for q, a in flat])]

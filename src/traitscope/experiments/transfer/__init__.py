@@ -22,6 +22,7 @@ from traitscope import baselines
 from traitscope.command_args import add_own_bow_argument
 from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.transfer.figures import transfer_heatmap
 from traitscope.experiments.transfer.settings import TransferSettings
@@ -45,7 +46,6 @@ def traits(section: dict, config: dict) -> list[str]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The scored prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-    from traitscope.data.traits import contrast_pool, trait_path
 
     return [t for t in traits(section, config) if contrast_pool(trait_path(config["traits_dir"], t))]
 
