@@ -277,7 +277,60 @@ def hard_negatives(sources: Sources, page: Path) -> str:
     return out
 
 
+def _delta(d: dict) -> str:
+    t = d["trait"]
+    if t.get("ci_low") is None:
+        return f"{t.get('mean_diff', float('nan')):+.1f}"
+    return f"{t['mean_diff']:+.1f} (d_z [{t['ci_low']:+.2f}, {t['ci_high']:+.2f}])"
+
+
+def _gain(g: dict) -> str:
+    ci = f" [{g['ci_low']:.2f}, {g['ci_high']:.2f}]" if g.get("ci_low") is not None else " (no CI)"
+    return "n/a" if g.get("gain") is None else f"{g['gain']:.2f}{ci}"
+
+
+def cmaes(sources: Sources, page: Path) -> str:
+    """CMA-ES's held-out check from a snapshot of the main job's extraction_gap.json
+    (`cmaes_default_*.json`): per trait, each scorer's steering deltas against no vector, the
+    gain over mean_diff, and the scorer's truth-set agreement; the training fitness beside."""
+    snapshots = sorted(sources.benchmarks.glob("cmaes_default_*.json"))
+    if not snapshots:
+        return "No `cmaes_default_*.json` snapshot yet: copy a run's results/cmaes/extraction_gap.json.\n"
+    gap = json.loads(snapshots[-1].read_text())
+    rows = []
+    for trait, t in gap["traits"].items():
+        held, fitness_truth = t["heldout"], t.get("judge_truth_agreement")
+        if held.get("scorer") == "independent":
+            scorers = [("held-out scorer", held, held.get("judge_truth_agreement"))]
+            scorers.append(("fitness judge", held["fitness_judge"], fitness_truth))
+        else:
+            scorers = [("fitness judge", held, fitness_truth)]
+        for name, scored, agreement in scorers:
+            judge = scored.get("judge") or {}
+            features = (judge.get("classifier") or {}).get("features") or judge.get("backend", "?")
+            deltas = scored["steering_delta"]
+            rows.append(
+                f"| `{trait}` | {name} ({features}) | {_ci(agreement)} | {_delta(deltas['mean_diff'])} "
+                f"| {_delta(deltas['optimised'])} | {_gain(scored['gain_vs_mean_diff'])} |"
+            )
+    first = next(iter(gap["traits"].values()))
+    training, n = first["training"], first["heldout"]["n_questions"]
+    return (
+        f"From [{snapshots[-1].name}]({_rel(snapshots[-1], page)}) ({n} held-out questions; deltas are "
+        "trait-score points against no vector, with the d_z's 95% CI; gain = (delta optimised - delta "
+        "mean_diff) / |delta mean_diff| with its paired bootstrap CI; truth AUC: the scorer's agreement "
+        "on the written truth set):\n\n"
+        "| trait | scorer | truth AUC [95% CI] | delta mean_diff | delta optimised | gain |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"Training questions ({training['questions']}, the fitness judge): start "
+        f"{training['start_fitness']:.1f}, best {training['best_fitness']:.1f} (generation "
+        f"{training['best_generation']}); cosine(optimised, mean_diff) "
+        f"{first['cosines']['optimised_vs_mean_diff']:.2f}.\n"
+    )
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "cmaes": cmaes,
     "hard-negatives": hard_negatives,
     "judge-agreement": judge_agreement,
     "times": times,

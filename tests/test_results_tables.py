@@ -162,3 +162,48 @@ def test_hard_negatives_region_reads_the_snapshots(tables, tmp_path):
     assert "| `t/a` | last_prompt | 0.900 [0.800, 0.950] | 0.700 | +0.200 [+0.050, +0.300] | 0.600 |" in text
     assert "| trait | homonym | records |" in text and "| `t/a` (prompt_mean) | 0.75 | 1.00 |" in text
     assert "n = 4 + 4" in text and "2 pairs each" in text
+
+
+def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path):
+    """The held-out scorer's deltas and gain, each with its truth-set agreement, above the fitness
+    judge's on the same answers: a gap between the two rows is what gaming looks like."""
+
+    def delta(mean, low, high):
+        return {"trait": {"mean_diff": mean, "ci_low": low, "ci_high": high}}
+
+    def agreement(value, low, high):
+        return {"auc": value, "ci_low": low, "ci_high": high, "split": "truth set"}
+
+    fitness = {
+        "judge": {"backend": "classifier", "classifier": {"features": "embedding"}},
+        "steering_delta": {"mean_diff": delta(29.8, 0.56, 1.98), "optimised": delta(40.7, 0.95, 2.67)},
+        "gain_vs_mean_diff": {"gain": 0.367, "ci_low": -0.003, "ci_high": 1.12},
+    }
+    held = {
+        "scorer": "independent",
+        "n_questions": 14,
+        "judge": {"backend": "classifier", "classifier": {"features": "tfidf"}},
+        "judge_truth_agreement": agreement(0.94, 0.85, 1.0),
+        "steering_delta": {"mean_diff": delta(-3.0, -1.22, 0.11), "optimised": delta(0.2, -0.53, 0.67)},
+        "gain_vs_mean_diff": {"gain": 1.06, "ci_low": None, "ci_high": None},
+        "fitness_judge": fitness,
+    }
+    trait = {
+        "heldout": held,
+        "judge_truth_agreement": agreement(1.0, 1.0, 1.0),
+        "training": {"questions": 2, "start_fitness": 29.66, "best_fitness": 71.43, "best_generation": 0},
+        "cosines": {"optimised_vs_mean_diff": 0.718},
+    }
+    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: cmaes -->\n<!-- end generated: cmaes -->\n")
+    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
+    lines = page.read_text().splitlines()
+    held_row = "| `safety/evil` | held-out scorer (tfidf) | 0.940 [0.850, 1.000] | -3.0 (d_z [-1.22, +0.11]) "
+    held_row += "| +0.2 (d_z [-0.53, +0.67]) | 1.06 (no CI) |"
+    fit_row = (
+        "| `safety/evil` | fitness judge (embedding) | 1.000 [1.000, 1.000] | +29.8 (d_z [+0.56, +1.98]) "
+    )
+    fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] |"
+    assert lines.index(held_row) + 1 == lines.index(fit_row)
+    assert "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72." in page.read_text()
