@@ -80,12 +80,16 @@ JUDGE = config["judge"]
 FILTER = config["extraction"]["filter"]
 
 
+def truth_files(judge, trait):
+    """The trait's file in a judge: section's truth set, where it has one (else none)."""
+    path = f"{judge['truth_set']}/{trait}.yaml"
+    return [path] if judge["truth_set"] is not None and os.path.isfile(path) else []
+
 
 def truth_agreement_path(variant, trait):
     """The judge's agreement on the trait's written truth set, where it has one (else None):
     what the judge gate reads, the run's held-out agreement shown beside it."""
-    truth = JUDGE["truth_set"]
-    if truth is None or not os.path.isfile(f"{truth}/{trait}.yaml"):
+    if not truth_files(JUDGE, trait):
         return None
     return f"{trait_dir(variant, trait)}/judge_truth_agreement.json"
 
@@ -365,7 +369,11 @@ def judge_inputs(judge=JUDGE):
     """What a judge reads: the local LLM judge's and the classifier's reader's prepared
     manifests, and the classifier's written training files with their traits' files (an edit
     to one re-judges); nothing for an API judge alone."""
-    out = [f"results/models/{judge_variant(judge)}/manifest.json"] if judge_llm_local(judge) else []
+    out = (
+        [f"results/models/{judge_variant(judge)}/manifest.json"]
+        if judge_llm_local(judge)
+        else []
+    )
     reader = judge_reader_manifest(judge)
     out += [reader] if reader and reader not in out else []
     if judge["backend"] == "classifier":
@@ -386,6 +394,12 @@ def judge_model_arg(judge=JUDGE):
     if not judge_llm_local(judge):
         return "--judge-model none"
     return f"--judge-model results/models/{judge_variant(judge)}/manifest.json"
+
+
+def judge_args(judge, flag="--judge"):
+    """`--judge JSON --judge-model M` of a judge: section, under another flag for a second judge."""
+    model = judge_model_arg(judge).replace("--judge-model", f"{flag}-model")
+    return f"{flag} {shlex.quote(get_judge_json(judge))} {model}"
 
 
 def get_judge_model_arg(wildcards, input):

@@ -3,26 +3,8 @@
 from traitscope.experiments import steering_optimisation as so_plugin
 
 SO = config["experiments"]["steering_optimisation"]
-# the held-out check's scorer: its own judge where one is set, else the fitness judge
-SO_HELDOUT_JUDGE = SO["heldout_judge"] or JUDGE
-
-
-def get_cmaes_truth(wildcards):
-    """The trait's truth set, where it has one and the held-out check has its own scorer: that
-    scorer's agreement on it (the fitness judge's is trait_truth_agreement's)."""
-    truth = SO["heldout_judge"] and SO["heldout_judge"]["truth_set"]
-    path = f"{truth}/{wildcards.group}/{wildcards.trait}.yaml"
-    return [path] if truth and os.path.isfile(path) else []
-
-
-def get_heldout_judge_args(wildcards, input):
-    """The held-out scorer's `--heldout-judge`/`--heldout-judge-model` (none: the fitness
-    judge's) and `--truth`."""
-    args = f"--truth {input.truth[0]}" if input.truth else ""
-    if SO["heldout_judge"] is None:
-        return args
-    model = judge_model_arg(SO_HELDOUT_JUDGE).replace("--judge-model", "--heldout-judge-model")
-    return f"--heldout-judge {shlex.quote(get_judge_json(SO_HELDOUT_JUDGE))} {model} {args}"
+# the held-out check's own scorer (a judge: section), where one is set; else the fitness judge
+SO_HELDOUT_JUDGE = SO["heldout_judge"]
 get_steering_optimisation_targets = lambda: so_plugin.targets(SO)
 
 
@@ -73,8 +55,13 @@ if is_enabled("steering_optimisation"):
                 | {"judge_model": get_judge_model(w)}
             ),
             optimised=f"{so_plugin.OUT_DIR}/vectors/optimized/{{group}}/{{trait}}",
-            heldout_judge=judge_inputs(SO_HELDOUT_JUDGE) if SO["heldout_judge"] else [],
-            truth=get_cmaes_truth,
+            heldout_judge=judge_inputs(SO_HELDOUT_JUDGE) if SO_HELDOUT_JUDGE else [],
+            # its agreement on the trait's truth set (the fitness judge's: trait_truth_agreement)
+            truth=lambda w: (
+                truth_files(SO_HELDOUT_JUDGE, f"{w.group}/{w.trait}")
+                if SO_HELDOUT_JUDGE
+                else []
+            ),
         output:
             f"{so_plugin.OUT_DIR}/{{group}}/{{trait}}/heldout.json",
         log:
@@ -92,7 +79,12 @@ if is_enabled("steering_optimisation"):
         params:
             judge=get_judge_json(),
             judge_model=get_judge_model_arg,
-            heldout_judge=get_heldout_judge_args,
+            heldout_judge=lambda w, input: (
+                judge_args(SO_HELDOUT_JUDGE, "--heldout-judge")
+                if SO_HELDOUT_JUDGE
+                else ""
+            )
+            + (f" --truth {input.truth[0]}" if input.truth else ""),
             settings=settings_param(so_plugin.OptimisationSettings, SO),
         shell:
             "traitscope cmaes-heldout --model {input.model} --vectors {input.vectors} "
