@@ -239,7 +239,7 @@ def test_experiment_against_an_openai_compatible_server(
             trait_run["evaluation"],
             tmp_path / "a" / "vectors",
             tiny_trait_file,
-            judge,
+            so.Scorers(judge),
             SETTINGS,
             tmp_path / "heldout.json",
         )
@@ -258,11 +258,9 @@ def test_experiment_against_an_openai_compatible_server(
             trait_run["evaluation"],
             tmp_path / "a" / "vectors",
             tiny_trait_file,
-            fitness,
+            so.Scorers(fitness, blind, truth),
             SETTINGS,
             tmp_path / "heldout_independent.json",
-            heldout_judge=blind,
-            truth_file=truth,
         )
         fitness.close()
         blind.close()

@@ -35,7 +35,11 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.steering_optimisation.cmaes import run_cmaes  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.criteria import CMAES_GAIN_MIN, COSINE_RANGE, cmaes_criteria
-from traitscope.experiments.steering_optimisation.heldout import cmaes_heldout, read_optimised  # noqa: F401  (re-exported)
+from traitscope.experiments.steering_optimisation.heldout import (  # noqa: F401  (re-exported)
+    Scorers,
+    cmaes_heldout,
+    read_optimised,
+)
 from traitscope.experiments.steering_optimisation.optimise import cmaes_optimise
 from traitscope.experiments.steering_optimisation.report import cmaes_report, gain_vs_mean_diff  # noqa: F401  (re-exported)
 from traitscope.experiments.steering_optimisation.settings import OptimisationSettings
@@ -236,11 +240,9 @@ def _heldout_cli(a) -> None:
             a.evaluation,
             a.optimised,
             a.trait_file,
-            judge,
+            Scorers(judge, heldout, None if a.truth in (None, "none") else a.truth),
             a.settings,
             a.out,
-            heldout_judge=heldout,
-            truth_file=None if a.truth in (None, "none") else a.truth,
         )
     finally:
         judge.close()

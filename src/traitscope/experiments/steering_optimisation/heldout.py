@@ -7,6 +7,7 @@ scores with bootstrap CIs and each vector's steering delta against no vector.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +65,32 @@ def _delta(vec: list, none: list, n_boot: int, seed: int) -> dict:
         return {"n_pairs": len(pairs), "mean_diff": diff, "reason": str(exc)}
 
 
+@dataclass(frozen=True)
+class Scorers:
+    """Who scores the held-out answers: the fitness judge, and an independent scorer with the
+    trait's truth-set file (its agreement on it is measured) where the config sets one."""
+
+    fitness: Any
+    heldout: Any = None
+    truth_file: str | Path | None = None
+
+
 def cmaes_heldout(
     model_manifest: str | Path,
     vectors: str | Path,
     evaluation: str | Path,
     optimised: str | Path,
     trait_file: str | Path,
-    judge: Any,
+    scorers: Scorers,
     settings: OptimisationSettings,
     out_json: str | Path,
-    heldout_judge: Any = None,
-    truth_file: str | Path | None = None,
 ) -> dict:
     """No vector, mean_diff, probe and optimised on held-out questions, at one steering norm.
 
-    With `heldout_judge` (a scorer other than the fitness's `judge`), the conditions and deltas
-    are that scorer's and the fitness judge's deltas stand beside them: a vector that games the
-    fitness scorer scores high there and not here. `truth_file`: the held-out scorer's agreement
-    on the trait's written truth set, which the judge gate of the criterion reads.
+    With an independent scorer (`scorers.heldout`), the conditions and deltas are its own and
+    the fitness judge's deltas stand beside them: a vector that games the fitness scorer scores
+    high there and not here. Its agreement on the trait's truth set (`scorers.truth_file`) is
+    what the judge gate of the gain criterion reads.
     """
     from traitscope.generation.generate import generation_session
 
@@ -102,14 +111,14 @@ def cmaes_heldout(
         answers = [
             steered_answers(model, tokenizer, questions, directions[n], layer, settings) for n in names
         ]
-    scorer = heldout_judge or judge
+    judge, scorer = scorers.fitness, scorers.heldout or scorers.fitness
     result = {
         "trait": trait.name,
         "layer": layer,
         "steering_norm": norm,
         "questions": questions,
         "n_questions": len(questions),
-        "scorer": "independent" if heldout_judge is not None else "fitness judge",
+        "scorer": "independent" if scorers.heldout is not None else "fitness judge",
         **_scored(scorer, trait.judge_rubric, questions, answers, names, settings),
         "delta_test": "paired by question: mean difference, Cohen's d_z with a bootstrap CI over "
         "questions, paired t and Wilcoxon; only questions both arms were scored on",
@@ -119,11 +128,11 @@ def cmaes_heldout(
         ],
         "judge_truth_agreement": None,
     }
-    if heldout_judge is not None:
+    if scorers.heldout is not None:
         result["fitness_judge"] = _scored(judge, trait.judge_rubric, questions, answers, names, settings)
-    if truth_file is not None:
+    if scorers.truth_file is not None:
         result["judge_truth_agreement"] = truth_agreement_record(
-            truth_file, trait_file, scorer, settings.n_boot, settings.seed
+            scorers.truth_file, trait_file, scorer, settings.n_boot, settings.seed
         )
     write_json(out_json, result)
     return result
