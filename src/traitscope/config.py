@@ -136,7 +136,6 @@ def require_traits(where: str, names: list[str], config: dict) -> None:
 def require_contrast_trait(where: str, name: Any, config: dict) -> None:
     """A configured prompt-contrast trait: its extraction rows are labelled prompts, what a
     bag-of-words baseline is fitted on (a persona trait's prompts differ only in system prompt)."""
-
     require_traits(where, [name], config)
     if contrast_pool(trait_path(config["traits_dir"], name)) is None:
         raise TraitscopeError(f"{where}: {name} is a persona trait; name a prompt-contrast trait")

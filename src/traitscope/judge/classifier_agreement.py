@@ -25,7 +25,6 @@ def answer_table(prompts: str | Path, capture_json: str | Path) -> Any:
 
     A prompt-contrast trait (captured without generation, so no answers) is an error.
     """
-
     from traitscope.capture.store import read_responses
 
     table = pd.read_parquet(prompts)
@@ -62,7 +61,6 @@ def classifier_agreement(
     their number, `fit_cpu_seconds` the one-off fit. `judgements`, when given, is a
     judgements.parquet of the held-out rows with the classifier's `trait_score`.
     """
-
     table = answer_table(prompts, capture_json)
     fit_rows = table[table["split"] == FIT_SPLIT]
     held = table[table["split"] == "evaluation"].reset_index(drop=True)

@@ -38,7 +38,6 @@ def trait_judgements(
     question's first `agreement_pairs_per_question` instruction pairs): its label, question and
     pair, the response, and per rubric the score (NaN: no score) and the mass on numbers.
     """
-
     from traitscope.capture.store import read_responses
 
     trait = load_trait(trait_file)
@@ -76,7 +75,6 @@ def trait_agreement(judgements: str | Path, out: str | Path, settings: Agreement
     ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
     bootstrap CI, over the answers the judge scored; how many it could not score, per label.
     """
-
     table = pd.read_parquet(judgements)
     if "trait_score" not in table.columns:
         raise TraitscopeError(f"{judgements}: no trait scores; rerun trait-judgements with --rubrics trait")
@@ -115,7 +113,6 @@ def truth_agreement_record(
 ) -> dict:
     """The judge's agreement record on a trait's truth set (one pair per question, so the
     bootstrap resamples independent units)."""
-
     table = truth_table(truth_file, trait_file)
     rubric = load_trait(trait_file).judge_rubric
     found = judge.score([Item(rubric, q, a) for q, a in zip(table["question"], table["response"])])
@@ -139,7 +136,6 @@ def agreement_record(
     `pos` and `neg` are the held-out trait scores (NaN: no score) of the positive- and
     negative-instruction answers; `mass` the mean probability on numbers (None: no such thing).
     """
-
     from traitscope.stats import auc_with_ci
 
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)

@@ -35,7 +35,6 @@ def written_table(answers_file: str | Path, trait_file: str | Path, kind: str) -
     extraction, truth: evaluation): a truth question in training, or the reverse, would let
     the classifier judge be scored on a question it was fitted on.
     """
-
     split = SET_SPLITS[kind]
     answers_file = Path(answers_file)
     if not answers_file.is_file():

@@ -111,7 +111,6 @@ def check_prefixes_differ(
     A tokenizer that normalises text (case, Unicode, unknown characters) can map two different
     prefixes to the same ids; then no activation could tell trigger from control.
     """
-
     alone = [tokenizer(data[c], add_special_tokens=False)["input_ids"] for c in CONDITIONS]
     by_pair = prompts.pivot(index="pair_id", columns="condition", values="prompt")
     same = alone[0] == alone[1]
@@ -132,7 +131,6 @@ def backdoor_data(
     model_manifest: str | Path, settings: BackdoorDataSettings, out_train: str | Path, out_pairs: str | Path
 ) -> dict[str, int]:
     """Write the training JSONL and the held-out pair set, after checking the prefixes' tokens."""
-
     data, seed = settings.data, settings.seed
     pairs = eval_pairs(data, seed)
     tokenizer = load_tokenizer(model_manifest)

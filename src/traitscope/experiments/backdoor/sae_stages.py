@@ -25,7 +25,6 @@ from traitscope.io import save_figure, write_json
 
 def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
     """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
-
     from traitscope.capture.store import read_manifest, read_shards
 
     manifest = read_manifest(capture_json)

@@ -42,7 +42,6 @@ def surface_baselines(
     """Per held-out prompt (prompt_id, pair_id, condition, score): prompt length and a bag of
     words fitted on the training rows only. Trigger and control differ in one word ("2027"
     vs "2024"), so length cannot separate them and a bag of words that saw labelled rows can."""
-
     texts, labels = training_texts(train_jsonl, data)
     scored = user_texts(pairs)
     baselines.check_unseen(

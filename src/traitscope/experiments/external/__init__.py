@@ -95,7 +95,6 @@ def captures(section: dict) -> list[tuple[str, str]]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-
     return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
 
 

@@ -109,7 +109,6 @@ def targets(section: dict) -> list[str]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The analysed prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-
     return [t for t in section["traits"] if contrast_pool(trait_path(config["traits_dir"], t))]
 
 

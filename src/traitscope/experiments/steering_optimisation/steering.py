@@ -63,7 +63,6 @@ def steered_answers(
     s: OptimisationSettings,
 ) -> list[str]:
     """Answers to `questions` (no system prompt) with `vector` added at `layer`; fixed seeds."""
-
     import torch
 
     from traitscope.generation.generate import generate
@@ -91,7 +90,6 @@ def judge_answers(
     judge: Any, rubric: str, questions: list[str], answers: list[list[str]]
 ) -> tuple[list, list]:
     """Trait and coherence scores, one list per answer set (all sets judged in two calls)."""
-
     flat = [(q, a) for set_ in answers for q, a in zip(questions, set_)]
     trait = [j.score for j in judge.score([Item(rubric, q, a) for q, a in flat])]
     coherence = [j.score for j in judge.score([Item(judge.settings.coherence, q, a) for q, a in flat])]

@@ -46,7 +46,6 @@ def traits(section: dict, config: dict) -> list[str]:
 
 def contrast_traits(section: dict, config: dict) -> list[str]:
     """The scored prompt-contrast traits: each stands beside a bag of words fitted on its own rows."""
-
     return [t for t in traits(section, config) if contrast_pool(trait_path(config["traits_dir"], t))]
 
 
