@@ -1,5 +1,5 @@
 """Issue 26's counts for a checkout: lines of the CLI surface (cli.py, every experiment's
-`add_commands` and the helpers it calls in the same module, common.smk), `add_argument` calls,
+`add_commands` and the helpers it calls in the same module, common.smk and common_judge.smk), `add_argument` calls,
 functions with >= 9 parameters, and function-level imports, over src/traitscope.
 
 Usage: python scripts/architecture_counts.py [CHECKOUT]   (default: this checkout)
@@ -33,10 +33,10 @@ def counts(root: Path) -> dict[str, int]:
                     surface += node.end_lineno - node.lineno + 1
         if path.name == "cli.py" and path.parent == src:
             surface += len(lines)
-    common = root / "workflow" / "rules" / "common.smk"
-    surface += len(common.read_text().splitlines())
+    for common in sorted((root / "workflow" / "rules").glob("common*.smk")):
+        surface += len(common.read_text().splitlines())
     return {
-        "cli.py + add_commands + common.smk lines": surface,
+        "cli.py + add_commands + common*.smk lines": surface,
         "add_argument calls": add_argument,
         "functions with >= 9 parameters": wide,
         "function-level imports": local_imports,
