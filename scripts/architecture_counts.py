@@ -1,6 +1,7 @@
 """Issue 26's counts for a checkout: lines of the CLI surface (cli.py, every experiment's
-`add_commands` and the helpers it calls in the same module, common.smk and common_judge.smk), `add_argument` calls,
-functions with >= 9 parameters, and function-level imports, over src/traitscope.
+`add_commands` and the helpers it calls in the same module, common.smk and common_judge.smk),
+`add_argument` calls, functions with >= 9 parameters, and function-level imports, over
+src/traitscope.
 
 Usage: python scripts/architecture_counts.py [CHECKOUT]   (default: this checkout)
 """
