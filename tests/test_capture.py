@@ -226,3 +226,24 @@ def test_ablate_direction_leaves_no_component_at_any_layer_of_a_llama(tiny_model
         assert (before[layer] @ unit).abs().max() > 1e-2  # there was a component to remove
         assert (ablated[layer] @ unit).abs().max() < 1e-7
     assert torch.equal(run_recorded(model, layers, input_ids=ids)[0], before[0])
+
+
+@pytest.mark.parametrize(
+    ("mode", "tokens", "on_gpu", "expected"),
+    [
+        ("auto", 2_000_000, True, True),  # at the threshold: compile
+        ("auto", 1_999_999, True, False),  # a job too small to repay compiling runs eager
+        ("auto", 10**9, False, False),  # a CPU never compiles on auto
+        ("yes", 1, False, True),
+        ("no", 10**9, True, False),
+    ],
+)
+def test_auto_compiles_only_jobs_big_enough_to_repay_it(mode, tokens, on_gpu, expected):
+    from traitscope.capture.settings import CaptureSettings
+    from traitscope.settings import from_schema
+
+    settings = from_schema(CaptureSettings, compile=mode)
+    assert settings.compile_min_tokens == 2_000_000  # the schema's default, measured on an H100
+    assert settings.compiles(tokens, on_gpu) is expected
+    # how fast, not what: a changed threshold resumes the same shards
+    assert from_schema(CaptureSettings, compile_min_tokens=5).digest() == settings.digest()

@@ -13,7 +13,7 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD/results/plan_gpu/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 py=$(python3 -c 'import sys; print(sys.executable)')
 settings() {  # the plan's capture settings (plan_gpu's snakemake log), compile as given
-    printf '{"compile": "%s", "keep_all_tokens": false, "layers": "all", "max_new_tokens": 0, "max_tokens": 65536, "padding_side": "right", "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"], "seed": 0, "shard_size": 512, "storage_dtype": "float16", "temperature": 0.0, "token_segments": []}' "$1"
+    printf '{"compile": "%s", "compile_min_tokens": 0, "keep_all_tokens": false, "layers": "all", "max_new_tokens": 0, "max_tokens": 65536, "padding_side": "right", "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"], "seed": 0, "shard_size": 512, "storage_dtype": "float16", "temperature": 0.0, "token_segments": []}' "$1"
 }
 seconds() {  # the wall seconds of a command (no bc on the device)
     local t0 t1

@@ -10,6 +10,8 @@ from typing import ClassVar
 
 from traitscope.model.depth import expand_layers
 
+SPEED_ONLY = ("max_tokens", "compile", "compile_min_tokens")  # how fast, not what is stored
+
 
 @dataclass(frozen=True)
 class CaptureSettings:
@@ -28,12 +30,21 @@ class CaptureSettings:
     padding_side: str
     shard_size: int
     storage_dtype: str
-    compile: str  # torch.compile the decoder blocks: "auto" = on GPU only
+    compile: str  # torch.compile the decoder blocks: "auto" = on a GPU, for a big enough job
+    compile_min_tokens: int  # "auto" compiles from this many tokens (prompt + generated)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", expand_layers(self.layers))
 
     def digest(self) -> str:
         """Hash of the settings that change what is stored (not how fast it is computed)."""
-        content = {k: v for k, v in asdict(self).items() if k not in ("max_tokens", "compile")}
+        content = {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
+
+    def compiles(self, tokens: int, on_gpu: bool) -> bool:
+        """Whether a job of `tokens` (prompt + generated) compiles its decoder blocks. On an H100
+        compiling cost 15-80 s a job and a compiled forward saved ~40% per prompt token, so it
+        repays only on large jobs; a CPU gains nothing from it."""
+        if self.compile != "auto":
+            return self.compile == "yes"
+        return on_gpu and tokens >= self.compile_min_tokens

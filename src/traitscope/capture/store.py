@@ -185,8 +185,6 @@ def capture(
         resolve_layers(settings.layers, depth)
     model, tokenizer = models.load(model_manifest, device=device)
     settings = replace(settings, layers=resolve_layers(settings.layers, len(decoder_layers(model))))
-    if settings.compile == "yes" or (settings.compile == "auto" and next(model.parameters()).is_cuda):
-        compile_blocks(model)
     out = Path(out)
     # the folder names the inputs too: a changed prompt set or model must never resume old shards
     inputs = [settings.digest(), Path(model_manifest).read_text()]
@@ -195,6 +193,9 @@ def capture(
     shard_dir = out.parent / f"shards-{key}"
     shard_dir.mkdir(parents=True, exist_ok=True)
     lengths = [len(chat.encode(tokenizer, m, p).ids) for m, p in zip(table["messages"], table["prefill"])]
+    tokens = sum(lengths) + len(table) * settings.max_new_tokens
+    if settings.compiles(tokens, next(model.parameters()).is_cuda):
+        compile_blocks(model)
     order = sorted(range(len(table)), key=lambda i: lengths[i])
     shards = []
     for k, start in enumerate(range(0, len(order), settings.shard_size)):
