@@ -232,17 +232,14 @@ def test_experiment_against_an_openai_compatible_server(
         assert server.count() == calls and again["judge_calls"]["requests"] == 0
         assert again["best"]["coordinates"] == first["best"]["coordinates"]
 
+        def heldout(scorers, name):
+            vectors = (trait_run["vectors"], trait_run["evaluation"], tmp_path / "a" / "vectors")
+            return so.cmaes_heldout(
+                tiny_manifest, *vectors, tiny_trait_file, scorers, SETTINGS, tmp_path / name
+            )
+
         judge = J.Judge(settings)
-        held = so.cmaes_heldout(
-            tiny_manifest,
-            trait_run["vectors"],
-            trait_run["evaluation"],
-            tmp_path / "a" / "vectors",
-            tiny_trait_file,
-            so.Scorers(judge),
-            SETTINGS,
-            tmp_path / "heldout.json",
-        )
+        held = heldout(so.Scorers(judge), "heldout.json")
         # an independent scorer (a bare "73" for every answer, so blind) reads the same answers;
         # the fitness judge's scores stand beside its own, and its truth-set agreement is measured
         truth = tmp_path / "truth.yaml"
@@ -252,16 +249,7 @@ def test_experiment_against_an_openai_compatible_server(
             J.JudgeSettings(**{**asdict(settings), "openai": {**settings.openai, "model": "nologprobs"}})
         )
         fitness = J.Judge(settings)
-        independent = so.cmaes_heldout(
-            tiny_manifest,
-            trait_run["vectors"],
-            trait_run["evaluation"],
-            tmp_path / "a" / "vectors",
-            tiny_trait_file,
-            so.Scorers(fitness, blind, truth),
-            SETTINGS,
-            tmp_path / "heldout_independent.json",
-        )
+        independent = heldout(so.Scorers(fitness, blind, truth), "heldout_independent.json")
         fitness.close()
         blind.close()
         judgements = tmp_path / "judgements.parquet"
