@@ -119,6 +119,11 @@ def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedPro
         ("malformed", [], "evil.yaml: malformed YAML"),
         ("empty", [], "evil.yaml: 'evaluation_questions' needs at least 1"),
         (None, ["base_model=ghost"], "base_model: variant 'ghost' is not defined under models:"),
+        (
+            None,
+            ["judge={classifier: {reader: ghost}}"],
+            "judge.classifier.reader: variant 'ghost' is not defined",
+        ),
     ],
 )
 def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, config, expect):
@@ -164,6 +169,23 @@ def test_schema_names_the_bad_key(root, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(TraitscopeError, match=r"config\.yaml: invalid value at extraction\.max_new_tokens"):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
+
+
+def test_a_bad_key_inside_an_alternative_is_named(root, tmp_path):
+    """heldout_judge is null or a judge: section: a typo inside the section names its own key,
+    not "is not valid under any of the given schemas"."""
+    from traitscope.config import load_config
+
+    bad = yaml.safe_load((root / "config/config.yaml").read_text())
+    bad["experiments"]["steering_optimisation"]["heldout_judge"] = {
+        "backend": "classifier",
+        "classifier": {"features": "n-grams"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    where = r"heldout_judge\.classifier\.features: 'n-grams' is not one of \['embedding', 'tfidf'\]"
+    with pytest.raises(TraitscopeError, match=where):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
 
 

@@ -163,8 +163,17 @@ def test_check_config_names_the_problem(root):
         ):
             so.check_config({**section, "heldout_judge": heldout}, {**config, "judge": embedding})
     other_reader = {"backend": "classifier", "classifier": {"features": "embedding", "reader": "gemma3"}}
+    config["models"] = {"smollm2": {}, "gemma3": {}}
     for heldout in (tfidf, other_reader, {"backend": "openai"}):
         so.check_config({**section, "heldout_judge": heldout}, {**config, "judge": embedding})
+    # a reader or local judge the held-out scorer names must be a models: variant
+    unknown = {"backend": "classifier", "classifier": {"features": "embedding", "reader": "gemma9"}}
+    with pytest.raises(TraitscopeError, match=r"heldout_judge.classifier.reader: variant 'gemma9'"):
+        so.check_config({**section, "heldout_judge": unknown}, {**config, "judge": embedding})
+    with pytest.raises(TraitscopeError, match=r"heldout_judge.local.variant: variant 'llm9'"):
+        so.check_config(
+            {**section, "heldout_judge": {"backend": "local", "local": {"variant": "llm9"}}}, config
+        )
 
 
 # ----------------------------------------------------------------------------- the experiment

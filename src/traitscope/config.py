@@ -117,6 +117,16 @@ def require_variant(where: str, name: Any, config: dict) -> None:
         )
 
 
+def require_judge_models(where: str, judge: dict, config: dict) -> None:
+    """A judge: section's models (the local LLM judge, the classifier's reader) are variants."""
+    for key, name in (
+        ("local.variant", judge.get("local", {}).get("variant")),
+        ("classifier.reader", judge.get("classifier", {}).get("reader")),
+    ):
+        if name is not None:
+            require_variant(f"{where}.{key}", name, config)
+
+
 def require_prompt_set(where: str, name: Any, config: dict, dataset: str | None = None) -> None:
     spec = config["prompt_sets"].get(name)
     if spec is None:
@@ -226,9 +236,7 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     for i, capture in enumerate(config["captures"]):
         require_variant(f"captures[{i}]", capture["variant"], config)
         require_prompt_set(f"captures[{i}]", capture["prompt_set"], config)
-    variant = config.get("judge", {}).get("local", {}).get("variant")
-    if variant is not None:
-        require_variant("judge.local.variant", variant, config)
+    require_judge_models("judge", config.get("judge", {}), config)
     if config["steering_check"]["enabled"]:
         require_traits("steering_check.trait", [config["steering_check"]["trait"]], config)
     # experiments that read trait files find them from the config's checkout too

@@ -29,7 +29,7 @@ report (cmaes-report, the gain over mean_diff).
 
 from __future__ import annotations
 
-from traitscope.config import require_traits
+from traitscope.config import require_judge_models, require_traits
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
@@ -80,6 +80,8 @@ def check_config(section: dict, config: dict) -> None:
     if section["popsize"] < 2:
         raise TraitscopeError(f"{where}.popsize: CMA-ES needs at least 2 candidates per generation")
     fitness, heldout = config.get("judge", {}), section.get("heldout_judge")
+    if heldout is not None:
+        require_judge_models(f"{where}.heldout_judge", heldout, config)
     if section.get("enabled", True) and fitness.get("backend") == "classifier":
         # a classifier is the scorer easiest to game: the held-out check must read another one
         if heldout is None or _scorer(heldout) == _scorer(fitness):
