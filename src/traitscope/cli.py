@@ -49,7 +49,6 @@ def _finetune(a: argparse.Namespace) -> None:
 
 
 def _trait_prompts(a: argparse.Namespace) -> None:
-
     trait_prompts(a.trait_file, a.out, a.settings, a.trait, a.data_mirror, a.cache_dir)
 
 

@@ -71,7 +71,6 @@ def as_json(cls: type[Settings], section: Mapping[str, Any]) -> str:
 
 @cache
 def _schema() -> dict:
-
     return load_schema(find_schema())
 
 

@@ -56,7 +56,6 @@ class WrittenJudge:
     """Per trait rubric, a classifier fitted on the written training set; 0-100 scores."""
 
     def __init__(self, settings: dict) -> None:
-
         self.features = settings.get("features", "embedding")
         if self.features not in FEATURES:
             raise TraitscopeError(

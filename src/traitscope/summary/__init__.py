@@ -58,7 +58,6 @@ def add_commands(add) -> None:
 
 
 def _summarize_cli(a) -> None:
-
     try:
         results = json.loads(a.results)
     except json.JSONDecodeError as exc:
