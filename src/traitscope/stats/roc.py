@@ -3,6 +3,8 @@ question), differences of AUCs and the Youden threshold."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
@@ -22,36 +24,55 @@ def _auc_along(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
     """AUC along `axis`, vectorised over resamples: P(pos > neg) with ties counting half
     (= Mann-Whitney U / (n_pos n_neg)).
 
-    Thousands of bootstrap resamples per trait, layer and position are scored at once, and
-    resamples repeat the sample's few distinct values: each value becomes its index among them,
-    each resample's negatives a histogram over those indices, and a positive's share of pairs
-    is the histogram's count below its index plus half the count at it. Mann-Whitney's
-    tie-aware ranking did the same at several times the cost; it remains the fallback for
-    samples with too many distinct values.
+    The AUC reads only the scores' order, so the scores become their ranks among the distinct
+    values (`_codes`) and `_auc_codes` counts on those.
     """
-    pos, neg = np.moveaxis(np.asarray(pos, float), axis, -1), np.moveaxis(np.asarray(neg, float), axis, -1)
+    (pos, neg), k = _codes(pos, neg)
+    return _auc_codes(pos, neg, k, axis=axis)
+
+
+def _codes(*samples: ArrayLike) -> tuple[list[np.ndarray], int]:
+    """Each sample's values as their index among the distinct values of all of them, and how
+    many distinct values there are: the same order, ties kept, in integers `_auc_codes` counts."""
+    arrays = [np.asarray(x, float) for x in samples]
+    values = np.unique(np.concatenate([np.unique(x) for x in arrays]))
+    return [np.searchsorted(values, x) for x in arrays], len(values)
+
+
+def _auc_codes(pos: np.ndarray, neg: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
+    """`_auc_along` on codes in [0, k) (`_codes`): each resample's negatives become a histogram
+    over the codes, and a positive's share of pairs is the histogram's count below its code plus
+    half the count at it.
+
+    Thousands of bootstrap resamples per trait, layer and position are scored at once. The
+    bootstrap resamples codes made once (`auc_with_ci`), so no resample is searched or sorted;
+    Mann-Whitney's tie-aware ranking, several times the cost, remains the fallback for samples
+    with too many distinct values.
+    """
+    pos, neg = np.moveaxis(np.asarray(pos), axis, -1), np.moveaxis(np.asarray(neg), axis, -1)
     n_pos, n_neg = pos.shape[-1], neg.shape[-1]
     lead = np.broadcast_shapes(pos.shape[:-1], neg.shape[:-1])
-    pos = np.broadcast_to(pos, (*lead, n_pos)).reshape(-1, n_pos)
-    neg = np.broadcast_to(neg, (*lead, n_neg)).reshape(-1, n_neg)
-    values = np.unique(np.concatenate([np.unique(pos), np.unique(neg)]))
-    rows, k = len(pos), len(values)
+    pos = np.broadcast_to(pos, (*lead, n_pos)).reshape(-1, n_pos).astype(np.intp)
+    neg = np.broadcast_to(neg, (*lead, n_neg)).reshape(-1, n_neg).astype(np.intp)
+    rows = len(pos)
     if rows * k > HISTOGRAM_MAX:
         u = _sps.mannwhitneyu(pos, neg, axis=-1, method="asymptotic").statistic
         return (u / (n_pos * n_neg)).reshape(lead)
     offset = np.arange(rows)[:, None] * k
-    counts = np.bincount((np.searchsorted(values, neg) + offset).ravel(), minlength=rows * k).reshape(rows, k)
+    counts = np.bincount((neg + offset).ravel(), minlength=rows * k).reshape(rows, k)
     below = np.cumsum(counts, axis=1) - counts
-    at = np.searchsorted(values, pos)
     row = np.arange(rows)[:, None]
-    u = (below[row, at] + 0.5 * counts[row, at]).sum(axis=1)
+    u = (below[row, pos] + 0.5 * counts[row, pos]).sum(axis=1)
     return (u / (n_pos * n_neg)).reshape(lead)
 
 
 def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
     """ROC-AUC with a stratified bootstrap CI (positives and negatives resampled separately)."""
     pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
-    low, high = _percentile_bootstrap((pos, neg), _auc_along, n_boot, 0.95, seed, vectorized=True)
+    codes, k = _codes(pos, neg)
+    low, high = _percentile_bootstrap(
+        tuple(codes), partial(_auc_codes, k=k), n_boot, 0.95, seed, vectorized=True
+    )
     return {"auc": auc(pos, neg), "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
 
 
@@ -71,11 +92,14 @@ def auc_difference_paired(
     if len({len(x) for x in arrays}) != 1:
         raise ValueError(f"paired AUCs need equal lengths, got {[len(x) for x in arrays]}")
 
+    (pa, na), k_a = _codes(*arrays[:2])
+    (pb, nb), k_b = _codes(*arrays[2:])
+
     def difference(pa, na, pb, nb, axis=-1):
-        return _auc_along(pa, na, axis=axis) - _auc_along(pb, nb, axis=axis)
+        return _auc_codes(pa, na, k_a, axis=axis) - _auc_codes(pb, nb, k_b, axis=axis)
 
     low, high = _percentile_bootstrap(
-        tuple(arrays), difference, n_boot, 0.95, seed, vectorized=True, paired=True
+        (pa, na, pb, nb), difference, n_boot, 0.95, seed, vectorized=True, paired=True
     )
     a, b = auc(arrays[0], arrays[1]), auc(arrays[2], arrays[3])
     return _difference_record(a, b, low, high, n_pairs=len(arrays[0]))
@@ -96,11 +120,14 @@ def auc_difference_same_rows(
     if len(pos[0]) != len(pos[1]) or len(neg[0]) != len(neg[1]):
         raise ValueError("both scorers must score the same rows: pos_a/pos_b or neg_a/neg_b differ in length")
 
+    (pos_a, neg_a), k_a = _codes(pos[0], neg[0])
+    (pos_b, neg_b), k_b = _codes(pos[1], neg[1])
+
     def difference(p, n, axis=-1):
-        return _auc_along(p[0], n[0], axis=axis) - _auc_along(p[1], n[1], axis=axis)
+        return _auc_codes(p[0], n[0], k_a, axis=axis) - _auc_codes(p[1], n[1], k_b, axis=axis)
 
     # rows along axis 0 (what the bootstrap resamples), scorers side by side
-    rows = (np.column_stack(pos), np.column_stack(neg))
+    rows = (np.column_stack([pos_a, pos_b]), np.column_stack([neg_a, neg_b]))
     low, high = _percentile_bootstrap(rows, difference, n_boot, 0.95, seed, vectorized=True)
     a, b = auc(pos[0], neg[0]), auc(pos[1], neg[1])
     return _difference_record(a, b, low, high, n_pos=len(pos[0]), n_neg=len(neg[0]))
