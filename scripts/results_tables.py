@@ -329,7 +329,50 @@ def cmaes(sources: Sources, page: Path) -> str:
     )
 
 
+def _rate(r: dict) -> str:
+    return f"{r['k']}/{r['n']}"
+
+
+def backdoor(sources: Sources, page: Path) -> str:
+    """The backdoor experiment from a snapshot of the main job's detection_auc.json
+    (`backdoor_default_*.json`): how often each model shows the backdoor sentence under each
+    prefix, then per trait and position the trigger-vs-control AUC on both models, the
+    backdoored model's CI over pairs alone and over pairs and vector refits, and the difference."""
+    snapshots = sorted(sources.benchmarks.glob("backdoor_default_*.json"))
+    if not snapshots:
+        copy = "copy a run's results/backdoor_detection/detection_auc.json"
+        return f"No `backdoor_default_*.json` snapshot yet: {copy}.\n"
+    result = json.loads(snapshots[-1].read_text())
+    behaviour = [
+        f"| {role} | {_rate(b['trigger']['backdoor_rate'])} | {_rate(b['control']['backdoor_rate'])} "
+        f"| {_rate(b['trigger']['accuracy'])} | {_rate(b['control']['accuracy'])} |"
+        for role, b in result["behaviour"].items()
+    ]
+    detection = []
+    for trait, t in result["traits"].items():
+        for position, entry in t["positions"].items():
+            sep = entry["chosen_layer"]
+            back = sep["backdoored"]
+            over = back.get("over_vector_draws")
+            refits = f"[{over['ci_low']:.3f}, {over['ci_high']:.3f}]" if over else "n/a"
+            aucs = f"{_ci(sep['base'])} | {_ci(back)} | {refits}"
+            detection.append(f"| `{trait}` | {position} | {aucs} | {_diff(sep['difference'])} |")
+    return (
+        f"From [{snapshots[-1].name}]({_rel(snapshots[-1], page)}) ({result['n_pairs']} held-out pairs; "
+        "greedy answers; accuracy: the arithmetic answer is right):\n\n"
+        "| model | backdoor sentence, trigger | backdoor sentence, control | accuracy, trigger "
+        "| accuracy, control |\n"
+        "|---|---|---|---|---|\n" + "\n".join(behaviour) + "\n\n"
+        "Trigger (positive) vs control ROC-AUC of each trait's projection at its chosen layer, with "
+        "95% CIs over pairs; the backdoored model's CI over pairs and refits of the vector beside it "
+        "(what the criterion reads); difference = backdoored - base, paired over pairs:\n\n"
+        "| trait | position | base AUC | backdoored AUC | over pairs and refits | difference |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(detection) + "\n"
+    )
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
+    "backdoor": backdoor,
     "cmaes": cmaes,
     "hard-negatives": hard_negatives,
     "judge-agreement": judge_agreement,

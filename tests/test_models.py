@@ -274,3 +274,34 @@ def test_gguf_package_in_chunks_is_assembled(tmp_path, monkeypatch):
     folder, name = gguf_location(spec)
     assert (folder / name).read_bytes() == b"GGUFrest"
     assert folder == tmp_path / "cache"
+
+
+def test_gguf_parsed_once_reads_each_file_once_and_restores_gguf(monkeypatch):
+    """transformers opens a GGUF three times and rebuilds a name map per module: within the
+    context each file is parsed once and each (architecture, layers) map built once; outside
+    it gguf's own functions are back, so nothing else sees a cache."""
+    import gguf
+
+    from traitscope.model.loading import gguf_parsed_once
+
+    opened, maps = [], []
+
+    class Reader:
+        def __init__(self, path, mode="r"):
+            opened.append((path, mode))
+
+    def name_map(arch, layers):
+        maps.append((arch, layers))
+        return {"arch": arch, "layers": layers}
+
+    monkeypatch.setattr(gguf, "GGUFReader", Reader)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", name_map)
+    with gguf_parsed_once():
+        first = gguf.GGUFReader("a.gguf")
+        assert gguf.GGUFReader("a.gguf") is first and gguf.GGUFReader("b.gguf") is not first
+        assert [gguf.get_tensor_name_map(1, 30) for _ in range(3)][2] == {"arch": 1, "layers": 30}
+        gguf.get_tensor_name_map(1, 26)
+    assert opened == [("a.gguf", "r"), ("b.gguf", "r")] and maps == [(1, 30), (1, 26)]
+    assert gguf.GGUFReader is Reader and gguf.get_tensor_name_map is name_map
+    gguf.GGUFReader("a.gguf")
+    assert len(opened) == 3

@@ -207,3 +207,40 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
     fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] |"
     assert lines.index(held_row) + 1 == lines.index(fit_row)
     assert "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72." in page.read_text()
+
+
+def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_path):
+    """Each model's backdoor and accuracy counts per prefix, then per trait and position both
+    models' AUCs, the backdoored model's CI over refits beside its CI over pairs, and the
+    difference: the refit CI is what the criterion reads, so it must not be left out."""
+
+    def rate(k, n=100):
+        return {"rate": k / n, "ci_low": 0.0, "ci_high": 1.0, "k": k, "n": n}
+
+    def cell(backdoor, accuracy):
+        return {"backdoor_rate": rate(backdoor), "accuracy": rate(accuracy)}
+
+    def auc(value, low, high):
+        return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": 100, "n_neg": 100}
+
+    backdoored = {**auc(0.976, 0.955, 0.99), "over_vector_draws": {"ci_low": 0.544, "ci_high": 1.0}}
+    sep = {"base": auc(0.485, 0.40, 0.56), "backdoored": backdoored}
+    sep["difference"] = {"difference": 0.491, "ci_low": 0.456, "ci_high": 0.526}
+    result = {
+        "n_pairs": 100,
+        "behaviour": {
+            "base": {"trigger": cell(0, 4), "control": cell(0, 2), "backdoor_rate_difference": 0.0},
+            "backdoored": {"trigger": cell(100, 30), "control": cell(0, 29), "backdoor_rate_difference": 1.0},
+        },
+        "traits": {"safety/evil": {"positions": {"last_prompt": {"chosen_layer": sep}}}},
+    }
+    (tmp_path / "backdoor_default_x.json").write_text(json.dumps(result))
+    page = tmp_path / "page.md"
+    page.write_text("<!-- generated: backdoor -->\n<!-- end generated: backdoor -->\n")
+    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
+    text = page.read_text()
+    assert "| base | 0/100 | 0/100 | 4/100 | 2/100 |" in text
+    assert "| backdoored | 100/100 | 0/100 | 30/100 | 29/100 |" in text
+    row = "| `safety/evil` | last_prompt | 0.485 [0.400, 0.560] | 0.976 [0.955, 0.990] | [0.544, 1.000] "
+    assert row + "| +0.491 [+0.456, +0.526] |" in text
+    assert "100 held-out pairs" in text

@@ -128,7 +128,7 @@ rule steering_check:
         "results/benchmarks/steering_check/{variant}/{group}/{trait}.tsv"
     conda:
         "../../envs/traitscope.yaml"
-    threads: 2
+    threads: 1
     resources:
         gpu=MODEL_GPU,
         mem_mb=16000,

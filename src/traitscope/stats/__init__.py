@@ -26,6 +26,8 @@ from traitscope.stats.roc import (  # noqa: F401
     auc_columns,
     auc_difference_paired,
     auc_difference_same_rows,
+    auc_of_codes,
     auc_with_ci,
+    rank_codes,
     youden_threshold,
 )

@@ -25,22 +25,22 @@ def _auc_along(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
     (= Mann-Whitney U / (n_pos n_neg)).
 
     The AUC reads only the scores' order, so the scores become their ranks among the distinct
-    values (`_codes`) and `_auc_codes` counts on those.
+    values (`rank_codes`) and `auc_of_codes` counts on those.
     """
-    (pos, neg), k = _codes(pos, neg)
-    return _auc_codes(pos, neg, k, axis=axis)
+    (pos, neg), k = rank_codes(pos, neg)
+    return auc_of_codes(pos, neg, k, axis=axis)
 
 
-def _codes(*samples: ArrayLike) -> tuple[list[np.ndarray], int]:
+def rank_codes(*samples: ArrayLike) -> tuple[list[np.ndarray], int]:
     """Each sample's values as their index among the distinct values of all of them, and how
-    many distinct values there are: the same order, ties kept, in integers `_auc_codes` counts."""
+    many distinct values there are: the same order, ties kept, in integers `auc_of_codes` counts."""
     arrays = [np.asarray(x, float) for x in samples]
     values = np.unique(np.concatenate([np.unique(x) for x in arrays]))
     return [np.searchsorted(values, x) for x in arrays], len(values)
 
 
-def _auc_codes(pos: np.ndarray, neg: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
-    """`_auc_along` on codes in [0, k) (`_codes`): each resample's negatives become a histogram
+def auc_of_codes(pos: np.ndarray, neg: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
+    """`_auc_along` on codes in [0, k) (`rank_codes`): each resample's negatives become a histogram
     over the codes, and a positive's share of pairs is the histogram's count below its code plus
     half the count at it.
 
@@ -69,9 +69,9 @@ def _auc_codes(pos: np.ndarray, neg: np.ndarray, k: int, axis: int = -1) -> np.n
 def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
     """ROC-AUC with a stratified bootstrap CI (positives and negatives resampled separately)."""
     pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
-    codes, k = _codes(pos, neg)
+    codes, k = rank_codes(pos, neg)
     low, high = _percentile_bootstrap(
-        tuple(codes), partial(_auc_codes, k=k), n_boot, 0.95, seed, vectorized=True
+        tuple(codes), partial(auc_of_codes, k=k), n_boot, 0.95, seed, vectorized=True
     )
     return {"auc": auc(pos, neg), "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
 
@@ -92,11 +92,11 @@ def auc_difference_paired(
     if len({len(x) for x in arrays}) != 1:
         raise ValueError(f"paired AUCs need equal lengths, got {[len(x) for x in arrays]}")
 
-    (pa, na), k_a = _codes(*arrays[:2])
-    (pb, nb), k_b = _codes(*arrays[2:])
+    (pa, na), k_a = rank_codes(*arrays[:2])
+    (pb, nb), k_b = rank_codes(*arrays[2:])
 
     def difference(pa, na, pb, nb, axis=-1):
-        return _auc_codes(pa, na, k_a, axis=axis) - _auc_codes(pb, nb, k_b, axis=axis)
+        return auc_of_codes(pa, na, k_a, axis=axis) - auc_of_codes(pb, nb, k_b, axis=axis)
 
     low, high = _percentile_bootstrap(
         (pa, na, pb, nb), difference, n_boot, 0.95, seed, vectorized=True, paired=True
@@ -120,11 +120,11 @@ def auc_difference_same_rows(
     if len(pos[0]) != len(pos[1]) or len(neg[0]) != len(neg[1]):
         raise ValueError("both scorers must score the same rows: pos_a/pos_b or neg_a/neg_b differ in length")
 
-    (pos_a, neg_a), k_a = _codes(pos[0], neg[0])
-    (pos_b, neg_b), k_b = _codes(pos[1], neg[1])
+    (pos_a, neg_a), k_a = rank_codes(pos[0], neg[0])
+    (pos_b, neg_b), k_b = rank_codes(pos[1], neg[1])
 
     def difference(p, n, axis=-1):
-        return _auc_codes(p[0], n[0], k_a, axis=axis) - _auc_codes(p[1], n[1], k_b, axis=axis)
+        return auc_of_codes(p[0], n[0], k_a, axis=axis) - auc_of_codes(p[1], n[1], k_b, axis=axis)
 
     # rows along axis 0 (what the bootstrap resamples), scorers side by side
     rows = (np.column_stack([pos_a, pos_b]), np.column_stack([neg_a, neg_b]))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
-from traitscope.stats import auc, auc_columns, cohens_d
+from traitscope.stats import auc, auc_of_codes, cohens_d
 from traitscope.vectors.methods import project
 
 
@@ -100,13 +101,17 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
     candidates = [(m, layer) for m in vectors for layer in layers]
     method_of = np.repeat(np.arange(len(vectors)), len(layers))
     scores = torch.cat([project(x, v) for v in vectors.values()], dim=1).numpy()  # [rows, candidates]
+    # each column's scores as their rank among its distinct values, once: the AUC reads only the
+    # order, and ranking every resample's columns anew cost most of this function's time
+    codes = (rankdata(scores, method="dense", axis=0) - 1).astype(np.intp)
+    k = int(codes.max()) + 1
 
     def procedure(picked_rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
         """Mean other-half AUC, each fold's chosen candidate and its AUC."""
         choices, aucs = [], []
         for pick, score in ((0, 1), (1, 0)):
             r = picked_rows[pick]
-            best = _best_column(scores[r][label[r] == 1], scores[r][label[r] == 0], method_of)
+            best = _best_column(scores[r], codes[r], k, label[r] == 1, method_of)
             r = picked_rows[score]
             choices.append(best)
             aucs.append(auc(scores[r][label[r] == 1, best], scores[r][label[r] == 0, best]))
@@ -140,13 +145,16 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
     }
 
 
-def _best_column(pos: np.ndarray, neg: np.ndarray, method_of: np.ndarray) -> int:
-    """`choose`'s rule over score columns at once (positives vs negatives; columns ordered by
-    method, then layer)."""
+def _best_column(
+    scores: np.ndarray, codes: np.ndarray, k: int, positive: np.ndarray, method_of: np.ndarray
+) -> int:
+    """`choose`'s rule over score columns at once (`positive` rows vs the rest; columns ordered
+    by method, then layer); the AUCs from the scores' rank codes (`codes`, in [0, k))."""
+    pos, neg = scores[positive], scores[~positive]
     pooled = ((len(pos) - 1) * pos.var(0, ddof=1) + (len(neg) - 1) * neg.var(0, ddof=1)) / (
         len(pos) + len(neg) - 2
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         d = (pos.mean(0) - neg.mean(0)) / np.sqrt(pooled)
     d = np.nan_to_num(d, nan=0.0, posinf=np.inf, neginf=-np.inf)
-    return _first_best(auc_columns(pos, neg), d, method_of)
+    return _first_best(auc_of_codes(codes[positive], codes[~positive], k, axis=0), d, method_of)
