@@ -57,6 +57,14 @@ def _summary() -> dict:
     }
 
 
+def _render(tables, folder, region: str) -> str:
+    """A page holding only `region`, rewritten from the benchmark files in `folder`."""
+    page = folder / "page.md"
+    page.write_text(f"<!-- generated: {region} -->\n<!-- end generated: {region} -->\n")
+    assert tables.main([str(page), "--benchmarks", str(folder)]) == 0
+    return page.read_text()
+
+
 def test_generated_region_is_rewritten_from_summary_json(tables, tmp_path):
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps(_summary()))
@@ -121,12 +129,8 @@ def test_times_region_names_the_cpu_and_mode_of_every_time(tables, tmp_path):
     (tmp_path / "suite_times_cpuA.txt").write_text(
         "cpu: CPU A; flags: avx2\ncores: 2\nsuite native: 333 s; 466 passed, 19 skipped in 332.1s\n"
     )
-    page = tmp_path / "page.md"
-    page.write_text("<!-- generated: times -->\n<!-- end generated: times -->\n")
-    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
-    rows = [
-        line for line in page.read_text().splitlines() if line.startswith("| the") or line.startswith("| `")
-    ]
+    text = _render(tables, tmp_path, "times")
+    rows = [line for line in text.splitlines() if line.startswith("| the") or line.startswith("| `")]
     assert rows == [
         "| the main job, every experiment | CPU A; flags: avx2, 2 cores | fp32: dtype float32 "
         "| 871 s (14 min 31 s) | [precision_cpuA.txt](precision_cpuA.txt) |",
@@ -155,10 +159,7 @@ def test_hard_negatives_region_reads_the_snapshots(tables, tmp_path):
     external = {"n_harmful": 4, "position_of": {"t/a": "prompt_mean"}}
     external["traits"] = {"t/a": {"by_category": categories}}
     (tmp_path / "hard_negatives_default_x.json").write_text(json.dumps(external))
-    page = tmp_path / "page.md"
-    page.write_text("<!-- generated: hard-negatives -->\n<!-- end generated: hard-negatives -->\n")
-    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
-    text = page.read_text()
+    text = _render(tables, tmp_path, "hard-negatives")
     assert "| `t/a` | last_prompt | 0.900 [0.800, 0.950] | 0.700 | +0.200 [+0.050, +0.300] | 0.600 |" in text
     assert "| trait | homonym | records |" in text and "| `t/a` (prompt_mean) | 0.75 | 1.00 |" in text
     assert "n = 4 + 4" in text and "2 pairs each" in text
@@ -195,10 +196,8 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
         "cosines": {"optimised_vs_mean_diff": 0.718},
     }
     (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
-    page = tmp_path / "page.md"
-    page.write_text("<!-- generated: cmaes -->\n<!-- end generated: cmaes -->\n")
-    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
-    lines = page.read_text().splitlines()
+    text = _render(tables, tmp_path, "cmaes")
+    lines = text.splitlines()
     held_row = "| `safety/evil` | held-out scorer (tfidf) | 0.940 [0.850, 1.000] | -3.0 (d_z [-1.22, +0.11]) "
     held_row += "| +0.2 (d_z [-0.53, +0.67]) | 1.06 (no CI) |"
     fit_row = (
@@ -206,7 +205,7 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
     )
     fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] |"
     assert lines.index(held_row) + 1 == lines.index(fit_row)
-    assert "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72." in page.read_text()
+    assert "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72." in text
 
 
 def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_path):
@@ -235,10 +234,7 @@ def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_pa
         "traits": {"safety/evil": {"positions": {"last_prompt": {"chosen_layer": sep}}}},
     }
     (tmp_path / "backdoor_default_x.json").write_text(json.dumps(result))
-    page = tmp_path / "page.md"
-    page.write_text("<!-- generated: backdoor -->\n<!-- end generated: backdoor -->\n")
-    assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
-    text = page.read_text()
+    text = _render(tables, tmp_path, "backdoor")
     assert "| base | 0/100 | 0/100 | 4/100 | 2/100 |" in text
     assert "| backdoored | 100/100 | 0/100 | 30/100 | 29/100 |" in text
     row = "| `safety/evil` | last_prompt | 0.485 [0.400, 0.560] | 0.976 [0.955, 0.990] | [0.544, 1.000] "
