@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import re
+import signal
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,4 +70,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the listing quietly, not with a traceback
     main()
