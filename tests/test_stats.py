@@ -800,14 +800,11 @@ def test_auc_of_codes_reads_only_the_order_per_column():
     """Rank codes keep the order and the ties, so the AUC on codes is the AUC on the scores:
     column 0 is the tie case above (6/9), column 1 the same scores times -10 (1 - 6/9),
     scored along axis 0 as the layer choice does, and along -1 as the bootstrap does."""
-    from scipy.stats import rankdata
-
-    from traitscope.stats import auc_of_codes, rank_codes
+    from traitscope.stats import auc_of_codes, column_codes, rank_codes
 
     pos = np.array([[1, -30], [2, -20], [3, -10]], float)
     neg = np.array([[2, -20], [2, -20], [0, 0]], float)
-    codes = (rankdata(np.vstack([pos, neg]), method="dense", axis=0) - 1).astype(int)
-    k = int(codes.max()) + 1
+    codes, k = column_codes(np.vstack([pos, neg]))
     np.testing.assert_allclose(auc_of_codes(codes[:3], codes[3:], k, axis=0), [6 / 9, 3 / 9])
     (p, n), k = rank_codes([1, 2, 3], [2, 2, 0])
     assert k == 4 and p.tolist() == [1, 2, 3] and n.tolist() == [2, 2, 0]

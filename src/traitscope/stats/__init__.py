@@ -28,6 +28,7 @@ from traitscope.stats.roc import (  # noqa: F401
     auc_difference_same_rows,
     auc_of_codes,
     auc_with_ci,
+    column_codes,
     rank_codes,
     youden_threshold,
 )

@@ -140,15 +140,22 @@ def _difference_record(a: float, b: float, low: float, high: float, **counts: in
 
 def auc_columns(pos: ArrayLike, neg: ArrayLike) -> np.ndarray:
     """ROC-AUC of every column at once (`[n_pos, m]` vs `[n_neg, m]` -> `[m]`), ties counting
-    half: P(positive > negative) per column, from mid-ranks (as Mann-Whitney U)."""
+    half: P(positive > negative) per column."""
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
         raise ValueError(f"pos and neg must be [n, m] with the same m, got {pos.shape} and {neg.shape}")
     if not len(pos) or not len(neg):
         raise ValueError("pos and neg need at least one row each")
-    ranks = _sps.rankdata(np.vstack([pos, neg]), axis=0)
-    n_pos, n_neg = len(pos), len(neg)
-    return (ranks[:n_pos].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    codes, k = column_codes(np.vstack([pos, neg]))
+    return auc_of_codes(codes[: len(pos)], codes[len(pos) :], k, axis=0)
+
+
+def column_codes(scores: np.ndarray) -> tuple[np.ndarray, int]:
+    """`rank_codes` per column of `[n, m]` scores (each column ranked among its own values), and
+    a k that bounds every column's codes: made once, then any row subset scores with
+    `auc_of_codes(..., axis=0)`."""
+    codes = (_sps.rankdata(scores, method="dense", axis=0) - 1).astype(np.intp)
+    return codes, int(codes.max()) + 1
 
 
 def youden_threshold(pos: ArrayLike, neg: ArrayLike) -> dict:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
-from traitscope.stats import auc, auc_of_codes, cohens_d
+from traitscope.stats import auc, auc_of_codes, cohens_d, column_codes
 from traitscope.vectors.methods import project
 
 
@@ -103,8 +102,7 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
     scores = torch.cat([project(x, v) for v in vectors.values()], dim=1).numpy()  # [rows, candidates]
     # each column's scores as their rank among its distinct values, once: the AUC reads only the
     # order, and ranking every resample's columns anew cost most of this function's time
-    codes = (rankdata(scores, method="dense", axis=0) - 1).astype(np.intp)
-    k = int(codes.max()) + 1
+    codes, k = column_codes(scores)
 
     def procedure(picked_rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
         """Mean other-half AUC, each fold's chosen candidate and its AUC."""
