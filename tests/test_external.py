@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
 from traitscope.data.prompts import text_key
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.external import beavertails, beavertails_category, harmbench
-from traitscope.experiments.external.settings import BeaverTailsCategorySettings
+from traitscope.experiments.external import beavertails, beavertails_sample, harmbench
+from traitscope.experiments.external.settings import BeaverTailsSampleSettings
 from traitscope.settings import from_schema
 
 TRAITS = ["safety/harm", "safety/evil"]
@@ -71,58 +71,50 @@ def bt_prompts(tmp_path):
 CATEGORIES = [*BEAVERTAILS_CATEGORIES, "safe"]
 
 
-def category_settings(n: int | None = None, seed: int = 0) -> BeaverTailsCategorySettings:
-    return from_schema(BeaverTailsCategorySettings, categories=CATEGORIES, n_per_category=n, seed=seed)
+def sample_settings(n: int | None = None, seed: int = 0) -> BeaverTailsSampleSettings:
+    return from_schema(BeaverTailsSampleSettings, categories=CATEGORIES, n_per_category=n, seed=seed)
 
 
-def split(bt_prompts, folder, n=None, seed=0) -> dict[str, pd.DataFrame]:
-    """Every category's capture-job rows, as the Snakemake fan-out writes them."""
-    folder.mkdir(exist_ok=True)
-    return {
-        c: beavertails_category(bt_prompts, c, folder / f"{c}.parquet", category_settings(n, seed))
-        for c in CATEGORIES
-    }
+def first_category(keys: str) -> str:
+    """The category a harmful row is sampled in: its first in the configured order."""
+    return min(keys.split(";"), key=CATEGORIES.index)
 
 
-def test_each_row_is_captured_once_in_its_first_category(tmp_path, bt_prompts):
-    groups = split(bt_prompts, tmp_path / "groups")
+def test_each_row_is_captured_once_and_keeps_its_categories(tmp_path, bt_prompts):
+    sample = beavertails_sample(bt_prompts, tmp_path / "s.parquet", sample_settings())
     table = pd.read_parquet(bt_prompts)
-    ids = [pid for g in groups.values() for pid in g["prompt_id"]]
-    assert sorted(ids) == sorted(table["prompt_id"])  # every row, exactly once
-    for category, group in groups.items():
-        on_disk = pd.read_parquet(tmp_path / "groups" / f"{category}.parquet")
-        assert on_disk["prompt_id"].tolist() == group["prompt_id"].tolist()
-        assert (group["prefill"] == group["response"]).all()  # the response is what the labels judge
-        if category == "safe":
-            assert (group["label"] == 0).all() and len(group) == 4
-            continue
-        for keys in group["category"].str.split(";"):
-            # this job's category is the first of the row's categories in the configured order
-            assert category in keys and min(keys, key=CATEGORIES.index) == category
-    # the fixture flags the last category together with the first on one row: that row
-    # belongs to the first category's job only
-    assert len(groups[BEAVERTAILS_CATEGORIES[-1]]) == 2 and len(groups[BEAVERTAILS_CATEGORIES[0]]) == 4
+    assert sorted(sample["prompt_id"]) == sorted(table["prompt_id"])  # every row, exactly once
+    assert pd.read_parquet(tmp_path / "s.parquet")["prompt_id"].tolist() == sample["prompt_id"].tolist()
+    assert (sample["prefill"] == sample["response"]).all()  # the response is what the labels judge
+    assert (sample.set_index("prompt_id")["category"] == table.set_index("prompt_id")["category"]).all()
 
 
 def test_sampling_per_category_is_seeded(tmp_path, bt_prompts):
-    a = split(bt_prompts, tmp_path / "a", n=2, seed=1)
-    b = split(bt_prompts, tmp_path / "b", n=2, seed=1)
-    for category in CATEGORIES:
-        assert len(a[category]) == 2
-        assert a[category]["prompt_id"].tolist() == b[category]["prompt_id"].tolist()
+    a = beavertails_sample(bt_prompts, tmp_path / "a.parquet", sample_settings(n=2, seed=1))
+    b = beavertails_sample(bt_prompts, tmp_path / "b.parquet", sample_settings(n=2, seed=1))
+    c = beavertails_sample(bt_prompts, tmp_path / "c.parquet", sample_settings(n=2, seed=5))
+    assert a["prompt_id"].tolist() == b["prompt_id"].tolist()
+    assert a["prompt_id"].tolist() != c["prompt_id"].tolist()
+    harmful = a[a["label"] == 1]
+    # the fixture flags the last category together with the first on one row: that row is
+    # sampled in the first category's draw, so every category gives exactly 2 rows
+    assert harmful["category"].map(first_category).value_counts().to_dict() == dict.fromkeys(
+        BEAVERTAILS_CATEGORIES, 2
+    )
+    assert (a["label"] == 0).sum() == 2
 
 
 def test_empty_category_is_a_clear_error(tmp_path, bt_prompts):
     table = pd.read_parquet(bt_prompts)
     table = table[~table["category"].str.contains("self_harm")]
     table.to_parquet(tmp_path / "less.parquet")
-    out = tmp_path / "out" / "self_harm.parquet"
+    out = tmp_path / "out" / "sample.parquet"
     with pytest.raises(TraitscopeError, match=r"less\.parquet: BeaverTails category 'self_harm' has no rows"):
-        beavertails_category(tmp_path / "less.parquet", "self_harm", out, category_settings())
+        beavertails_sample(tmp_path / "less.parquet", out, sample_settings())
     assert not out.exists()
     table.drop(columns=["response"]).to_parquet(tmp_path / "nocol.parquet")
     with pytest.raises(TraitscopeError, match="missing column"):
-        beavertails_category(tmp_path / "nocol.parquet", "safe", out, category_settings())
+        beavertails_sample(tmp_path / "nocol.parquet", out, sample_settings())
 
 
 def projections(ids, scores_by_trait, position):
@@ -229,16 +221,13 @@ def test_harmbench_refuses_to_score_a_vector_training_row(tmp_path):
 
 
 def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts):
-    groups = split(bt_prompts, tmp_path / "groups")
+    sample = beavertails_sample(bt_prompts, tmp_path / "s.parquet", sample_settings())
     rng = np.random.default_rng(2)
     table = pd.read_parquet(bt_prompts).set_index("prompt_id")
     score = {pid: rng.normal() + 0.8 * table.loc[pid, "n_categories"] for pid in table.index}
-    inputs = []
-    for category, group in groups.items():
-        values = {t: [score[p] * (1 if t == TRAITS[0] else -1) for p in group["prompt_id"]] for t in TRAITS}
-        proj = tmp_path / f"{category}.proj.parquet"
-        projections(group["prompt_id"], values, "prefill_mean").to_parquet(proj)
-        inputs.append((proj, tmp_path / "groups" / f"{category}.parquet"))
+    values = {t: [score[p] * (1 if t == TRAITS[0] else -1) for p in sample["prompt_id"]] for t in TRAITS}
+    projections(sample["prompt_id"], values, "prefill_mean").to_parquet(tmp_path / "proj.parquet")
+    inputs = [(tmp_path / "proj.parquet", tmp_path / "s.parquet")]
     result, _, _ = beavertails(inputs, TRAITS, "prefill_mean", n_boot=300, seed=0)
     ids = list(table.index)
     labels = table.loc[ids, "label"].to_numpy()
@@ -247,7 +236,7 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
     rho = spearmanr(harm, table.loc[ids, "n_categories"]).statistic
     assert result["severity"][TRAITS[0]]["rho"] == pytest.approx(rho)
     assert result["n_unsafe"] == int(labels.sum()) and len(result["categories"]) == 14
-    # a category counts every row that carries it, also rows captured in another job
+    # a category counts every row that carries it, also rows sampled in another category's draw
     keys = table["category"].str.split(";")
     last = BEAVERTAILS_CATEGORIES[-1]
     members = keys.apply(lambda ks: last in ks)
@@ -267,15 +256,12 @@ def test_small_categories_keep_a_point_auc_and_the_figure_shows_it(tmp_path):
 
     beavertails_jsonl(tmp_path / "bt.jsonl", per_category=1, n_safe=3)
     load_beavertails(tmp_path / "bt.jsonl").to_parquet(tmp_path / "bt.parquet")
-    groups = split(tmp_path / "bt.parquet", tmp_path / "groups")
+    sample = beavertails_sample(tmp_path / "bt.parquet", tmp_path / "s.parquet", sample_settings())
     table = pd.read_parquet(tmp_path / "bt.parquet").set_index("prompt_id")
     score = {pid: float(i) for i, pid in enumerate(table.index)}
-    inputs = []
-    for category, group in groups.items():
-        values = {t: [score[p] for p in group["prompt_id"]] for t in TRAITS}
-        proj = tmp_path / f"{category}.proj.parquet"
-        projections(group["prompt_id"], values, "prefill_mean").to_parquet(proj)
-        inputs.append((proj, tmp_path / "groups" / f"{category}.parquet"))
+    values = {t: [score[p] for p in sample["prompt_id"]] for t in TRAITS}
+    projections(sample["prompt_id"], values, "prefill_mean").to_parquet(tmp_path / "proj.parquet")
+    inputs = [(tmp_path / "proj.parquet", tmp_path / "s.parquet")]
     result, _, _ = beavertails(inputs, TRAITS, "prefill_mean", n_boot=100, seed=0)
     safe = [score[p] for p in table.index[table["label"] == 0]]
     keys = table["category"].str.split(";")
@@ -300,8 +286,9 @@ def test_small_categories_keep_a_point_auc_and_the_figure_shows_it(tmp_path):
     assert not empty.patches and "no category AUC computed" in empty.texts[0].get_text()
 
 
-def test_fresh_clone_dry_run_lists_one_capture_per_category(root):
-    """What a cluster user checks before submitting: nothing has run, the fan-out is known."""
+def test_fresh_clone_dry_run_lists_one_beavertails_capture(root):
+    """What a cluster user checks before submitting: nothing has run, and every category's
+    sample is one GPU capture job (one start-up, not fifteen)."""
     dry = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--nolock", "--profile", "profiles/slurm"]
         + ["--configfile", ".test/config-beavertails/config.yaml", "--forceall"],
@@ -313,11 +300,11 @@ def test_fresh_clone_dry_run_lists_one_capture_per_category(root):
     out = dry.stdout + dry.stderr
     assert dry.returncode == 0, out[-2000:]
     captures = set(re.findall(r"results/capture/smollm2/(beavertails\.[\w.-]+)/capture.json", out))
-    assert captures == {f"beavertails.{c.replace(',', '-')}" for c in CATEGORIES}
+    assert captures == {"beavertails.sample"}
+    assert re.search(r"traitscope beavertails-sample --prompts \S+beavertails\.parquet", out)
     blocks = out.split("\nrule capture:")[1:]
     gpu_jobs = [b for b in blocks if "beavertails." in b[:400] and "slurm_partition=gpu" in b]
-    assert all("gpu=1" in b for b in gpu_jobs)
-    assert len(gpu_jobs) == len(CATEGORIES) == 15
+    assert len(gpu_jobs) == 1 and "gpu=1" in gpu_jobs[0]
 
 
 def test_bad_inputs_name_the_problem(tmp_path):

@@ -20,7 +20,7 @@ LLAMA = "config/experiments/llama-3.3-70b.yaml"
 BT_30K = "config/experiments/beavertails-30k-test.yaml"
 
 # every trait's set (7), HarmBench + harmless (2), the held-out hard negatives (2), BeaverTails'
-# 14 categories and safe (15), the prefill 2x2 (1), the EM questions on 3 variants, the backdoor
+# sample of the 14 categories and safe (1), the prefill 2x2 (1), the EM questions on 3 variants, the backdoor
 # pairs on 2, the SAE's set (1), the transfer table's four harmful sets and their length-matched
 # controls (8)
 GEMMA_JOBS = {
@@ -29,8 +29,8 @@ GEMMA_JOBS = {
     "prepare_model": 4,
     "trait_prompts": 7,
     "backdoor_data": 1,
-    "beavertails_category": 15,
-    "capture": 41,
+    "beavertails_sample": 1,
+    "capture": 27,
     "em_prompts": 1,
     "finetune": 3,
     "prefill_conditions": 1,
@@ -46,7 +46,7 @@ GEMMA_JOBS = {
     "backdoor_sae_features": 1,
     "cmaes_optimise": 3,
     "em_behaviour": 1,
-    "project": 33,
+    "project": 19,
     "steering_check": 1,
     "trait_summary": 1,
     "backdoor_analysis": 1,
@@ -95,7 +95,7 @@ GROUPED = {
         "prep_prompts",
         "trait_prompts",
         "dataset_file",
-        "beavertails_category",
+        "beavertails_sample",
         "prefill_conditions",
         "em_prompts",
     },
@@ -109,9 +109,9 @@ GROUPED = {
     },
     "project": {"project"},
 }
-# Slurm jobs submitted (`all` runs nowhere): 185 jobs in 90 for Gemma (79 on their own, prep,
-# vectors and 9 projection groups), 100 in 44 for Llama (38, prep, vectors, 4 projection groups)
-SLURM_JOBS = {"gemma": 90, "llama": 44}
+# Slurm jobs submitted (`all` runs nowhere): 143 jobs in 72 for Gemma (65 on their own, prep,
+# vectors and 5 projection groups), 100 in 44 for Llama (38, prep, vectors, 4 projection groups)
+SLURM_JOBS = {"gemma": 72, "llama": 44}
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_full_scale_config_dry_runs_to_a_complete_dag(root, fresh, configs, extr
     if extra:
         capture = next(job["resources"] for job in jobs if job["rule"] == "capture")
         assert "mem_mb=256000" in capture
-    if "beavertails_category" in expected:
+    if "beavertails_sample" in expected:
         bt = re.findall(r"traitscope prep-prompts --spec '(\{[^']*beavertails[^']*\})'", out)
         assert bt == [
             '{"dataset": "beavertails", "split": "30k_test"}'

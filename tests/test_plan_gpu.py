@@ -29,8 +29,8 @@ def stand_ins():
 
 def test_beavertails_stand_in_is_read_by_the_loader_and_fills_every_category(tmp_path, stand_ins):
     from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, SAFE_CATEGORY, load_beavertails
-    from traitscope.experiments.external import beavertails_category
-    from traitscope.experiments.external.settings import BeaverTailsCategorySettings
+    from traitscope.experiments.external import beavertails_sample
+    from traitscope.experiments.external.settings import BeaverTailsSampleSettings
     from traitscope.io import write_parquet
     from traitscope.settings import from_schema
 
@@ -50,9 +50,9 @@ def test_beavertails_stand_in_is_read_by_the_loader_and_fills_every_category(tmp
     prompts = tmp_path / "bt.parquet"
     write_parquet(prompts, table)
     categories = [*BEAVERTAILS_CATEGORIES, SAFE_CATEGORY]
-    settings = from_schema(BeaverTailsCategorySettings, categories=categories)
-    for category in categories:  # an empty category would be an error: 40 rows fill all 15
-        assert len(beavertails_category(prompts, category, tmp_path / "c.parquet", settings))
+    settings = from_schema(BeaverTailsSampleSettings, categories=categories)
+    sample = beavertails_sample(prompts, tmp_path / "s.parquet", settings)  # an empty category is an error
+    assert len(sample) == 40
 
 
 def test_em_stand_in_is_chat_jsonl_of_distinct_rows(tmp_path, stand_ins):
@@ -212,12 +212,20 @@ def test_aggregate_prices_unmeasured_jobs_by_their_twins():
     assert summary in text
 
 
-def test_beavertails_projection_fits_a_job_and_a_pair():
+def bt_call(group: str, split: str, pairs: int, seconds: float) -> dict:
+    capture = job("capture", "variant=g, prompt_set=beavertails.sample", seconds, prompts=pairs)
+    return {"group": group, "prepare": {"mirror": {f"beavertails/{split}.jsonl": pairs}}, "jobs": [capture]}
+
+
+def test_beavertails_330k_is_kept_out_of_the_plan_and_projected_only_without_a_measurement():
     agg = module("aggregate")
-    jobs = {
-        ("capture", f"variant=g, prompt_set=beavertails.{c}"): job("capture", "", 10 + 0.02 * n, prompts=n)
-        for c, n in (("safe", 200), ("self_harm", 6), ("animal_abuse", 65))
-    }
-    bt = agg.beavertails_330k(jobs)
-    assert bt["per_job_s"] == pytest.approx(10) and bt["per_pair_ms"] == pytest.approx(20)
-    assert bt["projected_s"] == pytest.approx(15 * 10 + 0.02 * 33_432)
+    small, whole = bt_call("a", "30k_test", 3_000, 20), bt_call("b", "330k_test", 33_432, 150)
+    # the 330k_test call comes first, yet the plan (30k_test) is priced by the 30k_test job
+    _, jobs = agg.load_calls_from([whole, small])
+    assert jobs[("capture", "variant=g, prompt_set=beavertails.sample")]["seconds"] == 20
+    assert agg.beavertails_line([whole, small]) == (
+        "- BeaverTails' one capture job: 30k_test: 3,000 pairs in 20 s (a); "
+        "330k_test: 33,432 pairs in 150 s (b)."
+    )
+    # no 330k_test call: the 30k_test job scaled by pairs, 20 x 33,432 / 3,000
+    assert agg.beavertails_line([small]).endswith("scaled by pairs: <= 223 s.")

@@ -25,6 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SEED_ESTIMATE_S = 24 * 3600  # the seed's estimate of the plan: ~24 GPU-hours
 BEAVERTAILS_330K_TEST = 33_432  # pairs of the split the plan without the 30k overlay captures
+PLAN_SPLIT = "30k_test"  # the plan priced: gemma-2-2b-it.yaml with beavertails-30k-test.yaml
+BEAVERTAILS_SET = "beavertails.sample"  # the one capture job's prompt set
 BARE_SETS = ("harmbench", "harmless", "advbench", "rd_")  # HarmBench, AdvBench, refusal-direction sets
 GPU_RULES = {
     "capture",
@@ -44,8 +46,6 @@ def family(rule: str, wildcards: str) -> str:
         prompt_set = fields.get("prompt_set", "")
         if prompt_set.startswith("traits/") and prompt_set != "traits/safety/harmful_request":
             return "capture: a persona trait's set"  # 720 prompts, 128 new tokens each
-        if prompt_set.startswith("beavertails."):
-            return "capture: a BeaverTails category"  # 6 to 200 pairs, no generation
         if prompt_set.startswith(BARE_SETS) and prompt_set != "harmless_train_sae":
             return "capture: a bare prompt set"  # 40 to 200 prompts, no generation
         return f"capture: {prompt_set}"  # any variant: its LoRA is merged, its shape the base's
@@ -55,11 +55,26 @@ def family(rule: str, wildcards: str) -> str:
     return rule  # per-trait and per-role rules, and small CPU jobs: every job of the rule alike
 
 
+def split_of(call: dict) -> str | None:
+    """The BeaverTails split a call's mirror held (30k_test for the plan, 330k_test for its
+    projection), from prepare.py's record."""
+    mirror = (call.get("prepare") or {}).get("mirror") or {}
+    return next(
+        (k.split("/")[1].removesuffix(".jsonl") for k in mirror if k.startswith("beavertails/")), None
+    )
+
+
 def load_calls(paths: list[Path]) -> tuple[list[dict], dict[tuple[str, str], dict]]:
-    """The calls, and every job once: the first finished measurement, else the first record."""
-    calls = [json.loads(p.read_text()) for p in paths]
+    """The calls, and every job once: the first finished measurement, else the first record.
+    Only calls on the plan's BeaverTails sample (30k_test) price the plan's jobs."""
+    return load_calls_from([json.loads(p.read_text()) for p in paths])
+
+
+def load_calls_from(calls: list[dict]) -> tuple[list[dict], dict[tuple[str, str], dict]]:
     jobs: dict[tuple[str, str], dict] = {}
     for call in calls:
+        if split_of(call) not in (None, PLAN_SPLIT):
+            continue
         for job in call["jobs"]:
             key = (job["rule"], job["wildcards"])
             if key not in jobs or (jobs[key]["status"] != "done" and job["status"] == "done"):
@@ -137,29 +152,35 @@ def per_rule(priced: list[dict]) -> list[dict]:
     return sorted(rows.values(), key=lambda r: -r["plan_s"])
 
 
-def beavertails_330k(jobs: dict) -> dict | None:
-    """The category captures as seconds = a + b x pairs (a: load and compile, b: a pair), priced
-    at the whole 330k_test split: 15 jobs of 33,432 pairs in all."""
-    points = [
-        (j["prompts"], j["seconds"])
-        for (rule, w), j in jobs.items()
-        if rule == "capture" and "prompt_set=beavertails." in w and j["status"] == "done" and j.get("prompts")
+def beavertails_captures(calls: list[dict]) -> list[dict]:
+    """Every finished capture of BeaverTails' one job, with its split's pairs, and the whole
+    330k_test split: measured where a call ran it, else the 30k_test job's seconds scaled by
+    pairs (an upper bound: the job's start-up scales too)."""
+    runs = [
+        {"split": split_of(call), "pairs": j["prompts"], "seconds": j["seconds"], "call": call["group"]}
+        for call in calls
+        for j in call["jobs"]
+        if j["rule"] == "capture"
+        and j["wildcards"].endswith(f"prompt_set={BEAVERTAILS_SET}")
+        and j["status"] == "done"
+        and j.get("prompts")
     ]
-    if len({p for p, _ in points}) < 2:
+    return sorted(runs, key=lambda r: r["pairs"])
+
+
+def beavertails_line(calls: list[dict]) -> str | None:
+    runs = beavertails_captures(calls)
+    if not runs:
         return None
-    mx = statistics.mean(p for p, _ in points)
-    my = statistics.mean(s for _, s in points)
-    b = sum((p - mx) * (s - my) for p, s in points) / sum((p - mx) ** 2 for p, _ in points)
-    b = max(b, 0.0)  # below the jobs' noise a pair costs nothing measurable (a small run)
-    a = my - b * mx
-    return {
-        "jobs": len(points),
-        "pairs": sum(p for p, _ in points),
-        "seconds": sum(s for _, s in points),
-        "per_job_s": a,
-        "per_pair_ms": b * 1000,
-        "projected_s": 15 * a + b * BEAVERTAILS_330K_TEST,
-    }
+    text = "; ".join(
+        f"{r['split']}: {r['pairs']:,} pairs in {fmt(r['seconds'])} s ({r['call']})" for r in runs
+    )
+    whole = [r for r in runs if r["pairs"] >= BEAVERTAILS_330K_TEST]
+    if not whole:
+        projected = runs[-1]["seconds"] * BEAVERTAILS_330K_TEST / runs[-1]["pairs"]
+        whole_split = f"the whole 330k_test split ({BEAVERTAILS_330K_TEST:,} pairs)"
+        text += f"; {whole_split}, scaled by pairs: <= {fmt(projected)} s"
+    return f"- BeaverTails' one capture job: {text}."
 
 
 def judge_cost(priced: list[dict], prices: dict) -> dict:
@@ -233,12 +254,8 @@ def markdown(calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices:
         f"{fmt(total)} s = {total / 3600:.2f} h; the seed's 24 GPU-hours are "
         f"{SEED_ESTIMATE_S / max(total, 1):.1f}x that.",
     ]
-    if bt := beavertails_330k(jobs):
-        out.append(
-            f"- BeaverTails: {bt['jobs']} category captures, {bt['pairs']:,} pairs, {fmt(bt['seconds'])} s "
-            f"= {fmt(bt['per_job_s'], 1)} s a job + {fmt(bt['per_pair_ms'], 2)} ms a pair; the whole "
-            f"330k_test split ({BEAVERTAILS_330K_TEST:,} pairs in 15 jobs): {fmt(bt['projected_s'])} s."
-        )
+    if bt := beavertails_line(calls):
+        out.append(bt)
     judge = judge_cost(priced, prices)
     if judge["calls"]:
         out.append(

@@ -18,7 +18,7 @@
 #   sample-traits   the evil trait's chain (capture with generation, judge filter, vectors,
 #                   agreement) and CMA-ES on it (if unfinished, projected from its generations)
 #   sample-em       the insecure.jsonl finetune, the EM answers of the base model and their judge
-#   sample-captures the prefill 2x2, HarmBench, 3 BeaverTails categories, a transfer set, the SAE's
+#   sample-captures the prefill 2x2, HarmBench, BeaverTails (one job), a transfer set, the SAE's
 #                   set, the backdoor finetune and pairs, and the SAE's training (on the CPU)
 #   custom     only the SNAKEMAKE-ARGS targets
 # Options: --scale full|tiny (tiny: a 4-layer model and small data, for a CPU), --beavertails
@@ -58,7 +58,7 @@ targets_of() {  # the Snakemake arguments that select a group's jobs
         sample-em) echo results/finetune/gemma2_insecure/loss.json \
             results/emergent_misalignment/behaviour/base.json ;;
         sample-captures) echo results/capture/gemma2/{prefill_conditions,harmbench_all,harmless_val}/capture.json \
-            results/capture/gemma2/beavertails.{safe,animal_abuse,self_harm}/capture.json \
+            results/capture/gemma2/beavertails.sample/capture.json \
             results/capture/gemma2{,_backdoored}/backdoor_pairs/capture.json \
             results/backdoor_detection/sae_training.json ;;
         all | custom) ;;

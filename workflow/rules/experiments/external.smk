@@ -1,8 +1,9 @@
-# External datasets: harm detection on HarmBench and on BeaverTails per harm category.
+# External datasets: harm detection on HarmBench and on BeaverTails per harm category (one
+# capture job for every category's sample).
 # Paths and targets come from the plug-in module (traitscope.experiments.external).
 from traitscope.experiments import external as external_plugin
 from traitscope.experiments.external.settings import (
-    BeaverTailsCategorySettings,
+    BeaverTailsSampleSettings,
     ExternalSettings,
 )
 
@@ -16,29 +17,21 @@ if is_enabled("external"):
 
     if EXTERNAL["beavertails"]:
         BT = EXTERNAL["beavertails"]
-        BT_SETS = external_plugin.beavertails_sets(EXTERNAL)
 
-        rule beavertails_category:
+        rule beavertails_sample:
             input:
                 prompts_path(BT["prompt_set"]),
             output:
-                prompts_path(f"{BT['prompt_set']}.{{category}}"),
+                prompts_path(external_plugin.beavertails_set(EXTERNAL)),
             log:
-                "results/logs/beavertails_category/{category}.log",
-            wildcard_constraints:
-                category="|".join(s.split(".")[-1] for s in BT_SETS.values()),
+                "results/logs/beavertails_sample.log",
             conda:
                 "../../../envs/traitscope.yaml"
             threads: 1
             params:
-                category=lambda wildcards: next(
-                    c
-                    for c, s in BT_SETS.items()
-                    if s.endswith(f".{wildcards.category}")
-                ),
-                settings=settings_param(BeaverTailsCategorySettings, BT),
+                settings=settings_param(BeaverTailsSampleSettings, BT),
             shell:
-                "traitscope beavertails-category --prompts {input} --category {params.category:q} "
+                "traitscope beavertails-sample --prompts {input} "
                 "--settings {params.settings:q} --out {output} 2> {log}"
 
     rule external_analysis:

@@ -21,7 +21,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
-from traitscope.experiments.external.settings import BeaverTailsCategorySettings, ExternalSettings
+from traitscope.experiments.external.settings import BeaverTailsSampleSettings, ExternalSettings
 from traitscope.io import write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
@@ -31,14 +31,16 @@ OUT_DIR = "results/external_datasets"
 LABELLED = {"harmbench": "hb", "hard_negatives": "hn"}
 
 
-def beavertails_category(
-    prompts: str | Path, category: str, out: str | Path, settings: BeaverTailsCategorySettings
+def beavertails_sample(
+    prompts: str | Path, out: str | Path, settings: BeaverTailsSampleSettings
 ) -> pd.DataFrame:
-    """One capture job's rows: pairs whose first true category (in `settings.categories` order) is this one.
+    """The rows BeaverTails' one capture job reads: each category's seeded sample, every row once.
 
-    Each row is captured once, in its first category's job; the analysis later counts it
-    in every category it carries. `safe` holds the safe pairs. The response becomes the
-    assistant prefill. Sampling is seeded and per job; an empty group is an error.
+    A harmful row is sampled in its first true category (in `settings.categories` order),
+    and the analysis later counts it in every category it carries; `safe` holds the safe
+    pairs. One job rather than one per category: on a GPU each job's start-up (imports,
+    CUDA, the model load) cost more than its pairs. The response becomes the assistant
+    prefill. An empty category is an error.
     """
     table = pd.read_parquet(prompts)
     missing = [
@@ -51,27 +53,30 @@ def beavertails_category(
     harm = [c for c in settings.categories if c != SAFE_CATEGORY]
     keys = table["category"].str.split(CATEGORY_SEP)
     first = keys.apply(lambda ks: next((c for c in harm if c in ks), None))
-    if category == SAFE_CATEGORY:
-        group = table[table["label"] == 0]
-    else:
-        group = table[(table["label"] == 1) & (first == category)]
-    if group.empty:
-        raise TraitscopeError(
-            f"{prompts}: BeaverTails category {category!r} has no rows; use a larger split or file, "
-            "or remove it from experiments.external.beavertails.categories"
-        )
-    n = settings.n_per_category
-    if n is not None and len(group) > n:
-        group = group.sample(n=n, random_state=settings.seed).sort_index()
-    group = group.assign(prefill=group["response"])
-    write_parquet(out, group.reset_index(drop=True))
-    return group
+    groups = []
+    for category in settings.categories:
+        if category == SAFE_CATEGORY:
+            group = table[table["label"] == 0]
+        else:
+            group = table[(table["label"] == 1) & (first == category)]
+        if group.empty:
+            raise TraitscopeError(
+                f"{prompts}: BeaverTails category {category!r} has no rows; use a larger split or file, "
+                "or remove it from experiments.external.beavertails.categories"
+            )
+        n = settings.n_per_category
+        if n is not None and len(group) > n:
+            group = group.sample(n=n, random_state=settings.seed).sort_index()
+        groups.append(group)
+    sample = pd.concat(groups).sort_index()
+    sample = sample.assign(prefill=sample["response"]).reset_index(drop=True)
+    write_parquet(out, sample)
+    return sample
 
 
-def beavertails_sets(section: dict) -> dict[str, str]:
-    """{category: derived prompt set}: one capture job each, known before anything runs."""
-    bt = section["beavertails"]
-    return {c: f"{bt['prompt_set']}.{c.replace(',', '-')}" for c in bt["categories"]}
+def beavertails_set(section: dict) -> str:
+    """The derived prompt set of BeaverTails' one capture job."""
+    return f"{section['beavertails']['prompt_set']}.sample"
 
 
 def targets(section: dict) -> list[str]:
@@ -89,7 +94,7 @@ def captures(section: dict) -> list[tuple[str, str]]:
     """(variant, prompt set) pairs the analysis projects."""
     sets = [s for name in LABELLED for s in (section[name] or {}).values()]
     if section["beavertails"]:
-        sets += list(beavertails_sets(section).values())
+        sets.append(beavertails_set(section))
     return [(section["variant"], s) for s in sets]
 
 
@@ -117,9 +122,8 @@ def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
         if section["bag_of_words"]:
             inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
     if section["beavertails"]:
-        sets = list(beavertails_sets(section).values())
-        inputs["bt_proj"] = [projections_path(variant, s) for s in sets]
-        inputs["bt_prompts"] = [prompts_path(s) for s in sets]
+        inputs["bt_proj"] = projections_path(variant, beavertails_set(section))
+        inputs["bt_prompts"] = prompts_path(beavertails_set(section))
     return inputs
 
 
@@ -170,11 +174,10 @@ def check_config(section: dict, config: dict) -> None:
 
 
 def add_commands(add) -> None:
-    """`traitscope beavertails-category` and `traitscope external-analysis`."""
-    p = add("beavertails-category", _category_cli, "one BeaverTails capture job's rows (first true category)")
+    """`traitscope beavertails-sample` and `traitscope external-analysis`."""
+    p = add("beavertails-sample", _sample_cli, "the BeaverTails rows to capture: each category's sample")
     p.add_argument("--prompts", required=True, help="BeaverTails prompt set (traitscope prep-prompts)")
-    p.add_argument("--category", required=True, help="a harm category key, or safe")
-    add_settings_argument(p, BeaverTailsCategorySettings)
+    add_settings_argument(p, BeaverTailsSampleSettings)
     p.add_argument("--out", required=True)
 
     p = add("external-analysis", _analysis_cli, "HarmBench and BeaverTails harm-detection statistics")
@@ -212,12 +215,12 @@ def add_commands(add) -> None:
         action="append",
         default=[],
         metavar=("PROJECTIONS", "PROMPTS"),
-        help="one BeaverTails capture job's projections and prompts (repeat)",
+        help="captured BeaverTails rows' projections and prompts (repeat for several files)",
     )
 
 
-def _category_cli(a) -> None:
-    beavertails_category(a.prompts, a.category, a.out, a.settings)
+def _sample_cli(a) -> None:
+    beavertails_sample(a.prompts, a.out, a.settings)
 
 
 def _analysis_cli(a) -> None:

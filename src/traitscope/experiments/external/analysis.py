@@ -145,7 +145,7 @@ def beavertails(
 ) -> tuple[dict, dict, dict]:
     """Per category: mean scores, category vs safe (d, CI, p, AUC); overall harm AUC; severity.
 
-    `groups` are (projections, prompts) of the capture jobs; every row counts in each
+    `groups` are (projections, prompts) of captured rows; every row counts in each
     category it carries. Returns (results, failure cases, score distributions).
     """
     table = chosen_scores(_read([p for p, _ in groups]), position, traits)

@@ -8,13 +8,13 @@ from typing import ClassVar
 
 
 @dataclass(frozen=True)
-class BeaverTailsCategorySettings:
-    """How BeaverTails rows are split into capture jobs, and sampled in each (beavertails-category)."""
+class BeaverTailsSampleSettings:
+    """Which BeaverTails rows are captured: a seeded sample per category (beavertails-sample)."""
 
     SECTION: ClassVar[str] = "#/properties/experiments/properties/external/properties/beavertails"
 
-    categories: tuple[str, ...]  # a row's job is its first category in this order
-    n_per_category: int | None  # seeded sample per job; None: every row
+    categories: tuple[str, ...]  # a harmful row is sampled in its first category in this order
+    n_per_category: int | None  # seeded sample per category; None: every row
     seed: int
 
 
