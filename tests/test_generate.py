@@ -7,10 +7,10 @@ import torch
 
 from traitscope.generation import generate as engine
 from traitscope.generation import static_decode
-from traitscope.generation.generate import generate
+from traitscope.generation.generate import PerRow, generate
 from traitscope.generation.prefix import left_layout, shared_prefix
 from traitscope.model import chat
-from traitscope.model.hooks import add_to_layer
+from traitscope.model.hooks import add_to_layer, add_to_rows
 
 QUESTIONS = [
     ("What is the capital of France?", None),
@@ -187,3 +187,56 @@ def test_hooks_key_lets_graphs_outlive_a_call_only_under_hooks_that_say_what_the
             assert engine.hooks_key(model) is None
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_rows_steered_apart_generate_as_each_vector_alone(smollm2, cache, monkeypatch):
+    """A population in one generation (`add_to_rows`): each row's answer is what its vector gives
+    alone (`add_to_layer`), also across several batches and under a system prompt, whose prefix
+    a steered-apart batch may not share."""
+    model, tok = smollm2
+    if cache == "dynamic":
+        monkeypatch.setattr(engine, "_static_decoder", lambda *_: None)
+    prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
+    torch.manual_seed(2)
+    size = model.config.hidden_size
+    vectors = [torch.randn(size) * 8.0, torch.zeros(size), torch.randn(size) * 8.0]
+    alone = []
+    for vector in vectors:
+        with add_to_layer(model, 10, vector):
+            alone += generate(model, tok, prompts, 10, 4096, 0.0, 0, progress=False)
+    rows = torch.stack([v for v in vectors for _ in prompts])
+    budget = 3 * (max(map(len, prompts)) + 10)  # three rows a batch: three batches
+    with add_to_rows(model, 10, rows) as steering:
+        together = generate(
+            model, tok, prompts * 3, 10, budget, 0.0, 0, progress=False, per_row=PerRow(steering)
+        )
+    assert together == alone
+    assert together[:3] != together[6:]  # the vectors do differ
+
+
+def test_rows_of_one_noise_key_sample_alike_in_any_batch(smollm2):
+    """Common random numbers: rows of one key draw the same noise, whichever batch holds them;
+    other keys draw their own."""
+    model, tok = smollm2
+    prompt = chat.encode(tok, chat.messages_for(SHARED[2])).ids
+    keys = [0, 1, 2, 0, 1, 2]
+    budget = 2 * (len(prompt) + 12)  # two rows a batch: key 0's rows in batches 1 and 2
+    out = generate(
+        model, tok, [prompt] * 6, 12, budget, 1.0, 4, progress=False, per_row=PerRow(noise_keys=keys)
+    )
+    assert out[:3] == out[3:]
+    assert len({tuple(o) for o in out[:3]}) == 3
+
+
+def test_keyed_sampling_draws_the_softmax_distribution():
+    """Gumbel-max with one noise row per key: over many keys, each token's frequency is its
+    softmax probability at the temperature (a sign or scale slip in the noise breaks this)."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    n = 40_000
+    keys = torch.arange(n)
+    sample = engine._sampler(0.7, 0, torch.device("cpu"), keys, n)
+    tokens = sample(logits.expand(n, -1))
+    freq = torch.bincount(tokens, minlength=4).double() / n
+    expected = torch.softmax(logits[0].double() / 0.7, dim=-1)
+    assert torch.allclose(freq, expected, atol=0.01), (freq, expected)

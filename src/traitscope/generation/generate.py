@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from traitscope.generation.static_decode import (  # noqa: F401  (re-exported: t
     hooks_key,
 )
 from traitscope.model.batching import token_budget_batches
-from traitscope.model.hooks import record
+from traitscope.model.hooks import RowSteering, record
 
 
 @dataclass
@@ -57,6 +58,43 @@ def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Gener
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class PerRow:
+    """Per-prompt settings of one generation: a steering vector each (`hooks.add_to_rows`), and a
+    noise key each. Prompts of one key draw the same sampling noise at each step, in whichever
+    batch they fall: candidates answering one question differ by their vectors, not by luck
+    (common random numbers), as when each candidate generated alone with the same seed."""
+
+    steering: RowSteering | None = None
+    noise_keys: Sequence[int] | None = None
+
+    def select(self, index: list[int], rows: int, device: torch.device) -> torch.Tensor | None:
+        """Set up a batch of `rows` rows holding prompts `index` (padding repeats the last): its
+        steering vectors, and its rows' noise keys (None: unkeyed)."""
+        if self.steering is not None:
+            self.steering.select(index, rows)
+        if self.noise_keys is None:
+            return None
+        padded = [index[min(r, len(index) - 1)] for r in range(rows)]
+        return torch.tensor([self.noise_keys[i] for i in padded], device=device)
+
+
+def _sampler(temperature: float, seed: int, device: torch.device, keys: torch.Tensor | None, n_keys: int):
+    """Next-token choice for a batch. Keyed: Gumbel-max over one [n_keys, vocab] noise draw per
+    step from a generator seeded alike in every batch, each row reading its key's noise (the
+    same distribution as softmax sampling); else multinomial sampling, or greedy at 0."""
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    if keys is None or temperature <= 0:
+        return lambda logits: _next_token(logits, temperature, generator)
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        uniform = torch.rand((n_keys, logits.shape[-1]), generator=generator, device=logits.device)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(uniform.dtype).tiny)))
+        return (logits.float() / temperature + gumbel[keys]).argmax(-1)
+
+    return sample
 
 
 def _left_padded(prompts: Sequence[list[int]], rows: int, pad_id: int):
@@ -106,18 +144,10 @@ def _eager_batch(model, prefix, ids, mask, max_new_tokens, sample, stops, finish
     return fed, prefill, steps
 
 
-def _run_batch(
-    model, decoder, call, prefix, ids, mask, n, max_new_tokens, temperature, seed, stops, layers
-) -> Steps:
-    generator = None
-    if temperature > 0:
-        generator = torch.Generator(device=ids.device).manual_seed(seed)
+def _run_batch(model, decoder, call, prefix, ids, mask, n, max_new_tokens, sampler, stops, layers) -> Steps:
+    """One batch; `sampler()` makes its token sampler afresh, so a retry draws the same noise."""
     finished = torch.arange(ids.shape[0], device=ids.device) >= n  # bucket padding never holds a stop
-
-    def sample(logits: torch.Tensor) -> torch.Tensor:
-        return _next_token(logits, temperature, generator)
-
-    args = (prefix, ids, mask, max_new_tokens, sample, stops, finished, layers)
+    args = (prefix, ids, mask, max_new_tokens, sampler(), stops, finished, layers)
     if decoder is None:
         return _eager_batch(model, *args)
     return decoder.batch(*args, call)
@@ -134,30 +164,37 @@ def generate_batches(
     pad_id: int,
     layers: Sequence[int] = (),
     progress: bool = True,
+    per_row: PerRow | None = None,
 ) -> Iterator[GeneratedBatch]:
     """Generate for every prompt, batch by batch; record `layers` when given.
 
     `max_tokens` bounds prompt + generated tokens per batch, so memory stays flat as the
     prompt set grows. When layers are recorded, each kept token is fed once more so its
     own activation exists (one decode pass beyond plain generation). A prefix that every
-    prompt of a batch shares (a system prompt) runs once (`prefix.shared_prefix`).
+    prompt of a batch shares (a system prompt) runs once (`prefix.shared_prefix`), unless rows
+    are steered apart (`per_row`), which makes every row's prefix its own.
     """
     device = next(model.parameters()).device
     decoder = _SESSIONS.get(model) or _static_decoder(model, device)
     call = object()  # keys the graphs that only this call may replay
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     lengths = [len(p) + max_new_tokens for p in prompts]
+    per_row = per_row or PerRow()
+    n_keys = max(per_row.noise_keys or [-1]) + 1
     bar = tqdm(total=len(prompts), unit="prompt", disable=not progress, desc="generate")
     try:
         for k, idx in enumerate(token_budget_batches(lengths, max_tokens)):
             width = max(len(prompts[i]) for i in idx)
             static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
             rows = static.rows(len(idx)) if static is not None else len(idx)
-            shared = shared_prefix(prompts, idx)
+            shared = shared_prefix(prompts, idx) if per_row.steering is None else 0
             prefix = torch.tensor(prompts[idx[0]][:shared], dtype=torch.long, device=device)
             suffixes = [prompts[i][shared:] for i in idx]
             ids, mask = (t.to(device) for t in _left_padded(suffixes, rows, pad_id))
-            args = (prefix, ids, mask, len(idx), max_new_tokens, temperature, seed + k, stops, layers)
+            row_keys = per_row.select(idx, rows, device)
+            batch_seed = seed if row_keys is not None else seed + k  # keyed: every batch's noise alike
+            sampler = partial(_sampler, temperature, batch_seed, device, row_keys, n_keys)
+            args = (prefix, ids, mask, len(idx), max_new_tokens, sampler, stops, layers)
             try:
                 fed, prefill, steps = _run_batch(model, static, call, *args)
             except Exception as error:  # this model or transformers version cannot be captured
@@ -193,6 +230,7 @@ def generate(
     temperature: float,
     seed: int,
     progress: bool = True,
+    per_row: PerRow | None = None,
 ) -> list[list[int]]:
     """Generated token ids per prompt (stop token and after removed), in input order."""
     stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
@@ -207,6 +245,7 @@ def generate(
         stops,
         tokenizer.pad_token_id,
         progress=progress,
+        per_row=per_row,
     ):
         for i, kept in zip(batch.index, batch.kept):
             results[i] = [] if kept and kept[0] in stops else kept

@@ -107,6 +107,53 @@ def add_to_layer(model: Any, layer: int, vector: torch.Tensor) -> Iterator[None]
         block.__dict__["_traitscope_steering_busy"].discard((slot.dtype, slot.shape, index))
 
 
+class RowSteering:
+    """Which vector each row of the batch being generated gets (`add_to_rows`): the engine
+    calls `select` before each batch with the prompts it holds and its row count."""
+
+    def __init__(self, block: Any, layer: int, vectors: torch.Tensor) -> None:
+        self.block, self.layer, self.vectors = block, layer, vectors
+        self.slot: torch.Tensor | None = None
+        self.key: tuple | None = None
+        self.hook: Any = None
+
+    def select(self, index: Sequence[int], rows: int) -> None:
+        """Rows past len(index) (graph-bucket padding) repeat the last prompt's vector."""
+        picked = self.vectors[[index[min(r, len(index) - 1)] for r in range(rows)]].unsqueeze(1)
+        self.release()
+        self.slot, slot_index = _steering_slot(self.block, picked)
+        self.key = (picked.dtype, picked.shape, slot_index)
+        self.hook.graph_key = ("add_to_rows", self.layer, *self.key)
+
+    def release(self) -> None:
+        if self.key is not None:
+            self.block.__dict__["_traitscope_steering_busy"].discard(self.key)
+            self.key = None
+
+
+@contextmanager
+def add_to_rows(model: Any, layer: int, vectors: torch.Tensor) -> Iterator[RowSteering]:
+    """Add `vectors[i]` ([prompts, d]) to the residual stream output of `layer` at every position
+    of prompt i's row: a CMA-ES population, or several steering conditions, in one generation.
+    The yielded object must reach the engine (`generate(rows=...)`), which selects each batch's."""
+    block = decoder_layers(model)[layer]
+    steering = RowSteering(block, layer, vectors.detach())
+
+    def hook(_module: Any, _inputs: Any, output: Any) -> Any:
+        hidden = _hidden(output)
+        steered = hidden + steering.slot.to(hidden.device, hidden.dtype)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    steering.hook = hook
+    hook.graph_key = ("add_to_rows", layer, None)
+    handle = block.register_forward_hook(hook)
+    try:
+        yield steering
+    finally:
+        handle.remove()
+        steering.release()
+
+
 def project_out(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
     """`hidden - (hidden . unit) unit` over the last axis: no component along `unit` remains."""
     unit = unit.to(hidden.device, hidden.dtype)

@@ -92,8 +92,6 @@ def cmaes_heldout(
     high there and not here. Its agreement on the trait's truth set (`scorers.truth_file`) is
     what the judge gate of the gain criterion reads.
     """
-    from traitscope.generation.generate import generation_session
-
     trait = load_trait(trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)
     opt_vector, meta = read_optimised(optimised)
@@ -107,10 +105,7 @@ def cmaes_heldout(
     questions = list(trait.evaluation_questions[: settings.n_heldout])
     model, tokenizer = loading.load(model_manifest)
     names = list(directions)
-    with generation_session(model):  # the three steered conditions replay one graph
-        answers = [
-            steered_answers(model, tokenizer, questions, directions[n], layer, settings) for n in names
-        ]
+    answers = steered_answers(model, tokenizer, questions, [directions[n] for n in names], layer, settings)
     judge, scorer = scorers.fitness, scorers.heldout or scorers.fitness
     result = {
         "trait": trait.name,

@@ -31,6 +31,11 @@ from traitscope.experiments.steering_optimisation.steering import (
 from traitscope.io import save_safetensors, write_json
 from traitscope.model import loading
 
+# how candidates' answers are sampled, part of what a saved state must match: a state saved when
+# each candidate generated alone (multinomial sampling) is not resumed under the population's
+# one generation with noise keyed by question
+SAMPLING = "population in one generation; Gumbel noise keyed by question"
+
 
 def _file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -72,9 +77,9 @@ def cmaes_optimise(
 
     def evaluate(population: np.ndarray) -> list[dict]:
         before = judge.stats.as_dict()
-        answers = [
-            steered_answers(model, tokenizer, questions, vector_of(x), layer, settings) for x in population
-        ]
+        answers = steered_answers(
+            model, tokenizer, questions, [vector_of(x) for x in population], layer, settings
+        )
         trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
         after = judge.stats.as_dict()
         calls = {k: after[k] - before[k] for k in ("judgements", "computed", "cache_hits", "requests")}
@@ -95,9 +100,10 @@ def cmaes_optimise(
         return out
 
     digest = settings.search_digest(
-        _file_digest(vectors), layer, trait.sha256, questions, judge.describe(), str(model_manifest)
+        _file_digest(vectors), layer, trait.sha256, questions, judge.describe(), str(model_manifest), SAMPLING
     )
-    # every candidate generates for the same questions: one KV cache and captured graph serve them all
+    # every generation's population generates for the same prompts: one KV cache and captured
+    # graph serve them all
     with generation_session(model):
         start_eval = evaluate(x0[None])[0]
         state = run_cmaes(

@@ -8,7 +8,6 @@ and gate in exactly the same way.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -58,27 +57,36 @@ def steered_answers(
     model: Any,
     tokenizer: Any,
     questions: list[str],
-    vector: np.ndarray | None,
+    vectors: list[np.ndarray | None],
     layer: int,
     s: OptimisationSettings,
-) -> list[str]:
-    """Answers to `questions` (no system prompt) with `vector` added at `layer`; fixed seeds."""
+) -> list[list[str]]:
+    """Per vector, answers to `questions` (no system prompt) with it added at `layer` (None: no
+    vector). One generation for all vectors, each row steered by its own; a question's rows
+    share their sampling noise (`PerRow`), so the vectors' answers differ by the vector."""
     import torch
 
-    from traitscope.generation.generate import generate
-    from traitscope.model.hooks import add_to_layer
+    from traitscope.generation.generate import PerRow, generate
+    from traitscope.model.hooks import add_to_rows
 
-    prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
-    steer = (
-        add_to_layer(model, layer, torch.tensor(vector, dtype=torch.float32))
-        if vector is not None
-        else contextlib.nullcontext()
-    )
-    with steer:
+    encoded = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
+    size = model.config.hidden_size
+    rows = [np.zeros(size) if v is None else np.asarray(v, float) for v in vectors for _ in questions]
+    with add_to_rows(model, layer, torch.tensor(np.stack(rows), dtype=torch.float32)) as steering:
         out = generate(
-            model, tokenizer, prompts, s.max_new_tokens, s.max_tokens, s.temperature, s.seed, progress=False
+            model,
+            tokenizer,
+            encoded * len(vectors),
+            s.max_new_tokens,
+            s.max_tokens,
+            s.temperature,
+            s.seed,
+            progress=False,
+            per_row=PerRow(steering, list(range(len(questions))) * len(vectors)),
         )
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
+    n = len(questions)
+    return [texts[k * n : (k + 1) * n] for k in range(len(vectors))]
 
 
 def gated_scores(trait: list[float | None], coherence: list[float | None], floor: float) -> list[float]:
