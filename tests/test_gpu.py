@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -349,6 +350,44 @@ def test_a_session_replays_one_graph_for_every_steering_vector():
         finally:
             handle.remove()
     assert model not in engine._SESSIONS
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="sessions keep CUDA graphs; a no-op on the CPU")
+def test_rows_steered_apart_replay_graphs_and_generate_as_each_vector_alone():
+    """A CMA-ES population in one generation on CUDA graphs: batches padded to graph buckets,
+    each row steered by its own vector, give each vector's lone tokens, and a session's second
+    population (new vectors, same shapes) captures no graph."""
+    from traitscope.generation import generate as engine
+    from traitscope.model.hooks import add_to_layer, add_to_rows
+
+    model = _random_gemma(torch.float32)
+    tok = SimpleNamespace(eos_token_id=1, pad_token_id=0)
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(3, 512, size=n).tolist() for n in (5, 9, 12)]
+    gen = torch.Generator().manual_seed(3)
+    populations = [[torch.randn(256, generator=gen) * 20.0 for _ in range(5)] for _ in range(2)]
+
+    def alone(vectors):
+        out = []
+        for vector in vectors:
+            with add_to_layer(model, 2, vector):
+                out += engine.generate(model, tok, prompts, 12, 4096, 0.0, 0, progress=False)
+        return out
+
+    def together(vectors):
+        rows = torch.stack([v for v in vectors for _ in prompts])
+        with add_to_rows(model, 2, rows) as steering:  # 15 rows in batches of at most 7
+            per_row = engine.PerRow(steering)
+            return engine.generate(model, tok, prompts * 5, 12, 7 * 24, 0.0, 0, False, per_row)
+
+    with engine.generation_session(model):
+        decoder = engine._SESSIONS[model]
+        first = together(populations[0])
+        captured = decoder.captures
+        second = together(populations[1])
+        assert decoder.captures == captured  # the second population replays the first's graphs
+    assert first == alone(populations[0]) and second == alone(populations[1])
+    assert first != second
 
 
 def test_finetune_on_the_gpu_resumes_and_loads_as_a_variant(tmp_path, gpu_manifest):
