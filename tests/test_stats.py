@@ -25,6 +25,7 @@ from traitscope.stats import (
     holm,
     interaction_test,
     mean_with_ci,
+    mean_with_t_ci,
     rate_difference_with_ci,
     relative_gain_paired,
     spearman,
@@ -809,3 +810,17 @@ def test_auc_of_codes_reads_only_the_order_per_column():
     (p, n), k = rank_codes([1, 2, 3], [2, 2, 0])
     assert k == 4 and p.tolist() == [1, 2, 3] and n.tolist() == [2, 2, 0]
     assert auc_of_codes(p, n, k) == pytest.approx(6 / 9)
+
+
+def test_mean_with_t_ci_by_hand():
+    """[0.6, 0.7, 0.8]: mean 0.7, sd 0.1, t(0.975, 2 df) = 4.302653, half-width
+    4.302653 * 0.1 / sqrt(3) = 0.248414."""
+    result = mean_with_t_ci([0.6, 0.7, 0.8])
+    assert result["mean"] == pytest.approx(0.7) and result["n"] == 3
+    assert result["ci_low"] == pytest.approx(0.7 - 0.248414, abs=1e-6)
+    assert result["ci_high"] == pytest.approx(0.7 + 0.248414, abs=1e-6)
+    # two runs, 90%: t(0.95, 1 df) = 6.313752, sd 0.0707107, half-width 6.313752 * 0.05 = 0.315688
+    two = mean_with_t_ci([0.5, 0.6], level=0.90)
+    assert two["ci_high"] - two["mean"] == pytest.approx(0.315688, abs=1e-6)
+    with pytest.raises(ValueError):
+        mean_with_t_ci([0.5])

@@ -53,7 +53,7 @@ SCRIPT = textwrap.dedent(
     state, kill_at = sys.argv[1], int(sys.argv[2])
     target = np.array([0.5, -1.0, 2.0, 0.0, 1.0])
 
-    def evaluate(population):
+    def evaluate(population, runs):
         done = len(np.load(state + ".gens.npy")) if os.path.exists(state + ".gens.npy") else 0
         if done == kill_at:  # generations saved so far: die in the middle of the next one
             os.kill(os.getpid(), signal.SIGKILL)
@@ -102,7 +102,7 @@ def test_a_killed_run_resumes_to_the_same_best_vector(tmp_path):
 def test_changed_settings_start_over_and_more_generations_continue(tmp_path):
     calls = []
 
-    def evaluate(population):
+    def evaluate(population, runs):
         calls.append(len(population))
         return [{"fitness": -float((x**2).sum())} for x in population]
 
@@ -113,6 +113,30 @@ def test_changed_settings_start_over_and_more_generations_continue(tmp_path):
     assert len(calls) == 3 and len(more["history"]) == 3 and more["resumed_from"] == 2
     fresh = so.run_cmaes(evaluate, np.ones(3), 0.5, 4, 2, 0, state, "b")  # other settings
     assert len(calls) == 5 and fresh["resumed_from"] is None
+
+
+def test_restarts_run_in_lockstep_and_resume_to_the_same_runs(tmp_path):
+    """Three runs: one evaluation a generation holds every run's population; each run keeps its
+    own best and the optimised vector is the best of all; 2 generations resumed to 3 equal 3
+    straight (the runs and numpy's random state are saved together)."""
+    sizes = []
+
+    def evaluate(population, runs):
+        sizes.append(len(population))
+        assert runs == sorted(runs) and len(runs) == len(population)
+        return [{"fitness": -float(((x - 1.0) ** 2).sum())} for x in population]
+
+    straight = so.run_cmaes(evaluate, np.zeros(4), 0.5, 5, 3, 0, tmp_path / "a.pkl", "d", restarts=3)
+    assert sizes == [15, 15, 15]
+    bests = [b["fitness"] for b in straight["bests"]]
+    assert len(set(bests)) == 3 and straight["best"]["fitness"] == max(bests)
+    assert straight["history"][0]["restart"] == [0] * 5 + [1] * 5 + [2] * 5
+    so.run_cmaes(evaluate, np.zeros(4), 0.5, 5, 2, 0, tmp_path / "b.pkl", "d", restarts=3)
+    resumed = so.run_cmaes(evaluate, np.zeros(4), 0.5, 5, 3, 0, tmp_path / "b.pkl", "d", restarts=3)
+    assert resumed["resumed_from"] == 2
+    for a, b in zip(straight["bests"], resumed["bests"]):
+        np.testing.assert_array_equal(a["x"], b["x"])
+    assert [e["fitness"] for e in straight["history"]] == [e["fitness"] for e in resumed["history"]]
 
 
 # ----------------------------------------------------------------------------- pieces by hand
@@ -224,8 +248,12 @@ def test_experiment_against_an_openai_compatible_server(
 
         first = optimise("a")
         calls = server.count()
-        # start + popsize x generations candidates, n_train answers each, trait and coherence
-        assert first["judge_calls"]["judgements"] == (1 + 3 * 2) * 2 * 2
+        # start + restarts x popsize x generations candidates, n_train answers each, trait and coherence
+        assert first["judge_calls"]["judgements"] == (1 + 3 * 3 * 2) * 2 * 2
+        runs = first["cosines"]["restarts_vs_mean_diff"]
+        assert runs["n"] == SETTINGS.restarts == 3 and runs["mean"] == pytest.approx(np.mean(runs["values"]))
+        assert runs["ci_low"] < runs["mean"] < runs["ci_high"]
+        assert first["cosines"]["optimised_vs_mean_diff"] in runs["values"]  # the best run's vector
         assert 0 < calls <= first["judge_calls"]["judgements"]
         assert len(first["history"]) == 2 and len(first["best"]["coordinates"]) == 3
         assert first["best"]["fitness"] >= max(e["best_fitness"] for e in first["history"])

@@ -174,9 +174,14 @@ def cmaes(
                     "gain_vs_mean_diff": gain_vs_mean_diff(scores, n_boot=2000, seed=0),
                 },
                 "cosines": {
-                    "optimised_vs_mean_diff": cosine,
-                    "optimised_vs_mean_diff_ci_low": cosine_ci[0],
-                    "optimised_vs_mean_diff_ci_high": cosine_ci[1],
+                    "optimised_vs_mean_diff": cosine + 0.01,  # the best of every run's vectors
+                    # three runs around `cosine` with CI `cosine_ci`; without a CI, one run
+                    "restarts_vs_mean_diff": (
+                        {"values": [cosine - 0.02, cosine, cosine + 0.02], "mean": cosine, "n": 3}
+                        if cosine_ci[0] is not None
+                        else {"values": [cosine], "mean": cosine, "n": 1}
+                    )
+                    | {"ci_low": cosine_ci[0], "ci_high": cosine_ci[1]},
                     "optimised_vs_start": 0.9,
                 },
                 "judge_agreement": judge,
@@ -269,7 +274,9 @@ def test_criteria_met(tmp_path):
     assert gain["status"] == "met" and gain["measured"] == pytest.approx(2.0)
     assert (gain["ci_low"], gain["ci_high"]) == pytest.approx((2.0, 2.0)) and gain["n"] == "2 questions"
     assert "judge agreement AUC for safety/evil on held-out answers 0.950 [0.900, 0.990]" in gain["detail"]
-    assert cosine["status"] == "met" and cosine["measured"] == 0.5
+    assert cosine["status"] == "met" and cosine["measured"] == 0.5 and cosine["n"] == "3 optimiser runs"
+    assert "each run's best vector: 0.480, 0.500, 0.520" in cosine["detail"]
+    assert "best of all runs) 0.510" in cosine["detail"]
     assert all(s["status"] == "met" for s in summary["sections"][1:])
     md = (tmp_path / "out/summary.md").read_text()
     assert (

@@ -18,7 +18,14 @@ from traitscope.stats.effects import (  # noqa: F401
     interaction_test,
     relative_gain_paired,
 )
-from traitscope.stats.rates import holm, proportion_with_ci, rate_difference_with_ci, spearman, spearman_ci  # noqa: F401
+from traitscope.stats.rates import (  # noqa: F401
+    holm,
+    mean_with_t_ci,
+    proportion_with_ci,
+    rate_difference_with_ci,
+    spearman,
+    spearman_ci,
+)
 from traitscope.stats.roc import (  # noqa: F401
     HISTOGRAM_MAX,
     _auc_along,

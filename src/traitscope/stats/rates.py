@@ -1,5 +1,5 @@
-"""Rates, p-value corrections and rank correlation: Holm, Wilson and Newcombe intervals,
-Spearman's rho with its CI."""
+"""Rates, p-value corrections, rank correlation and small-sample means: Holm, Wilson and
+Newcombe intervals, Spearman's rho with its CI, Student's t interval of a mean."""
 
 from __future__ import annotations
 
@@ -84,3 +84,12 @@ def spearman_ci(rho: float, n: int, level: float = 0.95) -> tuple[float | None, 
     half = _sps.norm.ppf(0.5 + level / 2) * np.sqrt((1 + rho**2 / 2) / (n - 3))
     z = np.arctanh(rho)
     return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
+def mean_with_t_ci(x: ArrayLike, level: float = 0.95) -> dict:
+    """Mean with Student's t interval: for a handful of independent runs (optimiser restarts),
+    where a percentile bootstrap of 3 values can only return their range."""
+    x = _sample(x, "x")
+    half = _sps.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    mean = float(x.mean())
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": len(x)}

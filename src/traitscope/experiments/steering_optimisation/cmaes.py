@@ -15,7 +15,8 @@ import numpy as np
 
 from traitscope.io import atomic_path
 
-Evaluate = Callable[[np.ndarray], list[dict]]  # population [n, k] -> per candidate {"fitness", ...}
+# (population [n, k], each candidate's run) -> per candidate {"fitness", ...}
+Evaluate = Callable[[np.ndarray, list[int]], list[dict]]
 
 
 def _save_state(path: str | Path, state: dict) -> None:
@@ -48,13 +49,18 @@ def run_cmaes(
     state_file: str | Path,
     digest: str,
     on_generation: Callable[[dict], None] | None = None,
+    restarts: int = 1,
 ) -> dict:
     """Maximise the fitness with CMA-ES for `generations` generations, resumably.
 
-    After every generation the ES, numpy's global random state (pycma draws from it), the
-    history and the best candidate so far are written to `state_file`; a rerun with the same
-    `digest` continues from there. Returns that state. `seed` >= 0 (pycma treats its own 0 as
-    "seed from the clock", so seed + 1 is what it gets).
+    `restarts` independent runs from `x0` go in lockstep: each generation, every run's
+    population is evaluated in one call (one generation on the model for all of them), told
+    which run each candidate is of (a run's candidates share their sampling noise, runs do not),
+    so how much the result depends on luck is measured at little extra cost. After
+    every generation the runs, numpy's global random state (pycma draws from it), the history
+    and each run's best candidate are written to `state_file`; a rerun with the same `digest`
+    continues from there. Returns that state, `best` the best of every run. `seed` >= 0 (pycma
+    treats its own 0 as "seed from the clock", so seed + 1 is what it gets).
     """
     import cma
 
@@ -64,7 +70,6 @@ def run_cmaes(
         # judge or a small model gives easily, tiny steps) are off
         options = {
             "popsize": popsize,
-            "seed": seed + 1,
             "verbose": -9,
             "tolflatfitness": 10**9,
             "tolfun": 0,
@@ -72,11 +77,15 @@ def run_cmaes(
             "tolx": 0,
             "tolstagnation": 10**9,
         }
-        es = cma.CMAEvolutionStrategy(np.asarray(x0, float), sigma0, options)
+        runs = [
+            cma.CMAEvolutionStrategy(np.asarray(x0, float), sigma0, {**options, "seed": seed + 1 + r})
+            for r in range(restarts)
+        ]
         state = {
             "digest": digest,
-            "es": es,
+            "es": runs,
             "history": [],
+            "bests": [None] * restarts,
             "best": None,
             "generation": 0,
             "random_state": np.random.get_state(),
@@ -86,31 +95,36 @@ def run_cmaes(
         np.random.set_state(state["random_state"])
         resumed_from = state["generation"]
         print(f"traitscope cmaes: resuming after generation {resumed_from}", file=sys.stderr)
-    es = state["es"]
+    runs = state["es"]
     while state["generation"] < generations:
-        if es.stop():
-            state["stopped"] = {k: str(v) for k, v in es.stop().items()}
+        if stops := {k: str(v) for es in runs for k, v in es.stop().items()}:
+            state["stopped"] = stops
             break
-        population = np.asarray(es.ask())
-        results = evaluate(population)
+        populations = [np.asarray(es.ask()) for es in runs]
+        results = evaluate(np.concatenate(populations), [r for r, p in enumerate(populations) for _ in p])
         fitness = [float(r["fitness"]) for r in results]
-        es.tell(list(population), [-f for f in fitness])
         g = state["generation"]
-        i = int(np.argmax(fitness))
-        if state["best"] is None or fitness[i] > state["best"]["fitness"]:
-            state["best"] = {
-                "fitness": fitness[i],
-                "x": population[i].copy(),
-                "generation": g,
-                "details": results[i],
-            }
+        for r, (es, population) in enumerate(zip(runs, populations)):
+            first = r * len(population)
+            own = fitness[first : first + len(population)]
+            es.tell(list(population), [-f for f in own])
+            i = int(np.argmax(own))
+            if state["bests"][r] is None or own[i] > state["bests"][r]["fitness"]:
+                state["bests"][r] = {
+                    "fitness": own[i],
+                    "x": population[i].copy(),
+                    "generation": g,
+                    "details": results[first + i],
+                }
+        state["best"] = max(state["bests"], key=lambda b: b["fitness"])
         entry = {
             "generation": g,
             "fitness": fitness,
+            "restart": [r for r, p in enumerate(populations) for _ in p],  # each candidate's run
             "best_fitness": max(fitness),
             "mean_fitness": float(np.mean(fitness)),
             "best_so_far": state["best"]["fitness"],
-            "sigma": float(es.sigma),
+            "sigma": [float(es.sigma) for es in runs],
             **{k: [r.get(k) for r in results] for k in ("trait_mean", "coherence_mean")},
             "judge": results[0].get("judge_generation"),
         }

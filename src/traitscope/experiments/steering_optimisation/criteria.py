@@ -16,9 +16,10 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
     The gain (delta_opt - delta_md) / |delta_md| carries a paired bootstrap CI over held-out
     questions (`cmaes_report`), and its status is read off that CI. Where the mean_diff delta's
     sign is not stable across resamples the ratio has no CI (inconclusive), and the difference
-    delta_opt - delta_md with its CI is given beside it (in trait-score points). One optimiser
-    run gives one cosine and no CI: inconclusive, with the number shown. Both rows rest on the
-    judge's scores (the fitness and the held-out deltas), so both pass the judge gate."""
+    delta_opt - delta_md with its CI is given beside it (in trait-score points). The cosine is
+    the mean over the optimiser's restarts with a t interval over them; one run gives no CI
+    (inconclusive, with the number shown). Both rows rest on the judge's scores (the fitness
+    and the held-out deltas), so both pass the judge gate."""
     rows = []
     for trait in result.get("traits"):
         gain = result.get("traits", trait, "heldout", "gain_vs_mean_diff")
@@ -42,18 +43,8 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
         else:
             ci = gain["ci_low"], gain["ci_high"]
             gain_row = Criterion(criterion, above(*ci, CMAES_GAIN_MIN), gain["gain"], *ci, n=n, detail=detail)
-        cosines = result.get("traits", trait, "cosines")
-        cosine = cosines["optimised_vs_mean_diff"]
-        low, high = COSINE_RANGE
-        ci = cosines.get("optimised_vs_mean_diff_ci_low"), cosines.get("optimised_vs_mean_diff_ci_high")
-        cosine_row = Criterion(
-            f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]",
-            within(*ci, low, high),
-            cosine,
-            *ci,
-            n="1 vector",
-            detail=f"layer {result.get('traits', trait, 'layer')}"
-            + ("" if ci[0] is not None else "; one optimiser run: no CI"),
+        cosine_row = _cosine_row(
+            trait, result.get("traits", trait, "cosines"), result.get("traits", trait, "layer")
         )
         agreements = result.get("traits", trait)
         held, truth = agreements.get("judge_agreement"), agreements.get("judge_truth_agreement")
@@ -65,6 +56,27 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             gain_row = judge_gate(gain_row, trait, held, truth)
         rows += [gain_row, judge_gate(cosine_row, trait, held, truth)]
     return rows
+
+
+def _cosine_row(trait: str, cosines: dict, layer: int) -> Criterion:
+    """cosine(optimised, mean_diff) within the range: each restart's best vector's cosine, their
+    mean and its t interval over runs; the chosen (best of all) vector's cosine beside it."""
+    low, high = COSINE_RANGE
+    runs = cosines.get("restarts_vs_mean_diff") or {}
+    chosen = cosines["optimised_vs_mean_diff"]
+    criterion = f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]"
+    if runs.get("ci_low") is None:
+        detail = f"layer {layer}; one optimiser run: no CI"
+        return Criterion(criterion, within(None, None, low, high), chosen, n="1 vector", detail=detail)
+    ci = runs["ci_low"], runs["ci_high"]
+    detail = (
+        f"layer {layer}; measured = mean over {runs['n']} optimiser runs (each run's best vector: "
+        f"{', '.join(fmt(v) for v in runs['values'])}), CI a t interval over runs; the optimised "
+        f"vector (best of all runs) {fmt(chosen)}"
+    )
+    return Criterion(
+        criterion, within(*ci, low, high), runs["mean"], *ci, n=f"{runs['n']} optimiser runs", detail=detail
+    )
 
 
 def _fitness_beside(heldout: dict) -> str:

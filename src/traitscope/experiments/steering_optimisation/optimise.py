@@ -30,11 +30,21 @@ from traitscope.experiments.steering_optimisation.steering import (
 )
 from traitscope.io import save_safetensors, write_json
 from traitscope.model import loading
+from traitscope.stats import mean_with_t_ci
 
 # how candidates' answers are sampled, part of what a saved state must match: a state saved when
 # each candidate generated alone (multinomial sampling) is not resumed under the population's
-# one generation with noise keyed by question
-SAMPLING = "population in one generation; Gumbel noise keyed by question"
+# one generation with noise keyed by question and run
+SAMPLING = "population in one generation; Gumbel noise keyed by question and run"
+
+
+def _restart_cosines(vectors: list[np.ndarray], mean_diff: np.ndarray) -> dict:
+    """Each run's best vector's cosine with mean_diff, their mean and its t interval over runs
+    (none from one run): how much the optimised direction depends on the optimiser's luck."""
+    values = [cosine(v, mean_diff) for v in vectors]
+    if len(values) < 2:
+        return {"values": values, "mean": values[0], "ci_low": None, "ci_high": None, "n": 1}
+    return {"values": values, **mean_with_t_ci(values)}
 
 
 def _file_digest(path: str | Path) -> str:
@@ -75,11 +85,11 @@ def cmaes_optimise(
     def vector_of(x: np.ndarray) -> np.ndarray:
         return unit(np.asarray(x, float) @ basis) * norm
 
-    def evaluate(population: np.ndarray) -> list[dict]:
+    def evaluate(population: np.ndarray, runs: list[int]) -> list[dict]:
+        """Each optimiser run its own noise stream: restarts replicate the whole search."""
         before = judge.stats.as_dict()
-        answers = steered_answers(
-            model, tokenizer, questions, [vector_of(x) for x in population], layer, settings
-        )
+        vectors = [vector_of(x) for x in population]
+        answers = steered_answers(model, tokenizer, questions, vectors, layer, settings, runs)
         trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
         after = judge.stats.as_dict()
         calls = {k: after[k] - before[k] for k in ("judgements", "computed", "cache_hits", "requests")}
@@ -105,7 +115,7 @@ def cmaes_optimise(
     # every generation's population generates for the same prompts: one KV cache and captured
     # graph serve them all
     with generation_session(model):
-        start_eval = evaluate(x0[None])[0]
+        start_eval = evaluate(x0[None], [0])[0]
         state = run_cmaes(
             evaluate,
             x0,
@@ -120,6 +130,7 @@ def cmaes_optimise(
                 f"mean {e['mean_fitness']:.2f}, judge {e['judge']}",
                 file=sys.stderr,
             ),
+            restarts=settings.restarts,
         )
     best = state["best"]
     best_x = np.asarray(best["x"], float)
@@ -172,6 +183,9 @@ def cmaes_optimise(
         "resumed_from_generation": state["resumed_from"],
         "cosines": {
             "optimised_vs_mean_diff": cosine(vector, mean_diff),
+            "restarts_vs_mean_diff": _restart_cosines(
+                [vector_of(np.asarray(b["x"], float)) for b in state["bests"]], mean_diff
+            ),
             "optimised_vs_start": cosine(vector, x0 @ basis),
             **(
                 {"optimised_vs_probe": cosine(vector, tv.vectors["probe"][tv.row(layer)].double().numpy())}

@@ -21,6 +21,7 @@ class OptimisationSettings:
     components: int
     popsize: int
     generations: int
+    restarts: int
     sigma0: float
     coefficient: float
     coherence_floor: float

@@ -60,16 +60,20 @@ def steered_answers(
     vectors: list[np.ndarray | None],
     layer: int,
     s: OptimisationSettings,
+    streams: list[int] | None = None,
 ) -> list[list[str]]:
     """Per vector, answers to `questions` (no system prompt) with it added at `layer` (None: no
-    vector). One generation for all vectors, each row steered by its own; a question's rows
-    share their sampling noise (`PerRow`), so the vectors' answers differ by the vector."""
+    vector). One generation for all vectors, each row steered by its own. Vectors of one noise
+    stream (`streams`, default all one) share each question's sampling noise (`PerRow`), so
+    their answers differ by the vector; other streams draw their own."""
     import torch
 
     from traitscope.generation.generate import PerRow, generate
     from traitscope.model.hooks import add_to_rows
 
     encoded = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
+    streams = streams if streams is not None else [0] * len(vectors)
+    n = len(questions)
     size = model.config.hidden_size
     rows = [np.zeros(size) if v is None else np.asarray(v, float) for v in vectors for _ in questions]
     with add_to_rows(model, layer, torch.tensor(np.stack(rows), dtype=torch.float32)) as steering:
@@ -82,10 +86,9 @@ def steered_answers(
             s.temperature,
             s.seed,
             progress=False,
-            per_row=PerRow(steering, list(range(len(questions))) * len(vectors)),
+            per_row=PerRow(steering, [k * n + q for k in streams for q in range(n)]),
         )
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
-    n = len(questions)
     return [texts[k * n : (k + 1) * n] for k in range(len(vectors))]
 
 
