@@ -324,8 +324,20 @@ def cmaes(sources: Sources, page: Path) -> str:
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Training questions ({training['questions']}, the fitness judge): start "
         f"{training['start_fitness']:.1f}, best {training['best_fitness']:.1f} (generation "
-        f"{training['best_generation']}); cosine(optimised, mean_diff) "
-        f"{first['cosines']['optimised_vs_mean_diff']:.2f}.\n"
+        f"{training['best_generation']}); {_cosines(first['cosines'])}.\n"
+    )
+
+
+def _cosines(cosines: dict) -> str:
+    """The optimised vector's cosine with mean_diff, and the optimiser runs' where there are several."""
+    text = f"cosine(optimised, mean_diff) {cosines['optimised_vs_mean_diff']:.2f}"
+    runs = cosines.get("restarts_vs_mean_diff") or {}
+    if runs.get("ci_low") is None:
+        return text + " (one optimiser run)"
+    values = ", ".join(f"{v:.2f}" for v in runs["values"])
+    return (
+        f"{text}, the best of {runs['n']} optimiser runs whose best vectors give {values}: mean "
+        f"{runs['mean']:.2f} [{runs['ci_low']:.2f}, {runs['ci_high']:.2f}] (t interval over runs)"
     )
 
 

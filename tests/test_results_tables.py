@@ -205,7 +205,16 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
     )
     fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] |"
     assert lines.index(held_row) + 1 == lines.index(fit_row)
-    assert "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72." in text
+    assert (
+        "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72 (one optimiser run)." in text
+    )
+    runs = {"values": [0.72, 0.70, 0.77], "mean": 0.73, "ci_low": 0.637, "ci_high": 0.824, "n": 3}
+    trait["cosines"]["restarts_vs_mean_diff"] = runs
+    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
+    assert (
+        "cosine(optimised, mean_diff) 0.72, the best of 3 optimiser runs whose best vectors give "
+        "0.72, 0.70, 0.77: mean 0.73 [0.64, 0.82] (t interval over runs)."
+    ) in _render(tables, tmp_path, "cmaes")
 
 
 def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_path):

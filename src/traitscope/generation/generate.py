@@ -73,11 +73,11 @@ class PerRow:
     def select(self, index: list[int], rows: int, device: torch.device) -> torch.Tensor | None:
         """Set up a batch of `rows` rows holding prompts `index` (padding repeats the last): its
         steering vectors, and its rows' noise keys (None: unkeyed)."""
+        padded = [index[min(r, len(index) - 1)] for r in range(rows)]
         if self.steering is not None:
-            self.steering.select(index, rows)
+            self.steering.select(padded)
         if self.noise_keys is None:
             return None
-        padded = [index[min(r, len(index) - 1)] for r in range(rows)]
         return torch.tensor([self.noise_keys[i] for i in padded], device=device)
 
 

@@ -117,9 +117,9 @@ class RowSteering:
         self.key: tuple | None = None
         self.hook: Any = None
 
-    def select(self, index: Sequence[int], rows: int) -> None:
-        """Rows past len(index) (graph-bucket padding) repeat the last prompt's vector."""
-        picked = self.vectors[[index[min(r, len(index) - 1)] for r in range(rows)]].unsqueeze(1)
+    def select(self, prompts: Sequence[int]) -> None:
+        """The batch's rows are those of `prompts` (one prompt index per row, padding included)."""
+        picked = self.vectors[list(prompts)].unsqueeze(1)
         self.release()
         self.slot, slot_index = _steering_slot(self.block, picked)
         self.key = (picked.dtype, picked.shape, slot_index)
@@ -135,7 +135,8 @@ class RowSteering:
 def add_to_rows(model: Any, layer: int, vectors: torch.Tensor) -> Iterator[RowSteering]:
     """Add `vectors[i]` ([prompts, d]) to the residual stream output of `layer` at every position
     of prompt i's row: a CMA-ES population, or several steering conditions, in one generation.
-    The yielded object must reach the engine (`generate(rows=...)`), which selects each batch's."""
+    The yielded object must reach the engine (`generate(per_row=PerRow(steering))`), which
+    selects each batch's rows."""
     block = decoder_layers(model)[layer]
     steering = RowSteering(block, layer, vectors.detach())
 
