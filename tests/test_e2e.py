@@ -137,7 +137,8 @@ def test_editing_one_trait_reruns_only_that_trait_and_no_prompt_set_capture(run_
     captured = {re.search(r"output: results/capture/smollm2/(\S+)/capture\.json", b)[1] for b in blocks}
     assert captured == {"traits/safety/refusal"}  # no prompt-set capture, not the other trait
     # projections of every set and both analyses follow the edited trait's vectors
-    assert counts["project"] == 6 and counts["prefill_analysis"] == counts["external_analysis"] == 1
+    # HarmBench and its controls, the prefill 2x2, BeaverTails' sample
+    assert counts["project"] == 4 and counts["prefill_analysis"] == counts["external_analysis"] == 1
     assert "prepare_model" not in counts and "prep_prompts" not in counts and "steering_check" not in counts
 
 
@@ -212,17 +213,21 @@ def test_harmbench_auc_is_recomputed_from_projections(run_dir):
 
 
 def test_beavertails_jobs_run_through_capture_and_analysis(run_dir):
+    """One capture job holds every category's sample (3 a category, each harmful row sampled in
+    its first configured category); the analysis's AUC is recomputed from its projections."""
     result = json.loads((run_dir / "results/external_datasets/beavertails_results.json").read_text())
-    sets = ["self_harm", "violence-aiding_and_abetting-incitement", "safe"]
-    scores, labels = [], []
-    for name in sets:
-        t = pd.read_parquet(run_dir / f"results/projections/smollm2/beavertails.{name}.parquet")
-        t = t[(t["trait"] == "safety/evil") & t["chosen_layer"] & (t["position"] == "prefill_mean")]
-        assert len(t) == 3  # n_per_category
-        scores += list(t["score"])
-        labels += [int(name != "safe")] * len(t)
+    rows = pd.read_parquet(run_dir / "results/prompts/beavertails.sample.parquet").set_index("prompt_id")
+    t = pd.read_parquet(run_dir / "results/projections/smollm2/beavertails.sample.parquet")
+    t = t[(t["trait"] == "safety/evil") & t["chosen_layer"] & (t["position"] == "prefill_mean")]
+    configured = ["self_harm", "violence,aiding_and_abetting,incitement"]
+    first = [
+        "safe" if rows.loc[p, "label"] == 0 else next(c for c in configured if c in rows.loc[p, "category"])
+        for p in t["prompt_id"]
+    ]
+    assert sorted(first) == sorted(["safe", *configured] * 3)  # n_per_category each
+    labels = rows.loc[t["prompt_id"], "label"].tolist()
     assert result["n_safe"] == 3 and result["n_unsafe"] == 6
-    assert result["overall"]["safety/evil"]["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert result["overall"]["safety/evil"]["auc"] == pytest.approx(roc_auc_score(labels, t["score"]))
 
 
 def test_summary_and_report_show_the_success_criteria_first(run_dir):

@@ -134,7 +134,8 @@ class RowSteering:
 @contextmanager
 def add_to_rows(model: Any, layer: int, vectors: torch.Tensor) -> Iterator[RowSteering]:
     """Add `vectors[i]` ([prompts, d]) to the residual stream output of `layer` at every position
-    of prompt i's row: a CMA-ES population, or several steering conditions, in one generation.
+    of prompt i's row: a population of candidate vectors, or several steering vectors, in one
+    generation.
     The yielded object must reach the engine (`generate(per_row=PerRow(steering))`), which
     selects each batch's rows."""
     block = decoder_layers(model)[layer]

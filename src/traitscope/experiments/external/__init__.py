@@ -122,8 +122,8 @@ def analysis_inputs(section: dict, config: dict) -> dict[str, str | list[str]]:
         if section["bag_of_words"]:
             inputs["bow"] = prompts_path(f"traits/{section['bag_of_words']}")
     if section["beavertails"]:
-        inputs["bt_proj"] = projections_path(variant, beavertails_set(section))
-        inputs["bt_prompts"] = prompts_path(beavertails_set(section))
+        inputs["bt_proj"] = [projections_path(variant, beavertails_set(section))]
+        inputs["bt_prompts"] = [prompts_path(beavertails_set(section))]
     return inputs
 
 
