@@ -153,9 +153,7 @@ def per_rule(priced: list[dict]) -> list[dict]:
 
 
 def beavertails_captures(calls: list[dict]) -> list[dict]:
-    """Every finished capture of BeaverTails' one job, with its split's pairs, and the whole
-    330k_test split: measured where a call ran it, else the 30k_test job's seconds scaled by
-    pairs (an upper bound: the job's start-up scales too)."""
+    """Every finished capture of BeaverTails' one job, with its split and pairs, fewest first."""
     runs = [
         {"split": split_of(call), "pairs": j["prompts"], "seconds": j["seconds"], "call": call["group"]}
         for call in calls
@@ -169,6 +167,9 @@ def beavertails_captures(calls: list[dict]) -> list[dict]:
 
 
 def beavertails_line(calls: list[dict]) -> str | None:
+    """aggregate.md's BeaverTails line: each measured job, and where no call ran the whole
+    330k_test split, the largest job's seconds scaled by pairs (an upper bound: the job's
+    start-up scales too)."""
     runs = beavertails_captures(calls)
     if not runs:
         return None
