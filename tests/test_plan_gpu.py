@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 FOLDER = Path(__file__).resolve().parents[1] / "benchmarks" / "plan_gpu"
 
@@ -229,3 +230,12 @@ def test_beavertails_330k_is_kept_out_of_the_plan_and_projected_only_without_a_m
     )
     # no 330k_test call: the 30k_test job scaled by pairs, 20 x 33,432 / 3,000
     assert agg.beavertails_line([small]).endswith("scaled by pairs: <= 223 s.")
+
+
+def test_aggregate_names_the_plan_s_beavertails_job_as_the_plugin_does(root):
+    """aggregate.py runs without traitscope, so it spells the job's prompt set itself: it must
+    be the set the external plug-in derives for the plan's BeaverTails section."""
+    from traitscope.experiments.external import beavertails_set
+
+    plan = yaml.safe_load((root / "config/experiments/gemma-2-2b-it.yaml").read_text())
+    assert module("aggregate").BEAVERTAILS_SET == beavertails_set(plan["experiments"]["external"])
