@@ -6,6 +6,7 @@ judge-filtered extraction)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -237,13 +238,19 @@ def test_digit_tree_equals_step_by_step_decoding(tiny_model):
     assert not numbers.single and len(numbers.nodes) == 101  # 10 + 90 two-digit + "100"
     assert [len(numbers.paths[n]) for n in (0, 7, 42, 100)] == [1, 1, 2, 3]
     digit = J._digit_start_mask(tokenizer, model.config.vocab_size)
+    model = copy.deepcopy(model)
+    with torch.no_grad():  # digits get a large share of each step's mass, different per node
+        seeded = torch.Generator().manual_seed(0)
+        model.lm_head.weight[digit] = torch.randn(int(digit.sum()), model.config.hidden_size, generator=seeded)
     rows = [
         tokenizer("Some judge prompt text here, long enough to share. Score: ")["input_ids"],
         tokenizer("Some judge prompt text here, long enough to share. Another one. Score: ")["input_ids"],
     ]
     logits = J.tree_logits(model, rows, numbers.nodes)
+    read = J.tree_number_probs(logits, numbers, digit)
+    stop = []  # P(no digit follows) at each number's end
+    assert [sorted(probs) for probs in read] == [list(range(101))] * 2
     for r, row in enumerate(rows):
-        logp = torch.log_softmax(logits[r].float(), -1)
         for n in (3, 42, 100):
             tokens = [t for _, t, _ in numbers.paths[n]]
             ctx, total = list(row), 0.0
@@ -253,10 +260,10 @@ def test_digit_tree_equals_step_by_step_decoding(tiny_model):
                     total += float(step[t])
                     ctx.append(t)
                 last = torch.softmax(model(input_ids=torch.tensor([ctx])).logits[0, -1].float(), -1)
-            reference = math.exp(total) * (1 - float(last[digit].sum()))
-            tree = math.exp(sum(float(logp[p + 1, t]) for p, t, _ in numbers.paths[n]))
-            tree *= 1 - float(logp[numbers.paths[n][-1][2] + 1].exp()[digit].sum())
-            assert tree == pytest.approx(reference, rel=1e-3, abs=1e-9)
+            stop.append(1 - float(last[digit].sum()))
+            reference = math.exp(total) * stop[-1]
+            assert read[r][n] == pytest.approx(reference, rel=1e-3, abs=1e-9)
+    assert max(stop) - min(stop) > 0.1 and min(stop) < 0.9  # so the end factor is checked too
 
 
 def test_local_judge_scores_and_caches(tiny_manifest, tmp_path):

@@ -51,7 +51,12 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.judgements import JudgeSettings, JudgeStats  # noqa: F401  (re-exported)
-from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits  # noqa: F401  (re-exported)
+from traitscope.judge.number_tree import (  # noqa: F401  (re-exported)
+    _digit_start_mask,
+    number_tokens,
+    tree_logits,
+    tree_number_probs,
+)
 from traitscope.judge.rubrics import render  # noqa: F401  (re-exported)
 from traitscope.judge.scorer import Item, Judge  # noqa: F401  (re-exported)
 from traitscope.judge.scoring_rule import aggregate, number_probs_from_top, parse_reply  # noqa: F401  (re-exported)

@@ -7,7 +7,6 @@ integer probabilities (the top-20 of one token, or the digit tree's).
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +14,11 @@ from typing import Any
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.judgements import JudgeStats, Raw
-from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits
+from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_logits, tree_number_probs
 from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top
 from traitscope.model import chat, loading
+
+LOGITS_BYTES = 1 << 30  # the logits of one judge pass: ~19 prompts with the digit tree on a 256K vocabulary
 
 
 class LocalBackend:
@@ -63,8 +64,10 @@ class LocalBackend:
         prefill = self.s.get("prefill") or ""
         encoded = [chat.encode(tokenizer, chat.messages_for(p), prefill=prefill).ids for p in prompts]
         out: list[Raw | None] = [None] * len(prompts)
-        width = 1 + len(self.numbers.nodes)  # logits kept per row: bounded to ~256 MB per pass
-        max_rows = max(1, int(256e6 // (4 * width * model.config.vocab_size)))
+        # logits kept per row, in the model's dtype: bounded to LOGITS_BYTES per pass. A 256K
+        # vocabulary (Gemma) with the digit tree's 102 rows is 53 MB a prompt in bf16.
+        row_bytes = (1 + len(self.numbers.nodes)) * model.config.vocab_size * model.dtype.itemsize
+        max_rows = max(1, LOGITS_BYTES // row_bytes)
         for batch in _token_batches(encoded, self.s["max_tokens"], len(self.numbers.nodes), max_rows):
             self.stats.requests += 1
             for i, probs in zip(batch, self._forward([encoded[i] for i in batch])):
@@ -76,25 +79,13 @@ class LocalBackend:
 
         model, _ = self._model
         logits = tree_logits(model, rows, self.numbers.nodes)  # [b, 1 + n_nodes, vocab]
-        digit = self.digit_start.to(logits.device)
-        results = []
-        for b in range(len(rows)):
-            logp = torch.log_softmax(logits[b].float(), dim=-1)  # one row at a time: [1 + n_nodes, vocab]
-            if self.numbers.single:
-                top = torch.topk(logp[0], TOP_LOGPROBS)
-                results.append(
-                    number_probs_from_top(
-                        [(self.numbers.text[int(i)], float(v)) for v, i in zip(top.values, top.indices)]
-                    )
-                )
-                continue
-            ends = (1 - logp.exp()[:, digit].sum(-1)).clamp(min=0).tolist()  # P(no digit follows) per node
-            probs = {}
-            for n, path in self.numbers.paths.items():
-                lp = sum(float(logp[parent + 1, token]) for parent, token, _ in path)
-                probs[n] = math.exp(lp) * ends[path[-1][2] + 1]
-            results.append(probs)
-        return results
+        if not self.numbers.single:
+            return tree_number_probs(logits, self.numbers, self.digit_start)
+        top = torch.topk(torch.log_softmax(logits[:, 0].float(), dim=-1), TOP_LOGPROBS)
+        return [
+            number_probs_from_top([(self.numbers.text[i], v) for v, i in zip(values, indices)])
+            for values, indices in zip(top.values.tolist(), top.indices.tolist())
+        ]
 
     def close(self) -> None:
         self._model = None
