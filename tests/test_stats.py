@@ -362,6 +362,20 @@ def test_relative_gain_paired_undefined_ratio_keeps_the_difference():
     assert flat["difference"] == 2.0
 
 
+def test_relative_gain_paired_margin_hand_computed():
+    # "a's shift > 1.2 x b's" as a margin per question: shifts a [1, 3], b [-1, 2] give
+    # 1 + 1.2 = 2.2 and 3 - 2.4 = 0.6 (mean 1.4); resamples: question 1 twice 2.2 (p 1/4), one of
+    # each 1.4, question 2 twice 0.6, so [0.6, 2.2], while the ratio has no CI
+    out = relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0], factor=1.2)
+    assert out["factor"] == 1.2 and out["margin"] == pytest.approx(1.4)
+    assert (out["margin_ci_low"], out["margin_ci_high"]) == pytest.approx((0.6, 2.2))
+    assert out["ci_low"] is None  # the ratio's
+    # margins all 1.0 (2.2 - 1.2, 4.6 - 3.6, 7 - 6): the CI collapses onto them
+    flat = relative_gain_paired([2.2, 4.6, 7.0], [1.0, 3.0, 5.0], [0.0, 0.0, 0.0], factor=1.2)
+    assert (flat["margin"], flat["margin_ci_low"], flat["margin_ci_high"]) == pytest.approx((1.0, 1.0, 1.0))
+    assert "margin" not in relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0])
+
+
 def test_relative_gain_paired_rejects_unpaired_input():
     with pytest.raises(ValueError, match="equal lengths"):
         relative_gain_paired([1.0, 2.0], [1.0, 2.0], [0.0, 0.0, 0.0])

@@ -13,10 +13,12 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
     """Per trait: optimised steering delta > 1.2 x mean_diff's (held-out, same norm), and
     cosine(optimised, mean_diff) within 0.3-0.7.
 
-    The gain (delta_opt - delta_md) / |delta_md| carries a paired bootstrap CI over held-out
-    questions (`cmaes_report`), and its status is read off that CI. Where the mean_diff delta's
-    sign is not stable across resamples the ratio has no CI (inconclusive), and the difference
-    delta_opt - delta_md with its CI is given beside it (in trait-score points). The cosine is
+    The gain row reads the margin delta_opt - 1.2 x delta_md (trait-score points, deltas against
+    no vector) with its paired bootstrap CI over held-out questions (`cmaes_report`): met when
+    the CI is above 0. It decides the same thing as the relative gain (delta_opt - delta_md) /
+    |delta_md| > 0.2 where delta_md > 0, and keeps a CI where the ratio has none (mean_diff's
+    delta near 0 or changing sign across resamples); the ratio and the difference
+    delta_opt - delta_md, each with its CI, stand beside it. The cosine is
     the mean over the optimiser's restarts with a t interval over them; one run gives no CI
     (inconclusive, with the number shown). Both rows rest on the judge's scores (the fitness
     and the held-out deltas), so both pass the judge gate."""
@@ -30,19 +32,24 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             f"held-out trait-score delta vs no vector: optimised {fmt(gain.get('delta_a'))} "
             f"(d_z CI [{fmt(opt.get('ci_low'))}, {fmt(opt.get('ci_high'))}]), mean_diff "
             f"{fmt(gain.get('delta_b'))} (d_z CI [{fmt(md.get('ci_low'))}, {fmt(md.get('ci_high'))}]); "
-            "measured = relative gain, its CI a paired bootstrap over questions"
+            f"measured = optimised - {1 + CMAES_GAIN_MIN:.1f} x mean_diff (points), its CI a paired "
+            "bootstrap over questions, met above 0"
         )
+        if gain.get("gain") is not None:
+            detail += f"; relative gain {fmt(gain['gain'])}"
+            if gain.get("ci_low") is not None:
+                detail += f" [{fmt(gain['ci_low'])}, {fmt(gain['ci_high'])}]"
         if gain.get("difference") is not None:
             ci_text = f"[{fmt(gain['difference_ci_low'])}, {fmt(gain['difference_ci_high'])}]"
             detail += f"; difference {fmt(gain['difference'])} {ci_text}"
         if gain.get("reason"):
             detail += f"; {gain['reason']}"
         n = f"{gain['n']} questions"
-        if gain["gain"] is None:
+        if gain.get("margin") is None:
             gain_row = Criterion(criterion, NOT_MEASURED, n=n, detail=detail)
         else:
-            ci = gain["ci_low"], gain["ci_high"]
-            gain_row = Criterion(criterion, above(*ci, CMAES_GAIN_MIN), gain["gain"], *ci, n=n, detail=detail)
+            ci = gain["margin_ci_low"], gain["margin_ci_high"]
+            gain_row = Criterion(criterion, above(*ci, 0.0), gain["margin"], *ci, n=n, detail=detail)
         cosine_row = _cosine_row(
             trait, result.get("traits", trait, "cosines"), result.get("traits", trait, "layer")
         )
