@@ -542,6 +542,21 @@ def test_sae_features_rank_the_planted_latent_first(planted_run, tmp_path):
     assert result["sae"]["d_sae"] == 6 and len(result["positions"]["last_prompt"]["top_features"]) == 3
 
 
+def test_encoded_columns_reads_the_chosen_latents_of_every_token(planted_run):
+    """standard_sae's latent j is relu(x_j - 1): latents 3 and 0 of each token, by hand from the
+    capture's activations, in the capture's token order."""
+    from traitscope.experiments.backdoor.sae_stages import encoded_columns, layer_tokens
+
+    paths, _, _ = planted_run
+    capture = paths["captures"]["backdoored"]
+    x, index = layer_tokens(capture, 1)
+    acts, acts_index = encoded_columns(standard_sae(8, 6), capture, 1, [3, 0])
+    expected = np.maximum(x.numpy()[:, [3, 0]] - 1.0, 0.0)
+    assert acts.shape == (len(x), 2) and (acts[:, 0] > 0).any()  # the planted latent fires somewhere
+    np.testing.assert_allclose(acts, expected, rtol=1e-6, atol=1e-6)
+    pd.testing.assert_frame_equal(acts_index, index)
+
+
 def test_sae_whose_width_differs_from_the_model_is_a_clear_error(planted_run, tmp_path):
     paths, _, _ = planted_run
     save_sae(standard_sae(16, 6), tmp_path / "wide", {})

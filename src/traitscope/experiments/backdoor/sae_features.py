@@ -95,7 +95,7 @@ def backdoor_sae_features(
     n_boot, seed = settings.n_boot, settings.seed
     from traitscope.capture.store import read_manifest, read_shards
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
-    from traitscope.experiments.backdoor.sae_stages import layer_tokens
+    from traitscope.experiments.backdoor.sae_stages import encoded_columns, layer_tokens
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
     sae = load_sae(sae_folder)
@@ -170,13 +170,8 @@ def backdoor_sae_features(
             "top_features": features,
         }
     # the contexts each top feature fires most on in the SAE's own training data (base model)
-    sae_x, sae_index = layer_tokens(sae_capture, layer)
     wanted = sorted({f["feature"] for r in results.values() for f in r["top_features"]})
-    import torch
-
-    with torch.no_grad():
-        sae_acts = sae.encode(sae_x).numpy()[:, wanted]
-    sae_index = sae_index.reset_index(drop=True)
+    sae_acts, sae_index = encoded_columns(sae, sae_capture, layer, wanted)
     for r in results.values():
         for f in r["top_features"]:
             f["top_tokens_sae_data"] = top_contexts(sae_index, sae_acts, wanted.index(f["feature"]))

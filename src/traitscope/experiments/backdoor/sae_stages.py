@@ -3,10 +3,12 @@ layer, `sae_train` (fit, save in SAELens's layout, record, figure) and `sae_eval
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -23,8 +25,8 @@ from traitscope.experiments.backdoor.settings import SAELayerSettings, SAETrainS
 from traitscope.io import save_figure, write_json
 
 
-def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
-    """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
+def _layer_shards(capture_json: str | Path, layer: int) -> Iterator[tuple[Any, torch.Tensor]]:
+    """(token index table, float32 `[n, d]`) per shard of a capture's per-token activations at a layer."""
     from traitscope.capture.store import read_manifest, read_shards
 
     manifest = read_manifest(capture_json)
@@ -32,17 +34,36 @@ def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, An
         raise TraitscopeError(
             f"{capture_json}: layer {layer} was not captured (layers {manifest['layers']}); recapture with it"
         )
-    parts, index = [], []
+    found = False
     for _, tokens, tensors in read_shards(capture_json):
         key = f"tokens.layer.{layer}"
         if key in tensors:
-            parts.append(tensors[key].float())
-            index.append(tokens)
-    if not parts:
+            found = True
+            yield tokens, tensors[key].float()
+    if not found:
         raise TraitscopeError(
             f"{capture_json}: no per-token activations; capture the set with token_segments"
         )
+
+
+def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
+    """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
+    index, parts = zip(*_layer_shards(capture_json, layer))
     return torch.cat(parts), pd.concat(index, ignore_index=True)
+
+
+@torch.no_grad()
+def encoded_columns(
+    sae: SparseAutoencoder, capture_json: str | Path, layer: int, columns: list[int]
+) -> tuple[np.ndarray, Any]:
+    """(`[n_tokens, len(columns)]` activations of the chosen SAE latents, token index table) of a
+    capture at a layer, one shard at a time. The SAE's own training capture has ~800K tokens at
+    full scale: encoded whole, its 16K latents would take ~50 GB, and its activations 7 GB."""
+    index, acts = [], []
+    for tokens, x in _layer_shards(capture_json, layer):
+        acts.append(sae.encode(x)[:, columns].numpy())
+        index.append(tokens)
+    return np.concatenate(acts), pd.concat(index, ignore_index=True)
 
 
 def sae_train(
