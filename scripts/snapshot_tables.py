@@ -81,6 +81,13 @@ def _gain(g: dict) -> str:
     return "n/a" if g.get("gain") is None else f"{g['gain']:.2f}{ci}"
 
 
+def _margin(g: dict) -> str:
+    """The criterion's number, delta optimised - factor x delta mean_diff, with its CI."""
+    if g.get("margin") is None:
+        return "n/a"
+    return f"{g['margin']:+.1f} [{g['margin_ci_low']:+.1f}, {g['margin_ci_high']:+.1f}]"
+
+
 def cmaes(sources: Sources, page: Path) -> str:
     """CMA-ES's held-out check from a snapshot of the main job's extraction_gap.json
     (`cmaes_default_*.json`): per trait, each scorer's steering deltas against no vector, the
@@ -103,17 +110,19 @@ def cmaes(sources: Sources, page: Path) -> str:
             deltas = scored["steering_delta"]
             rows.append(
                 f"| `{trait}` | {name} ({features}) | {_ci(agreement)} | {_delta(deltas['mean_diff'])} "
-                f"| {_delta(deltas['optimised'])} | {_gain(scored['gain_vs_mean_diff'])} |"
+                f"| {_delta(deltas['optimised'])} | {_gain(scored['gain_vs_mean_diff'])} "
+                f"| {_margin(scored['gain_vs_mean_diff'])} |"
             )
     first = next(iter(gap["traits"].values()))
     training, n = first["training"], first["heldout"]["n_questions"]
     return (
         f"From [{snapshots[-1].name}]({_rel(snapshots[-1], page)}) ({n} held-out questions; deltas are "
         "trait-score points against no vector, with the d_z's 95% CI; gain = (delta optimised - delta "
-        "mean_diff) / |delta mean_diff| with its paired bootstrap CI; truth AUC: the scorer's agreement "
-        "on the written truth set):\n\n"
-        "| trait | scorer | truth AUC [95% CI] | delta mean_diff | delta optimised | gain |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        "mean_diff) / |delta mean_diff| with its paired bootstrap CI; margin = delta optimised - 1.2 x "
+        "delta mean_diff with its paired bootstrap CI, what the criterion reads (met above 0); truth "
+        "AUC: the scorer's agreement on the written truth set):\n\n"
+        "| trait | scorer | truth AUC [95% CI] | delta mean_diff | delta optimised | gain | margin |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Training questions ({training['questions']}, the fitness judge): start "
         f"{training['start_fitness']:.1f}, best {training['best_fitness']:.1f} (generation "
         f"{training['best_generation']}); {_cosines(first['cosines'])}.\n"

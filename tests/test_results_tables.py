@@ -186,7 +186,8 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
         "judge": {"backend": "classifier", "classifier": {"features": "tfidf"}},
         "judge_truth_agreement": agreement(0.94, 0.85, 1.0),
         "steering_delta": {"mean_diff": delta(-3.0, -1.22, 0.11), "optimised": delta(0.2, -0.53, 0.67)},
-        "gain_vs_mean_diff": {"gain": 1.06, "ci_low": None, "ci_high": None},
+        "gain_vs_mean_diff": {"gain": 1.06, "ci_low": None, "ci_high": None}
+        | {"margin": 3.8, "margin_ci_low": 0.64, "margin_ci_high": 7.25},
         "fitness_judge": fitness,
     }
     trait = {
@@ -199,11 +200,11 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
     text = _render(tables, tmp_path, "cmaes")
     lines = text.splitlines()
     held_row = "| `safety/evil` | held-out scorer (tfidf) | 0.940 [0.850, 1.000] | -3.0 (d_z [-1.22, +0.11]) "
-    held_row += "| +0.2 (d_z [-0.53, +0.67]) | 1.06 (no CI) |"
+    held_row += "| +0.2 (d_z [-0.53, +0.67]) | 1.06 (no CI) | +3.8 [+0.6, +7.2] |"
     fit_row = (
         "| `safety/evil` | fitness judge (embedding) | 1.000 [1.000, 1.000] | +29.8 (d_z [+0.56, +1.98]) "
     )
-    fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] |"
+    fit_row += "| +40.7 (d_z [+0.95, +2.67]) | 0.37 [-0.00, 1.12] | n/a |"  # a snapshot without it
     assert lines.index(held_row) + 1 == lines.index(fit_row)
     assert (
         "start 29.7, best 71.4 (generation 0); cosine(optimised, mean_diff) 0.72 (one optimiser run)." in text
