@@ -82,7 +82,7 @@ def _gain(g: dict) -> str:
 
 
 def _margin(g: dict) -> str:
-    """The criterion's number, delta optimised - factor x delta mean_diff, with its CI."""
+    """The criterion's number, (delta optimised - delta mean_diff) - 0.2 x |delta mean_diff|, with its CI."""
     if g.get("margin") is None:
         return "n/a"
     return f"{g['margin']:+.1f} [{g['margin_ci_low']:+.1f}, {g['margin_ci_high']:+.1f}]"
@@ -118,9 +118,10 @@ def cmaes(sources: Sources, page: Path) -> str:
     return (
         f"From [{snapshots[-1].name}]({_rel(snapshots[-1], page)}) ({n} held-out questions; deltas are "
         "trait-score points against no vector, with the d_z's 95% CI; gain = (delta optimised - delta "
-        "mean_diff) / |delta mean_diff| with its paired bootstrap CI; margin = delta optimised - 1.2 x "
-        "delta mean_diff with its paired bootstrap CI, what the criterion reads (met above 0); truth "
-        "AUC: the scorer's agreement on the written truth set):\n\n"
+        "mean_diff) / |delta mean_diff| with its paired bootstrap CI; margin = (delta optimised - delta "
+        "mean_diff) - 0.2 x |delta mean_diff| with its paired bootstrap CI, what the criterion reads "
+        "(met above 0: the gain exceeds 0.2); truth AUC: the scorer's agreement on the written truth "
+        "set):\n\n"
         "| trait | scorer | truth AUC [95% CI] | delta mean_diff | delta optimised | gain | margin |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"Training questions ({training['questions']}, the fitness judge): start "

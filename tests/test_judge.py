@@ -241,13 +241,14 @@ def test_digit_tree_equals_step_by_step_decoding(tiny_model):
     model = copy.deepcopy(model)
     with torch.no_grad():  # digits get a large share of each step's mass, different per node
         seeded = torch.Generator().manual_seed(0)
-        model.lm_head.weight[digit] = torch.randn(int(digit.sum()), model.config.hidden_size, generator=seeded)
+        shape = (int(digit.sum()), model.config.hidden_size)
+        model.lm_head.weight[digit] = torch.randn(shape, generator=seeded)
     rows = [
         tokenizer("Some judge prompt text here, long enough to share. Score: ")["input_ids"],
         tokenizer("Some judge prompt text here, long enough to share. Another one. Score: ")["input_ids"],
     ]
     logits = J.tree_logits(model, rows, numbers.nodes)
-    read = J.tree_number_probs(logits, numbers, digit)
+    read = J.tree_number_probs(logits, numbers, digit.nonzero().squeeze(1))
     stop = []  # P(no digit follows) at each number's end
     assert [sorted(probs) for probs in read] == [list(range(101))] * 2
     for r, row in enumerate(rows):

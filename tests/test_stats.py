@@ -363,16 +363,19 @@ def test_relative_gain_paired_undefined_ratio_keeps_the_difference():
 
 
 def test_relative_gain_paired_margin_hand_computed():
-    # "a's shift > 1.2 x b's" as a margin per question: shifts a [1, 3], b [-1, 2] give
-    # 1 + 1.2 = 2.2 and 3 - 2.4 = 0.6 (mean 1.4); resamples: question 1 twice 2.2 (p 1/4), one of
-    # each 1.4, question 2 twice 0.6, so [0.6, 2.2], while the ratio has no CI
-    out = relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0], factor=1.2)
-    assert out["factor"] == 1.2 and out["margin"] == pytest.approx(1.4)
-    assert (out["margin_ci_low"], out["margin_ci_high"]) == pytest.approx((0.6, 2.2))
+    # "gain > 0.2" as the margin (Δa - Δb) - 0.2 |Δb|: shifts a [1, 3], b [-1, 2]. A resample
+    # draws question 1 twice (p 1/4: 2 - 0.2 = 1.8), one of each (Δa 2, Δb 0.5: 1.5 - 0.1 = 1.4)
+    # or question 2 twice (1 - 0.4 = 0.6): 1.4 [0.6, 1.8], while the ratio has no CI
+    out = relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0], min_gain=0.2)
+    assert out["min_gain"] == 0.2 and out["margin"] == pytest.approx(1.4)
+    assert (out["margin_ci_low"], out["margin_ci_high"]) == pytest.approx((0.6, 1.8))
     assert out["ci_low"] is None  # the ratio's
-    # margins all 1.0 (2.2 - 1.2, 4.6 - 3.6, 7 - 6): the CI collapses onto them
-    flat = relative_gain_paired([2.2, 4.6, 7.0], [1.0, 3.0, 5.0], [0.0, 0.0, 0.0], factor=1.2)
+    # b positive in every resample: the margin is mean(a - 1.2 b), here 1.0 on every question
+    flat = relative_gain_paired([2.2, 4.6, 7.0], [1.0, 3.0, 5.0], [0.0, 0.0, 0.0], min_gain=0.2)
     assert (flat["margin"], flat["margin_ci_low"], flat["margin_ci_high"]) == pytest.approx((1.0, 1.0, 1.0))
+    # b lowers the score by 2, a by 1: gain 0.5, margin 1 - 0.2 x 2 = 0.6 (not a - 1.2 b = 1.4)
+    down = relative_gain_paired([4.0, 6.0, 8.0], [3.0, 5.0, 7.0], [5.0, 7.0, 9.0], min_gain=0.2)
+    assert (down["margin"], down["margin_ci_low"], down["margin_ci_high"]) == pytest.approx((0.6, 0.6, 0.6))
     assert "margin" not in relative_gain_paired([1.0, 3.0], [-1.0, 2.0], [0.0, 0.0])
 
 

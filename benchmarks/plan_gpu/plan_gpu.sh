@@ -76,8 +76,8 @@ mkdir -p "$out" "$work/bin"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # The device's Python runs with PYTHONDONTWRITEBYTECODE=1 over a site-packages that holds no
 # bytecode, so every job compiled torch's and transformers' modules again (importing both: 12-17 s
-# a job). A pip-installed environment on a cluster has that bytecode: the first job writes it
-# here, the others read it.
+# a job). A pip-installed environment on a cluster has that bytecode: the first process to import
+# a module (prepare.py, before any job) writes it here, the jobs read it.
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX=$PWD/$work/pycache
 # the interpreter itself: a wrapper such as pyenv's puts its own bin/ (with any installed

@@ -18,7 +18,7 @@ from traitscope.judge.number_tree import _digit_start_mask, number_tokens, tree_
 from traitscope.judge.scoring_rule import TOP_LOGPROBS, number_probs_from_top
 from traitscope.model import chat, loading
 
-LOGITS_BYTES = 1 << 30  # the logits of one judge pass: ~19 prompts with the digit tree on a 256K vocabulary
+LOGITS_BYTES = 1 << 30  # the logits of one judge pass: ~20 prompts with the digit tree on a 256K vocabulary
 
 
 class LocalBackend:
@@ -51,7 +51,7 @@ class LocalBackend:
             model, tokenizer = loading.load(self.s["manifest"], device=self.s.get("device"))
             self._model = (model, tokenizer)
             self.numbers = number_tokens(tokenizer, self.s.get("prefill") or "")
-            self.digit_start = _digit_start_mask(tokenizer, model.config.vocab_size)
+            self.digit_ids = _digit_start_mask(tokenizer, model.config.vocab_size).nonzero().squeeze(1)
             mode = "one token per number" if self.numbers.single else "digit tree"
             print(f"traitscope judge: local {self.model_id}, {mode}", file=sys.stderr)
         return self._model
@@ -80,7 +80,7 @@ class LocalBackend:
         model, _ = self._model
         logits = tree_logits(model, rows, self.numbers.nodes)  # [b, 1 + n_nodes, vocab]
         if not self.numbers.single:
-            return tree_number_probs(logits, self.numbers, self.digit_start)
+            return tree_number_probs(logits, self.numbers, self.digit_ids)
         top = torch.topk(torch.log_softmax(logits[:, 0].float(), dim=-1), TOP_LOGPROBS)
         return [
             number_probs_from_top([(self.numbers.text[i], v) for v, i in zip(values, indices)])

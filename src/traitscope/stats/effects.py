@@ -136,7 +136,7 @@ def relative_gain_paired(
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
-    factor: float | None = None,
+    min_gain: float | None = None,
 ) -> dict:
     """How much larger a's shift from `base` is than b's, relative to b's: (Δa - Δb) / |Δb| with
     Δx = mean(x - base), and a paired bootstrap CI (row i of the three arrays is one unit, e.g. a
@@ -144,9 +144,10 @@ def relative_gain_paired(
 
     The ratio is ill-defined when Δb is 0 (no gain) or when Δb changes sign across resamples
     (the CI would mix gains over opposite baselines): the ratio CI is then None with the reason,
-    and the difference Δa - Δb, always defined, carries its own CI beside it. With `factor`, the
-    margin Δa - factor x Δb and its CI too: "Δa > factor x Δb" decided by a number that always
-    has a CI (for Δb > 0 it has the sign of gain - (factor - 1)).
+    and the difference Δa - Δb, always defined, carries its own CI beside it. With `min_gain`,
+    the margin (Δa - Δb) - min_gain x |Δb| and its CI too: positive exactly when the gain exceeds
+    `min_gain`, whatever Δb's sign, and continuous where Δb is 0, so "gain > min_gain" is
+    decided by a number that always has a CI.
     """
     a, b, base = _sample(a, "a"), _sample(b, "b"), _sample(base, "base")
     if not len(a) == len(b) == len(base):
@@ -171,10 +172,16 @@ def relative_gain_paired(
         "difference_ci_high": diff_high,
         "n": len(a),
     }
-    if factor is not None:
-        margin = shift_a - factor * shift_b
-        low, high = _percentile_bootstrap((margin,), np.mean, n_boot, level, seed, vectorized=True)
-        record |= {"factor": factor, "margin": float(margin.mean())}
+    if min_gain is not None:
+
+        def margin(x, y, axis=-1):
+            dy = y.mean(axis=axis)
+            return x.mean(axis=axis) - dy - min_gain * np.abs(dy)
+
+        low, high = _percentile_bootstrap(
+            (shift_a, shift_b), margin, n_boot, level, seed, vectorized=True, paired=True
+        )
+        record |= {"min_gain": min_gain, "margin": float(margin(shift_a, shift_b))}
         record |= {"margin_ci_low": low, "margin_ci_high": high}
     if delta_b == 0:
         return {**record, "reason": "b's shift from base is 0: the relative gain is undefined"}

@@ -13,12 +13,13 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
     """Per trait: optimised steering delta > 1.2 x mean_diff's (held-out, same norm), and
     cosine(optimised, mean_diff) within 0.3-0.7.
 
-    The gain row reads the margin delta_opt - 1.2 x delta_md (trait-score points, deltas against
-    no vector) with its paired bootstrap CI over held-out questions (`cmaes_report`): met when
-    the CI is above 0. It decides the same thing as the relative gain (delta_opt - delta_md) /
-    |delta_md| > 0.2 where delta_md > 0, and keeps a CI where the ratio has none (mean_diff's
-    delta near 0 or changing sign across resamples); the ratio and the difference
-    delta_opt - delta_md, each with its CI, stand beside it. The cosine is
+    The gain row reads the margin (delta_opt - delta_md) - 0.2 x |delta_md| (trait-score points,
+    deltas against no vector) with its paired bootstrap CI over held-out questions
+    (`cmaes_report`): met when the CI is above 0. It is positive exactly when the relative gain
+    (delta_opt - delta_md) / |delta_md| exceeds 0.2 (delta_opt > 1.2 x delta_md for a positive
+    delta_md), and keeps a CI where the ratio has none (mean_diff's delta near 0 or changing
+    sign across resamples); the ratio and the difference delta_opt - delta_md, each with its CI,
+    stand beside it. The cosine is
     the mean over the optimiser's restarts with a t interval over them; one run gives no CI
     (inconclusive, with the number shown). Both rows rest on the judge's scores (the fitness
     and the held-out deltas), so both pass the judge gate."""
@@ -32,8 +33,8 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             f"held-out trait-score delta vs no vector: optimised {fmt(gain.get('delta_a'))} "
             f"(d_z CI [{fmt(opt.get('ci_low'))}, {fmt(opt.get('ci_high'))}]), mean_diff "
             f"{fmt(gain.get('delta_b'))} (d_z CI [{fmt(md.get('ci_low'))}, {fmt(md.get('ci_high'))}]); "
-            f"measured = optimised - {1 + CMAES_GAIN_MIN:.1f} x mean_diff (points), its CI a paired "
-            "bootstrap over questions, met above 0"
+            f"measured = (optimised - mean_diff) - {CMAES_GAIN_MIN} x |mean_diff| (points), its CI a "
+            "paired bootstrap over questions, met above 0"
         )
         if gain.get("gain") is not None:
             detail += f"; relative gain {fmt(gain['gain'])}"

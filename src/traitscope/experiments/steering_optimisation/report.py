@@ -16,7 +16,8 @@ def gain_vs_mean_diff(scores: dict, n_boot: int, seed: int) -> dict:
     """The plan's criterion: the optimised vector's held-out steering delta relative to the
     mean_diff vector's, (delta_opt - delta_md) / |delta_md| (deltas against no vector), with a
     paired bootstrap CI over the questions all three arms were scored on, and the margin
-    delta_opt - 1.2 x delta_md that decides it (its CI exists where the ratio's does not)."""
+    (delta_opt - delta_md) - 0.2 x |delta_md| that decides it (its CI exists where the ratio's
+    does not)."""
     from traitscope.experiments.steering_optimisation.criteria import CMAES_GAIN_MIN
     from traitscope.stats import relative_gain_paired
 
@@ -26,8 +27,7 @@ def gain_vs_mean_diff(scores: dict, n_boot: int, seed: int) -> dict:
         reason = f"{len(rows)} held-out question(s) scored with no vector, mean_diff and optimised; need 2"
         return {"gain": None, "ci_low": None, "ci_high": None, "n": len(rows), "reason": reason}
     optimised, mean_diff, none = (list(arm) for arm in zip(*rows))
-    factor = 1 + CMAES_GAIN_MIN
-    return relative_gain_paired(optimised, mean_diff, none, n_boot=n_boot, seed=seed, factor=factor)
+    return relative_gain_paired(optimised, mean_diff, none, n_boot=n_boot, seed=seed, min_gain=CMAES_GAIN_MIN)
 
 
 def cmaes_report(
