@@ -557,6 +557,32 @@ def test_encoded_columns_reads_the_chosen_latents_of_every_token(planted_run):
     pd.testing.assert_frame_equal(acts_index, index)
 
 
+def test_pair_feature_scores_streamed_in_chunks_are_each_prompts_mean(planted_run):
+    """A prompt's score at a position is the mean of standard_sae's latents, relu(x - 1), over its
+    tokens there: by hand from the dense encoding and the positions table, against the chunked
+    sums (a chunk of 7 tokens: most prompts' tokens straddle a chunk boundary)."""
+    from traitscope.experiments.backdoor.sae_features import _feature_scores, _position_groups
+    from traitscope.experiments.backdoor.sae_stages import layer_tokens
+
+    paths, _, _ = planted_run
+    x, index = layer_tokens(paths["captures"]["backdoored"], 1)
+    positions = token_positions(index, pd.read_parquet(paths["pairs"]), 3)
+    dense = pd.DataFrame(np.maximum(x.numpy()[:, :6] - 1.0, 0.0)).assign(
+        prompt_id=index["prompt_id"].to_numpy(), token_index=index["token_index"].to_numpy()
+    )
+    chosen = {
+        "last_prompt": positions[positions["position"] == "last_prompt"][["prompt_id", "token_index"]],
+        "after_prefix_mean": varying_prompt_tokens(positions)[["prompt_id", "token_index"]],
+    }
+    groups = {name: _position_groups(index, positions, name) for name in chosen}
+    scores = _feature_scores(standard_sae(8, 6), x, {n: g for n, (_, g) in groups.items()}, batch=7)
+    for name, tokens in chosen.items():
+        expected = dense.merge(tokens).groupby("prompt_id")[list(range(6))].mean()
+        rows = groups[name][0]
+        assert len(rows) == 60 and (expected.to_numpy()[:, 3] > 0).any()
+        np.testing.assert_allclose(scores[name], expected.loc[rows["prompt_id"]].to_numpy(), atol=1e-6)
+
+
 def test_sae_whose_width_differs_from_the_model_is_a_clear_error(planted_run, tmp_path):
     paths, _, _ = planted_run
     save_sae(standard_sae(16, 6), tmp_path / "wide", {})

@@ -65,6 +65,23 @@ def plan_steps(lengths: Sequence[int], settings: FinetuneSettings) -> list[Step]
     return steps
 
 
+def add_lora(model: Any, settings: FinetuneSettings) -> Any:
+    """The model with fresh LoRA layers, seeded (the adapter's initial weights are the seed's)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(settings.seed)
+    lora = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.lora_dropout,
+        use_rslora=settings.rslora,
+        target_modules=list(settings.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def save_adapter(model: Any, folder: Path) -> None:
     """PEFT's save_pretrained, with target_modules sorted: PEFT keeps them as a set and writes it
     in an order that changes between processes, so two runs' equal adapters differed as files."""
@@ -108,7 +125,7 @@ def finetune(
     on_step: Callable[[dict[str, Any], int], None] = log_progress,
 ) -> Path:
     """Train a LoRA adapter into `<out>/adapter`, with `loss.json` and `loss.png` beside it."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import get_linear_schedule_with_warmup
 
     from traitscope.plotting import finetune_loss_figure
@@ -125,17 +142,7 @@ def finetune(
     examples, dropped = tokenize_rows(data, rows, tokenizer, settings.max_length)
     check_target_modules(model, settings.target_modules, base_manifest["name"])
 
-    torch.manual_seed(settings.seed)
-    lora = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.lora_dropout,
-        use_rslora=settings.rslora,
-        target_modules=list(settings.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = add_lora(model, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps = plan_steps([len(ex.ids) for ex in examples], settings)

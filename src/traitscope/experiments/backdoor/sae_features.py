@@ -23,18 +23,13 @@ from traitscope.experiments.backdoor.settings import SAEFeatureSettings
 from traitscope.io import write_json
 
 
-def _feature_scores(
-    sae: Any, capture_json: str | Path, layer: int, positions: pd.DataFrame, name: str
-) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray]:
-    """For one capture: per-prompt rows (prompt, pair, condition), their `[n_prompts, d_sae]`
-    feature scores at a named position, the token index and every token's `[n, d_sae]` features."""
-    import torch
-
-    from traitscope.experiments.backdoor.sae_stages import layer_tokens
-
-    x, index = layer_tokens(capture_json, layer)
-    with torch.no_grad():
-        f = sae.encode(x).numpy()
+def _position_groups(
+    index: pd.DataFrame, positions: pd.DataFrame, name: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The prompts scored at a named position, one row each (prompt_id, pair_id, condition), and
+    each token row's group among them (-1: a token outside the position); a prompt's score is the
+    mean of its group's tokens (one token at last_prompt)."""
+    keys = ["prompt_id", "pair_id", "condition"]
     index = index.reset_index(drop=True).assign(row=np.arange(len(index)))
     merged = index.merge(
         positions[["prompt_id", "token_index", "position", "pair_id", "condition"]],
@@ -42,16 +37,34 @@ def _feature_scores(
     )
     if name == "last_prompt":
         at = merged[merged["position"] == "last_prompt"]
-        rows = at[["prompt_id", "pair_id", "condition"]].reset_index(drop=True)
-        scores = f[at["row"].to_numpy()]
     elif name == "after_prefix_mean":
         at = merged.merge(varying_prompt_tokens(positions), on=["prompt_id", "token_index"])
-        groups = at.groupby(["prompt_id", "pair_id", "condition"])["row"].apply(list)
-        rows = groups.index.to_frame(index=False)
-        scores = np.stack([f[r].mean(0) for r in groups])
     else:
         raise TraitscopeError(f"experiments.backdoor.positions: unknown position {name!r}")
-    return rows, scores, index, f
+    grouped = at.groupby(keys, sort=True)
+    group = np.full(len(index), -1, dtype=np.int64)
+    group[at["row"].to_numpy()] = grouped.ngroup().to_numpy()
+    return grouped.size().index.to_frame(index=False), group
+
+
+def _feature_scores(
+    sae: Any, x: Any, groups: dict[str, np.ndarray], batch: int = 4096
+) -> dict[str, np.ndarray]:
+    """`[n_prompts, d_sae]` feature scores per named position (`_position_groups`), from the
+    tokens' activations `x` encoded a chunk at a time: the pairs' `[n_tokens, d_sae]` encoding
+    (~1.8 GB per model at full scale) is never held."""
+    import torch
+
+    sums = {name: torch.zeros(int(g.max()) + 1, sae.d_sae, dtype=torch.float64) for name, g in groups.items()}
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            f = sae.encode(x[start : start + batch]).double()
+            for name, g in groups.items():
+                chunk = torch.from_numpy(g[start : start + batch])
+                inside = chunk >= 0
+                sums[name].index_add_(0, chunk[inside], f[inside])
+    counts = {name: np.bincount(g[g >= 0]) for name, g in groups.items()}
+    return {name: (sums[name].numpy() / counts[name][:, None]).astype(np.float32) for name in groups}
 
 
 def top_contexts(
@@ -93,9 +106,9 @@ def backdoor_sae_features(
     layer, top = settings.sae["layer"], settings.sae["top"]
     position_names, n_generated = list(settings.positions), settings.generated_positions
     n_boot, seed = settings.n_boot, settings.seed
-    from traitscope.capture.store import read_manifest, read_shards
+    from traitscope.capture.store import read_manifest
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
-    from traitscope.experiments.backdoor.sae_stages import encoded_columns, layer_tokens
+    from traitscope.experiments.backdoor.sae_stages import encode_columns, encoded_columns, layer_tokens
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
     sae = load_sae(sae_folder)
@@ -104,15 +117,14 @@ def backdoor_sae_features(
     pairs = read_prompt_set(pairs_path)
     per_role: dict[str, dict] = {}
     for role, path in capture_paths.items():
-        index = pd.concat([tokens for _, tokens, _ in read_shards(path)], ignore_index=True)
+        x, index = layer_tokens(path, layer)
         positions = token_positions(index, pairs, n_generated)
-        per_role[role] = {"positions": positions}
-        for name in position_names:
-            rows, scores, tokens, acts = _feature_scores(sae, path, layer, positions, name)
-            per_role[role][name] = (rows, scores)
-        per_role[role]["tokens"], per_role[role]["acts"] = tokens, acts
-        x, _ = layer_tokens(path, layer)
+        groups = {name: _position_groups(index, positions, name) for name in position_names}
+        scores = _feature_scores(sae, x, {name: g for name, (_, g) in groups.items()})
+        per_role[role] = {name: (groups[name][0], scores[name]) for name in position_names}
         per_role[role]["quality"] = reconstruction_quality(sae, x)
+        if role == "backdoored":  # where the top features fire in the pairs: encoded again once chosen
+            per_role[role]["x"], per_role[role]["tokens"] = x, index
 
     def arrays(role: str, name: str, common: list[str]) -> dict[str, np.ndarray]:
         rows, scores = per_role[role][name]
@@ -158,9 +170,6 @@ def backdoor_sae_features(
             entry["direction"] = (
                 "higher on trigger" if aucs["backdoored"][feature] >= 0.5 else "higher on control"
             )
-            entry["top_tokens_pairs_backdoored"] = top_contexts(
-                per_role["backdoored"]["tokens"], per_role["backdoored"]["acts"], int(feature)
-            )
             features.append(entry)
         results[name] = {
             "n_pairs": len(common),
@@ -169,12 +178,17 @@ def backdoor_sae_features(
             },
             "top_features": features,
         }
-    # the contexts each top feature fires most on in the SAE's own training data (base model)
+    # the contexts each top feature fires most on: in the backdoored model's pairs, and in the
+    # SAE's own training data (base model)
     wanted = sorted({f["feature"] for r in results.values() for f in r["top_features"]})
+    backdoored = per_role["backdoored"]
+    pair_acts = encode_columns(sae, backdoored["x"], wanted)
     sae_acts, sae_index = encoded_columns(sae, sae_capture, layer, wanted)
     for r in results.values():
         for f in r["top_features"]:
-            f["top_tokens_sae_data"] = top_contexts(sae_index, sae_acts, wanted.index(f["feature"]))
+            column = wanted.index(f["feature"])
+            f["top_tokens_pairs_backdoored"] = top_contexts(backdoored["tokens"], pair_acts, column)
+            f["top_tokens_sae_data"] = top_contexts(sae_index, sae_acts, column)
     record = json.loads(Path(sae_record).read_text())
     result = {
         "sae": {

@@ -53,6 +53,15 @@ def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, An
 
 
 @torch.no_grad()
+def encode_columns(
+    sae: SparseAutoencoder, x: torch.Tensor, columns: list[int], batch: int = 4096
+) -> np.ndarray:
+    """`[n, len(columns)]` activations of the chosen latents, a chunk of tokens at a time: the whole
+    `[n, d_sae]` encoding is never held (16K latents take 64 KB a token)."""
+    parts = [sae.encode(x[start : start + batch])[:, columns].numpy() for start in range(0, len(x), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, len(columns)), dtype=np.float32)
+
+
 def encoded_columns(
     sae: SparseAutoencoder, capture_json: str | Path, layer: int, columns: list[int]
 ) -> tuple[np.ndarray, Any]:
@@ -61,7 +70,7 @@ def encoded_columns(
     full scale: encoded whole, its 16K latents would take ~50 GB, and its activations 7 GB."""
     index, acts = [], []
     for tokens, x in _layer_shards(capture_json, layer):
-        acts.append(sae.encode(x)[:, columns].numpy())
+        acts.append(encode_columns(sae, x, columns))
         index.append(tokens)
     return np.concatenate(acts), pd.concat(index, ignore_index=True)
 
