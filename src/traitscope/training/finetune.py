@@ -249,7 +249,7 @@ class SlicedForward:
     def step(self, micro_batches: list[list[Example]]) -> tuple[float, int, int]:
         """Accumulate the gradient of the step's mean assistant-token loss; (loss, tokens, padded tokens)."""
         n_tokens = sum(ex.n_targets for batch in micro_batches for ex in batch)
-        total, padded = 0.0, 0
+        total, padded = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in micro_batches:
             ids, attention, targets = self._collate(batch)
             with self._autocast():
@@ -257,9 +257,9 @@ class SlicedForward:
             labels = ids[:, 1:][targets[:, 1:]].to(logits.device)  # device_map: the head may sit elsewhere
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             (loss / n_tokens).backward()
-            total += loss.item()
+            total += loss.detach().to(total.device, torch.float64)  # read once a step: one device sync
             padded += ids.numel()
-        return total / n_tokens, n_tokens, padded
+        return total.item() / n_tokens, n_tokens, padded
 
     @torch.no_grad()
     def check(self, example: Example) -> None:
