@@ -91,6 +91,8 @@ def test_slurm_profile_sends_model_jobs_to_gpus(root):
         "cmaes_optimise",
         "cmaes_heldout",
         "trait_judgements",
+        "sae_train",
+        "backdoor_sae_features",
     }
     seen = set()
     for block in blocks[1:]:

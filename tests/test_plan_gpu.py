@@ -239,3 +239,18 @@ def test_aggregate_names_the_plan_s_beavertails_job_as_the_plugin_does(root):
 
     plan = yaml.safe_load((root / "config/experiments/gemma-2-2b-it.yaml").read_text())
     assert module("aggregate").BEAVERTAILS_SET == beavertails_set(plan["experiments"]["external"])
+
+
+def test_aggregate_s_gpu_floor_counts_every_rule_that_asks_for_the_gpu(root):
+    """The floor of the plan's wall time on one GPU adds up the jobs that hold it one at a time:
+    every rule whose resources ask for `gpu=MODEL_GPU` (sae_train and the SAE features were left
+    out of it once)."""
+    import re
+
+    asking = set()
+    for smk in (root / "workflow").rglob("*.smk"):
+        for block in re.split(r"\n\s*rule ", "\n" + smk.read_text())[1:]:
+            if "gpu=MODEL_GPU" in block:
+                asking.add(block.split(":")[0].strip())
+    assert {"capture", "sae_train", "backdoor_sae_features"} <= asking
+    assert module("aggregate").GPU_RULES == asking

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,3 +46,25 @@ def test_sae_trained_on_the_device_matches_the_cpu_run():
     assert reconstruction_quality(on_device, x, batch=1000)["fraction_variance_explained"] == pytest.approx(
         quality["all_tokens"]["fraction_variance_explained"], abs=1e-4
     )
+
+
+def test_sae_features_encode_on_the_device_as_on_the_cpu():
+    """backdoor_sae_features encodes where the SAE lives: the chosen latents and the per-prompt
+    means come back to the CPU equal to the CPU's, chunk boundaries included."""
+    from traitscope.experiments.backdoor.sae import SparseAutoencoder
+    from traitscope.experiments.backdoor.sae_features import _feature_scores
+    from traitscope.experiments.backdoor.sae_stages import encode_columns
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 32, generator=g)
+    sae = SparseAutoencoder(32, 96, 8)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    groups = {"p": torch.randint(-1, 40, (1000,), generator=g).numpy()}
+    on_cpu = encode_columns(sae, x, [5, 1, 70], batch=300), _feature_scores(sae, x, groups, batch=300)["p"]
+    sae.to(DEVICE)
+    on_device = encode_columns(sae, x, [5, 1, 70], batch=300), _feature_scores(sae, x, groups, batch=300)["p"]
+    assert (on_cpu[0] > 0).mean() > 0.01 and on_cpu[1].shape == (40, 96)
+    for a, b in zip(on_cpu, on_device):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)

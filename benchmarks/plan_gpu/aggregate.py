@@ -28,6 +28,7 @@ BEAVERTAILS_330K_TEST = 33_432  # pairs of the split the plan without the 30k ov
 PLAN_SPLIT = "30k_test"  # the plan priced: gemma-2-2b-it.yaml with beavertails-30k-test.yaml
 BEAVERTAILS_SET = "beavertails.sample"  # the one capture job's prompt set
 BARE_SETS = ("harmbench", "harmless", "advbench", "rd_")  # HarmBench, AdvBench, refusal-direction sets
+# the rules that ask for the GPU (gpu=MODEL_GPU): on one GPU their jobs run one at a time
 GPU_RULES = {
     "capture",
     "finetune",
@@ -35,7 +36,10 @@ GPU_RULES = {
     "cmaes_optimise",
     "cmaes_heldout",
     "trait_judgements",
+    "trait_truth_agreement",
     "em_judge",
+    "sae_train",
+    "backdoor_sae_features",
 }
 
 

@@ -148,7 +148,9 @@ if is_enabled("backdoor"):
         conda:
             "../../../envs/traitscope.yaml"
         threads: 1
+        # a GPU encodes the SAE's own data in seconds (~14 min on a CPU core at full scale)
         resources:
+            gpu=MODEL_GPU,
             mem_mb=8000,
         params:
             settings=settings_param(SAEFeatureSettings, BACKDOOR),

@@ -51,20 +51,24 @@ def _feature_scores(
     sae: Any, x: Any, groups: dict[str, np.ndarray], batch: int = 4096
 ) -> dict[str, np.ndarray]:
     """`[n_prompts, d_sae]` feature scores per named position (`_position_groups`), from the
-    tokens' activations `x` encoded a chunk at a time: the pairs' `[n_tokens, d_sae]` encoding
-    (~1.8 GB per model at full scale) is never held."""
+    tokens' activations `x` encoded a chunk at a time on the SAE's device: the pairs'
+    `[n_tokens, d_sae]` encoding (~1.8 GB per model at full scale) is never held."""
     import torch
 
-    sums = {name: torch.zeros(int(g.max()) + 1, sae.d_sae, dtype=torch.float64) for name, g in groups.items()}
+    device = sae.W_enc.device
+    sums = {
+        name: torch.zeros(int(g.max()) + 1, sae.d_sae, dtype=torch.float64, device=device)
+        for name, g in groups.items()
+    }
     with torch.no_grad():
         for start in range(0, len(x), batch):
-            f = sae.encode(x[start : start + batch]).double()
+            f = sae.encode(x[start : start + batch].to(device)).double()
             for name, g in groups.items():
-                chunk = torch.from_numpy(g[start : start + batch])
+                chunk = torch.from_numpy(g[start : start + batch]).to(device)
                 inside = chunk >= 0
                 sums[name].index_add_(0, chunk[inside], f[inside])
     counts = {name: np.bincount(g[g >= 0]) for name, g in groups.items()}
-    return {name: (sums[name].numpy() / counts[name][:, None]).astype(np.float32) for name in groups}
+    return {name: (sums[name].cpu().numpy() / counts[name][:, None]).astype(np.float32) for name in groups}
 
 
 def top_contexts(
@@ -106,12 +110,17 @@ def backdoor_sae_features(
     layer, top = settings.sae["layer"], settings.sae["top"]
     position_names, n_generated = list(settings.positions), settings.generated_positions
     n_boot, seed = settings.n_boot, settings.seed
+    import torch
+
     from traitscope.capture.store import read_manifest
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
     from traitscope.experiments.backdoor.sae_stages import encode_columns, encoded_columns, layer_tokens
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
-    sae = load_sae(sae_folder)
+    # a GPU where there is one: the SAE's own data alone, ~800K tokens x 16K latents at full scale
+    # (6e13 FLOPs), took ~14 min to encode on one CPU core (AMD EPYC), seconds on a GPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sae = load_sae(sae_folder).to(device)
     for path in capture_paths.values():
         check_width(sae, read_manifest(path)["d_model"], f"experiments.backdoor.sae ({sae_folder})")
     pairs = read_prompt_set(pairs_path)
@@ -198,6 +207,7 @@ def backdoor_sae_features(
             "d_in": sae.d_in,
             "d_sae": sae.d_sae,
             "k": sae.k,
+            "device": device,
             "quality_on_its_data": record["held_out"]
             | (
                 {"dead_fraction_all_tokens": record["all_tokens"]["dead_fraction"]}

@@ -56,9 +56,13 @@ def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, An
 def encode_columns(
     sae: SparseAutoencoder, x: torch.Tensor, columns: list[int], batch: int = 4096
 ) -> np.ndarray:
-    """`[n, len(columns)]` activations of the chosen latents, a chunk of tokens at a time: the whole
-    `[n, d_sae]` encoding is never held (16K latents take 64 KB a token)."""
-    parts = [sae.encode(x[start : start + batch])[:, columns].numpy() for start in range(0, len(x), batch)]
+    """`[n, len(columns)]` activations of the chosen latents, a chunk of tokens at a time on the
+    SAE's device: the whole `[n, d_sae]` encoding is never held (16K latents take 64 KB a token)."""
+    device = sae.W_enc.device
+    parts = [
+        sae.encode(x[start : start + batch].to(device))[:, columns].cpu().numpy()
+        for start in range(0, len(x), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, len(columns)), dtype=np.float32)
 
 
