@@ -68,9 +68,9 @@ def time_step(forward: SlicedForward, batches: list, sliced: bool, reps: int = 3
             forward.step(batches)
         else:
             for batch in batches:
-                ids, attention, targets = forward._collate(batch)
-                labels = torch.where(targets, ids, -100)
-                forward.model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+                b = forward._collate(batch)
+                labels = torch.where(b.targets, b.ids, -100)
+                forward.model(input_ids=b.ids, attention_mask=b.attention, labels=labels).loss.backward()
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 

@@ -33,6 +33,18 @@ from traitscope.training.checkpoints import resume, save_checkpoint
 from traitscope.training.settings import FinetuneSettings
 
 
+class Batch(NamedTuple):
+    """A padded micro-batch: ids, attention and assistant mask `[rows, width]`; the (row, column)
+    of each position that predicts an assistant token, and that token."""
+
+    ids: torch.Tensor
+    attention: torch.Tensor
+    targets: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    labels: torch.Tensor
+
+
 class Step(NamedTuple):
     epoch: int
     micro_batches: list[list[int]]  # example indices
@@ -229,7 +241,10 @@ class SlicedForward:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _collate(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _collate(self, batch: list[Example]) -> Batch:
+        """The padded batch on the model's device. The trained positions and their labels are
+        found here, on the CPU: a boolean mask applied on a GPU waits for the device (a sync
+        each micro-batch, twice), an index does not."""
         width = max(len(ex.ids) for ex in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -238,38 +253,44 @@ class SlicedForward:
             ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
             attention[row, : len(ex.ids)] = 1
             targets[row, : len(ex.ids)] = torch.tensor(ex.targets)
-        return ids.to(self.device), attention.to(self.device), targets.to(self.device)
+        trained = targets[:, 1:]  # position t predicts token t + 1
+        rows, cols = trained.nonzero(as_tuple=True)  # row-major, as the mask would order them
+        labels = ids[:, 1:][trained]
+        return Batch(*(t.to(self.device) for t in (ids, attention, targets, rows, cols, labels)))
 
-    def logits(self, ids: torch.Tensor, attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def logits(self, batch: Batch) -> torch.Tensor:
         """Logits predicting each assistant token (from the position before it), in fp32."""
-        hidden = self.decoder(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-        logits = self.head(hidden[:, :-1][targets[:, 1:].to(hidden.device)]).float()
+        hidden = self.decoder(
+            input_ids=batch.ids, attention_mask=batch.attention, use_cache=False
+        ).last_hidden_state
+        at = hidden[batch.rows.to(hidden.device), batch.cols.to(hidden.device)]
+        logits = self.head(at).float()
         return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
 
     def step(self, micro_batches: list[list[Example]]) -> tuple[float, int, int]:
         """Accumulate the gradient of the step's mean assistant-token loss; (loss, tokens, padded tokens)."""
         n_tokens = sum(ex.n_targets for batch in micro_batches for ex in batch)
         total, padded = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        for batch in micro_batches:
-            ids, attention, targets = self._collate(batch)
+        for examples in micro_batches:
+            batch = self._collate(examples)
             with self._autocast():
-                logits = self.logits(ids, attention, targets)
-            labels = ids[:, 1:][targets[:, 1:]].to(logits.device)  # device_map: the head may sit elsewhere
+                logits = self.logits(batch)
+            labels = batch.labels.to(logits.device)  # device_map: the head may sit elsewhere
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             (loss / n_tokens).backward()
             total += loss.detach().to(total.device, torch.float64)  # read once a step: one device sync
-            padded += ids.numel()
+            padded += batch.ids.numel()
         return total.item() / n_tokens, n_tokens, padded
 
     @torch.no_grad()
     def check(self, example: Example) -> None:
         """The sliced head must give the model's own logits (it would not for a model that rescales them)."""
         self.model.eval()
-        ids, attention, targets = self._collate([example])
+        batch = self._collate([example])
         with self._autocast():
-            full = self.model(input_ids=ids, attention_mask=attention).logits
-            full = full[:, :-1][targets[:, 1:].to(full.device)]
-            sliced = self.logits(ids, attention, targets)
+            full = self.model(input_ids=batch.ids, attention_mask=batch.attention).logits
+            full = full[:, :-1][batch.targets[:, 1:].to(full.device)]
+            sliced = self.logits(batch)
         if not torch.allclose(full.float(), sliced, atol=1e-2, rtol=1e-2):
             raise TraitscopeError(
                 f"{type(self.model.get_base_model()).__name__}: its logits are not the LM head of the last "
