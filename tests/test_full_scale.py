@@ -83,8 +83,17 @@ LLAMA_JOBS = {
     "summarize": 1,
     "all": 1,
 }
-# (sae_train: the backdoor SAE, minutes on a GPU and hours on a few CPU cores at full scale)
-MODEL_RULES = {"capture", "finetune", "steering_check", "cmaes_optimise", "cmaes_heldout", "sae_train"}
+# (sae_train and backdoor_sae_features: the backdoor SAE's training and its features over the
+# SAE's data, minutes on a GPU and hours / ~14 min on CPU cores at full scale)
+MODEL_RULES = {
+    "capture",
+    "finetune",
+    "steering_check",
+    "cmaes_optimise",
+    "cmaes_heldout",
+    "sae_train",
+    "backdoor_sae_features",
+}
 # the judge's rules: the profile gives them a GPU for the local judge; these configs judge
 # through an API, where they need none (the profile's comment says to drop them then)
 JUDGE_RULES = {"trait_judgements", "trait_truth_agreement", "em_judge"}
