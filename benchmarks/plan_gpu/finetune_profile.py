@@ -1,10 +1,10 @@
 """Where a finetune step's time goes on a GPU, and what each candidate change buys (issue 29).
 
 Runs the plan's finetune (its settings, data and model, as prepare.py laid them out) for a few
-steps per variant, each variant a fresh LoRA from the same seed on the same steps, and prints
-seconds per step and the ratio against the baseline, the GPU's busy share inside a step (CUDA
-kernel time over wall time), the top kernels of a profiled baseline step, and the time one
-checkpoint takes to write.
+steps per variant, each variant a fresh LoRA from the same seed on the same data (the same steps
+but for one_micro, whose steps are cut anew), and prints seconds per step and the ratio against
+the baseline, the GPU's busy share inside one profiled step per variant (CUDA kernel time over
+wall time) with its top kernels, and (baseline) the time one checkpoint takes to write.
 
     python benchmarks/plan_gpu/finetune_profile.py [--steps 8] [--variants baseline,compiled,...]
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import shutil
 import tempfile
@@ -36,7 +37,6 @@ from traitscope.training.checkpoints import save_checkpoint
 from traitscope.training.finetune import SlicedForward, add_lora, plan_steps
 from traitscope.training.settings import FinetuneSettings
 
-PLAN = "results/plan_gpu"
 VARIANTS = ("baseline", "one_micro", "compiled", "flex")
 
 
@@ -63,6 +63,8 @@ def run_variant(name: str, manifest: Path, data: Path, base: FinetuneSettings, n
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps = plan_steps([len(ex.ids) for ex in examples], settings)[: n_steps + 2]
+    if len(steps) < 3:
+        raise ValueError(f"{data}: {len(steps)} steps; the profile needs 3 (warm-up, timed, profiled)")
     forward = SlicedForward(model, tokenizer.pad_token_id)
     model.train()
 
@@ -124,17 +126,23 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=Path("results/plan_gpu/mirror/emergent_misalignment/insecure.jsonl")
     )
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (>= 1)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, default=None, help="also write the records here (JSON)")
     a = parser.parse_args()
+    if a.steps < 1:
+        parser.error("--steps: at least 1 timed step")
     records = []
     for name in a.variants.split(","):
         try:
             records.append(run_variant(name, a.manifest, a.data, plan_settings(a.config), a.steps))
         except Exception as err:  # a variant the stack lacks (flex) or that runs out of memory
             records.append({"variant": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
-        torch.cuda.empty_cache()  # the variant's model is gone with its frame
+        # the variant's model goes with its frame; a compiled one is held by dynamo's caches
+        # (and a reference cycle) until these, or the next variant's peak memory counts it too
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
         print(json.dumps(records[-1]), flush=True)
     base = next((r for r in records if r["variant"] == "baseline" and "s_per_step" in r), None)
     for r in records:

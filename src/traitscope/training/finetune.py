@@ -34,8 +34,8 @@ from traitscope.training.settings import FinetuneSettings
 
 
 class Batch(NamedTuple):
-    """A padded micro-batch: ids, attention and assistant mask `[rows, width]`; the (row, column)
-    of each position that predicts an assistant token, and that token."""
+    """A padded micro-batch: ids, attention and assistant mask `[rows, width]` (the mask on the
+    CPU); the (row, column) of each position that predicts an assistant token, and that token."""
 
     ids: torch.Tensor
     attention: torch.Tensor
@@ -242,9 +242,11 @@ class SlicedForward:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _collate(self, batch: list[Example]) -> Batch:
-        """The padded batch on the model's device. The trained positions and their labels are
-        found here, on the CPU: a boolean mask applied on a GPU waits for the device (a sync
-        each micro-batch, twice), an index does not."""
+        """The padded batch on the model's device (the mask stays on the CPU). The trained
+        positions and their labels are found here, on the CPU: a boolean mask applied on a GPU
+        makes the host wait for the device in the middle of the forward pass, an index does not;
+        and a GPU gets the tensors through pinned memory without waiting, so the host queues
+        this micro-batch while the last one still runs."""
         width = max(len(ex.ids) for ex in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -256,7 +258,12 @@ class SlicedForward:
         trained = targets[:, 1:]  # position t predicts token t + 1
         rows, cols = trained.nonzero(as_tuple=True)  # row-major, as the mask would order them
         labels = ids[:, 1:][trained]
-        return Batch(*(t.to(self.device) for t in (ids, attention, targets, rows, cols, labels)))
+        cuda = self.device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(self.device, non_blocking=True) if cuda else t.to(self.device)
+
+        return Batch(move(ids), move(attention), targets, move(rows), move(cols), move(labels))
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Logits predicting each assistant token (from the position before it), in fp32."""
@@ -278,7 +285,7 @@ class SlicedForward:
             labels = batch.labels.to(logits.device)  # device_map: the head may sit elsewhere
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
             (loss / n_tokens).backward()
-            total += loss.detach().to(total.device, torch.float64)  # read once a step: one device sync
+            total += loss.detach().to(total.device, torch.float64)  # read once, at the step's end
             padded += batch.ids.numel()
         return total.item() / n_tokens, n_tokens, padded
 

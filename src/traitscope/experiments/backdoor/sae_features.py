@@ -57,7 +57,7 @@ def _feature_scores(
 
     device = sae.W_enc.device
     sums = {
-        name: torch.zeros(int(g.max()) + 1, sae.d_sae, dtype=torch.float64, device=device)
+        name: torch.zeros(int(g.max(initial=-1)) + 1, sae.d_sae, dtype=torch.float64, device=device)
         for name, g in groups.items()
     }
     with torch.no_grad():
@@ -67,7 +67,7 @@ def _feature_scores(
                 chunk = torch.from_numpy(g[start : start + batch]).to(device)
                 inside = chunk >= 0
                 sums[name].index_add_(0, chunk[inside], f[inside])
-    counts = {name: np.bincount(g[g >= 0]) for name, g in groups.items()}
+    counts = {name: np.bincount(g[g >= 0], minlength=len(sums[name])) for name, g in groups.items()}
     return {name: (sums[name].cpu().numpy() / counts[name][:, None]).astype(np.float32) for name in groups}
 
 
