@@ -581,6 +581,11 @@ def test_pair_feature_scores_streamed_in_chunks_are_each_prompts_mean(planted_ru
         rows = groups[name][0]
         assert len(rows) == 60 and (expected.to_numpy()[:, 3] > 0).any()
         np.testing.assert_allclose(scores[name], expected.loc[rows["prompt_id"]].to_numpy(), atol=1e-6)
+    # a position no token falls at, or no tokens at all, scores no prompt (the caller then names
+    # the missing pairs)
+    none = _feature_scores(standard_sae(8, 6), x, {"p": np.full(len(x), -1)}, batch=7)["p"]
+    empty = _feature_scores(standard_sae(8, 6), x[:0], {"p": np.zeros(0, dtype=np.int64)})["p"]
+    assert none.shape == empty.shape == (0, 6)
 
 
 def test_sae_whose_width_differs_from_the_model_is_a_clear_error(planted_run, tmp_path):
