@@ -31,7 +31,7 @@ import yaml
 
 from traitscope.model.hooks import compile_blocks
 from traitscope.model.loading import load
-from traitscope.settings import build, schema_defaults
+from traitscope.settings import from_schema
 from traitscope.training.chat_data import read_chat_jsonl, tokenize_rows
 from traitscope.training.checkpoints import save_checkpoint
 from traitscope.training.finetune import SlicedForward, add_lora, plan_steps
@@ -42,8 +42,7 @@ VARIANTS = ("baseline", "one_micro", "compiled", "flex")
 
 def plan_settings(config: Path) -> FinetuneSettings:
     """The plan's finetune section over the schema's defaults, the way the rule builds it."""
-    section = {**schema_defaults(FinetuneSettings.SECTION), **yaml.safe_load(config.read_text())["finetune"]}
-    return build(FinetuneSettings, section, str(config))
+    return from_schema(FinetuneSettings, **yaml.safe_load(config.read_text())["finetune"])
 
 
 def run_variant(name: str, manifest: Path, data: Path, base: FinetuneSettings, n_steps: int) -> dict:
