@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.backdoor.sae_data import (
+    Split,
+    TokenChunks,
+    moments,
+    resident,
+    shuffled_batches,
+    tensor_chunks,
+)
 from traitscope.experiments.backdoor.settings import SAESettings
 from traitscope.io import atomic_dir
 
@@ -174,73 +183,89 @@ def load_sae(folder: str | Path) -> SparseAutoencoder:
 
 
 @torch.no_grad()
-def reconstruction_quality(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) -> dict[str, float]:
+def reconstruction_quality(
+    sae: SparseAutoencoder, x: torch.Tensor | Iterable[torch.Tensor], batch: int = 4096
+) -> dict[str, float]:
     """Fraction of variance explained, mean L0 and the share of latents that never fire on `x`
-    (on the SAE's device, a chunk at a time)."""
+    (a tensor, or its parts one at a time), on the SAE's device a chunk at a time."""
     device = sae.W_enc.device
-    sse, fired, l0 = 0.0, torch.zeros(sae.d_sae, dtype=torch.bool, device=device), 0.0
-    x = x.float()
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch].to(device)
-        f = sae.encode(chunk)
-        sse += float(((sae.decode(f) - chunk) ** 2).sum())
-        fired |= (f > 0).any(0)
-        l0 += float((f > 0).sum())
-    sst = float(((x - x.mean(0)) ** 2).sum())
+    sse, fired, l0, n = 0.0, torch.zeros(sae.d_sae, dtype=torch.bool, device=device), 0.0, 0
+    total, squares = torch.zeros(sae.d_in, dtype=torch.float64), 0.0  # for the variance, in one pass
+    for part in [x] if isinstance(x, torch.Tensor) else x:
+        n += len(part)
+        for start in range(0, len(part), batch):
+            exact = part[start : start + batch].double()
+            total += exact.sum(0)
+            squares += float(exact.pow(2).sum())
+            chunk = part[start : start + batch].float().to(device)
+            f = sae.encode(chunk)
+            sse += float(((sae.decode(f) - chunk) ** 2).sum())
+            fired |= (f > 0).any(0)
+            l0 += float((f > 0).sum())
+    sst = squares - float(total.pow(2).sum()) / max(n, 1)
     return {
         "fraction_variance_explained": 1.0 - sse / sst if sst > 0 else float("nan"),
-        "mean_l0": l0 / len(x),
+        "mean_l0": l0 / max(n, 1),
         "dead_fraction": float((~fired).float().mean()),
-        "n_tokens": len(x),
+        "n_tokens": n,
     }
 
 
-def _init(x: torch.Tensor, settings: SAESettings, generator: torch.Generator) -> SparseAutoencoder:
-    sae = SparseAutoencoder(x.shape[1], settings.width, settings.k)
+def _init(d: int, mean: torch.Tensor, settings: SAESettings, generator: torch.Generator) -> SparseAutoencoder:
+    sae = SparseAutoencoder(d, settings.width, settings.k)
     with torch.no_grad():
-        sae.W_dec.copy_(torch.randn(settings.width, x.shape[1], generator=generator))
+        sae.W_dec.copy_(torch.randn(settings.width, d, generator=generator))
         sae.normalize_decoder()
         sae.W_enc.copy_(sae.W_dec.T)
-        sae.b_dec.copy_(x.mean(0))
+        sae.b_dec.copy_(mean)
     return sae
 
 
 def train_sae(
-    x: torch.Tensor, settings: SAESettings, log_every: int | None = None, device: str = "cpu"
+    x: torch.Tensor | TokenChunks, settings: SAESettings, log_every: int | None = None, device: str = "cpu"
 ) -> tuple[SparseAutoencoder, list[dict[str, float]], dict[str, Any]]:
-    """Train a TopK SAE on activations `[n, d_in]`; (sae, training curve, held-out quality).
+    """Train a TopK SAE on activations `[n, d_in]` (a tensor, or chunks read on demand); (sae,
+    training curve, held-out quality).
 
-    The last `eval_fraction` of a seeded shuffle is held out; training cycles over the rest
-    until `tokens` tokens were seen. `device` runs the steps and the quality pass (a GPU: the
-    full-scale SAE, 16K latents over 4M tokens of width 2304, is ~1e15 FLOPs, hours on a
-    CPU); the shuffles come from one CPU generator, so every device sees the same batches,
-    and the SAE returned lives on the CPU.
+    `eval_fraction` of each chunk's tokens (seeded) is held out; training cycles over the rest,
+    through a shuffle buffer of `buffer_tokens` (`sae_data`), until `tokens` tokens were seen.
+    `device` runs the steps and the quality passes (a GPU: the full-scale SAE, 16K latents over
+    4M tokens of width 2304, is ~1e15 FLOPs, hours on a CPU); the shuffles come from one CPU
+    generator, so every device sees the same batches, and the SAE returned lives on the CPU.
     """
-    if x.ndim != 2 or len(x) < 10:
-        raise TraitscopeError(f"SAE training needs activations [n >= 10, d], got shape {tuple(x.shape)}")
+    chunks = x if isinstance(x, TokenChunks) else tensor_chunks(x)
+    if chunks.n_tokens < 10:
+        raise TraitscopeError(f"SAE training needs at least 10 tokens of activations, got {chunks.n_tokens}")
     if settings.k > settings.width:
         raise TraitscopeError(f"SAE k {settings.k} exceeds width {settings.width}")
-    generator = torch.Generator().manual_seed(settings.seed)
-    x = x.float()[torch.randperm(len(x), generator=generator)]
-    n_eval = max(1, int(round(len(x) * settings.eval_fraction)))
-    train, held_out = x[:-n_eval], x[-n_eval:]
+    if settings.buffer_tokens < settings.batch_size:
+        raise TraitscopeError(
+            f"SAE buffer_tokens {settings.buffer_tokens} is under batch_size {settings.batch_size}; raise it"
+        )
+    if chunks.n_tokens <= settings.buffer_tokens:
+        chunks = resident(chunks)
+    split = Split(chunks, settings.eval_fraction, settings.seed)
+    n_train, mean, spread = moments(split.train(), chunks.d)
+    if n_train == 0 or n_train == chunks.n_tokens:
+        raise TraitscopeError(
+            f"SAE eval_fraction {settings.eval_fraction} leaves {n_train} of {chunks.n_tokens} tokens to "
+            "train on; it needs some on each side"
+        )
     # train on unit mean squared norm per dimension; the scale is folded back at the end
-    scale = math.sqrt(train.shape[1] / float((train - train.mean(0)).pow(2).sum(1).mean()))
-    data = train * scale
-    sae = _init(data, settings, generator).to(device)
-    data = data.to(device)
+    scale = math.sqrt(chunks.d / spread)
+    generator = torch.Generator().manual_seed(settings.seed)
+    sae = _init(chunks.d, mean.float() * scale, settings, generator).to(device)
+    batch_size = min(settings.batch_size, n_train)
+    batches = shuffled_batches(split, batch_size, settings.buffer_tokens, scale, generator, device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=(0.9, 0.999))
-    n_steps = max(1, math.ceil(settings.tokens / settings.batch_size))
+    n_steps = max(1, math.ceil(settings.tokens / batch_size))
     log_every = log_every or max(1, n_steps // 50)  # about 50 points on the training curve
     last_fired = torch.zeros(settings.width, dtype=torch.long, device=device)  # tokens seen at last firing
-    seen, order, cursor, curve = 0, torch.randperm(len(data), generator=generator), 0, []
-    variance = float(data.var(0).sum())
+    seen, curve = 0, []
+    variance = spread * scale**2 * n_train / max(n_train - 1, 1)  # per-dimension variances, summed
     started = time.perf_counter()
     for step in range(1, n_steps + 1):
-        if cursor + settings.batch_size > len(order):
-            order, cursor = torch.randperm(len(data), generator=generator), 0
-        batch = data[order[cursor : cursor + settings.batch_size].to(device)]
-        cursor += settings.batch_size
+        batch = next(batches)
         pre = sae.pre_activations(batch)
         f = sae.activate(pre)
         recon = sae.decode(f)
@@ -279,8 +304,8 @@ def train_sae(
         sae.b_dec.div_(scale)
     sae.eval()
     quality = {
-        "held_out": reconstruction_quality(sae, held_out),
-        "all_tokens": reconstruction_quality(sae, x),
+        "held_out": reconstruction_quality(sae, split.held_out()),
+        "all_tokens": reconstruction_quality(sae, chunks),
         "input_scale": scale,
         "n_steps": n_steps,
         "wall_time_s": round(time.perf_counter() - started, 2),

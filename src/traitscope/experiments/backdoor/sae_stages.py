@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.sae import (
     SparseAutoencoder,
     check_width,
@@ -21,29 +20,16 @@ from traitscope.experiments.backdoor.sae import (
     save_sae,
     train_sae,
 )
+from traitscope.experiments.backdoor.sae_data import TokenChunks, capture_chunks, resident
 from traitscope.experiments.backdoor.settings import SAELayerSettings, SAETrainSettings
 from traitscope.io import save_figure, write_json
 
 
 def _layer_shards(capture_json: str | Path, layer: int) -> Iterator[tuple[Any, torch.Tensor]]:
     """(token index table, float32 `[n, d]`) per shard of a capture's per-token activations at a layer."""
-    from traitscope.capture.store import read_manifest, read_shards
-
-    manifest = read_manifest(capture_json)
-    if layer not in manifest["layers"]:
-        raise TraitscopeError(
-            f"{capture_json}: layer {layer} was not captured (layers {manifest['layers']}); recapture with it"
-        )
-    found = False
-    for _, tokens, tensors in read_shards(capture_json):
-        key = f"tokens.layer.{layer}"
-        if key in tensors:
-            found = True
-            yield tokens, tensors[key].float()
-    if not found:
-        raise TraitscopeError(
-            f"{capture_json}: no per-token activations; capture the set with token_segments"
-        )
+    chunks = capture_chunks(capture_json, layer)
+    for i, stem in enumerate(chunks.names):
+        yield pd.read_parquet(f"{stem}.tokens.parquet"), chunks.load(i)
 
 
 def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
@@ -93,11 +79,13 @@ def sae_train(
     from traitscope.experiments.backdoor.figures import sae_training_figure
 
     layer = settings.layer
-    x, _ = layer_tokens(capture_json, layer)
-    if settings.tokens < len(x) * (1 - settings.eval_fraction):
+    x = capture_chunks(capture_json, layer)  # read a shard at a time where it exceeds buffer_tokens
+    if x.n_tokens <= settings.buffer_tokens:
+        x = resident(x)
+    if settings.tokens < x.n_tokens * (1 - settings.eval_fraction):
         note = "fewer training tokens than the capture holds: not every token is seen"
     else:
-        passes = settings.tokens / max(1, len(x) * (1 - settings.eval_fraction))
+        passes = settings.tokens / max(1, x.n_tokens * (1 - settings.eval_fraction))
         note = f"{passes:.1f} passes over the training tokens"
     sae, curve, quality = train_sae(x, settings, device="cuda" if torch.cuda.is_available() else "cpu")
     manifest = read_manifest(capture_json)
@@ -112,7 +100,7 @@ def sae_train(
         "layer": layer,
         "capture": str(capture_json),
         "settings": {k: v for k, v in asdict(settings).items() if k != "layer"},  # the fit's
-        "n_tokens": len(x),
+        "n_tokens": x.n_tokens,
         "passes": note,
         "curve": curve,
         **quality,
@@ -123,12 +111,13 @@ def sae_train(
 
 
 @torch.no_grad()
-def _firing_rates(sae: SparseAutoencoder, x: torch.Tensor, batch: int = 4096) -> list[float]:
-    """Share of tokens each latent fires on."""
-    counts = torch.zeros(sae.d_sae)
-    for start in range(0, len(x), batch):
-        counts += (sae.encode(x[start : start + batch]) > 0).float().sum(0)
-    return (counts / len(x)).tolist()
+def _firing_rates(sae: SparseAutoencoder, chunks: TokenChunks, batch: int = 4096) -> list[float]:
+    """Share of tokens each latent fires on (on the SAE's device, a chunk at a time)."""
+    counts = torch.zeros(sae.d_sae, device=sae.W_enc.device)
+    for x in chunks:
+        for start in range(0, len(x), batch):
+            counts += (sae.encode(x[start : start + batch].to(counts.device)) > 0).float().sum(0)
+    return (counts / max(chunks.n_tokens, 1)).cpu().tolist()
 
 
 def sae_evaluate(
@@ -144,7 +133,7 @@ def sae_evaluate(
 
     sae = load_sae(sae_folder)
     check_width(sae, read_manifest(capture_json)["d_model"], str(sae_folder))
-    x, _ = layer_tokens(capture_json, settings.layer)
+    x = capture_chunks(capture_json, settings.layer)
     record = {
         "layer": settings.layer,
         "capture": str(capture_json),

@@ -58,6 +58,7 @@ class SAESettings:
     tokens: int  # training tokens, passes over the data included (the last eval_fraction held out)
     lr: float
     batch_size: int
+    buffer_tokens: int  # training tokens shuffled together at once: bounds memory, not the prompt count
     eval_fraction: float  # share of tokens held out for the reported reconstruction quality
     aux_k: int  # dead latents the auxiliary loss uses (0: none)
     aux_coefficient: float
