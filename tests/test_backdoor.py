@@ -52,7 +52,7 @@ from traitscope.experiments.backdoor.settings import (
 )
 from traitscope.settings import from_schema, schema_defaults
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
-from traitscope.vectors.projection import COLUMNS as PROJECTION_COLUMNS
+from traitscope.vectors.projection_table import COLUMNS as PROJECTION_COLUMNS
 
 
 @pytest.fixture(scope="module")

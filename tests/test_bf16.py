@@ -10,6 +10,7 @@ to the residual stream, so that bound grows with depth. Each bound is stated whe
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from conftest import BF16
@@ -137,7 +138,8 @@ def test_bf16_projections_stay_within_the_depth_bound_of_fp32(tiny_manifest, tin
     for name, manifest in (("fp32", tiny_manifest), ("bf16", tiny_manifest_bf16)):
         out = tmp_path / name / "capture.json"
         capture(manifest, prompts, out, settings(), device="cpu")
-        tables[name] = project(out, traits, "base", "tiny_set", tmp_path / f"{name}.parquet")
+        project(out, traits, "base", "tiny_set", tmp_path / f"{name}.parquet")
+        tables[name] = pd.read_parquet(tmp_path / f"{name}.parquet")
     key = ["prompt_id", "trait", "layer", "position", "token_index"]
     both = tables["fp32"].merge(tables["bf16"], on=key, suffixes=("_32", "_16"), validate="one_to_one")
     assert len(both) == len(tables["fp32"]) == len(tables["bf16"]) > 0

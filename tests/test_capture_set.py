@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,6 +29,7 @@ from traitscope.model import loading as models
 from traitscope.model.hooks import run_recorded
 from traitscope.settings import from_schema
 from traitscope.vectors.projection import project
+from traitscope.vectors.projection_table import COLUMNS, read_projections
 from traitscope.vectors.trait_vector import TraitVector
 
 PREFILL = "Sure, I'd be happy to help with that. Here's"
@@ -448,9 +450,9 @@ def random_traits(seed: int = 0) -> list[TraitVector]:
 def test_project_capture_scores_every_row(captured, tmp_path):
     traits = random_traits()
     out = tmp_path / "proj.parquet"
-    table = project(captured, traits, "base", "tiny_set", out)
-    pd.testing.assert_frame_equal(pd.read_parquet(out), table)
-    assert (table["variant"] == "base").all()
+    n_rows = project(captured, traits, "base", "tiny_set", out)
+    table = pd.read_parquet(out)
+    assert n_rows == len(table) and (table["variant"] == "base").all()
     cap = read_capture(captured)
     vectors = {t.name: t.vectors["mean_diff"].double() for t in traits}
     chosen = {t.name: t.layer for t in traits}
@@ -496,6 +498,20 @@ def test_project_capture_scores_every_row(captured, tmp_path):
     assert set(tokens.loc[tokens["position"] == "prefill", "prompt_id"]) == prefilled
     assert table[["score", "cosine"]].notna().all().all()
 
+    # written a shard and layer at a time: every row group holds one layer, so a reader's
+    # filter on the chosen layers skips whole groups
+    groups = pq.ParquetFile(out).metadata
+    layer_column = COLUMNS.index("layer")
+    assert groups.num_row_groups >= 2 * table["layer"].nunique()  # pooled and per-token rows apart
+    stats = [groups.row_group(i).column(layer_column).statistics for i in range(groups.num_row_groups)]
+    assert all(s.min == s.max for s in stats)
+    # what the analyses read: the chosen layers' rows, pooled or all
+    for pooled_only in (False, True):
+        want = table[table["chosen_layer"] & (table["token_index"].eq(-1) | (not pooled_only))]
+        got = read_projections(out, chosen=True, pooled=pooled_only)
+        assert 0 < len(got) < len(table)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
 
 def test_project_refuses_a_chosen_layer_that_was_not_captured(captured, tmp_path):
     evil, sycophancy = random_traits()
@@ -539,7 +555,8 @@ def test_cli_capture_and_project_match_the_functions(
     proj = tmp_path / "proj.parquet"
     project_argv = ["project", "--capture", str(out), "--variant", "lora", "--prompt-set", "tiny_set"]
     assert main([*project_argv, *args, "--out", str(proj)]) == 0
-    expected = project(captured, traits, "lora", "tiny_set", tmp_path / "expected.parquet")
+    project(captured, traits, "lora", "tiny_set", tmp_path / "expected.parquet")
+    expected = pd.read_parquet(tmp_path / "expected.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(proj), expected, rtol=1e-6, atol=1e-6)
 
     # a trait chosen at a layer this capture lacks: one line naming it, and no output

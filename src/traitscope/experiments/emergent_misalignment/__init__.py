@@ -40,6 +40,7 @@ from traitscope.io import atomic_path, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, holm
+from traitscope.vectors.projection_table import read_projections
 
 OUT_DIR = "results/emergent_misalignment"
 POSITIONS = ("response_mean", "last_prompt")
@@ -181,7 +182,7 @@ def paired_scores(projections: dict[str, str | Path], traits: list[str]) -> pd.D
     one column per variant, only prompts every variant answered."""
     parts = []
     for role, path in projections.items():
-        table = pd.read_parquet(path)
+        table = read_projections(path, chosen=True, pooled=True)
         missing = sorted(set(traits) - set(table["trait"]))
         if missing:
             raise TraitscopeError(f"{path}: no projections for trait(s) {', '.join(missing)}; rerun project")

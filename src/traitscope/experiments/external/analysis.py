@@ -16,18 +16,12 @@ from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.experiments.external.settings import ExternalSettings
 from traitscope.io import save_figure, write_json
 from traitscope.stats import auc, auc_with_ci, compare_groups, spearman, youden_threshold
+from traitscope.vectors.projection_table import chosen_scores, read_projections
 
 
 def _read(paths: list[str | Path]) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-
-
-def chosen_scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
-    """`traitscope.vectors.projection.chosen_scores`, imported when called: the module loads torch,
-    and this one is imported while Snakemake parses the workflow."""
-    from traitscope.vectors.projection import chosen_scores as scores
-
-    return scores(projections, position, traits)
+    """The pooled rows at the traits' chosen layers, the only ones scored, of every file."""
+    return pd.concat([read_projections(p, chosen=True, pooled=True) for p in paths], ignore_index=True)
 
 
 def failure_cases(scores: pd.Series, labels: np.ndarray, prompts: pd.Series, limit: int = 20) -> dict:

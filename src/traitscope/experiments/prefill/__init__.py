@@ -34,6 +34,7 @@ from traitscope.io import save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
+from traitscope.vectors.projection_table import read_projections
 
 OUT_DIR = "results/prefill"
 COMPARISONS = {
@@ -237,7 +238,7 @@ def prefill_analysis(
     the harmful-vs-benign ones beside the surface baselines (a bag of words with `bow_prompts`,
     or a prompt-contrast trait's own, `own_bow`)."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
-    projections = pd.read_parquet(projections_path)
+    projections = read_projections(projections_path, chosen=True)  # pooled and per-token rows
     conditions = pd.read_parquet(conditions_path)
     missing = sorted(set(traits) - set(projections["trait"]))
     if missing:

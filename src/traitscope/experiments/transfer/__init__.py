@@ -29,6 +29,7 @@ from traitscope.experiments.transfer.settings import TransferSettings
 from traitscope.io import save_figure, write_json
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
+from traitscope.vectors.projection_table import chosen_scores, read_projections
 
 
 def out_dir(section: dict) -> str:
@@ -106,9 +107,7 @@ def check_config(section: dict, config: dict) -> None:
 
 def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: str) -> tuple:
     """(scores prompt_id x trait, texts, categories) of one side, rows in the same order."""
-    from traitscope.vectors.projection import chosen_scores
-
-    scores = chosen_scores(pd.read_parquet(projections), pool, names)
+    scores = chosen_scores(read_projections(projections, chosen=True, pooled=True), pool, names)
     table = read_prompt_set(prompts).set_index("prompt_id")
     missing = scores.index.difference(table.index)
     if len(missing):
