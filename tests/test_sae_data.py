@@ -17,6 +17,7 @@ from traitscope.experiments.backdoor.sae_data import (
     TokenChunks,
     capture_chunks,
     held_out_mask,
+    resident,
     shuffled_batches,
     tensor_chunks,
 )
@@ -157,6 +158,11 @@ def test_capture_chunks_read_one_layer_of_the_shards_that_hold_tokens(tmp_path):
     )
     assert torch.equal(chunks.load(0), a) and torch.equal(chunks.load(1), b.bfloat16().float())
     assert chunks.load(1).dtype == torch.float32
+    single = capture_chunks(write_capture(tmp_path / "one", [shards[0]] * 3), 1)
+    held = resident(single)  # three shards, or one: in memory after one read each
+    assert held.sizes == (15,) and not held.names and torch.equal(held.load(0), torch.cat([a, a, a]))
+    one = TokenChunks((5,), 4, single.load, single.names[:1])
+    assert resident(one).names == () and torch.equal(resident(one).load(0), a)
     with pytest.raises(TraitscopeError, match="layer 5 was not captured"):
         capture_chunks(path, 5)
     empty = write_capture(tmp_path / "e", [{"pooled.layer.0": torch.zeros(1, 1, 4)}] * 3)

@@ -77,8 +77,9 @@ def capture_chunks(capture_json: str | Path, layer: int) -> TokenChunks:
 
 
 def resident(chunks: TokenChunks) -> TokenChunks:
-    """The same tokens loaded once into one chunk."""
-    if len(chunks.sizes) == 1:
+    """The same tokens loaded once into one chunk (a tensor's single chunk is kept as it is; a
+    capture's chunks, named by their shards, are read from disk on every load)."""
+    if len(chunks.sizes) == 1 and not chunks.names:
         return chunks
     return tensor_chunks(torch.cat(list(chunks)) if chunks.n_tokens else torch.zeros(0, chunks.d))
 
