@@ -542,19 +542,28 @@ def test_sae_features_rank_the_planted_latent_first(planted_run, tmp_path):
     assert result["sae"]["d_sae"] == 6 and len(result["positions"]["last_prompt"]["top_features"]) == 3
 
 
-def test_encoded_columns_reads_the_chosen_latents_of_every_token(planted_run):
-    """standard_sae's latent j is relu(x_j - 1): latents 3 and 0 of each token, by hand from the
-    capture's activations, in the capture's token order."""
-    from traitscope.experiments.backdoor.sae_stages import encoded_columns, layer_tokens
+def test_top_contexts_streamed_over_shards_equal_those_of_the_whole_capture(planted_run, tmp_path):
+    """The planted capture split into two shards: per latent of standard_sae (latent j is
+    relu(x_j - 1), by hand from the activations), the streamed top tokens are the whole
+    capture's, contexts included."""
+    from traitscope.experiments.backdoor.sae_features import streamed_top_contexts, top_contexts
+    from traitscope.experiments.backdoor.sae_stages import layer_tokens
 
-    paths, _, _ = planted_run
-    capture = paths["captures"]["backdoored"]
-    x, index = layer_tokens(capture, 1)
-    acts, acts_index = encoded_columns(standard_sae(8, 6), capture, 1, [3, 0])
-    expected = np.maximum(x.numpy()[:, [3, 0]] - 1.0, 0.0)
-    assert acts.shape == (len(x), 2) and (acts[:, 0] > 0).any()  # the planted latent fires somewhere
-    np.testing.assert_allclose(acts, expected, rtol=1e-6, atol=1e-6)
-    pd.testing.assert_frame_equal(acts_index, index)
+    x, index = layer_tokens(planted_run[0]["captures"]["backdoored"], 1)
+    ids = list(dict.fromkeys(index["prompt_id"]))
+    folder = tmp_path / "split" / "shards"
+    folder.mkdir(parents=True)
+    for k, part in enumerate((ids[: len(ids) // 2], ids[len(ids) // 2 :])):
+        rows = index["prompt_id"].isin(part).to_numpy()
+        index[rows].to_parquet(folder / f"s{k}.tokens.parquet")
+        save_file({"tokens.layer.1": x[torch.from_numpy(rows)]}, str(folder / f"s{k}.safetensors"))
+    manifest = {"shard_dir": "shards", "shards": ["s0", "s1"], "layers": [1], "d_model": 8}
+    (tmp_path / "split" / "capture.json").write_text(json.dumps(manifest))
+    dense = np.maximum(x.numpy()[:, [3, 0]] - 1.0, 0.0)
+    streamed = streamed_top_contexts(standard_sae(8, 6), tmp_path / "split" / "capture.json", 1, [3, 0])
+    for j in range(2):
+        assert streamed[j] == top_contexts(index, dense, j)
+    assert len(streamed[0]) == 5 and streamed[0][0]["activation"] > 2  # the planted latent: +4
 
 
 def test_pair_feature_scores_streamed_in_chunks_are_each_prompts_mean(planted_run):

@@ -95,6 +95,23 @@ def top_contexts(
     return out
 
 
+def streamed_top_contexts(
+    sae: Any, capture_json: str | Path, layer: int, columns: list[int], n: int = 5
+) -> list[list[dict]]:
+    """Per chosen latent, `top_contexts` over a whole capture read a shard at a time (a prompt's
+    tokens share a shard): the SAE's own data is ~800K tokens at full scale, whose token table
+    alone would otherwise be held whole."""
+    from traitscope.experiments.backdoor.sae_stages import encode_columns, layer_shards
+
+    best: list[list[dict]] = [[] for _ in columns]
+    for tokens, x in layer_shards(capture_json, layer):
+        acts = encode_columns(sae, x, columns)
+        for j in range(len(columns)):
+            found = best[j] + top_contexts(tokens, acts, j, n)
+            best[j] = sorted(found, key=lambda c: -c["activation"])[:n]
+    return best
+
+
 def backdoor_sae_features(
     sae_folder: str | Path,
     pairs_path: str | Path,
@@ -114,7 +131,7 @@ def backdoor_sae_features(
 
     from traitscope.capture.store import read_manifest
     from traitscope.experiments.backdoor.sae import check_width, load_sae, reconstruction_quality
-    from traitscope.experiments.backdoor.sae_stages import encode_columns, encoded_columns, layer_tokens
+    from traitscope.experiments.backdoor.sae_stages import encode_columns, layer_tokens
     from traitscope.stats import auc_columns, auc_difference_paired, auc_with_ci
 
     # a GPU where there is one: the SAE's own data alone, ~800K tokens x 16K latents at full scale
@@ -192,12 +209,12 @@ def backdoor_sae_features(
     wanted = sorted({f["feature"] for r in results.values() for f in r["top_features"]})
     backdoored = per_role["backdoored"]
     pair_acts = encode_columns(sae, backdoored["x"], wanted)
-    sae_acts, sae_index = encoded_columns(sae, sae_capture, layer, wanted)
+    sae_contexts = streamed_top_contexts(sae, sae_capture, layer, wanted)
     for r in results.values():
         for f in r["top_features"]:
             column = wanted.index(f["feature"])
             f["top_tokens_pairs_backdoored"] = top_contexts(backdoored["tokens"], pair_acts, column)
-            f["top_tokens_sae_data"] = top_contexts(sae_index, sae_acts, column)
+            f["top_tokens_sae_data"] = sae_contexts[column]
     record = json.loads(Path(sae_record).read_text())
     result = {
         "sae": {

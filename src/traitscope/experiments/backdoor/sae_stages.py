@@ -25,7 +25,7 @@ from traitscope.experiments.backdoor.settings import SAELayerSettings, SAETrainS
 from traitscope.io import save_figure, write_json
 
 
-def _layer_shards(capture_json: str | Path, layer: int) -> Iterator[tuple[Any, torch.Tensor]]:
+def layer_shards(capture_json: str | Path, layer: int) -> Iterator[tuple[Any, torch.Tensor]]:
     """(token index table, float32 `[n, d]`) per shard of a capture's per-token activations at a layer."""
     chunks = capture_chunks(capture_json, layer)
     for i, stem in enumerate(chunks.names):
@@ -34,7 +34,7 @@ def _layer_shards(capture_json: str | Path, layer: int) -> Iterator[tuple[Any, t
 
 def layer_tokens(capture_json: str | Path, layer: int) -> tuple[torch.Tensor, Any]:
     """(float32 `[n_tokens, d]`, token index table) of a capture's per-token activations at a layer."""
-    index, parts = zip(*_layer_shards(capture_json, layer))
+    index, parts = zip(*layer_shards(capture_json, layer))
     return torch.cat(parts), pd.concat(index, ignore_index=True)
 
 
@@ -50,19 +50,6 @@ def encode_columns(
         for start in range(0, len(x), batch)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, len(columns)), dtype=np.float32)
-
-
-def encoded_columns(
-    sae: SparseAutoencoder, capture_json: str | Path, layer: int, columns: list[int]
-) -> tuple[np.ndarray, Any]:
-    """(`[n_tokens, len(columns)]` activations of the chosen SAE latents, token index table) of a
-    capture at a layer, one shard at a time. The SAE's own training capture has ~800K tokens at
-    full scale: encoded whole, its 16K latents would take ~50 GB, and its activations 7 GB."""
-    index, acts = [], []
-    for tokens, x in _layer_shards(capture_json, layer):
-        acts.append(encode_columns(sae, x, columns))
-        index.append(tokens)
-    return np.concatenate(acts), pd.concat(index, ignore_index=True)
 
 
 def sae_train(
