@@ -5,7 +5,7 @@ Rows: prompt_id, variant, trait, layer, position (a pool name, or the token's se
 token_index (-1 for pooled rows), score (scalar projection on the unit vector), cosine, and
 whether the layer is the trait's chosen one. `project` writes a row group per shard and layer;
 an analysis reads only the rows it scores (`read_projections`), so neither holds a whole set's
-table: BeaverTails' 30K-pair sample is 18M rows at Gemma-2-2B's 26 layers and 7 traits.
+table: 30K prompts are 18M rows at Gemma-2-2B's 26 layers, 3 pools and 7 traits.
 """
 
 from __future__ import annotations
