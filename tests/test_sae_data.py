@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_sae_device import planted
 
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.sae import SparseAutoencoder, reconstruction_quality, train_sae
@@ -90,15 +91,6 @@ def test_a_source_that_fits_the_buffer_is_read_once_and_scaled():
     assert sorted(loads) == [0, 1]
     train = sorted(int(v) * 10 for part in split.train() for v in part[:, 0])
     assert sorted(drawn[:10, 0].tolist()) == train and drawn[:, 1].abs().sum() == 0
-
-
-def planted(n: int = 6000, d: int = 32, m: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations made of 3-sparse codes over `m` unit directions, plus noise and an offset."""
-    g = torch.Generator().manual_seed(0)
-    directions = torch.randn(m, d, generator=g)
-    directions /= directions.norm(dim=1, keepdim=True)
-    codes = (torch.rand(n, m, generator=g) < 3 / m) * (torch.rand(n, m, generator=g) * 2 + 0.5)
-    return codes @ directions + 0.01 * torch.randn(n, d, generator=g) + 5.0, directions
 
 
 def test_an_sae_trained_from_streamed_chunks_finds_the_planted_directions():
