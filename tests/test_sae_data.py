@@ -114,6 +114,9 @@ def test_train_sae_refuses_a_buffer_under_a_batch_and_an_empty_side():
     x, _ = planted(n=200)
     with pytest.raises(TraitscopeError, match="buffer_tokens 100 is under batch_size 256"):
         train_sae(x, from_schema(SAESettings, width=8, k=2, batch_size=256, buffer_tokens=100))
+    chunks, _ = counted_chunks([7, 5])  # 10 training tokens: a batch of 11 would never come
+    with pytest.raises(TraitscopeError, match="batch_size 11 exceeds buffer_tokens 64 or the 10 training"):
+        next(shuffled_batches(Split(chunks, 0.2, 0), 11, 64, 1.0, torch.Generator(), "cpu"))
     with pytest.raises(TraitscopeError, match="leaves 12 of 12 tokens to train on"):
         train_sae(x[:12], from_schema(SAESettings, width=8, k=2, eval_fraction=0.01))
 

@@ -43,7 +43,8 @@ def read_projections(path: str | Path, chosen: bool = False, pooled: bool = Fals
 
 def chosen_scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:
     """prompt_id x trait table of scores at each trait's chosen layer and one pooled position."""
-    rows = projections[projections["chosen_layer"] & (projections["position"] == position)]
+    pooled = projections["token_index"] == -1  # a token's segment may share a pool's name
+    rows = projections[projections["chosen_layer"] & pooled & (projections["position"] == position)]
     if rows.empty:
         raise TraitscopeError(
             f"no projections at position {position!r} on a chosen layer; check the position"

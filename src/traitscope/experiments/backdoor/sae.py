@@ -298,6 +298,7 @@ def train_sae(
                     "aux_loss": float(aux.detach()),
                 }
             )
+    batches.close()  # lets its buffer (the whole training set, where it fits) go before the quality passes
     with torch.no_grad():  # fold the input scale back: the saved SAE takes raw activations
         sae.W_enc.mul_(scale)
         sae.W_dec.div_(scale)

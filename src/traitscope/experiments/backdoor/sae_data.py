@@ -1,5 +1,6 @@
-"""The SAE's tokens as chunks read on demand, so that training and its quality passes hold about
-`buffer_tokens` activations (plus one shard) however many prompts the capture has (issue 29).
+"""The SAE's tokens as chunks read on demand, so that training and its quality passes hold a few
+copies of `buffer_tokens` activations (a buffer is filled to at least that, one shard at a time),
+however many prompts the capture has (issue 29).
 
 A source is a list of chunks: a capture's shards at one layer (only that layer's tensor is read),
 or one tensor. Training draws its batches from a shuffle buffer: each pass over the data takes the
@@ -86,7 +87,7 @@ def resident(chunks: TokenChunks) -> TokenChunks:
 
 def held_out_mask(chunk: int, n: int, fraction: float, seed: int) -> torch.Tensor:
     """Chunk `chunk`'s held-out rows: round(n x fraction) of its n, drawn from (seed, chunk)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + chunk) % 2**63)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=generator)[: round(n * fraction)]] = True
     return mask
@@ -110,6 +111,10 @@ class Split:
 
     def train(self) -> Iterator[torch.Tensor]:
         return (self.part(i, False) for i in range(len(self.chunks.sizes)))
+
+    @property
+    def n_train(self) -> int:
+        return sum(n - round(n * self.fraction) for n in self.chunks.sizes)
 
 
 def moments(parts: Iterator[torch.Tensor], d: int) -> tuple[int, torch.Tensor, float]:
@@ -137,22 +142,30 @@ def shuffled_batches(
     random order (one CPU generator: every device sees the same batches), gathered into buffers
     of at least `buffer_tokens` (or what is left), each shuffled and cut into whole batches (a
     buffer's last, partial batch is dropped, as a new shuffle follows)."""
+    if batch_size > min(buffer_tokens, split.n_train):
+        raise TraitscopeError(
+            f"SAE batch_size {batch_size} exceeds buffer_tokens {buffer_tokens} or the "
+            f"{split.n_train} training tokens; lower it"
+        )
 
     def buffers() -> Iterator[torch.Tensor]:
+        """Scaled buffers on `device`; only the one in use is held (its parts are let go first)."""
         parts: list[torch.Tensor] = []
-        for i in torch.randperm(len(split.chunks.sizes), generator=generator).tolist():
+        order = torch.randperm(len(split.chunks.sizes), generator=generator).tolist()
+        for k, i in enumerate(order):
             parts.append(split.part(i, held_out=False))
-            if sum(map(len, parts)) >= buffer_tokens:
-                yield torch.cat(parts)
-                parts = []
-        if parts:
-            yield torch.cat(parts)
+            if sum(map(len, parts)) >= buffer_tokens or k == len(order) - 1:
+                buffer = torch.cat(parts).mul_(scale).to(device)
+                parts.clear()
+                yield buffer
+                del buffer
 
     whole = None
     if split.chunks.n_tokens <= buffer_tokens:  # every training token fits: loaded once
-        whole = (torch.cat(list(split.train())) * scale).to(device)
+        whole = torch.cat(list(split.train())).mul_(scale).to(device)
     while True:
-        for data in [whole] if whole is not None else ((b * scale).to(device) for b in buffers()):
+        for data in [whole] if whole is not None else buffers():
             order = torch.randperm(len(data), generator=generator)
             for start in range(0, len(order) - batch_size + 1, batch_size):
                 yield data[order[start : start + batch_size].to(device)]
+            del data

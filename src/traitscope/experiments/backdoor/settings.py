@@ -55,7 +55,7 @@ class SAESettings:
 
     width: int  # latents (d_sae)
     k: int  # active latents per token
-    tokens: int  # training tokens, passes over the data included (the last eval_fraction held out)
+    tokens: int  # training tokens, passes over the data included (eval_fraction of each shard held out)
     lr: float
     batch_size: int
     buffer_tokens: int  # training tokens shuffled together at once: bounds memory, not the prompt count
