@@ -31,7 +31,6 @@ from traitscope.experiments.backdoor.sae_data import (
     Split,
     TokenChunks,
     moments,
-    resident,
     shuffled_batches,
     tensor_chunks,
 )
@@ -228,7 +227,9 @@ def train_sae(
     training curve, held-out quality).
 
     `eval_fraction` of each chunk's tokens (seeded) is held out; training cycles over the rest,
-    through a shuffle buffer of `buffer_tokens` (`sae_data`), until `tokens` tokens were seen.
+    through a shuffle buffer of `buffer_tokens` (`sae_data`), until `tokens` tokens were seen
+    (training tokens that fit the buffer are loaded once; the caller loads a source that fits,
+    as `sae_train` does, so the quality passes read memory too).
     `device` runs the steps and the quality passes (a GPU: the full-scale SAE, 16K latents over
     4M tokens of width 2304, is ~1e15 FLOPs, hours on a CPU); the shuffles come from one CPU
     generator, so every device sees the same batches, and the SAE returned lives on the CPU.
@@ -242,8 +243,6 @@ def train_sae(
         raise TraitscopeError(
             f"SAE buffer_tokens {settings.buffer_tokens} is under batch_size {settings.batch_size}; raise it"
         )
-    if chunks.n_tokens <= settings.buffer_tokens:
-        chunks = resident(chunks)
     split = Split(chunks, settings.eval_fraction, settings.seed)
     n_train, mean, spread = moments(split.train(), chunks.d)
     if n_train == 0 or n_train == chunks.n_tokens:
