@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from traitscope.capture.settings import CaptureSettings
-from traitscope.capture.store import capture, load_pooled, resolve_layers
+from traitscope.capture.store import capture, kept_token_bound, load_pooled, resolve_layers, shard_bounds
 from traitscope.cli import main
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
@@ -371,6 +371,52 @@ def test_capture_with_generation(tiny_manifest, tiny, prompts_file, tmp_path):
                 assert_close(cap["pooled"][pid][layer][j], expected[pool], what=f"{pid} {pool} layer {layer}")
             if new:
                 assert torch.isfinite(cap["pooled"][pid][layer][3]).all()
+
+
+def test_shard_bounds_by_prompts_and_kept_tokens():
+    # by hand: at most 2 prompts and 6 kept tokens a shard; the 10-token prompt alone
+    assert shard_bounds([3, 3, 3, 10, 1], 2, 6) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert shard_bounds([0] * 5, 2, 0) == [(0, 2), (2, 4), (4, 5)]  # nothing kept: prompt count only
+    assert shard_bounds([1, 1, 1], 10, 2) == [(0, 2), (2, 3)]
+    assert shard_bounds([], 4, 4) == []
+
+
+def test_kept_token_bound_counts_the_kept_segments(tiny):
+    _, tok = tiny
+    enc = chat.encode(tok, chat.messages_for("Hello there"), PREFILL)
+    prefill = len(enc.ids) - enc.prompt_len
+    assert kept_token_bound(enc, settings(token_segments=())) == 0
+    assert kept_token_bound(enc, settings(token_segments=("prefill", "last_prompt"))) == prefill + 1
+    assert kept_token_bound(enc, settings(token_segments=("response",), max_new_tokens=7)) == 7
+    assert (
+        kept_token_bound(enc, settings(token_segments=(), keep_all_tokens=True, max_new_tokens=3))
+        == len(enc.ids) + 3
+    )
+
+
+def test_shards_cut_by_kept_tokens_hold_the_same_capture(tiny_manifest, prompts_file, captured, tmp_path):
+    whole = read_capture(captured)
+    # every prompt in one shard by count, but no more kept tokens a shard than the largest
+    # prompt's (2 layers x 32 dims of float32: 256 bytes a token; no generation: the bound is exact)
+    limit = max(len(rows) for rows in whole["tokens"].values())
+    out = tmp_path / "capture.json"
+    s = settings(shard_size=len(PROMPTS), shard_mb=limit * 256 / 2**20)
+    capture(tiny_manifest, prompts_file, out, s, device="cpu")
+    cut = read_capture(out)
+    assert len(cut["manifest"]["shards"]) > 1
+    for name in cut["manifest"]["shards"]:
+        pids = [pid for pid, shard in cut["shard_of"].items() if shard == name]
+        assert sum(len(cut["tokens"][pid]) for pid in pids) <= limit, name
+    assert cut["row"] == whole["row"]
+    for pid in whole["row"]:
+        for layer in LAYERS:
+            assert_close(cut["pooled"][pid][layer], whole["pooled"][pid][layer], what=pid)
+        assert [r["token_index"] for r in cut["tokens"][pid]] == [
+            r["token_index"] for r in whole["tokens"][pid]
+        ]
+        for a, b in zip(cut["tokens"][pid], whole["tokens"][pid]):
+            for layer in LAYERS:
+                assert_close(a["acts"][layer], b["acts"][layer], what=f"{pid} token")
 
 
 def test_resolve_layers():

@@ -28,7 +28,8 @@ class CaptureSettings:
     seed: int
     max_tokens: int  # token budget of one padded batch
     padding_side: str
-    shard_size: int
+    shard_size: int  # most prompts in one resumable shard
+    shard_mb: float  # most per-token activations one shard holds (MB, in storage_dtype)
     storage_dtype: str
     compile: str  # torch.compile the decoder blocks: "auto" = on a GPU, for a big enough job
     compile_min_tokens: int  # "auto" compiles from this many tokens (prompt + generated)

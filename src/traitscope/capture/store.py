@@ -1,7 +1,9 @@
 """Capture a prompt set into resumable shards.
 
-Prompts are sorted by length and cut into shards of `shard_size`; each shard is written
-atomically and skipped on rerun, so a killed job resumes from its last complete shard.
+Prompts are sorted by length and cut into shards of at most `shard_size` prompts and at most
+`shard_mb` of per-token activations (a shard is held in memory until it is written, so a
+prompt count alone would let long answers captured per token grow a shard without bound);
+each shard is written atomically and skipped on rerun, so a killed job resumes from its last complete shard.
 Shards live in a folder named by a hash of the settings, the model manifest and the
 prompts, so a changed setting or prompt set never resumes stale shards. `capture.json`,
 written last, is what marks the capture done.
@@ -109,6 +111,7 @@ def _capture_shard(
         batches = forward_batches(
             model, encoded, layers, settings.max_tokens, tokenizer.pad_token_id, settings.padding_side
         )
+    dtype = STORAGE_DTYPES[settings.storage_dtype]
     pooled = {p: torch.empty(len(rows), len(layers), model.config.hidden_size) for p in settings.pools}
     masks: list[torch.Tensor] = [torch.zeros(0, dtype=torch.bool)] * len(encoded)
     token_rows: list[list[torch.Tensor]] = [[] for _ in encoded]  # per conversation: [n_sel, L, d]
@@ -122,17 +125,18 @@ def _capture_shard(
             stacked = torch.stack([batch.hidden[layer].to(batch.segments.device) for layer in layers], dim=1)
             for row, (i, start) in enumerate(zip(batch.index, batch.offsets)):
                 sel = masks[i].nonzero().squeeze(-1) + start
-                token_rows[i] = stacked[row][:, sel.to(stacked.device)].transpose(0, 1).cpu()
-    dtype = STORAGE_DTYPES[settings.storage_dtype]
+                # held in the storage dtype: the shard's tokens are its memory (shard_mb)
+                token_rows[i] = stacked[row][:, sel.to(stacked.device)].transpose(0, 1).to("cpu", dtype)
     tensors = {
         f"pooled.layer.{layer}": torch.stack([pooled[p][:, j] for p in settings.pools], dim=1).to(dtype)
         for j, layer in enumerate(layers)
     }
     tokens = []
     kept = [t for t in token_rows if len(t)]
-    if kept:
-        flat = torch.cat(kept)  # [n_tokens, L, d]
-        tensors.update({f"tokens.layer.{layer}": flat[:, j].to(dtype) for j, layer in enumerate(layers)})
+    if kept:  # one layer joined at a time: at most the rows and their copy are resident
+        tensors.update(
+            {f"tokens.layer.{layer}": torch.cat([t[:, j] for t in kept]) for j, layer in enumerate(layers)}
+        )
         for pid, enc, mask in zip(rows["prompt_id"], encoded, masks):
             for t in mask.nonzero().squeeze(-1).tolist():
                 tokens.append(
@@ -171,6 +175,27 @@ def resolve_layers(layers: tuple[int, ...] | str, n_layers: int) -> tuple[int, .
     return tuple(sorted(set(layers)))
 
 
+def kept_token_bound(enc: chat.Encoded, settings: CaptureSettings) -> int:
+    """The most tokens of one conversation whose per-token activations are kept: its prompt's
+    kept tokens, plus every new token where the response is kept (answers are not yet known)."""
+    if not settings.keep_all_tokens and not settings.token_segments:
+        return 0
+    response = settings.keep_all_tokens or "response" in settings.token_segments
+    return int(_token_mask(enc, settings).sum()) + (settings.max_new_tokens if response else 0)
+
+
+def shard_bounds(kept: list[int], max_prompts: int, max_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) of each shard over prompts in capture order: at most `max_prompts` prompts
+    and `max_tokens` kept tokens each; a prompt over `max_tokens` alone is a shard of its own."""
+    bounds, start, held = [], 0, 0
+    for i, n in enumerate(kept):
+        if i > start and (i - start == max_prompts or held + n > max_tokens):
+            bounds.append((start, i))
+            start, held = i, 0
+        held += n
+    return bounds + [(start, len(kept))] if kept else []
+
+
 def capture(
     model_manifest: str | Path,
     prompts: str | Path,
@@ -192,20 +217,26 @@ def capture(
     key = hashlib.sha256(json.dumps(inputs, default=str).encode()).hexdigest()[:12]
     shard_dir = out.parent / f"shards-{key}"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    lengths = [len(chat.encode(tokenizer, m, p).ids) for m, p in zip(table["messages"], table["prefill"])]
-    tokens = sum(lengths) + len(table) * settings.max_new_tokens
+    encoded = [chat.encode(tokenizer, m, p) for m, p in zip(table["messages"], table["prefill"])]
+    tokens = sum(len(e.ids) for e in encoded) + len(table) * settings.max_new_tokens
     if settings.compiles(tokens, next(model.parameters()).is_cuda):
         compile_blocks(model)
-    order = sorted(range(len(table)), key=lambda i: lengths[i])
+    order = sorted(range(len(table)), key=lambda i: len(encoded[i].ids))
+    per_token = (
+        len(settings.layers) * model.config.hidden_size * STORAGE_DTYPES[settings.storage_dtype].itemsize
+    )
+    bounds = shard_bounds(
+        [kept_token_bound(encoded[i], settings) for i in order],
+        settings.shard_size,
+        int(settings.shard_mb * 2**20 // per_token),
+    )
     shards = []
-    for k, start in enumerate(range(0, len(order), settings.shard_size)):
+    for k, (start, end) in enumerate(bounds):
         stem = shard_dir / f"shard-{k:05d}"
         shards.append(stem.name)
         if Path(f"{stem}.prompts.parquet").exists():
             continue  # complete from an earlier, interrupted run
-        _capture_shard(
-            model, tokenizer, table.iloc[order[start : start + settings.shard_size]], settings, stem
-        )
+        _capture_shard(model, tokenizer, table.iloc[order[start:end]], settings, stem)
     manifest = {
         "model": str(model_manifest),
         "prompts": str(prompts),
