@@ -241,3 +241,33 @@ def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):
     }
     assert config["models"]["m"]["dtype"] == "auto"
     assert (config["prompt_sets"], config["captures"], config["data_mirror"]) == ({}, [], None)
+
+
+def test_capture_override_keys_are_the_capture_sections_own(root):
+    """A prompt set's or experiment's capture override may set exactly the capture section's keys:
+    the list is spelled once (definitions.capture_keys), and must follow the section."""
+    from dataclasses import fields
+
+    from traitscope.capture.settings import CaptureSettings
+    from traitscope.config import load_schema
+
+    schema = load_schema(root / "workflow/schemas/config.schema.yaml")
+    section = set(schema["definitions"]["capture"]["properties"])
+    assert set(schema["definitions"]["capture_keys"]["enum"]) == section
+    assert {f.name for f in fields(CaptureSettings)} == section
+
+
+@pytest.mark.parametrize("where", ["prompt_set", "experiment"])
+def test_an_unknown_capture_override_key_is_named(root, tmp_path, where):
+    from traitscope.config import load_config
+
+    bad = yaml.safe_load((root / "config/config.yaml").read_text())
+    if where == "prompt_set":
+        name = next(iter(bad["prompt_sets"]))
+        bad["prompt_sets"][name]["capture"] = {"shard_gb": 2}
+    else:
+        bad["experiments"]["prefill"]["capture"] = {"shard_gb": 2}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TraitscopeError, match=r"config\.yaml: .*shard_gb"):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
