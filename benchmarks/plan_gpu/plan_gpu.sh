@@ -145,8 +145,16 @@ snakemake() {  # snakemake LOG ARGS...: one run, stopped (SIGINT) when the call'
     [ "$left" -gt 0 ] || return 124
     # common ends in a flag: the targets after it are not taken for a list option's values
     timeout -s INT -k 30 "$left" "$py" -m snakemake --cores "$cores" --set-threads "${threads[@]}" \
-        "${common[@]}" "${targets[@]}" "${user_args[@]}" "${@:2}" >"$1" 2>&1
+        "${common[@]}" "${@:2}" >"$1" 2>&1
 }
+# Phase 1's --omit-from names rules upstream of most analyses, and Snakemake then drops an
+# --until whose rules it omits (the whole plan's model jobs ran instead: session 20). So where
+# the call selects by --until, phase 1 takes that selection's output files as its targets.
+first=("${targets[@]}" "${user_args[@]}")
+if [[ " ${user_args[*]} " == *" --until "* ]]; then
+    mapfile -t first < <("$py" -m snakemake -n --forceall --cores "$cores" "${common[@]}" "${targets[@]}" \
+        "${user_args[@]}" 2>/dev/null | sed -n 's/^    output: //p' | tr ',' '\n' | sed 's/^ *//' | sort -u)
+fi
 # First up to the trait judgements, whose scores perfect_judge.py makes a good judge's, then the
 # rest. A group's own --omit-from list comes last in its targets: the judges' readers join it.
 omit=(trait_filter trait_vectors trait_agreement)
@@ -156,11 +164,11 @@ rm -f "$work"/snakemake.[12].log
 : >"$work/snakemake.1.log"
 run_started=$(date +%s.%N)
 set +e
-snakemake "$work/snakemake.1.log" "${omit[@]}"
+snakemake "$work/snakemake.1.log" "${first[@]}" "${omit[@]}"
 status=$?
 if [ "$status" -ne 124 ]; then  # 124: the time ran out
     "$py" benchmarks/plan_gpu/perfect_judge.py
-    snakemake "$work/snakemake.2.log"
+    snakemake "$work/snakemake.2.log" "${targets[@]}" "${user_args[@]}"
     status=$?
 fi
 set -e
