@@ -123,6 +123,32 @@ export PATH=$PWD/$work/bin:$PATH
 
 "$py" benchmarks/plan_gpu/prepare.py device --scale "$scale" --beavertails "$beavertails" >"$work/prepare.out"
 
+# First up to the trait judgements, whose scores perfect_judge.py makes a good judge's, then the
+# rest (phase 2: the call's own selection). Phase 1 omits the judges' readers, joined to the
+# selection's own --omit-from list (the last --omit-from given is the one Snakemake keeps).
+user_args=("$@")
+selection=("${targets[@]}" "${user_args[@]}")
+first=() omit=(trait_filter trait_vectors trait_agreement) in_omit=0 until=0
+for a in "${selection[@]}"; do
+    case $a in
+        --omit-from) in_omit=1 ;;
+        -*) in_omit=0; first+=("$a"); [[ $a == --until || $a == --until=* ]] && until=1 ;;
+        *) if [ "$in_omit" = 1 ]; then omit+=("$a"); else first+=("$a"); fi ;;
+    esac
+done
+# Snakemake drops an --until once --omit-from cuts jobs off the plan, and selects the default
+# targets' jobs instead (session 20: the whole plan's model jobs ran). So where the selection is
+# by --until, phase 1 takes its jobs' output files, from a dry-run, as targets.
+if [ "$until" = 1 ]; then
+    if ! "$py" -m snakemake -n --forceall --cores "$cores" "${common[@]}" "${selection[@]}" \
+        >"$work/dry-until.out" 2>"$work/dry-until.log"; then
+        echo "plan_gpu: the --until selection's dry-run failed ($work/dry-until.log)" >&2
+        exit 2
+    fi
+    mapfile -t first < <(sed -n 's/^    output: //p' "$work/dry-until.out" | tr ',' '\n' | sed 's/^ *//' | sort -u)
+    [ "${#first[@]}" -gt 0 ] || { echo "plan_gpu: the --until selection has no jobs ($work/dry-until.out)" >&2; exit 2; }
+fi
+
 # GPU samples every 200 ms: the device's busy share and memory, and each process's memory
 samplers=()
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
@@ -139,7 +165,6 @@ read -r -a threads < <("$py" -c '
 import yaml
 profile = yaml.safe_load(open("profiles/slurm/config.v8+.yaml"))
 print(" ".join(f"{r}={n}" for r, n in profile["set-threads"].items()))')
-user_args=("$@")
 snakemake() {  # snakemake LOG ARGS...: one run, stopped (SIGINT) when the call's time is up
     local left=$((budget - ($(date +%s) - started) - 45))
     [ "$left" -gt 0 ] || return 124
@@ -147,28 +172,16 @@ snakemake() {  # snakemake LOG ARGS...: one run, stopped (SIGINT) when the call'
     timeout -s INT -k 30 "$left" "$py" -m snakemake --cores "$cores" --set-threads "${threads[@]}" \
         "${common[@]}" "${@:2}" >"$1" 2>&1
 }
-# Phase 1's --omit-from names rules upstream of most analyses, and Snakemake then drops an
-# --until whose rules it omits (the whole plan's model jobs ran instead: session 20). So where
-# the call selects by --until, phase 1 takes that selection's output files as its targets.
-first=("${targets[@]}" "${user_args[@]}")
-if [[ " ${user_args[*]} " == *" --until "* ]]; then
-    mapfile -t first < <("$py" -m snakemake -n --forceall --cores "$cores" "${common[@]}" "${targets[@]}" \
-        "${user_args[@]}" 2>/dev/null | sed -n 's/^    output: //p' | tr ',' '\n' | sed 's/^ *//' | sort -u)
-fi
-# First up to the trait judgements, whose scores perfect_judge.py makes a good judge's, then the
-# rest. A group's own --omit-from list comes last in its targets: the judges' readers join it.
-omit=(trait_filter trait_vectors trait_agreement)
-[[ " ${targets[*]} " == *" --omit-from "* ]] || omit=(--omit-from "${omit[@]}")
 rm -f "$work"/snakemake.[12].log
 : >"$PLAN_GPU_JOBS"
 : >"$work/snakemake.1.log"
 run_started=$(date +%s.%N)
 set +e
-snakemake "$work/snakemake.1.log" "${first[@]}" "${omit[@]}"
+snakemake "$work/snakemake.1.log" "${first[@]}" --omit-from "${omit[@]}"
 status=$?
 if [ "$status" -ne 124 ]; then  # 124: the time ran out
     "$py" benchmarks/plan_gpu/perfect_judge.py
-    snakemake "$work/snakemake.2.log" "${targets[@]}" "${user_args[@]}"
+    snakemake "$work/snakemake.2.log" "${selection[@]}"
     status=$?
 fi
 set -e
