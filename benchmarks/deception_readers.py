@@ -18,7 +18,9 @@ evil as the control (a trait the judge does read):
   persona to say).
 
 Prints one table (AUC with a stratified bootstrap 95% CI per reader x trait x feature, on the
-training set and the truth set) and writes it to --out.
+training set and the truth set) and writes it to --out. A `layer` is an index into the reader's
+hidden states (0: the embeddings, so decoder layer N - 1); the fitted features' train column is
+the best grouped-CV AUC over every (layer, C), so it flatters them.
 
 Usage: PYTHONPATH=src python benchmarks/deception_readers.py --reader smollm2=M.json
        [--reader gemma3=M.json] --out benchmarks/results/deception_readers_<cpu>.txt
@@ -120,7 +122,8 @@ def main() -> None:
         f"# deception_readers.py (CPU: {cpu}); AUC [stratified bootstrap 95% CI, {N_BOOT}]",
         "# train: resources/judge_train (40 + 40, extraction questions); truth: resources/judge_truth",
         "# (20 + 20, evaluation questions). mean/last: fitted on train, layer and C by grouped CV;",
-        "# their train column is that CV AUC. surprisal, ratio: nothing fitted.",
+        "# their train column is the best CV AUC over (layer, C): optimistic. layer: hidden-state index",
+        "# (0 = embeddings). surprisal, ratio: nothing fitted.",
         "reader\ttrait\tfeature\ttrain AUC\ttruth AUC [95% CI]",
     ]
     for spec in args.reader:
