@@ -419,6 +419,23 @@ def test_shards_cut_by_kept_tokens_hold_the_same_capture(tiny_manifest, prompts_
                 assert_close(a["acts"][layer], b["acts"][layer], what=f"{pid} token")
 
 
+def test_shards_of_generated_answers_stay_under_the_bound(tiny_manifest, prompts_file, tmp_path):
+    # each prompt keeps its last prompt token and at most 4 generated ones: a bound of 5, so a
+    # 6-token shard holds one prompt, and what it stores is within the bound
+    out = tmp_path / "capture.json"
+    s = settings(
+        token_segments=("last_prompt", "response"),
+        max_new_tokens=4,
+        shard_size=len(PROMPTS),
+        shard_mb=6 * 256 / 2**20,
+    )
+    capture(tiny_manifest, prompts_file, out, s, device="cpu")
+    cap = read_capture(out)
+    assert len(cap["manifest"]["shards"]) == len(PROMPTS)
+    assert any(r["segment"] == "response" for rows in cap["tokens"].values() for r in rows)
+    assert all(1 <= len(rows) <= 5 for rows in cap["tokens"].values())
+
+
 def test_resolve_layers():
     assert resolve_layers("all", 3) == (0, 1, 2)
     assert resolve_layers((2, 0, 2), 3) == (0, 2)  # sorted, once each

@@ -18,11 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
+from traitscope.capture.settings import CaptureSettings
 from traitscope.capture.store import read_shards
 from traitscope.cli import main
 from traitscope.model import chat
 from traitscope.model.hooks import run_recorded
 from traitscope.model.loading import ModelSpec, load, prepare_model
+from traitscope.settings import schema_defaults
 
 DEVICE = os.environ.get("TRAITSCOPE_TEST_DEVICE", "cuda")  # "cpu" checks this file's logic locally
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -36,18 +38,10 @@ WORDS = (
 )
 
 
-# every `traitscope capture` setting: the CLI has no defaults, the rules pass them all
-CAPTURE = {  # `traitscope capture --settings`: the schema's capture section, in float32
-    "layers": "all",
-    "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"],
-    "token_segments": [],
-    "keep_all_tokens": False,
-    "max_new_tokens": 0,
-    "temperature": 0.0,
-    "seed": 0,
-    "max_tokens": 16384,
-    "padding_side": "right",
-    "shard_size": 512,
+# every `traitscope capture` setting (the CLI has no defaults, the rules pass them all): the
+# schema's, in float32, compiled on a GPU
+CAPTURE = {
+    **schema_defaults(CaptureSettings.SECTION),
     "storage_dtype": "float32",
     "compile": "yes" if DEVICE == "cuda" else "no",
 }

@@ -12,13 +12,17 @@ out=${OUT:-results/plan_gpu/out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/results/plan_gpu/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 py=$(python3 -c 'import sys; print(sys.executable)')
-settings() {  # the plan's capture settings (plan_gpu's snakemake log), compile as given
-    printf '{"compile": "%s", "compile_min_tokens": 0, "keep_all_tokens": false, "layers": "all", "max_new_tokens": 0, "max_tokens": 65536, "padding_side": "right", "pools": ["last_prompt", "prompt_mean", "prefill_mean", "response_mean"], "seed": 0, "shard_size": 512, "storage_dtype": "float16", "temperature": 0.0, "token_segments": []}' "$1"
+settings() {  # the plan's capture settings: the schema's, 64K-token batches, compile as given
+    "$py" -c 'import json, sys
+from traitscope.capture.settings import CaptureSettings
+from traitscope.settings import schema_defaults
+print(json.dumps({**schema_defaults(CaptureSettings.SECTION), "max_tokens": 65536, "compile": sys.argv[1],
+                  "compile_min_tokens": 0}))' "$1"
 }
 seconds() {  # the wall seconds of a command (no bc on the device)
     local t0 t1
     t0=$(date +%s.%N)
-    "$@" >/dev/null 2>&1
+    "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; return 1; }
     t1=$(date +%s.%N)
     "$py" -c "print(round($t1 - $t0, 2))"
 }

@@ -142,6 +142,7 @@ def _capture_shard(
                 tokens.append(
                     (pid, t, _token_label(enc, t, settings), tokenizer.convert_ids_to_tokens(enc.ids[t]))
                 )
+    del kept, token_rows  # the rows are in `tensors` now: not held through the write
     meta = {"layers": json.dumps(layers), "pools": json.dumps(list(settings.pools))}
     write_parquet(
         f"{stem}.tokens.parquet",
