@@ -329,3 +329,44 @@ def test_experiment_against_an_openai_compatible_server(
     assert (truth_agreement["n_pos"], truth_agreement["n_neg"]) == (len(TINY_EVAL), len(TINY_EVAL))
     assert gap["judge"]["backend"] == "openai" and "sk-test" not in json.dumps(gap)
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+# --- the cosine's null: the same search on a noise fitness ----------------------------------------
+
+
+def test_noise_null_of_one_candidate_is_a_gaussian_step_from_the_start():
+    """One run, one generation of two candidates (pycma's least): the noise picks either, so the
+    best is x0 + sigma0 z, z ~ N(0, I), and its cosine with mean_diff is
+    in_basis x (1 + sigma0 z_1) / |x0 + sigma0 z|, sampled here with numpy alone."""
+    from traitscope.experiments.steering_optimisation.null import noise_null
+
+    d, sigma0, in_basis = 8, 0.5, 0.9
+    z = np.random.default_rng(1).standard_normal((20000, d)) * sigma0
+    z[:, 0] += 1.0
+    direct = in_basis * z[:, 0] / np.linalg.norm(z, axis=1)
+    null = noise_null(d, sigma0, 2, 1, 1, in_basis, observed=float(direct.mean()), n_sim=2000)
+    assert abs(null["mean"] - direct.mean()) < 4 * direct.std() / np.sqrt(2000)
+    assert abs(null["low"] - np.percentile(direct, 2.5)) < 0.05
+    assert null["p_two_sided"] > 0.5  # the null's own mean is no evidence against it
+
+
+def test_noise_null_without_steps_stays_at_the_start_and_rejects_a_far_cosine():
+    from traitscope.experiments.steering_optimisation.null import noise_null
+
+    still = noise_null(8, 1e-9, 6, 4, 3, 0.8, observed=0.8, n_sim=20)
+    assert still["mean"] == pytest.approx(0.8) and still["high"] - still["low"] < 1e-6
+    moving = noise_null(8, 0.3, 6, 4, 3, 0.914, observed=0.2, n_sim=200)
+    assert 0.55 < moving["mean"] < 0.75  # the embedded default's settings: ~0.64 by chance
+    assert moving["p_two_sided"] == pytest.approx(2 / 201)  # no simulated search ends that low
+
+
+def test_the_cosine_row_shows_its_noise_null():
+    from traitscope.experiments.steering_optimisation.criteria import _cosine_row
+
+    runs = {"values": [0.72, 0.70, 0.77], "mean": 0.73, "n": 3, "ci_low": 0.64, "ci_high": 0.82}
+    null = {"n_sim": 1000, "runs": 3, "mean": 0.644, "low": 0.434, "high": 0.792, "p_two_sided": 0.36}
+    cosines = {"optimised_vs_mean_diff": 0.72, "restarts_vs_mean_diff": runs, "noise_null": null}
+    row = _cosine_row("safety/evil", cosines, 16)
+    assert row.status == "inconclusive" and row.measured == 0.73
+    assert "noise fitness ends at 0.644 (95% of 1000 simulated searches in [0.434, 0.792])" in row.detail
+    assert "two-sided p 0.360" in row.detail

@@ -74,16 +74,28 @@ def _cosine_row(trait: str, cosines: dict, layer: int) -> Criterion:
     chosen = cosines["optimised_vs_mean_diff"]
     criterion = f"{trait}: cosine(optimised, mean_diff) in [{low}, {high}]"
     if runs.get("ci_low") is None:
-        detail = f"layer {layer}; one optimiser run: no CI"
+        detail = f"layer {layer}; one optimiser run: no CI{_null_text(cosines.get('noise_null'))}"
         return Criterion(criterion, within(None, None, low, high), chosen, n="1 vector", detail=detail)
     ci = runs["ci_low"], runs["ci_high"]
     detail = (
         f"layer {layer}; measured = mean over {runs['n']} optimiser runs (each run's best vector: "
         f"{', '.join(fmt(v) for v in runs['values'])}), CI a t interval over runs; the optimised "
-        f"vector (best of all runs) {fmt(chosen)}"
+        f"vector (best of all runs) {fmt(chosen)}{_null_text(cosines.get('noise_null'))}"
     )
     return Criterion(
         criterion, within(*ci, low, high), runs["mean"], *ci, n=f"{runs['n']} optimiser runs", detail=detail
+    )
+
+
+def _null_text(null: dict | None) -> str:
+    """The cosine the same search reaches on a noise fitness: a measured cosine inside that range
+    is the optimiser's step size, not where the judge pulled the vector."""
+    if not null:
+        return ""
+    return (
+        f"; the same search on a noise fitness ends at {fmt(null['mean'])} (95% of "
+        f"{null['n_sim']} simulated searches in [{fmt(null['low'])}, {fmt(null['high'])}]), "
+        f"two-sided p {fmt(null['p_two_sided'])}"
     )
 
 

@@ -60,7 +60,7 @@ def cmaes_report(
                 "questions": len(opt["training_questions"]),
             },
             "heldout": _heldout(held, opt["settings"]),
-            "cosines": opt["cosines"],
+            "cosines": {**opt["cosines"], "noise_null": _cosine_null(opt)},
             "basis": opt["basis"],
             "components_moved": opt["components_moved"],
             "judge_calls": {
@@ -98,6 +98,26 @@ def cmaes_report(
         ),
     )
     return result
+
+
+def _cosine_null(opt: dict) -> dict:
+    """The measured cosine (the mean over runs, else the one run's) against the same search on a
+    noise fitness (`null.noise_null`), at the run's settings."""
+    from traitscope.experiments.steering_optimisation.null import noise_null
+
+    s, cosines = opt["settings"], opt["cosines"]
+    runs = cosines.get("restarts_vs_mean_diff") or {}
+    observed = runs.get("mean", cosines["optimised_vs_mean_diff"])
+    return noise_null(
+        opt["basis"]["components"],
+        s["sigma0"],
+        s["popsize"],
+        s["generations"],
+        runs.get("n", 1),
+        opt["basis"]["mean_diff_in_basis"],
+        observed,
+        seed=s["seed"],
+    )
 
 
 def _heldout(held: dict, settings: dict) -> dict:
