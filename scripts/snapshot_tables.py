@@ -137,10 +137,18 @@ def _cosines(cosines: dict) -> str:
     if runs.get("ci_low") is None:
         return text + " (one optimiser run)"
     values = ", ".join(f"{v:.2f}" for v in runs["values"])
-    return (
+    text = (
         f"{text}, the best of {runs['n']} optimiser runs whose best vectors give {values}: mean "
         f"{runs['mean']:.2f} [{runs['ci_low']:.2f}, {runs['ci_high']:.2f}] (t interval over runs)"
     )
+    null = cosines.get("noise_null")
+    if null:  # what the same search reaches when the fitness is noise
+        text += (
+            f"; the same search on a noise fitness ends at {null['mean']:.2f} (95% of "
+            f"{null['n_sim']} simulated searches in [{null['low']:.2f}, {null['high']:.2f}]; "
+            f"two-sided p {null['p_two_sided']:.2f})"
+        )
+    return text
 
 
 def _rate(r: dict) -> str:

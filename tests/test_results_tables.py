@@ -216,6 +216,13 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
         "cosine(optimised, mean_diff) 0.72, the best of 3 optimiser runs whose best vectors give "
         "0.72, 0.70, 0.77: mean 0.73 [0.64, 0.82] (t interval over runs)."
     ) in _render(tables, tmp_path, "cmaes")
+    null = {"n_sim": 1000, "runs": 3, "mean": 0.644, "low": 0.434, "high": 0.792, "p_two_sided": 0.36}
+    trait["cosines"]["noise_null"] = null
+    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
+    assert (
+        "(t interval over runs); the same search on a noise fitness ends at 0.64 (95% of 1000 simulated "
+        "searches in [0.43, 0.79]; two-sided p 0.36)."
+    ) in _render(tables, tmp_path, "cmaes")
 
 
 def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_path):
