@@ -196,8 +196,12 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
         "training": {"questions": 2, "start_fitness": 29.66, "best_fitness": 71.43, "best_generation": 0},
         "cosines": {"optimised_vs_mean_diff": 0.718},
     }
-    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
-    text = _render(tables, tmp_path, "cmaes")
+
+    def rendered() -> str:  # the region from a snapshot of `trait` as it stands
+        (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
+        return _render(tables, tmp_path, "cmaes")
+
+    text = rendered()
     lines = text.splitlines()
     held_row = "| `safety/evil` | held-out scorer (tfidf) | 0.940 [0.850, 1.000] | -3.0 (d_z [-1.22, +0.11]) "
     held_row += "| +0.2 (d_z [-0.53, +0.67]) | 1.06 (no CI) | +3.8 [+0.6, +7.2] |"
@@ -211,18 +215,16 @@ def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path)
     )
     runs = {"values": [0.72, 0.70, 0.77], "mean": 0.73, "ci_low": 0.637, "ci_high": 0.824, "n": 3}
     trait["cosines"]["restarts_vs_mean_diff"] = runs
-    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
     assert (
         "cosine(optimised, mean_diff) 0.72, the best of 3 optimiser runs whose best vectors give "
         "0.72, 0.70, 0.77: mean 0.73 [0.64, 0.82] (t interval over runs)."
-    ) in _render(tables, tmp_path, "cmaes")
+    ) in rendered()
     null = {"n_sim": 1000, "runs": 3, "mean": 0.644, "low": 0.434, "high": 0.792, "p_two_sided": 0.36}
     trait["cosines"]["noise_null"] = null
-    (tmp_path / "cmaes_default_x.json").write_text(json.dumps({"traits": {"safety/evil": trait}}))
     assert (
         "(t interval over runs); the same search on a noise fitness ends at 0.64 (95% of 1000 simulated "
         "searches in [0.43, 0.79]; two-sided p 0.36)."
-    ) in _render(tables, tmp_path, "cmaes")
+    ) in rendered()
 
 
 def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_path):
