@@ -3,7 +3,8 @@
 Prompts are sorted by length and cut into shards of at most `shard_size` prompts and at most
 `shard_mb` of per-token activations (a shard is held in memory until it is written, so a
 prompt count alone would let long answers captured per token grow a shard without bound);
-each shard is written atomically and skipped on rerun, so a killed job resumes from its last complete shard.
+each shard is written atomically and skipped on rerun, so a killed job resumes from its last
+complete shard.
 Shards live in a folder named by a hash of the settings, the model manifest and the
 prompts, so a changed setting or prompt set never resumes stale shards. `capture.json`,
 written last, is what marks the capture done.
