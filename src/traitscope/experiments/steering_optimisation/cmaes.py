@@ -39,6 +39,18 @@ def _load_state(path: str | Path, digest: str) -> dict | None:
     return state
 
 
+# the run lasts `generations`: pycma's convergence stops (a flat fitness, which a weak judge or a
+# small model gives easily, tiny steps) are off, and it prints nothing
+NO_STOPS = {
+    "verbose": -9,
+    "tolflatfitness": 10**9,
+    "tolfun": 0,
+    "tolfunhist": 0,
+    "tolx": 0,
+    "tolstagnation": 10**9,
+}
+
+
 def run_cmaes(
     evaluate: Evaluate,
     x0: np.ndarray,
@@ -66,17 +78,7 @@ def run_cmaes(
 
     state = _load_state(state_file, digest)
     if state is None:
-        # the run lasts `generations`: pycma's convergence stops (a flat fitness, which a weak
-        # judge or a small model gives easily, tiny steps) are off
-        options = {
-            "popsize": popsize,
-            "verbose": -9,
-            "tolflatfitness": 10**9,
-            "tolfun": 0,
-            "tolfunhist": 0,
-            "tolx": 0,
-            "tolstagnation": 10**9,
-        }
+        options = {"popsize": popsize, **NO_STOPS}
         runs = [
             cma.CMAEvolutionStrategy(np.asarray(x0, float), sigma0, {**options, "seed": seed + 1 + r})
             for r in range(restarts)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from traitscope.experiments.steering_optimisation.cmaes import NO_STOPS
+
 
 def noise_null(
     components: int,
@@ -35,8 +37,7 @@ def noise_null(
     noise = np.random.default_rng(seed)
     x0 = np.zeros(components)
     x0[0] = 1.0  # any unit start: the search is rotation invariant
-    options = {"popsize": popsize, "verbose": -9, "tolflatfitness": 10**9, "tolfun": 0}
-    options |= {"tolfunhist": 0, "tolx": 0, "tolstagnation": 10**9}
+    options = {"popsize": popsize, **NO_STOPS}  # as the optimiser runs
     saved = np.random.get_state()  # pycma seeds numpy's global generator
     try:
         means = np.empty(n_sim)
