@@ -229,29 +229,6 @@ def test_rows_of_one_noise_key_sample_alike_in_any_batch(smollm2):
     assert len({tuple(o) for o in out[:3]}) == 3
 
 
-def test_inverse_cdf_picks_the_token_whose_interval_holds_the_uniform():
-    """Hand-computed: cumulative probabilities 0.1, 0.3, 0.6, 1.0 cut [0, 1) into the tokens'
-    intervals, left-closed; a zero-probability token (an empty interval) is never drawn, and an
-    unnormalised row is read as its normalised self."""
-    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]]).expand(6, -1)
-    uniform = torch.tensor([0.0, 0.05, 0.1, 0.2999, 0.3, 0.9999])
-    assert engine.inverse_cdf(probs, uniform).tolist() == [0, 0, 1, 1, 2, 3]
-    gap = torch.tensor([[0.5, 0.0, 0.5]]).expand(3, -1)
-    assert engine.inverse_cdf(gap, torch.tensor([0.4999, 0.5, 0.75])).tolist() == [0, 2, 2]
-    assert engine.inverse_cdf(probs * 3.0, uniform).tolist() == [0, 0, 1, 1, 2, 3]
-
-
-def test_unkeyed_sampling_draws_the_softmax_distribution():
-    """One uniform per row: each token's frequency over many rows is its softmax probability at
-    the temperature."""
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    n = 40_000
-    sample = engine._sampler(0.7, 0, torch.device("cpu"), None, 0)
-    freq = torch.bincount(sample(logits.expand(n, -1)), minlength=4).double() / n
-    expected = torch.softmax(logits[0].double() / 0.7, dim=-1)
-    assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
-
-
 def test_keyed_sampling_draws_the_softmax_distribution():
     """Gumbel-max with one noise row per key: over many keys, each token's frequency is its
     softmax probability at the temperature (a sign or scale slip in the noise breaks this)."""
