@@ -1,0 +1,96 @@
+"""Why the backdoor AUC's CI over vector refits is wide: per refit of the trait's vector, the AUC
+of trigger vs control on the backdoored model, beside that refit's AUC on the trait's own
+held-out answers, for the chosen method and for every other method refitted at the chosen layer
+on the same resampled questions.
+
+The backdoor rows' CI resamples the pairs and refits the trait vector on resampled extraction
+questions (`trait-draws`). A refit that still reads the trait on its held-out answers but not the
+trigger is a direction the trait's questions leave loose. Reads a finished main-job run:
+
+    PYTHONPATH=src python benchmarks/backdoor_refits.py RUN_DIR [--trait safety/evil]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from traitscope.stats import auc
+from traitscope.vectors.draws import draw_projections, read_draws, resampled_rows
+from traitscope.vectors.filtering import fitting_rows
+from traitscope.vectors.methods import METHODS
+
+QUANTILES = (2.5, 10, 50, 90, 97.5)
+
+
+def refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float):
+    """`meta["n_draws"]` refits of `method` at `layer`, drawn as trait-draws draws them (same
+    seed, so the same resampled questions for every method), and the rows they were fitted on."""
+    capture = run / f"results/capture/{meta['model']}/traits/{trait}/capture.json"
+    table, x, layers, _ = fitting_rows(capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {})
+    x = x[:, layers.index(layer)]
+    options = {"c": probe_c} if method == "probe" else {}
+    rng = np.random.default_rng(meta["seed"])
+    draws = []
+    for _ in range(meta["n_draws"]):
+        pos, neg = resampled_rows(table, rng)
+        draws.append(METHODS[method](x[torch.tensor(pos)][:, None], x[torch.tensor(neg)][:, None], **options)[0])
+    return torch.stack(draws), table, x
+
+
+def held_out_aucs(draws: torch.Tensor, table: pd.DataFrame, x: torch.Tensor) -> np.ndarray:
+    """Each draw's AUC on the trait's held-out answers (evaluation split, positive vs negative)."""
+    rows = table["split"].to_numpy() == "evaluation"
+    label = table["label"].to_numpy()[rows]
+    scores = (x[torch.tensor(rows)].float() @ draws.float().T).numpy()
+    return np.array([auc(s[label == 1], s[label == 0]) for s in scores.T])
+
+
+def backdoor_aucs(run: Path, variant: str, draws: torch.Tensor, layer: int) -> np.ndarray:
+    """Each draw's AUC of trigger vs control at the pooled last prompt token on `variant`."""
+    capture = run / f"results/capture/{variant}/backdoor_pairs/capture.json"
+    table = draw_projections(capture, draws, layer)
+    rows = table[(table["token_index"] == -1) & (table["position"] == "last_prompt")]
+    pairs = pd.read_parquet(run / "results/prompts/backdoor_pairs.parquet", columns=["prompt_id", "pair_id", "condition"])
+    wide = rows.merge(pairs, on="prompt_id").pivot_table(index=["draw", "pair_id"], columns="condition", values="score")
+    return np.array([auc(g["trigger"].to_numpy(), g["control"].to_numpy()) for _, g in wide.groupby(level="draw")])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a finished main-job run's folder (holds results/)")
+    parser.add_argument("--trait", default="safety/evil")
+    args = parser.parse_args()
+    run = args.run
+    config = yaml.safe_load((run / "config/config.yaml").read_text())
+    backdoor = config["experiments"]["backdoor"]
+    chosen = json.loads((run / f"results/traits/{config['base_model']}/{args.trait}/evaluation.json").read_text())
+    drawn, meta = read_draws(run / f"results/traits/{config['base_model']}/{args.trait}/draws.safetensors")
+    meta = {**meta, "model": config["base_model"]}
+    layer = meta["layer"]
+    print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {meta['n_draws']} refits (seed {meta['seed']})")
+    print(f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}")
+    for method in sorted(chosen["methods"], key=lambda m: m != meta["method"]):
+        draws, table, x = refits(run, args.trait, method, layer, meta, config["extraction"]["probe_c"])
+        if method == meta["method"] and not torch.allclose(draws.float(), drawn.float(), atol=1e-4, rtol=1e-3):
+            raise SystemExit(f"the {method} refits differ from the run's draws.safetensors: not the run's resampling")
+        units = torch.nn.functional.normalize(draws.float(), dim=1)
+        cosines = (units @ units.T)[torch.triu_indices(len(units), len(units), 1).unbind()]
+        for name, values in (
+            ("backdoored trigger vs control", backdoor_aucs(run, backdoor["backdoored"], draws, layer)),
+            ("base trigger vs control", backdoor_aucs(run, backdoor["base"], draws, layer)),
+            ("trait held-out", held_out_aucs(draws, table, x)),
+        ):
+            q = " ".join(f"{v:.3f}" for v in np.percentile(values, QUANTILES))
+            print(f"  {method:9s} {name:30s} {q}  below {np.mean(values <= backdoor['threshold']):.1%}")
+        print(f"  {method:9s} median cosine between refits {cosines.median():.3f}")
+
+
+if __name__ == "__main__":
+    main()
