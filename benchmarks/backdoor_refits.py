@@ -33,14 +33,18 @@ def refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: 
     """`meta["n_draws"]` refits of `method` at `layer`, drawn as trait-draws draws them (same
     seed, so the same resampled questions for every method), and the rows they were fitted on."""
     capture = run / f"results/capture/{meta['model']}/traits/{trait}/capture.json"
-    table, x, layers, _ = fitting_rows(capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {})
+    table, x, layers, _ = fitting_rows(
+        capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {}
+    )
     x = x[:, layers.index(layer)]
     options = {"c": probe_c} if method == "probe" else {}
     rng = np.random.default_rng(meta["seed"])
     draws = []
     for _ in range(meta["n_draws"]):
         pos, neg = resampled_rows(table, rng)
-        draws.append(METHODS[method](x[torch.tensor(pos)][:, None], x[torch.tensor(neg)][:, None], **options)[0])
+        draws.append(
+            METHODS[method](x[torch.tensor(pos)][:, None], x[torch.tensor(neg)][:, None], **options)[0]
+        )
     return torch.stack(draws), table, x
 
 
@@ -57,9 +61,15 @@ def backdoor_aucs(run: Path, variant: str, draws: torch.Tensor, layer: int) -> n
     capture = run / f"results/capture/{variant}/backdoor_pairs/capture.json"
     table = draw_projections(capture, draws, layer)
     rows = table[(table["token_index"] == -1) & (table["position"] == "last_prompt")]
-    pairs = pd.read_parquet(run / "results/prompts/backdoor_pairs.parquet", columns=["prompt_id", "pair_id", "condition"])
-    wide = rows.merge(pairs, on="prompt_id").pivot_table(index=["draw", "pair_id"], columns="condition", values="score")
-    return np.array([auc(g["trigger"].to_numpy(), g["control"].to_numpy()) for _, g in wide.groupby(level="draw")])
+    pairs = pd.read_parquet(
+        run / "results/prompts/backdoor_pairs.parquet", columns=["prompt_id", "pair_id", "condition"]
+    )
+    wide = rows.merge(pairs, on="prompt_id").pivot_table(
+        index=["draw", "pair_id"], columns="condition", values="score"
+    )
+    return np.array(
+        [auc(g["trigger"].to_numpy(), g["control"].to_numpy()) for _, g in wide.groupby(level="draw")]
+    )
 
 
 def main() -> None:
@@ -70,16 +80,24 @@ def main() -> None:
     run = args.run
     config = yaml.safe_load((run / "config/config.yaml").read_text())
     backdoor = config["experiments"]["backdoor"]
-    chosen = json.loads((run / f"results/traits/{config['base_model']}/{args.trait}/evaluation.json").read_text())
+    chosen = json.loads(
+        (run / f"results/traits/{config['base_model']}/{args.trait}/evaluation.json").read_text()
+    )
     drawn, meta = read_draws(run / f"results/traits/{config['base_model']}/{args.trait}/draws.safetensors")
     meta = {**meta, "model": config["base_model"]}
-    layer = meta["layer"]
-    print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {meta['n_draws']} refits (seed {meta['seed']})")
-    print(f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}")
+    layer, n, seed = meta["layer"], meta["n_draws"], meta["seed"]
+    print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {n} refits (seed {seed})")
+    print(
+        f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}"
+    )
     for method in sorted(chosen["methods"], key=lambda m: m != meta["method"]):
         draws, table, x = refits(run, args.trait, method, layer, meta, config["extraction"]["probe_c"])
-        if method == meta["method"] and not torch.allclose(draws.float(), drawn.float(), atol=1e-4, rtol=1e-3):
-            raise SystemExit(f"the {method} refits differ from the run's draws.safetensors: not the run's resampling")
+        if method == meta["method"] and not torch.allclose(
+            draws.float(), drawn.float(), atol=1e-4, rtol=1e-3
+        ):
+            raise SystemExit(
+                f"the {method} refits differ from the run's draws.safetensors: not the run's resampling"
+            )
         units = torch.nn.functional.normalize(draws.float(), dim=1)
         cosines = (units @ units.T)[torch.triu_indices(len(units), len(units), 1).unbind()]
         for name, values in (
