@@ -5,7 +5,9 @@ on the same resampled questions.
 
 The backdoor rows' CI resamples the pairs and refits the trait vector on resampled extraction
 questions (`trait-draws`). A refit that still reads the trait on its held-out answers but not the
-trigger is a direction the trait's questions leave loose. Reads a finished main-job run:
+trigger is a direction the trait's questions leave loose. Reads a finished main-job run and its
+config/config.yaml (a run with `--config` or `--configfile` overlays: the chosen method's refits
+are checked against the run's draws, the other methods' are not), without the judge filter:
 
     PYTHONPATH=src python benchmarks/backdoor_refits.py RUN_DIR [--trait safety/evil]
 """
@@ -56,16 +58,18 @@ def held_out_aucs(draws: torch.Tensor, table: pd.DataFrame, x: torch.Tensor) -> 
     return np.array([auc(s[label == 1], s[label == 0]) for s in scores.T])
 
 
-def backdoor_aucs(run: Path, variant: str, draws: torch.Tensor, layer: int) -> np.ndarray:
+def backdoor_aucs(run: Path, variant: str, prompt_set: str, draws: torch.Tensor, layer: int) -> np.ndarray:
     """Each draw's AUC of trigger vs control at the pooled last prompt token on `variant`."""
-    capture = run / f"results/capture/{variant}/backdoor_pairs/capture.json"
+    capture = run / f"results/capture/{variant}/{prompt_set}/capture.json"
     table = draw_projections(capture, draws, layer)
     rows = table[(table["token_index"] == -1) & (table["position"] == "last_prompt")]
     pairs = pd.read_parquet(
-        run / "results/prompts/backdoor_pairs.parquet", columns=["prompt_id", "pair_id", "condition"]
+        run / f"results/prompts/{prompt_set}.parquet", columns=["prompt_id", "pair_id", "condition"]
     )
-    wide = rows.merge(pairs, on="prompt_id").pivot_table(
-        index=["draw", "pair_id"], columns="condition", values="score"
+    wide = (
+        rows.merge(pairs, on="prompt_id")
+        .pivot_table(index=["draw", "pair_id"], columns="condition", values="score")
+        .dropna()
     )
     return np.array(
         [auc(g["trigger"].to_numpy(), g["control"].to_numpy()) for _, g in wide.groupby(level="draw")]
@@ -79,12 +83,13 @@ def main() -> None:
     args = parser.parse_args()
     run = args.run
     config = yaml.safe_load((run / "config/config.yaml").read_text())
+    if config["extraction"].get("filter", {}).get("enabled"):
+        raise SystemExit("the run's vectors are judge-filtered; this script refits unfiltered rows")
     backdoor = config["experiments"]["backdoor"]
-    chosen = json.loads(
-        (run / f"results/traits/{config['base_model']}/{args.trait}/evaluation.json").read_text()
-    )
-    drawn, meta = read_draws(run / f"results/traits/{config['base_model']}/{args.trait}/draws.safetensors")
-    meta = {**meta, "model": config["base_model"]}
+    trait_dir = run / f"results/traits/{backdoor['base']}/{args.trait}"
+    chosen = json.loads((trait_dir / "evaluation.json").read_text())
+    drawn, meta = read_draws(trait_dir / "draws.safetensors")
+    meta = {**meta, "model": backdoor["base"]}
     layer, n, seed = meta["layer"], meta["n_draws"], meta["seed"]
     print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {n} refits (seed {seed})")
     print(
@@ -101,8 +106,14 @@ def main() -> None:
         units = torch.nn.functional.normalize(draws.float(), dim=1)
         cosines = (units @ units.T)[torch.triu_indices(len(units), len(units), 1).unbind()]
         for name, values in (
-            ("backdoored trigger vs control", backdoor_aucs(run, backdoor["backdoored"], draws, layer)),
-            ("base trigger vs control", backdoor_aucs(run, backdoor["base"], draws, layer)),
+            (
+                "backdoored trigger vs control",
+                backdoor_aucs(run, backdoor["backdoored"], backdoor["prompt_set"], draws, layer),
+            ),
+            (
+                "base trigger vs control",
+                backdoor_aucs(run, backdoor["base"], backdoor["prompt_set"], draws, layer),
+            ),
             ("trait held-out", held_out_aucs(draws, table, x)),
         ):
             q = " ".join(f"{v:.3f}" for v in np.percentile(values, QUANTILES))

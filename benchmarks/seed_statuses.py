@@ -37,7 +37,7 @@ def main() -> None:
     print("|---|---|" + "---|" * (len(runs) + 1))
     flips = 0
     for key in keys:
-        statuses = Counter(run[key]["status"] for run in runs.values() if key in run)
+        statuses = Counter(run[key]["status"] if key in run else "missing" for run in runs.values())
         flips += len(statuses) > 1
         counts = ", ".join(f"{s} {n}" for s, n in statuses.most_common())
         cells = " | ".join(cell(run.get(key)) for run in runs.values())
