@@ -32,7 +32,7 @@ def main() -> None:
         label: rows(json.loads(Path(path).read_text()))
         for label, path in (r.split("=", 1) for r in args.runs)
     }
-    keys = list(dict.fromkeys(k for rows in runs.values() for k in rows))
+    keys = list(dict.fromkeys(k for run in runs.values() for k in run))
     print("| experiment | criterion | " + " | ".join(runs) + " | statuses |")
     print("|---|---|" + "---|" * (len(runs) + 1))
     flips = 0
