@@ -24,30 +24,21 @@ import torch
 import yaml
 
 from traitscope.stats import auc
-from traitscope.vectors.draws import draw_projections, read_draws, resampled_rows
+from traitscope.vectors.draws import draw_projections, read_draws, refits
 from traitscope.vectors.filtering import fitting_rows
-from traitscope.vectors.methods import METHODS
 
 QUANTILES = (2.5, 10, 50, 90, 97.5)
 
 
-def refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float):
-    """`meta["n_draws"]` refits of `method` at `layer`, drawn as trait-draws draws them (same
-    seed, so the same resampled questions for every method), and the rows they were fitted on."""
+def method_refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float):
+    """Refits of `method` at `layer` as trait-draws makes them (`vectors.draws.refits`, the run's
+    seed and count), and the rows they were fitted on (`x` at that layer)."""
     capture = run / f"results/capture/{meta['model']}/traits/{trait}/capture.json"
     table, x, layers, _ = fitting_rows(
         capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {}
     )
-    x = x[:, layers.index(layer)]
-    options = {"c": probe_c} if method == "probe" else {}
-    rng = np.random.default_rng(meta["seed"])
-    draws = []
-    for _ in range(meta["n_draws"]):
-        pos, neg = resampled_rows(table, rng)
-        draws.append(
-            METHODS[method](x[torch.tensor(pos)][:, None], x[torch.tensor(neg)][:, None], **options)[0]
-        )
-    return torch.stack(draws), table, x
+    x = x[:, layers.index(layer) : layers.index(layer) + 1]
+    return refits(table, x, method, probe_c, meta["n_draws"], meta["seed"]), table, x[:, 0]
 
 
 def held_out_aucs(draws: torch.Tensor, table: pd.DataFrame, x: torch.Tensor) -> np.ndarray:
@@ -96,7 +87,7 @@ def main() -> None:
         f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}"
     )
     for method in sorted(chosen["methods"], key=lambda m: m != meta["method"]):
-        draws, table, x = refits(run, args.trait, method, layer, meta, config["extraction"]["probe_c"])
+        draws, table, x = method_refits(run, args.trait, method, layer, meta, config["extraction"]["probe_c"])
         if method == meta["method"] and not torch.allclose(
             draws.float(), drawn.float(), atol=1e-4, rtol=1e-3
         ):

@@ -78,6 +78,9 @@ def test_draws_of_a_tiny_trait_refit_the_chosen_vector(trait_run, tmp_path):
     spread = (draws - full).norm(dim=1).mean()
     assert (draws.mean(0) - full).norm() < spread  # the bootstrap centres on the estimate
     assert torch.equal(vector_draws(*args), draws)
+    pos, neg = resampled_rows(table, np.random.default_rng(3))  # the first draw, by hand
+    first = x[pos, layers.index(1)].mean(0) - x[neg, layers.index(1)].mean(0)
+    assert torch.allclose(draws[0], first, atol=1e-5)
     with pytest.raises(TraitscopeError, match="no such vector draws"):
         read_draws(tmp_path / "absent.safetensors")
 

@@ -39,6 +39,19 @@ def resampled_rows(table, rng: np.random.Generator) -> tuple[np.ndarray, np.ndar
     return pos, neg
 
 
+def refits(table, x: torch.Tensor, method: str, probe_c: float, n_draws: int, seed: int) -> torch.Tensor:
+    """`[n_draws, d_model]` fits of `method` on x `[n, 1, d]` (one layer), each on the extraction
+    questions resampled (`resampled_rows`) from one generator seeded `seed`: every method drawn
+    with one seed sees the same resampled questions."""
+    options = {"c": probe_c} if method == "probe" else {}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_draws):
+        pos, neg = resampled_rows(table, rng)
+        draws.append(METHODS[method](x[torch.tensor(pos)], x[torch.tensor(neg)], **options)[0])
+    return torch.stack(draws)
+
+
 def vector_draws(
     capture_json: str | Path,
     prompts: str | Path,
@@ -59,15 +72,8 @@ def vector_draws(
             f"{capture_json}: chosen layer {layer} was not captured; rerun trait-evaluation"
         )
     x = x[:, layers.index(layer) : layers.index(layer) + 1]  # [n, 1, d]: the methods fit per layer
-    fit = METHODS[method]
-    options = {"c": settings.probe_c} if method == "probe" else {}
     n_draws, seed = settings.vector_draws["n_draws"], settings.vector_draws["seed"]
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_draws):
-        pos, neg = resampled_rows(table, rng)
-        draws.append(fit(x[torch.tensor(pos)], x[torch.tensor(neg)], **options)[0])
-    result = torch.stack(draws)
+    result = refits(table, x, method, settings.probe_c, n_draws, seed)
     meta = {"method": method, "layer": layer, "position": position, "n_draws": n_draws, "seed": seed}
     save_safetensors(out, {"draws": result}, {"meta": json.dumps(meta)})
     return result
