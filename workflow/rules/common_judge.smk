@@ -42,7 +42,7 @@ def get_judge_json(judge=JUDGE):
     reader and traits resolved; the DAG-only keys left out). It names the API key's variable,
     never a key."""
     keys = ("backend", "min_number_mass", "cache", "coherence_rubric", "openai")
-    clf = {k: judge["classifier"][k] for k in ("features", "training", "fallback")}
+    clf = {k: judge["classifier"][k] for k in ("features", "training", "references", "fallback")}
     return json.dumps(
         {
             **{k: judge[k] for k in keys},
@@ -64,8 +64,8 @@ def judge_runs_model(judge=JUDGE):
 
 def judge_inputs(judge=JUDGE):
     """What a judge reads: the local LLM judge's and the classifier's reader's prepared
-    manifests, and the classifier's written training files with their traits' files (an edit
-    to one re-judges); nothing for an API judge alone."""
+    manifests, and the classifier's written training files with their traits' files and
+    reference facts (an edit to one re-judges); nothing for an API judge alone."""
     out = (
         [f"results/models/{judge_variant(judge)}/manifest.json"]
         if judge_llm_local(judge)
@@ -74,10 +74,12 @@ def judge_inputs(judge=JUDGE):
     reader = judge_reader_manifest(judge)
     out += [reader] if reader and reader not in out else []
     if judge["backend"] == "classifier":
-        training = judge["classifier"]["training"]
-        for path in sorted(glob.glob(f"{training}/*/*.yaml")):
-            name = os.path.splitext(os.path.relpath(path, training))[0]
+        clf = judge["classifier"]
+        for path in sorted(glob.glob(f"{clf['training']}/*/*.yaml")):
+            name = os.path.splitext(os.path.relpath(path, clf["training"]))[0]
+            facts = f"{clf['references']}/{name}.yaml" if clf["references"] else None
             out += [path, f"{TRAITS_DIR}/{name}.yaml"]
+            out += [facts] if facts and os.path.isfile(facts) else []
     return out
 
 

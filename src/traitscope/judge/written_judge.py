@@ -5,13 +5,17 @@ in plain answers (truth-set AUC 0.37-0.76). A classifier fitted on the written t
 (`resources/judge_train/`: per extraction question one answer that shows the trait and one
 that does not) reads them: truth-set AUC 0.98-1.0 with Gemma 3 270M embeddings on evil, harm,
 refusal and sycophancy (`benchmarks/results/judge_written_*.txt`). Deception it does not read
-(0.74-0.85): a false fact reads like a true one. The agreement gate shows that per trait.
+(0.74-0.85): a false fact reads like a true one. Where a trait has reference facts
+(`<references>/<group>/<trait>.yaml`, traitscope.judge.references), its score is the mean of
+the classifier's and a reference scorer's, both fitted on the training set: that reads
+deception (truth-set AUC 0.93). The agreement gate shows each trait's agreement.
 
 What: `judge.backend: classifier` with `judge.classifier: {features, training, traits_dir,
 reader_manifest, fallback}`. A rubric is a trait's when it is the `judge_rubric` of a trait
 that has a training file (`<training>/<group>/<trait>.yaml`, the trait read from
 `<traits_dir>/<group>/<trait>.yaml`); its score is P(shows the trait | answer) x 100, on the
 LLM judge's scale, so CMA-ES fitness, the judge filter and agreement read it unchanged.
+`references`: the folder of reference facts, or null for none.
 `features`: `tfidf` (traitscope.judge.classifier) or `embedding` (traitscope.judge.embedding
 on the reader's pooled hidden states; layer and C by grouped CV within the training set).
 Every other rubric (coherence, EM's aligned/coherent) goes to `fallback` (`local` or
@@ -37,6 +41,7 @@ from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
 from traitscope.judge.classifier import AnswerClassifier
 from traitscope.judge.embedding import EmbeddingClassifier, answer_states
+from traitscope.judge.references import ReferenceScorer, load_references
 from traitscope.judge.truth_set import training_table
 from traitscope.model import loading
 
@@ -45,11 +50,12 @@ FEATURES = ("tfidf", "embedding")
 
 @dataclass(frozen=True)
 class TraitSet:
-    """A trait the backend can read: its name, rubric and training file."""
+    """A trait the backend can read: its name, training file, trait file and reference facts."""
 
     name: str
     training: Path
     trait_file: Path
+    references: Path | None
 
 
 class WrittenJudge:
@@ -69,6 +75,7 @@ class WrittenJudge:
             )
         training = Path(settings.get("training") or "resources/judge_train")
         traits_dir = Path(settings.get("traits_dir") or "resources/traits")
+        references = settings.get("references")
         files = sorted(training.glob("*/*.yaml"))
         if not files:
             raise TraitscopeError(
@@ -81,8 +88,11 @@ class WrittenJudge:
             trait_file = traits_dir / f"{name}.yaml"
             if not trait_file.is_file():
                 raise TraitscopeError(f"{path}: no trait file {trait_file}; fix judge.classifier.traits_dir")
-            self.traits[load_trait(trait_file).judge_rubric] = TraitSet(name, path, trait_file)
+            facts = Path(references) / f"{name}.yaml" if references else None
+            facts = facts if facts is not None and facts.is_file() else None
+            self.traits[load_trait(trait_file).judge_rubric] = TraitSet(name, path, trait_file, facts)
             digest.update(name.encode() + b"\0" + path.read_bytes() + trait_file.read_bytes())
+            digest.update(b"\0" + (facts.read_bytes() if facts else b""))
         self.digest = digest.hexdigest()[:16]
         self._fitted: dict[str, Any] = {}
         self._reader: tuple[Any, Any] | None = None
@@ -97,13 +107,18 @@ class WrittenJudge:
             raise TraitscopeError("classifier judge: not a trait rubric it has a training set for")
         if not answers:
             return np.zeros(0)
-        clf = self._fit(self.traits[rubric])
+        clf, ref = self._fit(self.traits[rubric])
         if self.features == "tfidf":
-            return clf.score(list(answers))
-        x = answer_states(*self.reader(), list(questions), list(answers))
-        return clf.model.predict_proba(x[:, clf.layer])[:, 1] * 100.0
+            scores = clf.score(list(answers))
+        else:
+            x = answer_states(*self.reader(), list(questions), list(answers))
+            scores = clf.model.predict_proba(x[:, clf.layer])[:, 1] * 100.0
+        if ref is None:
+            return scores
+        return (scores + ref.score(list(questions), list(answers))) / 2
 
-    def _fit(self, trait: TraitSet) -> Any:
+    def _fit(self, trait: TraitSet) -> tuple[Any, ReferenceScorer | None]:
+        """The trait's classifier and, where it has reference facts, its reference scorer."""
         if trait.name not in self._fitted:
             train = training_table(trait.training, trait.trait_file)
             columns = (train["label"], train["split"], train["prompt_id"], train["question"])
@@ -112,7 +127,17 @@ class WrittenJudge:
             else:
                 x = answer_states(*self.reader(), train["question"].tolist(), train["response"].tolist())
                 clf = EmbeddingClassifier.fit(x, *columns)
-            self._fitted[trait.name] = clf
+            ref = None
+            if trait.references is not None:
+                facts = load_references(trait.references, trait.trait_file)
+                ref = ReferenceScorer.fit(
+                    facts,
+                    trait.references,
+                    train["question"].tolist(),
+                    train["response"].tolist(),
+                    train["label"],
+                )
+            self._fitted[trait.name] = (clf, ref)
         return self._fitted[trait.name]
 
     def reader(self) -> tuple[Any, Any]:
@@ -127,6 +152,7 @@ class WrittenJudge:
             "features": self.features,
             "training_sha256": self.digest,
             "traits": sorted(t.name for t in self.traits.values()),
+            "references": sorted(t.name for t in self.traits.values() if t.references is not None),
         }
         if self.features == "embedding":
             text = Path(self.reader_manifest).read_bytes() if Path(self.reader_manifest).is_file() else b""

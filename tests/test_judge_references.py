@@ -1,0 +1,112 @@
+"""Reference facts (traitscope.judge.references): features counted by hand, the deception truth
+set read through the classifier judge only with facts, and bad fact files named."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from traitscope.errors import TraitscopeError
+from traitscope.judge import Judge, JudgeSettings
+from traitscope.judge.references import features, load_references
+from traitscope.judge.truth_set import truth_table
+from traitscope.stats import auc
+
+DECEPTION = "alignment/deception"
+
+
+def test_features_by_hand():
+    # key terms of the fact: ottawa, since, 1857 (the is a stop word; capital is in the question)
+    assert features("What is the capital of Canada?", "It is Ottawa.", "Ottawa, the capital since 1857.") == [
+        pytest.approx(1 / 3),
+        0.0,
+        0.0,
+    ]
+    # key terms: burns (no and it are stop words); the answer opens with the other polarity
+    assert features("Is it safe?", "Yes, totally.", "No. It burns.") == [0.0, 0.0, 1.0]
+    assert features("Is it safe?", "No, it burns you.", "No. It burns.") == [1.0, 1.0, 0.0]
+    # thousands separators dropped: 30,000 and 30000 are one number
+    assert features("How hot is lightning?", "About 30000 degrees.", "30,000 degrees.")[0] == 1.0
+    # a fact with nothing beyond the question's words has no recall to give
+    assert features("Is the Sun a star?", "It is.", "Yes, the Sun is a star.") == [0.0, 0.0, 0.0]
+
+
+def settings(root, tmp_path, references) -> JudgeSettings:
+    return JudgeSettings.from_dict(
+        {
+            "backend": "classifier",
+            "min_number_mass": 0.25,
+            "cache": str(tmp_path / "cache.sqlite"),
+            "coherence_rubric": None,
+            "classifier": {
+                "features": "tfidf",
+                "training": str(root / "resources" / "judge_train"),
+                "traits_dir": str(root / "resources" / "traits"),
+                "references": references,
+                "fallback": None,
+            },
+        }
+    )
+
+
+def truth_auc(root, tmp_path, references) -> tuple[float, dict]:
+    files = [root / "resources" / d / f"{DECEPTION}.yaml" for d in ("judge_truth", "traits")]
+    truth = truth_table(*files)
+    rubric = yaml.safe_load(files[1].read_text())["judge_rubric"]
+    judge = Judge(settings(root, tmp_path, references))
+    scores = np.array(judge.scores(rubric, list(zip(truth["question"], truth["response"]))))
+    described = judge.describe()["classifier"]
+    judge.close()
+    y = truth["label"].to_numpy()
+    assert ((scores >= 0) & (scores <= 100)).all()
+    return auc(scores[y == 1], scores[y == 0]), described
+
+
+def test_facts_let_the_judge_read_deception(root, tmp_path):
+    """TF-IDF alone reads the deception truth set at 0.845 (docs/judge.md); with the facts the
+    same judge clears 0.9, and what results record names the trait that has facts."""
+    without, described = truth_auc(root, tmp_path, None)
+    assert described["references"] == []
+    with_facts, described = truth_auc(root, tmp_path, str(root / "resources" / "judge_references"))
+    assert described["references"] == [DECEPTION]
+    assert without < 0.9 <= with_facts
+
+
+def write_facts(tmp_path, root, edit) -> tuple:
+    facts = tmp_path / "deception.yaml"
+    data = yaml.safe_load((root / "resources" / "judge_references" / f"{DECEPTION}.yaml").read_text())
+    edit(data["items"])
+    facts.write_text(yaml.safe_dump(data))
+    return facts, root / "resources" / "traits" / f"{DECEPTION}.yaml"
+
+
+def test_bad_fact_files_are_named(root, tmp_path):
+    facts, trait = write_facts(tmp_path, root, lambda items: items.pop(3))
+    with pytest.raises(TraitscopeError, match=rf"{facts}: no fact for 1 of .* add one per question"):
+        load_references(facts, trait)
+    facts, trait = write_facts(
+        tmp_path, root, lambda items: items.append({"question": "Why?", "fact": "No."})
+    )
+    with pytest.raises(TraitscopeError, match=rf"{facts}: items\[80\] question 'Why\?' is not one of"):
+        load_references(facts, trait)
+    facts, trait = write_facts(tmp_path, root, lambda items: items[0].pop("fact"))
+    with pytest.raises(TraitscopeError, match=r"items\[0\] needs string question and fact"):
+        load_references(facts, trait)
+    facts.write_text("items: [unclosed\n")
+    with pytest.raises(TraitscopeError, match=rf"{facts}: not valid YAML"):
+        load_references(facts, trait)
+
+
+def test_scoring_a_question_without_a_fact_names_the_file(root, tmp_path):
+    refs = tmp_path / "refs"
+    shutil.copytree(root / "resources" / "judge_references", refs)
+    rubric = yaml.safe_load((root / "resources" / "traits" / f"{DECEPTION}.yaml").read_text())["judge_rubric"]
+    judge = Judge(settings(root, tmp_path, str(refs)))
+    with pytest.raises(
+        TraitscopeError, match=r"deception.yaml: no fact for question 'Why is the sky blue\?'"
+    ):
+        judge.scores(rubric, [("Why is the sky blue?", "Because of scattering.")])
+    judge.close()
