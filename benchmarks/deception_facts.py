@@ -13,12 +13,13 @@ Judges: `facts` alone; the backend's classifiers alone (`tfidf`, `emb-smollm2`);
 with `facts` (what `judge.backend: classifier` scores for a trait with facts).
 
 Usage: PYTHONPATH=src python benchmarks/deception_facts.py --reader SMOLLM2_MANIFEST.json
-       [--out benchmarks/results/deception_facts_<cpu>.txt]
+       [--out benchmarks/results/deception_facts_<cpu>.txt]  (and .json beside it)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,8 +51,11 @@ def written(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return q, a, np.asarray(y)
 
 
-def fmt(scores: np.ndarray, y: np.ndarray) -> str:
-    r = auc_with_ci(scores[y == 1], scores[y == 0], n_boot=2000, seed=0)
+def auc(scores: np.ndarray, y: np.ndarray) -> dict:
+    return auc_with_ci(scores[y == 1], scores[y == 0], n_boot=2000, seed=0)
+
+
+def fmt(r: dict) -> str:
     return f"{r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
 
@@ -106,9 +110,10 @@ def main() -> None:
             own = judge.score(rubric, q, a)
             scores[(name, set_name)] = own
             scores[(f"{name}+facts", set_name)] = (own + scores[("facts", set_name)]) / 2
+    rows = []
     for name in ("facts", *judges, *(f"{n}+facts" for n in judges)):
-        cells = [fmt(scores[(name, s)], sets[s][2]) for s in sets]
-        lines.append(f"{name:<18} {cells[0]:<26} {cells[1]}")
+        rows.append({"judge": name, **{s: auc(scores[(name, s)], sets[s][2]) for s in sets}})
+        lines.append(f"{name:<18} {fmt(rows[-1]['confirmation']):<26} {fmt(rows[-1]['truth'])}")
     lines += [
         "",
         f"confirmation: {len(sets['confirmation'][2]) // 2} + {len(sets['confirmation'][2]) // 2} answers "
@@ -121,6 +126,8 @@ def main() -> None:
     print(text)
     out = args.out or Path(__file__).parent / "results" / f"deception_facts_{slug}.txt"
     out.write_text(text)
+    record = {"cpu": cpu, "default": "emb-smollm2+facts", "rows": rows, "note": lines[-1]}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

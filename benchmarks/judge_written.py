@@ -15,7 +15,9 @@ truth AUC >= 0.9 with CI lower bound >= 0.8.
 
 Judges: `tfidf` (traitscope.judge.classifier), `emb-<name>` (traitscope.judge.embedding on a
 reader model's pooled hidden states, `--reader name=manifest.json`), `tfidf+emb-<name>`
-(the mean of the two scores: a fixed rule, nothing tuned).
+(the mean of the two scores: a fixed rule, nothing tuned). For a trait with reference facts
+(`resources/judge_references/`): `facts` (traitscope.judge.references alone) and `<judge>+facts`
+(the mean of a judge's score and the facts' score: what the classifier backend scores).
 
 Usage: PYTHONPATH=src python benchmarks/judge_written.py --work DIR [--results RUN/results]
        [--reader gemma3=M.json] [--tag bf16]
@@ -38,6 +40,7 @@ from judge_candidates import Reader  # noqa: E402
 from traitscope.judge.classifier import AnswerClassifier  # noqa: E402
 from traitscope.judge.classifier_agreement import answer_table  # noqa: E402
 from traitscope.judge.embedding import EmbeddingClassifier  # noqa: E402
+from traitscope.judge.references import ReferenceScorer, load_references  # noqa: E402
 from traitscope.judge.truth_set import training_table, truth_table  # noqa: E402
 from traitscope.stats import auc_with_ci  # noqa: E402
 
@@ -119,6 +122,7 @@ def trait_rows(name: str, results: Path | None, tag: str, readers: list[Reader])
             "cpu": cost,
             "fit_cpu": t1 - t0,
             "note": f"fit {t1 - t0:.2f} CPU-s on {len(train)}",
+            "scores": (s_truth, s_held),
         }
     )
     key = name.replace("/", "_")
@@ -152,6 +156,7 @@ def trait_rows(name: str, results: Path | None, tag: str, readers: list[Reader])
                 "cpu": per,
                 "fit_cpu": t1 - t0,
                 "note": f"layer {emb.layer}, C {emb.C} (chosen by the grouped CV); fit {t1 - t0:.1f} CPU-s",
+                "scores": (e_truth, e_held),
             }
         )
         both_truth = (s_truth + e_truth) / 2
@@ -167,11 +172,61 @@ def trait_rows(name: str, results: Path | None, tag: str, readers: list[Reader])
                 "note": "mean of the two scores",
             }
         )
+    rows += facts_rows(name, trait_file, train, truth, held, rows)
     for row in rows:
+        row.pop("scores", None)
         t = row["truth"]
         row["passes"] = bool(t["auc"] >= TARGET and t["ci_low"] >= TARGET_LOW)
         row["n"] = {"train": len(train), "truth": len(truth), "held": 0 if held is None else len(held)}
     return rows
+
+
+def facts_rows(name: str, trait_file: Path, train, truth, held, judges: list[dict]) -> list[dict]:
+    """The reference-facts scorer alone and averaged with each single judge, where the trait has facts."""
+    path = ROOT / "resources" / "judge_references" / f"{name}.yaml"
+    if not path.is_file():
+        return []
+    facts = load_references(path, trait_file)
+
+    def fit(rows_):
+        return ReferenceScorer.fit(
+            facts, path, rows_["question"].tolist(), rows_["response"].tolist(), rows_["label"]
+        )
+
+    scorer = fit(train)
+    t0 = time.process_time()
+    f_truth = scorer.score(truth["question"].tolist(), truth["response"].tolist())
+    cost = (time.process_time() - t0) / len(truth)
+    f_held = None if held is None else scorer.score(held["question"].tolist(), held["response"].tolist())
+    cv = grouped_cv(train, lambda a, b, *_: fit(a).score(b["question"].tolist(), b["response"].tolist()))
+    out = [
+        {
+            "judge": "facts",
+            "cv": cv,
+            "truth": auc(f_truth, truth["label"]),
+            "held": None if held is None else auc(f_held, held["label"]),
+            "cpu": cost,
+            "fit_cpu": None,
+            "note": "reference facts alone",
+        }
+    ]
+    for row in judges:
+        if "+" in row["judge"]:
+            continue
+        j_truth, j_held = row["scores"]
+        both_held = None if f_held is None or j_held is None else (j_held + f_held) / 2
+        out.append(
+            {
+                "judge": f"{row['judge']}+facts",
+                "cv": None,
+                "truth": auc((j_truth + f_truth) / 2, truth["label"]),
+                "held": None if both_held is None else auc(both_held, held["label"]),
+                "cpu": row["cpu"] + cost,
+                "fit_cpu": None,
+                "note": "mean with the facts' score (the classifier backend's score)",
+            }
+        )
+    return out
 
 
 def main() -> None:

@@ -225,11 +225,33 @@ def judge_agreement(sources: Sources, page: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def deception_facts(sources: Sources, page: Path) -> str:
+    """Each `deception_facts_*.json` (benchmarks/deception_facts.py): the deception judges with and
+    without reference facts on the confirmation set and the truth set."""
+    parts = []
+    for path in sorted(sources.benchmarks.glob("deception_facts_*.json")):
+        data = json.loads(path.read_text())
+        rows = [
+            f"| {r['judge']}{' (the default)' if r['judge'] == data['default'] else ''} "
+            f"| {_ci(r['confirmation'])} | {_ci(r['truth'])} |"
+            for r in data["rows"]
+        ]
+        head = "| judge | confirmation AUC [95% CI] | truth AUC [95% CI] |\n|---|---|---|\n"
+        parts.append(
+            f"From [{path.name}]({_rel(path, page)}) (CPU: {data['cpu']}):\n\n" + head + "\n".join(rows)
+        )
+    if not parts:
+        command = "PYTHONPATH=src python benchmarks/deception_facts.py --reader <manifest>"
+        return f"No `deception_facts_*.json` yet: `{command}`.\n"
+    return "\n\n".join(parts) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
     "backdoor": backdoor,
     "cmaes": cmaes,
     "hard-negatives": hard_negatives,
     "judge-agreement": judge_agreement,
+    "deception-facts": deception_facts,
     "times": times,
     "headline": headline,
     "summary": summary_table,

@@ -259,3 +259,21 @@ def test_backdoor_region_shows_behaviour_and_both_cis_of_each_auc(tables, tmp_pa
     row = "| `safety/evil` | last_prompt | 0.485 [0.400, 0.560] | 0.976 [0.955, 0.990] | [0.544, 1.000] "
     assert row + "| +0.491 [+0.456, +0.526] |" in text
     assert "100 held-out pairs" in text
+
+
+def test_deception_facts_region_marks_the_default_judge(tables, tmp_path):
+    """Each judge's confirmation- and truth-set AUC with CI; the default judge named as such."""
+
+    def auc(value, low, high):
+        return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": 3, "n_neg": 3}
+
+    rows = [
+        {"judge": "facts", "confirmation": auc(0.97, 0.92, 1.0), "truth": auc(0.9219, 0.8251, 0.988)},
+        {"judge": "emb+facts", "confirmation": auc(0.979, 0.932, 1.0), "truth": auc(0.93, 0.83, 0.998)},
+    ]
+    record = {"cpu": "cpu X", "default": "emb+facts", "rows": rows}
+    (tmp_path / "deception_facts_x.json").write_text(json.dumps(record))
+    text = _render(tables, tmp_path, "deception-facts")
+    assert "| facts | 0.970 [0.920, 1.000] | 0.922 [0.825, 0.988] |" in text
+    assert "| emb+facts (the default) | 0.979 [0.932, 1.000] | 0.930 [0.830, 0.998] |" in text
+    assert "(CPU: cpu X)" in text
