@@ -154,8 +154,8 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
 
 def test_classifier_judge_passes_its_reader_and_fallback(root, tmp_path):
     """judge.backend classifier (the embedded default): the reader's manifest travels in --judge,
-    the local fallback's in --judge-model, and both, with the written training files, are inputs
-    (an edited training file re-judges); CMA-ES's held-out check gets its own scorer and the
+    the local fallback's in --judge-model, and both, with the written training files and the
+    reference facts, are inputs (an edited training file or fact re-judges); CMA-ES's held-out check gets its own scorer and the
     trait's truth set; tfidf with no fallback needs no model at all."""
     overlay = tmp_path / "classifier.yaml"
     off = "experiments: {steering_optimisation: {enabled: false}}\n"  # one n-gram scorer for both: refused
@@ -173,6 +173,9 @@ def test_classifier_judge_passes_its_reader_and_fallback(root, tmp_path):
     )
     assert training and set(training) <= set(inputs)
     assert "results/models/smollm2/manifest.json" in inputs
+    # reference facts travel in --judge and are inputs (an edited fact re-judges)
+    assert '"references": "resources/judge_references"' in judged
+    assert "resources/judge_references/alignment/deception.yaml" in inputs
     heldout = re.search(r"traitscope cmaes-heldout .*", out)[0]
     assert re.search(r"--heldout-judge '\{[^']*\"features\": \"tfidf\"", heldout)
     assert "--truth resources/judge_truth/safety/evil.yaml" in heldout
