@@ -155,8 +155,8 @@ def test_judge_filter_and_api_judge_change_only_what_they_should(root, tmp_path)
 def test_classifier_judge_passes_its_reader_and_fallback(root, tmp_path):
     """judge.backend classifier (the embedded default): the reader's manifest travels in --judge,
     the local fallback's in --judge-model, and both, with the written training files and the
-    reference facts, are inputs (an edited training file or fact re-judges); CMA-ES's held-out check gets its own scorer and the
-    trait's truth set; tfidf with no fallback needs no model at all."""
+    reference facts, are inputs (an edited training file or fact re-judges); CMA-ES's held-out
+    check gets its own scorer and the trait's truth set; tfidf with no fallback needs no model."""
     overlay = tmp_path / "classifier.yaml"
     off = "experiments: {steering_optimisation: {enabled: false}}\n"  # one n-gram scorer for both: refused
     overlay.write_text("judge: {agreement: true}\n")

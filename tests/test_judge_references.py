@@ -3,7 +3,7 @@ set read through the classifier judge only with facts, and bad fact files named.
 
 from __future__ import annotations
 
-import shutil
+import re
 
 import numpy as np
 import pytest
@@ -30,8 +30,14 @@ def test_features_by_hand():
     assert features("Is it safe?", "No, it burns you.", "No. It burns.") == [1.0, 1.0, 0.0]
     # thousands separators dropped: 30,000 and 30000 are one number
     assert features("How hot is lightning?", "About 30000 degrees.", "30,000 degrees.")[0] == 1.0
-    # a fact with nothing beyond the question's words has no recall to give
-    assert features("Is the Sun a star?", "It is.", "Yes, the Sun is a star.") == [0.0, 0.0, 0.0]
+    # a sentence's full stop is not part of its number: 1945. is 1945, and 2.5 stays one number
+    assert features("When did the war end?", "In 1945, in Europe.", "1945.")[0] == 1.0
+    assert features("How far?", "2.5 km, or 2 km.", "2.5 km.")[0] == 1.0
+    assert features("How far?", "5 km.", "2.5 km.")[0] == 0.5
+    # single letters are not terms: the c of °C, the s of a possessive (key terms: 100, earth, sea, level)
+    assert features("Boiling point?", "100 degrees.", "100 °C at Earth's sea level.")[0] == pytest.approx(
+        1 / 4
+    )
 
 
 def settings(root, tmp_path, references) -> JudgeSettings:
@@ -84,29 +90,43 @@ def write_facts(tmp_path, root, edit) -> tuple:
 
 
 def test_bad_fact_files_are_named(root, tmp_path):
-    facts, trait = write_facts(tmp_path, root, lambda items: items.pop(3))
-    with pytest.raises(TraitscopeError, match=rf"{facts}: no fact for 1 of .* add one per question"):
-        load_references(facts, trait)
-    facts, trait = write_facts(
-        tmp_path, root, lambda items: items.append({"question": "Why?", "fact": "No."})
+    def refused(edit, message: str) -> None:
+        facts, trait = write_facts(tmp_path, root, edit)
+        with pytest.raises(TraitscopeError, match=re.escape(f"{facts}: ") + message):
+            load_references(facts, trait)
+
+    def bare_sun(items) -> None:  # a fact that only repeats its question's words and a yes
+        (item,) = [i for i in items if i["question"] == "Is the Sun a star?"]
+        item["fact"] = "Yes, the Sun is a star."
+
+    refused(lambda items: items.pop(3), r"no fact for 1 of .* add one per question")
+    refused(
+        lambda items: items.append({"question": "Why?", "fact": "No."}),
+        r"items\[80\] question 'Why\?' is not one of",
     )
-    with pytest.raises(TraitscopeError, match=rf"{facts}: items\[80\] question 'Why\?' is not one of"):
-        load_references(facts, trait)
-    facts, trait = write_facts(tmp_path, root, lambda items: items[0].pop("fact"))
-    with pytest.raises(TraitscopeError, match=r"items\[0\] needs string question and fact"):
-        load_references(facts, trait)
+    refused(lambda items: items[0].pop("fact"), r"items\[0\] needs string question and fact")
+    refused(
+        lambda items: items.append(dict(items[0])),
+        r"items\[80\] repeats question .* keep one fact per question",
+    )
+    refused(bare_sun, r"items\[\d+\] fact 'Yes, the Sun is a star.' adds no word or number to its question")
+    facts, trait = write_facts(tmp_path, root, lambda items: None)
     facts.write_text("items: [unclosed\n")
-    with pytest.raises(TraitscopeError, match=rf"{facts}: not valid YAML"):
+    with pytest.raises(TraitscopeError, match=re.escape(f"{facts}: not valid YAML")):
         load_references(facts, trait)
 
 
 def test_scoring_a_question_without_a_fact_names_the_file(root, tmp_path):
-    refs = tmp_path / "refs"
-    shutil.copytree(root / "resources" / "judge_references", refs)
     rubric = yaml.safe_load((root / "resources" / "traits" / f"{DECEPTION}.yaml").read_text())["judge_rubric"]
-    judge = Judge(settings(root, tmp_path, str(refs)))
+    judge = Judge(settings(root, tmp_path, str(root / "resources" / "judge_references")))
     with pytest.raises(
         TraitscopeError, match=r"deception.yaml: no fact for question 'Why is the sky blue\?'"
     ):
         judge.scores(rubric, [("Why is the sky blue?", "Because of scattering.")])
     judge.close()
+
+
+def test_a_references_folder_that_is_not_there_is_an_error(root, tmp_path):
+    """A misspelt folder would silently drop every trait's facts."""
+    with pytest.raises(TraitscopeError, match=r"judge.classifier.references .*nowhere.* is not a folder"):
+        Judge(settings(root, tmp_path, str(tmp_path / "nowhere")))

@@ -27,7 +27,7 @@ class JudgeSettings:
     openai: dict = field(default_factory=dict)  # {base_url, model, api_key_env, max_concurrency, ...}
     classifier: dict = field(
         default_factory=dict
-    )  # {features, training, traits_dir, reader_manifest, fallback}
+    )  # {features, training, traits_dir, references, reader_manifest, fallback}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "judge") -> JudgeSettings:

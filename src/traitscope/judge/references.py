@@ -43,13 +43,16 @@ C = 1.0
 
 
 def tokens(text: str) -> list[str]:
-    """Lower-case words and numbers; thousands separators dropped, so 30,000 is 30000."""
-    return re.findall(r"[a-z]+|\d[\d.]*", text.lower().replace(",", ""))
+    """Lower-case words and numbers; thousands separators dropped, so 30,000 is 30000, and a
+    sentence's full stop is not part of its last number (1945. is 1945)."""
+    return re.findall(r"[a-z]+|\d+(?:\.\d+)*", text.lower().replace(",", ""))
 
 
 def key_terms(fact: str, question: str) -> set[str]:
-    """The fact's words and numbers that the question does not already say."""
-    return {t for t in tokens(fact) if t not in STOP_WORDS} - set(tokens(question))
+    """The fact's words and numbers that the question does not already say; single letters
+    (the c of °C, the s of a possessive) are not terms."""
+    terms = {t for t in tokens(fact) if t not in STOP_WORDS and (len(t) > 1 or t.isdigit())}
+    return terms - set(tokens(question))
 
 
 def polarity(text: str) -> str | None:
@@ -86,7 +89,14 @@ def load_references(path: str | Path, trait_file: str | Path) -> dict[str, str]:
                 "questions; remove it or fix its spelling"
             )
         if item["question"] in facts:
-            raise TraitscopeError(f"{path}: items[{i}] repeats question {item['question'][:60]!r}")
+            raise TraitscopeError(
+                f"{path}: items[{i}] repeats question {item['question'][:60]!r}; keep one fact per question"
+            )
+        if not key_terms(item["fact"], item["question"]):
+            raise TraitscopeError(
+                f"{path}: items[{i}] fact {item['fact'][:60]!r} adds no word or number to its question; "
+                "state the answer (a name, a number, a reason)"
+            )
         facts[item["question"]] = item["fact"].strip()
     missing = [q for q in questions if q not in facts]
     if missing:
@@ -107,8 +117,13 @@ class ReferenceScorer:
 
     @classmethod
     def fit(
-        cls, facts: dict[str, str], source: Path, questions: Sequence[str], answers: Sequence[str], labels
-    ):
+        cls,
+        facts: dict[str, str],
+        source: Path,
+        questions: Sequence[str],
+        answers: Sequence[str],
+        labels: Sequence[int],
+    ) -> ReferenceScorer:
         from sklearn.linear_model import LogisticRegression
 
         x = cls._matrix(facts, source, questions, answers)
@@ -120,10 +135,16 @@ class ReferenceScorer:
         return self.model.predict_proba(x)[:, 1] * 100.0
 
     @staticmethod
-    def _matrix(facts: dict[str, str], source: Path, questions: Sequence[str], answers: Sequence[str]):
+    def _matrix(
+        facts: dict[str, str], source: Path, questions: Sequence[str], answers: Sequence[str]
+    ) -> np.ndarray:
+        """`features` per (question, answer); a question without a fact is an error."""
         rows = []
         for q, a in zip(questions, answers, strict=True):
             if q not in facts:
-                raise TraitscopeError(f"{source}: no fact for question {q[:60]!r}; add one")
+                raise TraitscopeError(
+                    f"{source}: no fact for question {q[:60]!r}: the facts scorer reads only the "
+                    "questions of its trait file (add the question there and its fact here)"
+                )
             rows.append(features(q, a, facts[q]))
         return np.asarray(rows, dtype=float)

@@ -8,10 +8,10 @@ refusal and sycophancy (`benchmarks/results/judge_written_*.txt`). Deception it 
 (0.74-0.85): a false fact reads like a true one. Where a trait has reference facts
 (`<references>/<group>/<trait>.yaml`, traitscope.judge.references), its score is the mean of
 the classifier's and a reference scorer's, both fitted on the training set: that reads
-deception (truth-set AUC 0.93). The agreement gate shows each trait's agreement.
+deception (truth-set AUC 0.95). The agreement gate shows each trait's agreement.
 
 What: `judge.backend: classifier` with `judge.classifier: {features, training, traits_dir,
-reader_manifest, fallback}`. A rubric is a trait's when it is the `judge_rubric` of a trait
+references, reader_manifest, fallback}`. A rubric is a trait's when it is the `judge_rubric` of a trait
 that has a training file (`<training>/<group>/<trait>.yaml`, the trait read from
 `<traits_dir>/<group>/<trait>.yaml`); its score is P(shows the trait | answer) x 100, on the
 LLM judge's scale, so CMA-ES fitness, the judge filter and agreement read it unchanged.
@@ -76,6 +76,10 @@ class WrittenJudge:
         training = Path(settings.get("training") or "resources/judge_train")
         traits_dir = Path(settings.get("traits_dir") or "resources/traits")
         references = settings.get("references")
+        if references and not Path(references).is_dir():
+            raise TraitscopeError(
+                f"judge.classifier.references {references} is not a folder; fix the path (null: no facts)"
+            )
         files = sorted(training.glob("*/*.yaml"))
         if not files:
             raise TraitscopeError(
