@@ -201,49 +201,55 @@ def times(sources: Sources, page: Path) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _json_tables(
+    sources: Sources, page: Path, pattern: str, head: str, row: Callable[[dict, dict], str]
+) -> str:
+    """One table per benchmark JSON matching `pattern` (its `rows`, one line each by `row(r,
+    data)`), each under a line naming the file and its CPU; "" when none matches."""
+    parts = []
+    for path in sorted(sources.benchmarks.glob(pattern)):
+        data = json.loads(path.read_text())
+        rows = "\n".join(row(r, data) for r in data["rows"])
+        parts.append(f"From [{path.name}]({_rel(path, page)}) (CPU: {data['cpu']}):\n\n{head}{rows}")
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
 def judge_agreement(sources: Sources, page: Path) -> str:
     """Each `judge_written_*.json` (benchmarks/judge_written.py): judge x trait, the truth-set AUC
     with CI and the gate, the run's held-out AUC with CI, CPU-s per judgement."""
-    parts = []
-    for path in sorted(sources.benchmarks.glob("judge_written_*.json")):
-        data = json.loads(path.read_text())
-        rows = [
+    head = (
+        "| judge | trait | train CV | truth AUC [95% CI] | gate | run held-out AUC [95% CI] | CPU-s/j |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    text = _json_tables(
+        sources,
+        page,
+        "judge_written_*.json",
+        head,
+        lambda r, _: (
             f"| {r['judge']} | {r['trait']} | {'' if r['cv'] is None else format(r['cv'], '.3f')} "
             f"| {_ci(r['truth'])} | {'pass' if r['passes'] else 'fail'} | {_ci(r['held'])} | {r['cpu']:.2g} |"
-            for r in data["rows"]
-        ]
-        head = (
-            "| judge | trait | train CV | truth AUC [95% CI] | gate | run held-out AUC [95% CI] | CPU-s/j |\n"
-            "|---|---|---|---|---|---|---|\n"
-        )
-        parts.append(
-            f"From [{path.name}]({_rel(path, page)}) (CPU: {data['cpu']}):\n\n" + head + "\n".join(rows)
-        )
-    if not parts:
-        command = "PYTHONPATH=src python benchmarks/judge_written.py --work DIR --reader gemma3=<manifest>"
-        return f"No `judge_written_*.json` yet: `{command}`.\n"
-    return "\n\n".join(parts) + "\n"
+        ),
+    )
+    command = "PYTHONPATH=src python benchmarks/judge_written.py --work DIR --reader gemma3=<manifest>"
+    return text or f"No `judge_written_*.json` yet: `{command}`.\n"
 
 
 def deception_facts(sources: Sources, page: Path) -> str:
     """Each `deception_facts_*.json` (benchmarks/deception_facts.py): the deception judges with and
     without reference facts on the confirmation set and the truth set."""
-    parts = []
-    for path in sorted(sources.benchmarks.glob("deception_facts_*.json")):
-        data = json.loads(path.read_text())
-        rows = [
+    text = _json_tables(
+        sources,
+        page,
+        "deception_facts_*.json",
+        "| judge | confirmation AUC [95% CI] | truth AUC [95% CI] |\n|---|---|---|\n",
+        lambda r, data: (
             f"| {r['judge']}{' (the default)' if r['judge'] == data['default'] else ''} "
             f"| {_ci(r['confirmation'])} | {_ci(r['truth'])} |"
-            for r in data["rows"]
-        ]
-        head = "| judge | confirmation AUC [95% CI] | truth AUC [95% CI] |\n|---|---|---|\n"
-        parts.append(
-            f"From [{path.name}]({_rel(path, page)}) (CPU: {data['cpu']}):\n\n" + head + "\n".join(rows)
-        )
-    if not parts:
-        command = "PYTHONPATH=src python benchmarks/deception_facts.py --reader <manifest>"
-        return f"No `deception_facts_*.json` yet: `{command}`.\n"
-    return "\n\n".join(parts) + "\n"
+        ),
+    )
+    command = "PYTHONPATH=src python benchmarks/deception_facts.py --reader <manifest>"
+    return text or f"No `deception_facts_*.json` yet: `{command}`.\n"
 
 
 RENDERERS: dict[str, Callable[[Sources, Path], str]] = {

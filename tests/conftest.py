@@ -269,3 +269,26 @@ def trait_acts(trait_run) -> dict:
             rows = [tensors[f"pooled.layer.{layer}"][i, j] for layer in manifest["layers"]]
             acts[pid] = torch.stack(rows).double()
     return acts
+
+
+def classifier_judge_settings(tmp_path: Path, **classifier):
+    """The classifier backend's JudgeSettings on the project's written sets (tf-idf, no fallback,
+    no facts) with `classifier` keys overriding, for the judge tests."""
+    from traitscope.judge import JudgeSettings
+
+    return JudgeSettings.from_dict(
+        {
+            "backend": "classifier",
+            "min_number_mass": 0.25,
+            "cache": str(tmp_path / "cache.sqlite"),
+            "coherence_rubric": None,
+            "classifier": {
+                "features": "tfidf",
+                "training": str(ROOT / "resources" / "judge_train"),
+                "traits_dir": str(ROOT / "resources" / "traits"),
+                "references": None,
+                "fallback": None,
+                **classifier,
+            },
+        }
+    )

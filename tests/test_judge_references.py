@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 import yaml
+from conftest import classifier_judge_settings
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge import Judge, JudgeSettings
+from traitscope.judge import Judge
 from traitscope.judge.references import features, load_references
 from traitscope.judge.truth_set import truth_table
 from traitscope.stats import auc
@@ -40,29 +41,11 @@ def test_features_by_hand():
     )
 
 
-def settings(root, tmp_path, references) -> JudgeSettings:
-    return JudgeSettings.from_dict(
-        {
-            "backend": "classifier",
-            "min_number_mass": 0.25,
-            "cache": str(tmp_path / "cache.sqlite"),
-            "coherence_rubric": None,
-            "classifier": {
-                "features": "tfidf",
-                "training": str(root / "resources" / "judge_train"),
-                "traits_dir": str(root / "resources" / "traits"),
-                "references": references,
-                "fallback": None,
-            },
-        }
-    )
-
-
 def truth_auc(root, tmp_path, references) -> tuple[float, dict]:
     files = [root / "resources" / d / f"{DECEPTION}.yaml" for d in ("judge_truth", "traits")]
     truth = truth_table(*files)
     rubric = yaml.safe_load(files[1].read_text())["judge_rubric"]
-    judge = Judge(settings(root, tmp_path, references))
+    judge = Judge(classifier_judge_settings(tmp_path, references=references))
     scores = np.array(judge.scores(rubric, list(zip(truth["question"], truth["response"]))))
     described = judge.describe()["classifier"]
     judge.close()
@@ -118,7 +101,9 @@ def test_bad_fact_files_are_named(root, tmp_path):
 
 def test_scoring_a_question_without_a_fact_names_the_file(root, tmp_path):
     rubric = yaml.safe_load((root / "resources" / "traits" / f"{DECEPTION}.yaml").read_text())["judge_rubric"]
-    judge = Judge(settings(root, tmp_path, str(root / "resources" / "judge_references")))
+    judge = Judge(
+        classifier_judge_settings(tmp_path, references=str(root / "resources" / "judge_references"))
+    )
     with pytest.raises(
         TraitscopeError, match=r"deception.yaml: no fact for question 'Why is the sky blue\?'"
     ):
@@ -129,4 +114,4 @@ def test_scoring_a_question_without_a_fact_names_the_file(root, tmp_path):
 def test_a_references_folder_that_is_not_there_is_an_error(root, tmp_path):
     """A misspelt folder would silently drop every trait's facts."""
     with pytest.raises(TraitscopeError, match=r"judge.classifier.references .*nowhere.* is not a folder"):
-        Judge(settings(root, tmp_path, str(tmp_path / "nowhere")))
+        Judge(classifier_judge_settings(tmp_path, references=str(tmp_path / "nowhere")))

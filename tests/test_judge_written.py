@@ -10,29 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import classifier_judge_settings
 
 from traitscope.errors import TraitscopeError
-from traitscope.judge import Judge, JudgeSettings
+from traitscope.judge import Judge
 from traitscope.judge.truth_set import truth_table
 from traitscope.stats import auc
-
-
-def settings(root, tmp_path, **classifier) -> JudgeSettings:
-    return JudgeSettings.from_dict(
-        {
-            "backend": "classifier",
-            "min_number_mass": 0.25,
-            "cache": str(tmp_path / "cache.sqlite"),
-            "coherence_rubric": None,
-            "classifier": {
-                "features": "tfidf",
-                "training": str(root / "resources" / "judge_train"),
-                "traits_dir": str(root / "resources" / "traits"),
-                "fallback": None,
-                **classifier,
-            },
-        }
-    )
 
 
 def rubric(root, trait: str) -> str:
@@ -43,7 +26,7 @@ def rubric(root, trait: str) -> str:
 def test_classifier_judge_reads_the_truth_set(root, tmp_path, trait):
     """Fitted on the training set only, it ranks the truth set's trait-showing answers above the
     trait-free ones (tfidf: truth AUC 0.94-1.0 in benchmarks/results/judge_written_*.txt)."""
-    judge = Judge(settings(root, tmp_path))
+    judge = Judge(classifier_judge_settings(tmp_path))
     truth = truth_table(
         root / "resources" / "judge_truth" / f"{trait}.yaml", root / "resources" / "traits" / f"{trait}.yaml"
     )
@@ -56,11 +39,11 @@ def test_classifier_judge_reads_the_truth_set(root, tmp_path, trait):
 
 
 def test_a_rubric_it_cannot_read_needs_the_fallback(root, tmp_path):
-    judge = Judge(settings(root, tmp_path))
+    judge = Judge(classifier_judge_settings(tmp_path))
     with pytest.raises(TraitscopeError, match="set judge.classifier.fallback to local or openai"):
         judge.scores(judge.settings.coherence, [("Hi?", "Hello.")])
     with pytest.raises(TraitscopeError, match="classifier.fallback must be"):
-        settings(root, tmp_path, fallback="smollm2")
+        classifier_judge_settings(tmp_path, fallback="smollm2")
 
 
 def test_training_on_an_evaluation_question_is_refused(root, tmp_path):
@@ -72,7 +55,7 @@ def test_training_on_an_evaluation_question_is_refused(root, tmp_path):
     trait = yaml.safe_load((root / "resources" / "traits" / "safety" / "evil.yaml").read_text())
     data["items"][0]["question"] = trait["evaluation_questions"][0]
     evil.write_text(yaml.safe_dump(data))
-    judge = Judge(settings(root, tmp_path, training=str(train)))
+    judge = Judge(classifier_judge_settings(tmp_path, training=str(train)))
     with pytest.raises(TraitscopeError, match="training set uses extraction questions only"):
         judge.scores(rubric(root, "safety/evil"), [("Hi?", "Hello.")])
 
@@ -80,7 +63,9 @@ def test_training_on_an_evaluation_question_is_refused(root, tmp_path):
 def test_embedding_features_score_through_a_reader(root, tmp_path, tiny_manifest):
     """The embedding path end to end on a tiny random reader: 0-100 scores, one per answer, and
     the reader's identity in what results record."""
-    judge = Judge(settings(root, tmp_path, features="embedding", reader_manifest=str(tiny_manifest)))
+    judge = Judge(
+        classifier_judge_settings(tmp_path, features="embedding", reader_manifest=str(tiny_manifest))
+    )
     scores = judge.scores(
         rubric(root, "safety/refusal"), [("What is 2+2?", "Four."), ("Hi?", "I can't help.")]
     )
@@ -99,7 +84,7 @@ def test_truth_agreement_gates_on_the_written_answers(root, tmp_path):
     trait = "safety/evil"
     files = (root / "resources" / folder / f"{trait}.yaml" for folder in ("judge_truth", "traits"))
     files = tuple(files)
-    judge = Judge(settings(root, tmp_path))
+    judge = Judge(classifier_judge_settings(tmp_path))
     boot = from_schema(AgreementSettings, n_boot=200)
     result = truth_agreement(*files, judge, tmp_path / "truth.json", boot)
     truth = truth_table(*files)
