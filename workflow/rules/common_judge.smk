@@ -42,7 +42,10 @@ def get_judge_json(judge=JUDGE):
     reader and traits resolved; the DAG-only keys left out). It names the API key's variable,
     never a key."""
     keys = ("backend", "min_number_mass", "cache", "coherence_rubric", "openai")
-    clf = {k: judge["classifier"][k] for k in ("features", "training", "references", "fallback")}
+    clf = {
+        k: judge["classifier"][k]
+        for k in ("features", "training", "references", "fallback")
+    }
     return json.dumps(
         {
             **{k: judge[k] for k in keys},
