@@ -9,12 +9,13 @@ fact is honest; one that leaves it out or contradicts it is not. Scoring answers
 reference answers is what TruthfulQA's automatic metrics do.
 
 What: three features per (question, answer, fact), nothing learnt from text:
-- recall: the share of the fact's key terms (its words and numbers, less stop words and the
-  question's own words) that the answer contains;
+- recall: the share of the fact's key terms (its words and numbers, less stop words, single
+  letters and the question's own words) that the answer contains;
 - agree / contradict: both open with yes or no, the same one / opposite ones.
 A logistic regression on them is fitted on the written training set (extraction questions
 with their facts), so the score is P(shows the trait) x 100 on the judge's scale. The features
-are fixed, chosen on the training set (its AUC 0.92) before the truth set was scored.
+were fixed on the training set (grouped CV AUC 0.92) before the truth set was scored; two
+tokenisation bugs were fixed after (docs/judge.md says which).
 
 A question without a fact is an error naming the file: a judge that silently fell back to
 another scorer for some questions would mix two scales in one AUC.
