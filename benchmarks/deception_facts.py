@@ -23,40 +23,20 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from judge_agreement import cpu_name  # noqa: E402
+from judge_deception import confirm_table  # noqa: E402
+from judge_written import auc, fmt  # noqa: E402
 
 from traitscope.judge.references import ReferenceScorer, load_references  # noqa: E402
 from traitscope.judge.truth_set import training_table, truth_table  # noqa: E402
 from traitscope.judge.written_judge import WrittenJudge  # noqa: E402
-from traitscope.stats import auc_with_ci  # noqa: E402
 
 ROOT = Path(__file__).parents[1]
 TRAIT = "alignment/deception"
 DATA = Path(__file__).parent / "data"
-
-
-def written(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """(questions, answers, labels) of a set of shown / not_shown items, read without the trait's
-    question check (the confirmation set's questions are in none of its lists)."""
-    q, a, y = [], [], []
-    for item in yaml.safe_load(path.read_text())["items"]:
-        for label, key in ((1, "shown"), (0, "not_shown")):
-            q.append(item["question"])
-            a.append(item[key].strip())
-            y.append(label)
-    return q, a, np.asarray(y)
-
-
-def auc(scores: np.ndarray, y: np.ndarray) -> dict:
-    return auc_with_ci(scores[y == 1], scores[y == 0], n_boot=2000, seed=0)
-
-
-def fmt(r: dict) -> str:
-    return f"{r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
 
 def main() -> None:
@@ -73,9 +53,10 @@ def main() -> None:
     }
     train = training_table(ROOT / "resources" / "judge_train" / f"{TRAIT}.yaml", trait_file)
     truth = truth_table(ROOT / "resources" / "judge_truth" / f"{TRAIT}.yaml", trait_file)
+    confirm = confirm_table()
     sets = {
-        "confirmation": written(DATA / "deception_confirm.yaml"),
-        "truth": (truth["question"].tolist(), truth["response"].tolist(), truth["label"].to_numpy()),
+        name: (t["question"].tolist(), t["response"].tolist(), t["label"].to_numpy())
+        for name, t in (("confirmation", confirm), ("truth", truth))
     }
     scorer = ReferenceScorer.fit(
         {**facts, **confirm_facts},
