@@ -7,9 +7,13 @@ The backdoor rows' CI resamples the pairs and refits the trait vector on resampl
 questions (`trait-draws`). A refit that still reads the trait on its held-out answers but not the
 trigger is a direction the trait's questions leave loose. Reads a finished main-job run and its
 config/config.yaml (a run with `--config` or `--configfile` overlays: the chosen method's refits
-are checked against the run's draws, the other methods' are not), without the judge filter:
+are checked against the run's draws, the other methods' are not), without the judge filter.
 
-    PYTHONPATH=src python benchmarks/backdoor_refits.py RUN_DIR [--trait safety/evil]
+`--pool-evaluation K` asks what more extraction questions would do: the refits then resample the
+extraction questions plus the first K evaluation questions (answers the run already has), and the
+held-out AUCs read the remaining evaluation questions only.
+
+    PYTHONPATH=src python benchmarks/backdoor_refits.py RUN_DIR [--trait safety/evil] [--pool-evaluation K]
 """
 
 from __future__ import annotations
@@ -30,13 +34,24 @@ from traitscope.vectors.filtering import fitting_rows
 QUANTILES = (2.5, 10, 50, 90, 97.5)
 
 
-def method_refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float):
+def pooled(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The table with its first `k` evaluation questions (sorted) moved to the extraction split."""
+    held = sorted(set(table.loc[table["split"] == "evaluation", "question"]))
+    if k >= len(held):
+        raise SystemExit(f"--pool-evaluation {k}: the trait has only {len(held)} evaluation questions")
+    moved = table["question"].isin(held[:k]) & (table["split"] == "evaluation")
+    return table.assign(split=table["split"].mask(moved, "extraction"))
+
+
+def method_refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float, pool: int = 0):
     """Refits of `method` at `layer` as trait-draws makes them (`vectors.draws.refits`, the run's
-    seed and count), and the rows they were fitted on (`x` at that layer)."""
+    seed and count), on the extraction questions plus `pool` evaluation ones, and the rows they
+    were fitted on (`x` at that layer)."""
     capture = run / f"results/capture/{meta['model']}/traits/{trait}/capture.json"
     table, x, layers, _ = fitting_rows(
         capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {}
     )
+    table = pooled(table, pool) if pool else table
     x = x[:, layers.index(layer) : layers.index(layer) + 1]
     return refits(table, x, method, probe_c, meta["n_draws"], meta["seed"]), table, x[:, 0]
 
@@ -71,6 +86,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a finished main-job run's folder (holds results/)")
     parser.add_argument("--trait", default="safety/evil")
+    parser.add_argument(
+        "--pool-evaluation", type=int, default=0, metavar="K", help="fit on K evaluation questions too"
+    )
     args = parser.parse_args()
     run = args.run
     config = yaml.safe_load((run / "config/config.yaml").read_text())
@@ -83,13 +101,19 @@ def main() -> None:
     meta = {**meta, "model": backdoor["base"]}
     layer, n, seed = meta["layer"], meta["n_draws"], meta["seed"]
     print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {n} refits (seed {seed})")
+    if args.pool_evaluation:
+        print(f"refits on the extraction questions and the first {args.pool_evaluation} evaluation ones")
     print(
         f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}"
     )
     for method in sorted(chosen["methods"], key=lambda m: m != meta["method"]):
-        draws, table, x = method_refits(run, args.trait, method, layer, meta, config["extraction"]["probe_c"])
-        if method == meta["method"] and not torch.allclose(
-            draws.float(), drawn.float(), atol=1e-4, rtol=1e-3
+        draws, table, x = method_refits(
+            run, args.trait, method, layer, meta, config["extraction"]["probe_c"], args.pool_evaluation
+        )
+        if (
+            method == meta["method"]
+            and not args.pool_evaluation
+            and not torch.allclose(draws.float(), drawn.float(), atol=1e-4, rtol=1e-3)
         ):
             raise SystemExit(
                 f"the {method} refits differ from the run's draws.safetensors: not the run's resampling"

@@ -1,12 +1,15 @@
 """Shared-prefix prefill: the tokens every prompt of a batch starts with run once, not per row.
 
-Trait prompt sets ask 40 questions under each of 8 system prompts, so about two thirds of their
-prompt tokens are a prefix shared by a whole batch. The prefix runs at batch size 1; its keys and
-values are broadcast into every row's cache and its residual stream into every row's record,
-then only the rows' own suffixes are prefilled. The batch is laid out as [prefix | left-padded
-suffix]: padding sits between the two, masked, with positions counted over real tokens only, so
-each row computes what it would alone. `left_layout` turns recorded states back into the plain
-left-padded layout the rest of the engine uses.
+A prompt set without a system prompt of its own gets the chat template's default one (SmolLM2's
+is ~24 tokens), so every batch of it shares that prefix. Trait sets do not: a length-sorted batch
+mixes their instructions, and batches grouped by instruction save the prefill but double the
+decode steps, no faster on a 2-core CPU (benchmarks/results/precision_avx512bf16_epyc.txt).
+
+The prefix runs at batch size 1; its keys and values are broadcast into every row's cache and
+its residual stream into every row's record, then only the rows' own suffixes are prefilled. The
+batch is laid out as [prefix | left-padded suffix]: padding sits between the two, masked, with
+positions counted over real tokens only, so each row computes what it would alone. `left_layout`
+turns recorded states back into the plain left-padded layout the rest of the engine uses.
 """
 
 from __future__ import annotations
