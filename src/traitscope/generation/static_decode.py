@@ -151,10 +151,10 @@ class _StaticDecoder:
         if captured is not None:
             captured.graph.replay()
             return captured.logits, {layer: captured.hidden[layer].clone() for layer in layers}
+        if not self.capture:  # eager steps: nothing to serve from one copy
+            return self._step(b), {layer: store[layer] for layer in layers}
         constants = OnceToDevice()
         with constants:
-            if not self.capture:
-                return self._step(b), {layer: store[layer] for layer in layers}
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
