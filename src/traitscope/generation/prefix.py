@@ -1,9 +1,10 @@
 """Shared-prefix prefill: the tokens every prompt of a batch starts with run once, not per row.
 
-A prompt set without a system prompt of its own gets the chat template's default one (SmolLM2's
-is ~24 tokens), so every batch of it shares that prefix. Trait sets do not: a length-sorted batch
-mixes their instructions, and batches grouped by instruction save the prefill but double the
-decode steps, no faster on a 2-core CPU (benchmarks/results/precision_avx512bf16_epyc.txt).
+Where the chat template adds a default system prompt to a prompt set without one (SmolLM2's: 24
+tokens with the user header), every batch shares it. Trait sets do not: a length-sorted batch
+mixes their instructions, which share ~5 tokens ("You are"), under MIN_SHARED. Grouping batches
+by instruction saved deception's prefill but took twice the decode steps, no faster with one CPU
+thread (benchmarks/results/precision_avx512bf16_epyc.txt).
 
 The prefix runs at batch size 1; its keys and values are broadcast into every row's cache and
 its residual stream into every row's record, then only the rows' own suffixes are prefilled. The
