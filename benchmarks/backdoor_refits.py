@@ -10,8 +10,8 @@ config/config.yaml (a run with `--config` or `--configfile` overlays: the chosen
 are checked against the run's draws, the other methods' are not), without the judge filter.
 
 `--pool-evaluation K` asks what more extraction questions would do: the refits then resample the
-extraction questions plus the first K evaluation questions (answers the run already has), and the
-held-out AUCs read the remaining evaluation questions only.
+extraction questions plus K evaluation questions drawn at random with the draws' seed (answers the
+run already has), and the held-out AUCs read the remaining evaluation questions only.
 
     PYTHONPATH=src python benchmarks/backdoor_refits.py RUN_DIR [--trait safety/evil] [--pool-evaluation K]
 """
@@ -34,13 +34,21 @@ from traitscope.vectors.filtering import fitting_rows
 QUANTILES = (2.5, 10, 50, 90, 97.5)
 
 
-def pooled(table: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The table with its first `k` evaluation questions (sorted) moved to the extraction split."""
-    held = sorted(set(table.loc[table["split"] == "evaluation", "question"]))
-    if k >= len(held):
-        raise SystemExit(f"--pool-evaluation {k}: the trait has only {len(held)} evaluation questions")
-    moved = table["question"].isin(held[:k]) & (table["split"] == "evaluation")
-    return table.assign(split=table["split"].mask(moved, "extraction"))
+def pooled(table: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """The table with `k` of its evaluation questions, drawn at random (`seed`), moved to the
+    extraction split (so the rows are no longer sorted by split). A pooled question needs answers
+    under both instructions: a prompt-contrast trait's "questions" are single prompts."""
+    rows = table["split"] == "evaluation"
+    held = sorted(set(table.loc[rows, "question"]))
+    if not 0 < k < len(held):
+        raise SystemExit(f"--pool-evaluation {k}: needs 0 < K < {len(held)} (a question must stay held out)")
+    labels = table[rows].groupby("question")["label"].nunique()
+    if (labels < 2).any():
+        raise SystemExit(
+            "--pool-evaluation: the trait's evaluation questions lack paired answers (a contrast trait?)"
+        )
+    drawn = [held[i] for i in np.random.default_rng(seed).permutation(len(held))[:k]]
+    return table.assign(split=table["split"].mask(rows & table["question"].isin(drawn), "extraction"))
 
 
 def method_refits(run: Path, trait: str, method: str, layer: int, meta: dict, probe_c: float, pool: int = 0):
@@ -51,7 +59,7 @@ def method_refits(run: Path, trait: str, method: str, layer: int, meta: dict, pr
     table, x, layers, _ = fitting_rows(
         capture, run / f"results/prompts/traits/{trait}.parquet", meta["position"], {}
     )
-    table = pooled(table, pool) if pool else table
+    table = pooled(table, pool, meta["seed"]) if pool else table
     x = x[:, layers.index(layer) : layers.index(layer) + 1]
     return refits(table, x, method, probe_c, meta["n_draws"], meta["seed"]), table, x[:, 0]
 
@@ -102,7 +110,7 @@ def main() -> None:
     layer, n, seed = meta["layer"], meta["n_draws"], meta["seed"]
     print(f"{args.trait}: chosen {meta['method']} at layer {layer}; {n} refits (seed {seed})")
     if args.pool_evaluation:
-        print(f"refits on the extraction questions and the first {args.pool_evaluation} evaluation ones")
+        print(f"refits on the extraction questions and {args.pool_evaluation} random evaluation ones")
     print(
         f"AUC quantiles {QUANTILES} over refits; 'below': share of refits with AUC <= {backdoor['threshold']}"
     )
