@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,29 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
+    """Equal tensors and metadata give equal bytes, whatever order the metadata came in."""
+    import torch
+    from safetensors import safe_open
+
+    from traitscope.io import save_safetensors
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.bfloat16)}
+    meta = {f"key{i}": f'value {i} é " \n' for i in range(8)}
+    paths = []
+    for k, order in enumerate(
+        [sorted(meta), sorted(meta, reverse=True), [f"key{i}" for i in (3, 7, 0, 5, 1, 6, 2, 4)]]
+    ):
+        paths.append(tmp_path / f"{k}.safetensors")
+        save_safetensors(paths[-1], tensors, {key: meta[key] for key in order})
+    assert paths[0].read_bytes() == paths[1].read_bytes() == paths[2].read_bytes()
+    with safe_open(paths[2], "pt") as f:
+        assert f.metadata() == meta
+        assert torch.equal(f.get_tensor("b"), tensors["b"]) and torch.equal(f.get_tensor("a"), tensors["a"])
+    size = int.from_bytes(paths[0].read_bytes()[:8], "little")
+    assert list(json.loads(paths[0].read_bytes()[8 : 8 + size])["__metadata__"]) == sorted(meta)
 
 
 def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedProcess:

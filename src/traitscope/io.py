@@ -59,11 +59,32 @@ def write_parquet(path: str | os.PathLike[str], df: Any) -> None:
 
 
 def save_safetensors(path: str | os.PathLike[str], tensors: dict, metadata: dict | None = None) -> None:
-    """Save tensors atomically (contiguous copies, as safetensors requires)."""
+    """Save tensors atomically (contiguous copies, as safetensors requires), metadata in key order."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        if metadata:
+            _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors header's metadata in key order, in place.
+
+    safetensors writes the metadata in hash-map order, which changes from run to run, so two runs
+    that compute equal tensors would otherwise write files with different bytes (and checksums).
+    Reordering keys keeps the header's length, so no tensor byte moves.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        header = {"__metadata__": header.pop("__metadata__"), **header}
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # never seen: serde_json and json escape strings alike
+            raise TraitscopeError(f"{path}: a sorted safetensors header would not fit; report this")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def save_figure(path: str | os.PathLike[str], fig: Any) -> None:
