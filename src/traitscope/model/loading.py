@@ -184,6 +184,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def read_manifest(manifest_path: Path) -> tuple[dict, ModelSpec]:
+    """A prepared variant's manifest and its spec; one line naming the manifest if it is unreadable."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TraitscopeError(
+            f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
+        ) from None
+    return manifest, ModelSpec.from_config(manifest["name"], manifest["spec"])
+
+
 def load(manifest_path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
     """Load a prepared model for inference: eval mode, chat template checked, padding set.
 
@@ -193,13 +204,7 @@ def load(manifest_path: str | Path, device: str | None = None, dtype: str | None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest_path = Path(manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TraitscopeError(
-            f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
-        ) from None
-    spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
+    manifest, spec = read_manifest(manifest_path)
     device = device or default_device()
     if spec.source in ("lora", "finetune"):
         return _load_lora(manifest_path, manifest, spec, device, dtype)
@@ -256,13 +261,7 @@ def load_tokenizer(manifest_path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     manifest_path = Path(manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TraitscopeError(
-            f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
-        ) from None
-    spec = ModelSpec.from_config(manifest["name"], manifest["spec"])
+    manifest, spec = read_manifest(manifest_path)
     if spec.source in ("lora", "finetune"):
         tokenizer = load_tokenizer(manifest_path.parent / manifest["base_manifest"])
         if spec.chat_template:
@@ -298,8 +297,7 @@ def _load_lora(manifest_path: Path, manifest: dict, spec: ModelSpec, device: str
     if spec.source == "finetune":
         adapter = str(manifest_path.parent / adapter)
     model = PeftModel.from_pretrained(model, adapter).eval()
-    base_spec = json.loads((manifest_path.parent / manifest["base_manifest"]).read_text())["spec"]
-    if not base_spec.get("quantization"):
+    if not read_manifest(manifest_path.parent / manifest["base_manifest"])[1].quantization:
         model = model.merge_and_unload()
     if spec.chat_template:
         set_chat_template(tokenizer, spec)
