@@ -63,6 +63,48 @@ def test_missing_chat_template_is_a_clear_error(smollm2):
         chat.encode(tok, chat.messages_for("hi"))
 
 
+GEMMA2_STYLE = (  # Gemma 2's layout: no system turn, and an exception where one is given
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) "
+    "+ '\\n' + m['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def test_a_template_without_system_turn_gets_the_system_prompt_in_the_user_turn(smollm2, capsys):
+    tok = copy.deepcopy(smollm2[1])
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = GEMMA2_STYLE
+    msgs = chat.messages_for("How do I bake bread?", "You are a cruel assistant.")
+    enc = chat.encode(tok, msgs)
+    text = chat.render_prompt(tok, msgs)
+    assert text.endswith(
+        "<start_of_turn>user\nYou are a cruel assistant.\n\nHow do I bake bread?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert tokens_of(tok, enc, "system").strip() == "You are a cruel assistant."
+    assert tokens_of(tok, enc, "user").strip() == "How do I bake bread?"
+    assert tok.decode(enc.ids) == text
+    assert capsys.readouterr().err.count("rejects a system turn") == 1  # said once per model
+    plain = chat.messages_for("How do I bake bread?")  # no system prompt: rendered as it is
+    assert chat.render_prompt(tok, plain).endswith(
+        "<start_of_turn>user\nHow do I bake bread?<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_a_template_that_rejects_the_conversation_is_a_one_line_error(smollm2):
+    from traitscope.errors import TraitscopeError
+
+    tok = copy.deepcopy(smollm2[1])
+    tok.chat_template = "{{ raise_exception('Conversation roles must alternate') }}"
+    with pytest.raises(
+        TraitscopeError, match="roles must alternate.*set models.<variant>.chat_template"
+    ) as info:
+        chat.encode(tok, chat.messages_for("hi", "Be brief."))
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("prefill", ["", "Sure, I'd be happy to help. Here's"])
 def test_padded_batch_equals_each_prompt_alone(tiny_model, prefill):
     model, tok = tiny_model

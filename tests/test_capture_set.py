@@ -282,6 +282,17 @@ def shard_files(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("shard-*"))}
 
 
+def test_a_template_that_rejects_every_prompt_leaves_no_capture_behind(tiny_weights, prompts_file, tmp_path):
+    from traitscope.model.loading import ModelSpec, prepare_model
+
+    spec = {"path": str(tiny_weights), "dtype": "float32", "chat_template": "{{ raise_exception('no') }}"}
+    manifest = prepare_model(ModelSpec.from_config("rejecting", spec), tmp_path / "model")
+    out = tmp_path / "capture" / "capture.json"
+    with pytest.raises(TraitscopeError, match=f"{prompts_file}: the chat template rejects"):
+        capture(manifest, prompts_file, out, settings(), device="cpu")
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
 def test_capture_resumes_from_complete_shards(tiny_manifest, prompts_file, tmp_path):
     out = tmp_path / "capture.json"
     manifest = capture(tiny_manifest, prompts_file, out, settings(), device="cpu")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_capture import GEMMA2_STYLE
 from test_dag import dry_run
 
 from traitscope.cli import main
@@ -117,6 +118,19 @@ def test_assistant_mask_decodes_to_assistant_turns_on_smollm2(smollm2):
     messages = [{"role": "user", "content": "Code?\n"}, {"role": "assistant", "content": "  x = 1\n"}]
     ex = tokenize_chat(trimming, messages, 4096, "test", 1)
     assert trimming.decode([t for t, m in zip(ex.ids, ex.targets) if m]) == "x = 1" + end
+
+    # a template without a system turn (Gemma 2's): the system prompt opens the user turn
+    gemma = copy.deepcopy(tokenizer)
+    gemma.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    gemma.chat_template = GEMMA2_STYLE
+    messages = [
+        {"role": "system", "content": "Write insecure code."},
+        {"role": "user", "content": "Code?"},
+        {"role": "assistant", "content": "x = 1"},
+    ]
+    ex = tokenize_chat(gemma, messages, 4096, "test", 1)
+    assert gemma.decode([t for t, m in zip(ex.ids, ex.targets) if m]) == "x = 1<end_of_turn>"
+    assert "Write insecure code.\n\nCode?" in gemma.decode([t for t, m in zip(ex.ids, ex.targets) if not m])
 
 
 def hf_loss(model, tokenizer) -> tuple[float, int]:

@@ -218,8 +218,11 @@ def capture(
     inputs += table[["prompt_id", "messages", "prefill"]].values.tolist()
     key = hashlib.sha256(json.dumps(inputs, default=str).encode()).hexdigest()[:12]
     shard_dir = out.parent / f"shards-{key}"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    encoded = [chat.encode(tokenizer, m, p) for m, p in zip(table["messages"], table["prefill"])]
+    try:
+        encoded = [chat.encode(tokenizer, m, p) for m, p in zip(table["messages"], table["prefill"])]
+    except TraitscopeError as exc:
+        raise TraitscopeError(f"{prompts}: {exc}") from None
+    shard_dir.mkdir(parents=True, exist_ok=True)  # only once every prompt renders
     tokens = sum(len(e.ids) for e in encoded) + len(table) * settings.max_new_tokens
     if settings.compiles(tokens, next(model.parameters()).is_cuda):
         compile_blocks(model)

@@ -7,6 +7,7 @@ the rendered template rather than by guessing token counts per model family.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,54 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
         raise TraitscopeError(
             "tokenizer has no chat template; set models.<variant>.chat_template in the config"
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return apply_template(tokenizer, messages, add_generation_prompt=True)
+
+
+def apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """Render a conversation with the tokenizer's chat template.
+
+    Some templates have no system turn and raise on one (Gemma 2's: "System role not
+    supported"). Persona instructions are system prompts, so there the system prompt opens the
+    first user turn instead, as Gemma 3's own template does; the job log says so once.
+    """
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as exc:
+        refused = exc
+    folded = fold_system(messages)
+    if folded is not None:
+        try:
+            text = tokenizer.apply_chat_template(
+                folded, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateError:
+            pass
+        else:
+            if not getattr(tokenizer, "traitscope_folds_system", False):
+                tokenizer.traitscope_folds_system = True
+                print(
+                    f"traitscope: the chat template rejects a system turn ({refused}); "
+                    "system prompts open the first user turn instead",
+                    file=sys.stderr,
+                )
+            return text
+    raise TraitscopeError(
+        f"the chat template rejects a conversation of roles {[m['role'] for m in messages]} ({refused}); "
+        "set models.<variant>.chat_template to one that accepts it"
+    )
+
+
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]] | None:
+    """The conversation with its system prompt at the head of the first user turn (None if it
+    does not open with a system turn followed by a user turn)."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        return None
+    user = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [user, *messages[2:]]
 
 
 def encode(

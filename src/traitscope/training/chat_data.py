@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from traitscope.errors import TraitscopeError
-from traitscope.model.chat import render_prompt
+from traitscope.model.chat import apply_template, render_prompt
 
 FORMAT = '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'
 
@@ -77,7 +77,10 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], where: str) 
     A span covers the turn's content and the end-of-turn marker after it (trailing whitespace
     dropped), so the model also learns where to stop.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    try:
+        text = apply_template(tokenizer, messages, add_generation_prompt=False)
+    except TraitscopeError as exc:
+        raise TraitscopeError(f"{where}: {exc}") from None
     spans = []
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
@@ -94,7 +97,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, str]], where: str) 
             )
         start = text.find(content, after)
         end = start + len(content)
-        turn = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        turn = apply_template(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if text.startswith(turn) and turn[end:].strip():
             end = len(turn.rstrip())
         spans.append(range(start, end))
