@@ -138,6 +138,13 @@ def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
     _, tokenizer = load(prepare_model(ModelSpec.from_config("bare", spec), tmp_path / "m2"), device="cpu")
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text.startswith("[user] hi")
+    # a mistyped path is an error at preparation, not a template that renders the path itself
+    spec["chat_template"] = str(tmp_path / "t.jinj")
+    with pytest.raises(
+        TraitscopeError, match=r"models\.bare\.chat_template: '.*t\.jinj' is neither Jinja text nor a file"
+    ):
+        prepare_model(ModelSpec.from_config("bare", spec), tmp_path / "m3")
+    assert not (tmp_path / "m3").exists()
 
 
 def test_quantization_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_folder):

@@ -106,6 +106,8 @@ def prepare_model(
     """
     import torch
 
+    if spec.chat_template:  # a mistyped template path fails the first job, not the first capture
+        template_text(spec)
     out_dir = Path(out_dir)
     manifest: dict[str, Any] = {"name": spec.name, "source": spec.source, "spec": _spec_dict(spec)}
     if spec.source in ("gguf_package", "gguf_path"):
@@ -319,13 +321,25 @@ def _bnb_config(spec: ModelSpec, compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def template_text(spec: ModelSpec) -> str:
+    """The config's chat template: Jinja text as given, else the file it names. Jinja text always
+    holds `{{` or `{%`, so anything else is a path, and a mistyped one must not become the
+    template (every prompt would render as the path's characters)."""
+    value = spec.chat_template or ""
+    if "{{" in value or "{%" in value:
+        return value
+    if not Path(value).is_file():
+        raise TraitscopeError(
+            f"models.{spec.name}.chat_template: {value!r} is neither Jinja text nor a file "
+            f"(from {Path.cwd()}); fix the path"
+        )
+    return Path(value).read_text()
+
+
 def set_chat_template(tokenizer: Any, spec: ModelSpec) -> None:
     """Use the config's template if given, else the tokenizer's; neither is a clear error."""
     if spec.chat_template:
-        path = Path(spec.chat_template)
-        tokenizer.chat_template = (
-            path.read_text() if path.suffix == ".jinja" and path.is_file() else spec.chat_template
-        )
+        tokenizer.chat_template = template_text(spec)
     if not getattr(tokenizer, "chat_template", None):
         raise TraitscopeError(
             f"model {spec.name!r} has no chat template; set models.{spec.name}.chat_template in the config "
