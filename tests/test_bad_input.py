@@ -196,6 +196,29 @@ def test_schema_names_the_bad_key(root, tmp_path):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
 
 
+def test_a_source_without_its_file_is_named_before_running(root, tmp_path):
+    """A prompt set or a contrast trait's side that names a dataset but none of its files fails
+    config validation, naming the key or the trait file, not a KeyError in a later job."""
+    from traitscope.config import load_config
+    from traitscope.data.traits import read_trait
+
+    bad = yaml.safe_load((root / "config/config.yaml").read_text())
+    bad["prompt_sets"]["mine"] = {"dataset": "harmbench"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TraitscopeError, match=r"prompt_sets\.mine: dataset harmbench needs file:"):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
+    trait = yaml.safe_load((root / "resources/traits/safety/harmful_request.yaml").read_text())
+    trait["positive"] = {"dataset": "refusal_direction"}
+    trait_file = tmp_path / "safety" / "mine.yaml"
+    trait_file.parent.mkdir()
+    trait_file.write_text(yaml.safe_dump(trait))
+    with pytest.raises(
+        TraitscopeError, match=rf"{trait_file}: 'positive': dataset refusal_direction needs file:"
+    ):
+        read_trait(trait_file)
+
+
 def test_a_bad_key_inside_an_alternative_is_named(root, tmp_path):
     """heldout_judge is null or a judge: section: a typo inside the section names its own key,
     not "is not valid under any of the given schemas"."""

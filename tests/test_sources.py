@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -508,3 +509,44 @@ def test_structurally_wrong_entries(tmp_path):
     ym = tmp_path / "q.yaml"
     ym.write_text("- id: a\n  type: free_form\n")
     error_of(lambda: load_em_questions(ym), str(ym), "paraphrases")
+
+
+# --- prompt-set sources ----------------------------------------------------------------------
+
+
+def test_sources_that_cannot_be_read_are_one_line_errors(mirror: Path, tmp_path, no_network):
+    from traitscope.data.prep import load_source
+
+    error_of(lambda: load_source({"dataset": "harmbench"}, str(mirror), tmp_path), "harmbench needs file:")
+    error_of(lambda: load_source({"dataset": "parquet"}, None, tmp_path), "parquet needs path:")
+    not_parquet = tmp_path / "mine.parquet"
+    not_parquet.write_text("prompt_id,prompt\na,b\n")
+    error_of(
+        lambda: load_source({"dataset": "parquet", "path": str(not_parquet)}, None, tmp_path),
+        str(not_parquet),
+    )
+    no_ids = tmp_path / "no_ids.parquet"
+    pd.DataFrame({"text": ["How do I bake bread?"]}).to_parquet(no_ids)
+    error_of(
+        lambda: load_source({"dataset": "parquet", "path": str(no_ids)}, None, tmp_path),
+        str(no_ids),
+        "prompt_id",
+    )
+
+
+def test_an_instruction_file_says_whether_it_is_harmful(mirror: Path, tmp_path):
+    from traitscope.data.prep import load_source
+
+    rows = json.loads((mirror / "refusal_direction" / "harmful_val.json").read_text())[:3]
+    mine = tmp_path / "my_requests.json"
+    mine.write_text(json.dumps(rows))
+    spec = {"dataset": "refusal_direction", "path": str(mine)}
+    error_of(lambda: load_source(spec, None, tmp_path), str(mine), "label: 1 (harmful) or 0 (harmless)")
+    assert set(load_source({**spec, "label": 1}, None, tmp_path)["label"]) == {1}
+    named = tmp_path / "harmless_mine.json"
+    named.write_text(json.dumps(rows))
+    assert set(
+        load_source({"dataset": "refusal_direction", "path": str(named)}, None, tmp_path)["label"]
+    ) == {0}
+    registered = {"dataset": "refusal_direction", "file": "harmful_val.json"}
+    assert set(load_source(registered, str(mirror), tmp_path)["label"]) == {1}

@@ -13,6 +13,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from traitscope.data.registry import missing_source
 from traitscope.data.traits import contrast_pool, read_trait, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
@@ -225,6 +226,9 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     for name in config["traits"]:
         read_trait(trait_path(traits_dir, name), name)
     for name, spec in config["prompt_sets"].items():
+        missing = missing_source(spec)
+        if missing:
+            raise TraitscopeError(f"prompt_sets.{name}: {missing}")
         target = spec.get("match_length")
         if target is not None:
             require_prompt_set(f"prompt_sets.{name}.match_length", target, config)

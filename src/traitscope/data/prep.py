@@ -36,10 +36,14 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     dataset = spec.get("dataset")
     if dataset not in LOADERS:
         raise TraitscopeError(f"prompt set: unknown dataset {dataset!r}; use one of {', '.join(LOADERS)}")
+    missing = registry.missing_source(spec)
+    if missing:
+        raise TraitscopeError(f"prompt set: {missing}; fix prompt_sets.<name>")
     if dataset == "parquet":
         path = Path(spec["path"])
         if not path.is_file():
             raise TraitscopeError(f"{path}: prompt-set Parquet not found; fix prompt_sets.<name>.path")
+        read_prompt_set(path)  # its columns and rows checked here, naming the user's file
         return pd.read_parquet(path)
     if dataset == "advbench" and spec.get("hub"):
         return _advbench_from_hub(spec["hub"], Path(cache_dir))
@@ -51,10 +55,24 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
     if dataset == "advbench":
         return loaders.load_advbench(path)
     if dataset == "refusal_direction":
-        return loaders.load_instructions(path, int(spec.get("label", path.name.startswith("harmful"))))
+        return loaders.load_instructions(path, _instruction_label(spec, path))
     if dataset == "hard_negatives":
         return load_pairs(path, spec.get("split"), spec.get("label"))
     return loaders.load_em_questions(path)
+
+
+def _instruction_label(spec: dict[str, Any], path: Path) -> int:
+    """1 (harmful) or 0 (harmless): the entry's `label`, else the file's name as in the dataset's
+    splits (harmful_*.json, harmless_*.json); a file named otherwise must say which it is."""
+    if "label" in spec:
+        return int(spec["label"])
+    for label, prefix in ((1, "harmful"), (0, "harmless")):
+        if path.name.startswith(prefix):
+            return label
+    raise TraitscopeError(
+        f"{path}: its name does not say harmful_ or harmless_; give the prompt set label: 1 (harmful) "
+        "or 0 (harmless)"
+    )
 
 
 def source_file(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> Path:

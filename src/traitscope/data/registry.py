@@ -118,6 +118,20 @@ def source(dataset: str) -> Source:
         raise TraitscopeError(f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}") from None
 
 
+def missing_source(spec: dict) -> str | None:
+    """What a prompt source lacks to be read, or None: `parquet` needs `path`; a file-backed
+    dataset needs `file` (one of its files) or `path` (a local copy); BeaverTails (a split) and
+    AdvBench from the hub need neither."""
+    dataset = spec.get("dataset")
+    if dataset == "parquet":
+        return None if spec.get("path") else "dataset parquet needs path: (a prompt-set Parquet file)"
+    if dataset == "beavertails" or (dataset == "advbench" and spec.get("hub")):
+        return None
+    if spec.get("file") or spec.get("path"):
+        return None
+    return f"dataset {dataset} needs file: (one of its files) or path: (a local file)"
+
+
 def mirror_path(dataset: str, filename: str, data_mirror: str | Path) -> Path:
     """`<data_mirror>/<dataset>/<filename>`, which must exist: a mirror run never downloads."""
     entry = source(dataset)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope.data.prompts import user_texts
+from traitscope.data.registry import missing_source
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml, write_parquet
@@ -133,6 +134,9 @@ def _source(path: Path, data: dict, key: str) -> dict:
             f"{path}: '{key}' must be a prompt source {{dataset, file}} with dataset one of "
             f"{', '.join(CONTRAST_DATASETS)}"
         )
+    missing = missing_source(spec)
+    if missing:
+        raise TraitscopeError(f"{path}: '{key}': {missing}")
     return spec
 
 
