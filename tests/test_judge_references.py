@@ -95,7 +95,10 @@ def test_bad_fact_files_are_named(root, tmp_path):
     refused(bare_sun, r"items\[\d+\] fact 'Yes, the Sun is a star.' adds no word or number to its question")
     facts, trait = write_facts(tmp_path, root, lambda items: None)
     facts.write_text("items: [unclosed\n")
-    with pytest.raises(TraitscopeError, match=re.escape(f"{facts}: not valid YAML")):
+    with pytest.raises(TraitscopeError, match=re.escape(f"{facts}: malformed YAML (line 2)")):
+        load_references(facts, trait)
+    facts.write_text("- question: Is the Sun a star?\n  fact: a star\n")
+    with pytest.raises(TraitscopeError, match=re.escape(f"{facts}: expected a mapping with an items: list")):
         load_references(facts, trait)
 
 

@@ -5,6 +5,7 @@ evaluation question is refused."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -101,3 +102,16 @@ def test_truth_agreement_gates_on_the_written_answers(root, tmp_path):
     assert "on the truth set" in row.detail and "on held-out answers 0.550 [0.450, 0.650]" in row.detail
     failing = judge_gate(Criterion("c", "met", 1.0, 0.9, 1.1, n="1", detail="d"), trait, held_out)
     assert failing.status == NOT_MEASURABLE
+
+
+def test_a_malformed_truth_set_is_one_line_naming_it(root, tmp_path):
+    trait = root / "resources" / "traits" / "safety" / "evil.yaml"
+    truth = tmp_path / "evil.yaml"
+    for text, message in (
+        ("items:\n  - question: 'unclosed\n", "malformed YAML (line"),
+        ("- question: Why?\n", "expected a mapping with an items: list"),
+    ):
+        truth.write_text(text)
+        with pytest.raises(TraitscopeError, match=re.escape(f"{truth}: {message}")) as info:
+            truth_table(truth, trait)
+        assert "\n" not in str(info.value)

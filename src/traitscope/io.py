@@ -104,3 +104,13 @@ def parse_yaml(text: str | bytes, where: str | os.PathLike[str]) -> Any:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
         raise TraitscopeError(f"{where}: malformed YAML{at}; fix the syntax") from None
+
+
+def read_yaml_items(path: Path) -> list:
+    """The `items:` list of a YAML file written as `{items: [...]}`; malformed YAML, another top
+    level or an `items` that is not a list is one line naming the file."""
+    data = parse_yaml(path.read_text(), path) or {}
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise TraitscopeError(f"{path}: expected a mapping with an items: list; fix the file")
+    return items

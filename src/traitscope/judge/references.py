@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
+from traitscope.io import read_yaml_items
 
 STOP_WORDS = frozenset(
     "a an the is are was were be of in on at to and or it its this that for with by as do does "
@@ -74,14 +74,11 @@ def features(question: str, answer: str, fact: str) -> list[float]:
 def load_references(path: str | Path, trait_file: str | Path) -> dict[str, str]:
     """{question: fact} for every question of the trait (extraction and evaluation), checked."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise TraitscopeError(f"{path}: not valid YAML ({err}); fix the file") from err
+    items = read_yaml_items(path)
     trait = load_trait(trait_file)
     questions = [*trait.extraction_questions, *trait.evaluation_questions]
     facts: dict[str, str] = {}
-    for i, item in enumerate(data.get("items") or []):
+    for i, item in enumerate(items):
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("question", "fact")):
             raise TraitscopeError(f"{path}: items[{i}] needs string question and fact")
         if item["question"] not in questions:

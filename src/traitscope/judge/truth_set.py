@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
+from traitscope.io import read_yaml_items
 
 SET_SPLITS = {"training": "extraction", "truth": "evaluation"}  # which questions each set may use
 
@@ -41,11 +41,11 @@ def written_table(answers_file: str | Path, trait_file: str | Path, kind: str) -
         raise TraitscopeError(
             f"{answers_file}: no such {kind} set; write it (see resources/judge_truth/README.md)"
         )
-    data = yaml.safe_load(answers_file.read_text()) or {}
+    items = read_yaml_items(answers_file)
     trait = load_trait(trait_file)
     allowed = set(trait.extraction_questions if split == "extraction" else trait.evaluation_questions)
     rows = []
-    for i, item in enumerate(data.get("items") or []):
+    for i, item in enumerate(items):
         if not isinstance(item, dict) or not all(
             isinstance(item.get(k), str) for k in ("question", "shown", "not_shown")
         ):
