@@ -51,6 +51,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         ({"evaluation_questions": ["q1"]}, "held-out questions must be disjoint"),
         ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs string 'positive' and 'negative'"),
         ({"judge_rubric": None}, "must be strings"),
+        ({"judge_rubric": "Rate {question} from 0 to 100."}, r"judge_rubric needs an \{answer\} placeholder"),
     ],
 )
 def test_invalid_trait_fields(tmp_path, change, message):

@@ -227,6 +227,8 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
         )
     if not isinstance(data["description"], str) or not isinstance(data["judge_rubric"], str):
         raise TraitscopeError(f"{path}: 'description' and 'judge_rubric' must be strings")
+    if "{answer}" not in data["judge_rubric"]:  # the judge would score the rubric, not the answer
+        raise TraitscopeError(f"{path}: judge_rubric needs an {{answer}} placeholder (and {{question}})")
     return Trait(
         name=name,
         description=data["description"].strip(),
