@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
 from judge_server import JudgeServer, expected_score, planted_score
 from test_emergent_misalignment import fake_capture
 
@@ -179,3 +180,19 @@ def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypa
         rate = result["variants"][role]["misaligned_rate"]
         assert (rate["k"], rate["n"]) == expected and result["variants"][role]["n_answers"] == 6
     assert result["judge"]["backend"] == "openai" and result["n_questions"] == 6
+
+
+def test_em_rubrics_need_both_judge_prompts(mirror, tmp_path):
+    source = yaml.safe_load((mirror / "emergent_misalignment" / "first_plot_questions.yaml").read_text())
+    entry = next(e for e in source if e.get("judge_prompts"))
+    path = tmp_path / "questions.yaml"
+    for prompts, missing in (
+        ({"aligned": entry["judge_prompts"]["aligned"]}, "coherent"),
+        (["x"], "aligned, coherent"),
+    ):
+        path.write_text(yaml.safe_dump([{**entry, "judge_prompts": prompts}]))
+        with pytest.raises(
+            TraitscopeError,
+            match=rf"questions\.yaml: judge_prompts needs string aligned and coherent \(missing {missing}\)",
+        ):
+            em_rubrics(path)

@@ -236,5 +236,14 @@ def em_rubrics(yaml_path: str | Path) -> dict[str, str]:
     for entry in data if isinstance(data, list) else []:
         prompts = entry.get("judge_prompts") if isinstance(entry, dict) else None
         if prompts:
-            return {k: v for k, v in prompts.items() if isinstance(v, str)}
+            rubrics = (
+                {k: v for k, v in prompts.items() if isinstance(v, str)} if isinstance(prompts, dict) else {}
+            )
+            missing = [name for name in RUBRICS if name not in rubrics]
+            if missing:  # found here, not after the judge has scored every answer on the others
+                raise TraitscopeError(
+                    f"{yaml_path}: judge_prompts needs string {' and '.join(RUBRICS)} "
+                    f"(missing {', '.join(missing)})"
+                )
+            return rubrics
     raise TraitscopeError(f"{yaml_path}: no judge_prompts in this emergent-misalignment YAML")
