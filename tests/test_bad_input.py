@@ -197,9 +197,10 @@ def test_schema_names_the_bad_key(root, tmp_path):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
 
 
-def test_a_source_without_its_file_is_named_before_running(root, tmp_path):
-    """A prompt set or a contrast trait's side that names a dataset but none of its files fails
-    config validation, naming the key or the trait file, not a KeyError in a later job."""
+def test_bad_prompt_sources_and_contrast_fields_are_named_before_running(root, tmp_path):
+    """A prompt set or a contrast trait's side that names a dataset but none of its files, or a
+    seed or match_length of the wrong type, fails validation naming the key or the trait file,
+    not a KeyError in a later job (or a string "false" read as true)."""
     from traitscope.config import load_config
     from traitscope.data.traits import read_trait
 
@@ -218,6 +219,13 @@ def test_a_source_without_its_file_is_named_before_running(root, tmp_path):
         TraitscopeError, match=rf"{trait_file}: 'positive': dataset refusal_direction needs file:"
     ):
         read_trait(trait_file)
+    trait["positive"] = {"dataset": "refusal_direction", "file": "harmful_train.json"}
+    for key, value in (("seed", "abc"), ("match_length", "false")):
+        trait_file.write_text(yaml.safe_dump({**trait, key: value}))
+        with pytest.raises(
+            TraitscopeError, match=rf"{trait_file}: match_length must be true or false and seed"
+        ):
+            read_trait(trait_file)
 
 
 def test_a_bad_key_inside_an_alternative_is_named(root, tmp_path):

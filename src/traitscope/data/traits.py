@@ -174,6 +174,12 @@ def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTr
         raise TraitscopeError(
             f"{path}: pool must be one of {', '.join(CONTRAST_POOLS)}, got {data['pool']!r}"
         )
+    match_length, seed = data.get("match_length", True), data.get("seed", 0)
+    if not isinstance(match_length, bool) or isinstance(seed, bool) or not isinstance(seed, int):
+        raise TraitscopeError(
+            f"{path}: match_length must be true or false and seed an integer, "
+            f"got {match_length!r} and {seed!r}"
+        )
     return ContrastTrait(
         name=name,
         description=str(data["description"]).strip(),
@@ -182,8 +188,8 @@ def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTr
         n_extraction=data["n_extraction"],
         n_evaluation=data["n_evaluation"],
         pool=data["pool"],
-        match_length=bool(data.get("match_length", True)),
-        seed=int(data.get("seed", 0)),
+        match_length=match_length,
+        seed=seed,
         sha256=hashlib.sha256(raw).hexdigest(),
         pairs=_pairs(path, data),
     )
