@@ -18,7 +18,7 @@ from traitscope.data import loaders, registry
 from traitscope.data.pairs import load_pairs
 from traitscope.data.prompts import normalise, read_prompt_set, user_texts
 from traitscope.errors import TraitscopeError
-from traitscope.io import write_parquet
+from traitscope.io import atomic_path, write_parquet
 
 LOADERS = (
     "harmbench",
@@ -98,8 +98,8 @@ def _advbench_from_hub(hub_id: str, cache_dir: Path) -> pd.DataFrame:
     if "prompt" not in rows.columns:
         raise TraitscopeError(f"{hub_id}: expected a 'prompt' column, found {', '.join(rows.columns)}")
     path = cache_dir / "advbench" / "harmful_behaviors.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows.rename(columns={"prompt": "goal"}).assign(target=rows.get("target", "")).to_csv(path, index=False)
+    with atomic_path(path) as tmp:  # a killed job must not leave a truncated cache for the next
+        rows.rename(columns={"prompt": "goal"}).assign(target=rows.get("target", "")).to_csv(tmp, index=False)
     return loaders.load_advbench(path)
 
 
