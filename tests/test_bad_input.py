@@ -219,7 +219,13 @@ def test_bad_prompt_sources_and_contrast_fields_are_named_before_running(root, t
         TraitscopeError, match=rf"{trait_file}: 'positive': dataset refusal_direction needs file:"
     ):
         read_trait(trait_file)
-    trait["positive"] = {"dataset": "refusal_direction", "file": "harmful_train.json"}
+    trait["positive"] = {"dataset": "refusal_direction", "path": "data/my_requests.json"}
+    trait_file.write_text(yaml.safe_dump(trait))
+    assert read_trait(trait_file).positive["path"]  # the trait labels its sides: no label needed
+    bad["prompt_sets"]["mine"] = {"dataset": "refusal_direction", "path": "data/my_requests.json"}
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TraitscopeError, match=r"prompt_sets\.mine: my_requests\.json is not named harmful_"):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
     for key, value in (("seed", "abc"), ("match_length", "false")):
         trait_file.write_text(yaml.safe_dump({**trait, key: value}))
         with pytest.raises(

@@ -103,6 +103,10 @@ def test_a_template_that_rejects_the_conversation_is_a_one_line_error(smollm2):
     ) as info:
         chat.encode(tok, chat.messages_for("hi", "Be brief."))
     assert "\n" not in str(info.value)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }"
+    with pytest.raises(TraitscopeError, match="chat template does not parse") as info:
+        chat.encode(tok, chat.messages_for("hi", "Be brief."))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("prefill", ["", "Sure, I'd be happy to help. Here's"])

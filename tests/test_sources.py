@@ -541,7 +541,7 @@ def test_an_instruction_file_says_whether_it_is_harmful(mirror: Path, tmp_path):
     mine = tmp_path / "my_requests.json"
     mine.write_text(json.dumps(rows))
     spec = {"dataset": "refusal_direction", "path": str(mine)}
-    error_of(lambda: load_source(spec, None, tmp_path), str(mine), "label: 1 (harmful) or 0 (harmless)")
+    error_of(lambda: load_source(spec, None, tmp_path), "my_requests.json is not named", "label: 1 (harmful)")
     assert set(load_source({**spec, "label": 1}, None, tmp_path)["label"]) == {1}
     named = tmp_path / "harmless_mine.json"
     named.write_text(json.dumps(rows))

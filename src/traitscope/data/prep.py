@@ -63,16 +63,8 @@ def load_source(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | 
 
 def _instruction_label(spec: dict[str, Any], path: Path) -> int:
     """1 (harmful) or 0 (harmless): the entry's `label`, else the file's name as in the dataset's
-    splits (harmful_*.json, harmless_*.json); a file named otherwise must say which it is."""
-    if "label" in spec:
-        return int(spec["label"])
-    for label, prefix in ((1, "harmful"), (0, "harmless")):
-        if path.name.startswith(prefix):
-            return label
-    raise TraitscopeError(
-        f"{path}: its name does not say harmful_ or harmless_; give the prompt set label: 1 (harmful) "
-        "or 0 (harmless)"
-    )
+    splits (harmful_*.json, harmless_*.json; `registry.missing_source` refuses any other name)."""
+    return int(spec["label"]) if "label" in spec else int(path.name.startswith("harmful"))
 
 
 def source_file(spec: dict[str, Any], data_mirror: str | None, cache_dir: str | Path) -> Path:

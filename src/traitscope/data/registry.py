@@ -118,18 +118,24 @@ def source(dataset: str) -> Source:
         raise TraitscopeError(f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}") from None
 
 
-def missing_source(spec: dict) -> str | None:
+def missing_source(spec: dict, labelled: bool = False) -> str | None:
     """What a prompt source lacks to be read, or None: `parquet` needs `path`; a file-backed
     dataset needs `file` (one of its files) or `path` (a local copy); BeaverTails (a split) and
-    AdvBench from the hub need neither."""
+    AdvBench from the hub need neither. An instruction file's rows are harmful or harmless by
+    its name (harmful_*, harmless_*), so a file named otherwise needs `label` unless the caller
+    labels the rows (`labelled`: a contrast trait's sides)."""
     dataset = spec.get("dataset")
     if dataset == "parquet":
         return None if spec.get("path") else "dataset parquet needs path: (a prompt-set Parquet file)"
     if dataset == "beavertails" or (dataset == "advbench" and spec.get("hub")):
         return None
-    if spec.get("file") or spec.get("path"):
-        return None
-    return f"dataset {dataset} needs file: (one of its files) or path: (a local file)"
+    name = Path(spec.get("path") or spec.get("file") or "").name
+    if not name:
+        return f"dataset {dataset} needs file: (one of its files) or path: (a local file)"
+    if dataset == "refusal_direction" and not labelled and "label" not in spec:
+        if not name.startswith(("harmful", "harmless")):
+            return f"{name} is not named harmful_* or harmless_*; give label: 1 (harmful) or 0 (harmless)"
+    return None
 
 
 def mirror_path(dataset: str, filename: str, data_mirror: str | Path) -> Path:

@@ -134,7 +134,7 @@ def _source(path: Path, data: dict, key: str) -> dict:
             f"{path}: '{key}' must be a prompt source {{dataset, file}} with dataset one of "
             f"{', '.join(CONTRAST_DATASETS)}"
         )
-    missing = missing_source(spec)
+    missing = missing_source(spec, labelled=True)  # the trait labels its two sides
     if missing:
         raise TraitscopeError(f"{path}: '{key}': {missing}")
     return spec
@@ -309,7 +309,8 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
     from traitscope.data.prep import length_matched, load_source, without
 
     total = trait.n_extraction + trait.n_evaluation
-    positives = load_source(trait.positive, data_mirror, cache_dir)
+    # each side's label is the trait's (1 positive, 0 negative), whatever its files are named
+    positives = load_source({**trait.positive, "label": 1}, data_mirror, cache_dir)
     positives = without(positives, positives.iloc[:0])
     if len(positives) < total:
         raise TraitscopeError(
@@ -317,7 +318,7 @@ def contrast_prompts(trait: ContrastTrait, data_mirror: str | None, cache_dir: s
             "lower n_extraction or n_evaluation"
         )
     positives = positives.sample(n=total, random_state=trait.seed)
-    pool = without(load_source(trait.negative, data_mirror, cache_dir), positives)
+    pool = without(load_source({**trait.negative, "label": 0}, data_mirror, cache_dir), positives)
     cut = trait.n_extraction
     splits = {"extraction": positives.iloc[:cut], "evaluation": positives.iloc[cut:]}
     paired = _paired_splits(trait, data_mirror, cache_dir) if trait.pairs is not None else {}

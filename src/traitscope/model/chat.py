@@ -52,22 +52,27 @@ def apply_template(tokenizer: Any, messages: list[dict[str, str]], add_generatio
     supported"). Persona instructions are system prompts, so there the system prompt opens the
     first user turn instead, as Gemma 3's own template does; the job log says so once.
     """
-    from jinja2 import TemplateError
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    def render(conversation: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return render(messages)
+    except TemplateSyntaxError as exc:
+        raise TraitscopeError(
+            f"the chat template does not parse ({exc}); fix models.<variant>.chat_template"
+        ) from None
     except TemplateError as exc:
-        refused = exc
+        refused = f"{exc}"
     folded = fold_system(messages)
     if folded is not None:
         try:
-            text = tokenizer.apply_chat_template(
-                folded, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
-        except TemplateError:
-            pass
+            text = render(folded)
+        except TemplateError as exc:
+            refused += f"; with the system prompt in the user turn: {exc}"
         else:
             if not getattr(tokenizer, "traitscope_folds_system", False):
                 tokenizer.traitscope_folds_system = True

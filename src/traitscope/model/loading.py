@@ -40,7 +40,7 @@ class ModelSpec:
     gguf_file: str | None = None
     lora: dict | None = None  # {"base": variant, "adapter": hub id or folder}
     finetune: dict | None = None  # {"base": variant, "data": chat JSONL, setting overrides}
-    chat_template: str | None = None  # Jinja text, or a path to a .jinja file
+    chat_template: str | None = None  # Jinja text, or a path to a file of it
     trust_remote_code: bool = False
     dtype: str | None = None  # None or "auto": chosen per machine at load time (resolve_dtype)
     device_map: str | None = None  # "auto": shard over every visible GPU (models too large for one)
@@ -328,7 +328,11 @@ def template_text(spec: ModelSpec) -> str:
     value = spec.chat_template or ""
     if "{{" in value or "{%" in value:
         return value
-    if not Path(value).is_file():
+    try:
+        is_file = Path(value).is_file()
+    except OSError:  # a name too long for the file system is not a file either
+        is_file = False
+    if not is_file:
         raise TraitscopeError(
             f"models.{spec.name}.chat_template: {value!r} is neither Jinja text nor a file "
             f"(from {Path.cwd()}); fix the path"

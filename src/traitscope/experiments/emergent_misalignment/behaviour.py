@@ -139,11 +139,6 @@ def em_judge(
     """Judge one variant's answers (a job per variant: each starts when its capture ends)."""
     from traitscope.capture.store import read_responses
 
-    missing = [name for name in RUBRICS if name not in rubrics]
-    if missing:
-        raise TraitscopeError(
-            f"judge rubrics: no {', '.join(missing)} prompt; the EM YAML's judge_prompts need both"
-        )
     rows = select_rows(read_prompt_set(prompts_path_), max_answers)
     table = judge_answers(rows, {role: read_responses(capture)}, rubrics, judge)
     write_parquet(out_table, table)
