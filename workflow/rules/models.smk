@@ -2,6 +2,7 @@ rule prepare_model:
     input:
         base=get_base_manifest,
         adapter=get_trained_adapter,
+        template=get_chat_template_file,
     output:
         manifest="results/models/{variant}/manifest.json",
     log:
