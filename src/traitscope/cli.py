@@ -19,6 +19,7 @@ from traitscope import summary
 from traitscope.capture.settings import CaptureSettings
 from traitscope.command_args import path_or_none
 from traitscope.config import load_config
+from traitscope.data.registry import dataset_file
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.data.traits import trait_prompts
 from traitscope.errors import TraitscopeError
@@ -59,8 +60,6 @@ def _prep_prompts(a: argparse.Namespace) -> None:
 
 
 def _dataset_file(a: argparse.Namespace) -> None:
-    from traitscope.data.registry import dataset_file
-
     dataset_file(a.dataset, a.file, a.out, a.data_mirror, a.cache_dir)
 
 

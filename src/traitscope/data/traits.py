@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope.data.prompts import user_texts
-from traitscope.data.registry import missing_source
+from traitscope.data.registry import bundled_path, is_bundled, missing_source
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml, write_parquet
@@ -156,8 +156,6 @@ def _pairs(path: Path, data: dict) -> dict | None:
 
 def bundled_sources(path: str | Path) -> list[str]:
     """The project's own prompt files a trait reads (`pairs`): inputs of its prompt set."""
-    from traitscope.data.registry import bundled_path, is_bundled
-
     trait = read_trait(path)
     specs = [trait.positive, trait.negative, trait.pairs] if isinstance(trait, ContrastTrait) else []
     return [str(bundled_path(s["dataset"], s["file"])) for s in specs if s and is_bundled(s["dataset"])]
