@@ -49,7 +49,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     [
         ({"extraction_questions": []}, "'extraction_questions' needs at least 1"),
         ({"evaluation_questions": ["q1"]}, "held-out questions must be disjoint"),
-        ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs string 'positive' and 'negative'"),
+        ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs non-empty string 'positive' and 'negative'"),
+        ({"pairs": [{"positive": "x", "negative": " "}]}, r"pairs\[0\] needs non-empty string"),
         ({"judge_rubric": None}, "must be strings"),
         ({"judge_rubric": "Rate {question} from 0 to 100."}, r"judge_rubric needs an \{answer\} placeholder"),
     ],

@@ -29,6 +29,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml, write_parquet
 
 MIN_PAIRS = 1
+SIDES = ("positive", "negative")
 REQUIRED = ("description", "pairs", "extraction_questions", "evaluation_questions", "judge_rubric")
 CONTRAST_KIND = "prompt_contrast"
 CONTRAST_REQUIRED = ("description", "positive", "negative", "n_extraction", "n_evaluation", "pool")
@@ -216,10 +217,11 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
         raise TraitscopeError(f"{path}: 'pairs' must be a non-empty list of {{positive, negative}}")
     pairs = []
     for i, p in enumerate(pairs_raw):
-        if not (
-            isinstance(p, dict) and isinstance(p.get("positive"), str) and isinstance(p.get("negative"), str)
-        ):
-            raise TraitscopeError(f"{path}: pairs[{i}] needs string 'positive' and 'negative' entries")
+        # an empty instruction would run that side with no system prompt at all
+        if not (isinstance(p, dict) and all(isinstance(p.get(k), str) and p[k].strip() for k in SIDES)):
+            raise TraitscopeError(
+                f"{path}: pairs[{i}] needs non-empty string 'positive' and 'negative' entries"
+            )
         pairs.append(InstructionPair(p["positive"].strip(), p["negative"].strip()))
     extraction = _strings(path, data, "extraction_questions", 1)
     evaluation = _strings(path, data, "evaluation_questions", 1)
