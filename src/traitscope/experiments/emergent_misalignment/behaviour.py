@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from traitscope.command_args import json_object
 from traitscope.config import read_yaml
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
@@ -193,7 +194,9 @@ def add_behaviour_commands(add) -> None:
     p.add_argument("--prompts", required=True, help="the derived benign question set")
     p.add_argument("--capture", required=True, help="the variant's capture.json of it")
     p.add_argument("--role", choices=ROLES, required=True)
-    p.add_argument("--rubrics-from", required=True, help="the prompt_sets: entry (JSON) of an EM YAML")
+    p.add_argument(
+        "--rubrics-from", required=True, type=json_object, help="the prompt_sets: entry (JSON) of an EM YAML"
+    )
     p.add_argument("--data-mirror", type=lambda v: None if v == "none" else v, default=None)
     p.add_argument("--cache-dir", default="results/cache")
     add_judge_arguments(p)
@@ -212,7 +215,7 @@ def add_behaviour_commands(add) -> None:
 def _judge_cli(a) -> None:
     from traitscope.data.prep import source_file
 
-    rubrics = em_rubrics(source_file(json.loads(a.rubrics_from), a.data_mirror, a.cache_dir))
+    rubrics = em_rubrics(source_file(a.rubrics_from, a.data_mirror, a.cache_dir))
     judge = judge_from_args(a)
     try:
         em_judge(a.prompts, a.capture, a.role, rubrics, judge, a.out, a.out_json, a.settings.max_answers)
