@@ -210,6 +210,16 @@ def test_a_missing_key_is_one_clear_error(server, tmp_path, monkeypatch):
     assert server.count() == 0
 
 
+def test_a_hand_written_judge_section_missing_keys_is_one_line(tmp_path):
+    with pytest.raises(TraitscopeError, match="--judge: not JSON"):
+        J.judge_from_json("{backend: openai}")
+    with pytest.raises(
+        TraitscopeError,
+        match=r"^judge: missing key\(s\) min_number_mass, cache, coherence_rubric; pass the config's whole",
+    ):
+        J.judge_from_json('{"backend": "openai"}')
+
+
 # ----------------------------------------------------------------------------- local backend
 
 

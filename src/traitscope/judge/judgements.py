@@ -7,7 +7,7 @@ without importing one another.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from traitscope.errors import TraitscopeError
 from traitscope.judge.rubrics import COHERENCE_RUBRIC
@@ -35,6 +35,12 @@ class JudgeSettings:
         unknown = set(data) - known
         if unknown:
             raise TraitscopeError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        absent = [name for name in required if name not in data]
+        if absent:  # rules pass the schema-filled section; a hand-written one may not
+            raise TraitscopeError(
+                f"{where}: missing key(s) {', '.join(absent)}; pass the config's whole judge: section"
+            )
         if data.get("backend") not in BACKENDS:
             raise TraitscopeError(
                 f"{where}.backend must be one of {', '.join(BACKENDS)}, got {data.get('backend')!r}"
