@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_capture import GEMMA2_STYLE
 
 from traitscope.capture.settings import CaptureSettings
 from traitscope.capture.store import capture, kept_token_bound, load_pooled, resolve_layers, shard_bounds
@@ -291,6 +292,19 @@ def test_a_template_that_rejects_every_prompt_leaves_no_capture_behind(tiny_weig
     with pytest.raises(TraitscopeError, match=f"{prompts_file}: the chat template rejects"):
         capture(manifest, prompts_file, out, settings(), device="cpu")
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+def test_a_capture_records_system_prompts_moved_into_the_user_turn(
+    tiny_weights, prompts_file, captured, tmp_path
+):
+    from traitscope.model.loading import ModelSpec, prepare_model
+
+    assert json.loads(captured.read_text())["system_in_user_turn"] is False  # SmolLM2's template
+    spec = {"path": str(tiny_weights), "dtype": "float32", "chat_template": GEMMA2_STYLE}
+    manifest = prepare_model(ModelSpec.from_config("gemma_style", spec), tmp_path / "model")
+    out = tmp_path / "capture" / "capture.json"
+    capture(manifest, prompts_file, out, settings(), device="cpu")
+    assert json.loads(out.read_text())["system_in_user_turn"] is True
 
 
 def test_capture_resumes_from_complete_shards(tiny_manifest, prompts_file, tmp_path):

@@ -251,6 +251,8 @@ def capture(
         "d_model": model.config.hidden_size,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "dtype_reason": getattr(model, "traitscope_dtype", {}).get("reason"),
+        # the template has no system turn: system prompts opened the first user turn (chat.apply_template)
+        "system_in_user_turn": bool(getattr(tokenizer, "traitscope_folds_system", False)),
         "shard_dir": shard_dir.name,
         "shards": shards,
         "settings": asdict(settings),
