@@ -11,6 +11,7 @@ from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
+from traitscope.model.loading import template_file
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import as_json
 from traitscope.training.settings import FinetuneSettings
@@ -141,8 +142,8 @@ def get_base_manifest(wildcards):
 def get_chat_template_file(wildcards):
     """A variant's chat_template file (not Jinja text): an input, so editing the template reruns
     the variant's preparation and every job that rendered prompts with it."""
-    template = config["models"][wildcards.variant].get("chat_template") or ""
-    return [] if not template or "{{" in template or "{%" in template else [template]
+    template = template_file(config["models"][wildcards.variant].get("chat_template"))
+    return [template] if template else []
 
 
 def get_trained_adapter(wildcards):

@@ -321,12 +321,17 @@ def _bnb_config(spec: ModelSpec, compute_dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def template_file(value: str | None) -> str | None:
+    """The file a `chat_template` value names, or None for Jinja text (or no value). Jinja text
+    always holds `{{` or `{%`, so anything else is a path, and a mistyped one must not become
+    the template (every prompt would render as the path's characters)."""
+    return None if not value or "{{" in value or "{%" in value else value
+
+
 def template_text(spec: ModelSpec) -> str:
-    """The config's chat template: Jinja text as given, else the file it names. Jinja text always
-    holds `{{` or `{%`, so anything else is a path, and a mistyped one must not become the
-    template (every prompt would render as the path's characters)."""
+    """The config's chat template: Jinja text as given, else the file it names (which must exist)."""
     value = spec.chat_template or ""
-    if "{{" in value or "{%" in value:
+    if template_file(value) is None:
         return value
     try:
         is_file = Path(value).is_file()
