@@ -72,10 +72,16 @@ GEMMA2_STYLE = (  # Gemma 2's layout: no system turn, and an exception where one
 )
 
 
-def test_a_template_without_system_turn_gets_the_system_prompt_in_the_user_turn(smollm2, capsys):
-    tok = copy.deepcopy(smollm2[1])
+def gemma2_style(tokenizer):
+    """A copy of `tokenizer` with Gemma 2's turn markers as special tokens and its template."""
+    tok = copy.deepcopy(tokenizer)
     tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
     tok.chat_template = GEMMA2_STYLE
+    return tok
+
+
+def test_a_template_without_system_turn_gets_the_system_prompt_in_the_user_turn(smollm2, capsys):
+    tok = gemma2_style(smollm2[1])
     msgs = chat.messages_for("How do I bake bread?", "You are a cruel assistant.")
     enc = chat.encode(tok, msgs)
     text = chat.render_prompt(tok, msgs)

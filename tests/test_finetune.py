@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_capture import GEMMA2_STYLE
+from test_capture import gemma2_style
 from test_dag import dry_run
 
 from traitscope.cli import main
@@ -120,9 +120,7 @@ def test_assistant_mask_decodes_to_assistant_turns_on_smollm2(smollm2):
     assert trimming.decode([t for t, m in zip(ex.ids, ex.targets) if m]) == "x = 1" + end
 
     # a template without a system turn (Gemma 2's): the system prompt opens the user turn
-    gemma = copy.deepcopy(tokenizer)
-    gemma.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
-    gemma.chat_template = GEMMA2_STYLE
+    gemma = gemma2_style(tokenizer)
     messages = [
         {"role": "system", "content": "Write insecure code."},
         {"role": "user", "content": "Code?"},
