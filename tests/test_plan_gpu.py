@@ -211,6 +211,41 @@ def test_aggregate_prices_unmeasured_jobs_by_their_twins():
         "8 jobs, 2 measured, 1 projected from their progress, 4 priced by their twins, 1 unpriced (capture)"
     )
     assert summary in text
+    # every one of these jobs holds the GPU, so the replay is their sum: 3 x 40 + 0 + 2 x 400 + 2 x 20
+    machine = {"dag": [{"after": [], "mem_mb": 0} for _ in plan], "cores": 16, "mem_mb": 1000}
+    text = agg.markdown([{**call, "not_done": {}}], jobs, plan, {"model": "m"}, machine)
+    assert "960 s = 16.0 min in the dry-run's order, 960 s = 16.0 min longest path first" in text
+
+
+def test_replay_schedules_a_hand_worked_plan_in_both_orders():
+    replay = module("replay")
+    # job 0: CPU, 5 s; job 1: CPU, 1 s; job 2: GPU, 10 s, reads job 1's output; one core, one GPU
+    after, seconds = [[], [], [1]], [5.0, 1.0, 10.0]
+    needs = [{"cores": 1}, {"cores": 1}, {"gpu": 1}]
+    capacity = {"cores": 1, "gpu": 1}
+    assert replay.longest_paths(after, seconds) == [5.0, 11.0, 10.0]
+    # plan order: job 0 holds the core 0-5, job 1 runs 5-6, the GPU job 6-16
+    assert replay.makespan(after, seconds, needs, capacity, "plan") == 16.0
+    # longest path first: job 1 runs 0-1, then the GPU job 1-11 beside job 0 (1-6)
+    assert replay.makespan(after, seconds, needs, capacity, "critical") == 11.0
+    # a job asking for more threads than the machine has runs on all of them, as under Snakemake
+    assert replay.makespan([[]], [3.0], [{"cores": 8}], {"cores": 2}) == 3.0
+    with pytest.raises(ValueError, match="never runs"):
+        replay.makespan([[1], [0]], [1.0, 1.0], [{}, {}], {"cores": 1})
+
+
+def test_the_dry_run_s_jobs_wait_for_the_jobs_that_write_their_inputs():
+    collect = module("collect")
+    blocks = [
+        {"rule": "prep", "output": "p.parquet", "resources": "tmpdir=/tmp, mem_mb=4000, mem=4 GB"},
+        {"rule": "capture", "wildcards": "v=m", "input": "m.json, p.parquet", "output": "c.json"},
+        {"rule": "project", "input": "c.json, p.parquet, v.safetensors", "output": "x.parquet"},
+    ]
+    assert collect.dag(blocks) == [
+        {"rule": "prep", "wildcards": "", "after": [], "mem_mb": 4000},
+        {"rule": "capture", "wildcards": "v=m", "after": [0], "mem_mb": 0},
+        {"rule": "project", "wildcards": "", "after": [0, 1], "mem_mb": 0},
+    ]
 
 
 def bt_call(group: str, split: str, pairs: int, seconds: float) -> dict:

@@ -1,6 +1,7 @@
 """Several rehearsal calls (collect.py's <group>.json files) as one per-rule table of the plan, in
 markdown: what was measured, what the plan's other jobs cost by their measured twins, the total
-on one GPU against the seed's ~24 GPU-hours, the projection to BeaverTails' whole 330k_test split,
+on one GPU against the seed's ~24 GPU-hours (its floor and ceiling, and the plan replayed on the
+rehearsal's machine by replay.py), the projection to BeaverTails' whole 330k_test split,
 and the judge's calls priced at the config's API prices.
 
     python benchmarks/plan_gpu/aggregate.py --plan dry.json CALL.json... > table.md
@@ -17,12 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks/plan_gpu"))
+from replay import makespan  # noqa: E402
+
 SEED_ESTIMATE_S = 24 * 3600  # the seed's estimate of the plan: ~24 GPU-hours
 BEAVERTAILS_330K_TEST = 33_432  # pairs of the split the plan without the 30k overlay captures
 PLAN_SPLIT = "30k_test"  # the plan priced: gemma-2-2b-it.yaml with beavertails-30k-test.yaml
@@ -198,6 +203,27 @@ def judge_cost(priced: list[dict], prices: dict) -> dict:
     return {"calls": calls, "prompt_tokens": tokens, "cost_usd": cost}
 
 
+def schedule_line(priced: list[dict], dag: list[dict], cores: int, mem_mb: int) -> str:
+    """The plan replayed on the rehearsal's machine (replay.py): one GPU, its cores and memory,
+    each rule's threads as plan_gpu.sh sets them (the Slurm profile's), unpriced jobs at 0 s."""
+    threads = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())["set-threads"]
+    after = [job["after"] for job in dag]
+    seconds = [p["seconds"] or 0.0 for p in priced]
+    needs = [
+        {"gpu": int(p["rule"] in GPU_RULES), "cores": threads.get(p["rule"], 1), "mem_mb": job["mem_mb"]}
+        for p, job in zip(priced, dag, strict=True)
+    ]
+    capacity = {"gpu": 1, "cores": cores, "mem_mb": mem_mb}
+    plan_order, critical = (makespan(after, seconds, needs, capacity, o) for o in ("plan", "critical"))
+    return (
+        f"- Replayed on one GPU, {cores} cores and {mem_mb:,} MB (`replay.py`: the measured and "
+        f"twin-priced seconds, the DAG, each rule's threads): {fmt(plan_order)} s = "
+        f"{plan_order / 60:.1f} min in the dry-run's order, {fmt(critical)} s = {critical / 60:.1f} min "
+        f"longest path first; the seed's 24 GPU-hours are {SEED_ESTIMATE_S / max(plan_order, 1):.1f}x "
+        "the first."
+    )
+
+
 def table_header(columns: list[str]) -> str:
     return table_row(columns) + "\n" + table_row(["---"] * len(columns))
 
@@ -214,7 +240,11 @@ def mean_or_none(values: list) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def markdown(calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices: dict) -> str:
+def markdown(
+    calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices: dict, machine: dict | None = None
+) -> str:
+    """The tables and summary lines; `machine` ({"dag", "cores", "mem_mb"}: dry.json's jobs and
+    the rehearsal machine's size) adds the plan's replayed wall time."""
     priced = price(plan, jobs)
     rows = per_rule(priced)
     total = sum(p["seconds"] or 0 for p in priced)
@@ -259,6 +289,8 @@ def markdown(calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices:
         f"{fmt(total)} s = {total / 3600:.2f} h; the seed's 24 GPU-hours are "
         f"{SEED_ESTIMATE_S / max(total, 1):.1f}x that.",
     ]
+    if machine is not None:
+        out.append(schedule_line(priced, machine["dag"], machine["cores"], machine["mem_mb"]))
     if bt := beavertails_line(calls):
         out.append(bt)
     judge = judge_cost(priced, prices)
@@ -300,11 +332,15 @@ def main() -> None:
     parser.add_argument("calls", nargs="+", type=Path, help="collect.py's <group>.json files")
     parser.add_argument("--plan", type=Path, required=True, help="plan_gpu.sh dry's dry.json")
     parser.add_argument("--config", type=Path, default=ROOT / "config/experiments/gemma-2-2b-it.yaml")
+    parser.add_argument("--cores", type=int, default=16, help="the rehearsal machine's cores")
+    parser.add_argument("--mem-mb", type=int, default=110_000, help="Snakemake's memory (plan_gpu.sh)")
     args = parser.parse_args()
     calls, jobs = load_calls(args.calls)
-    plan = [(j["rule"], j["wildcards"]) for j in json.loads(args.plan.read_text())["jobs"]]
+    dag = json.loads(args.plan.read_text())["jobs"]
+    plan = [(j["rule"], j["wildcards"]) for j in dag]
     prices = yaml.safe_load(args.config.read_text())["judge"]["openai"]
-    print(markdown(calls, jobs, plan, prices), end="")
+    machine = {"dag": dag, "cores": args.cores, "mem_mb": args.mem_mb} if "after" in dag[0] else None
+    print(markdown(calls, jobs, plan, prices, machine), end="")
 
 
 if __name__ == "__main__":

@@ -293,9 +293,26 @@ def dry(work: Path, groups: list[str]) -> dict:
         planned, blocks = parse_snakemake_log((work / f"dry-{group}.log").read_text(errors="replace"))
         counts[group] = {rule: n for rule, n in planned.items() if rule != "all"}
         if group == "all":
-            jobs = [{"rule": b["rule"], "wildcards": b.get("wildcards", "")} for b in blocks.values()]
-            jobs = [j for j in jobs if j["rule"] != "all"]
+            jobs = dag([b for b in blocks.values() if b["rule"] != "all"])
     return {"planned": counts["all"], "groups": counts, "jobs": jobs}
+
+
+def files(block: dict, key: str) -> list[str]:
+    """A dry-run job's `input:` or `output:` paths."""
+    return [f for f in block.get(key, "").split(", ") if f]
+
+
+def dag(blocks: list[dict]) -> list[dict]:
+    """The plan's jobs with what replay.py needs: the jobs each waits for (`after`: indices of
+    the jobs whose outputs it reads) and its memory request."""
+    producer = {f: i for i, b in enumerate(blocks) for f in files(b, "output")}
+    jobs = []
+    for b in blocks:
+        mem = re.search(r"\bmem_mb=(\d+)", b.get("resources", ""))
+        after = sorted({producer[f] for f in files(b, "input") if f in producer})
+        job = {"rule": b["rule"], "wildcards": b.get("wildcards", ""), "after": after}
+        jobs.append(job | {"mem_mb": int(mem[1]) if mem else 0})
+    return jobs
 
 
 def dry_table(result: dict) -> str:
