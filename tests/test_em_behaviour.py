@@ -19,6 +19,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.emergent_misalignment import COMPARISONS, em_prompts
 from traitscope.experiments.emergent_misalignment.behaviour import (
     behaviour_stats,
+    em_judge,
     em_rubrics,
     judge_answers,
     misaligned_counts,
@@ -196,3 +197,12 @@ def test_em_rubrics_need_both_judge_prompts(mirror, tmp_path):
             match=rf"questions\.yaml: judge_prompts needs string aligned and coherent \(missing {missing}\)",
         ):
             em_rubrics(path)
+
+
+def test_em_judge_refuses_rubrics_without_both_before_reading_anything(tmp_path):
+    """Called as a library function, with no em_rubrics in front: one line, nothing judged or
+    written (the prompt set and capture paths are never opened)."""
+    out = tmp_path / "judged.parquet"
+    with pytest.raises(TraitscopeError, match=r"em_judge's rubrics: .*\(missing coherent\)"):
+        em_judge("x.parquet", "x.json", "base", {"aligned": RUBRICS["aligned"]}, PlantedJudge(), out, out)
+    assert not out.exists()

@@ -140,6 +140,7 @@ def em_judge(
     """Judge one variant's answers (a job per variant: each starts when its capture ends)."""
     from traitscope.capture.store import read_responses
 
+    require_rubrics(rubrics, "em_judge's rubrics")
     rows = select_rows(read_prompt_set(prompts_path_), max_answers)
     table = judge_answers(rows, {role: read_responses(capture)}, rubrics, judge)
     write_parquet(out_table, table)
@@ -234,14 +235,16 @@ def em_rubrics(yaml_path: str | Path) -> dict[str, str]:
     for entry in data if isinstance(data, list) else []:
         prompts = entry.get("judge_prompts") if isinstance(entry, dict) else None
         if prompts:
-            rubrics = (
-                {k: v for k, v in prompts.items() if isinstance(v, str)} if isinstance(prompts, dict) else {}
-            )
-            missing = [name for name in RUBRICS if name not in rubrics]
-            if missing:  # found here, not after the judge has scored every answer on the others
-                raise TraitscopeError(
-                    f"{yaml_path}: judge_prompts needs string {' and '.join(RUBRICS)} "
-                    f"(missing {', '.join(missing)})"
-                )
-            return rubrics
+            return require_rubrics(prompts if isinstance(prompts, dict) else {}, str(yaml_path))
     raise TraitscopeError(f"{yaml_path}: no judge_prompts in this emergent-misalignment YAML")
+
+
+def require_rubrics(rubrics: dict, where: str) -> dict[str, str]:
+    """The string rubrics of `rubrics`, once both are there: checked before the judge scores any
+    answer, not after it has scored every answer on the one that is there."""
+    strings = {k: v for k, v in rubrics.items() if isinstance(v, str)}
+    if missing := [name for name in RUBRICS if name not in strings]:
+        raise TraitscopeError(
+            f"{where}: judge_prompts needs string {' and '.join(RUBRICS)} (missing {', '.join(missing)})"
+        )
+    return strings
