@@ -175,6 +175,20 @@ def test_aggregate_prices_unmeasured_jobs_by_their_twins():
                     projected_seconds=400,
                 ),
                 job("em_judge", "role=base", 20, judge={"computed": 50, "prompt_tokens": 5000}),
+                # finished from the cache an earlier, stopped try left: not a measurement
+                job(
+                    "em_judge",
+                    "role=control",
+                    5,
+                    judge={"judgements": 50, "cache_hits": 40, "computed": 10, "prompt_tokens": 900},
+                ),
+                # a fresh job's own repeats (under 1% of its judgements) are no resumption
+                job(
+                    "cmaes_optimise",
+                    "trait=evil",
+                    90,
+                    judge={"judgements": 1000, "cache_hits": 5, "computed": 995, "prompt_tokens": 9950},
+                ),
             ],
         },
         # the same job again in a later call: counted once, from the first file
@@ -193,28 +207,31 @@ def test_aggregate_prices_unmeasured_jobs_by_their_twins():
         ("finetune", "variant=gemma2_secure"),  # twin: 400
         ("em_judge", "role=base"),
         ("em_judge", "role=misaligned"),  # twin: 20 s, 50 calls
+        ("em_judge", "role=control"),  # resumed: priced by its twin, 20 s, 50 calls
+        ("cmaes_optimise", "trait=evil"),
     ]
     priced = agg.price(plan, jobs)
     assert [p["source"] for p in priced] == [
-        "measured", "twins", "twins", "none", "projected", "twins", "measured", "twins",
+        "measured", "twins", "twins", "none", "projected", "twins", "measured", "twins", "twins", "measured",
     ]  # fmt: skip
-    assert [p["seconds"] for p in priced] == [40, 40, 40, None, 400, 400, 20, 20]
+    assert [p["seconds"] for p in priced] == [40, 40, 40, None, 400, 400, 20, 20, 20, 90]
     rows = {r["rule"]: r for r in agg.per_rule(priced)}
     assert rows["capture"]["plan_s"] == 120 and rows["capture"]["measured_s"] == 40
-    assert rows["finetune"]["plan_s"] == 800 and rows["em_judge"]["judge_calls"] == 100
+    assert rows["finetune"]["plan_s"] == 800 and rows["em_judge"]["judge_calls"] == 150
     cost = agg.judge_cost(priced, {"price_per_million_input": 0.40, "price_per_million_output": 1.60})
-    assert cost["calls"] == 100 and cost["prompt_tokens"] == 10_000
-    assert cost["cost_usd"] == pytest.approx((10_000 * 0.40 + 100 * 1.60) / 1e6)
+    assert cost["calls"] == 1145 and cost["prompt_tokens"] == 24_950
+    assert cost["cost_usd"] == pytest.approx((24_950 * 0.40 + 1145 * 1.60) / 1e6)
     call = {**calls[0], "device": "d", "cpu": "c", "setup_seconds": 1, "run_seconds": 2, "gpu_busy": None}
     text = agg.markdown([{**call, "not_done": {}}], jobs, plan, {"model": "m"})
     summary = (
-        "8 jobs, 2 measured, 1 projected from their progress, 4 priced by their twins, 1 unpriced (capture)"
+        "10 jobs, 3 measured, 1 projected from their progress, 5 priced by their twins, 1 unpriced (capture)"
     )
     assert summary in text
-    # every one of these jobs holds the GPU, so the replay is their sum: 3 x 40 + 0 + 2 x 400 + 2 x 20
+    # every one of these jobs holds the GPU, so the replay is their sum: 3 x 40 + 0 + 2 x 400 + 3 x 20 + 90
     machine = {"dag": [{"after": [], "mem_mb": 0} for _ in plan], "cores": 16, "mem_mb": 1000}
     text = agg.markdown([{**call, "not_done": {}}], jobs, plan, {"model": "m"}, machine)
-    assert "960 s = 16.0 min in the dry-run's order, 960 s = 16.0 min longest path first" in text
+    assert "1,070 s = 17.8 min in the dry-run's order, 1,070 s = 17.8 min longest path first" in text
+    assert "(resumed: 40 judgements from the cache; priced by twins)" in text
 
 
 def test_replay_schedules_a_hand_worked_plan_in_both_orders():
@@ -232,6 +249,38 @@ def test_replay_schedules_a_hand_worked_plan_in_both_orders():
     assert replay.makespan([[]], [3.0], [{"cores": 8}], {"cores": 2}) == 3.0
     with pytest.raises(ValueError, match="never runs"):
         replay.makespan([[1], [0]], [1.0, 1.0], [{}, {}], {"cores": 1})
+    # memory: two 6 GB jobs in 10 GB run one after the other, though the cores would take both
+    assert (
+        replay.makespan(
+            [[], []], [2.0, 3.0], [{"cores": 1, "mem_mb": 6000}] * 2, {"cores": 4, "mem_mb": 10_000}
+        )
+        == 5
+    )
+
+
+def test_replay_frees_every_job_that_ends_at_once_before_starting_any():
+    """Jobs 0 and 3 end together at 1 s. Freed together, the 3-core job 2 (first in line) starts,
+    then 4 and 5 side by side (2-5 s), then 1 (5-7 s). Freeing job 0 alone first would start the
+    1-core job 1 in the gap and push job 2 back: 8 s."""
+    replay = module("replay")
+    after = [[], [0], [], [], [0, 2], [0, 3]]
+    seconds = [1.0, 2.0, 1.0, 1.0, 3.0, 3.0]
+    needs = [{"cores": c} for c in (1, 1, 3, 2, 1, 2)]
+    assert replay.makespan(after, seconds, needs, {"cores": 3}, "critical") == 7.0
+
+
+def test_aggregate_replays_cpu_jobs_beside_the_gpu_queue_with_the_profile_s_threads():
+    """Two prompt sets (CPU, 1 thread), two captures (the GPU, 8 threads: the Slurm profile's)
+    and a projection on 8 cores. The first capture waits for the 3-s preparation to free its
+    core (3-13 s), the second holds the GPU and all 8 cores (13-23 s), the projection follows
+    (23-27 s)."""
+    agg = module("aggregate")
+    rules = [("prep_prompts", 2.0, []), ("capture", 10.0, [0]), ("capture", 10.0, [0])]
+    rules += [("project", 4.0, [1]), ("prep_prompts", 3.0, [])]
+    priced = [{"rule": rule, "seconds": s} for rule, s, _ in rules]
+    dag = [{"after": after, "mem_mb": 0} for _, _, after in rules]
+    line = agg.schedule_line(priced, dag, cores=8, mem_mb=10_000)
+    assert "27 s = 0.5 min in the dry-run's order, 27 s = 0.5 min longest path first" in line
 
 
 def test_the_dry_run_s_jobs_wait_for_the_jobs_that_write_their_inputs():
@@ -246,6 +295,47 @@ def test_the_dry_run_s_jobs_wait_for_the_jobs_that_write_their_inputs():
         {"rule": "capture", "wildcards": "v=m", "after": [0], "mem_mb": 0},
         {"rule": "project", "wildcards": "", "after": [0, 1], "mem_mb": 0},
     ]
+
+
+PASS_LOG = """\
+Building DAG of jobs...
+[Sat Dec  5 17:33:14 2026]
+localrule prep_prompts:
+    output: p.parquet
+    jobid: 1
+    wildcards: prompt_set=a
+[Sat Dec  5 17:33:16 2026]
+Finished jobid: 1 (Rule: prep_prompts)
+localrule capture:
+    input: p.parquet
+    output: c.json
+    jobid: 2
+    wildcards: variant=m, prompt_set=a
+[Sat Dec  5 17:33:27 2026]
+Finished jobid: 2 (Rule: capture)
+Building DAG of jobs...
+[Sat Dec  5 17:34:00 2026]
+localrule capture:
+    output: d.json
+    jobid: 1
+    wildcards: variant=m, prompt_set=b
+"""
+
+
+def test_aggregate_checks_the_replay_against_the_passes_its_calls_logged(tmp_path):
+    """Two Snakemake passes in one call's log: the first finished (a 2-s preparation, then the
+    capture it feeds, 9 s: replayed 11 s, logged 17:33:14 to 17:33:27, 13 s); the second's job
+    never finished, so that pass is left out."""
+    agg = module("aggregate")
+    jobs = [job("prep_prompts", "prompt_set=a", 2), job("capture", "variant=m, prompt_set=a", 9)]
+    jobs.append(job("capture", "variant=m, prompt_set=b", 30, "unfinished"))
+    (tmp_path / "x.json").write_text(json.dumps({"jobs": jobs}))
+    (tmp_path / "x.snakemake.log").write_text(PASS_LOG)
+    dag = [{"rule": j["rule"], "wildcards": j["wildcards"], "after": [], "mem_mb": 0} for j in jobs]
+    dag[1]["after"] = [0]
+    line = agg.passes_line([tmp_path / "x.json"], dag, cores=16, mem_mb=1000)
+    assert "finished all their jobs: 1. Replayed" in line and "take 11 s; their logs span 13 s" in line
+    assert agg.passes_line([tmp_path / "none.json"], dag, cores=16, mem_mb=1000) is None
 
 
 def bt_call(group: str, split: str, pairs: int, seconds: float) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -26,6 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks/plan_gpu"))
+from collect import parse_snakemake_log  # noqa: E402
 from replay import makespan  # noqa: E402
 
 SEED_ESTIMATE_S = 24 * 3600  # the seed's estimate of the plan: ~24 GPU-hours
@@ -86,14 +88,27 @@ def load_calls_from(calls: list[dict]) -> tuple[list[dict], dict[tuple[str, str]
             continue
         for job in call["jobs"]:
             key = (job["rule"], job["wildcards"])
-            if key not in jobs or (jobs[key]["status"] != "done" and job["status"] == "done"):
+            if key not in jobs or (not full(jobs[key]) and full(job)):
                 jobs[key] = {**job, "call": call["group"]}
     return calls, jobs
 
 
+RESUMED_SHARE = 0.01  # above a fresh job's own repeated judgements: CMA-ES, 6 of 11,536 (0.05%)
+
+
+def full(job: dict) -> bool:
+    """A job measured from start to end: finished, and not resumed. A judging job that a call's
+    budget stopped finishes in the next call from the judge's cache (session 25's control EM
+    judge: 1,904 of 2,400 judgements cached, 20 s against its twins' 53 s), so its seconds are
+    part of a run."""
+    judge = job.get("judge") or {}
+    resumed = judge.get("cache_hits", 0) > RESUMED_SHARE * judge.get("judgements", 0)
+    return job["status"] == "done" and not resumed
+
+
 def seconds_of(job: dict) -> float | None:
-    """A finished job's seconds, or an unfinished one's seconds / progress."""
-    return job["seconds"] if job["status"] == "done" else job.get("projected_seconds")
+    """A fully measured job's seconds, or an unfinished one's seconds / progress."""
+    return job["seconds"] if full(job) else job.get("projected_seconds")
 
 
 def price(plan: list[tuple[str, str]], jobs: dict[tuple[str, str], dict]) -> list[dict]:
@@ -106,13 +121,13 @@ def price(plan: list[tuple[str, str]], jobs: dict[tuple[str, str], dict]) -> lis
     priced = []
     for rule, wildcards in plan:
         job = jobs.get((rule, wildcards))
-        if job is not None and job["status"] == "done":
+        if job is not None and full(job):
             source, seconds, judged = "measured", job["seconds"], [job]
         elif job is not None and job.get("projected_seconds"):
             source, seconds, judged = "projected", job["projected_seconds"], []
         elif like := twins.get(family(rule, wildcards)):
             source, seconds = "twins", statistics.mean(seconds_of(j) for j in like)
-            judged = [j for j in like if j["status"] == "done"]
+            judged = [j for j in like if full(j)]
         else:
             source, seconds, judged = "none", None, []
         calls = [j["judge"] for j in judged if j.get("judge")]
@@ -203,24 +218,70 @@ def judge_cost(priced: list[dict], prices: dict) -> dict:
     return {"calls": calls, "prompt_tokens": tokens, "cost_usd": cost}
 
 
-def schedule_line(priced: list[dict], dag: list[dict], cores: int, mem_mb: int) -> str:
-    """The plan replayed on the rehearsal's machine (replay.py): one GPU, its cores and memory,
-    each rule's threads as plan_gpu.sh sets them (the Slurm profile's), unpriced jobs at 0 s."""
+def replay(
+    rules: list[str], seconds: list[float], dag: list[dict], cores: int, mem_mb: int, order: str
+) -> float:
+    """Jobs (their rules, seconds and dry.json entries) replayed on one GPU, `cores` and `mem_mb`,
+    each rule's threads as plan_gpu.sh sets them (the Slurm profile's)."""
     threads = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())["set-threads"]
-    after = [job["after"] for job in dag]
-    seconds = [p["seconds"] or 0.0 for p in priced]
     needs = [
-        {"gpu": int(p["rule"] in GPU_RULES), "cores": threads.get(p["rule"], 1), "mem_mb": job["mem_mb"]}
-        for p, job in zip(priced, dag, strict=True)
+        {"gpu": int(rule in GPU_RULES), "cores": threads.get(rule, 1), "mem_mb": job["mem_mb"]}
+        for rule, job in zip(rules, dag, strict=True)
     ]
     capacity = {"gpu": 1, "cores": cores, "mem_mb": mem_mb}
-    plan_order, critical = (makespan(after, seconds, needs, capacity, o) for o in ("plan", "critical"))
+    return makespan([job["after"] for job in dag], seconds, needs, capacity, order)
+
+
+def schedule_line(priced: list[dict], dag: list[dict], cores: int, mem_mb: int) -> str:
+    """The plan replayed on the rehearsal's machine (replay.py), unpriced jobs at 0 s."""
+    rules, seconds = [p["rule"] for p in priced], [p["seconds"] or 0.0 for p in priced]
+    plan_order, critical = (replay(rules, seconds, dag, cores, mem_mb, o) for o in ("plan", "critical"))
     return (
         f"- Replayed on one GPU, {cores} cores and {mem_mb:,} MB (`replay.py`: the measured and "
         f"twin-priced seconds, the DAG, each rule's threads): {fmt(plan_order)} s = "
         f"{plan_order / 60:.1f} min in the dry-run's order, {fmt(critical)} s = {critical / 60:.1f} min "
         f"longest path first; the seed's 24 GPU-hours are {SEED_ESTIMATE_S / max(plan_order, 1):.1f}x "
         "the first."
+    )
+
+
+def passes_line(paths: list[Path], dag: list[dict], cores: int, mem_mb: int) -> str | None:
+    """The replay checked against Snakemake: every pass in the calls' logs (<call>.snakemake.log
+    beside its JSON) that finished all its jobs, replayed from those jobs' own seconds, against
+    the span its log stamps (to the second) from the first job's start to the last one's end."""
+    if not paths:
+        return None
+    index = {(j["rule"], j["wildcards"]): i for i, j in enumerate(dag)}
+    passes, replayed, spanned = 0, 0.0, 0.0
+    for path in paths:
+        log = path.with_name(path.name.removesuffix(".json") + ".snakemake.log")
+        if not log.is_file():
+            continue
+        seconds = {(j["rule"], j["wildcards"]): j["seconds"] for j in json.loads(path.read_text())["jobs"]}
+        for text in re.split(r"(?=^Building DAG of jobs)", log.read_text(errors="replace"), flags=re.M)[1:]:
+            jobs = list(parse_snakemake_log(text)[1].values())
+            keys = [(j["rule"], j.get("wildcards", "")) for j in jobs]
+            if not jobs or any(
+                j["status"] != "done" or k not in index or k not in seconds for j, k in zip(jobs, keys)
+            ):
+                continue
+            local = {index[k]: n for n, k in enumerate(keys)}
+            sub = [
+                {
+                    "after": [local[d] for d in dag[index[k]]["after"] if d in local],
+                    "mem_mb": dag[index[k]]["mem_mb"],
+                }
+                for k in keys
+            ]
+            replayed += replay([k[0] for k in keys], [seconds[k] for k in keys], sub, cores, mem_mb, "plan")
+            spanned += max(j["finished"] for j in jobs) - min(j["submitted"] for j in jobs)
+            passes += 1
+    if not passes:
+        return None
+    return (
+        f"- The replay against Snakemake: Snakemake passes of these calls that finished all their jobs: "
+        f"{passes}. Replayed from their own jobs' seconds in the dry-run's order, they take "
+        f"{fmt(replayed)} s; their logs span {fmt(spanned)} s (first start to last end, to the second)."
     )
 
 
@@ -243,8 +304,9 @@ def mean_or_none(values: list) -> float | None:
 def markdown(
     calls: list[dict], jobs: dict, plan: list[tuple[str, str]], prices: dict, machine: dict | None = None
 ) -> str:
-    """The tables and summary lines; `machine` ({"dag", "cores", "mem_mb"}: dry.json's jobs and
-    the rehearsal machine's size) adds the plan's replayed wall time."""
+    """The tables and summary lines; `machine` ({"dag", "cores", "mem_mb", "paths"}: dry.json's
+    jobs, the rehearsal machine's size, the calls' files) adds the plan's replayed wall time and
+    the replay's check against the calls' Snakemake logs."""
     priced = price(plan, jobs)
     rows = per_rule(priced)
     total = sum(p["seconds"] or 0 for p in priced)
@@ -290,7 +352,10 @@ def markdown(
         f"{SEED_ESTIMATE_S / max(total, 1):.1f}x that.",
     ]
     if machine is not None:
-        out.append(schedule_line(priced, machine["dag"], machine["cores"], machine["mem_mb"]))
+        size = (machine["dag"], machine["cores"], machine["mem_mb"])
+        out.append(schedule_line(priced, *size))
+        if check := passes_line(machine.get("paths", []), *size):
+            out.append(check)
     if bt := beavertails_line(calls):
         out.append(bt)
     judge = judge_cost(priced, prices)
@@ -308,6 +373,8 @@ def markdown(
         s = fmt(j["seconds"])
         if j["status"] != "done":
             s += f" ({j['status']}; projected {fmt(j.get('projected_seconds'))})"
+        elif not full(j):
+            s += f" (resumed: {fmt(j['judge']['cache_hits'])} judgements from the cache; priced by twins)"
         peak = j.get("peak_gpu_mib")
         cells = [
             j["call"],
@@ -339,8 +406,8 @@ def main() -> None:
     dag = json.loads(args.plan.read_text())["jobs"]
     plan = [(j["rule"], j["wildcards"]) for j in dag]
     prices = yaml.safe_load(args.config.read_text())["judge"]["openai"]
-    machine = {"dag": dag, "cores": args.cores, "mem_mb": args.mem_mb} if "after" in dag[0] else None
-    print(markdown(calls, jobs, plan, prices, machine), end="")
+    machine = {"dag": dag, "cores": args.cores, "mem_mb": args.mem_mb, "paths": args.calls}
+    print(markdown(calls, jobs, plan, prices, machine if "after" in dag[0] else None), end="")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ The rehearsal runs the plan in slices (a call has 10 minutes), so no call measur
 plan's wall time. Its floor is the GPU jobs one after another and its ceiling every job one
 after another; where it lands between them depends on how the CPU jobs overlap the GPU's queue.
 `makespan` replays the plan as a list schedule under the rehearsal's resources (one GPU, the
-machine's cores and the memory Snakemake is given, each rule's threads), in two orders that
-bracket what a scheduler does: the dry-run's order, and the longest remaining path first.
+machine's cores and the memory Snakemake is given, each rule's threads) in two orders: the
+dry-run's, and the longest remaining path first. Neither is Snakemake's own scheduler (which
+also weighs the rules' `priority:`), so the two are estimates, not bounds; the floor (the GPU
+jobs alone) is the only bound.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def makespan(
                 heapq.heappush(running, (now + seconds[job], job))
         if not running:
             raise ValueError(f"jobs {pending[:5]} wait on a job that never runs (a cycle in `after`)")
-        now, job = heapq.heappop(running)
-        done.add(job)
-        free = {k: free[k] + needs[job].get(k, 0) for k in free}
+        now = running[0][0]
+        while running and running[0][0] == now:  # every job that ends now, before any starts
+            job = heapq.heappop(running)[1]
+            done.add(job)
+            free = {k: free[k] + needs[job].get(k, 0) for k in free}
     return now
