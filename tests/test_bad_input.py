@@ -284,6 +284,25 @@ def test_validate_config_bad_file_is_one_line(root, tmp_path, monkeypatch, capsy
     assert err == [f"traitscope validate-config: error: {message}"]
 
 
+def test_validate_config_merges_overlays_in_order_as_snakemake_does(root, capsys):
+    """The shipped plans extend config/config.yaml (`--configfile`): alone they name a prompt set
+    config.yaml defines, on top of it they are valid; nested keys merge, other values replace."""
+    from traitscope.config import merge
+
+    base, gemma = root / "config/config.yaml", root / "config/experiments/gemma-2-2b-it.yaml"
+    beavertails = root / "config/experiments/beavertails-30k-test.yaml"
+    assert main(["validate-config", str(base), str(gemma), str(beavertails)]) == 0
+    assert capsys.readouterr().out == f"{base} + {gemma} + {beavertails}: valid\n"
+    assert main(["validate-config", str(gemma)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"traitscope validate-config: error: {gemma} extends {base} and is valid on top of it, "
+        f"not alone: traitscope validate-config {base} {gemma}"
+    ]
+    merged = merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "d": {"e": 2}})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": {"e": 2}}
+
+
 def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):
     from traitscope.config import load_config
 

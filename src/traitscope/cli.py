@@ -13,11 +13,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from traitscope import summary
 from traitscope.capture.settings import CaptureSettings
 from traitscope.command_args import json_object, path_or_none
-from traitscope.config import load_config
+from traitscope.config import find_schema, load_config
 from traitscope.data.registry import dataset_file
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.data.traits import trait_prompts
@@ -147,8 +148,21 @@ def _project(a: argparse.Namespace) -> None:
 
 
 def _validate_config(a: argparse.Namespace) -> None:
-    load_config(a.config, a.schema)
-    print(f"{a.config}: valid")
+    try:
+        load_config(a.config, a.schema)
+    except TraitscopeError as exc:
+        base = find_schema(Path(a.config[0]).parent).parents[2] / "config" / "config.yaml"
+        if len(a.config) > 1 or not base.is_file() or base.resolve() == Path(a.config[0]).resolve():
+            raise
+        try:  # an overlay (config/experiments/*.yaml) is run on top of config/config.yaml
+            load_config([base, *a.config], a.schema)
+        except TraitscopeError:
+            raise exc from None
+        raise TraitscopeError(
+            f"{a.config[0]} extends {base} and is valid on top of it, not alone: "
+            f"traitscope validate-config {base} {a.config[0]}"
+        ) from None
+    print(f"{' + '.join(a.config)}: valid")
 
 
 def _core_commands(add: Add) -> None:
@@ -317,8 +331,8 @@ def _core_commands(add: Add) -> None:
     )
     p.add_argument("--out", required=True, help="projections Parquet")
 
-    p = add("validate-config", _validate_config, "check a config file against the schema (from any folder)")
-    p.add_argument("config")
+    p = add("validate-config", _validate_config, "check config files against the schema (from any folder)")
+    p.add_argument("config", nargs="+", help="config files, merged in order as by --configfile")
     p.add_argument("--schema", default=None, help="default: workflow/schemas of the config's checkout")
 
 

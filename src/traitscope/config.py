@@ -251,17 +251,31 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
             plugins[name].check_config(section, resolved)
 
 
-def load_config(path: str | Path, schema_path: str | Path | None = None) -> dict:
-    """Read, schema-validate and cross-check a config file, from any working folder.
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base`, nested mappings key by key and anything else replaced: what
+    Snakemake does with each --configfile after the Snakefile's own config/config.yaml."""
+    out = dict(base)
+    for key, value in overlay.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if nested else value
+    return out
 
-    Relative paths in the config (traits_dir) are taken from the checkout holding it.
+
+def load_config(paths: str | Path | list[str | Path], schema_path: str | Path | None = None) -> dict:
+    """Read, merge in order (as `--configfile` does), schema-validate and cross-check config
+    files, from any working folder.
+
+    Relative paths in the config (traits_dir) are taken from the checkout holding the first.
     """
-    path = Path(path)
-    config = read_yaml(path)
-    if not isinstance(config, dict):
-        raise TraitscopeError(f"{path}: expected a YAML mapping of config keys")
-    schema = Path(schema_path) if schema_path else find_schema(path.parent)
-    validate_config(config, schema, str(path))
+    paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
+    config: dict = {}
+    for path in paths:
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise TraitscopeError(f"{path}: expected a YAML mapping of config keys")
+        config = merge(config, data)
+    schema = Path(schema_path) if schema_path else find_schema(paths[0].parent)
+    validate_config(config, schema, " + ".join(map(str, paths)))
     root = schema.parents[2]
     traits_dir = Path(config["traits_dir"])
     check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir)
