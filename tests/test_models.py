@@ -118,6 +118,44 @@ def test_lora_folder_without_adapter_config(tmp_path, tiny_folder):
         prepare_model(spec, tmp_path / "v", base_manifest)
 
 
+def test_local_sources_that_hold_no_model_stop_the_first_job(tmp_path, tiny_folder):
+    """A `path:` folder without a model, a local adapter path that is not there and a file that
+    is no GGUF: one line at preparation each (they used to pass it and stop the first capture
+    on a tokenizer's, peft's or gguf's traceback), and no manifest written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((tiny_folder / "config.json").read_bytes())
+    cases = [
+        ({"path": str(empty)}, r"models\.m: model folder .*empty has no config\.json; no \*\.safetensors"),
+        ({"path": str(partial)}, r"partial has no \*\.safetensors weights; no tokenizer \(tokenizer\.json"),
+    ]
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("not a GGUF file\n")
+    cases.append(
+        ({"gguf_path": str(not_gguf)}, r"model\.gguf is not a GGUF file transformers reads .*fix gguf_path")
+    )
+    for spec, message in cases:
+        with pytest.raises(TraitscopeError, match=message):
+            prepare_model(ModelSpec.from_config("m", spec), tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    base_manifest = prepare_model(
+        ModelSpec.from_config("tiny", {"path": str(tiny_folder)}), tmp_path / "tiny"
+    )
+    spec = ModelSpec.from_config("v", {"lora": {"base": "tiny", "adapter": str(tmp_path / "nowhere")}})
+    with pytest.raises(
+        TraitscopeError, match=r"models\.v: adapter folder .*nowhere not found; fix lora\.adapter"
+    ):
+        prepare_model(spec, tmp_path / "v", base_manifest)
+    # a hub id is still a hub id
+    spec = ModelSpec.from_config("v", {"lora": {"base": "tiny", "adapter": "org/adapter"}})
+    assert (
+        json.loads(prepare_model(spec, tmp_path / "v", base_manifest).read_text())["load_from"]
+        == "org/adapter"
+    )
+
+
 def test_model_without_chat_template_needs_config(tmp_path, tiny_folder):
     config = json.loads((tiny_folder / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)

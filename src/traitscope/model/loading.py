@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
 from contextlib import nullcontext
@@ -72,23 +73,59 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
     if spec.hub:
         where, extra = spec.hub, {"revision": spec.revision}
     elif spec.path:
-        if not Path(spec.path).is_dir():
-            raise TraitscopeError(f"models.{spec.name}: model folder {spec.path} not found; fix path")
-        where, extra = spec.path, {}
+        where, extra = str(check_model_folder(spec)), {}
     else:
         folder, file = gguf_location(spec)
         where, extra = str(folder), {"gguf_file": file}
-    with gguf_parsed_once() if extra.get("gguf_file") else nullcontext():
-        tokenizer = AutoTokenizer.from_pretrained(where, **common, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            where,
-            dtype=dtype,
-            device_map=device_map,
-            use_safetensors=None if extra.get("gguf_file") else True,
-            **common,
-            **extra,
-        )
+    try:
+        with gguf_parsed_once() if extra.get("gguf_file") else nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(where, **common, **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                where,
+                dtype=dtype,
+                device_map=device_map,
+                use_safetensors=None if extra.get("gguf_file") else True,
+                **common,
+                **extra,
+            )
+    except (ValueError, OSError, struct.error) as exc:
+        if not extra.get("gguf_file"):
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TraitscopeError(
+            f"models.{spec.name}: {Path(where) / extra['gguf_file']} is not a GGUF file transformers reads "
+            f"({reason}); fix {spec.source}"
+        ) from None
     return model, tokenizer
+
+
+# What a `path:` folder needs, as save_pretrained writes it (weights: this loader reads safetensors)
+MODEL_FOLDER_FILES = {
+    "config.json": ("config.json",),
+    "*.safetensors weights": ("*.safetensors",),
+    "tokenizer (tokenizer.json, tokenizer.model or vocab.json)": (
+        "tokenizer.json",
+        "tokenizer.model",
+        "vocab.json",
+    ),
+}
+
+
+def check_model_folder(spec: ModelSpec) -> Path:
+    """A `path:` source's folder, once it holds a model: the first job names what is missing,
+    where the first capture would stop on a tokenizer's or loader's traceback."""
+    folder = Path(spec.path)
+    if not folder.is_dir():
+        raise TraitscopeError(f"models.{spec.name}: model folder {folder} not found; fix path")
+    missing = [
+        what for what, names in MODEL_FOLDER_FILES.items() if not any(any(folder.glob(n)) for n in names)
+    ]
+    if missing:
+        raise TraitscopeError(
+            f"models.{spec.name}: model folder {folder} has no {'; no '.join(missing)} "
+            "(a Hugging Face model folder, as save_pretrained writes it); fix path"
+        )
+    return folder
 
 
 def prepare_model(
@@ -126,9 +163,7 @@ def prepare_model(
             shutil.rmtree(tmp, ignore_errors=True)
         manifest["load_from"] = "weights"  # relative to the manifest: results/ can move
     elif spec.source == "path":
-        if not Path(spec.path).is_dir():
-            raise TraitscopeError(f"models.{spec.name}: model folder {spec.path} not found; fix path")
-        manifest["load_from"] = str(Path(spec.path).resolve())
+        manifest["load_from"] = str(check_model_folder(spec).resolve())
     elif spec.source == "hub":
         manifest["load_from"] = spec.hub
     else:
@@ -145,7 +180,11 @@ def prepare_model(
             # relative to the manifest, like the base: results/ can move
             manifest["load_from"] = os.path.relpath(Path(adapter).resolve(), out_dir.resolve())
         else:
-            lora = Path(spec.lora["adapter"])
+            lora = Path(spec.lora["adapter"]).expanduser()
+            if spec.lora["adapter"].startswith(("/", "./", "../", "~")) and not lora.exists():
+                raise TraitscopeError(
+                    f"models.{spec.name}: adapter folder {lora} not found; fix lora.adapter"
+                )
             if lora.exists() and not (lora / "adapter_config.json").is_file():
                 raise TraitscopeError(
                     f"models.{spec.name}: {lora} has no adapter_config.json; fix lora.adapter"
