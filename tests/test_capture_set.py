@@ -613,6 +613,20 @@ def test_project_refuses_a_chosen_layer_that_was_not_captured(captured, tmp_path
     assert not out.exists()
 
 
+def test_project_refuses_vectors_of_another_model_s_width(captured, tmp_path):
+    """Vectors 64 wide on a 32-wide capture (another model's): one line naming both, where the
+    projection used to stop on a matrix product's traceback."""
+    evil, _ = random_traits()
+    wide = replace(evil, model="other", vectors={"mean_diff": torch.ones(3, 64)})
+    out = tmp_path / "proj.parquet"
+    with pytest.raises(
+        TraitscopeError,
+        match=r"^trait safety/evil \(other\): trait vectors are 64 wide, .*capture\.json has 32-wide",
+    ):
+        project(captured, [wide], "base", "harmbench_val", out)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- CLI
 
 

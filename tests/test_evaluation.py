@@ -7,10 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
 from traitscope.cli import main
+from traitscope.errors import TraitscopeError
+from traitscope.vectors.evaluation import trait_evaluation
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
 from traitscope.vectors.trait_vector import TraitVector, read_vectors
 
@@ -184,6 +187,41 @@ def test_trait_evaluation_aucs_are_pair_counts_of_the_projections(trait_run, tra
     t = TraitVector.load(trait_run["vectors"], trait_run["evaluation"])
     assert (t.name, t.method, t.layer) == ("safety/tiny", method, layer)
     torch.testing.assert_close(t.direction(), vectors[method][layer] / vectors[method][layer].norm())
+
+
+def test_trait_evaluation_refuses_vectors_that_do_not_fit_the_capture(trait_run, tmp_path):
+    """Vectors of another width, or of other layers, than the capture's: one line, no output."""
+    with safe_open(str(trait_run["vectors"]), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    vectors = load_file(trait_run["vectors"])
+    cases = [
+        (
+            {k: torch.cat([v, v], dim=-1) for k, v in vectors.items()},
+            meta,
+            r"trait vectors are 64 wide, .* has 32-wide",
+        ),
+        (
+            {k: v[:2] for k, v in vectors.items()},
+            {**meta, "layers": [0, 1]},
+            r"vectors of layers \[0, 1\], .* holds layers \[0, 1, 2\]",
+        ),
+    ]
+    out = tmp_path / "evaluation.json"
+    for tensors, metadata, message in cases:
+        path = tmp_path / "vectors.safetensors"
+        save_file(tensors, path, metadata={"meta": json.dumps(metadata)})
+        with pytest.raises(TraitscopeError, match=message):
+            trait_evaluation(
+                path,
+                trait_run["capture"],
+                trait_run["prompts"],
+                out,
+                tmp_path / "e.png",
+                "response_mean",
+                "safety/tiny",
+                "tiny",
+            )
+        assert not out.exists()
 
 
 def test_cli_trait_vectors_and_evaluation_match_the_functions(trait_run, tmp_path):

@@ -404,7 +404,7 @@ def test_contrast_trait_is_steered_on_its_held_out_negatives(transfer_run, tiny_
     assert json.loads((tmp / "steering.json").read_text()) == result
 
 
-def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
+def test_ablation_check_on_smollm2(smollm2_manifest, tiny_manifest, root, mirror, tmp_path):
     """Arditi et al.'s ablation test end to end on the real SmolLM2, small: safety/harmful_request
     from 8 + 8 extraction prompts, its steering check on 4 held-out prompts a side, 6 new tokens.
     Refusals are counted as the check counts them; the ablated model answers harmful requests
@@ -458,6 +458,11 @@ def test_ablation_check_on_smollm2(smollm2_manifest, root, mirror, tmp_path):
         replace(STEER, max_new_tokens=6),
         prompts,
     )
+    # SmolLM2's 576-wide vectors on the tiny model's 32-wide layers: one line, nothing written
+    steer_tiny = tmp_path / "s-tiny.json"
+    with pytest.raises(TraitscopeError, match=r"trait vectors are 576 wide, .*manifest\.json has 32-wide"):
+        steering_check(tiny_manifest, vectors, tmp_path / "e.json", trait_file, steer_tiny, STEER, prompts)
+    assert not steer_tiny.exists()
     ablation = result["directional_ablation"]
     assert ablation["n"] == 4 and result["n"] == 4
     for arm in ("unablated", "ablated"):

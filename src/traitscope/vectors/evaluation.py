@@ -14,7 +14,7 @@ from traitscope.io import save_figure, write_json
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
 from traitscope.vectors.settings import TraitSummarySettings
-from traitscope.vectors.trait_vector import read_evaluation, read_vectors
+from traitscope.vectors.trait_vector import read_evaluation, read_vectors, require_width
 
 
 def trait_evaluation(
@@ -28,8 +28,14 @@ def trait_evaluation(
     variant: str,
 ) -> dict:
     """Score every layer of every method on the held-out split; write JSON and a PNG."""
-    vectors, _ = read_vectors(vectors_path)
+    vectors, meta = read_vectors(vectors_path)
     table, x, layers = labelled_activations(capture_json, prompts, position)
+    require_width(str(vectors_path), vectors["mean_diff"].shape[-1], x.shape[-1], str(capture_json))
+    if list(meta["layers"]) != list(layers):
+        raise TraitscopeError(
+            f"{vectors_path}: vectors of layers {meta['layers']}, {capture_json} holds layers {layers}; "
+            "evaluate the vectors on the capture they were fitted from"
+        )
     pos, neg = split_groups(table, x, "evaluation")
     if len(pos) < 2 or len(neg) < 2:
         raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative evaluation rows")

@@ -103,6 +103,7 @@ def project(
     """
     manifest = read_manifest(capture_json)
     for t in traits:
+        t.require_width(manifest["d_model"], f"{capture_json}")
         if t.layer not in manifest["layers"]:
             raise TraitscopeError(
                 f"trait {t.name}: chosen layer {t.layer} was not captured for prompt set {prompt_set} "

@@ -140,6 +140,7 @@ def steering_check(
     )
     steer = vector.steering_vector(coefficient)
     model, tokenizer = models.load(model_manifest)
+    vector.require_width(model.config.hidden_size, str(model_manifest))
     prompts = [chat.encode(tokenizer, chat.messages_for(q)).ids for q in questions]
     plain = generate(model, tokenizer, prompts, max_new_tokens, max_tokens, temperature=0.0, seed=0)
     with add_to_layer(model, layer, steer):

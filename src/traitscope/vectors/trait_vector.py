@@ -35,6 +35,16 @@ def read_vectors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return vectors, meta
 
 
+def require_width(source: str, width: int, d_model: int, where: str) -> None:
+    """Vectors `width` wide read only activations that wide: another model's (another hidden
+    size) stop here in one line, not in a matrix product's traceback."""
+    if width != d_model:
+        raise TraitscopeError(
+            f"{source}: trait vectors are {width} wide, {where} has {d_model}-wide activations (another "
+            "model); use the vectors of the model that made it"
+        )
+
+
 def read_evaluation(path: str | Path) -> dict[str, Any]:
     """A trait's evaluation.json, checked for the chosen (method, layer)."""
     try:
@@ -79,6 +89,12 @@ class TraitVector:
             layer=int(chosen["layer"]),
             evaluation=evaluation,
             provenance={k: meta.get(k) for k in ("position", "n_positive", "n_negative", "dataset_sha256")},
+        )
+
+    def require_width(self, d_model: int, where: str) -> None:
+        """These vectors fit `where`'s `d_model`-wide activations."""
+        require_width(
+            f"trait {self.name} ({self.model})", self.vectors["mean_diff"].shape[-1], d_model, where
         )
 
     def row(self, layer: int) -> int:
