@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -301,6 +302,34 @@ def test_validate_config_merges_overlays_in_order_as_snakemake_does(root, capsys
     ]
     merged = merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "d": {"e": 2}})
     assert merged == {"a": {"b": 1, "c": [3]}, "d": {"e": 2}}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "where"),
+    [
+        (
+            {"prompt_sets": {"harmbench_val": {"capture": {"storage_dtype": "int8"}}}},
+            "prompt_sets.harmbench_val.capture.storage_dtype: 'int8' is not one of",
+        ),
+        (
+            {"experiments": {"backdoor": {"capture": {"pools": ["last_token"]}}}},
+            "experiments.backdoor.capture.pools.0: 'last_token' is not one of",
+        ),
+        (
+            {"prompt_sets": {"harmbench_val": {"capture": {"max_new_tokens": -1}}}},
+            "prompt_sets.harmbench_val.capture.max_new_tokens: -1 is less than",
+        ),
+    ],
+)
+def test_capture_overrides_are_checked_by_value_at_validation(root, tmp_path, overlay, where):
+    """Overrides used to be checked by key only: a bad value passed the dry-run and stopped the
+    capture job on a KeyError after the model loaded."""
+    from traitscope.config import load_config
+
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    with pytest.raises(TraitscopeError, match=re.escape(f"invalid value at {where}")):
+        load_config([root / "config/config.yaml", path], root / "workflow/schemas/config.schema.yaml")
 
 
 def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):

@@ -108,7 +108,32 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
             err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+    check_capture_overrides(config, schema, source)
     return config
+
+
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    return [_without_defaults(v) for v in node] if isinstance(node, list) else node
+
+
+def check_capture_overrides(config: dict, schema: dict, source: str) -> None:
+    """A prompt set's or experiment's capture overrides hold the capture section's own values.
+    The schema names only their keys there (its defaults would fill every key and override the
+    global section), so their values are checked against the section without its defaults."""
+    import jsonschema
+
+    section = {**_without_defaults(schema["definitions"]["capture"]), "definitions": schema["definitions"]}
+    validator = jsonschema.validators.validator_for(schema)(section)
+    found = [(f"prompt_sets.{n}.capture", s.get("capture")) for n, s in config["prompt_sets"].items()]
+    found += [(f"experiments.{n}.capture", s.get("capture")) for n, s in config["experiments"].items()]
+    for where, overrides in found:
+        errors = list(validator.iter_errors(overrides)) if isinstance(overrides, dict) else []
+        if errors:
+            err = min(errors, key=lambda e: list(e.absolute_path))
+            key = ".".join([where, *(str(p) for p in err.absolute_path)])
+            raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
 
 
 def require_variant(where: str, name: Any, config: dict) -> None:
