@@ -51,6 +51,22 @@ def test_settings_round_trip_through_json():
     assert parse(CaptureSettings, json.dumps(asdict(s))) == s
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"storage_dtype": "int8"}, "invalid value at storage_dtype: 'int8' is not one of"),
+        ({"pools": ["last_token"]}, "invalid value at pools.0: 'last_token' is not one of"),
+        ({"layers": "0-5"}, "invalid value at layers: '0-5' is not valid under any of the given schemas"),
+    ],
+)
+def test_hand_written_settings_are_checked_against_the_schema(change, message):
+    """A rule's --settings come validated with the config; a hand-written one is checked here,
+    before a stage reads it (int8 was a KeyError after the model loaded)."""
+    section = {**asdict(from_schema(CaptureSettings)), **change}
+    with pytest.raises(TraitscopeError, match=f"^--settings: {message}"):
+        parse(CaptureSettings, json.dumps(section))
+
+
 def test_cli_bad_settings_is_one_line_and_help_documents_every_field(tmp_path, capsys):
     argv = ["capture", "--model", "m.json", "--prompts", "p.parquet", "--out", str(tmp_path / "c.json")]
     with pytest.raises(SystemExit) as info:

@@ -54,29 +54,37 @@ def load_schema(schema_path: str | Path) -> dict:
     `validate` does not do across file references.
     """
     schema_path = Path(schema_path)
-
-    def inline(node: Any, base: Path) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and not ref.startswith("#"):
-                target = base / ref
-                fragment = read_yaml(target)
-                fragment.pop("$schema", None)
-                return inline(fragment, target.parent)
-            return {k: inline(v, base) for k, v in node.items()}
-        if isinstance(node, list):
-            return [inline(v, base) for v in node]
-        return node
-
-    schema = inline(read_yaml(schema_path), schema_path.parent)
+    schema = load_core_schema(schema_path)
     # each registered experiment brings its own section's fragment
     from traitscope.experiments.contract import registered, schema_file
 
     sections = schema["properties"]["experiments"].setdefault("properties", {})
     for name, module in registered().items():
         fragment = schema_file(module, schema_path.parent)
-        sections[name] = inline({"$ref": str(fragment)}, schema_path.parent)
+        sections[name] = _inline({"$ref": str(fragment)}, schema_path.parent)
     return schema
+
+
+def load_core_schema(schema_path: str | Path) -> dict:
+    """The schema's own file with its file `$ref`s inlined, without the experiments' fragments,
+    whose registration imports every experiment (seconds, for a job that reads one section)."""
+    schema_path = Path(schema_path)
+    return _inline(read_yaml(schema_path), schema_path.parent)
+
+
+def _inline(node: Any, base: Path) -> Any:
+    """`node` with every file `$ref` (relative to `base`) replaced by the file's content."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            target = base / ref
+            fragment = read_yaml(target)
+            fragment.pop("$schema", None)
+            return _inline(fragment, target.parent)
+        return {k: _inline(v, base) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, base) for v in node]
+    return node
 
 
 def _default_filling(validator_cls: Any) -> Any:

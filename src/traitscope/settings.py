@@ -16,7 +16,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from traitscope.config import _default_filling, find_schema, load_schema
+from traitscope.config import _default_filling, find_schema, load_core_schema, load_schema
 from traitscope.errors import TraitscopeError
 
 
@@ -59,7 +59,30 @@ def parse(cls: type[S], text: str) -> S:
         section = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TraitscopeError(f"--settings: not JSON ({exc.msg} at column {exc.colno})") from None
-    return build(cls, section, "--settings")
+    settings = build(cls, section, "--settings")
+    check_values(cls, section, "--settings")
+    return settings
+
+
+def check_values(cls: type[Settings], section: Mapping[str, Any], where: str) -> None:
+    """Each setting `cls` reads against its schema entry: a hand-written `--settings` (a rule's
+    is validated with the config) stops here in one line, not on a KeyError mid-stage. The
+    core sections only: the experiments' fragments cost every experiment's imports a job."""
+    import jsonschema
+
+    if cls.SECTION.startswith(EXPERIMENTS):
+        return
+    root = _core_schema()
+    validator = jsonschema.validators.validator_for(root)(root)
+    properties = _node(root, cls.SECTION).get("properties", {})
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in properties:
+            error = jsonschema.exceptions.best_match(
+                validator.evolve(schema=properties[f.name]).iter_errors(section[f.name])
+            )
+            if error is not None:
+                key = ".".join([f.name, *(str(p) for p in error.absolute_path)])
+                raise TraitscopeError(f"{where}: invalid value at {key}: {error.message}")
 
 
 def as_json(cls: type[Settings], section: Mapping[str, Any]) -> str:
@@ -74,9 +97,21 @@ def _schema() -> dict:
     return load_schema(find_schema())
 
 
+@cache
+def _core_schema() -> dict:
+    return load_core_schema(find_schema())
+
+
+EXPERIMENTS = "#/properties/experiments/"  # the sections of the experiments' fragments
+
+
 def section_schema(pointer: str) -> dict:
     """The schema node a `SECTION` pointer names."""
-    node: Any = _schema()
+    return _node(_schema(), pointer)
+
+
+def _node(root: dict, pointer: str) -> Any:
+    node: Any = root
     for part in pointer.removeprefix("#/").split("/"):
         node = node[int(part)] if isinstance(node, list) else node[part]  # oneOf/1: a branch
     return node
