@@ -332,6 +332,30 @@ def test_capture_overrides_are_checked_by_value_at_validation(root, tmp_path, ov
         load_config([root / "config/config.yaml", path], root / "workflow/schemas/config.schema.yaml")
 
 
+def test_external_positions_must_be_captured_for_their_sets(root, tmp_path):
+    """A position the HarmBench or BeaverTails sets are not captured at used to pass the
+    dry-run and stop only the last job, the analysis, naming neither key nor set."""
+    from traitscope.config import load_config
+
+    schema = root / "workflow/schemas/config.schema.yaml"
+    path = tmp_path / "overlay.yaml"
+    path.write_text(
+        yaml.safe_dump({"experiments": {"external": {"position_harmbench": "post_instruction_mean"}}})
+    )
+    where = "external.position_harmbench: post_instruction_mean not captured for prompt set harmbench_val"
+    with pytest.raises(TraitscopeError, match=re.escape(where)):
+        load_config([root / "config/config.yaml", path], schema)
+    beavertails = {"prompt_set": "beavertails", "n_per_category": 10}
+    overlay = {
+        "experiments": {"external": {"beavertails": beavertails, "position_beavertails": "system_mean"}}
+    }
+    overlay["prompt_sets"] = {"beavertails": {"dataset": "beavertails", "split": "30k_test"}}
+    path.write_text(yaml.safe_dump(overlay))
+    where = "external.position_beavertails: system_mean not captured for prompt set beavertails.sample"
+    with pytest.raises(TraitscopeError, match=re.escape(where)):
+        load_config([root / "config/config.yaml", path], schema)
+
+
 def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):
     from traitscope.config import load_config
 

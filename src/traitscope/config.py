@@ -169,6 +169,19 @@ def require_prompt_set(where: str, name: Any, config: dict, dataset: str | None 
         raise TraitscopeError(f"{where}: prompt set {name!r} needs dataset: {dataset}")
 
 
+def require_captured(where: str, pools: list[str], prompt_set: str, config: dict) -> None:
+    """`pools` are among those captured for `prompt_set`: its own capture.pools, else the global
+    ones (an analysis reading another pool would fail only after every capture)."""
+    spec = config["prompt_sets"].get(prompt_set, {})
+    captured = spec.get("capture", {}).get("pools", config["capture"]["pools"])
+    missing = [p for p in pools if p not in captured]
+    if missing:
+        raise TraitscopeError(
+            f"{where}: {', '.join(missing)} not captured for prompt set {prompt_set}; "
+            f"add it to capture.pools (or prompt_sets.{prompt_set}.capture.pools)"
+        )
+
+
 def require_traits(where: str, names: list[str], config: dict) -> None:
     unknown = [t for t in names if t not in config["traits"]]
     if unknown:

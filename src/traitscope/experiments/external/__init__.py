@@ -14,7 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from traitscope.command_args import add_own_bow_argument, path_or_none
-from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
+from traitscope.config import (
+    require_captured,
+    require_contrast_trait,
+    require_prompt_set,
+    require_traits,
+    require_variant,
+)
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
@@ -164,6 +170,7 @@ def check_config(section: dict, config: dict) -> None:
     for labelled in LABELLED:
         for key, name in (section[labelled] or {}).items():
             require_prompt_set(f"{where}.{labelled}.{key}", name, config)
+            require_captured(f"{where}.position_harmbench", [section["position_harmbench"]], name, config)
     if section["bag_of_words"]:
         require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
     bt = section["beavertails"]
@@ -171,6 +178,8 @@ def check_config(section: dict, config: dict) -> None:
         require_prompt_set(f"{where}.beavertails.prompt_set", bt["prompt_set"], config, dataset="beavertails")
         if SAFE_CATEGORY not in bt["categories"]:
             raise TraitscopeError(f"{where}.beavertails.categories: include 'safe', the comparison group")
+        pool = [section["position_beavertails"]]
+        require_captured(f"{where}.position_beavertails", pool, beavertails_set(section), config)
 
 
 def add_commands(add) -> None:

@@ -20,7 +20,13 @@ import pandas as pd
 
 from traitscope import baselines
 from traitscope.command_args import add_own_bow_argument
-from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
+from traitscope.config import (
+    require_captured,
+    require_contrast_trait,
+    require_prompt_set,
+    require_traits,
+    require_variant,
+)
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
@@ -95,13 +101,7 @@ def check_config(section: dict, config: dict) -> None:
         require_prompt_set(f"{where}.sets", harmful, config)
         require_prompt_set(f"{where}.sets.{harmful}", harmless, config)
         for name in (harmful, harmless):
-            captured = config["prompt_sets"][name].get("capture", {}).get("pools", config["capture"]["pools"])
-            missing = [p for p in section["pools"] if p not in captured]
-            if missing:
-                raise TraitscopeError(
-                    f"{where}.pools: {', '.join(missing)} not captured for prompt set {name}; "
-                    "add it to capture.pools (or prompt_sets.<name>.capture.pools)"
-                )
+            require_captured(f"{where}.pools", section["pools"], name, config)
     require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
 
 
