@@ -506,6 +506,14 @@ def test_config_check_catches_layers_beyond_a_local_models_depth(tiny_weights):
         TraitscopeError, match=r"^capture.layers: layer\(s\) \[99\] beyond tiny's 3 layers \(0..2\)"
     ):
         check_layers_fit(config)
+    # a layer an experiment picks, not a capture.layers: the SAE's (its check names its own key)
+    from traitscope.config import require_layers_fit
+
+    with pytest.raises(
+        TraitscopeError, match=r"^experiments.backdoor.sae.layer: layer\(s\) \[45\] beyond tiny's"
+    ):
+        require_layers_fit("experiments.backdoor.sae.layer", [45], config)
+    require_layers_fit("experiments.backdoor.sae.layer", [2], config)
 
 
 def test_load_pooled_joins_every_shard(captured):

@@ -243,20 +243,23 @@ def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
 def check_layers_fit(config: dict) -> None:
     """Capture layers within the base model's depth, where a local folder's config.json tells it
     without loading anything (hub and GGUF models: the capture job checks first thing)."""
+    for key, layers in _layer_lists(config):
+        require_layers_fit(key, layers, config)
+
+
+def require_layers_fit(key: str, layers: list[int], config: dict) -> None:
+    """`layers` (set by `key`) within the base model's depth, where a local folder tells it."""
     name = config["base_model"]
     entry = config["models"][name]
     while entry.get("lora") or entry.get("finetune"):
         name = (entry.get("lora") or entry.get("finetune"))["base"]
         entry = config["models"][name]
     depth = folder_depth(entry["path"]) if entry.get("path") else None
-    if depth is None:
-        return
-    for key, layers in _layer_lists(config):
-        beyond = [layer for layer in layers if layer >= depth]
-        if beyond:
-            raise TraitscopeError(
-                f"{key}: layer(s) {beyond} beyond {name}'s {depth} layers (0..{depth - 1}); fix {key}"
-            )
+    beyond = [layer for layer in layers if depth is not None and layer >= depth]
+    if beyond:
+        raise TraitscopeError(
+            f"{key}: layer(s) {beyond} beyond {name}'s {depth} layers (0..{depth - 1}); fix {key}"
+        )
 
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-from traitscope.config import require_prompt_set, require_traits, require_variant
+from traitscope.config import require_layers_fit, require_prompt_set, require_traits, require_variant
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.analysis import backdoor_analysis
 from traitscope.experiments.backdoor.behaviour import behaviour_check, parse_answer  # noqa: F401  (re-exported)
@@ -162,6 +162,7 @@ def check_config(section: dict, config: dict) -> None:
         require_prompt_set(f"{where}.sae.prompt_set", sae["prompt_set"], config)
         if sae["k"] > sae["width"]:
             raise TraitscopeError(f"{where}.sae.k {sae['k']} exceeds sae.width {sae['width']}")
+    require_layers_fit(f"{where}.sae.layer", [sae["layer"]], config)
     layers = section["capture"].get("layers", config["capture"]["layers"])
     if isinstance(layers, dict):
         layers = list(range(layers["start"], layers["stop"], layers.get("step", 1)))
