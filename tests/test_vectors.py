@@ -221,7 +221,16 @@ def test_trait_vectors_bad_settings_are_clear_errors(trait_run, tmp_path):
     extra.to_parquet(tmp_path / "extra.parquet")
     with pytest.raises(TraitscopeError, match="prompt 'never-captured' was not captured"):
         run(prompts=tmp_path / "extra.parquet")
-    assert not (tmp_path / "v.safetensors").exists()
+    # one extraction row dropped: pca's row-paired differences were a size-mismatch traceback
+    table = pd.read_parquet(trait_run["prompts"])
+    first = table.index[(table["split"] == "extraction") & (table["label"] == 0)][0]
+    table.drop(index=first).to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(
+        TraitscopeError, match=r"short\.parquet: 6 positive and 5 negative extraction rows, and pca"
+    ):
+        run(methods=("mean_diff", "pca"), prompts=tmp_path / "short.parquet")
+    run(methods=("mean_diff", "probe"), prompts=tmp_path / "short.parquet")  # unpaired methods still fit
+    assert (tmp_path / "v.safetensors").exists()
 
 
 # ---------------------------------------------------------------- the trait-vector record

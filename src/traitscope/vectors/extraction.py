@@ -49,6 +49,11 @@ def trait_vectors(
         )
     if len(pos) < 2 or len(neg) < 2:
         raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative extraction rows")
+    if "pca" in methods and len(pos) != len(neg):
+        raise TraitscopeError(
+            f"{prompts}: {len(pos)} positive and {len(neg)} negative extraction rows, and pca reads "
+            "row-paired differences; rerun trait-prompts for whole pairs, or drop pca from extraction.methods"
+        )
     options = {"probe": {"c": settings.probe_c}}
     vectors = {
         m: partial(METHODS[m], **options.get(m, {}))(pos, neg) for m in dict.fromkeys(["mean_diff", *methods])
