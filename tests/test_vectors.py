@@ -226,7 +226,7 @@ def test_trait_vectors_bad_settings_are_clear_errors(trait_run, tmp_path):
     first = table.index[(table["split"] == "extraction") & (table["label"] == 0)][0]
     table.drop(index=first).to_parquet(tmp_path / "short.parquet")
     with pytest.raises(
-        TraitscopeError, match=r"short\.parquet: 6 positive and 5 negative extraction rows, and pca"
+        TraitscopeError, match=r"short\.parquet: 8 positive and 7 negative extraction rows, and pca"
     ):
         run(methods=("mean_diff", "pca"), prompts=tmp_path / "short.parquet")
     run(methods=("mean_diff", "probe"), prompts=tmp_path / "short.parquet")  # unpaired methods still fit
