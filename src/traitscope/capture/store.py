@@ -172,8 +172,8 @@ def resolve_layers(layers: tuple[int, ...] | str, n_layers: int) -> tuple[int, .
     if bad or not layers:
         raise TraitscopeError(
             f"layers {list(layers)}: the model has {n_layers} layers (0..{n_layers - 1}); "
-            "fix capture.layers (or the prompt set's or experiment's capture.layers; for the SAE's "
-            "training set, experiments.backdoor.sae.layer)"
+            "fix capture.layers (or the prompt set's or experiment's capture.layers, or the "
+            "experiment setting that picks this set's layer)"
         )
     return tuple(sorted(set(layers)))
 
