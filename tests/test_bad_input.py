@@ -302,6 +302,8 @@ def test_validate_config_merges_overlays_in_order_as_snakemake_does(root, capsys
     ]
     merged = merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "d": {"e": 2}})
     assert merged == {"a": {"b": 1, "c": [3]}, "d": {"e": 2}}
+    # as Snakemake's update_config: an empty mapping leaves what was there, even a null
+    assert merge({"a": None, "b": {"c": 1}}, {"a": {}, "b": {}}) == {"a": None, "b": {"c": 1}}
 
 
 @pytest.mark.parametrize(

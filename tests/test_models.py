@@ -133,9 +133,7 @@ def test_local_sources_that_hold_no_model_stop_the_first_job(tmp_path, tiny_fold
     ]
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_text("not a GGUF file\n")
-    cases.append(
-        ({"gguf_path": str(not_gguf)}, r"model\.gguf is not a GGUF file transformers reads .*fix gguf_path")
-    )
+    cases.append(({"gguf_path": str(not_gguf)}, r"model\.gguf is not a GGUF file \(.*\); fix gguf_path"))
     for spec, message in cases:
         with pytest.raises(TraitscopeError, match=message):
             prepare_model(ModelSpec.from_config("m", spec), tmp_path / "out")

@@ -151,7 +151,11 @@ def _validate_config(a: argparse.Namespace) -> None:
     try:
         load_config(a.config, a.schema)
     except TraitscopeError as exc:
-        base = find_schema(Path(a.config[0]).parent).parents[2] / "config" / "config.yaml"
+        try:
+            schema = Path(a.schema) if a.schema else find_schema(Path(a.config[0]).parent)
+        except TraitscopeError:
+            raise exc from None
+        base = schema.parents[2] / "config" / "config.yaml"
         if len(a.config) > 1 or not base.is_file() or base.resolve() == Path(a.config[0]).resolve():
             raise
         try:  # an overlay (config/experiments/*.yaml) is run on top of config/config.yaml

@@ -176,9 +176,10 @@ def require_captured(where: str, pools: list[str], prompt_set: str, config: dict
     captured = spec.get("capture", {}).get("pools", config["capture"]["pools"])
     missing = [p for p in pools if p not in captured]
     if missing:
+        own = f" (or prompt_sets.{prompt_set}.capture.pools)" if prompt_set in config["prompt_sets"] else ""
         raise TraitscopeError(
             f"{where}: {', '.join(missing)} not captured for prompt set {prompt_set}; "
-            f"add it to capture.pools (or prompt_sets.{prompt_set}.capture.pools)"
+            f"add it to capture.pools{own}"
         )
 
 
@@ -247,9 +248,10 @@ def check_layers_fit(config: dict) -> None:
         require_layers_fit(key, layers, config)
 
 
-def require_layers_fit(key: str, layers: list[int], config: dict) -> None:
-    """`layers` (set by `key`) within the base model's depth, where a local folder tells it."""
-    name = config["base_model"]
+def require_layers_fit(key: str, layers: list[int], config: dict, variant: str | None = None) -> None:
+    """`layers` (set by `key`) within the depth of `variant`'s base model (default: the config's
+    base model), where a local folder tells it."""
+    name = variant or config["base_model"]
     entry = config["models"][name]
     while entry.get("lora") or entry.get("finetune"):
         name = (entry.get("lora") or entry.get("finetune"))["base"]
@@ -300,13 +302,17 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
             plugins[name].check_config(section, resolved)
 
 
-def merge(base: dict, overlay: dict) -> dict:
-    """`overlay` over `base`, nested mappings key by key and anything else replaced: what
-    Snakemake does with each --configfile after the Snakefile's own config/config.yaml."""
-    out = dict(base)
+def merge(base: Any, overlay: dict) -> dict:
+    """`overlay` over `base` as Snakemake's update_config lays a --configfile over the
+    Snakefile's config: mappings key by key (an empty one leaves what was there), anything else
+    replaced."""
+    out = dict(base) if isinstance(base, dict) else {}
     for key, value in overlay.items():
-        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = merge(out[key], value) if nested else value
+        if isinstance(value, dict):
+            sub = out.get(key, {})
+            out[key] = merge(sub, value) if value else sub
+        else:
+            out[key] = value
     return out
 
 
@@ -317,12 +323,16 @@ def load_config(paths: str | Path | list[str | Path], schema_path: str | Path | 
     Relative paths in the config (traits_dir) are taken from the checkout holding the first.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
-    config: dict = {}
+    files = []
     for path in paths:
         data = read_yaml(path)
         if not isinstance(data, dict):
             raise TraitscopeError(f"{path}: expected a YAML mapping of config keys")
-        config = merge(config, data)
+        files.append(data)
+    overlays: dict = {}
+    for data in files[1:]:  # Snakemake folds the --configfiles first, then lays them over the base
+        overlays = merge(overlays, data)
+    config = merge(files[0], overlays)
     schema = Path(schema_path) if schema_path else find_schema(paths[0].parent)
     validate_config(config, schema, " + ".join(map(str, paths)))
     root = schema.parents[2]

@@ -91,11 +91,12 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
     except (ValueError, OSError, struct.error) as exc:
         if not extra.get("gguf_file"):
             raise
+        file = Path(where) / extra["gguf_file"]
+        with open(file, "rb") as f:
+            is_gguf = f.read(4) == b"GGUF"
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TraitscopeError(
-            f"models.{spec.name}: {Path(where) / extra['gguf_file']} is not a GGUF file transformers reads "
-            f"({reason}); fix {spec.source}"
-        ) from None
+        what = f"transformers cannot read {file}" if is_gguf else f"{file} is not a GGUF file"
+        raise TraitscopeError(f"models.{spec.name}: {what} ({reason}); fix {spec.source}") from exc
     return model, tokenizer
 
 
@@ -103,11 +104,7 @@ def load_source(spec: ModelSpec, dtype: Any, device_map: Any = None) -> tuple[An
 MODEL_FOLDER_FILES = {
     "config.json": ("config.json",),
     "*.safetensors weights": ("*.safetensors",),
-    "tokenizer (tokenizer.json, tokenizer.model or vocab.json)": (
-        "tokenizer.json",
-        "tokenizer.model",
-        "vocab.json",
-    ),
+    "tokenizer (tokenizer.json or tokenizer_config.json)": ("tokenizer.json", "tokenizer_config.json"),
 }
 
 

@@ -162,7 +162,7 @@ def check_config(section: dict, config: dict) -> None:
         require_prompt_set(f"{where}.sae.prompt_set", sae["prompt_set"], config)
         if sae["k"] > sae["width"]:
             raise TraitscopeError(f"{where}.sae.k {sae['k']} exceeds sae.width {sae['width']}")
-    require_layers_fit(f"{where}.sae.layer", [sae["layer"]], config)
+    require_layers_fit(f"{where}.sae.layer", [sae["layer"]], config, section["base"])
     layers = section["capture"].get("layers", config["capture"]["layers"])
     if isinstance(layers, dict):
         layers = list(range(layers["start"], layers["stop"], layers.get("step", 1)))
