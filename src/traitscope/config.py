@@ -114,10 +114,15 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
         err = errors[0]
         while err.context:  # anyOf/oneOf: the deepest error of an alternative names the key
             err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+        raise invalid_value(source, [], err)
     check_capture_overrides(config, schema, source)
     return config
+
+
+def invalid_value(source: str, prefix: list[str], err: Any) -> TraitscopeError:
+    """One line for a schema error: where it came from, the key (under `prefix`), the reason."""
+    key = ".".join([*prefix, *(str(p) for p in err.absolute_path)]) or "(top level)"
+    return TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
 
 
 def _without_defaults(node: Any) -> Any:
@@ -139,9 +144,7 @@ def check_capture_overrides(config: dict, schema: dict, source: str) -> None:
     for where, overrides in found:
         errors = list(validator.iter_errors(overrides)) if isinstance(overrides, dict) else []
         if errors:
-            err = min(errors, key=lambda e: list(e.absolute_path))
-            key = ".".join([where, *(str(p) for p in err.absolute_path)])
-            raise TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+            raise invalid_value(source, [where], min(errors, key=lambda e: list(e.absolute_path)))
 
 
 def require_variant(where: str, name: Any, config: dict) -> None:

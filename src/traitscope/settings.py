@@ -16,7 +16,7 @@ from dataclasses import fields
 from functools import cache
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from traitscope.config import _default_filling, find_schema, load_core_schema, load_schema
+from traitscope.config import _default_filling, find_schema, invalid_value, load_core_schema, load_schema
 from traitscope.errors import TraitscopeError
 
 
@@ -81,8 +81,7 @@ def check_values(cls: type[Settings], section: Mapping[str, Any], where: str) ->
                 validator.evolve(schema=properties[f.name]).iter_errors(section[f.name])
             )
             if error is not None:
-                key = ".".join([f.name, *(str(p) for p in error.absolute_path)])
-                raise TraitscopeError(f"{where}: invalid value at {key}: {error.message}")
+                raise invalid_value(where, [f.name], error)
 
 
 def as_json(cls: type[Settings], section: Mapping[str, Any]) -> str:
