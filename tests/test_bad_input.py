@@ -358,6 +358,31 @@ def test_external_positions_must_be_captured_for_their_sets(root, tmp_path):
         load_config([root / "config/config.yaml", path], schema)
 
 
+@pytest.mark.parametrize(
+    "overlay, where",
+    [
+        ({"experiments": {"prefill": {"harmless": "advbench"}}}, "experiments.prefill.harmless"),
+        (
+            {
+                "experiments": {
+                    "external": {"harmbench": {"harmful": "harmbench_val", "harmless": "harmbench_val"}}
+                }
+            },
+            "experiments.external.harmbench.harmless",
+        ),
+    ],
+)
+def test_a_harmful_set_is_not_its_own_benign_control(root, tmp_path, overlay, where):
+    """Comparing a set with itself passed validation and reported a chance-level AUC or d as a
+    finding."""
+    from traitscope.config import load_config
+
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    with pytest.raises(TraitscopeError, match=re.escape(f"{where} names the same prompt set as harmful")):
+        load_config([root / "config/config.yaml", path], root / "workflow/schemas/config.schema.yaml")
+
+
 def test_load_config_fills_schema_defaults(tmp_path, monkeypatch):
     from traitscope.config import load_config
 

@@ -249,6 +249,41 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
     assert set(result["best_trait"].values()) == {TRAITS[0]}  # the other trait is its mirror image
 
 
+def test_a_failing_part_leaves_no_result_of_another_part_behind(tmp_path, bt_prompts):
+    """HarmBench's results used to be written before BeaverTails' part ran, so a bad BeaverTails
+    position left a half-written results folder that looked like a finished analysis."""
+    from traitscope.experiments.external.analysis import external_analysis
+    from traitscope.experiments.external.settings import ExternalSettings
+
+    ids = {"bad": [f"h{i}" for i in range(6)], "good": [f"c{i}" for i in range(6)]}
+    for side, shift in (("bad", 1.0), ("good", 0.0)):
+        scores = {"safety/harm": np.arange(6) + 6 * shift}
+        projections(ids[side], scores, "last_prompt").to_parquet(tmp_path / f"{side}.parquet")
+        texts = [f"{side} prompt {i}" for i in range(6)]
+        pd.DataFrame({"prompt_id": ids[side], "prompt": texts, "category": "c"}).to_parquet(
+            tmp_path / f"{side}_prompts.parquet"
+        )
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"training_prompts": []}))
+    inputs = {
+        "harmful_proj": [tmp_path / "bad.parquet"],
+        "harmless_proj": [tmp_path / "good.parquet"],
+        "harmful_prompts": tmp_path / "bad_prompts.parquet",
+        "harmless_prompts": tmp_path / "good_prompts.parquet",
+        "trait_meta": {"safety/harm": meta},
+    }
+    sample = beavertails_sample(bt_prompts, tmp_path / "s.parquet", sample_settings())
+    projections(sample["prompt_id"], {"safety/harm": np.zeros(len(sample))}, "prefill_mean").to_parquet(
+        tmp_path / "bt_proj.parquet"
+    )
+    settings = ExternalSettings(("safety/harm",), "last_prompt", "system_mean", n_boot=100, seed=0)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TraitscopeError, match="system_mean"):
+        external_analysis(out, settings, inputs, [(tmp_path / "bt_proj.parquet", tmp_path / "s.parquet")])
+    assert list(out.iterdir()) == []
+
+
 def test_small_categories_keep_a_point_auc_and_the_figure_shows_it(tmp_path):
     """Categories of 1 pair get no CI (skipped) but their point AUC is kept and drawn as a hollow
     bar; a panel with nothing computed says why instead of standing empty."""

@@ -91,6 +91,10 @@ def test_check_config_names_the_bad_key(root):
         ),
         ({"variant": "ghost"}, "experiments.prefill.variant: variant 'ghost' is not defined"),
         (
+            {"harmless": section["harmful"]},
+            "experiments.prefill.harmless names the same prompt set as harmful",
+        ),
+        (
             {"bag_of_words": "safety/evil"},
             "experiments.prefill.bag_of_words: safety/evil is a persona trait; name a prompt-contrast trait",
         ),

@@ -172,6 +172,15 @@ def require_prompt_set(where: str, name: Any, config: dict, dataset: str | None 
         raise TraitscopeError(f"{where}: prompt set {name!r} needs dataset: {dataset}")
 
 
+def require_distinct_sets(where: str, harmful: str, harmless: str) -> None:
+    """A harmful-vs-harmless comparison of one set with itself would report chance as a result."""
+    if harmful == harmless:
+        raise TraitscopeError(
+            f"{where}.harmless names the same prompt set as harmful ({harmful!r}); "
+            "the comparison needs a benign set there"
+        )
+
+
 def require_captured(where: str, pools: list[str], prompt_set: str, config: dict) -> None:
     """`pools` are among those captured for `prompt_set`: its own capture.pools, else the global
     ones (an analysis reading another pool would fail only after every capture)."""

@@ -17,6 +17,7 @@ from traitscope.command_args import add_own_bow_argument, path_or_none
 from traitscope.config import (
     require_captured,
     require_contrast_trait,
+    require_distinct_sets,
     require_prompt_set,
     require_traits,
     require_variant,
@@ -171,6 +172,10 @@ def check_config(section: dict, config: dict) -> None:
         for key, name in (section[labelled] or {}).items():
             require_prompt_set(f"{where}.{labelled}.{key}", name, config)
             require_captured(f"{where}.position_harmbench", [section["position_harmbench"]], name, config)
+        if section[labelled]:
+            require_distinct_sets(
+                f"{where}.{labelled}", section[labelled]["harmful"], section[labelled]["harmless"]
+            )
     if section["bag_of_words"]:
         require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
     bt = section["beavertails"]

@@ -205,27 +205,30 @@ def external_analysis(
     out_dir = Path(out_dir)
     failures: dict = {}
     dists: dict = {}
+    results: dict = {}  # every result is computed before any is written: a failure leaves none behind
     labelled = (
         ("harmbench", harmbench_inputs, "HarmBench behaviours vs harmless controls"),
         ("hard_negatives", hard_negatives_inputs, "Hard negatives: harmful vs harmless, same key word"),
     )
-    for name, inputs, title in labelled:
-        if not inputs:
-            continue
-        result, failures[name], dists[name] = harmbench(
-            **inputs, traits=traits, position=position_harmbench, n_boot=n_boot, seed=seed, name=name
-        )
-        write_json(out_dir / f"{name}_results.json", result)
-        save_figure(
-            out_dir / f"{name}_auc.png",
-            plotting.auc_figure({t: r["auc"] for t, r in result["traits"].items()}, title),
-        )
+    for name, inputs, _ in labelled:
+        if inputs:
+            results[name], failures[name], dists[name] = harmbench(
+                **inputs, traits=traits, position=position_harmbench, n_boot=n_boot, seed=seed, name=name
+            )
     if beavertails_groups:
-        result, failures["beavertails"], dists["beavertails"] = beavertails(
+        results["beavertails"], failures["beavertails"], dists["beavertails"] = beavertails(
             beavertails_groups, traits=traits, position=position_beavertails, n_boot=n_boot, seed=seed
         )
-        write_json(out_dir / "beavertails_results.json", result)
-        save_figure(out_dir / "per_category_auc.png", category_auc_figure(result, traits))
+    for name, _, title in labelled:
+        if name in results:
+            write_json(out_dir / f"{name}_results.json", results[name])
+            save_figure(
+                out_dir / f"{name}_auc.png",
+                plotting.auc_figure({t: r["auc"] for t, r in results[name]["traits"].items()}, title),
+            )
+    if "beavertails" in results:
+        write_json(out_dir / "beavertails_results.json", results["beavertails"])
+        save_figure(out_dir / "per_category_auc.png", category_auc_figure(results["beavertails"], traits))
     write_json(out_dir / "failure_cases.json", failures)
     save_figure(
         out_dir / "score_distributions.png", plotting.score_distribution_figure(dists, failures, traits)

@@ -22,7 +22,13 @@ import pandas as pd
 
 from traitscope import baselines
 from traitscope.command_args import add_own_bow_argument, path_or_none
-from traitscope.config import require_contrast_trait, require_prompt_set, require_traits, require_variant
+from traitscope.config import (
+    require_contrast_trait,
+    require_distinct_sets,
+    require_prompt_set,
+    require_traits,
+    require_variant,
+)
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
@@ -138,6 +144,7 @@ def check_config(section: dict, config: dict) -> None:
     require_variant(f"{where}.variant", section.get("variant"), config)
     require_prompt_set(f"{where}.harmful", section["harmful"], config)
     require_prompt_set(f"{where}.harmless", section["harmless"], config)
+    require_distinct_sets(where, section["harmful"], section["harmless"])
     require_traits(f"{where}.traits", section["traits"], config)
     if section["bag_of_words"]:
         require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
