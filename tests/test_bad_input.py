@@ -162,6 +162,19 @@ def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedPro
             ["judge={classifier: {reader: ghost}}"],
             "judge.classifier.reader: variant 'ghost' is not defined",
         ),
+        # the error names where the config came from, once (it read "config: config: ...")
+        (
+            None,
+            ["base_model=3"],
+            "\nconfig (config/config.yaml, --config): invalid value at base_model: 3 is not of type",
+        ),
+        # the SAE's set, also read by the external analysis, was captured at the SAE's one
+        # layer and pool only, silently
+        (
+            None,
+            ["experiments={backdoor: {sae: {prompt_set: harmbench_val}}}"],
+            "prompt set 'harmbench_val' is asked for with {\"layers\": [15]",
+        ),
     ],
 )
 def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, config, expect):

@@ -24,14 +24,26 @@ from traitscope.vectors.settings import (
 )
 
 # Validation fills every default from the schema (the one place defaults live), so the
-# rules below pass every value explicitly and no CLI default is ever used.
+# rules below pass every value explicitly and no CLI default is ever used. Errors name where
+# the config came from: its files in merge order, then --config's values.
+CONFIG_SOURCE = "config ({})".format(
+    ", ".join(
+        [str(f) for f in workflow.configfiles]
+        + (["--config"] if workflow.config_settings.config else [])
+    )
+)
 try:
     validate_config(
-        config, os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
+        config,
+        os.path.join(workflow.basedir, "schemas", "config.schema.yaml"),
+        CONFIG_SOURCE,
     )
+except TraitscopeError as exc:
+    raise WorkflowError(str(exc))
+try:
     check(config)
 except TraitscopeError as exc:
-    raise WorkflowError(f"config: {exc}")
+    raise WorkflowError(f"{CONFIG_SOURCE}: {exc}")
 
 
 NAME = "[A-Za-z0-9_.-]+"
@@ -62,7 +74,8 @@ CONFIGURED_SETS = "|".join(map(re.escape, config["prompt_sets"])) or "(?!)"
 
 # What enabled experiments add (filled by their .smk files, read by rule all and capture)
 REQUESTED_CAPTURES = [(c["variant"], c["prompt_set"]) for c in config["captures"]]
-DERIVED_CAPTURE = {}  # derived prompt set -> capture settings its experiment asks for
+# prompt set -> the capture settings an experiment derives for it, or None: the set's own
+DERIVED_CAPTURE = {c["prompt_set"]: None for c in config["captures"]}
 EXPERIMENT_TARGETS = []  # one get_<name>_targets function per enabled experiment
 
 
@@ -94,8 +107,15 @@ def request_captures(pairs, settings=None, project=True):
     for variant, prompt_set in pairs:
         if project and (variant, prompt_set) not in REQUESTED_CAPTURES:
             REQUESTED_CAPTURES.append((variant, prompt_set))
-        if settings is not None:
-            DERIVED_CAPTURE[prompt_set] = settings
+        asked = DERIVED_CAPTURE.setdefault(prompt_set, settings)
+        if asked != settings:  # one capture per (variant, set): it cannot serve both
+            own = "its own capture settings"
+            raise WorkflowError(
+                f"{CONFIG_SOURCE}: prompt set {prompt_set!r} is asked for with "
+                f"{json.dumps(asked) if asked else own} and with "
+                f"{json.dumps(settings) if settings else own}; one capture cannot give both, "
+                "so name a separate prompt set for one of the experiments"
+            )
 
 
 def get_final_output():
@@ -280,7 +300,7 @@ def capture_settings(prompt_set):
         }
     return {
         **config["capture"],
-        **DERIVED_CAPTURE.get(prompt_set, {}),
+        **(DERIVED_CAPTURE.get(prompt_set) or {}),
         **config["prompt_sets"].get(prompt_set, {}).get("capture", {}),
     }
 
