@@ -233,6 +233,31 @@ def test_trait_vectors_bad_settings_are_clear_errors(trait_run, tmp_path):
     assert (tmp_path / "v.safetensors").exists()
 
 
+def test_pca_is_not_fitted_on_a_set_without_pairs(trait_run, tmp_path):
+    """A prompt-contrast set's positives and negatives are different prompts: pca used to pair
+    them by their sort order and fit a vector from meaningless differences."""
+    table = pd.read_parquet(trait_run["prompts"])
+    negative = table["label"] == 0
+    table.loc[negative, "question"] = "a different prompt: " + table.loc[negative, "question"]
+    table.to_parquet(tmp_path / "contrast.parquet")
+    settings = from_schema(ExtractionSettings, methods=("mean_diff", "probe", "pca"))
+    args = (
+        trait_run["capture"],
+        tmp_path / "contrast.parquet",
+        tmp_path / "v.safetensors",
+        tmp_path / "v.json",
+    )
+    vectors = trait_vectors(*args, "response_mean", settings, "m", "t")
+    assert set(vectors) == {"mean_diff", "probe"}
+    meta = json.loads((tmp_path / "v.json").read_text())
+    assert meta["methods"] == ["mean_diff", "probe"] and list(meta["not_fitted"]) == ["pca"]
+    # the persona set it came from, with its pairs, still fits pca
+    paired = trait_vectors(
+        trait_run["capture"], trait_run["prompts"], *args[2:], "response_mean", settings, "m", "t"
+    )
+    assert set(paired) == {"mean_diff", "probe", "pca"}
+
+
 # ---------------------------------------------------------------- the trait-vector record
 
 MEAN_DIFF = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])  # rows: layers 3, 5, 7

@@ -6,6 +6,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from traitscope.data.prompts import text_key, user_texts
@@ -49,14 +50,21 @@ def trait_vectors(
         )
     if len(pos) < 2 or len(neg) < 2:
         raise TraitscopeError(f"{prompts}: need at least 2 positive and 2 negative extraction rows")
-    if "pca" in methods and len(pos) != len(neg):
+    not_fitted = {}
+    if "pca" in methods and not _shares_questions(table):
+        # a prompt-contrast set: its positives and negatives are different prompts, so a row-paired
+        # difference would pair prompts by their sort order and mean nothing
+        not_fitted["pca"] = "positives and negatives are different prompts, not pairs; pca reads pairs"
+    elif "pca" in methods and len(pos) != len(neg):
         raise TraitscopeError(
             f"{prompts}: {len(pos)} positive and {len(neg)} negative extraction rows, and pca reads "
             "row-paired differences; rerun trait-prompts for whole pairs, or drop pca from extraction.methods"
         )
     options = {"probe": {"c": settings.probe_c}}
     vectors = {
-        m: partial(METHODS[m], **options.get(m, {}))(pos, neg) for m in dict.fromkeys(["mean_diff", *methods])
+        m: partial(METHODS[m], **options.get(m, {}))(pos, neg)
+        for m in dict.fromkeys(["mean_diff", *methods])
+        if m not in not_fitted
     }
     meta = {
         "model": variant,
@@ -69,9 +77,18 @@ def trait_vectors(
         "dataset_sha256": sorted(set(table["trait_sha256"].astype(str))) if "trait_sha256" in table else [],
         "shape": list(vectors["mean_diff"].shape),
         "judge_filter": filtered,
+        "not_fitted": not_fitted,
         # what no later score may be computed on (`traitscope.baselines.check_unseen`)
         "training_prompts": sorted({text_key(t) for t in user_texts(table[table["split"] == "extraction"])}),
     }
     save_safetensors(out_vectors, vectors, {"meta": json.dumps(meta)})
     write_json(out_meta, meta)
     return vectors
+
+
+def _shares_questions(table: pd.DataFrame) -> bool:
+    """Whether the extraction positives and negatives answer the same questions (a persona set's
+    instruction pairs), rather than being different prompts (a prompt-contrast set)."""
+    rows = table[table["split"] == "extraction"]
+    positive = set(rows.loc[rows["label"] == 1, "question"])
+    return bool(positive & set(rows.loc[rows["label"] == 0, "question"]))
