@@ -160,7 +160,8 @@ def precision(sources: Sources, page: Path) -> str:
         about = [COMMIT.sub("", line.lstrip("# ")) for line in lines[:first] if line.strip()]
         table = [line for line in lines if line.startswith("|")]
         after = [line for line in lines[first:] if not line.startswith("|")]  # the verdict, then prose
-        notes = " ".join(COMMIT.sub("", line).strip() for line in after if line.strip())
+        paragraphs = "\n".join(COMMIT.sub("", line).strip() for line in after).split("\n\n")
+        notes = "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())  # as the file breaks them
         parts.append(
             f"From [{path.name}]({_rel(path, page)}): "
             + "; ".join(about)

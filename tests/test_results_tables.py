@@ -110,12 +110,14 @@ def test_precision_region_shows_each_comparison_file(tables, tmp_path):
         "# benchmarks/precision.sh at 1234567\ncpu: CPU A\nfp32 main job: 10 s\n"
         "| section | criterion | fp32 | bf16 | same status | each inside the other's CI |\n"
         "|---|---|---|---|---|---|\n| traits | x | met: 0.95 | met: 0.96 | yes | yes |\n"
-        "\nrobust (1 criteria)\n"
+        "\nrobust (1 criteria)\n\nA first note\nover two lines.\n\nA second note.\n"
     )
     page = tmp_path / "page.md"
     page.write_text("<!-- generated: precision -->\nold\n<!-- end generated: precision -->\n")
     assert tables.main([str(page), "--benchmarks", str(tmp_path)]) == 0
     text = page.read_text()
+    # the notes keep the file's paragraphs (they were run together into one)
+    assert "\n\nrobust (1 criteria)\n\nA first note over two lines.\n\nA second note.\n" in text
     assert "[precision_cpuA.txt](precision_cpuA.txt)" in text and "cpu: CPU A" in text
     assert "| traits | x | met: 0.95 | met: 0.96 | yes | yes |" in text and "old" not in text
     assert "1234567" not in text and "robust (1 criteria)" in text
