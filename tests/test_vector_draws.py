@@ -2,6 +2,7 @@
 rows, and the draws of a real tiny trait run."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -57,19 +58,25 @@ def test_draws_of_a_tiny_trait_refit_the_chosen_vector(trait_run, tmp_path):
     questions' extraction rows, so the draws spread, their mean lies near the full fit, and the
     same seed draws the same vectors."""
     evaluation = tmp_path / "evaluation.json"
-    evaluation.write_text(json.dumps({"chosen": {"method": "mean_diff", "layer": 1}}))
+    evaluation.write_text(json.dumps({"trait": "safety/tiny", "chosen": {"method": "mean_diff", "layer": 1}}))
     settings = from_schema(DrawSettings, vector_draws={"n_draws": 40, "seed": 3})
     out = tmp_path / "draws.safetensors"
     args = (trait_run["capture"], trait_run["prompts"], evaluation, out, "response_mean", settings)
     draws = vector_draws(*args)
-    stored, meta = read_draws(out)
+    stored, meta = read_draws(out, "safety/tiny")
     assert torch.equal(stored, draws) and meta == {
         "method": "mean_diff",
         "layer": 1,
         "position": "response_mean",
         "n_draws": 40,
         "seed": 3,
+        "trait": "safety/tiny",
     }
+    # another trait's draws were read without a word (em-analysis given its --draws out of order)
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(out))}: draws of safety/tiny, not safety/evil"
+    ):
+        read_draws(out, "safety/evil")
     table, x, layers = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")
     rows = (table["split"] == "extraction").to_numpy()
     label = table["label"].to_numpy()
@@ -82,7 +89,10 @@ def test_draws_of_a_tiny_trait_refit_the_chosen_vector(trait_run, tmp_path):
     first = x[pos, layers.index(1)].mean(0) - x[neg, layers.index(1)].mean(0)
     assert torch.allclose(draws[0], first, atol=1e-5)
     with pytest.raises(TraitscopeError, match="no such vector draws"):
-        read_draws(tmp_path / "absent.safetensors")
+        read_draws(tmp_path / "absent.safetensors", "safety/tiny")
+    (tmp_path / "cut.safetensors").write_bytes(out.read_bytes()[:100])
+    with pytest.raises(TraitscopeError, match="cut.safetensors: cannot read vector draws"):
+        read_draws(tmp_path / "cut.safetensors", "safety/tiny")
 
 
 def test_backdoor_ci_over_draws_reads_each_draws_direction(tmp_path):
@@ -115,6 +125,7 @@ def test_backdoor_ci_over_draws_reads_each_draws_direction(tmp_path):
         got = draw_detection(
             capture,
             tmp_path / f"{name}.safetensors",
+            "safety/evil",
             positions,
             pairs,
             ["last_prompt"],

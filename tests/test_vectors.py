@@ -3,6 +3,7 @@ the trait-vector record."""
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -314,3 +315,22 @@ def test_chosen_method_missing_from_the_vectors_is_an_error(tmp_path, save_trait
     vectors.write_bytes(b"not safetensors")
     with pytest.raises(TraitscopeError, match="cannot read trait vectors"):
         TraitVector.load(vectors, evaluation)
+
+
+def test_another_traits_evaluation_or_name_is_an_error(tmp_path, save_trait_vector):
+    """Evil's vectors with harm's evaluation.json used to load, at harm's chosen layer, under
+    whatever name was asked for: projection and CMA-ES then reported one trait as another."""
+    chosen = {"method": "mean_diff", "layer": 5}
+    evil = save_trait_vector(tmp_path / "evil", "safety/evil", {"mean_diff": MEAN_DIFF}, [3, 5, 7], chosen)
+    harm = save_trait_vector(tmp_path / "harm", "safety/harm", {"mean_diff": MEAN_DIFF}, [3, 5, 7], chosen)
+    with pytest.raises(TraitscopeError) as info:
+        TraitVector.load(evil[0], harm[1])
+    assert str(info.value) == (
+        f"{harm[1]} is for trait safety/harm, {evil[0]} for safety/evil; "
+        "pass the vectors and evaluation.json of one trait and model"
+    )
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(evil[0]))} holds trait safety/evil, not safety/harm"
+    ):
+        TraitVector.load(*evil, "safety/harm")
+    assert TraitVector.load(*evil, "safety/evil").layer == 5

@@ -64,8 +64,8 @@ def vector_draws(
     """Refits of the chosen (method, layer) (`settings.vector_draws`: how many, the seed),
     `[n_draws, d_model]` unnormalised like the vectors file, on the rows trait-vectors used (the
     judge filter's survivors)."""
-    chosen = json.loads(Path(evaluation_json).read_text())["chosen"]
-    method, layer = chosen["method"], int(chosen["layer"])
+    evaluation = json.loads(Path(evaluation_json).read_text())
+    method, layer = evaluation["chosen"]["method"], int(evaluation["chosen"]["layer"])
     table, x, layers, _ = fitting_rows(capture_json, prompts, position, settings.filter, filter_judgements)
     if layer not in layers:
         raise TraitscopeError(
@@ -75,18 +75,26 @@ def vector_draws(
     n_draws, seed = settings.vector_draws["n_draws"], settings.vector_draws["seed"]
     result = refits(table, x, method, settings.probe_c, n_draws, seed)
     meta = {"method": method, "layer": layer, "position": position, "n_draws": n_draws, "seed": seed}
+    meta["trait"] = evaluation.get("trait")  # read_draws checks it: another trait's draws read silently
     save_safetensors(out, {"draws": result}, {"meta": json.dumps(meta)})
     return result
 
 
-def read_draws(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """(`[n_draws, d_model]` draws, their meta: method, layer, position, n_draws, seed)."""
+def read_draws(path: str | Path, trait: str) -> tuple[torch.Tensor, dict]:
+    """(`[n_draws, d_model]` draws, their meta: trait, method, layer, position, n_draws, seed),
+    checked to be `trait`'s."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
-        raise TraitscopeError(f"{path}: no such vector draws; run trait-draws for the trait")
-    with safe_open(str(path), "pt") as f:
-        return f.get_tensor("draws"), json.loads(f.metadata()["meta"])
+        raise TraitscopeError(f"{path}: no such vector draws; run trait-draws for {trait}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            draws, meta = f.get_tensor("draws"), json.loads(f.metadata()["meta"])
+    except Exception as exc:  # safetensors raises its own error types
+        raise TraitscopeError(f"{path}: cannot read vector draws ({exc}); rerun trait-draws") from None
+    if meta.get("trait") not in (None, trait):  # None: draws written before the trait was recorded
+        raise TraitscopeError(f"{path}: draws of {meta['trait']}, not {trait}; pass {trait}'s draws")
+    return draws, meta
 
 
 def draw_projections(capture_json: str | Path, draws: torch.Tensor, layer: int) -> pd.DataFrame:

@@ -75,6 +75,17 @@ class TraitVector:
         vectors, meta = read_vectors(vectors_path)
         evaluation = read_evaluation(evaluation_path)
         chosen = evaluation["chosen"]
+        # another trait's (or model's) file would silently pick its layer or vector
+        for key in ("trait", "model"):
+            if evaluation.get(key, meta[key]) != meta[key]:
+                raise TraitscopeError(
+                    f"{evaluation_path} is for {key} {evaluation[key]}, {vectors_path} for {meta[key]}; "
+                    "pass the vectors and evaluation.json of one trait and model"
+                )
+        if name is not None and name != meta["trait"]:
+            raise TraitscopeError(
+                f"{vectors_path} holds trait {meta['trait']}, not {name}; pass {name}'s vectors"
+            )
         if chosen["method"] not in vectors:
             raise TraitscopeError(
                 f"{evaluation_path}: chosen method {chosen['method']!r} is not in {vectors_path}; "

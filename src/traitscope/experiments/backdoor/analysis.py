@@ -132,7 +132,14 @@ def backdoor_analysis(
         earliest = by_token["earliest_trigger_higher"]["position"]  # the token the criterion reads
         labels = [earliest] if earliest is not None else []
         over = draw_detection(
-            capture_paths["backdoored"], path, positions["backdoored"], pairs, position_names, seed, labels
+            capture_paths["backdoored"],
+            path,
+            trait,
+            positions["backdoored"],
+            pairs,
+            position_names,
+            seed,
+            labels,
         )
         entries = {
             "positions": {

@@ -189,6 +189,7 @@ def token_detection(
 def draw_detection(
     capture_json: str | Path,
     draws_path: str | Path,
+    trait: str,
     positions: pd.DataFrame,
     pairs: pd.DataFrame,
     position_names: list[str],
@@ -202,7 +203,7 @@ def draw_detection(
     from traitscope.stats.draws import ci_over_draws
     from traitscope.vectors.draws import draw_projections, read_draws
 
-    draws, meta = read_draws(draws_path)
+    draws, meta = read_draws(draws_path, trait)
     table = draw_projections(capture_json, draws, meta["layer"]).rename(columns={"draw": "layer"})
     tokens = table[table["token_index"] >= 0].drop(columns="position")
     tokens = tokens.merge(positions, on=["prompt_id", "token_index"])

@@ -26,7 +26,7 @@ def draw_comparisons(
     question = prompts.set_index("prompt_id")["question_id"]
     out: dict[str, dict[str, dict[str, dict]]] = {c: {p: {} for p in positions} for c in COMPARISONS}
     for trait, path in draws_paths.items():
-        draws, meta = read_draws(path)
+        draws, meta = read_draws(path, trait)
         wide = {}
         for role, capture in captures.items():
             table = draw_projections(capture, draws, meta["layer"])
