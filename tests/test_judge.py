@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -338,6 +339,21 @@ def judged_trait(trait_run, tiny_trait_file, server, tmp_path, **overrides):
     return table, out
 
 
+def test_another_traits_file_does_not_judge_the_set(trait_run, tiny_trait_file, server, tmp_path):
+    """Evil's answers were judged on harm's rubric without a word, given harm's trait file."""
+    other = tmp_path / "safety" / "other.yaml"
+    other.parent.mkdir()
+    other.write_bytes(tiny_trait_file.read_bytes())
+    judge = J.Judge(api_settings(server, "logprobs", tmp_path / "cache.sqlite"))
+    out = tmp_path / "judgements.parquet"
+    settings = from_schema(JudgementSettings, filter={"enabled": True})
+    message = f"{trait_run['prompts']}: prompts of trait safety/tiny, not of safety/other ({other})"
+    with pytest.raises(TraitscopeError, match=re.escape(message)):
+        J.trait_judgements(trait_run["capture"], trait_run["prompts"], other, judge, settings, out)
+    judge.close()
+    assert not out.exists()
+
+
 def test_trait_judgements_score_every_captured_answer(trait_run, tiny_trait_file, server, tmp_path):
     table, out = judged_trait(trait_run, tiny_trait_file, server, tmp_path)
     prompts = pd.read_parquet(trait_run["prompts"])
@@ -390,7 +406,7 @@ def test_filter_keeps_pairs_the_judge_passes(tmp_path):
     pd.DataFrame(rows).to_parquet(path)
     from traitscope.vectors.filtering import surviving_pairs
 
-    kept, summary = surviving_pairs(path, 50, 50)
+    kept, summary = surviving_pairs(path, 50, 50, pd.Series([r["prompt_id"] for r in rows]))
     assert kept == {"q0:1", "q0:0"} and summary["n_pairs"] == 5 and summary["n_kept"] == 1
     assert summary["dropped"] == {
         "positive_below_trait_min": 1,
@@ -414,8 +430,15 @@ def test_filtered_vectors_use_only_surviving_pairs(trait_run, tmp_path):
     judgements = tmp_path / "judgements.parquet"
     table.to_parquet(judgements)
     trait_min, coherence_min = 50.0, 50.0
-    kept, summary = surviving_pairs(judgements, trait_min, coherence_min)
+    kept, summary = surviving_pairs(judgements, trait_min, coherence_min, table["prompt_id"])
     assert 2 <= summary["n_kept"] < summary["n_pairs"], summary
+    # another trait's judgements kept no pair of this set and reported their own survivors
+    foreign = table.assign(prompt_id="safety/other:" + table["prompt_id"])
+    foreign.to_parquet(tmp_path / "foreign.parquet")
+    with pytest.raises(
+        TraitscopeError, match=r"foreign\.parquet: judges prompt 'safety/other:.*not of this trait set"
+    ):
+        surviving_pairs(tmp_path / "foreign.parquet", trait_min, coherence_min, table["prompt_id"])
     out = tmp_path / "v.safetensors"
     vectors = trait_vectors(
         trait_run["capture"],

@@ -45,6 +45,12 @@ def trait_judgements(
     missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
     if missing:
         raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    others = sorted(set(table["trait"]) - {trait.name}) if "trait" in table.columns else []
+    if others:  # another trait's answers would be scored on this trait's rubric
+        raise TraitscopeError(
+            f"{prompts}: prompts of trait {others[0]}, not of {trait.name} ({trait_file}); "
+            "pass the trait file the prompt set was made from"
+        )
     responses = read_responses(capture_json)
     table = table[table["split"].isin(settings.splits)]
     if settings.agreement_pairs_per_question is not None:

@@ -27,14 +27,29 @@ from traitscope.vectors.methods import METHODS
 from traitscope.vectors.settings import ExtractionSettings
 
 
-def surviving_pairs(judgements: str | Path, trait_min: float, coherence_min: float) -> tuple[set[str], dict]:
-    """Prompt ids of the extraction pairs that pass the filter, and the counts."""
-    table = pd.read_parquet(judgements)
-    needed = {"trait_score", "coherence_score", "split", "label", "question", "pair_index"}
+def surviving_pairs(
+    judgements: str | Path, trait_min: float, coherence_min: float, set_ids: pd.Series
+) -> tuple[set[str], dict]:
+    """Prompt ids of the extraction pairs that pass the filter, and the counts. The judgements
+    must be of the trait set whose prompt ids are `set_ids`: another set's would keep no pair
+    while reporting its own survivors."""
+    try:
+        table = pd.read_parquet(judgements)
+    except (OSError, ValueError) as exc:
+        raise TraitscopeError(
+            f"{judgements}: cannot read judgements ({exc}); rerun trait-judgements"
+        ) from None
+    needed = {"prompt_id", "trait_score", "coherence_score", "split", "label", "question", "pair_index"}
     if not needed <= set(table.columns):
         raise TraitscopeError(
             f"{judgements}: needs trait and coherence scores of the extraction split; "
             "rerun trait-judgements with the judge filter on (extraction.filter.enabled: true)"
+        )
+    foreign = table.loc[~table["prompt_id"].isin(set_ids), "prompt_id"]
+    if len(foreign):
+        raise TraitscopeError(
+            f"{judgements}: judges prompt {foreign.iloc[0]!r}, not of this trait set; "
+            "pass the judgements of the same trait's answers"
         )
     rows = table[table["split"] == "extraction"]
     if rows.empty:
@@ -98,7 +113,9 @@ def fitting_rows(
     table, x, layers = labelled_activations(capture_json, prompts, position)
     if filter_judgements is None:
         return table, x, layers, None
-    kept, filtered = surviving_pairs(filter_judgements, thresholds["trait_min"], thresholds["coherence_min"])
+    kept, filtered = surviving_pairs(
+        filter_judgements, thresholds["trait_min"], thresholds["coherence_min"], table["prompt_id"]
+    )
     rows = keep_rows(table, kept)
     return table[rows].reset_index(drop=True), x[torch.tensor(rows)], layers, filtered
 
@@ -113,10 +130,10 @@ def trait_filter(
 ) -> dict[str, Any]:
     """Pairs surviving per the judge, and AUCs of vectors with and without the filter."""
     methods = settings.methods
-    kept, summary = surviving_pairs(
-        judgements, settings.filter["trait_min"], settings.filter["coherence_min"]
-    )
     table, x, layers = labelled_activations(capture_json, prompts, position)
+    kept, summary = surviving_pairs(
+        judgements, settings.filter["trait_min"], settings.filter["coherence_min"], table["prompt_id"]
+    )
     held_pos, held_neg = split_groups(table, x, "evaluation")
     result: dict[str, Any] = {"position": position, **summary}
     options = {"probe": {"c": settings.probe_c}}
