@@ -67,6 +67,30 @@ def test_hand_written_settings_are_checked_against_the_schema(change, message):
         parse(CaptureSettings, json.dumps(section))
 
 
+def test_an_experiments_hand_written_settings_are_checked_too(tmp_path, capsys):
+    """Experiment sections were skipped: '"prefills": "Sure"' made the prefills 'S', 'u', 'r',
+    'e', and a threshold written as a string was a TypeError after the compute."""
+    from traitscope.experiments.prefill.settings import PrefillConditionsSettings
+
+    with pytest.raises(
+        TraitscopeError, match="^--settings: invalid value at prefills: 'Sure' is not of type 'array'"
+    ):
+        parse(PrefillConditionsSettings, json.dumps({"prefills": "Sure"}))
+    argv = [
+        "prefill-conditions",
+        "--harmful",
+        "a.parquet",
+        "--harmless",
+        "b.parquet",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--settings", json.dumps({"prefills": "Sure"})])
+    assert info.value.code == 2 and not (tmp_path / "c").exists()
+    assert "invalid value at prefills" in capsys.readouterr().err
+
+
 def test_cli_bad_settings_is_one_line_and_help_documents_every_field(tmp_path, capsys):
     argv = ["capture", "--model", "m.json", "--prompts", "p.parquet", "--out", str(tmp_path / "c.json")]
     with pytest.raises(SystemExit) as info:

@@ -66,13 +66,12 @@ def parse(cls: type[S], text: str) -> S:
 
 def check_values(cls: type[Settings], section: Mapping[str, Any], where: str) -> None:
     """Each setting `cls` reads against its schema entry: a hand-written `--settings` (a rule's
-    is validated with the config) stops here in one line, not on a KeyError mid-stage. The
-    core sections only: the experiments' fragments cost every experiment's imports a job."""
+    is validated with the config) stops here in one line, not on a TypeError mid-stage. A core
+    section reads the core schema alone; an experiment's section needs the fragments, whose
+    registration imports every experiment, as an experiment's subcommand has by then."""
     import jsonschema
 
-    if cls.SECTION.startswith(EXPERIMENTS):
-        return
-    root = _core_schema()
+    root = _schema() if cls.SECTION.startswith(EXPERIMENTS) else _core_schema()
     validator = jsonschema.validators.validator_for(root)(root)
     properties = _node(root, cls.SECTION).get("properties", {})
     for f in fields(cls):  # type: ignore[arg-type]
