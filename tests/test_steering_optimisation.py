@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -370,3 +371,43 @@ def test_the_cosine_row_shows_its_noise_null():
     assert row.status == "inconclusive" and row.measured == 0.73
     assert "noise fitness ends at 0.644 (95% of 1000 simulated searches in [0.434, 0.792])" in row.detail
     assert "two-sided p 0.360" in row.detail
+
+
+def test_cmaes_report_refuses_files_that_do_not_line_up_with_the_traits(tmp_path):
+    """Two traits with one file each dropped the second without a word (zip); evil's files
+    passed for harm reported evil's numbers as harm's; an evaluation.json passed as an agreement
+    gave a row of Nones; a truncated file was a JSONDecodeError."""
+    files = {}
+    for name, record in (
+        ("opt", {"trait": "safety/evil", "layer": 3, "best": {}, "settings": {}}),
+        ("held", {"trait": "safety/evil", "conditions": {}}),
+        ("agree", {"auc": 0.9}),
+        ("evaluation", {"trait": "safety/evil", "chosen": {}}),
+    ):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(record))
+    out = (tmp_path / "gap.json", tmp_path / "gap.png")
+
+    def report(traits, opt="opt", held="held", agree="agree", truth=None):
+        return so.cmaes_report(traits, [files[opt]], [files[held]], [files[agree]], *out, truth)
+
+    with pytest.raises(TraitscopeError, match=r"^--optimisations: 1 file\(s\) for 2 trait\(s\)"):
+        report(["safety/evil", "safety/harm"])
+    with pytest.raises(
+        TraitscopeError,
+        match=f"^{re.escape(str(files['opt']))}: a result for safety/evil, passed for safety/harm",
+    ):
+        report(["safety/harm"])
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(files['evaluation']))}: no 'auc', not trait-agreement's"
+    ):
+        report(["safety/evil"], agree="evaluation")
+    with pytest.raises(
+        TraitscopeError, match=r"^--truth-agreements: safety/harm is not in --traits safety/evil"
+    ):
+        report(["safety/evil"], truth={"safety/harm": files["agree"]})
+    files["cut"] = tmp_path / "cut.json"
+    files["cut"].write_text('{"trait": "safety/evil", "lay')
+    with pytest.raises(TraitscopeError, match=r"cut\.json: cannot read JSON \(.*\); rerun cmaes-optimise"):
+        report(["safety/evil"], opt="cut")
+    assert not out[0].exists() and not out[1].exists()

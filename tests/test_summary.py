@@ -575,3 +575,19 @@ def test_workflow_inputs_follow_the_enabled_experiments(root, tmp_path):
     assert "prefill" not in results and results["backdoor"] == {
         "detection": "results/backdoor_detection/detection_auc.json"
     }
+
+
+def test_the_summary_json_is_written_last(tmp_path):
+    """summary.json is what marks the stage done: it was written before the tables, so a failing
+    table left it behind, looking finished."""
+    paths = write(tmp_path, traits=traits_summary())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocked").write_text("a file where the HTML table's folder should be")
+    with pytest.raises(OSError):
+        summarize(
+            as_inputs(paths), out / "summary.json", out / "summary.md", out / "blocked" / "summary.html"
+        )
+    assert not (out / "summary.json").exists()
+    summary = summarize(as_inputs(paths), out / "summary.json", out / "summary.md", out / "summary.html")
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))

@@ -114,3 +114,17 @@ def read_yaml_items(path: Path) -> list:
     if not isinstance(items, list):
         raise TraitscopeError(f"{path}: expected a mapping with an items: list; fix the file")
     return items
+
+
+def read_json(path: str | os.PathLike[str], stage: str, needs: tuple[str, ...] = ()) -> dict:
+    """A stage's JSON result, one line naming the file and the stage to rerun when it is
+    missing, truncated or another stage's (without the keys in `needs`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"{exc.msg} at line {exc.lineno}"
+        raise TraitscopeError(f"{path}: cannot read JSON ({reason}); rerun {stage}") from None
+    missing = [k for k in needs if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise TraitscopeError(f"{path}: no {missing[0]!r}, not {stage}'s result; pass {stage}'s JSON")
+    return data

@@ -65,11 +65,11 @@ def summarize(inputs: dict, out_json: str | Path, out_md: str | Path, out_html: 
         "statuses": STATUSES,
         "sections": sections,
     }
-    write_json(out_json, summary)
     with atomic_path(out_md) as tmp:
         tmp.write_text(markdown_table(summary))
     with atomic_path(out_html) as tmp:
         tmp.write_text(html_table(summary))
+    write_json(out_json, summary)  # last: its presence means every output was written
     return summary
 
 

@@ -155,7 +155,7 @@ def backdoor_analysis(
                         f"{path}: drawn at layer {ci['layer']}, not the chosen layer; rerun trait-draws"
                     )
                 entries[kind][name]["over_vector_draws"] = {k: v for k, v in ci.items() if k != "layer"}
-    write_json(out_json, result)
     save_figure(traits_png, figures.backdoor_trait_figure(result, traits, position_names))
     save_figure(tokens_png, figures.early_detection_figure(result, traits))
+    write_json(out_json, result)  # last: its presence means every output was written
     return result

@@ -92,8 +92,8 @@ def sae_train(
         "curve": curve,
         **quality,
     }
-    write_json(training_json, record)
     save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
+    write_json(training_json, record)  # last: its presence means every output was written
     return record
 
 
@@ -131,6 +131,6 @@ def sae_evaluate(
         "curve": [],
         "held_out": reconstruction_quality(sae, x),
     }
-    write_json(training_json, record)
     save_figure(figure_png, sae_training_figure(record, _firing_rates(sae, x)))
+    write_json(training_json, record)  # last: its presence means every output was written
     return record

@@ -284,12 +284,12 @@ def em_analysis(
                 result["comparisons"][name][position][trait]["over_vector_draws"] = ci
     if behaviour is not None:
         result["behaviour"] = json.loads(Path(behaviour).read_text())
-    write_json(out_json, result)
     save_figure(
         distributions_png, plotting.variant_distribution_figure(scores, traits, list(ROLES), POSITIONS)
     )
     with atomic_path(examples_md) as tmp:
         Path(tmp).write_text(_example_answers(prompts, answers))
+    write_json(out_json, result)  # last: its presence means every output was written
     return result
 
 

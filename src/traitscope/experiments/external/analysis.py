@@ -221,15 +221,16 @@ def external_analysis(
         )
     for name, _, title in labelled:
         if name in results:
-            write_json(out_dir / f"{name}_results.json", results[name])
             save_figure(
                 out_dir / f"{name}_auc.png",
                 plotting.auc_figure({t: r["auc"] for t, r in results[name]["traits"].items()}, title),
             )
     if "beavertails" in results:
-        write_json(out_dir / "beavertails_results.json", results["beavertails"])
         save_figure(out_dir / "per_category_auc.png", category_auc_figure(results["beavertails"], traits))
-    write_json(out_dir / "failure_cases.json", failures)
     save_figure(
         out_dir / "score_distributions.png", plotting.score_distribution_figure(dists, failures, traits)
     )
+    # the JSONs last: their presence means every output was written
+    write_json(out_dir / "failure_cases.json", failures)
+    for name, result in results.items():
+        write_json(out_dir / f"{name}_results.json", result)

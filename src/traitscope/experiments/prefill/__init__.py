@@ -314,9 +314,9 @@ def prefill_analysis(
         "trajectory_divergence": divergence,
         "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed, own_bow),
     }
-    write_json(out_json, result)
     save_figure(grid_png, figures.prefill_grid_figure(condition_means, traits))
     save_figure(trajectory_png, figures.trajectory_figure(traj, traits, divergence, n_boot=n_boot, seed=seed))
+    write_json(out_json, result)  # last: its presence means every output was written
     return result
 
 

@@ -6,10 +6,10 @@ which the summary reads too.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from traitscope.io import save_figure, write_json
+from traitscope.errors import TraitscopeError
+from traitscope.io import read_json, save_figure, write_json
 
 
 def gain_vs_mean_diff(scores: dict, n_boot: int, seed: int) -> dict:
@@ -43,15 +43,32 @@ def cmaes_report(
     agreement on the run's held-out answers per trait, and on the truth set where it has one."""
     from traitscope.experiments.steering_optimisation.figures import optimisation_curves_figure
 
+    truth_agreements = truth_agreements or {}
+    for flag, files in (
+        ("--optimisations", optimisations),
+        ("--heldouts", heldouts),
+        ("--agreements", agreements),
+    ):
+        if len(files) != len(traits):  # zip would drop a trait without a word
+            raise TraitscopeError(
+                f"{flag}: {len(files)} file(s) for {len(traits)} trait(s); one per trait, in --traits' order"
+            )
+    unknown = sorted(set(truth_agreements) - set(traits))
+    if unknown:
+        raise TraitscopeError(f"--truth-agreements: {unknown[0]} is not in --traits {' '.join(traits)}")
     per = {}
     for name, o, h, a in zip(traits, optimisations, heldouts, agreements):
-        opt, held, agree = (json.loads(Path(p).read_text()) for p in (o, h, a))
-        truth = (truth_agreements or {}).get(name)
+        opt = _of_trait(read_json(o, "cmaes-optimise", ("layer", "best", "settings")), o, name)
+        held = _of_trait(read_json(h, "cmaes-heldout", ("conditions",)), h, name)
+        agree = read_json(a, "trait-agreement", ("auc",))
+        truth = truth_agreements.get(name)
         per[name] = {
             "layer": opt["layer"],
             "steering_norm": opt["steering_norm"],
             "judge_agreement": _agreement(agree),
-            "judge_truth_agreement": _agreement(json.loads(Path(truth).read_text())) if truth else None,
+            "judge_truth_agreement": _agreement(read_json(truth, "trait-truth-agreement", ("auc",)))
+            if truth
+            else None,
             "training": {
                 "start_fitness": opt["start"]["fitness"],
                 "best_fitness": opt["best"]["fitness"],
@@ -80,7 +97,7 @@ def cmaes_report(
                 for e in opt["history"]
             ],
         }
-    first = json.loads(Path(optimisations[0]).read_text())
+    first = read_json(optimisations[0], "cmaes-optimise")
     result = {
         "question": "how far are extracted vectors from vectors optimised for judged behaviour?",
         "fitness": "mean judge trait score over training answers; an answer counts 0 unless judged "
@@ -89,7 +106,6 @@ def cmaes_report(
         "judge": first["judge"],
         "traits": per,
     }
-    write_json(out_json, result)
     save_figure(
         out_png,
         optimisation_curves_figure(
@@ -97,6 +113,7 @@ def cmaes_report(
             {t: p["training"]["start_fitness"] for t, p in per.items()},
         ),
     )
+    write_json(out_json, result)  # last: its presence means every output was written
     return result
 
 
@@ -144,6 +161,15 @@ def _heldout(held: dict, settings: dict) -> dict:
             "gain_vs_mean_diff": gain_vs_mean_diff(fit["scores"], n_boot, seed),
         }
     return out
+
+
+def _of_trait(record: dict, path: str | Path, name: str) -> dict:
+    """`record`, checked to be `name`'s: another trait's file would report under this name."""
+    if record.get("trait", name) != name:
+        raise TraitscopeError(
+            f"{path}: a result for {record['trait']}, passed for {name}; keep --traits' order"
+        )
+    return record
 
 
 def _agreement(record: dict) -> dict:

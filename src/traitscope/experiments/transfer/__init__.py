@@ -173,8 +173,8 @@ def transfer_table(
         }
         for t in names
     }
-    write_json(out_json, result)
     save_figure(out_png, transfer_heatmap(result))
+    write_json(out_json, result)  # last: its presence means every output was written
     return result
 
 
