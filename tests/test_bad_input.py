@@ -457,3 +457,43 @@ def test_an_unknown_capture_override_key_is_named(root, tmp_path, where):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(TraitscopeError, match=r"config\.yaml: .*shard_gb"):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
+
+
+def test_shared_readers_name_the_file_of_a_broken_or_foreign_input(trait_run, tmp_path):
+    """Readers many stages share were tracebacks on another stage's JSON (KeyError 'shard_dir'),
+    a deleted or truncated shard (FileNotFoundError, SafetensorError) or a projections file
+    that is missing or lacks a column (ArrowInvalid, KeyError 'score')."""
+    import pandas as pd
+
+    from traitscope.capture.store import read_manifest, read_responses, read_shards
+    from traitscope.model.loading import read_manifest as read_model_manifest
+    from traitscope.vectors.projection_table import read_projections
+
+    foreign = tmp_path / "evaluation.json"
+    foreign.write_text(json.dumps({"trait": "safety/tiny", "chosen": {}}))
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(foreign))}: not a capture manifest \\(no 'shard_dir'\\)"
+    ):
+        read_manifest(foreign)
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(foreign))}: missing or unreadable model manifest"
+    ):
+        read_model_manifest(foreign)
+    folder = tmp_path / "capture"
+    shutil.copytree(trait_run["capture"].parent, folder)
+    capture = folder / trait_run["capture"].name
+    manifest = read_manifest(capture)
+    stem = folder / manifest["shard_dir"] / manifest["shards"][-1]
+    Path(f"{stem}.safetensors").write_bytes(Path(f"{stem}.safetensors").read_bytes()[:64])
+    with pytest.raises(TraitscopeError, match=r"\.safetensors: a shard file of .* is missing or unreadable"):
+        list(read_shards(capture))
+    Path(f"{stem}.prompts.parquet").unlink()
+    with pytest.raises(TraitscopeError, match=r"\.prompts\.parquet: a shard file of .*rerun capture$"):
+        read_responses(capture)
+    with pytest.raises(
+        TraitscopeError, match=r"absent\.parquet: cannot read projections \(.*\); rerun project"
+    ):
+        read_projections(tmp_path / "absent.parquet")
+    pd.DataFrame({"prompt_id": ["a"], "trait": ["t"]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(TraitscopeError, match=r"other\.parquet: no column 'variant', not a projections file"):
+        read_projections(tmp_path / "other.parquet")

@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -262,13 +263,34 @@ def capture(
     return manifest
 
 
+MANIFEST_KEYS = ("shard_dir", "shards", "layers", "pools")
+
+
 def read_manifest(capture_json: str | Path) -> dict:
-    """A finished capture's `capture.json`; missing or unreadable is a one-line error."""
+    """A finished capture's `capture.json`; missing, unreadable or another stage's JSON is a
+    one-line error."""
     try:
-        return json.loads(Path(capture_json).read_text())
+        manifest = json.loads(Path(capture_json).read_text())
     except (OSError, json.JSONDecodeError):
         raise TraitscopeError(
             f"{capture_json}: missing or unreadable capture manifest; rerun capture"
+        ) from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise TraitscopeError(
+            f"{capture_json}: not a capture manifest (no {missing[0]!r}); pass the capture.json capture wrote"
+        )
+    return manifest
+
+
+def _shard_part(capture_json: str | Path, path: Path, read: Any) -> Any:
+    """One file of a shard; a deleted or truncated one names the file, not a reader's traceback."""
+    try:
+        return read(path)
+    except Exception as exc:  # pyarrow and safetensors raise their own error types
+        raise TraitscopeError(
+            f"{path}: a shard file of {capture_json} is missing or unreadable ({type(exc).__name__}); "
+            "delete the capture's folder and rerun capture"
         ) from None
 
 
@@ -282,9 +304,9 @@ def read_shards(
     for name in manifest["shards"]:
         stem = folder / name
         yield (
-            pd.read_parquet(f"{stem}.prompts.parquet"),
-            pd.read_parquet(f"{stem}.tokens.parquet"),
-            load_file(f"{stem}.safetensors"),
+            _shard_part(path, Path(f"{stem}.prompts.parquet"), pd.read_parquet),
+            _shard_part(path, Path(f"{stem}.tokens.parquet"), pd.read_parquet),
+            _shard_part(path, Path(f"{stem}.safetensors"), lambda p: load_file(str(p))),
         )
 
 
@@ -295,7 +317,8 @@ def read_responses(capture_json: str | Path) -> dict[str, str]:
     folder = path.parent / manifest["shard_dir"]
     out: dict[str, str] = {}
     for name in manifest["shards"]:
-        table = pd.read_parquet(folder / f"{name}.prompts.parquet", columns=["prompt_id", "response"])
+        read = partial(pd.read_parquet, columns=["prompt_id", "response"])
+        table = _shard_part(path, folder / f"{name}.prompts.parquet", read)
         out.update(zip(table["prompt_id"], table["response"].fillna("")))
     return out
 

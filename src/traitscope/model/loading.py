@@ -226,11 +226,11 @@ def read_manifest(manifest_path: Path) -> tuple[dict, ModelSpec]:
     """A prepared variant's manifest and its spec; one line naming the manifest if it is unreadable."""
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return manifest, ModelSpec.from_config(manifest["name"], manifest["spec"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):  # KeyError: another stage's JSON
         raise TraitscopeError(
             f"{manifest_path}: missing or unreadable model manifest; rerun prepare-model"
         ) from None
-    return manifest, ModelSpec.from_config(manifest["name"], manifest["spec"])
 
 
 def load(manifest_path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:

@@ -38,7 +38,18 @@ def read_projections(path: str | Path, chosen: bool = False, pooled: bool = Fals
     only, where asked: the others are dropped a row group at a time as the file is read."""
     filters = [("chosen_layer", "==", True)] if chosen else []
     filters += [("token_index", "==", -1)] if pooled else []
-    return pd.read_parquet(path, filters=filters or None)
+    try:
+        table = pd.read_parquet(path, filters=filters or None)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise TraitscopeError(
+            f"{path}: cannot read projections ({type(exc).__name__}); rerun project"
+        ) from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise TraitscopeError(
+            f"{path}: no column {missing[0]!r}, not a projections file; pass project's output"
+        )
+    return table
 
 
 def chosen_scores(projections: pd.DataFrame, position: str, traits: list[str]) -> pd.DataFrame:

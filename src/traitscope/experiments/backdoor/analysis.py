@@ -28,6 +28,7 @@ from traitscope.experiments.backdoor.positions import identical_generation, posi
 from traitscope.experiments.backdoor.settings import BackdoorAnalysisSettings
 from traitscope.experiments.backdoor.surface import surface_baselines
 from traitscope.io import save_figure, write_json
+from traitscope.vectors.projection_table import read_projections
 
 
 def backdoor_analysis(
@@ -65,7 +66,7 @@ def backdoor_analysis(
         if index.empty:
             raise TraitscopeError(f"{path}: no per-token activations; capture the pairs with token_segments")
         positions[role] = token_positions(index, pairs, n_generated)
-    projections = {role: pd.read_parquet(path) for role, path in projections_paths.items()}
+    projections = {role: read_projections(path) for role, path in projections_paths.items()}
     n_steps = int(positions["base"]["position"].str.extract(r"^p(\d+)$")[0].dropna().astype(int).max() + 1)
     order = position_order(n_steps, n_generated)
     tokens = token_detection(projections, positions, traits, order, threshold, n_boot, seed)
