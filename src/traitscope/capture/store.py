@@ -263,7 +263,7 @@ def capture(
     return manifest
 
 
-MANIFEST_KEYS = ("shard_dir", "shards", "layers", "pools")
+MANIFEST_KEYS = ("shard_dir", "shards")  # what every reader of the shards needs
 
 
 def read_manifest(capture_json: str | Path) -> dict:
