@@ -50,6 +50,13 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     [
         ({"extraction_questions": []}, "'extraction_questions' needs at least 1"),
         ({"evaluation_questions": ["q1"]}, "held-out questions must be disjoint"),
+        # the same question but for case or spacing was held out in name only, or counted twice
+        ({"evaluation_questions": ["Q1 ", "q4"]}, r"1 question\(s\) appear in both .*'q1'; held-out"),
+        ({"evaluation_questions": ["q3", "q4", "Q3"]}, "evaluation_questions repeats 'Q3' .*; drop one"),
+        (
+            {"pairs": [{"positive": "Be evil", "negative": "be  evil"}]},
+            r"pairs\[0\] has the same positive and",
+        ),
         ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs non-empty string 'positive' and 'negative'"),
         ({"pairs": [{"positive": "x", "negative": " "}]}, r"pairs\[0\] needs non-empty string"),
         ({"judge_rubric": None}, "must be strings"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from traitscope.data.prompts import user_texts
+from traitscope.data.prompts import normalise, user_texts
 from traitscope.data.registry import bundled_path, is_bundled, missing_source
 from traitscope.data.settings import TraitPromptSettings
 from traitscope.errors import TraitscopeError
@@ -222,14 +222,24 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
             raise TraitscopeError(
                 f"{path}: pairs[{i}] needs non-empty string 'positive' and 'negative' entries"
             )
+        if normalise(p["positive"]) == normalise(p["negative"]):  # a contrast of nothing
+            raise TraitscopeError(f"{path}: pairs[{i}] has the same positive and negative instruction")
         pairs.append(InstructionPair(p["positive"].strip(), p["negative"].strip()))
     extraction = _strings(path, data, "extraction_questions", 1)
     evaluation = _strings(path, data, "evaluation_questions", 1)
-    overlap = set(extraction) & set(evaluation)
+    # compared as normalise() keys: a question differing only in case or spacing is the same
+    # question, so held out in name only, or counted twice in a split's n
+    for key, questions in (("extraction_questions", extraction), ("evaluation_questions", evaluation)):
+        seen: set[str] = set()
+        for q in questions:
+            if normalise(q) in seen:
+                raise TraitscopeError(f"{path}: {key} repeats {q!r} (case and spacing aside); drop one")
+            seen.add(normalise(q))
+    overlap = sorted({normalise(q) for q in extraction} & {normalise(q) for q in evaluation})
     if overlap:
         raise TraitscopeError(
-            f"{path}: {len(overlap)} question(s) appear in both extraction and evaluation sets, "
-            f"e.g. {sorted(overlap)[0]!r}; held-out questions must be disjoint"
+            f"{path}: {len(overlap)} question(s) appear in both extraction and evaluation sets "
+            f"(case and spacing aside), e.g. {overlap[0]!r}; held-out questions must be disjoint"
         )
     if not isinstance(data["description"], str) or not isinstance(data["judge_rubric"], str):
         raise TraitscopeError(f"{path}: 'description' and 'judge_rubric' must be strings")
