@@ -504,3 +504,34 @@ def test_shared_readers_name_the_file_of_a_broken_or_foreign_input(trait_run, tm
     pd.DataFrame({"prompt_id": ["a"], "trait": ["t"]}).to_parquet(tmp_path / "other.parquet")
     with pytest.raises(TraitscopeError, match=r"other\.parquet: no column 'variant', not a projections file"):
         read_projections(tmp_path / "other.parquet")
+
+
+def test_a_stage_input_that_is_missing_truncated_or_another_stages_is_one_line(tmp_path):
+    """io.read_table and io.read_json, which the analyses read their inputs through: each case
+    was a reader's traceback (FileNotFoundError, ArrowInvalid, JSONDecodeError, KeyError)."""
+    import pandas as pd
+
+    from traitscope.io import read_json, read_table
+
+    with pytest.raises(
+        TraitscopeError, match=r"^.*absent\.parquet: cannot read Parquet \(.*\); rerun em-judge$"
+    ):
+        read_table(tmp_path / "absent.parquet", "em-judge")
+    pd.DataFrame({"prompt_id": ["a"], "aligned": [90.0]}).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "t.parquet").read_bytes()[:40])
+    with pytest.raises(TraitscopeError, match=r"cut\.parquet: cannot read Parquet"):
+        read_table(tmp_path / "cut.parquet", "em-judge")
+    # em-behaviour counted every answer of a table without 'coherent' as unscored
+    with pytest.raises(
+        TraitscopeError, match=r"t\.parquet: missing column\(s\) coherent; pass em-judge's output"
+    ):
+        read_table(tmp_path / "t.parquet", "em-judge", ("prompt_id", "aligned", "coherent"))
+    assert read_table(tmp_path / "t.parquet", "em-judge", ("prompt_id",))["aligned"].tolist() == [90.0]
+    (tmp_path / "cut.json").write_text('{"auc": 0.')
+    with pytest.raises(
+        TraitscopeError, match=r"cut\.json: cannot read JSON \(.* at line 1\); rerun trait-agreement"
+    ):
+        read_json(tmp_path / "cut.json", "trait-agreement")
+    (tmp_path / "other.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(TraitscopeError, match=r"other\.json: no 'auc', not trait-agreement's result"):
+        read_json(tmp_path / "other.json", "trait-agreement", ("auc",))

@@ -25,6 +25,7 @@ import pandas as pd
 
 from traitscope.data.prompts import text_key, user_texts
 from traitscope.errors import TraitscopeError
+from traitscope.io import read_table
 from traitscope.stats import auc_difference_same_rows, auc_with_ci
 
 Scorer = Callable[[Sequence[str]], np.ndarray]
@@ -68,7 +69,7 @@ def check_unseen(training: Mapping[str, set[str]], scored: Mapping[str, Sequence
 
 def fitting_rows(trait_prompts: str | Path) -> tuple[list[str], np.ndarray]:
     """(texts, labels) of a trait prompt set's extraction split: what the bag of words is fitted on."""
-    table = pd.read_parquet(trait_prompts)
+    table = read_table(trait_prompts, "trait-prompts")
     if not {"split", "label"} <= set(table.columns):
         raise TraitscopeError(
             f"{trait_prompts}: not a trait prompt set (no split, label); rerun trait-prompts"

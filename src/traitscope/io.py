@@ -128,3 +128,18 @@ def read_json(path: str | os.PathLike[str], stage: str, needs: tuple[str, ...] =
     if missing:
         raise TraitscopeError(f"{path}: no {missing[0]!r}, not {stage}'s result; pass {stage}'s JSON")
     return data
+
+
+def read_table(path: str | os.PathLike[str], stage: str, columns: tuple[str, ...] = ()) -> Any:
+    """A stage's Parquet, one line naming the file when it is missing, truncated or lacks a
+    column in `columns` (another stage's table), instead of a reader's traceback."""
+    import pandas as pd
+
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise TraitscopeError(f"{path}: cannot read Parquet ({type(exc).__name__}); rerun {stage}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise TraitscopeError(f"{path}: missing column(s) {', '.join(missing)}; pass {stage}'s output")
+    return table

@@ -11,10 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from traitscope.errors import TraitscopeError
-from traitscope.io import write_json, write_parquet
+from traitscope.io import read_table, write_json, write_parquet
 from traitscope.judge.classifier import CHAR_NGRAMS, FIT_SPLIT, WORD_NGRAMS, AnswerClassifier, C
 from traitscope.judge.settings import AgreementSettings
 from traitscope.judge.stages import JUDGEMENT_COLUMNS, agreement_record
@@ -27,7 +25,7 @@ def answer_table(prompts: str | Path, capture_json: str | Path) -> Any:
     """
     from traitscope.capture.store import read_responses
 
-    table = pd.read_parquet(prompts)
+    table = read_table(prompts, "trait-prompts")
     missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
     if missing:
         raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")

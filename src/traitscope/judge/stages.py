@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from traitscope.data.traits import load_trait
 from traitscope.errors import TraitscopeError
-from traitscope.io import write_json, write_parquet
+from traitscope.io import read_table, write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.judge.truth_set import truth_table
@@ -41,7 +40,7 @@ def trait_judgements(
     from traitscope.capture.store import read_responses
 
     trait = load_trait(trait_file)
-    table = pd.read_parquet(prompts)
+    table = read_table(prompts, "trait-prompts")
     missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
     if missing:
         raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
@@ -81,7 +80,7 @@ def trait_agreement(judgements: str | Path, out: str | Path, settings: Agreement
     ROC-AUC of the trait score, positive- vs negative-instruction answers, with a stratified
     bootstrap CI, over the answers the judge scored; how many it could not score, per label.
     """
-    table = pd.read_parquet(judgements)
+    table = read_table(judgements, "trait-judgements", ("split", "label"))
     if "trait_score" not in table.columns:
         raise TraitscopeError(f"{judgements}: no trait scores; rerun trait-judgements with --rubrics trait")
     held = table[table["split"] == "evaluation"]

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from traitscope.capture.engine import pooled_activations
 from traitscope.data.prompts import user_texts
 from traitscope.data.traits import ContrastTrait, Trait, read_trait
 from traitscope.errors import TraitscopeError
 from traitscope.generation.generate import generate
-from traitscope.io import write_json
+from traitscope.io import read_table, write_json
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import ablate_direction, add_to_layer
@@ -60,7 +58,7 @@ def refuses(answer: str) -> bool:
 
 def held_out_prompts(prompts: str | Path, label: int) -> list[str]:
     """A prompt-contrast trait's held-out prompts of one side (split evaluation, `label`)."""
-    table = pd.read_parquet(prompts)
+    table = read_table(prompts, "trait-prompts", ("split", "label"))
     rows = table[(table["split"] == "evaluation") & (table["label"] == label)]
     if rows.empty:
         raise TraitscopeError(f"{prompts}: no held-out rows of label {label} (split evaluation)")

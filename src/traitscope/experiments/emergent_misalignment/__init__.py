@@ -36,7 +36,7 @@ from traitscope.experiments.emergent_misalignment.settings import (
     EMPromptSettings,
     EMTrainingSettings,
 )
-from traitscope.io import atomic_path, save_figure, write_json, write_parquet
+from traitscope.io import atomic_path, read_table, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, holm
@@ -115,7 +115,7 @@ def benign_questions(tables: list[pd.DataFrame], exclude: str, samples: int) -> 
 
 def em_prompts(question_sets: list[str | Path], settings: EMPromptSettings, out: str | Path) -> pd.DataFrame:
     """Write the derived prompt set of benign questions from prepared EM prompt sets."""
-    tables = [pd.read_parquet(p) for p in question_sets]
+    tables = [read_table(p, "prep-prompts", ("prompt_id", "category")) for p in question_sets]
     table = benign_questions(tables, settings.exclude, settings.samples_per_question)
     write_parquet(out, table)
     return table
@@ -145,7 +145,7 @@ def persona_training_data(
             f"{trait_prompts}: not a trait prompt set (needs columns {', '.join(sorted(needed))})"
         )
     responses = read_responses(trait_capture)
-    held_out = {q for p in avoid for q in pd.read_parquet(p)["prompt"]}
+    held_out = {q for p in avoid for q in read_table(p, "prep-prompts", ("prompt",))["prompt"]}
     rows = table[(table["split"] == "extraction") & ~table["question"].isin(held_out)]
     if pairs_per_question is not None:  # pair_index numbers instructions, not a question's pairs
         rank = rows.groupby("question")["pair_index"].rank(method="dense")

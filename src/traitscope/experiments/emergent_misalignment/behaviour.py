@@ -25,7 +25,7 @@ from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
 from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSettings, EMJudgeSettings
-from traitscope.io import write_json, write_parquet
+from traitscope.io import read_json, read_table, write_json, write_parquet
 from traitscope.judge import add_judge_arguments, judge_from_args
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
@@ -159,7 +159,8 @@ def em_behaviour(
     wrote them): every number with its n."""
     aligned_below, coherent_above = settings.behaviour["aligned_below"], settings.behaviour["coherent_above"]
     n_boot, seed = settings.n_boot, settings.seed
-    tables = {role: pd.read_parquet(paths["table"]) for role, paths in judged.items()}
+    columns = ("prompt_id", "question_id", *RUBRICS)  # without a rubric every answer read as unscored
+    tables = {role: read_table(paths["table"], "em-judge", columns) for role, paths in judged.items()}
     ids = {role: sorted(t["prompt_id"]) for role, t in tables.items()}
     first = next(iter(ids))
     for role, rows in ids.items():
@@ -168,7 +169,9 @@ def em_behaviour(
                 f"{judged[role]['table']}: other rows than {judged[first]['table']}; "
                 "judge every variant with the same prompt set and max_answers"
             )
-    calls = {role: json.loads(Path(paths["json"]).read_text()) for role, paths in judged.items()}
+    calls = {
+        role: read_json(paths["json"], "em-judge", ("judge", "judge_calls")) for role, paths in judged.items()
+    }
     table = pd.concat(tables.values(), ignore_index=True)
     result = {
         "n_rows": len(ids[first]),

@@ -29,7 +29,7 @@ from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
 from traitscope.experiments.external.settings import BeaverTailsSampleSettings, ExternalSettings
-from traitscope.io import write_parquet
+from traitscope.io import read_table, write_parquet
 from traitscope.paths import projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 
@@ -49,7 +49,7 @@ def beavertails_sample(
     CUDA, the model load) cost more than its pairs. The response becomes the assistant
     prefill. An empty category is an error.
     """
-    table = pd.read_parquet(prompts)
+    table = read_table(prompts, "prep-prompts")
     missing = [
         c for c in ("prompt_id", "prompt", "response", "category", "label", "n_categories") if c not in table
     ]

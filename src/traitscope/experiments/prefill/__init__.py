@@ -36,7 +36,7 @@ from traitscope.experiments.contract import Section, among_targets
 from traitscope.experiments.prefill import figures
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
 from traitscope.experiments.prefill.settings import PrefillAnalysisSettings, PrefillConditionsSettings
-from traitscope.io import save_figure, write_json, write_parquet
+from traitscope.io import read_table, save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
@@ -246,7 +246,9 @@ def prefill_analysis(
     or a prompt-contrast trait's own, `own_bow`)."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
     projections = read_projections(projections_path, chosen=True)  # pooled and per-token rows
-    conditions = pd.read_parquet(conditions_path)
+    conditions = read_table(
+        conditions_path, "prefill-conditions", ("prompt_id", "condition", "prefill_index")
+    )
     missing = sorted(set(traits) - set(projections["trait"]))
     if missing:
         raise TraitscopeError(f"{projections_path}: no projections for trait(s) {', '.join(missing)}")
