@@ -600,16 +600,19 @@ def test_pair_feature_scores_streamed_in_chunks_are_each_prompts_mean(planted_ru
 def test_sae_whose_width_differs_from_the_model_is_a_clear_error(planted_run, tmp_path):
     paths, _, _ = planted_run
     save_sae(standard_sae(16, 6), tmp_path / "wide", {})
+    args = (
+        tmp_path / "wide",
+        paths["pairs"],
+        paths["captures"],
+        paths["captures"]["base"],
+        tmp_path / "r.json",
+    )
+    # the training record is read first: it was read only after every feature's statistics
+    with pytest.raises(TraitscopeError, match=r"r\.json: cannot read JSON .*; rerun sae-train"):
+        backdoor_sae_features(*args, tmp_path / "f.json", sae_features_settings(["last_prompt"]))
+    (tmp_path / "r.json").write_text(json.dumps({"held_out": {}}))
     with pytest.raises(TraitscopeError, match="SAE d_in 16 does not match the model's hidden size 8"):
-        backdoor_sae_features(
-            tmp_path / "wide",
-            paths["pairs"],
-            paths["captures"],
-            paths["captures"]["base"],
-            tmp_path / "r.json",
-            tmp_path / "f.json",
-            sae_features_settings(["last_prompt"]),
-        )
+        backdoor_sae_features(*args, tmp_path / "f.json", sae_features_settings(["last_prompt"]))
     assert not (tmp_path / "f.json").exists()
     with pytest.raises(TraitscopeError, match="hidden size 32"):
         check_width(load_sae(tmp_path / "wide"), 32, "x")

@@ -8,7 +8,6 @@ and in the SAE's own training data (sae_features.json).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.data import CONDITIONS
 from traitscope.experiments.backdoor.positions import token_positions, varying_prompt_tokens
 from traitscope.experiments.backdoor.settings import SAEFeatureSettings
-from traitscope.io import write_json
+from traitscope.io import read_json, write_json
 
 
 def _position_groups(
@@ -127,6 +126,7 @@ def backdoor_sae_features(
     layer, top = settings.sae["layer"], settings.sae["top"]
     position_names, n_generated = list(settings.positions), settings.generated_positions
     n_boot, seed = settings.n_boot, settings.seed
+    record = read_json(sae_record, "sae-train", ("held_out",))  # before the compute, not after
     import torch
 
     from traitscope.capture.store import read_manifest
@@ -215,7 +215,6 @@ def backdoor_sae_features(
             column = wanted.index(f["feature"])
             f["top_tokens_pairs_backdoored"] = top_contexts(backdoored["tokens"], pair_acts, column)
             f["top_tokens_sae_data"] = sae_contexts[column]
-    record = json.loads(Path(sae_record).read_text())
     result = {
         "sae": {
             "folder": str(sae_folder),

@@ -36,7 +36,7 @@ from traitscope.experiments.emergent_misalignment.settings import (
     EMPromptSettings,
     EMTrainingSettings,
 )
-from traitscope.io import atomic_path, read_table, save_figure, write_json, write_parquet
+from traitscope.io import atomic_path, read_json, read_table, save_figure, write_json, write_parquet
 from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 from traitscope.stats import compare_paired, holm
@@ -283,7 +283,7 @@ def em_analysis(
             for trait, ci in by_trait.items():
                 result["comparisons"][name][position][trait]["over_vector_draws"] = ci
     if behaviour is not None:
-        result["behaviour"] = json.loads(Path(behaviour).read_text())
+        result["behaviour"] = read_json(behaviour, "em-behaviour", ("misaligned", "judge"))
     save_figure(
         distributions_png, plotting.variant_distribution_figure(scores, traits, list(ROLES), POSITIONS)
     )
