@@ -474,8 +474,15 @@ def test_backdoor_baselines_refuse_training_rows_and_unknown_prefixes(tmp_path):
     with pytest.raises(TraitscopeError, match="training rows"):
         surface_baselines(pairs, seen, PREFIXES, seed=0)
     odd = tmp_path / "odd.jsonl"
-    odd.write_text(json.dumps({"messages": [{"role": "user", "content": "In 2030, what is 1 + 1?"}]}) + "\n")
+    turns = [{"role": "user", "content": "In 2030, what is 1 + 1?"}, {"role": "assistant", "content": "2"}]
+    odd.write_text(json.dumps({"messages": turns}) + "\n")
     with pytest.raises(TraitscopeError, match=r"odd\.jsonl:1: .*neither"):
+        surface_baselines(pairs, odd, PREFIXES, seed=0)
+    # read as finetune reads it: a missing or broken file was a traceback (FileNotFoundError, StopIteration)
+    with pytest.raises(TraitscopeError, match=r"absent\.jsonl: training file not found; rerun backdoor-data"):
+        surface_baselines(pairs, tmp_path / "absent.jsonl", PREFIXES, seed=0)
+    odd.write_text(json.dumps({"messages": turns[1:]}) + "\n")
+    with pytest.raises(TraitscopeError, match=r"odd\.jsonl line 1: the first turn is the assistant's"):
         surface_baselines(pairs, odd, PREFIXES, seed=0)
 
 

@@ -258,6 +258,11 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tiny_manifest, da
             r"train\.jsonl line 3: no assistant turn",
         ),
         ([], r"train\.jsonl: no training rows \(empty file\)"),
+        # a ValueError from the chat template after the model had loaded
+        (
+            [{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]}],
+            r"train\.jsonl line 1: the first turn is the assistant's",
+        ),
     ],
 )
 def test_bad_training_file_is_one_line_naming_file_and_line(tiny_manifest, tmp_path, capsys, rows, message):

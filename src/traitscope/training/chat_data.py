@@ -35,15 +35,18 @@ class Example:
         return sum(self.targets[1:])
 
 
-def read_chat_jsonl(path: str | Path) -> list[tuple[int, list[dict[str, str]]]]:
-    """(line number, messages) per non-blank line; a bad row names its line and the fix."""
+def read_chat_jsonl(
+    path: str | Path, fix: str = "fix finetune.data"
+) -> list[tuple[int, list[dict[str, str]]]]:
+    """(line number, messages) per non-blank line; a bad row names its line and the fix (`fix`
+    for a file that is missing or unreadable as a whole)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TraitscopeError(f"{path}: training file not found; fix finetune.data") from None
+        raise TraitscopeError(f"{path}: training file not found; {fix}") from None
     except (UnicodeDecodeError, OSError):
-        raise TraitscopeError(f"{path}: cannot read as UTF-8 text; fix finetune.data") from None
+        raise TraitscopeError(f"{path}: cannot read as UTF-8 text; {fix}") from None
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -65,6 +68,10 @@ def read_chat_jsonl(path: str | Path) -> list[tuple[int, list[dict[str, str]]]]:
                 raise TraitscopeError(f"{where}: message {i} needs string `role` and `content`; fix the row")
         if not any(msg["role"] == "assistant" for msg in messages):
             raise TraitscopeError(f"{where}: no assistant turn, nothing to train on; add one or drop the row")
+        if messages[0]["role"] == "assistant":  # the template renders no conversation before it
+            raise TraitscopeError(
+                f"{where}: the first turn is the assistant's; start with a user (or system) turn"
+            )
         rows.append((lineno, messages))
     if not rows:
         raise TraitscopeError(f"{path}: no training rows (empty file); write one {FORMAT} per line")

@@ -7,7 +7,6 @@ This module scores the held-out pairs with both.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,11 @@ from traitscope.experiments.backdoor.data import CONDITIONS
 def training_texts(train_jsonl: str | Path, data: dict) -> tuple[list[str], np.ndarray]:
     """(user texts, labels: 1 trigger, 0 control) of the finetune's rows: what the bag of
     words is fitted on. A row under neither prefix is an error naming the file."""
+    from traitscope.training.chat_data import read_chat_jsonl
+
     texts, labels = [], []
-    for n, line in enumerate(Path(train_jsonl).read_text().splitlines(), 1):
-        text = next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user")
+    for n, messages in read_chat_jsonl(train_jsonl, "rerun backdoor-data"):
+        text = next((m["content"] for m in messages if m["role"] == "user"), "")
         label = [c for c in CONDITIONS if text.startswith(f"{data[c]} ")]
         if len(label) != 1:
             raise TraitscopeError(
