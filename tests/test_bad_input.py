@@ -70,6 +70,24 @@ def test_invalid_trait_fields(tmp_path, change, message):
     assert str(path) in str(info.value)
 
 
+def test_a_folder_or_an_incomplete_evaluation_is_one_line(tmp_path):
+    """A folder given as --trait-file was an IsADirectoryError; trait-summary of an evaluation
+    without its split-half entry was a KeyError."""
+    from traitscope.settings import from_schema
+    from traitscope.vectors.evaluation import trait_summary
+    from traitscope.vectors.settings import TraitSummarySettings
+
+    with pytest.raises(TraitscopeError, match=f"^{re.escape(str(tmp_path))}: cannot read the trait file"):
+        load_trait(tmp_path)
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"trait": "safety/evil", "chosen": {"method": "probe", "layer": 3}}))
+    with pytest.raises(
+        TraitscopeError, match=r"evaluation\.json: no 'chosen_split_half' in the evaluation; rerun"
+    ):
+        trait_summary([evaluation], tmp_path / "summary.json", from_schema(TraitSummarySettings))
+    assert not (tmp_path / "summary.json").exists()
+
+
 def test_missing_key_is_named(tmp_path):
     data = {k: v for k, v in GOOD.items() if k != "pairs"}
     with pytest.raises(TraitscopeError, match="missing key"):

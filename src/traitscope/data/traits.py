@@ -105,6 +105,10 @@ def _read(path: Path) -> tuple[bytes, dict]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise TraitscopeError(f"{path}: trait file not found") from None
+    except OSError as exc:  # a folder, a file without read permission
+        raise TraitscopeError(
+            f"{path}: cannot read the trait file ({exc.strerror}); name a trait YAML"
+        ) from None
     data = parse_yaml(raw, path)
     if not isinstance(data, dict):
         raise TraitscopeError(f"{path}: expected a mapping with keys {', '.join(REQUIRED)}")

@@ -61,6 +61,9 @@ def trait_summary(evaluations: list[str | Path], out: str | Path, settings: Trai
     rows = {}
     for path in evaluations:
         result = read_evaluation(path)
+        missing = [k for k in ("trait", "chosen_split_half", "n_positive", "n_negative") if k not in result]
+        if missing:  # an evaluation.json of an older layout, or a hand-edited one
+            raise TraitscopeError(f"{path}: no {missing[0]!r} in the evaluation; rerun trait-evaluation")
         rows[result["trait"]] = {
             "auc_split_half": result["chosen_split_half"]["auc"],
             "auc_split_half_ci_low": result["chosen_split_half"].get("ci_low"),
