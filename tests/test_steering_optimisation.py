@@ -411,3 +411,22 @@ def test_cmaes_report_refuses_files_that_do_not_line_up_with_the_traits(tmp_path
     with pytest.raises(TraitscopeError, match=r"cut\.json: cannot read JSON \(.*\); rerun cmaes-optimise"):
         report(["safety/evil"], opt="cut")
     assert not out[0].exists() and not out[1].exists()
+
+
+def test_cmaes_heldout_checks_the_truth_set_before_it_generates(tiny_trait_file, tmp_path):
+    """A broken truth set stopped the held-out stage only after its answers were generated and
+    judged (21 s at the embedded default); nothing else is read before the check here."""
+    truth = tmp_path / "truth.yaml"
+    truth.write_text("items: [\n")
+    absent = tmp_path / "absent"
+    with pytest.raises(TraitscopeError, match=r"truth\.yaml: malformed YAML"):
+        so.cmaes_heldout(
+            absent,
+            absent,
+            absent,
+            absent,
+            tiny_trait_file,
+            so.Scorers(None, None, truth),
+            SETTINGS,
+            tmp_path / "h",
+        )

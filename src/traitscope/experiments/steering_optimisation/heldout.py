@@ -26,6 +26,7 @@ from traitscope.experiments.steering_optimisation.steering import (
 )
 from traitscope.io import write_json
 from traitscope.judge.stages import truth_agreement_record
+from traitscope.judge.truth_set import truth_table
 from traitscope.model import loading
 
 
@@ -93,6 +94,8 @@ def cmaes_heldout(
     what the judge gate of the gain criterion reads.
     """
     trait = load_trait(trait_file)
+    if scorers.truth_file is not None:  # checked before the generation, not after it
+        truth_table(scorers.truth_file, trait_file)
     tv = _load_trait_vector(vectors, evaluation, trait.name)
     opt_vector, meta = read_optimised(optimised)
     layer = int(meta["layer"])
