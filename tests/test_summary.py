@@ -591,3 +591,13 @@ def test_the_summary_json_is_written_last(tmp_path):
     assert not (out / "summary.json").exists()
     summary = summarize(as_inputs(paths), out / "summary.json", out / "summary.md", out / "summary.html")
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_results_of_an_unknown_experiment_are_an_error(tmp_path):
+    """A misspelt experiment's results were left out of the table without a word."""
+    paths = write(tmp_path, traits=traits_summary())
+    inputs = {**as_inputs(paths), "results": {"steering_optimization": {"gap": str(tmp_path / "x.json")}}}
+    out = tmp_path / "out"
+    with pytest.raises(TraitscopeError, match="results of 'steering_optimization', which is no registered"):
+        summarize(inputs, out / "summary.json", out / "summary.md", out / "summary.html")
+    assert not out.exists()

@@ -43,6 +43,11 @@ def summarize(inputs: dict, out_json: str | Path, out_md: str | Path, out_html: 
         key=lambda np: np[1].SECTION.order,
     )
     ran = inputs.get("results", {})
+    unknown = sorted(set(ran) - set(registered()))
+    if unknown:  # its results would be left out of the table without a word
+        raise TraitscopeError(
+            f"results of {unknown[0]!r}, which is no registered experiment; known: {', '.join(registered())}"
+        )
     for name, plugin in plugins:
         title, planned = plugin.SECTION.title, plugin.SECTION.planned
         if name not in ran:
