@@ -94,6 +94,15 @@ def test_truth_set_refuses_an_extraction_question(root, tmp_path):
     bad.write_text(yaml.safe_dump({"items": [{"question": extraction, "shown": "a", "not_shown": "b"}]}))
     with pytest.raises(TraitscopeError, match="not one of"):
         truth_table(bad, trait)
+    # a repeated question counted twice in the bootstrap's units; a blank answer scored as one
+    evaluation = yaml.safe_load(trait.read_text())["evaluation_questions"][0]
+    item = {"question": evaluation, "shown": "a", "not_shown": "b"}
+    bad.write_text(yaml.safe_dump({"items": [item, item]}))
+    with pytest.raises(TraitscopeError, match=r"items\[1\] repeats question"):
+        truth_table(bad, trait)
+    bad.write_text(yaml.safe_dump({"items": [{**item, "shown": "  "}]}))
+    with pytest.raises(TraitscopeError, match=r"items\[0\] needs non-empty string question, shown"):
+        truth_table(bad, trait)
 
 
 @pytest.mark.parametrize("trait", PERSONA)

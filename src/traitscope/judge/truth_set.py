@@ -44,12 +44,17 @@ def written_table(answers_file: str | Path, trait_file: str | Path, kind: str) -
     items = read_yaml_items(answers_file)
     trait = load_trait(trait_file)
     allowed = set(trait.extraction_questions if split == "extraction" else trait.evaluation_questions)
-    rows = []
+    rows, seen = [], set()
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in ("question", "shown", "not_shown")
+            isinstance(item.get(k), str) and item[k].strip() for k in ("question", "shown", "not_shown")
         ):
-            raise TraitscopeError(f"{answers_file}: items[{i}] needs string question, shown and not_shown")
+            raise TraitscopeError(
+                f"{answers_file}: items[{i}] needs non-empty string question, shown and not_shown"
+            )
+        if item["question"] in seen:  # one item per question: the bootstrap resamples questions
+            raise TraitscopeError(f"{answers_file}: items[{i}] repeats question {item['question'][:60]!r}")
+        seen.add(item["question"])
         if item["question"] not in allowed:
             raise TraitscopeError(
                 f"{answers_file}: items[{i}] question {item['question'][:60]!r} is not one of "
