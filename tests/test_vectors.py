@@ -162,6 +162,10 @@ def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_
     settings = {"pairs_per_question": 2, "n_extraction": None, "n_evaluation": None}
     assert main([*argv, "--settings", json.dumps(settings)]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(trait_run["prompts"]))
+    # another trait's name on this file labelled every row as that trait's
+    other = [*argv[:4], "safety/evil", *argv[5:-1], str(tmp_path / "other.parquet")]
+    assert main([*other, "--settings", json.dumps(settings)]) == 2
+    assert not (tmp_path / "other.parquet").exists()
 
 
 # ---------------------------------------------------------------- vectors from a real capture

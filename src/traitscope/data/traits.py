@@ -275,6 +275,13 @@ def trait_prompts(
     (with generation) like any other prompt set.
     A prompt-contrast trait reads its two prompt sources instead (`data_mirror`, `cache_dir`).
     """
+    path = Path(trait_file)
+    if trait_name is not None and trait_name != f"{path.parent.name}/{path.stem}":
+        # the set's rows would carry the name, and every later stage would read them as that trait's
+        raise TraitscopeError(
+            f"--trait {trait_name} is not the trait of {trait_file} ({path.parent.name}/{path.stem}); "
+            "a trait's file is <traits_dir>/<group>/<name>.yaml"
+        )
     any_trait = read_trait(trait_file, trait_name)
     if isinstance(any_trait, ContrastTrait):
         table = contrast_prompts(any_trait, data_mirror, cache_dir)
