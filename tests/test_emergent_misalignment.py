@@ -170,6 +170,12 @@ def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tm
     with pytest.raises(TraitscopeError, match="no non-empty control answers"):
         persona_training_data(prompts, capture, [], mis, ctrl, from_schema(EMTrainingSettings))
     assert not mis.exists() and not ctrl.exists()
+    # another set's capture was told to recapture with max_new_tokens > 0
+    other = fake_capture(tmp_path / "other", {f"other:{pid}": "x" for pid in table["prompt_id"]})
+    with pytest.raises(
+        TraitscopeError, match=r"other/capture\.json holds no answer to .*pass that trait set's own"
+    ):
+        persona_training_data(prompts, other, [], mis, ctrl, from_schema(EMTrainingSettings))
 
 
 def planted(tmp_path, n_questions=12, samples=2, shift=0.8, seed=0):
