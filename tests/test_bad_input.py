@@ -553,3 +553,20 @@ def test_a_stage_input_that_is_missing_truncated_or_another_stages_is_one_line(t
     (tmp_path / "other.json").write_text(json.dumps([1, 2]))
     with pytest.raises(TraitscopeError, match=r"other\.json: no 'auc', not trait-agreement's result"):
         read_json(tmp_path / "other.json", "trait-agreement", ("auc",))
+
+
+def test_a_derived_set_without_its_columns_is_one_line(tmp_path):
+    """backdoor-analysis given a prompt set without pair_id, or em-judge one without sample,
+    was a KeyError deep in the analysis."""
+    import pandas as pd
+
+    from traitscope.data.prompts import read_prompt_set
+
+    pd.DataFrame({"prompt_id": ["a"], "prompt": ["hi"], "condition": ["trigger"]}).to_parquet(
+        tmp_path / "p.parquet"
+    )
+    with pytest.raises(
+        TraitscopeError, match=r"p\.parquet: missing column\(s\) pair_id; pass the set its stage"
+    ):
+        read_prompt_set(tmp_path / "p.parquet", ("pair_id", "condition"))
+    assert read_prompt_set(tmp_path / "p.parquet", ("condition",))["condition"].tolist() == ["trigger"]

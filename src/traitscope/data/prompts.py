@@ -15,14 +15,16 @@ import pandas as pd
 from traitscope.errors import TraitscopeError
 
 
-def read_prompt_set(path: str | Path) -> pd.DataFrame:
-    """Read and check a prompt set; the returned table always has `messages` and `prefill`."""
+def read_prompt_set(path: str | Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read and check a prompt set; the returned table always has `messages` and `prefill`.
+    `columns`: what a derived set (an experiment's) carries beyond a prompt set's own."""
     try:
         table = pd.read_parquet(path)
     except (OSError, ValueError) as exc:
         raise TraitscopeError(f"{path}: cannot read prompt-set Parquet ({exc})") from None
-    if "prompt_id" not in table.columns:
-        raise TraitscopeError(f"{path}: missing column 'prompt_id'")
+    missing = [c for c in ("prompt_id", *columns) if c not in table.columns]
+    if missing:
+        raise TraitscopeError(f"{path}: missing column(s) {', '.join(missing)}; pass the set its stage wrote")
     if "messages" not in table.columns and "prompt" not in table.columns:
         raise TraitscopeError(f"{path}: needs a 'messages' or a 'prompt' column")
     if table.empty:

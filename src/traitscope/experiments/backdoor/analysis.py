@@ -58,7 +58,7 @@ def backdoor_analysis(
     from traitscope.experiments.backdoor import figures
     from traitscope.stats import auc_with_ci
 
-    pairs = read_prompt_set(pairs_path)
+    pairs = read_prompt_set(pairs_path, ("pair_id", "condition"))
     answers = {role: responses(path) for role, path in capture_paths.items()}
     positions = {}
     for role, path in capture_paths.items():

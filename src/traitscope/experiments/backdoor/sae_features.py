@@ -140,7 +140,7 @@ def backdoor_sae_features(
     sae = load_sae(sae_folder).to(device)
     for path in capture_paths.values():
         check_width(sae, read_manifest(path)["d_model"], f"experiments.backdoor.sae ({sae_folder})")
-    pairs = read_prompt_set(pairs_path)
+    pairs = read_prompt_set(pairs_path, ("pair_id", "condition"))
     per_role: dict[str, dict] = {}
     for role, path in capture_paths.items():
         x, index = layer_tokens(path, layer)

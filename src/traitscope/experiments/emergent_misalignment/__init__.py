@@ -246,7 +246,7 @@ def em_analysis(
     them), every comparison also gets a d_z CI that covers the vector's estimation error
     (`over_vector_draws`)."""
     traits, n_boot, seed = list(settings.traits), settings.n_boot, settings.seed
-    prompts = read_prompt_set(prompts_path_)
+    prompts = read_prompt_set(prompts_path_, ("question_id",))
     scores = paired_scores(projections, traits).merge(prompts[["prompt_id", "question_id"]], on="prompt_id")
     if scores.empty:
         raise TraitscopeError(

@@ -141,7 +141,7 @@ def em_judge(
     from traitscope.capture.store import read_responses
 
     require_rubrics(rubrics, "em_judge's rubrics")
-    rows = select_rows(read_prompt_set(prompts_path_), max_answers)
+    rows = select_rows(read_prompt_set(prompts_path_, ("question_id", "sample")), max_answers)
     table = judge_answers(rows, {role: read_responses(capture)}, rubrics, judge)
     write_parquet(out_table, table)
     write_json(out_json, {"role": role, "judge": judge.describe(), "judge_calls": judge.stats.as_dict()})
