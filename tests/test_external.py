@@ -112,6 +112,11 @@ def test_empty_category_is_a_clear_error(tmp_path, bt_prompts):
     with pytest.raises(TraitscopeError, match=r"less\.parquet: BeaverTails category 'self_harm' has no rows"):
         beavertails_sample(tmp_path / "less.parquet", out, sample_settings())
     assert not out.exists()
+    nulls = pd.read_parquet(bt_prompts)
+    nulls.loc[nulls.index[0], "category"] = None
+    nulls.to_parquet(tmp_path / "nulls.parquet")
+    with pytest.raises(TraitscopeError, match=r"nulls\.parquet: row .* has no category or label"):
+        beavertails_sample(tmp_path / "nulls.parquet", out, sample_settings())
     table.drop(columns=["response"]).to_parquet(tmp_path / "nocol.parquet")
     with pytest.raises(TraitscopeError, match="missing column"):
         beavertails_sample(tmp_path / "nocol.parquet", out, sample_settings())

@@ -58,6 +58,12 @@ def beavertails_sample(
             f"{prompts}: missing column(s) {', '.join(missing)}; prepare it with dataset: beavertails"
         )
     harm = [c for c in settings.categories if c != SAFE_CATEGORY]
+    unlabelled = table.loc[table["category"].isna() | table["label"].isna(), "prompt_id"]
+    if len(unlabelled):  # a null category split into NaN and failed the category match
+        raise TraitscopeError(
+            f"{prompts}: row {unlabelled.iloc[0]!r} has no category or label; "
+            "prepare it with dataset: beavertails"
+        )
     keys = table["category"].str.split(CATEGORY_SEP)
     first = keys.apply(lambda ks: next((c for c in harm if c in ks), None))
     groups = []
