@@ -166,10 +166,18 @@ def bundled_sources(path: str | Path) -> list[str]:
     return [str(bundled_path(s["dataset"], s["file"])) for s in specs if s and is_bundled(s["dataset"])]
 
 
+def _known_keys(path: Path, data: dict, known: tuple[str, ...]) -> None:
+    """A misspelt optional key (`seeds:`) would otherwise fall back to its default unnoticed."""
+    unknown = sorted(set(data) - set(known) - {"kind"})
+    if unknown:
+        raise TraitscopeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTrait:
     missing = [k for k in CONTRAST_REQUIRED if k not in data]
     if missing:
         raise TraitscopeError(f"{path}: missing key(s) {', '.join(missing)} of a {CONTRAST_KIND} trait")
+    _known_keys(path, data, (*CONTRAST_REQUIRED, "match_length", "seed", "pairs"))
     counts = {k: data[k] for k in ("n_extraction", "n_evaluation")}
     if not all(isinstance(v, int) and v >= 4 for v in counts.values()):
         raise TraitscopeError(f"{path}: n_extraction and n_evaluation must be integers >= 4, got {counts}")
@@ -216,6 +224,7 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise TraitscopeError(f"{path}: missing key(s) {', '.join(missing)}")
+    _known_keys(path, data, REQUIRED)
     pairs_raw = data["pairs"]
     if not isinstance(pairs_raw, list) or len(pairs_raw) < MIN_PAIRS:
         raise TraitscopeError(f"{path}: 'pairs' must be a non-empty list of {{positive, negative}}")
