@@ -60,6 +60,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         ({"pairs": [{"positive": "x"}]}, r"pairs\[0\] needs non-empty string 'positive' and 'negative'"),
         ({"pairs": [{"positive": "x", "negative": " "}]}, r"pairs\[0\] needs non-empty string"),
         ({"judge_rubric": None}, "must be strings"),
+        # a misspelt key fell back to the default unnoticed
+        ({"judge_rubrics": "x"}, r"unknown key\(s\) judge_rubrics; known: description, pairs"),
         ({"judge_rubric": "Rate {question} from 0 to 100."}, r"judge_rubric needs an \{answer\} placeholder"),
     ],
 )
