@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from traitscope.errors import TraitscopeError
-from traitscope.io import write_json
+from traitscope.io import read_table, write_json
 from traitscope.vectors.labelled import labelled_activations, split_groups
 from traitscope.vectors.layer_choice import choose, layer_scores, split_half_auc
 from traitscope.vectors.methods import METHODS
@@ -33,12 +33,7 @@ def surviving_pairs(
     """Prompt ids of the extraction pairs that pass the filter, and the counts. The judgements
     must be of the trait set whose prompt ids are `set_ids`: another set's would keep no pair
     while reporting its own survivors."""
-    try:
-        table = pd.read_parquet(judgements)
-    except (OSError, ValueError) as exc:
-        raise TraitscopeError(
-            f"{judgements}: cannot read judgements ({exc}); rerun trait-judgements"
-        ) from None
+    table = read_table(judgements, "trait-judgements")
     needed = {"prompt_id", "trait_score", "coherence_score", "split", "label", "question", "pair_index"}
     if not needed <= set(table.columns):
         raise TraitscopeError(

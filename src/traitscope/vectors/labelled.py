@@ -12,6 +12,7 @@ import torch
 
 from traitscope.capture.store import load_pooled
 from traitscope.errors import TraitscopeError
+from traitscope.io import read_table
 
 REQUIRED_COLUMNS = ("prompt_id", "split", "label", "question", "pair_index")
 
@@ -24,15 +25,7 @@ def labelled_activations(
     Rows sort by (split, question, pair, polarity): positive row i and negative row i of a
     split answer the same question under the same instruction pair.
     """
-    try:
-        table = pd.read_parquet(prompts)
-    except (OSError, ValueError) as exc:
-        raise TraitscopeError(
-            f"{prompts}: cannot read the trait prompt set ({exc}); rerun trait-prompts"
-        ) from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    table = read_table(prompts, "trait-prompts", REQUIRED_COLUMNS)
     ids, x, layers = load_pooled(capture_json, position)
     row = {pid: i for i, pid in enumerate(ids)}
     absent = [pid for pid in table["prompt_id"] if pid not in row]
