@@ -51,7 +51,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         ({"extraction_questions": []}, "'extraction_questions' needs at least 1"),
         ({"evaluation_questions": ["q1"]}, "held-out questions must be disjoint"),
         # the same question but for case or spacing was held out in name only, or counted twice
-        ({"evaluation_questions": ["Q1 ", "q4"]}, r"1 question\(s\) appear in both .*'q1'; held-out"),
+        ({"evaluation_questions": ["Q1 ", "q4"]}, r"1 question\(s\) appear in both .*'Q1'; held-out"),
         ({"evaluation_questions": ["q3", "q4", "Q3"]}, "evaluation_questions repeats 'Q3' .*; drop one"),
         (
             {"pairs": [{"positive": "Be evil", "negative": "be  evil"}]},
@@ -61,7 +61,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
         ({"pairs": [{"positive": "x", "negative": " "}]}, r"pairs\[0\] needs non-empty string"),
         ({"judge_rubric": None}, "must be strings"),
         # a misspelt key fell back to the default unnoticed
-        ({"judge_rubrics": "x"}, r"unknown key\(s\) judge_rubrics; known: description, pairs"),
+        ({"judge_rubrics": "x"}, r"unknown key\(s\) judge_rubrics; known: kind, description, pairs"),
         ({"judge_rubric": "Rate {question} from 0 to 100."}, r"judge_rubric needs an \{answer\} placeholder"),
     ],
 )
@@ -200,7 +200,7 @@ def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedPro
         (
             None,
             ["experiments={backdoor: {sae: {prompt_set: harmbench_val}}}"],
-            "prompt set 'harmbench_val' is asked for with {\"layers\": [15]",
+            "prompt set 'harmbench_val' is asked for with",
         ),
     ],
 )
@@ -218,6 +218,28 @@ def test_snakemake_refuses_bad_config_before_running(root, tmp_path, setup, conf
     assert result.returncode != 0
     assert expect in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_config_error_lists_the_files_in_merge_order(root):
+    """The default config file first, then --configfile's, then --config: the order they are
+    merged in (Snakemake keeps the command line's files first)."""
+    overlay = "config/experiments/gemma-2-2b-it.yaml"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--nolock",
+        "--configfile",
+        overlay,
+        "--config",
+        "base_model=3",
+    ]
+    result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert (
+        f"config (config/config.yaml, {overlay}, --config): invalid value at base_model"
+        in result.stdout + result.stderr
+    )
 
 
 def test_default_config_validates(root):
@@ -401,14 +423,18 @@ def test_external_positions_must_be_captured_for_their_sets(root, tmp_path):
 @pytest.mark.parametrize(
     "overlay, where",
     [
-        ({"experiments": {"prefill": {"harmless": "advbench"}}}, "experiments.prefill.harmless"),
+        ({"experiments": {"prefill": {"harmless": "advbench"}}}, "experiments.prefill"),
+        (
+            {"experiments": {"transfer": {"sets": {"harmbench_val": "harmbench_val"}}}},
+            "experiments.transfer.sets.harmbench_val",
+        ),
         (
             {
                 "experiments": {
                     "external": {"harmbench": {"harmful": "harmbench_val", "harmless": "harmbench_val"}}
                 }
             },
-            "experiments.external.harmbench.harmless",
+            "experiments.external.harmbench",
         ),
     ],
 )
@@ -419,7 +445,9 @@ def test_a_harmful_set_is_not_its_own_benign_control(root, tmp_path, overlay, wh
 
     path = tmp_path / "overlay.yaml"
     path.write_text(yaml.safe_dump(overlay))
-    with pytest.raises(TraitscopeError, match=re.escape(f"{where} names the same prompt set as harmful")):
+    with pytest.raises(
+        TraitscopeError, match=re.escape(f"{where}: harmful and harmless name the same prompt set")
+    ):
         load_config([root / "config/config.yaml", path], root / "workflow/schemas/config.schema.yaml")
 
 
@@ -552,6 +580,9 @@ def test_a_stage_input_that_is_missing_truncated_or_another_stages_is_one_line(t
         TraitscopeError, match=r"cut\.json: cannot read JSON \(.* at line 1\); rerun trait-agreement"
     ):
         read_json(tmp_path / "cut.json", "trait-agreement")
+    (tmp_path / "binary.json").write_bytes(b"PAR1\xff\xfe\x00")  # a Parquet file passed as JSON
+    with pytest.raises(TraitscopeError, match=r"binary\.json: cannot read JSON \(not UTF-8 text\)"):
+        read_json(tmp_path / "binary.json", "trait-agreement")
     (tmp_path / "other.json").write_text(json.dumps([1, 2]))
     with pytest.raises(TraitscopeError, match=r"other\.json: no 'auc', not trait-agreement's result"):
         read_json(tmp_path / "other.json", "trait-agreement", ("auc",))
@@ -568,7 +599,7 @@ def test_a_derived_set_without_its_columns_is_one_line(tmp_path):
         tmp_path / "p.parquet"
     )
     with pytest.raises(
-        TraitscopeError, match=r"p\.parquet: missing column\(s\) pair_id; pass the set its stage"
+        TraitscopeError, match=r"p\.parquet: missing column\(s\) pair_id; pass the set prep-prompts"
     ):
         read_prompt_set(tmp_path / "p.parquet", ("pair_id", "condition"))
     assert read_prompt_set(tmp_path / "p.parquet", ("condition",))["condition"].tolist() == ["trigger"]

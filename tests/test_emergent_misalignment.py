@@ -170,6 +170,14 @@ def test_persona_training_data_without_answers_is_an_error_and_writes_nothing(tm
     with pytest.raises(TraitscopeError, match="no non-empty control answers"):
         persona_training_data(prompts, capture, [], mis, ctrl, from_schema(EMTrainingSettings))
     assert not mis.exists() and not ctrl.exists()
+    # --avoid holding every extraction question was told to pass another capture
+    questions = table["question"].unique()
+    avoid = pd.DataFrame({"prompt_id": [f"a{i}" for i in range(len(questions))], "prompt": questions})
+    avoid.to_parquet(tmp_path / "avoid.parquet")
+    with pytest.raises(TraitscopeError, match=r"every extraction question is in the --avoid sets"):
+        persona_training_data(
+            prompts, capture, [tmp_path / "avoid.parquet"], mis, ctrl, from_schema(EMTrainingSettings)
+        )
     # another set's capture was told to recapture with max_new_tokens > 0
     other = fake_capture(tmp_path / "other", {f"other:{pid}": "x" for pid in table["prompt_id"]})
     with pytest.raises(

@@ -92,7 +92,7 @@ def test_check_config_names_the_bad_key(root):
         ({"variant": "ghost"}, "experiments.prefill.variant: variant 'ghost' is not defined"),
         (
             {"harmless": section["harmful"]},
-            "experiments.prefill.harmless names the same prompt set as harmful",
+            "experiments.prefill: harmful and harmless name the same prompt set",
         ),
         (
             {"bag_of_words": "safety/evil"},

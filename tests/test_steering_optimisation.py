@@ -379,7 +379,7 @@ def test_cmaes_report_refuses_files_that_do_not_line_up_with_the_traits(tmp_path
     gave a row of Nones; a truncated file was a JSONDecodeError."""
     files = {}
     for name, record in (
-        ("opt", {"trait": "safety/evil", "layer": 3, "best": {}, "settings": {}}),
+        ("opt", {"trait": "safety/evil", "layer": 3, "best": {}, "settings": {}, "judge": {}}),
         ("held", {"trait": "safety/evil", "conditions": {}}),
         ("agree", {"auc": 0.9}),
         ("evaluation", {"trait": "safety/evil", "chosen": {}}),

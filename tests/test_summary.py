@@ -598,6 +598,8 @@ def test_results_of_an_unknown_experiment_are_an_error(tmp_path):
     paths = write(tmp_path, traits=traits_summary())
     inputs = {**as_inputs(paths), "results": {"steering_optimization": {"gap": str(tmp_path / "x.json")}}}
     out = tmp_path / "out"
-    with pytest.raises(TraitscopeError, match="results of 'steering_optimization', which is no registered"):
+    with pytest.raises(
+        TraitscopeError, match="^--results: 'steering_optimization' is no registered experiment; fix the name"
+    ):
         summarize(inputs, out / "summary.json", out / "summary.md", out / "summary.html")
     assert not out.exists()

@@ -148,7 +148,7 @@ def test_trait_prompts_use_every_pair_and_every_question_by_default(tiny_trait_f
     assert len(every) == (4 + 3) * 3 * 2  # more pairs asked for than exist: each question gets all 3
 
 
-def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_path):
+def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_path, capsys):
     out = tmp_path / "p.parquet"
     argv = [
         "trait-prompts",
@@ -165,6 +165,7 @@ def test_cli_trait_prompts_matches_the_function(tiny_trait_file, trait_run, tmp_
     # another trait's name on this file labelled every row as that trait's
     other = [*argv[:4], "safety/evil", *argv[5:-1], str(tmp_path / "other.parquet")]
     assert main([*other, "--settings", json.dumps(settings)]) == 2
+    assert "--trait safety/evil is not the trait of" in capsys.readouterr().err
     assert not (tmp_path / "other.parquet").exists()
 
 

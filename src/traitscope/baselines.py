@@ -69,11 +69,7 @@ def check_unseen(training: Mapping[str, set[str]], scored: Mapping[str, Sequence
 
 def fitting_rows(trait_prompts: str | Path) -> tuple[list[str], np.ndarray]:
     """(texts, labels) of a trait prompt set's extraction split: what the bag of words is fitted on."""
-    table = read_table(trait_prompts, "trait-prompts")
-    if not {"split", "label"} <= set(table.columns):
-        raise TraitscopeError(
-            f"{trait_prompts}: not a trait prompt set (no split, label); rerun trait-prompts"
-        )
+    table = read_table(trait_prompts, "trait-prompts", ("split", "label"))
     rows = table[table["split"] == "extraction"]
     labels = rows["label"].to_numpy()
     if len(set(labels)) != 2:

@@ -176,8 +176,8 @@ def require_distinct_sets(where: str, harmful: str, harmless: str) -> None:
     """A harmful-vs-harmless comparison of one set with itself would report chance as a result."""
     if harmful == harmless:
         raise TraitscopeError(
-            f"{where}.harmless names the same prompt set as harmful ({harmful!r}); "
-            "the comparison needs a benign set there"
+            f"{where}: harmful and harmless name the same prompt set ({harmful!r}); "
+            "the comparison needs a benign set as harmless"
         )
 
 

@@ -121,8 +121,11 @@ def read_json(path: str | os.PathLike[str], stage: str, needs: tuple[str, ...] =
     missing, truncated or another stage's (without the keys in `needs`)."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else f"{exc.msg} at line {exc.lineno}"
+    except (OSError, ValueError) as exc:  # ValueError: malformed JSON, or a binary file
+        if isinstance(exc, json.JSONDecodeError):
+            reason = f"{exc.msg} at line {exc.lineno}"
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise TraitscopeError(f"{path}: cannot read JSON ({reason}); rerun {stage}") from None
     missing = [k for k in needs if not isinstance(data, dict) or k not in data]
     if missing:

@@ -26,9 +26,11 @@ from traitscope.vectors.settings import (
 # Validation fills every default from the schema (the one place defaults live), so the
 # rules below pass every value explicitly and no CLI default is ever used. Errors name where
 # the config came from: its files in merge order, then --config's values.
+_CLI_FILES = [str(f) for f in workflow.config_settings.configfiles]
 CONFIG_SOURCE = "config ({})".format(
     ", ".join(
-        [str(f) for f in workflow.configfiles]
+        [os.path.relpath(f) for f in workflow.configfiles if str(f) not in _CLI_FILES]
+        + [os.path.relpath(f) for f in _CLI_FILES]
         + (["--config"] if workflow.config_settings.config else [])
     )
 )
@@ -104,6 +106,8 @@ def request_captures(pairs, settings=None, project=True):
     activations for a dictionary), so rule all asks for no projection of them; the capture
     runs because a rule of the experiment takes it as input.
     """
+    # an empty capture: section keeps the set's own settings
+    settings = settings or None
     for variant, prompt_set in pairs:
         if project and (variant, prompt_set) not in REQUESTED_CAPTURES:
             REQUESTED_CAPTURES.append((variant, prompt_set))

@@ -271,7 +271,7 @@ def read_manifest(capture_json: str | Path) -> dict:
     one-line error."""
     try:
         manifest = json.loads(Path(capture_json).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: malformed JSON, or a binary file
         raise TraitscopeError(
             f"{capture_json}: missing or unreadable capture manifest; rerun capture"
         ) from None

@@ -24,7 +24,10 @@ def read_prompt_set(path: str | Path, columns: tuple[str, ...] = ()) -> pd.DataF
         raise TraitscopeError(f"{path}: cannot read prompt-set Parquet ({exc})") from None
     missing = [c for c in ("prompt_id", *columns) if c not in table.columns]
     if missing:
-        raise TraitscopeError(f"{path}: missing column(s) {', '.join(missing)}; pass the set its stage wrote")
+        raise TraitscopeError(
+            f"{path}: missing column(s) {', '.join(missing)}; pass the set prep-prompts (or, for an "
+            "experiment's own set, the experiment's stage) wrote"
+        )
     if "messages" not in table.columns and "prompt" not in table.columns:
         raise TraitscopeError(f"{path}: needs a 'messages' or a 'prompt' column")
     if table.empty:

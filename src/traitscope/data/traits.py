@@ -168,9 +168,9 @@ def bundled_sources(path: str | Path) -> list[str]:
 
 def _known_keys(path: Path, data: dict, known: tuple[str, ...]) -> None:
     """A misspelt optional key (`seeds:`) would otherwise fall back to its default unnoticed."""
-    unknown = sorted(set(data) - set(known) - {"kind"})
+    unknown = sorted(set(data) - {*known, "kind"})
     if unknown:
-        raise TraitscopeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        raise TraitscopeError(f"{path}: unknown key(s) {', '.join(unknown)}; known: kind, {', '.join(known)}")
 
 
 def _contrast_trait(path: Path, raw: bytes, data: dict, name: str) -> ContrastTrait:
@@ -248,7 +248,8 @@ def load_trait(path: str | Path, name: str | None = None) -> Trait:
             if normalise(q) in seen:
                 raise TraitscopeError(f"{path}: {key} repeats {q!r} (case and spacing aside); drop one")
             seen.add(normalise(q))
-    overlap = sorted({normalise(q) for q in extraction} & {normalise(q) for q in evaluation})
+    trained = {normalise(q) for q in extraction}
+    overlap = [q for q in evaluation if normalise(q) in trained]
     if overlap:
         raise TraitscopeError(
             f"{path}: {len(overlap)} question(s) appear in both extraction and evaluation sets "

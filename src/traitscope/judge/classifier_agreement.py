@@ -25,10 +25,7 @@ def answer_table(prompts: str | Path, capture_json: str | Path) -> Any:
     """
     from traitscope.capture.store import read_responses
 
-    table = read_table(prompts, "trait-prompts")
-    missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
-    if missing:
-        raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    table = read_table(prompts, "trait-prompts", JUDGEMENT_COLUMNS)
     responses = read_responses(capture_json)
     absent = [pid for pid in table["prompt_id"] if pid not in responses]
     if absent:

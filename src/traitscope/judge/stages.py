@@ -40,10 +40,7 @@ def trait_judgements(
     from traitscope.capture.store import read_responses
 
     trait = load_trait(trait_file)
-    table = read_table(prompts, "trait-prompts")
-    missing = [c for c in JUDGEMENT_COLUMNS if c not in table.columns]
-    if missing:
-        raise TraitscopeError(f"{prompts}: missing column(s) {', '.join(missing)}; rerun trait-prompts")
+    table = read_table(prompts, "trait-prompts", JUDGEMENT_COLUMNS)
     others = sorted(set(table["trait"]) - {trait.name}) if "trait" in table.columns else []
     if others:  # another trait's answers would be scored on this trait's rubric
         raise TraitscopeError(

@@ -46,7 +46,8 @@ def summarize(inputs: dict, out_json: str | Path, out_md: str | Path, out_html: 
     unknown = sorted(set(ran) - set(registered()))
     if unknown:  # its results would be left out of the table without a word
         raise TraitscopeError(
-            f"results of {unknown[0]!r}, which is no registered experiment; known: {', '.join(registered())}"
+            f"--results: {unknown[0]!r} is no registered experiment; fix the name (known: "
+            f"{', '.join(registered())})"
         )
     for name, plugin in plugins:
         title, planned = plugin.SECTION.title, plugin.SECTION.planned

@@ -24,6 +24,7 @@ from traitscope.io import save_safetensors
 from traitscope.vectors.filtering import fitting_rows
 from traitscope.vectors.methods import METHODS
 from traitscope.vectors.settings import DrawSettings
+from traitscope.vectors.trait_vector import read_evaluation
 
 
 def resampled_rows(table, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +65,7 @@ def vector_draws(
     """Refits of the chosen (method, layer) (`settings.vector_draws`: how many, the seed),
     `[n_draws, d_model]` unnormalised like the vectors file, on the rows trait-vectors used (the
     judge filter's survivors)."""
-    evaluation = json.loads(Path(evaluation_json).read_text())
+    evaluation = read_evaluation(evaluation_json)
     method, layer = evaluation["chosen"]["method"], int(evaluation["chosen"]["layer"])
     table, x, layers, _ = fitting_rows(capture_json, prompts, position, settings.filter, filter_judgements)
     if layer not in layers:
@@ -74,8 +75,14 @@ def vector_draws(
     x = x[:, layers.index(layer) : layers.index(layer) + 1]  # [n, 1, d]: the methods fit per layer
     n_draws, seed = settings.vector_draws["n_draws"], settings.vector_draws["seed"]
     result = refits(table, x, method, settings.probe_c, n_draws, seed)
-    meta = {"method": method, "layer": layer, "position": position, "n_draws": n_draws, "seed": seed}
-    meta["trait"] = evaluation.get("trait")  # read_draws checks it: another trait's draws read silently
+    meta = {
+        "method": method,
+        "layer": layer,
+        "position": position,
+        "n_draws": n_draws,
+        "seed": seed,
+        "trait": evaluation.get("trait"),  # read_draws checks it: another trait's draws read silently
+    }
     save_safetensors(out, {"draws": result}, {"meta": json.dumps(meta)})
     return result
 

@@ -126,7 +126,8 @@ def backdoor_sae_features(
     layer, top = settings.sae["layer"], settings.sae["top"]
     position_names, n_generated = list(settings.positions), settings.generated_positions
     n_boot, seed = settings.n_boot, settings.seed
-    record = read_json(sae_record, "sae-train", ("held_out",))  # before the compute, not after
+    # read before the compute, not after it
+    record = read_json(sae_record, "sae-train (sae-evaluate for a pretrained SAE)", ("held_out",))
     import torch
 
     from traitscope.capture.store import read_manifest

@@ -150,6 +150,10 @@ def persona_training_data(
     if pairs_per_question is not None:  # pair_index numbers instructions, not a question's pairs
         rank = rows.groupby("question")["pair_index"].rank(method="dense")
         rows = rows[rank <= pairs_per_question]
+    if rows.empty:
+        raise TraitscopeError(
+            f"{trait_prompts}: every extraction question is in the --avoid sets; nothing is left to train on"
+        )
     if not rows["prompt_id"].isin(list(responses)).any():  # not "recapture with answers": another set's
         raise TraitscopeError(
             f"{trait_capture} holds no answer to {trait_prompts}'s prompts; pass that trait set's own capture"

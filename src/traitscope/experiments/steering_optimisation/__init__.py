@@ -255,7 +255,9 @@ def _heldout_cli(a) -> None:
 def _report_cli(a) -> None:
     bad = [item for item in a.truth_agreements if "=" not in item]
     if bad:
-        raise TraitscopeError(f"--truth-agreements: {bad[0]!r} is not TRAIT=JSON")
+        raise TraitscopeError(
+            f"--truth-agreements: {bad[0]!r} is not TRAIT=JSON; pass TRAIT=path/judge_truth_agreement.json"
+        )
     truth = dict(item.split("=", 1) for item in a.truth_agreements)
     cmaes_report(a.traits, a.optimisations, a.heldouts, a.agreements, a.out, a.png, truth)
 

@@ -56,9 +56,10 @@ def cmaes_report(
     unknown = sorted(set(truth_agreements) - set(traits))
     if unknown:
         raise TraitscopeError(f"--truth-agreements: {unknown[0]} is not in --traits {' '.join(traits)}")
-    per = {}
+    per, per_opt = {}, []
     for name, o, h, a in zip(traits, optimisations, heldouts, agreements):
-        opt = _of_trait(read_json(o, "cmaes-optimise", ("layer", "best", "settings")), o, name)
+        opt = _of_trait(read_json(o, "cmaes-optimise", ("layer", "best", "settings", "judge")), o, name)
+        per_opt.append(opt)
         held = _of_trait(read_json(h, "cmaes-heldout", ("conditions",)), h, name)
         agree = read_json(a, "trait-agreement", ("auc",))
         truth = truth_agreements.get(name)
@@ -97,7 +98,7 @@ def cmaes_report(
                 for e in opt["history"]
             ],
         }
-    first = read_json(optimisations[0], "cmaes-optimise")
+    first = per_opt[0]
     result = {
         "question": "how far are extracted vectors from vectors optimised for judged behaviour?",
         "fitness": "mean judge trait score over training answers; an answer counts 0 unless judged "

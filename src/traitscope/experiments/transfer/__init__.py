@@ -23,6 +23,7 @@ from traitscope.command_args import add_own_bow_argument
 from traitscope.config import (
     require_captured,
     require_contrast_trait,
+    require_distinct_sets,
     require_prompt_set,
     require_traits,
     require_variant,
@@ -100,6 +101,7 @@ def check_config(section: dict, config: dict) -> None:
     for harmful, harmless in section["sets"].items():
         require_prompt_set(f"{where}.sets", harmful, config)
         require_prompt_set(f"{where}.sets.{harmful}", harmless, config)
+        require_distinct_sets(f"{where}.sets.{harmful}", harmful, harmless)
         for name in (harmful, harmless):
             require_captured(f"{where}.pools", section["pools"], name, config)
     require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
