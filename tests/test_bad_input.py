@@ -224,17 +224,8 @@ def test_a_config_error_lists_the_files_in_merge_order(root):
     """The default config file first, then --configfile's, then --config: the order they are
     merged in (Snakemake keeps the command line's files first)."""
     overlay = "config/experiments/gemma-2-2b-it.yaml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--nolock",
-        "--configfile",
-        overlay,
-        "--config",
-        "base_model=3",
-    ]
+    dry = [sys.executable, "-m", "snakemake", "-n", "--nolock"]
+    cmd = [*dry, "--configfile", overlay, "--config", "base_model=3"]
     result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert (
         f"config (config/config.yaml, {overlay}, --config): invalid value at base_model"

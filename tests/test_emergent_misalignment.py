@@ -157,7 +157,7 @@ def test_persona_training_data_keeps_the_first_pairs_of_every_question(tmp_path)
         + [f"answer to extraction:{q}:0:p{i}" for q in ("Q2?", "Held out?") for i in (1, 2)]
     )
     table.drop(columns="pair_index").to_parquet(prompts)
-    with pytest.raises(TraitscopeError, match="needs columns label, pair_index, split"):
+    with pytest.raises(TraitscopeError, match=r"pairs\.parquet: missing column\(s\) pair_index"):
         persona_training_data(prompts, capture, [], mis, ctrl, first_pairs)
 
 

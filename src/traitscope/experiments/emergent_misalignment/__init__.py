@@ -138,12 +138,8 @@ def persona_training_data(
     still cover every question, with the same pairs, at a fraction of the training cost.
     """
     pairs_per_question = settings.pairs_per_question
-    table = read_prompt_set(trait_prompts)
-    needed = {"split", "label"} | ({"pair_index"} if pairs_per_question is not None else set())
-    if not needed <= set(table.columns):
-        raise TraitscopeError(
-            f"{trait_prompts}: not a trait prompt set (needs columns {', '.join(sorted(needed))})"
-        )
+    needed = ("split", "label", "question") + (("pair_index",) if pairs_per_question is not None else ())
+    table = read_prompt_set(trait_prompts, needed)
     responses = read_responses(trait_capture)
     held_out = {q for p in avoid for q in read_table(p, "prep-prompts", ("prompt",))["prompt"]}
     rows = table[(table["split"] == "extraction") & ~table["question"].isin(held_out)]
