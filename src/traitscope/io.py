@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from traitscope.errors import TraitscopeError
@@ -133,11 +134,9 @@ def read_json(path: str | os.PathLike[str], stage: str, needs: tuple[str, ...] =
     return data
 
 
-def read_table(path: str | os.PathLike[str], stage: str, columns: tuple[str, ...] = ()) -> Any:
+def read_table(path: str | os.PathLike[str], stage: str, columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A stage's Parquet, one line naming the file when it is missing, truncated or lacks a
     column in `columns` (another stage's table), instead of a reader's traceback."""
-    import pandas as pd
-
     try:
         table = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises its own error types
