@@ -347,7 +347,8 @@ def test_another_traits_file_does_not_judge_the_set(trait_run, tiny_trait_file, 
     judge = J.Judge(api_settings(server, "logprobs", tmp_path / "cache.sqlite"))
     out = tmp_path / "judgements.parquet"
     settings = from_schema(JudgementSettings, filter={"enabled": True})
-    message = f"{trait_run['prompts']}: prompts of trait safety/tiny, not of safety/other ({other})"
+    message = f"{trait_run['prompts']}: holds trait safety/tiny, not safety/other; pass the trait file "
+    message += f"they were made from, not {other}"
     with pytest.raises(TraitscopeError, match=re.escape(message)):
         J.trait_judgements(trait_run["capture"], trait_run["prompts"], other, judge, settings, out)
     judge.close()

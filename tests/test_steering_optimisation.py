@@ -395,7 +395,7 @@ def test_cmaes_report_refuses_files_that_do_not_line_up_with_the_traits(tmp_path
         report(["safety/evil", "safety/harm"])
     with pytest.raises(
         TraitscopeError,
-        match=f"^{re.escape(str(files['opt']))}: a result for safety/evil, passed for safety/harm",
+        match=f"^{re.escape(str(files['opt']))}: holds trait safety/evil, not safety/harm; keep --traits",
     ):
         report(["safety/harm"])
     with pytest.raises(

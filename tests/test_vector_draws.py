@@ -74,7 +74,7 @@ def test_draws_of_a_tiny_trait_refit_the_chosen_vector(trait_run, tmp_path):
     }
     # another trait's draws were read without a word (em-analysis given its --draws out of order)
     with pytest.raises(
-        TraitscopeError, match=f"^{re.escape(str(out))}: draws of safety/tiny, not safety/evil"
+        TraitscopeError, match=f"^{re.escape(str(out))}: holds trait safety/tiny, not safety/evil; pass"
     ):
         read_draws(out, "safety/evil")
     table, x, layers = labelled_activations(trait_run["capture"], trait_run["prompts"], "response_mean")

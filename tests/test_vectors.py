@@ -335,7 +335,7 @@ def test_another_traits_evaluation_or_name_is_an_error(tmp_path, save_trait_vect
         "pass the vectors and evaluation.json of one trait and model"
     )
     with pytest.raises(
-        TraitscopeError, match=f"^{re.escape(str(evil[0]))} holds trait safety/evil, not safety/harm"
+        TraitscopeError, match=f"^{re.escape(str(evil[0]))}: holds trait safety/evil, not safety/harm; pass"
     ):
         TraitVector.load(*evil, "safety/harm")
     assert TraitVector.load(*evil, "safety/evil").layer == 5

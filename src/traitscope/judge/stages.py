@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from traitscope.data.traits import load_trait
-from traitscope.errors import TraitscopeError
+from traitscope.errors import TraitscopeError, require_trait
 from traitscope.io import read_table, write_json, write_parquet
 from traitscope.judge.scorer import Item, Judge
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
@@ -41,11 +41,10 @@ def trait_judgements(
 
     trait = load_trait(trait_file)
     table = read_table(prompts, "trait-prompts", JUDGEMENT_COLUMNS)
-    others = sorted(set(table["trait"]) - {trait.name}) if "trait" in table.columns else []
-    if others:  # another trait's answers would be scored on this trait's rubric
-        raise TraitscopeError(
-            f"{prompts}: prompts of trait {others[0]}, not of {trait.name} ({trait_file}); "
-            "pass the trait file the prompt set was made from"
+    traits = table["trait"].unique() if "trait" in table.columns else []
+    for found in sorted(traits):  # another trait's answers would be scored on this trait's rubric
+        require_trait(
+            prompts, found, trait.name, f"pass the trait file they were made from, not {trait_file}"
         )
     responses = read_responses(capture_json)
     table = table[table["split"].isin(settings.splits)]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from traitscope.errors import TraitscopeError
+from traitscope.errors import TraitscopeError, require_trait
 from traitscope.io import save_safetensors
 from traitscope.vectors.filtering import fitting_rows
 from traitscope.vectors.methods import METHODS
@@ -99,8 +99,9 @@ def read_draws(path: str | Path, trait: str) -> tuple[torch.Tensor, dict]:
             draws, meta = f.get_tensor("draws"), json.loads(f.metadata()["meta"])
     except Exception as exc:  # safetensors raises its own error types
         raise TraitscopeError(f"{path}: cannot read vector draws ({exc}); rerun trait-draws") from None
-    if meta.get("trait") not in (None, trait):  # None: draws written before the trait was recorded
-        raise TraitscopeError(f"{path}: draws of {meta['trait']}, not {trait}; pass {trait}'s draws")
+    require_trait(
+        path, meta.get("trait"), trait, f"pass {trait}'s draws"
+    )  # None: written before it was recorded
     return draws, meta
 
 

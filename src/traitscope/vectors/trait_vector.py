@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from traitscope.errors import TraitscopeError
+from traitscope.errors import TraitscopeError, require_trait
 from traitscope.vectors.methods import unit
 
 
@@ -82,10 +82,8 @@ class TraitVector:
                     f"{evaluation_path} is for {key} {evaluation[key]}, {vectors_path} for {meta[key]}; "
                     "pass the vectors and evaluation.json of one trait and model"
                 )
-        if name is not None and name != meta["trait"]:
-            raise TraitscopeError(
-                f"{vectors_path} holds trait {meta['trait']}, not {name}; pass {name}'s vectors"
-            )
+        if name is not None:
+            require_trait(vectors_path, meta["trait"], name, f"pass {name}'s vectors")
         if chosen["method"] not in vectors:
             raise TraitscopeError(
                 f"{evaluation_path}: chosen method {chosen['method']!r} is not in {vectors_path}; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traitscope.errors import TraitscopeError
+from traitscope.errors import TraitscopeError, require_trait
 from traitscope.io import read_json, save_figure, write_json
 
 
@@ -166,10 +166,7 @@ def _heldout(held: dict, settings: dict) -> dict:
 
 def _of_trait(record: dict, path: str | Path, name: str) -> dict:
     """`record`, checked to be `name`'s: another trait's file would report under this name."""
-    if record.get("trait", name) != name:
-        raise TraitscopeError(
-            f"{path}: a result for {record['trait']}, passed for {name}; keep --traits' order"
-        )
+    require_trait(path, record.get("trait"), name, "keep --traits' order")
     return record
 
 
