@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -111,9 +112,12 @@ def test_a_small_budget_takes_each_question_once_before_any_second_sample():
 
 
 def test_an_answer_missing_from_a_capture_is_a_clear_error():
+    """The message names the capture file to rerun (it named only the variant)."""
     answers = {"base": {"q0:s0": "b0"}}
-    with pytest.raises(TraitscopeError, match=r"base variant's capture has no answer for 'q1:s0'"):
-        judge_answers(rows(2), answers, RUBRICS, PlantedJudge())
+    capture = "results/capture/smollm2/em_benign/capture.json"
+    message = f"the base variant has no answer for 'q1:s0' in {capture}; rerun its capture"
+    with pytest.raises(TraitscopeError, match=re.escape(message)):
+        judge_answers(rows(2), answers, RUBRICS, PlantedJudge(), {"base": capture})
 
 
 def test_cli_with_the_em_rubrics_through_an_api_judge(mirror, tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ shipped truth set is held-out questions only and the training set extraction que
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -102,6 +104,12 @@ def test_truth_set_refuses_an_extraction_question(root, tmp_path):
         truth_table(bad, trait)
     bad.write_text(yaml.safe_dump({"items": [{**item, "shown": "  "}]}))
     with pytest.raises(TraitscopeError, match=r"items\[0\] needs non-empty string question, shown"):
+        truth_table(bad, trait)
+    # the file's own trait: key was read by no one, so a set labelled for harm passed as evil's
+    bad.write_text(yaml.safe_dump({"trait": "safety/harm", "items": [item]}))
+    with pytest.raises(
+        TraitscopeError, match=f"^{re.escape(str(bad))}: holds trait safety/harm, not safety/evil"
+    ):
         truth_table(bad, trait)
 
 

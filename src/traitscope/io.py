@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from traitscope.errors import TraitscopeError
+from traitscope.errors import TraitscopeError, require_trait
 
 
 @contextmanager
@@ -107,13 +107,15 @@ def parse_yaml(text: str | bytes, where: str | os.PathLike[str]) -> Any:
         raise TraitscopeError(f"{where}: malformed YAML{at}; fix the syntax") from None
 
 
-def read_yaml_items(path: Path) -> list:
-    """The `items:` list of a YAML file written as `{items: [...]}`; malformed YAML, another top
-    level or an `items` that is not a list is one line naming the file."""
+def read_yaml_items(path: Path, trait: str) -> list:
+    """The `items:` list of a trait's YAML file written as `{trait: ..., items: [...]}`;
+    malformed YAML, another top level, an `items` that is not a list, or another trait's
+    `trait:` is one line naming the file."""
     data = parse_yaml(path.read_text(), path) or {}
     items = data.get("items") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise TraitscopeError(f"{path}: expected a mapping with an items: list; fix the file")
+    require_trait(path, data.get("trait"), trait, f"pass {trait}'s file")
     return items
 
 

@@ -74,8 +74,8 @@ def features(question: str, answer: str, fact: str) -> list[float]:
 def load_references(path: str | Path, trait_file: str | Path) -> dict[str, str]:
     """{question: fact} for every question of the trait (extraction and evaluation), checked."""
     path = Path(path)
-    items = read_yaml_items(path)
     trait = load_trait(trait_file)
+    items = read_yaml_items(path, trait.name)
     questions = [*trait.extraction_questions, *trait.evaluation_questions]
     facts: dict[str, str] = {}
     for i, item in enumerate(items):

@@ -41,8 +41,8 @@ def written_table(answers_file: str | Path, trait_file: str | Path, kind: str) -
         raise TraitscopeError(
             f"{answers_file}: no such {kind} set; write it (see resources/judge_truth/README.md)"
         )
-    items = read_yaml_items(answers_file)
     trait = load_trait(trait_file)
+    items = read_yaml_items(answers_file, trait.name)
     allowed = set(trait.extraction_questions if split == "extraction" else trait.evaluation_questions)
     rows, seen = [], set()
     for i, item in enumerate(items):

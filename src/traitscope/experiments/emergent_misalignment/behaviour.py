@@ -42,16 +42,22 @@ def select_rows(prompts: pd.DataFrame, max_answers: int | None) -> pd.DataFrame:
 
 
 def judge_answers(
-    rows: pd.DataFrame, answers: dict[str, dict[str, str]], rubrics: dict[str, str], judge: Any
+    rows: pd.DataFrame,
+    answers: dict[str, dict[str, str]],
+    rubrics: dict[str, str],
+    judge: Any,
+    captures: dict[str, str | Path] | None = None,
 ) -> pd.DataFrame:
     """One row per (variant, question, sample): the answer and its score under each rubric
-    (NaN: no score). The judge sees the user's question, not the system prompt."""
+    (NaN: no score). The judge sees the user's question, not the system prompt. `captures`
+    names each variant's capture file for the error when an answer is missing."""
     parts = []
     for role, by_id in answers.items():
         absent = [pid for pid in rows["prompt_id"] if pid not in by_id]
         if absent:
+            where = (captures or {}).get(role, "its capture")
             raise TraitscopeError(
-                f"the {role} variant's capture has no answer for {absent[0]!r}; rerun capture"
+                f"the {role} variant has no answer for {absent[0]!r} in {where}; rerun its capture"
             )
         part = rows[["prompt_id", "question_id", "sample"]].assign(
             role=role,
@@ -142,7 +148,7 @@ def em_judge(
 
     require_rubrics(rubrics, "em_judge's rubrics")
     rows = select_rows(read_prompt_set(prompts_path_, ("question_id", "sample")), max_answers)
-    table = judge_answers(rows, {role: read_responses(capture)}, rubrics, judge)
+    table = judge_answers(rows, {role: read_responses(capture)}, rubrics, judge, {role: capture})
     write_parquet(out_table, table)
     write_json(out_json, {"role": role, "judge": judge.describe(), "judge_calls": judge.stats.as_dict()})
     print(f"traitscope judge: {json.dumps(judge.stats.as_dict())}", file=sys.stderr)
