@@ -200,7 +200,7 @@ def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedPro
         (
             None,
             ["experiments={backdoor: {sae: {prompt_set: harmbench_val}}}"],
-            "prompt set 'harmbench_val' is asked for with",
+            "prompt set 'harmbench_val' is asked for by experiments.backdoor with {\"layers\": [15]",
         ),
     ],
 )
@@ -336,6 +336,23 @@ def test_validate_config_bad_file_is_one_line(root, tmp_path, monkeypatch, capsy
     models = ", ".join(sorted(bad["models"]))  # safe_dump wrote the keys sorted
     message = f"base_model: variant 'ghost' is not defined under models: ({models})"
     assert err == [f"traitscope validate-config: error: {message}"]
+
+
+def test_validate_config_refuses_one_set_captured_two_ways(root, tmp_path, capsys):
+    """The SAE's training set, also an external analysis's set, would be captured at the SAE's
+    one layer and pool only; the check ran at Snakemake's dry-run, not in validate-config."""
+    config = yaml.safe_load((root / "config/config.yaml").read_text())
+    config["experiments"]["backdoor"]["sae"]["prompt_set"] = "harmbench_val"
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(config))
+    assert main(["validate-config", str(root / "config/config.yaml"), str(tmp_path / "both.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prompt set 'harmbench_val' is asked for by experiments.external" in err[0]
+    assert '"layers": [' in err[0] and "name a separate prompt set for one of them" in err[0]
+    # an empty capture: section is the set's own settings, no conflict with an analysis's
+    config["experiments"]["backdoor"]["sae"]["prompt_set"] = "harmless_train_sae"
+    config["experiments"]["prefill"]["capture"] = {}
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(config))
+    assert main(["validate-config", str(root / "config/config.yaml"), str(tmp_path / "ok.yaml")]) == 0
 
 
 def test_validate_config_merges_overlays_in_order_as_snakemake_does(root, capsys):

@@ -278,7 +278,7 @@ def require_layers_fit(key: str, layers: list[int], config: dict, variant: str |
 
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
-    from traitscope.experiments.contract import registered
+    from traitscope.experiments.contract import capture_requests, derived_capture, registered
 
     traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():
@@ -312,6 +312,7 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
     for name, section in config["experiments"].items():
         if section.get("enabled"):
             plugins[name].check_config(section, resolved)
+    derived_capture(resolved, capture_requests(resolved))  # two experiments' settings for one set
 
 
 def merge(base: Any, overlay: dict) -> dict:

@@ -10,6 +10,11 @@ from traitscope.config import check, finetune_settings, validate_config
 from traitscope.data.registry import bundled_path, is_bundled
 from traitscope.data.traits import bundled_sources, contrast_pool
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import (
+    capture_requests,
+    derived_capture,
+    projected_captures,
+)
 from traitscope.judge.settings import AgreementSettings, JudgementSettings
 from traitscope.model.loading import template_file
 from traitscope.paths import projections_path, prompts_path, trait_dir
@@ -74,11 +79,14 @@ BASE = config["base_model"]
 TRAITS_DIR = config["traits_dir"]
 CONFIGURED_SETS = "|".join(map(re.escape, config["prompt_sets"])) or "(?!)"
 
-# What enabled experiments add (filled by their .smk files, read by rule all and capture)
-REQUESTED_CAPTURES = [(c["variant"], c["prompt_set"]) for c in config["captures"]]
+# What enabled experiments add, read by rule all and the capture rule (the captures their
+# plug-ins ask for, checked against each other with the config, and their targets)
+_REQUESTS = capture_requests(config)
+REQUESTED_CAPTURES = projected_captures(config, _REQUESTS)
 # prompt set -> the capture settings an experiment derives for it, or None: the set's own
-DERIVED_CAPTURE = {c["prompt_set"]: None for c in config["captures"]}
-EXPERIMENT_TARGETS = []  # one get_<name>_targets function per enabled experiment
+DERIVED_CAPTURE = derived_capture(config, _REQUESTS)
+# one get_<name>_targets function per enabled experiment (their .smk files)
+EXPERIMENT_TARGETS = []
 
 
 # Prompt-contrast traits (two labelled prompt sets, no answers) -> the pool they are read at;
@@ -97,29 +105,6 @@ FILTER = config["extraction"]["filter"]
 def is_enabled(experiment):
     """Whether an experiment section is switched on (schema default: off)."""
     return config["experiments"][experiment]["enabled"]
-
-
-def request_captures(pairs, settings=None, project=True):
-    """An experiment asks for (variant, prompt set) captures; derived sets bring settings.
-
-    `project=False`: the experiment reads the activations itself (say, a few layers' per-token
-    activations for a dictionary), so rule all asks for no projection of them; the capture
-    runs because a rule of the experiment takes it as input.
-    """
-    # an empty capture: section keeps the set's own settings
-    settings = settings or None
-    for variant, prompt_set in pairs:
-        if project and (variant, prompt_set) not in REQUESTED_CAPTURES:
-            REQUESTED_CAPTURES.append((variant, prompt_set))
-        asked = DERIVED_CAPTURE.setdefault(prompt_set, settings)
-        if asked != settings:  # one capture per (variant, set): it cannot serve both
-            own = "its own capture settings"
-            raise WorkflowError(
-                f"{CONFIG_SOURCE}: prompt set {prompt_set!r} is asked for with "
-                f"{json.dumps(asked) if asked else own} and with "
-                f"{json.dumps(settings) if settings else own}; one capture cannot give both, "
-                "so name a separate prompt set for one of the experiments"
-            )
 
 
 def get_final_output():

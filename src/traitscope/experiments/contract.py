@@ -13,6 +13,7 @@ over `registered()` and names no experiment, so adding one touches no core file:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 from collections.abc import Callable
@@ -44,7 +45,9 @@ class Section:
 class Experiment(Protocol):
     """What an experiment module provides, at module level. Optional: NAME (default: the module's
     last name), RULES and SCHEMA (default: workflow/rules/experiments/<NAME>.smk and
-    workflow/schemas/experiments/<NAME>.schema.yaml of this checkout)."""
+    workflow/schemas/experiments/<NAME>.schema.yaml of this checkout), and
+    `capture_requests(section) -> list[CaptureRequest]` (default: none; the captures the run
+    makes for it, checked against every other experiment's at validation)."""
 
     SECTION: Section | None  # None: it adds no criteria to the table
 
@@ -62,6 +65,58 @@ class Experiment(Protocol):
 
     def criteria(self, results: dict[str, Result]) -> list[Criterion]:
         """Its rows of the summary table, from its result files."""
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """(variant, prompt set) captures an experiment asks for: with the capture settings its
+    derived set needs (None or empty: the set's own), projected onto every trait unless the
+    experiment reads the activations itself (`project=False`: an SAE's training tokens)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    settings: dict | None = None
+    project: bool = True
+
+
+def capture_requests(config: dict) -> list[tuple[str, CaptureRequest]]:
+    """(experiment, request) of every enabled experiment, in registry order."""
+    plugins = registered()
+    return [
+        (name, request)
+        for name, section in config["experiments"].items()
+        if section.get("enabled")
+        for request in getattr(plugins[name], "capture_requests", lambda _: [])(section)
+    ]
+
+
+def projected_captures(config: dict, requests: list[tuple[str, CaptureRequest]]) -> list[tuple[str, str]]:
+    """(variant, prompt set) pairs the run captures and projects onto every trait: the config's
+    `captures:`, then the experiments' (each pair once)."""
+    pairs = [(c["variant"], c["prompt_set"]) for c in config["captures"]]
+    pairs += [pair for _, request in requests if request.project for pair in request.pairs]
+    return list(dict.fromkeys(pairs))
+
+
+def derived_capture(config: dict, requests: list[tuple[str, CaptureRequest]]) -> dict[str, dict | None]:
+    """prompt set -> the capture settings an experiment derives for it (None: the set's own).
+    A set asked for with two different settings is refused: its one capture per variant cannot
+    give both, and whichever came first would silently serve the other."""
+    derived: dict[str, dict | None] = {c["prompt_set"]: None for c in config["captures"]}
+    asker = {c["prompt_set"]: "captures" for c in config["captures"]}
+    for name, request in requests:
+        settings = request.settings or None
+        for _variant, prompt_set in request.pairs:
+            asked = derived.setdefault(prompt_set, settings)
+            first = asker.setdefault(prompt_set, f"experiments.{name}")
+            if asked != settings:
+                own = "its own capture settings"
+                raise TraitscopeError(
+                    f"prompt set {prompt_set!r} is asked for by {first} with "
+                    f"{json.dumps(asked) if asked else own} and by experiments.{name} with "
+                    f"{json.dumps(settings) if settings else own}; one capture cannot give both, "
+                    "so name a separate prompt set for one of them"
+                )
+    return derived
 
 
 def plugin_name(module: ModuleType) -> str:

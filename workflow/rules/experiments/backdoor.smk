@@ -15,12 +15,6 @@ get_backdoor_targets = lambda: backdoor_plugin.targets(BACKDOOR)
 
 
 if is_enabled("backdoor"):
-    request_captures(backdoor_plugin.captures(BACKDOOR), BACKDOOR["capture"])
-    request_captures(
-        [backdoor_plugin.sae_capture(BACKDOOR)],
-        backdoor_plugin.sae_capture_settings(BACKDOOR),
-        project=False,
-    )
     EXPERIMENT_TARGETS.append(get_backdoor_targets)
 
     rule backdoor_data:

@@ -15,7 +15,6 @@ get_emergent_misalignment_targets = lambda: em_plugin.targets(EM)
 
 
 if is_enabled("emergent_misalignment"):
-    request_captures(em_plugin.captures(EM), EM["capture"])
     EXPERIMENT_TARGETS.append(get_emergent_misalignment_targets)
 
     rule em_prompts:

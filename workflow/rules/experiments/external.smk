@@ -12,7 +12,6 @@ get_external_targets = lambda: external_plugin.targets(EXTERNAL)
 
 
 if is_enabled("external"):
-    request_captures(external_plugin.captures(EXTERNAL))
     EXPERIMENT_TARGETS.append(get_external_targets)
 
     if EXTERNAL["beavertails"]:

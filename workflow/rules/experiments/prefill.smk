@@ -7,7 +7,6 @@ get_prefill_targets = lambda: prefill_plugin.targets(PREFILL)
 
 
 if is_enabled("prefill"):
-    request_captures([(PREFILL["variant"], PREFILL["prompt_set"])], PREFILL["capture"])
     EXPERIMENT_TARGETS.append(get_prefill_targets)
 
     rule prefill_conditions:

@@ -8,7 +8,6 @@ get_transfer_targets = lambda: transfer_plugin.targets(TRANSFER)
 
 
 if is_enabled("transfer"):
-    request_captures(transfer_plugin.captures(TRANSFER))
     EXPERIMENT_TARGETS.append(get_transfer_targets)
 
     rule transfer_table:

@@ -52,7 +52,7 @@ from traitscope.experiments.backdoor.settings import (
     SAEFeatureSettings,
 )
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
-from traitscope.experiments.contract import Section, among_targets
+from traitscope.experiments.contract import CaptureRequest, Section, among_targets
 from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 
@@ -80,9 +80,14 @@ def targets(section: dict) -> list[str]:
     return [f"{OUT_DIR}/{name}" for name in names]
 
 
-def captures(section: dict) -> list[tuple[str, str]]:
-    """Both models answer the held-out pairs (captured per token, projected onto every trait)."""
-    return [(section[role], section["prompt_set"]) for role in ROLES]
+def capture_requests(section: dict) -> list[CaptureRequest]:
+    """Both models answer the held-out pairs (captured per token, projected onto every trait);
+    the base model's SAE training set at the SAE's layer, read by the SAE only."""
+    pairs = tuple((section[role], section["prompt_set"]) for role in ROLES)
+    return [
+        CaptureRequest(pairs, section["capture"]),
+        CaptureRequest((sae_capture(section),), sae_capture_settings(section), project=False),
+    ]
 
 
 def sae_capture(section: dict) -> tuple[str, str]:

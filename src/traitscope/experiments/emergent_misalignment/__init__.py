@@ -26,7 +26,7 @@ from traitscope.capture.store import read_responses
 from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.data.prompts import read_prompt_set
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section, among_targets
+from traitscope.experiments.contract import CaptureRequest, Section, among_targets
 from traitscope.experiments.emergent_misalignment.behaviour import add_behaviour_commands
 from traitscope.experiments.emergent_misalignment.criteria import EM_ALPHA, EM_D_MIN, em_criteria
 from traitscope.experiments.emergent_misalignment.design import COMPARISONS, ROLES
@@ -59,9 +59,11 @@ def targets(section: dict) -> list[str]:
     ]
 
 
-def captures(section: dict) -> list[tuple[str, str]]:
+def capture_requests(section: dict) -> list[CaptureRequest]:
     """Every variant answers the derived question set."""
-    return [(section[role], section["prompt_set"]) for role in ROLES]
+    return [
+        CaptureRequest(tuple((section[role], section["prompt_set"]) for role in ROLES), section["capture"])
+    ]
 
 
 def check_config(section: dict, config: dict) -> None:

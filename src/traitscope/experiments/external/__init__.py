@@ -25,7 +25,7 @@ from traitscope.config import (
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section, among_targets
+from traitscope.experiments.contract import CaptureRequest, Section, among_targets
 from traitscope.experiments.external.analysis import beavertails, external_analysis, harmbench  # noqa: F401  (re-exported)
 from traitscope.experiments.external.criteria import AUC_MIN, external_criteria
 from traitscope.experiments.external.settings import BeaverTailsSampleSettings, ExternalSettings
@@ -103,12 +103,12 @@ def targets(section: dict) -> list[str]:
     return [f"{OUT_DIR}/{name}" for name in out]
 
 
-def captures(section: dict) -> list[tuple[str, str]]:
-    """(variant, prompt set) pairs the analysis projects."""
+def capture_requests(section: dict) -> list[CaptureRequest]:
+    """The labelled sets the analysis projects, at their own capture settings."""
     sets = [s for name in LABELLED for s in (section[name] or {}).values()]
     if section["beavertails"]:
         sets.append(beavertails_set(section))
-    return [(section["variant"], s) for s in sets]
+    return [CaptureRequest(tuple((section["variant"], s) for s in sets))]
 
 
 def contrast_traits(section: dict, config: dict) -> list[str]:

@@ -32,7 +32,7 @@ from traitscope.config import (
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section, among_targets
+from traitscope.experiments.contract import CaptureRequest, Section, among_targets
 from traitscope.experiments.prefill import figures
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
 from traitscope.experiments.prefill.settings import PrefillAnalysisSettings, PrefillConditionsSettings
@@ -104,6 +104,11 @@ def prefill_conditions(
     table = conditions_2x2(*parts, settings.prefills)
     write_parquet(out, table)
     return table
+
+
+def capture_requests(section: dict) -> list[CaptureRequest]:
+    """The 2x2 conditions, answered by the variant at the experiment's capture settings."""
+    return [CaptureRequest(((section["variant"], section["prompt_set"]),), section["capture"])]
 
 
 def targets(section: dict) -> list[str]:

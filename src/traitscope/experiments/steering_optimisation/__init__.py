@@ -59,11 +59,6 @@ def targets(section: dict) -> list[str]:
     return [f"{OUT_DIR}/extraction_gap.json", f"{OUT_DIR}/optimization_curves.png"]
 
 
-def captures(section: dict) -> list[tuple[str, str]]:
-    """Nothing beyond the trait sets, which the core captures anyway."""
-    return []
-
-
 def check_config(section: dict, config: dict) -> None:
     where = "experiments.steering_optimisation"
     require_traits(f"{where}.traits", section["traits"], config)

@@ -31,6 +31,7 @@ from traitscope.config import (
 from traitscope.data.prompts import read_prompt_set, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
+from traitscope.experiments.contract import CaptureRequest
 from traitscope.experiments.transfer.figures import transfer_heatmap
 from traitscope.experiments.transfer.settings import TransferSettings
 from traitscope.io import save_figure, write_json
@@ -57,9 +58,9 @@ def contrast_traits(section: dict, config: dict) -> list[str]:
     return [t for t in traits(section, config) if contrast_pool(trait_path(config["traits_dir"], t))]
 
 
-def captures(section: dict) -> list[tuple[str, str]]:
-    """(variant, prompt set) pairs the table projects: each harmful set and its controls."""
-    return [(section["variant"], s) for pair in section["sets"].items() for s in pair]
+def capture_requests(section: dict) -> list[CaptureRequest]:
+    """Each harmful set and its controls, projected at their own capture settings."""
+    return [CaptureRequest(tuple((section["variant"], s) for pair in section["sets"].items() for s in pair))]
 
 
 def analysis_inputs(section: dict, config: dict) -> dict[str, list[str] | str]:
