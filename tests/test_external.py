@@ -347,6 +347,28 @@ def test_fresh_clone_dry_run_lists_one_beavertails_capture(root):
     assert len(gpu_jobs) == 1 and "gpu=1" in gpu_jobs[0]
 
 
+def test_swapped_sides_are_refused(tmp_path):
+    """HarmBench's behaviours passed as the harmless controls (and the controls as harmful)
+    reported every AUC inverted, with no error: the sets' labels say which side each is."""
+    projections(["h0", "h1"], {"safety/harm": [1.0, 2.0]}, "last_prompt").to_parquet(tmp_path / "a.parquet")
+    projections(["c0", "c1"], {"safety/harm": [0.0, 1.5]}, "last_prompt").to_parquet(tmp_path / "b.parquet")
+    bad = pd.DataFrame({"prompt_id": ["h0", "h1"], "prompt": ["x", "y"], "category": "c", "label": 1})
+    good = pd.DataFrame({"prompt_id": ["c0", "c1"], "prompt": ["u", "v"], "label": 0})
+    bad.to_parquet(tmp_path / "p.parquet")
+    good.to_parquet(tmp_path / "c.parquet")
+    message = f"{tmp_path / 'c.parquet'}: 2 of 2 rows are labelled harmless, passed as the harmful side"
+    with pytest.raises(TraitscopeError, match=re.escape(message)):
+        harmbench(
+            [tmp_path / "b.parquet"],
+            [tmp_path / "a.parquet"],
+            tmp_path / "c.parquet",
+            tmp_path / "p.parquet",
+            ["safety/harm"],
+            "last_prompt",
+            {},
+        )
+
+
 def test_bad_inputs_name_the_problem(tmp_path):
     projections(["h0", "h1"], {"safety/harm": [1.0, 2.0]}, "last_prompt").to_parquet(tmp_path / "a.parquet")
     pd.DataFrame({"prompt_id": ["h0", "h1"], "prompt": ["x", "y"], "category": ["c", "c"]}).to_parquet(

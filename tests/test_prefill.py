@@ -76,6 +76,19 @@ def test_prefill_conditions_writes_a_prompt_set_from_two_prepared_sets(tmp_path)
     assert not (tmp_path / "never.parquet").exists()
 
 
+def test_prefill_conditions_refuse_swapped_sides(tmp_path):
+    """The benign set passed as harmful (and the reverse) made C1/C2 the benign prompts: every
+    comparison's sign flipped, with no error."""
+    harmful, harmless = tmp_path / "harmful.parquet", tmp_path / "harmless.parquet"
+    prompt_table("harmful", 3).to_parquet(harmful)
+    prompt_table("benign", 3).to_parquet(harmless)
+    out = tmp_path / "conditions.parquet"
+    message = f"{harmless}: 3 of 3 rows are labelled harmless, passed as the harmful side; swap the two sets"
+    with pytest.raises(TraitscopeError, match=re.escape(message)):
+        prefill_conditions(harmless, harmful, from_schema(PrefillConditionsSettings), out)
+    assert not out.exists()
+
+
 def test_check_config_names_the_bad_key(root):
     from traitscope.config import load_config
 

@@ -353,6 +353,29 @@ def test_scoring_a_training_row_is_an_error(transfer_run):
     assert not (tmp / "leak.json").exists() and not (tmp / "leak.png").exists()
 
 
+def test_swapped_sides_are_refused(transfer_run, tmp_path):
+    """The controls passed as the harmful set (and the reverse) reported every AUC inverted."""
+    from traitscope.experiments.transfer import transfer_table
+
+    r = transfer_run
+    labelled = {}
+    for side, label in (("harmful", 1), ("harmless", 0)):
+        labelled[side] = tmp_path / f"{side}.parquet"
+        pd.read_parquet(r[side][1]).assign(label=label).to_parquet(labelled[side])
+    swapped = ("swapped", r["harmless"][0], labelled["harmless"], r["harmful"][0], labelled["harmful"])
+    message = f"{labelled['harmless']}: 4 of 4 rows are labelled harmless, passed as the harmful side"
+    with pytest.raises(TraitscopeError, match=re.escape(message)):
+        transfer_table(
+            [swapped],
+            [("safety/request", str(r["meta"]))],
+            r["trait_prompts"],
+            tmp_path / "t.json",
+            tmp_path / "t.png",
+            from_schema(TransferSettings, pools=["last_prompt"], n_boot=200),
+        )
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_bag_of_words_is_fitted_on_training_rows_only(transfer_run, tmp_path):
     """With no trait vector in the way, the bag of words' own training rows are refused too."""
     from traitscope import baselines

@@ -96,3 +96,18 @@ def normalise(text: str) -> str:
 def text_key(text: str) -> str:
     """sha256 of the normalised text: what a vector's metadata records of its training rows."""
     return hashlib.sha256(normalise(text).encode()).hexdigest()
+
+
+def require_side(path: str | Path, table: pd.DataFrame, harmful: bool) -> None:
+    """Refuse a prompt set whose rows are labelled for the other side: harmful requests passed
+    as the harmless controls (or the reverse) invert every AUC and effect without an error.
+    Rows without a label (a set that carries none) pass."""
+    if "label" not in table.columns:
+        return
+    wrong = table["label"].notna() & (table["label"] != int(harmful))
+    if wrong.any():
+        side, other = ("harmful", "harmless") if harmful else ("harmless", "harmful")
+        raise TraitscopeError(
+            f"{path}: {int(wrong.sum())} of {len(table)} rows are labelled {other}, passed as the "
+            f"{side} side; swap the two sets (or fix the set's label)"
+        )

@@ -10,7 +10,7 @@ import pandas as pd
 
 from traitscope import baselines, plotting
 from traitscope.data.loaders import CATEGORY_SEP, SAFE_CATEGORY
-from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.data.prompts import read_prompt_set, require_side, user_texts
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.experiments.external.settings import ExternalSettings
@@ -84,8 +84,10 @@ def harmbench(
     position_of = {t: baselines.vectors_position(trait_meta[t]) if t in own_bow else position for t in traits}
     bad = scores_at(_read(harmful_proj), position_of)
     good = scores_at(_read(harmless_proj), position_of)
-    prompts = pd.read_parquet(harmful_prompts).set_index("prompt_id")
-    controls = read_prompt_set(harmless_prompts).set_index("prompt_id")
+    prompts, controls = read_prompt_set(harmful_prompts), read_prompt_set(harmless_prompts)
+    require_side(harmful_prompts, prompts, harmful=True)
+    require_side(harmless_prompts, controls, harmful=False)
+    prompts, controls = prompts.set_index("prompt_id"), controls.set_index("prompt_id")
     bad_rows, good_rows = prompts.loc[bad.index].reset_index(), controls.loc[good.index].reset_index()
     bad_texts, good_texts = user_texts(bad_rows), user_texts(good_rows)
     bow_of, bows, bow_training = baselines.bags_of_words(bow_prompts, own_bow, traits, seed)

@@ -29,7 +29,7 @@ from traitscope.config import (
     require_traits,
     require_variant,
 )
-from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.data.prompts import read_prompt_set, require_side, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import CaptureRequest, Section, among_targets
@@ -98,9 +98,10 @@ def prefill_conditions(
 ) -> pd.DataFrame:
     """Write the derived 2x2 prompt set from two prepared prompt sets."""
     parts = [read_prompt_set(p) for p in (harmful, harmless)]
-    for path, part in zip((harmful, harmless), parts):
+    for path, part, is_harmful in zip((harmful, harmless), parts, (True, False)):
         if "prompt" not in part.columns:
             raise TraitscopeError(f"{path}: the prefill conditions need a 'prompt' column")
+        require_side(path, part, is_harmful)
     table = conditions_2x2(*parts, settings.prefills)
     write_parquet(out, table)
     return table

@@ -28,7 +28,7 @@ from traitscope.config import (
     require_traits,
     require_variant,
 )
-from traitscope.data.prompts import read_prompt_set, user_texts
+from traitscope.data.prompts import read_prompt_set, require_side, user_texts
 from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import CaptureRequest
@@ -108,10 +108,12 @@ def check_config(section: dict, config: dict) -> None:
     require_contrast_trait(f"{where}.bag_of_words", section["bag_of_words"], config)
 
 
-def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: str) -> tuple:
+def _side(projections: str | Path, prompts: str | Path, names: list[str], pool: str, harmful: bool) -> tuple:
     """(scores prompt_id x trait, texts, categories) of one side, rows in the same order."""
     scores = chosen_scores(read_projections(projections, chosen=True, pooled=True), pool, names)
-    table = read_prompt_set(prompts).set_index("prompt_id")
+    table = read_prompt_set(prompts)
+    require_side(prompts, table, harmful)
+    table = table.set_index("prompt_id")
     missing = scores.index.difference(table.index)
     if len(missing):
         raise TraitscopeError(f"{projections}: prompt {missing[0]!r} is not in {prompts}; rerun project")
@@ -149,8 +151,8 @@ def transfer_table(
     for name, hp, hq, sp, sq in sets:
         entry: dict = {"harmful": str(hq), "harmless": str(sq), "pools": {}, "by_category": {}}
         for pool in pools:
-            bad, bad_texts, bad_cats = _side(hp, hq, names, pool)
-            good, good_texts, good_cats = _side(sp, sq, names, pool)
+            bad, bad_texts, bad_cats = _side(hp, hq, names, pool, harmful=True)
+            good, good_texts, good_cats = _side(sp, sq, names, pool, harmful=False)
             baselines.check_unseen(training, {name: bad_texts + good_texts})
             base = baselines.baseline_scores(bad_texts, good_texts, bows)
             entry["n_harmful"], entry["n_harmless"] = len(bad), len(good)
