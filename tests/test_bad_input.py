@@ -348,11 +348,38 @@ def test_validate_config_refuses_one_set_captured_two_ways(root, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prompt set 'harmbench_val' is asked for by experiments.external" in err[0]
     assert '"layers": [' in err[0] and "name a separate prompt set for one of them" in err[0]
-    # an empty capture: section is the set's own settings, no conflict with an analysis's
-    config["experiments"]["backdoor"]["sae"]["prompt_set"] = "harmless_train_sae"
-    config["experiments"]["prefill"]["capture"] = {}
-    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(config))
-    assert main(["validate-config", str(root / "config/config.yaml"), str(tmp_path / "ok.yaml")]) == 0
+
+
+def test_derived_capture_settings_per_set():
+    """An empty capture: section is the set's own settings (no clash with None); two different
+    settings for one set, or settings for a set `captures:` lists, are refused in any order."""
+    from traitscope.experiments.contract import CaptureRequest, derived_capture
+
+    config = {"captures": [{"variant": "m", "prompt_set": "listed"}]}
+    own = [("a", CaptureRequest((("m", "s"),), {})), ("b", CaptureRequest((("m", "s"), ("m", "t")), None))]
+    assert derived_capture(config, own) == {"listed": None, "s": None, "t": None}
+    layer = {"layers": [3]}
+    assert derived_capture(config, [("a", CaptureRequest((("m", "s"), ("n", "s")), layer))])["s"] == layer
+    for requests in (
+        [("a", CaptureRequest((("m", "s"),), layer)), ("b", CaptureRequest((("m", "s"),), None))],
+        [("b", CaptureRequest((("m", "s"),), None)), ("a", CaptureRequest((("m", "s"),), layer))],
+    ):
+        with pytest.raises(TraitscopeError, match="prompt set 's' is asked for by experiments.[ab] with"):
+            derived_capture(config, requests)
+    with pytest.raises(TraitscopeError, match="prompt set 'listed' is asked for by captures with its own"):
+        derived_capture(config, [("a", CaptureRequest((("m", "listed"),), layer))])
+
+
+def test_a_label_the_dataset_ignores_is_refused(root):
+    """`label: 0` on a HarmBench set was accepted and ignored: its rows stayed harmful (1)."""
+    from traitscope.config import check, load_config
+
+    config = load_config(root / "config/config.yaml", root / "workflow/schemas/config.schema.yaml")
+    config["prompt_sets"]["harmbench_val"]["label"] = 0
+    with pytest.raises(
+        TraitscopeError, match=r"^prompt_sets.harmbench_val.label: a harmbench set's rows carry"
+    ):
+        check(config, root / "resources/traits")
 
 
 def test_validate_config_merges_overlays_in_order_as_snakemake_does(root, capsys):

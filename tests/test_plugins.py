@@ -15,12 +15,12 @@ import pytest
 from test_dag import EXPERIMENT_WORDS
 
 TOY = '''
-"""A toy experiment: one rule that writes a score, one criterion on it."""
+"""A toy experiment: one rule that writes a score, one criterion on it, and a capture."""
 import json
 from pathlib import Path
 
 from traitscope.errors import TraitscopeError
-from traitscope.experiments.contract import Section
+from traitscope.experiments.contract import CaptureRequest, Section
 from traitscope.summary.records import Criterion, above
 
 NAME = "toy"
@@ -47,6 +47,10 @@ def _score_cli(a):
 
 def targets(section):
     return ["results/toy/score.json"]
+
+
+def capture_requests(section):
+    return [CaptureRequest((("smollm2", "harmless_test"),), {"max_new_tokens": 2})]
 
 
 def result_files(section):
@@ -131,6 +135,10 @@ def test_a_toy_plugin_joins_the_config_check_the_dag_and_the_criteria_table(toy,
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout + run.stderr
     assert "traitscope toy-score --score 0.9 --out results/toy/score.json" in out
+    # its capture request: captured at its settings and projected (no built-in asks for this set)
+    assert "results/projections/smollm2/harmless_test.parquet" in out
+    capture = re.search(r"traitscope capture .*prompts/harmless_test\.parquet.*", out)[0]
+    assert '"max_new_tokens": 2' in capture
     summarize = re.search(r"traitscope summarize .*", out)[0]
     assert '"toy": {"score": "results/toy/score.json"}' in summarize
 

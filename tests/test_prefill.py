@@ -83,7 +83,7 @@ def test_prefill_conditions_refuse_swapped_sides(tmp_path):
     prompt_table("harmful", 3).to_parquet(harmful)
     prompt_table("benign", 3).to_parquet(harmless)
     out = tmp_path / "conditions.parquet"
-    message = f"{harmless}: 3 of 3 rows are labelled harmless, passed as the harmful side; swap the two sets"
+    message = f"{harmless}: 3 of 3 rows are labelled harmless, passed as the harmful side; swap the harmful"
     with pytest.raises(TraitscopeError, match=re.escape(message)):
         prefill_conditions(harmless, harmful, from_schema(PrefillConditionsSettings), out)
     assert not out.exists()

@@ -167,6 +167,47 @@ def test_hard_negatives_region_reads_the_snapshots(tables, tmp_path):
     assert "n = 4 + 4" in text and "2 pairs each" in text
 
 
+def test_transfer_region_marks_the_cells_that_beat_both_baselines(tables, tmp_path):
+    """Each trait's AUC per set and pool, starred only where it beats both baselines, with each
+    baseline a trait is compared with (a contrast trait's own bag of words) beneath."""
+
+    def cell(value, beats):
+        return {"auc": {"auc": value}, "beats_baselines": beats}
+
+    def baseline(value):
+        return {"auc": value, "ci_low": 0.0, "ci_high": 1.0}
+
+    sets = {
+        name: {
+            "n_harmful": n,
+            "n_harmless": n,
+            "pools": {
+                "last_prompt": {"t/p": cell(0.61, False), "t/c": cell(0.94, True)},
+                "prompt_mean": {"t/p": cell(0.55, False), "t/c": cell(0.99, beats)},
+            },
+            "baselines": {
+                "length": baseline(0.5),
+                "bag_of_words": baseline(bow),
+                "bag_of_words[t/c]": baseline(0.9),
+            },
+        }
+        for name, n, bow, beats in (("s1", 40, 0.95, False), ("s2", 91, 0.71, True))
+    }
+    transfer = {
+        "pools": ["last_prompt", "prompt_mean"],
+        "traits": ["t/p", "t/c"],
+        "bag_of_words_of": {"t/p": "bag_of_words", "t/c": "bag_of_words[t/c]"},
+        "sets": sets,
+    }
+    (tmp_path / "transfer_default_x.json").write_text(json.dumps(transfer))
+    text = _render(tables, tmp_path, "transfer")
+    assert "| trait | `s1` | `s2` |" in text
+    assert "| `t/p` | 0.61 / 0.55 | 0.61 / 0.55 |" in text
+    assert "| `t/c` | 0.94* / 0.99 | 0.94* / 0.99* |" in text
+    assert "| length | 0.50 | 0.50 |" in text and "| bag of words | 0.95 | 0.71 |" in text
+    assert "| bag of words (`t/c`, its own) | 0.90 | 0.90 |" in text and "40 + 40, 91 + 91" in text
+
+
 def test_cmaes_region_shows_both_scorers_of_the_held_out_check(tables, tmp_path):
     """The held-out scorer's deltas and gain, each with its truth-set agreement, above the fitness
     judge's on the same answers: a gap between the two rows is what gaming looks like."""

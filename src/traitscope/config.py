@@ -13,7 +13,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from traitscope.data.registry import missing_source
+from traitscope.data.registry import TAKES_LABEL, missing_source
 from traitscope.data.traits import contrast_pool, read_trait, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
@@ -292,6 +292,11 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         missing = missing_source(spec)
         if missing:
             raise TraitscopeError(f"prompt_sets.{name}: {missing}")
+        if "label" in spec and spec.get("dataset") not in TAKES_LABEL:
+            raise TraitscopeError(
+                f"prompt_sets.{name}.label: a {spec.get('dataset')} set's rows carry their own labels, "
+                f"which label would not change (only {' and '.join(TAKES_LABEL)} sets take one); remove it"
+            )
         target = spec.get("match_length")
         if target is not None:
             require_prompt_set(f"prompt_sets.{name}.match_length", target, config)

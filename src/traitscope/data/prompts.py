@@ -109,5 +109,5 @@ def require_side(path: str | Path, table: pd.DataFrame, harmful: bool) -> None:
         side, other = ("harmful", "harmless") if harmful else ("harmless", "harmful")
         raise TraitscopeError(
             f"{path}: {int(wrong.sum())} of {len(table)} rows are labelled {other}, passed as the "
-            f"{side} side; swap the two sets (or fix the set's label)"
+            f"{side} side; swap the harmful and harmless sets (in the config or the command's arguments)"
         )

@@ -118,6 +118,11 @@ def source(dataset: str) -> Source:
         raise TraitscopeError(f"unknown dataset {dataset!r}; known datasets: {', '.join(SOURCES)}") from None
 
 
+# the datasets whose rows' side (1 harmful, 0 harmless) a prompt set's `label:` sets; the others
+# carry their own labels, and a label there would be ignored
+TAKES_LABEL = ("refusal_direction", "hard_negatives")
+
+
 def missing_source(spec: dict, labelled: bool = False) -> str | None:
     """What a prompt source lacks to be read, or None: `parquet` needs `path`; a file-backed
     dataset needs `file` (one of its files) or `path` (a local copy); BeaverTails (a split) and

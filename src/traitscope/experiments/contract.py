@@ -79,7 +79,7 @@ class CaptureRequest:
 
 
 def capture_requests(config: dict) -> list[tuple[str, CaptureRequest]]:
-    """(experiment, request) of every enabled experiment, in registry order."""
+    """(experiment, request) of every enabled experiment, in the config's order of experiments."""
     plugins = registered()
     return [
         (name, request)
