@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from snapshot_tables import _ci, _rel, backdoor, cmaes, hard_negatives  # noqa: E402
+from snapshot_tables import _ci, _rel, backdoor, cmaes, hard_negatives, transfer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # the pages that hold generated regions (a page named here without one is an error)
@@ -257,6 +257,7 @@ RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
     "backdoor": backdoor,
     "cmaes": cmaes,
     "hard-negatives": hard_negatives,
+    "transfer": transfer,
     "judge-agreement": judge_agreement,
     "deception-facts": deception_facts,
     "times": times,

@@ -1,7 +1,7 @@
 """The results regions read from snapshots of the main job's results in benchmarks/results
-(the held-out hard negatives, CMA-ES's held-out check, the backdoor experiment), and the
-link and CI helpers every region shares. Apart from results_tables.py, which finds the
-regions in the pages and fills them, so each file stays one job.
+(the held-out hard negatives, the transfer table, CMA-ES's held-out check, the backdoor
+experiment), and the link and CI helpers every region shares. Apart from results_tables.py,
+which finds the regions in the pages and fills them, so each file stays one job.
 """
 
 from __future__ import annotations
@@ -67,6 +67,39 @@ def hard_negatives(sources: Sources, page: Path) -> str:
         f"| trait | {' | '.join(names)} |\n|---|{'---|' * len(names)}\n" + "\n".join(rows) + "\n"
     )
     return out
+
+
+def transfer(sources: Sources, page: Path) -> str:
+    """The transfer table from the main job's snapshot (`transfer_default_*.json`, the run's
+    transfer.json): every trait's AUC on every labelled set at each pool, marked where its
+    paired CIs clear both surface baselines, with the baselines' AUCs beneath."""
+    snapshots = sorted(sources.benchmarks.glob("transfer_default_*.json"))
+    if not snapshots:
+        return "No `transfer_default_*.json` snapshot yet: copy a run's transfer.json (results/traits/).\n"
+    data = json.loads(snapshots[-1].read_text())
+    sets, pools = list(data["sets"]), data["pools"]
+    head = f"| trait | {' | '.join(f'`{s}`' for s in sets)} |\n|---|{'---|' * len(sets)}\n"
+
+    def cell(trait: str, name: str) -> str:
+        scored = [data["sets"][name]["pools"][pool][trait] for pool in pools]
+        return " / ".join(f"{r['auc']['auc']:.2f}{'*' if r['beats_baselines'] else ''}" for r in scored)
+
+    rows = [f"| `{t}` | " + " | ".join(cell(t, s) for s in sets) + " |" for t in data["traits"]]
+    # the baselines each trait is compared with: length, and the bag of words `bag_of_words_of` names
+    for base in ("length", *dict.fromkeys(data["bag_of_words_of"].values())):
+        aucs = " | ".join(f"{data['sets'][s]['baselines'][base]['auc']:.2f}" for s in sets)
+        own = base.partition("[")[2].rstrip("]")
+        name = f"bag of words (`{own}`, its own)" if own else base.replace("_", " ")
+        rows.append(f"| {name} | {aucs} |")
+    sizes = ", ".join(f"{data['sets'][s]['n_harmful']} + {data['sets'][s]['n_harmless']}" for s in sets)
+    return (
+        f"From [{snapshots[-1].name}]({_rel(snapshots[-1], page)}): AUC at {' / '.join(pools)}; * where "
+        "the paired CIs of its differences to prompt length and to the bag of words both lie above 0 "
+        f"(beats both baselines). Harmful + harmless prompts per set: {sizes}.\n\n"
+        + head
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def _delta(d: dict) -> str:
