@@ -213,12 +213,18 @@ def _compile_rotary(model: Any) -> None:
     dynamo's recompile limit it runs eagerly, its rotary as six elementwise kernels a decode step;
     one compiled function serves every layer instead (Gemma-2-2B on an H100, a lone call with
     compiled blocks: 14.9K tok/s before, 16.3K with it; raising the recompile limit instead
-    tripled the compile time and gained nothing)."""
+    tripled the compile time and gained nothing). Inside an attention forward that dynamo is
+    tracing, the plain function is traced inline instead: calling a compiled function there
+    failed to compile the block (torch 2.13, transformers 5.25, an AssertionError in dynamo)."""
     attention = getattr(decoder_layers(model)[0], "self_attn", None)
     family = sys.modules.get(type(attention).__module__)
     rotary = getattr(family, "apply_rotary_pos_emb", None)
     if rotary is None or getattr(rotary, "_traitscope_compiled", False):
         return
     compiled = torch.compile(rotary, dynamic=True)
-    compiled._traitscope_compiled = True
-    family.apply_rotary_pos_emb = compiled
+
+    def apply_rotary_pos_emb(*args: Any, **kwargs: Any) -> Any:
+        return (rotary if torch.compiler.is_compiling() else compiled)(*args, **kwargs)
+
+    apply_rotary_pos_emb._traitscope_compiled = True
+    family.apply_rotary_pos_emb = apply_rotary_pos_emb
