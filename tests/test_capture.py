@@ -280,30 +280,21 @@ def test_ablate_direction_leaves_no_component_at_any_layer_of_a_llama(tiny_model
     assert torch.equal(run_recorded(model, layers, input_ids=ids)[0], before[0])
 
 
-def test_compiled_blocks_run_and_match_eager(monkeypatch):
+def test_compiled_blocks_run_and_match_eager(tiny_model, monkeypatch):
     """`capture.compile: yes` (and auto on a GPU) compiles each block and, once, the family's
     rotary function; the block's compile then failed in dynamo, tracing a call of the compiled
     rotary inside the compiled attention (torch 2.13, transformers 5.25). The GPU tests were the
     only ones to compile, on older versions."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama import modeling_llama
 
     from traitscope.model.hooks import compile_blocks
 
-    # the patched module function is restored after the test, so no other test compiles
+    # the patched module function is restored after the test, so no other test compiles; the
+    # session's tiny model is copied, so its blocks stay uncompiled for the others
     monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", modeling_llama.apply_rotary_pos_emb)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
-    layers = [0, 1]
+    model = copy.deepcopy(tiny_model[0])
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]])
+    layers = [0, 1, 2]
     eager = run_recorded(model, layers, input_ids=ids)
     compile_blocks(model)
     compiled = run_recorded(model, layers, input_ids=ids)
