@@ -99,9 +99,8 @@ def read_draws(path: str | Path, trait: str) -> tuple[torch.Tensor, dict]:
             draws, meta = f.get_tensor("draws"), json.loads(f.metadata()["meta"])
     except Exception as exc:  # safetensors raises its own error types
         raise TraitscopeError(f"{path}: cannot read vector draws ({exc}); rerun trait-draws") from None
-    require_trait(
-        path, meta.get("trait"), trait, f"pass {trait}'s draws"
-    )  # None: written before it was recorded
+    # a draw file without a trait (written before it was recorded) passes
+    require_trait(path, meta.get("trait"), trait, f"pass {trait}'s draws")
     return draws, meta
 
 
