@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from effect_tables import emergent_misalignment, prefill, steering  # noqa: E402
 from snapshot_tables import _ci, _rel, backdoor, cmaes, hard_negatives, transfer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,6 +259,9 @@ RENDERERS: dict[str, Callable[[Sources, Path], str]] = {
     "cmaes": cmaes,
     "hard-negatives": hard_negatives,
     "transfer": transfer,
+    "steering": steering,
+    "prefill": prefill,
+    "emergent-misalignment": emergent_misalignment,
     "judge-agreement": judge_agreement,
     "deception-facts": deception_facts,
     "times": times,

@@ -106,7 +106,7 @@ def test_vectors_and_evaluation_recompute(run_dir, trait):
     assert summary["traits"][trait]["auc"] == chosen["auc"]
 
 
-def test_steering_check_reports_both_means(run_dir):
+def test_steering_check_reports_both_means_and_their_paired_effect(run_dir):
     steering = json.loads((trait_folder(run_dir, "safety/evil") / "steering.json").read_text())
     assert steering["difference"] == pytest.approx(
         steering["mean_projection_steered"] - steering["mean_projection_unsteered"]
@@ -115,6 +115,10 @@ def test_steering_check_reports_both_means(run_dir):
         "evaluation_questions"
     ]
     assert steering["n"] == len(held_out) == 80  # one steered and one plain answer per held-out question
+    paired = steering["paired"]  # the same questions both ways: d_z with its CI over questions
+    assert paired["n_pairs"] == 80 and paired["mean_diff"] == pytest.approx(steering["difference"])
+    assert paired["ci_low"] <= paired["cohens_dz"] <= paired["ci_high"]
+    assert steering["steered_higher"] == (paired["ci_low"] > 0)
     assert steering["examples"][0]["steered"] != steering["examples"][0]["unsteered"]
 
 

@@ -320,3 +320,113 @@ def test_deception_facts_region_marks_the_default_judge(tables, tmp_path):
     assert "| facts | 0.970 [0.920, 1.000] | 0.922 [0.825, 0.988] |" in text
     assert "| emb+facts (the default) | 0.979 [0.932, 1.000] | 0.930 [0.830, 0.998] |" in text
     assert "(CPU: cpu X)" in text
+
+
+def _paired(dz: float, low: float, high: float, **extra) -> dict:
+    return {"cohens_dz": dz, "ci_low": low, "ci_high": high, "p_value": 0.03, **extra}
+
+
+def test_steering_region_reads_steered_higher_off_the_ci(tables, tmp_path):
+    """The steering check's paired d_z with its CI; "steered higher" is what the file decided from
+    the CI, and a check whose differences were all equal says so instead of a d_z."""
+    steering = {
+        "trait": "safety/evil",
+        "coefficient": 4.0,
+        "layer": 16,
+        "n": 80,
+        "prompts": "the trait's held-out evaluation questions",
+        "mean_projection_unsteered": 0.65,
+        "mean_projection_steered": 0.9,
+        "difference": 0.25,
+        "paired": _paired(0.12, -0.1, 0.35),
+        "steered_higher": False,
+        "refusal_rate": {"unsteered": {"k": 8, "n": 80}, "steered": {"k": 1, "n": 80}},
+        "refusal_rate_difference": {"difference": -0.0876, "ci_low": -0.173, "ci_high": -0.014},
+    }
+    (tmp_path / "steering_default_x.json").write_text(json.dumps(steering))
+    text = _render(tables, tmp_path, "steering")
+    assert "d_z 0.12 [-0.10, 0.35] (paired t p 0.03); steered higher (CI above 0): no" in text
+    assert "unsteered 8/80, steered 1/80; steered - unsteered -0.088 [-0.173, -0.014]" in text
+    steering["paired"] = {"n_pairs": 80, "undefined": "every paired difference is the same"}
+    (tmp_path / "steering_default_x.json").write_text(json.dumps(steering))
+    assert "difference +0.25, every paired difference is the same;" in _render(tables, tmp_path, "steering")
+
+
+def test_prefill_region_shows_each_comparison_with_holm_p_and_the_baselines(tables, tmp_path):
+    def group(d, low, high, p):
+        return {"cohens_d": d, "ci_low": low, "ci_high": high, "p_holm": p}
+
+    def auc(value, beats):
+        diff = {"difference": value - 0.7, "ci_low": -0.1, "ci_high": 0.3, "auc_b": 0.7}
+        return {
+            "auc": {"auc": value},
+            "vs_length": diff,
+            "vs_bag_of_words": {**diff, "auc_b": 0.95},
+            "beats_baselines": beats,
+        }
+
+    names = {"C2_vs_C4": "prefill_mean", "C1_vs_C2": "response_mean", "C1_vs_C3": "last_prompt"}
+    data = {
+        "design": {n: {"position": pos} for n, pos in names.items()},
+        "n_prompts": {c: 30 for c in ("C1", "C2", "C3", "C4")},
+        "comparisons": {n: {"t/a": group(1.5, 1.0, 2.0, 1e-7)} for n in names},
+        "correction": "Holm across traits and comparisons",
+        "interaction": {"t/a": {"f": 0.53, "p_value": 0.47}},
+        "trajectory_divergence": {"t/a": {"first_step": 3}},
+        "baselines": {
+            "bag_of_words_fitted_on": "prompts.parquet",
+            "bag_of_words_of": {"t/a": "bag_of_words"},
+            "C1_vs_C3": {"traits": {"t/a": auc(0.84, False)}},
+            "C2_vs_C4": {"traits": {"t/a": auc(0.97, True)}},
+        },
+    }
+    (tmp_path / "prefill_default_x.json").write_text(json.dumps(data))
+    text = _render(tables, tmp_path, "prefill")
+    assert "| trait | C2 vs C4 (prefill_mean) | C1 vs C2 (response_mean) | C1 vs C3 (last_prompt) |" in text
+    assert "| `t/a` | +1.50 [+1.00, +2.00], Holm p 1e-07 |" in text and "| F 0.53, p 0.47 |" in text
+    assert "| `t/a` | 0.840 | +0.140 [-0.100, +0.300] |" in text and "| 0.970* |" in text
+    assert "| shared, 0.950 | 3 |" in text and "prompt length alone (AUC 0.700)" in text
+
+
+def test_em_region_shows_every_comparison_and_the_ci_over_vector_refits(tables, tmp_path):
+    """Each trait and position: the three comparisons' d_z with CI and Holm p, and beside them
+    misaligned vs control's CI over refits of the vector (n/a where the run drew none)."""
+    refits = {"ci_low": 0.51, "ci_high": 1.1, "n_draws": 200}
+    comparisons = {
+        name: {
+            pos: {
+                "t/a": _paired(
+                    dz,
+                    dz - 0.2,
+                    dz + 0.2,
+                    p_holm=0.001,
+                    **({"over_vector_draws": refits} if pos == "answers" else {}),
+                )
+            }
+            for pos in ("answers", "last")
+        }
+        for name, dz in (
+            ("misaligned_vs_control", 0.8),
+            ("misaligned_vs_base", 0.9),
+            ("control_vs_base", -0.7),
+        )
+    }
+    data = {
+        "positions": {"answers": "...", "last": "..."},
+        "comparisons": comparisons,
+        "n_questions": 24,
+        "n_samples_per_question": 4,
+        "n_pairs": 96,
+        "correction": "Holm",
+        "mean_response_words": {"base": 23.09},
+    }
+    (tmp_path / "em_default_x.json").write_text(json.dumps(data))
+    text = _render(tables, tmp_path, "emergent-misalignment")
+    row = (
+        "| `t/a` | answers | +0.80 [+0.60, +1.00], Holm p 0.001 | +0.90 [+0.70, +1.10], Holm p 0.001 "
+        "| -0.70 [-0.90, -0.50], Holm p 0.001 | [+0.51, +1.10] (200 refits) |"
+    )
+    assert row in text and "| `t/a` | last |" in text and text.count("| n/a |") == 1
+    assert (
+        "24 benign questions x 4 samples = 96 pairs" in text and "The judge did not read the answers" in text
+    )

@@ -339,3 +339,28 @@ def test_another_traits_evaluation_or_name_is_an_error(tmp_path, save_trait_vect
     ):
         TraitVector.load(*evil, "safety/harm")
     assert TraitVector.load(*evil, "safety/evil").layer == 5
+
+
+def test_steering_comparison_is_paired_and_decided_by_its_ci():
+    """Each prompt is answered steered and unsteered: the effect is d_z of the per-prompt
+    differences (hand-computed), and "steered higher" needs the CI above 0, not a higher mean."""
+    from traitscope.vectors.steering_check import projection_comparison
+
+    unsteered = np.array([1.0, 1.0, 2.0, 2.0, 3.0, 3.0])
+    # differences 0, 1, 2, 3, 4, 8: mean 3, sd sqrt(40 / 5) = 2.828
+    result = projection_comparison(unsteered + [0, 1, 2, 3, 4, 8], unsteered)
+    paired = result["paired"]
+    assert result["difference"] == paired["mean_diff"] == pytest.approx(3.0)
+    assert paired["cohens_dz"] == pytest.approx(3 / np.sqrt(8))  # unpaired Cohen's d: 1.13
+    assert paired["paired_t"] == pytest.approx(3 / (np.sqrt(8) / np.sqrt(6)))
+    assert paired["n_pairs"] == 6 and 0 < paired["ci_low"] < paired["cohens_dz"] < paired["ci_high"]
+    assert result["steered_higher"]
+    # differences -3, -2, 1, 2, 3, 5: a higher mean (+1) whose CI straddles 0
+    straddling = projection_comparison(unsteered + [-3, -2, 1, 2, 3, 5], unsteered)
+    assert straddling["difference"] == pytest.approx(1.0)
+    assert straddling["paired"]["ci_low"] < 0 < straddling["paired"]["ci_high"]
+    assert not straddling["steered_higher"]
+    # a vector too weak to change any answer: d_z undefined, said so, not a crash
+    same = projection_comparison(unsteered.copy(), unsteered)
+    assert "undefined" in same["paired"] and not same["steered_higher"] and same["difference"] == 0
+    assert projection_comparison(unsteered + 0.5, unsteered)["steered_higher"]

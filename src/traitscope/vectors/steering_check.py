@@ -2,7 +2,8 @@
 
 Text generated with and without steering is read back by the unsteered model, and its
 response-mean activation is projected onto the trait vector: if the vector is causal,
-steered text projects higher.
+steered text projects higher. Each prompt is answered both ways, so the comparison is paired:
+d_z with a bootstrap CI over prompts (`projection_comparison`).
 
 A persona trait is steered on its held-out questions. A prompt-contrast trait has no
 questions: it is steered on its held-out trait-negative prompts (for `safety/harmful_request`,
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from traitscope.capture.engine import pooled_activations
 from traitscope.data.prompts import user_texts
 from traitscope.data.traits import ContrastTrait, Trait, read_trait
@@ -29,7 +32,7 @@ from traitscope.io import read_table, write_json
 from traitscope.model import chat
 from traitscope.model import loading as models
 from traitscope.model.hooks import ablate_direction, add_to_layer
-from traitscope.stats import cohens_d, proportion_with_ci, rate_difference_with_ci
+from traitscope.stats import compare_paired, proportion_with_ci, rate_difference_with_ci
 from traitscope.vectors.settings import SteeringCheckSettings
 from traitscope.vectors.trait_vector import TraitVector
 
@@ -77,6 +80,27 @@ def steering_questions(trait: Trait | ContrastTrait, prompts: str | Path | None)
     return held_out_prompts(
         prompts, 0
     ), "the trait's held-out trait-negative prompts (split evaluation, label 0)"
+
+
+def projection_comparison(steered: np.ndarray, unsteered: np.ndarray) -> dict:
+    """Steered vs unsteered projections of the same prompts' answers: the means, their difference,
+    and the paired comparison (d_z, its CI over prompts, paired t). `steered_higher` is read off
+    the CI, not the point estimate. Differences all equal (a vector too weak to change any greedy
+    answer gives all zeros) leave d_z undefined: `paired` then says so."""
+    diff = steered - unsteered
+    if np.ptp(diff) == 0:  # every answer moved by one amount: higher iff that amount is positive
+        paired = {"n_pairs": len(diff), "undefined": "every paired difference is the same"}
+        higher = bool(diff[0] > 0)
+    else:
+        paired = compare_paired(steered, unsteered)
+        higher = paired["ci_low"] > 0
+    return {
+        "mean_projection_unsteered": float(unsteered.mean()),
+        "mean_projection_steered": float(steered.mean()),
+        "difference": float(diff.mean()),
+        "paired": paired,
+        "steered_higher": bool(higher),
+    }
 
 
 def refusal_comparison(answers: dict[str, list[str]], treated: str, control: str) -> dict:
@@ -166,11 +190,7 @@ def steering_check(
         "steering_vector": "coefficient * mean_diff[layer]",
         "steering_norm": float(steer.norm()),
         "n": len(prompts),
-        "mean_projection_unsteered": float(scores["unsteered"].mean()),
-        "mean_projection_steered": float(scores["steered"].mean()),
-        "difference": float(scores["steered"].mean() - scores["unsteered"].mean()),
-        "cohens_d": cohens_d(scores["steered"], scores["unsteered"]),
-        "steered_higher": bool(scores["steered"].mean() > scores["unsteered"].mean()),
+        **projection_comparison(scores["steered"], scores["unsteered"]),
         **refusal_comparison(texts, "steered", "unsteered"),
         "refusal_phrases": list(REFUSAL_PHRASES),
         "examples": [
