@@ -69,23 +69,33 @@ def prefill(sources: Sources, page: Path) -> str:
     data = json.loads(path.read_text())
     names = list(data["comparisons"])
     traits = list(data["comparisons"][names[0]])
-    heads = [f"{n.replace('_vs_', ' vs ')} ({data['design'][n]['position']})" for n in names]
+    paired = {n for n in names if data["design"][n].get("paired")}  # d_z over requests, else d
+    size = {n: "cohens_dz" if n in paired else "cohens_d" for n in names}
+    heads = [
+        f"{n.replace('_vs_', ' vs ')} ({data['design'][n]['position']}{', paired' if n in paired else ''})"
+        for n in names
+    ]
     rows = [
         f"| `{t}` | "
-        + " | ".join(_effect(data["comparisons"][n][t], "cohens_d") for n in names)
-        + f" | F {data['interaction'][t]['f']:.2f}, p {data['interaction'][t]['p_value']:.2f} |"
+        + " | ".join(_effect(data["comparisons"][n][t], size[n]) for n in names)
+        + f" | {_interaction(data['interaction'][t])} |"
         for t in traits
     ]
     sizes = ", ".join(f"{c} {n}" for c, n in data["n_prompts"].items())
     return (
-        f"From [{path.name}]({_rel(path, page)}) (prompts per condition: {sizes}; Cohen's d with its "
-        f"95% bootstrap CI, uncorrected; {data['correction']}; the interaction: harmful x prefill on the "
-        "response, two-way ANOVA):\n\n"
+        f"From [{path.name}]({_rel(path, page)}) (prompts per condition: {sizes}; Cohen's d, or d_z where "
+        f"paired by request, with its 95% bootstrap CI, uncorrected; {data['correction']}; the "
+        "interaction: harmful x prefill on the response, each request's prefill effect, harmful minus "
+        "benign, with its 95% CI and Welch p):\n\n"
         f"| trait | {' | '.join(heads)} | interaction |\n|---|{'---|' * (len(names) + 1)}\n"
         + "\n".join(rows)
         + "\n\n"
         + _prefill_baselines(data)
     )
+
+
+def _interaction(r: dict) -> str:
+    return f"{r['difference']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], p {r['p_value']:.2g}"
 
 
 def _prefill_baselines(data: dict) -> str:

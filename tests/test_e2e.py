@@ -182,8 +182,11 @@ def test_prefill_experiment_reports_every_comparison(run_dir):
     for key in ("C2_vs_C4", "C1_vs_C2", "C1_vs_C3"):
         for trait in TRAITS:
             row = result["comparisons"][key][trait]
-            assert row["n_a"] == row["n_b"] == 5
-            assert row["ci_low"] <= row["cohens_d"] <= row["ci_high"] and row["p_holm"] >= row["p_value"]
+            paired = key == "C1_vs_C2"  # the same requests without and with the prefill
+            sizes = [row["n_pairs"]] if paired else [row["n_a"], row["n_b"]]
+            assert set(sizes) == {5}
+            effect = row["cohens_dz" if paired else "cohens_d"]
+            assert row["ci_low"] <= effect <= row["ci_high"] and row["p_holm"] >= row["p_value"]
     table = pd.read_parquet(run_dir / "results/projections/smollm2/prefill_conditions.parquet")
     c2 = conditions.loc[conditions["condition"] == "C2", "prompt_id"].iloc[0]
     steps = table[(table["prompt_id"] == c2) & (table["token_index"] >= 0)]

@@ -117,13 +117,18 @@ def test_check_config_names_the_bad_key(root):
             check_config({**section, **change}, config)
 
 
-def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
-    """Projections with a planted C2-vs-C4 effect from step `diverge_at` on, for one trait."""
+def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0, request_sd=0.0):
+    """Projections with a planted C2-vs-C4 effect from step `diverge_at` on, for one trait; each
+    request's rows (with and without the prefill) share a level drawn with sd `request_sd`."""
     rng = np.random.default_rng(seed)
     conditions = conditions_2x2(prompt_table("harmful", n), prompt_table("benign", n), [PREFILL])
+    levels = {
+        request: rng.normal(0, request_sd) for request in conditions["prompt_id"].str.split(":").str[-1]
+    }
     rows = []
     for r in conditions.itertuples():
         effect = shift if r.condition == "C2" else 0.0
+        level = levels[r.prompt_id.split(":")[-1]]
         base = {
             "prompt_id": r.prompt_id,
             "variant": "m",
@@ -135,7 +140,7 @@ def synthetic(tmp_path, n=12, shift=2.0, diverge_at=3, steps=8, seed=0):
         for position, value in (
             ("last_prompt", rng.normal()),
             ("prefill_mean", rng.normal() + effect),
-            ("response_mean", rng.normal() + effect + (r.condition in ("C1", "C2"))),
+            ("response_mean", rng.normal() + effect + (r.condition in ("C1", "C2")) + level),
         ):
             if position == "prefill_mean" and not r.prefill:
                 continue
@@ -203,8 +208,34 @@ def test_analysis_matches_scipy_on_planted_effects(tmp_path):
     expected = np.maximum.accumulate([min(1.0, (3 - i) * ps[j]) for i, j in enumerate(order)])
     assert np.allclose(np.array(holm)[order], expected)
     assert result["trajectory_divergence"]["safety/harm"]["first_step"] == 3
-    assert result["interaction"]["safety/harm"]["df_den"] == 4 * 12 - 4
+    assert result["interaction"]["safety/harm"]["n_a"] == result["interaction"]["safety/harm"]["n_b"] == 12
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prefill_effect_on_the_response_is_paired_by_request(tmp_path):
+    """C1 and C2 are the same requests without and with the prefill: requests that differ a lot
+    (sd 5) but each move by ~2 under the prefill. Paired, d_z is mean / sd of the per-request
+    differences (hand-computed below); as two independent groups the requests' spread would hide
+    the shift. The interaction compares the per-request prefill effects, harmful (C2 - C1)
+    against benign (C4 - C3), by Welch's t."""
+    projections, conditions = synthetic(tmp_path, request_sd=5.0, seed=4)
+    result = run_analysis(tmp_path)
+    rows = projections[(projections["position"] == "response_mean") & projections["chosen_layer"]]
+    score = rows.set_index("prompt_id")["score"]
+    ids = [f"harmful-{i}" for i in range(12)]
+    diff = np.array([score[f"C1:{i}"] - score[f"C2:p0:{i}"] for i in ids])
+    paired = result["comparisons"]["C1_vs_C2"]["safety/harm"]
+    assert paired["paired_by"] == "request" and paired["n_pairs"] == 12
+    assert paired["cohens_dz"] == pytest.approx(diff.mean() / diff.std(ddof=1))
+    assert paired["cohens_dz"] < -1 and paired["ci_high"] < 0 and paired["p_value"] < 1e-3
+    assert result["design"]["C1_vs_C2"]["paired"] and not result["design"]["C2_vs_C4"]["paired"]
+    benign = np.array([score[f"C4:p0:benign-{i}"] - score[f"C3:benign-{i}"] for i in range(12)])
+    harmful = -diff
+    se = np.sqrt(harmful.var(ddof=1) / 12 + benign.var(ddof=1) / 12)
+    interaction = result["interaction"]["safety/harm"]
+    assert interaction["difference"] == pytest.approx(harmful.mean() - benign.mean())
+    assert interaction["t"] == pytest.approx((harmful.mean() - benign.mean()) / se)
+    assert interaction["ci_low"] > 0 and interaction["p_value"] < 1e-3
 
 
 def test_no_divergence_without_an_effect(tmp_path):
@@ -274,6 +305,11 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
     by = result["C2_vs_C4_by_prefill"]
     assert set(by) == {"0", "1"} and by["1"]["safety/harm"]["n_a"] == 6
     assert by["1"]["safety/harm"]["cohens_d"] > by["0"]["safety/harm"]["cohens_d"] + 1
+    # C1 vs C2: each request's two prefilled answers pair with its one plain answer, resampled together
+    paired = result["comparisons"]["C1_vs_C2"]["safety/harm"]
+    assert (paired["n_pairs"], paired["n_clusters"]) == (12, 6) and paired[
+        "test"
+    ] == "paired_t on cluster means"
 
 
 def test_length_baseline_beside_the_harmful_vs_benign_comparisons(tmp_path):

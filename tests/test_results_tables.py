@@ -366,12 +366,14 @@ def test_prefill_region_shows_each_comparison_with_holm_p_and_the_baselines(tabl
         }
 
     names = {"C2_vs_C4": "prefill_mean", "C1_vs_C2": "response_mean", "C1_vs_C3": "last_prompt"}
+    comparisons = {n: {"t/a": group(1.5, 1.0, 2.0, 1e-7)} for n in names}
+    comparisons["C1_vs_C2"] = {"t/a": _paired(0.5, 0.17, 0.9, p_holm=0.087)}  # the same requests, d_z
     data = {
-        "design": {n: {"position": pos} for n, pos in names.items()},
+        "design": {n: {"position": pos, "paired": n == "C1_vs_C2"} for n, pos in names.items()},
         "n_prompts": {c: 30 for c in ("C1", "C2", "C3", "C4")},
-        "comparisons": {n: {"t/a": group(1.5, 1.0, 2.0, 1e-7)} for n in names},
+        "comparisons": comparisons,
         "correction": "Holm across traits and comparisons",
-        "interaction": {"t/a": {"f": 0.53, "p_value": 0.47}},
+        "interaction": {"t/a": {"difference": 0.327, "ci_low": -0.92, "ci_high": 1.57, "p_value": 0.6}},
         "trajectory_divergence": {"t/a": {"first_step": 3}},
         "baselines": {
             "bag_of_words_fitted_on": "prompts.parquet",
@@ -382,8 +384,9 @@ def test_prefill_region_shows_each_comparison_with_holm_p_and_the_baselines(tabl
     }
     (tmp_path / "prefill_default_x.json").write_text(json.dumps(data))
     text = _render(tables, tmp_path, "prefill")
-    assert "| trait | C2 vs C4 (prefill_mean) | C1 vs C2 (response_mean) | C1 vs C3 (last_prompt) |" in text
-    assert "| `t/a` | +1.50 [+1.00, +2.00], Holm p 1e-07 |" in text and "| F 0.53, p 0.47 |" in text
+    heads = "| trait | C2 vs C4 (prefill_mean) | C1 vs C2 (response_mean, paired) | C1 vs C3 (last_prompt) |"
+    cells = "| +1.50 [+1.00, +2.00], Holm p 1e-07 | +0.50 [+0.17, +0.90], Holm p 0.087 | +1.50"
+    assert heads in text and f"| `t/a` {cells}" in text and "| +0.33 [-0.92, +1.57], p 0.6 |" in text
     assert "| `t/a` | 0.840 | +0.140 [-0.100, +0.300] |" in text and "| 0.970* |" in text
     assert "| shared, 0.950 | 3 |" in text and "prompt length alone (AUC 0.700)" in text
 

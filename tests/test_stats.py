@@ -23,13 +23,13 @@ from traitscope.stats import (
     compare_paired,
     first_divergence,
     holm,
-    interaction_test,
     mean_with_ci,
     mean_with_t_ci,
     rate_difference_with_ci,
     relative_gain_paired,
     spearman,
     spearman_ci,
+    within_interaction,
     youden_threshold,
 )
 
@@ -451,101 +451,49 @@ def test_auc_with_ci_rejects_degenerate_input():
         auc_with_ci([1.0, np.nan], [0.0, 0.5])
 
 
-# --- interaction_test
+# --- within_interaction
 
 
-def _two_by_two(n_cells, effect, seed=0):
-    """y = a + 2b + effect*a*b + noise, with n_cells[(a, b)] observations per cell."""
-    rng = np.random.default_rng(seed)
-    a = np.concatenate([np.full(n, i) for (i, _), n in n_cells.items()])
-    b = np.concatenate([np.full(n, j) for (_, j), n in n_cells.items()])
-    y = a + 2.0 * b + effect * a * b + rng.normal(0, 1, len(a))
-    return y, a, b
-
-
-def test_interaction_balanced_closed_form():
-    n = 10
-    y, a, b = _two_by_two({(0, 0): n, (0, 1): n, (1, 0): n, (1, 1): n}, effect=0.8, seed=3)
-    m = {(i, j): y[(a == i) & (b == j)].mean() for i in (0, 1) for j in (0, 1)}
-    contrast = m[1, 1] - m[1, 0] - m[0, 1] + m[0, 0]
-    ss_interaction = n * contrast**2 / 4
-    ss_within = sum(((y[(a == i) & (b == j)] - m[i, j]) ** 2).sum() for i, j in m)
-    f_expected = ss_interaction / (ss_within / (4 * n - 4))
-    result = interaction_test(y, a, b)
-    assert result["f"] == pytest.approx(f_expected)
-    assert result["p_value"] == pytest.approx(f_dist.sf(f_expected, 1, 4 * n - 4))
-    assert result["interaction_coef"] == pytest.approx(contrast)
-    assert (result["df_num"], result["df_den"]) == (1, 4 * n - 4)
-    assert result["test"] == "OLS F-test of the a×b interaction (two-way ANOVA)"
+def test_within_interaction_hand_computed():
+    """Per-unit effects 1, 2, 3 (group a) and 0, 0, 1, 1 (group b): difference 2 - 0.5 = 1.5;
+    variances 1 and 1/3, standard error sqrt(1/3 + 1/12) = sqrt(5/12); Welch-Satterthwaite df
+    (5/12)^2 / ((1/3)^2 / 2 + (1/12)^2 / 3) = 3.2609."""
+    result = within_interaction([1.0, 2.0, 3.0], [0.0, 0.0, 1.0, 1.0])
+    se = np.sqrt(5 / 12)
+    df = (5 / 12) ** 2 / ((1 / 3) ** 2 / 2 + (1 / 12) ** 2 / 3)
+    assert result["difference"] == pytest.approx(1.5)
+    assert result["t"] == pytest.approx(1.5 / se) and result["df"] == pytest.approx(df)
+    assert result["p_value"] == pytest.approx(2 * t_dist.sf(1.5 / se, df))
+    half = t_dist.ppf(0.975, df) * se
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((1.5 - half, 1.5 + half))
+    assert (result["n_a"], result["n_b"]) == (3, 4)
     _plain_json(result)
 
 
-def test_interaction_hand_computed():
-    # cells (a, b): (0,0) = [0, 2], (0,1) = [1, 3], (1,0) = [1, 3], (1,1) = [6, 8]; means 1, 2, 2, 7
-    # contrast 7 - 2 - 2 + 1 = 4; SS_ab = n * contrast^2 / 4 = 8; SS_within = 4 cells * 2 = 8 on 4 df
-    # F = 8 / (8 / 4) = 4
-    y = [0.0, 2.0, 1.0, 3.0, 1.0, 3.0, 6.0, 8.0]
-    a = [0, 0, 0, 0, 1, 1, 1, 1]
-    b = [0, 0, 1, 1, 0, 0, 1, 1]
-    result = interaction_test(y, a, b)
-    assert result["f"] == pytest.approx(4.0)
-    assert result["interaction_coef"] == pytest.approx(4.0)
-    assert (result["df_num"], result["df_den"]) == (1, 4)
-    # F(1, 4) = t(4)^2, so p = P(|t_4| > 2)
-    assert result["p_value"] == pytest.approx(2 * t_dist.sf(2.0, 4))
+def test_within_interaction_reads_effects_a_cell_anova_cannot_see():
+    """Units that differ a lot from each other but move alike under the within factor: the
+    per-unit effects find a group difference of 0.5 that the units' spread would drown in a
+    two-way ANOVA of the four cells (which treats a unit's two measurements as independent)."""
+    rng = np.random.default_rng(0)
+    level_a, level_b = rng.normal(0, 5, 20), rng.normal(0, 5, 20)
+    without_a, without_b = level_a, level_b
+    with_a = level_a + 1.0 + rng.normal(0, 0.1, 20)
+    with_b = level_b + 0.5 + rng.normal(0, 0.1, 20)
+    result = within_interaction(with_a - without_a, with_b - without_b)
+    assert result["p_value"] < 1e-6 and result["ci_low"] > 0.3 and result["ci_high"] < 0.7
+    # the two-way ANOVA of the four cells (balanced, closed form) sees no interaction
+    cells = [without_a, with_a, without_b, with_b]
+    contrast = cells[1].mean() - cells[0].mean() - cells[3].mean() + cells[2].mean()
+    ss_within = sum(((c - c.mean()) ** 2).sum() for c in cells)
+    f = (20 * contrast**2 / 4) / (ss_within / (4 * 20 - 4))
+    assert contrast == pytest.approx(result["difference"]) and f_dist.sf(f, 1, 76) > 0.3
 
 
-def test_interaction_unbalanced_against_independent_fits():
-    y, a, b = _two_by_two({(0, 0): 7, (0, 1): 12, (1, 0): 5, (1, 1): 9}, effect=1.0, seed=4)
-    # full model = cell means; additive model by least squares on [1, a, b]
-    cells = [(a == i) & (b == j) for i in (0, 1) for j in (0, 1)]
-    rss_full = sum(((y[c] - y[c].mean()) ** 2).sum() for c in cells)
-    x = np.column_stack([np.ones_like(y), a, b])
-    rss_additive = ((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum()
-    df_den = len(y) - 4
-    f_expected = (rss_additive - rss_full) / (rss_full / df_den)
-    result = interaction_test(y, a, b)
-    assert result["f"] == pytest.approx(f_expected)
-    assert result["p_value"] == pytest.approx(f_dist.sf(f_expected, 1, df_den))
-    assert result["df_den"] == df_den
-
-
-def test_interaction_zero_vs_planted():
-    # the same noise pattern in every cell: the cell means are exactly additive
-    noise = np.random.default_rng(0).normal(0, 1, 8)
-    a = np.repeat([0, 0, 1, 1], 8)
-    b = np.repeat([0, 1, 0, 1], 8)
-    y = 1.0 + 0.5 * a - 2.0 * b + np.tile(noise, 4)
-    null = interaction_test(y, a, b)
-    assert null["f"] == pytest.approx(0.0, abs=1e-9)
-    assert null["p_value"] > 0.99
-    assert null["interaction_coef"] == pytest.approx(0.0, abs=1e-9)
-    planted = interaction_test(y + 3.0 * a * b, a, b)
-    assert planted["p_value"] < 1e-6
-    assert planted["interaction_coef"] == pytest.approx(3.0)
-
-
-def test_interaction_accepts_bool_factors():
-    y, a, b = _two_by_two({(0, 0): 4, (0, 1): 4, (1, 0): 4, (1, 1): 4}, effect=0.0, seed=5)
-    assert interaction_test(y, a.astype(bool), b.astype(bool)) == interaction_test(y, a, b)
-
-
-def test_interaction_rejects_degenerate_input():
-    y, a, b = _two_by_two({(0, 0): 3, (0, 1): 3, (1, 0): 3, (1, 1): 3}, effect=0.0)
-    with pytest.raises(ValueError, match="coded 0/1"):
-        interaction_test(y, np.where(a == 1, 2, 0), b)
-    with pytest.raises(ValueError, match="coded 0/1"):
-        interaction_test(y, a, np.where(b == 1, np.nan, 0.0))
-    with pytest.raises(ValueError, match="shape"):
-        interaction_test(y[:-1], a, b)
-    with pytest.raises(ValueError, match="at least 2 observations"):
-        interaction_test(y[1:-2], a[1:-2], b[1:-2])  # cell (1, 1) keeps a single row
-    with pytest.raises(ValueError, match="at least 2 observations"):
-        interaction_test(y, np.zeros_like(a), b)  # factor a has one level: cells a=1 are empty
-    with pytest.raises(ValueError, match="constant within every cell"):
-        interaction_test(a + 2.0 * b, a, b)
-    with pytest.raises(ValueError, match="NaN"):
-        interaction_test(np.where(a == 0, np.nan, y), a, b)
+def test_within_interaction_rejects_constant_effects():
+    with pytest.raises(ValueError, match="constant within both groups"):
+        within_interaction([1.0, 1.0], [2.0, 2.0])
+    with pytest.raises(ValueError):
+        within_interaction([1.0], [2.0, 3.0])
 
 
 # --- first_divergence

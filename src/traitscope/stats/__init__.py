@@ -15,8 +15,8 @@ from traitscope.stats.effects import (  # noqa: F401
     compare_groups,
     compare_paired,
     first_divergence,
-    interaction_test,
     relative_gain_paired,
+    within_interaction,
 )
 from traitscope.stats.rates import (  # noqa: F401
     holm,

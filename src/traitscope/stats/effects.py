@@ -1,14 +1,12 @@
 """Effect sizes and comparisons of groups: Cohen's d and d_z with CIs, paired gains, the 2x2
-interaction test and the first position where two groups diverge."""
+interaction of a within-unit factor and the first position where two groups diverge."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
-from statsmodels.stats.anova import anova_lm
 
 from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci
 from traitscope.stats.rates import holm
@@ -203,39 +201,27 @@ def relative_gain_paired(
     return {**record, "ci_low": low, "ci_high": high}
 
 
-def interaction_test(y: ArrayLike, factor_a: ArrayLike, factor_b: ArrayLike) -> dict:
-    """F-test of the a×b interaction in a 2×2 design: does b's effect on y depend on a?
-
-    OLS of `y ~ a * b` with a type 2 ANOVA table (statsmodels). For the interaction, the
-    highest-order term, type 2 and type 3 both compare the full model with the additive one
-    and give the same F, balanced or not; type 2 is used because its main-effect rows do not
-    depend on the 0/1 coding, whereas type 3's do.
-    """
-    y = _sample(y, "y")
-    factors = []
-    for name, f in (("factor_a", factor_a), ("factor_b", factor_b)):
-        f = np.asarray(f)
-        if f.shape != y.shape:
-            raise ValueError(f"{name} has shape {f.shape} but y has shape {y.shape}")
-        if not np.isin(f, (0, 1)).all():
-            raise ValueError(f"{name} must be coded 0/1, got values {np.unique(f).tolist()}")
-        factors.append(f.astype(float))
-    a, b = factors
-    cells = {(i, j): (a == i) & (b == j) for i in (0, 1) for j in (0, 1)}
-    small = {f"a={i},b={j}": int(m.sum()) for (i, j), m in cells.items() if m.sum() < 2}
-    if small:
-        raise ValueError(f"every a×b cell needs at least 2 observations, got {small}")
-    if all(np.ptp(y[m]) == 0 for m in cells.values()):
-        raise ValueError("y is constant within every cell: residual variance is zero, so F is undefined")
-    fit = smf.ols("y ~ a * b", data=pd.DataFrame({"y": y, "a": a, "b": b})).fit()
-    row = anova_lm(fit, typ=2).loc["a:b"]
+def within_interaction(effects_a: ArrayLike, effects_b: ArrayLike, level: float = 0.95) -> dict:
+    """The interaction of a 2x2 design with one factor within units and one between them (each
+    unit measured without and with the within factor; each unit in one group of the other):
+    the within factor's per-unit effects compared between the groups. Welch's t, so unequal
+    spreads are allowed; with pooled variances its t squared is the mixed ANOVA's interaction F.
+    A two-way ANOVA of the four cells would treat a unit's two measurements as independent."""
+    a, b = _sample(effects_a, "effects_a"), _sample(effects_b, "effects_b")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        raise ValueError("every per-unit effect is constant within both groups: Welch's t is undefined")
+    welch = _sps.ttest_ind(a, b, equal_var=False)
+    ci = welch.confidence_interval(level)
     return {
-        "f": float(row["F"]),
-        "df_num": int(row["df"]),
-        "df_den": int(fit.df_resid),
-        "p_value": float(row["PR(>F)"]),
-        "interaction_coef": float(fit.params["a:b"]),
-        "test": "OLS F-test of the a×b interaction (two-way ANOVA)",
+        "n_a": len(a),
+        "n_b": len(b),
+        "difference": float(a.mean() - b.mean()),
+        "ci_low": float(ci.low),
+        "ci_high": float(ci.high),
+        "t": float(welch.statistic),
+        "df": float(welch.df),
+        "p_value": float(welch.pvalue),
+        "test": "Welch t of the per-unit effects, group a vs group b",
     }
 
 

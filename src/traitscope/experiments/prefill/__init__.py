@@ -5,8 +5,11 @@ prefill. Each trait is scored at its chosen layer. Which position each compariso
 
 - C2 vs C4 (the key one): mean over the prefill tokens: identical text, different prompts.
 - C1 vs C3: the last prompt token (neither has a prefill).
-- C1 vs C2: the generated response: does a forced "Sure" suppress what comes next?
-- 2x2 interaction (harmful x prefill): the generated response, present in all four.
+- C1 vs C2: the generated response: does a forced "Sure" suppress what comes next? The same
+  requests with and without the prefill, so paired by request (d_z).
+- 2x2 interaction (harmful x prefill): the generated response, present in all four. Prefill is
+  within requests and harm between them, so the test compares the per-request prefill effects
+  (C2 - C1, C4 - C3) between harmful and benign requests (`within_interaction`).
 
 Per-token trajectories run from the last prompt token through the prefill into the first
 generated tokens (position 0 = last prompt token).
@@ -34,20 +37,23 @@ from traitscope.data.traits import contrast_pool, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.contract import CaptureRequest, Section, among_targets
 from traitscope.experiments.prefill import figures
+from traitscope.experiments.prefill.comparisons import (
+    COMPARISONS,
+    PAIRED,
+    chosen_rows,
+    compare_conditions,
+    pooled_scores,
+    prefill_interaction,
+)
 from traitscope.experiments.prefill.criteria import PREFILL_D_MIN, prefill_criteria
 from traitscope.experiments.prefill.settings import PrefillAnalysisSettings, PrefillConditionsSettings
 from traitscope.io import read_table, save_figure, write_json, write_parquet
 from traitscope.paths import projections_path, prompts_path
 from traitscope.settings import add_settings_argument
-from traitscope.stats import compare_groups, first_divergence, holm, interaction_test, mean_with_ci
+from traitscope.stats import compare_groups, first_divergence, mean_with_ci
 from traitscope.vectors.projection_table import read_projections
 
 OUT_DIR = "results/prefill"
-COMPARISONS = {
-    "C2_vs_C4": ("C2", "C4", "prefill_mean"),
-    "C1_vs_C2": ("C1", "C2", "response_mean"),
-    "C1_vs_C3": ("C1", "C3", "last_prompt"),
-}
 
 
 def conditions_2x2(harmful: pd.DataFrame, harmless: pd.DataFrame, prefills: Sequence[str]) -> pd.DataFrame:
@@ -161,23 +167,9 @@ def check_config(section: dict, config: dict) -> None:
         )
 
 
-def _chosen(projections: pd.DataFrame) -> pd.DataFrame:
-    table = projections[projections["chosen_layer"]]
-    if table.empty:
-        raise TraitscopeError("projections hold no row at a trait's chosen layer; rerun capture and project")
-    return table
-
-
-def pooled_scores(projections: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
-    """One row per (prompt, trait, pooled position) at the chosen layer, with its condition."""
-    pooled = _chosen(projections)
-    pooled = pooled[pooled["token_index"] == -1]
-    return pooled.merge(conditions[["prompt_id", "condition", "prefill_index"]], on="prompt_id")
-
-
 def trajectories(projections: pd.DataFrame, conditions: pd.DataFrame) -> pd.DataFrame:
     """Per-token scores at the chosen layer with `step` = token index - last prompt token."""
-    tokens = _chosen(projections)
+    tokens = chosen_rows(projections)
     tokens = tokens[tokens["token_index"] >= 0].copy()
     if tokens.empty:
         raise TraitscopeError("no per-token projections: capture the prefill set with token_segments")
@@ -259,20 +251,7 @@ def prefill_analysis(
     if missing:
         raise TraitscopeError(f"{projections_path}: no projections for trait(s) {', '.join(missing)}")
     pooled = pooled_scores(projections, conditions)
-    comparisons: dict[str, dict] = {}
-    for key, (a, b, position) in COMPARISONS.items():
-        comparisons[key] = {}
-        for trait in traits:
-            rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
-            xa = rows.loc[rows["condition"] == a, "score"].to_numpy()
-            xb = rows.loc[rows["condition"] == b, "score"].to_numpy()
-            comparisons[key][trait] = {
-                "position": position,
-                **compare_groups(xa, xb, n_boot=n_boot, seed=seed),
-            }
-    flat = [(k, t) for k in comparisons for t in comparisons[k]]
-    for (k, t), p in zip(flat, holm([comparisons[k][t]["p_value"] for k, t in flat])):
-        comparisons[k][t]["p_holm"] = p
+    comparisons = compare_conditions(pooled, traits, n_boot, seed)
     by_prefill: dict[str, dict] = {}
     prefills = sorted(i for i in pooled["prefill_index"].unique() if i >= 0)
     if len(prefills) > 1:  # the key comparison once per prefill (pooled above)
@@ -291,9 +270,7 @@ def prefill_analysis(
     condition_means: dict[str, dict] = {}  # the 2x2 cells as the grid figure draws them
     for trait in traits:
         rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == "response_mean")]
-        harmful = rows["condition"].isin(["C1", "C2"]).to_numpy(int)
-        prefilled = rows["condition"].isin(["C2", "C4"]).to_numpy(int)
-        interaction[trait] = interaction_test(rows["score"].to_numpy(), harmful, prefilled)
+        interaction[trait] = prefill_interaction(rows)
         scores = {c: rows.loc[rows["condition"] == c, "score"].to_numpy() for c in ("C1", "C2", "C3", "C4")}
         condition_means[trait] = {
             c: {"position": "response_mean", **mean_with_ci(x, n_boot=n_boot, seed=seed)}
@@ -311,7 +288,9 @@ def prefill_analysis(
             "test": "Welch t per step, Holm-corrected across steps",
         }
     result = {
-        "design": {k: {"a": a, "b": b, "position": p} for k, (a, b, p) in COMPARISONS.items()},
+        "design": {
+            k: {"a": a, "b": b, "position": p, "paired": k in PAIRED} for k, (a, b, p) in COMPARISONS.items()
+        },
         "n_prompts": conditions["condition"].value_counts().to_dict(),
         "prefills": sorted(set(conditions.loc[conditions["prefill"] != "", "prefill"])),
         "comparisons": comparisons,
