@@ -80,6 +80,15 @@ def above(low: float | None, high: float | None, threshold: float) -> str:
     return INCONCLUSIVE
 
 
+def any_above(cis: list[tuple[float | None, float | None]], threshold: float) -> str:
+    """Status of "some measure > threshold" over several: met when one CI clears the line, not
+    met when every CI lies under it, else inconclusive."""
+    statuses = [above(low, high, threshold) for low, high in cis]
+    if MET in statuses:
+        return MET
+    return NOT_MET if statuses and all(s == NOT_MET for s in statuses) else INCONCLUSIVE
+
+
 def within(low: float | None, high: float | None, lower: float, upper: float) -> str:
     """Status of "lower <= measure <= upper": met inside, not met when the CI misses the range."""
     if low is None or high is None:
