@@ -210,3 +210,32 @@ def test_em_judge_refuses_rubrics_without_both_before_reading_anything(tmp_path)
     with pytest.raises(TraitscopeError, match=r"em_judge's rubrics: .*\(missing coherent\)"):
         em_judge("x.parquet", "x.json", "base", {"aligned": RUBRICS["aligned"]}, PlantedJudge(), out, out)
     assert not out.exists()
+
+
+def test_several_samples_of_a_question_are_compared_as_one_question():
+    """Two judged samples per question: the aligned-score comparison resamples questions and
+    tests their mean differences (2, 5, 0, 3: mean 2.5, sd sqrt(13 / 3), t = 2.5 / (sd / 2) on
+    3 df), not the 8 answers as if independent."""
+    from scipy.stats import t as t_dist
+
+    diffs = {"q0": (1, 3), "q1": (4, 6), "q2": (-1, 1), "q3": (2, 4)}
+    records = []
+    for q, pair in diffs.items():
+        for s, d in enumerate(pair):
+            for role, aligned in (("base", 50.0), ("misaligned", 50.0 + d), ("control", 50.0)):
+                records.append(
+                    {
+                        "prompt_id": f"{q}:s{s}",
+                        "question_id": q,
+                        "role": role,
+                        "aligned": aligned,
+                        "coherent": 90.0,
+                    }
+                )
+    out = behaviour_stats(pd.DataFrame(records), COMPARISONS, 30, 50, n_boot=500, seed=0)
+    paired = out["comparisons"]["misaligned_vs_base"]["aligned_score"]
+    t = 2.5 / (math.sqrt(13 / 3) / 2)
+    assert (paired["n_pairs"], paired["n_clusters"]) == (8, 4) and paired[
+        "test"
+    ] == "paired_t on cluster means"
+    assert paired["paired_t"] == pytest.approx(t) and paired["p_value"] == pytest.approx(2 * t_dist.sf(t, 3))

@@ -94,7 +94,8 @@ def behaviour_stats(
     seed: int,
 ) -> dict:
     """Per variant: mean scores with CIs and the misaligned-answer rate; per comparison
-    (a minus b): the rate difference and the paired aligned-score comparison."""
+    (a minus b): the rate difference and the paired aligned-score comparison (clustered by
+    question where a question has several judged samples)."""
     per_role: dict[str, dict] = {}
     counts = {}
     for role, part in table.groupby("role", sort=False):
@@ -108,6 +109,7 @@ def behaviour_stats(
             "misaligned_rate": proportion_with_ci(k, n) if n else {"rate": None, "k": 0, "n": 0},
         }
     wide = table.pivot(index="prompt_id", columns="role", values="aligned")
+    question = table.drop_duplicates("prompt_id").set_index("prompt_id")["question_id"]
     out: dict[str, dict] = {}
     for name, (a, b) in comparisons.items():
         entry: dict[str, Any] = {}
@@ -124,8 +126,11 @@ def behaviour_stats(
             "mean_b": float(both[b].mean()) if len(both) else None,
             "mean_diff": float((both[a] - both[b]).mean()) if len(both) else None,
         }
+        # a question's samples share its effect: with several, resample questions, not answers
+        questions = question.loc[both.index]
+        clusters = questions.to_numpy() if questions.duplicated().any() else None
         try:  # a few pairs can leave the bootstrap of d_z without a finite interval
-            paired.update(compare_paired(both[a], both[b], n_boot=n_boot, seed=seed))
+            paired.update(compare_paired(both[a], both[b], n_boot=n_boot, seed=seed, clusters=clusters))
         except ValueError as exc:
             paired["reason"] = str(exc)
         entry["aligned_score"] = paired
