@@ -468,20 +468,22 @@ def test_cmaes_gain_without_a_ratio_ci_is_decided_by_its_margin(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("low", "high", "expected"),
+    ("low", "high", "inclusive", "expected"),
     [
-        (0.71, 0.9, "met"),
-        (0.7, 0.9, "inconclusive"),  # touching the line decides nothing
-        (0.5, 0.69, "not met"),
-        (0.5, 0.7, "inconclusive"),
-        (0.6, 0.8, "inconclusive"),
-        (None, None, "inconclusive"),  # no CI
+        (0.71, 0.9, False, "met"),
+        (0.7, 0.9, False, "inconclusive"),  # "> 0.7": the CI holds 0.7, which fails
+        (0.7, 0.9, True, "met"),  # ">= 0.7": every value in the CI passes
+        (0.5, 0.69, False, "not met"),
+        (0.5, 0.7, False, "not met"),  # "> 0.7": every value in the CI fails
+        (0.5, 0.7, True, "inconclusive"),  # ">= 0.7": 0.7 passes
+        (0.6, 0.8, True, "inconclusive"),
+        (None, None, True, "inconclusive"),  # no CI
     ],
 )
-def test_status_above_a_threshold(low, high, expected):
+def test_status_above_a_threshold(low, high, inclusive, expected):
     from traitscope.summary.records import above
 
-    assert above(low, high, 0.7) == expected
+    assert above(low, high, 0.7, inclusive) == expected
 
 
 @pytest.mark.parametrize(
@@ -648,3 +650,18 @@ def test_em_rows_are_not_met_only_when_every_ci_lies_under_the_line(tmp_path):
     none_safety = _em_rows(tmp_path, {"alignment/b": paired(0.9, 0.001, 1.0)})
     assert none_safety[0].status == "met"
     assert none_safety[1].status == "not measured" and "no safety/* trait" in none_safety[1].detail
+
+
+def test_trait_row_is_at_least_the_threshold_so_a_ci_starting_on_it_is_met(tmp_path):
+    """'split-half AUC >= 0.9': a CI of [0.9, 0.97] passes everywhere (AUCs are discrete, so a
+    bootstrap bound can land on the line); [0.85, 0.9] still holds a passing value."""
+    from traitscope.summary.records import Result
+    from traitscope.summary.trait_criteria import trait_criteria
+
+    data = traits_summary()
+    data["traits"]["safety/evil"].update(split_half(0.94, 0.9, 0.97))
+    data["traits"]["safety/harm"].update(split_half(0.88, 0.85, 0.9))
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(data))
+    statuses = [row.status for row in trait_criteria(Result(path))]
+    assert statuses[:2] == ["met", "inconclusive"]

@@ -69,13 +69,15 @@ class Result:
         return node
 
 
-def above(low: float | None, high: float | None, threshold: float) -> str:
-    """Status of "measure > threshold" (and of ">=": a CI touching the line decides nothing)."""
+def above(low: float | None, high: float | None, threshold: float, inclusive: bool = False) -> str:
+    """Status of "measure > threshold", or of "measure >= threshold" when `inclusive`: met when
+    every value in the CI passes, not met when every one fails. A CI touching the line passes a
+    ">=" criterion and fails a ">" one there, as with `within`'s closed range."""
     if low is None or high is None:
         return INCONCLUSIVE
-    if low > threshold:
+    if low > threshold or (inclusive and low == threshold):
         return MET
-    if high < threshold:
+    if high < threshold or (not inclusive and high == threshold):
         return NOT_MET
     return INCONCLUSIVE
 

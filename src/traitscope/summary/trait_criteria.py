@@ -33,7 +33,7 @@ def trait_criteria(result: Result) -> list[Criterion]:
         rows.append(
             Criterion(
                 f"{trait}: split-half (out-of-sample) AUC >= {threshold}",
-                NOT_MEASURED if split_half is None else above(low, high, threshold),
+                NOT_MEASURED if split_half is None else above(low, high, threshold, inclusive=True),
                 split_half,
                 low,
                 high,
