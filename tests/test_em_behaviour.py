@@ -239,3 +239,8 @@ def test_several_samples_of_a_question_are_compared_as_one_question():
         "test"
     ] == "paired_t on cluster means"
     assert paired["paired_t"] == pytest.approx(t) and paired["p_value"] == pytest.approx(2 * t_dist.sf(t, 3))
+    # the misaligned-answer rates likewise: over questions, not Wilson over answers
+    rate = out["variants"]["misaligned"]["misaligned_rate"]
+    assert (rate["k"], rate["n"], rate["n_clusters"]) == (0, 8, 4) and "over clusters" in rate["ci"]
+    difference = out["comparisons"]["misaligned_vs_base"]["misaligned_rate_difference"]
+    assert difference["difference"] == 0 and "over clusters" in difference["ci"]

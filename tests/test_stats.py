@@ -18,6 +18,7 @@ from traitscope.stats import (
     auc_with_ci,
     bootstrap_ci,
     clustered_dz_ci,
+    clustered_rates,
     cohens_d,
     compare_groups,
     compare_paired,
@@ -25,6 +26,7 @@ from traitscope.stats import (
     holm,
     mean_with_ci,
     mean_with_t_ci,
+    proportion_with_ci,
     rate_difference_with_ci,
     relative_gain_paired,
     spearman,
@@ -791,3 +793,36 @@ def test_mean_with_t_ci_by_hand():
     assert two["ci_high"] - two["mean"] == pytest.approx(0.315688, abs=1e-6)
     with pytest.raises(ValueError):
         mean_with_t_ci([0.5])
+
+
+# --- clustered_rates
+
+
+def test_clustered_rates_hand_computed_and_wider_than_wilson_when_clusters_agree():
+    """Ten questions of 4 samples, all misaligned in 3 questions and none in 7: the rate is
+    12 / 40 either way, but only 10 independent draws back it. Resampling questions widens the CI
+    past Wilson's over 40 answers; the difference's point estimate is the rates' difference."""
+    k = np.array([[4, 0]] * 3 + [[0, 0]] * 7, dtype=float)
+    n = np.full_like(k, 4.0)
+    n[0, 1] = 0  # question 0 has no eligible answer of the second variant
+    rates, difference = clustered_rates(k, n, n_boot=2000, seed=0)
+    assert rates[0]["rate"] == pytest.approx(12 / 40) and (rates[0]["k"], rates[0]["n"]) == (12, 40)
+    assert rates[1]["rate"] == 0.0 and (rates[1]["n"], rates[1]["n_clusters"]) == (36, 9)
+    wilson = proportion_with_ci(12, 40)
+    assert rates[0]["ci_high"] - rates[0]["ci_low"] > 1.3 * (wilson["ci_high"] - wilson["ci_low"])
+    assert rates[0]["ci_low"] <= 0.3 <= rates[0]["ci_high"] and rates[1]["ci_low"] == rates[1]["ci_high"] == 0
+    assert (
+        difference["difference"] == pytest.approx(0.3)
+        and difference["ci_low"] <= 0.3 <= difference["ci_high"]
+    )
+
+
+def test_clustered_rates_of_clusters_alike_have_no_spread_and_bad_counts_are_refused():
+    rates, difference = clustered_rates([[1], [2], [3]], [[2], [4], [6]], n_boot=200)
+    assert rates[0]["rate"] == rates[0]["ci_low"] == rates[0]["ci_high"] == 0.5 and difference is None
+    with pytest.raises(ValueError, match="0..n"):
+        clustered_rates([[3], [0]], [[2], [2]])
+    with pytest.raises(ValueError, match="clusters >= 2"):
+        clustered_rates([[1]], [[2]])
+    with pytest.raises(ValueError, match="no answers in any cluster"):
+        clustered_rates([[0, 0], [0, 0]], [[1, 0], [1, 0]])

@@ -19,6 +19,7 @@ from traitscope.stats.effects import (  # noqa: F401
     within_interaction,
 )
 from traitscope.stats.rates import (  # noqa: F401
+    clustered_rates,
     holm,
     mean_with_t_ci,
     proportion_with_ci,

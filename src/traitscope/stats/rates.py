@@ -1,5 +1,6 @@
 """Rates, p-value corrections, rank correlation and small-sample means: Holm, Wilson and
-Newcombe intervals, Spearman's rho with its CI, Student's t interval of a mean."""
+Newcombe intervals, rates over clustered answers, Spearman's rho with its CI, Student's t
+interval of a mean."""
 
 from __future__ import annotations
 
@@ -60,6 +61,72 @@ def rate_difference_with_ci(k1: int, n1: int, k2: int, n2: int, level: float = 0
         "n_b": b["n"],
         "ci": "Newcombe hybrid score (from Wilson intervals)",
     }
+
+
+def _cluster_ratios(k: np.ndarray, n: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, g] ratios sum k / sum n per column of `k`, `n` ([clusters, g]), each resample
+    drawing whole clusters (rows) with replacement; NaN where a resample's n sums to 0."""
+    m = k.shape[0]
+    picks = np.random.default_rng(seed).integers(0, m, size=(n_boot, m))
+    counts = np.stack([np.bincount(row, minlength=m) for row in picks])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ k) / (counts @ n)
+
+
+def clustered_rates(
+    k: ArrayLike, n: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[list[dict], dict | None]:
+    """Rates whose answers come in clusters (a question's samples share its pull), each sum k /
+    sum n with a percentile CI that resamples clusters, and, for two columns, their difference
+    over the same clusters resampled together. Wilson and Newcombe count answers as independent,
+    which narrows the CI when a cluster's answers agree. `k`, `n`: [clusters, columns] counts.
+    A resample whose clusters hold no answer of a column has no rate: the CI is taken over the
+    others, and is None when they are under 95% of the resamples."""
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    if k.ndim != 2 or k.shape != n.shape or k.shape[0] < 2:
+        raise ValueError(f"k and n must be [clusters >= 2, columns] alike, got {k.shape} and {n.shape}")
+    if ((k < 0) | (k > n)).any():
+        raise ValueError("every cluster's k must lie in 0..n")
+    if (n.sum(axis=0) == 0).any():
+        raise ValueError("a column has no answers in any cluster")
+    boot = _cluster_ratios(k, n, n_boot, seed)
+    tail = (1 - level) / 2 * 100
+
+    def interval(values: np.ndarray) -> tuple[float, float] | None:
+        values = values[~np.isnan(values)]  # resamples without an answer of a column: no rate
+        if len(values) < 0.95 * n_boot:
+            return None
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return float(low), float(high)
+
+    rates = []
+    for j in range(k.shape[1]):
+        ci = interval(boot[:, j])
+        rates.append(
+            {
+                "rate": float(k[:, j].sum() / n[:, j].sum()),
+                "ci_low": None if ci is None else ci[0],
+                "ci_high": None if ci is None else ci[1],
+                "k": int(k[:, j].sum()),
+                "n": int(n[:, j].sum()),
+                "n_clusters": int((n[:, j] > 0).sum()),
+                "ci": "percentile bootstrap over clusters (questions)",
+            }
+        )
+    if k.shape[1] != 2:
+        return rates, None
+    ci = interval(boot[:, 0] - boot[:, 1])
+    difference = {
+        "difference": rates[0]["rate"] - rates[1]["rate"],
+        "ci_low": None if ci is None else ci[0],
+        "ci_high": None if ci is None else ci[1],
+        "k_a": rates[0]["k"],
+        "n_a": rates[0]["n"],
+        "k_b": rates[1]["k"],
+        "n_b": rates[1]["n"],
+        "ci": "percentile bootstrap over clusters (questions), both rates resampled together",
+    }
+    return rates, difference
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> dict:

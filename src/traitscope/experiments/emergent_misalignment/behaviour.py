@@ -28,7 +28,13 @@ from traitscope.experiments.emergent_misalignment.settings import EMBehaviourSet
 from traitscope.io import read_json, read_table, write_json, write_parquet
 from traitscope.judge import add_judge_arguments, judge_from_args
 from traitscope.settings import add_settings_argument
-from traitscope.stats import compare_paired, mean_with_ci, proportion_with_ci, rate_difference_with_ci
+from traitscope.stats import (
+    clustered_rates,
+    compare_paired,
+    mean_with_ci,
+    proportion_with_ci,
+    rate_difference_with_ci,
+)
 
 RUBRICS = ("aligned", "coherent")
 
@@ -71,10 +77,37 @@ def judge_answers(
     return pd.concat(parts, ignore_index=True)
 
 
-def misaligned_counts(table: pd.DataFrame, aligned_below: float, coherent_above: float) -> tuple[int, int]:
-    """(misaligned, eligible): eligible answers are coherent with an alignment score."""
+def _flags(table: pd.DataFrame, aligned_below: float, coherent_above: float) -> tuple[pd.Series, pd.Series]:
+    """(misaligned, eligible) per answer: eligible answers are coherent with an alignment score."""
     eligible = (table["coherent"] > coherent_above) & table["aligned"].notna()
-    return int((eligible & (table["aligned"] < aligned_below)).sum()), int(eligible.sum())
+    return eligible & (table["aligned"] < aligned_below), eligible
+
+
+def misaligned_counts(table: pd.DataFrame, aligned_below: float, coherent_above: float) -> tuple[int, int]:
+    """(misaligned, eligible) answers of a table."""
+    misaligned, eligible = _flags(table, aligned_below, coherent_above)
+    return int(misaligned.sum()), int(eligible.sum())
+
+
+def question_counts(table: pd.DataFrame, aligned_below: float, coherent_above: float) -> pd.DataFrame:
+    """Per question and variant: misaligned answers ("k", role) and eligible ones ("n", role)."""
+    misaligned, eligible = _flags(table, aligned_below, coherent_above)
+    flags = table.assign(k=misaligned.astype(int), n=eligible.astype(int))
+    return flags.pivot_table(
+        index="question_id", columns="role", values=["k", "n"], aggfunc="sum", fill_value=0
+    )
+
+
+def _clustered(
+    by_question: pd.DataFrame, roles: list[str], n_boot: int, seed: int
+) -> tuple[list[dict], dict | None]:
+    """`clustered_rates` of these variants over the questions; a reason instead where the
+    questions are too few to resample."""
+    try:
+        return clustered_rates(by_question["k"][roles], by_question["n"][roles], n_boot=n_boot, seed=seed)
+    except ValueError as exc:
+        reason = {"rate": None, "reason": str(exc)}
+        return [reason] * len(roles), {"difference": None, "reason": str(exc)}
 
 
 def _mean(x: pd.Series, n_boot: int, seed: int) -> dict:
@@ -94,19 +127,27 @@ def behaviour_stats(
     seed: int,
 ) -> dict:
     """Per variant: mean scores with CIs and the misaligned-answer rate; per comparison
-    (a minus b): the rate difference and the paired aligned-score comparison (clustered by
-    question where a question has several judged samples)."""
+    (a minus b): the rate difference and the paired aligned-score comparison. Where a question
+    has several judged samples, the rates' CIs and the comparison resample questions."""
     per_role: dict[str, dict] = {}
     counts = {}
+    by_question = question_counts(table, aligned_below, coherent_above)
+    clustered = bool(table.groupby(["role", "question_id"]).size().max() > 1)
     for role, part in table.groupby("role", sort=False):
         k, n = misaligned_counts(part, aligned_below, coherent_above)
         counts[role] = (k, n)
+        if not n:
+            rate = {"rate": None, "k": 0, "n": 0}
+        elif clustered:
+            rate = _clustered(by_question, [role], n_boot, seed)[0][0]
+        else:
+            rate = proportion_with_ci(k, n)
         per_role[role] = {
             "n_answers": len(part),
             **{f"n_no_score_{name}": int(part[name].isna().sum()) for name in RUBRICS},
             **{f"{name}_score": _mean(part[name], n_boot, seed) for name in RUBRICS},
             "n_coherent": n,
-            "misaligned_rate": proportion_with_ci(k, n) if n else {"rate": None, "k": 0, "n": 0},
+            "misaligned_rate": rate,
         }
     wide = table.pivot(index="prompt_id", columns="role", values="aligned")
     question = table.drop_duplicates("prompt_id").set_index("prompt_id")["question_id"]
@@ -114,11 +155,12 @@ def behaviour_stats(
     for name, (a, b) in comparisons.items():
         entry: dict[str, Any] = {}
         (ka, na), (kb, nb) = counts[a], counts[b]
-        entry["misaligned_rate_difference"] = (
-            rate_difference_with_ci(ka, na, kb, nb)
-            if na and nb
-            else {"difference": None, "reason": "no coherent answer"}
-        )
+        if not (na and nb):
+            entry["misaligned_rate_difference"] = {"difference": None, "reason": "no coherent answer"}
+        elif clustered:
+            entry["misaligned_rate_difference"] = _clustered(by_question, [a, b], n_boot, seed)[1]
+        else:
+            entry["misaligned_rate_difference"] = rate_difference_with_ci(ka, na, kb, nb)
         both = wide[[a, b]].dropna()
         paired = {
             "n_pairs": len(both),
@@ -196,8 +238,9 @@ def em_behaviour(
         "judge": calls[first]["judge"],
         "judge_calls": {role: c["judge_calls"] for role, c in calls.items()},
         **behaviour_stats(table, comparisons, aligned_below, coherent_above, n_boot, seed),
-        "design": "rate CIs Wilson, rate differences Newcombe; aligned scores paired t / Wilcoxon / d_z "
-        "over the rows where both answers were scored",
+        "design": "one sample per question: rate CIs Wilson, rate differences Newcombe, aligned "
+        "scores paired t / Wilcoxon / d_z over the rows where both answers were scored; several: "
+        "the same resampling and testing questions (each CI's `ci` and the test's `test` say which)",
     }
     write_json(out_json, result)
     return result
