@@ -305,6 +305,14 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
     by = result["C2_vs_C4_by_prefill"]
     assert set(by) == {"0", "1"} and by["1"]["safety/harm"]["n_a"] == 6
     assert by["1"]["safety/harm"]["cohens_d"] > by["0"]["safety/harm"]["cohens_d"] + 1
+    # pooled over the prefills, C2 vs C4 counts requests (6 + 6), each the mean of its two answers
+    pooled = result["comparisons"]["C2_vs_C4"]["safety/harm"]
+    table = pd.DataFrame(rows).merge(conditions[["prompt_id", "condition"]], on="prompt_id")
+    c2 = table[(table["condition"] == "C2") & (table["position"] == "prefill_mean")]
+    means = c2.groupby(c2["prompt_id"].str.split(":").str[-1])["score"].mean()
+    assert (pooled["n_a"], pooled["n_b"]) == (6, 6) and pooled["mean_a"] == pytest.approx(means.mean())
+    beside = result["baselines"]["C2_vs_C4"]  # and so do the surface baselines beside it
+    assert (beside["n_harmful"], beside["n_benign"]) == (6, 6)
     # C1 vs C2: each request's two prefilled answers pair with its one plain answer, resampled together
     paired = result["comparisons"]["C1_vs_C2"]["safety/harm"]
     assert (paired["n_pairs"], paired["n_clusters"]) == (12, 6) and paired[

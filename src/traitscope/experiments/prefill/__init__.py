@@ -42,6 +42,7 @@ from traitscope.experiments.prefill.comparisons import (
     PAIRED,
     chosen_rows,
     compare_conditions,
+    per_request,
     pooled_scores,
     prefill_interaction,
 )
@@ -213,7 +214,7 @@ def surface_baselines(
         out[key] = {"position": position, "traits": {}}
         for trait in traits:
             rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == position)]
-            ra, rb = rows[rows["condition"] == a], rows[rows["condition"] == b]
+            ra, rb = per_request(rows, a), per_request(rows, b)
             surface = baselines.baseline_scores(
                 [texts[i] for i in ra["prompt_id"]], [texts[i] for i in rb["prompt_id"]], bows
             )

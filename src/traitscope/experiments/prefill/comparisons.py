@@ -68,8 +68,17 @@ def prefill_interaction(rows: pd.DataFrame) -> dict:
     }
 
 
+def per_request(rows: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """A condition's rows, one per request (its first prompt_id, its mean score): with several
+    prefills a request's prefilled answers are averaged, so groups count requests, not
+    (request, prefill) rows."""
+    part = rows[rows["condition"] == condition]
+    return part.groupby("request", sort=False).agg(prompt_id=("prompt_id", "first"), score=("score", "mean"))
+
+
 def compare_conditions(pooled: pd.DataFrame, traits: list[str], n_boot: int, seed: int) -> dict:
-    """Every comparison of COMPARISONS per trait, Holm-corrected across traits and comparisons."""
+    """Every comparison of COMPARISONS per trait, Holm-corrected across traits and comparisons;
+    the unpaired ones over requests (`per_request`)."""
     comparisons: dict[str, dict] = {}
     for key, (a, b, position) in COMPARISONS.items():
         comparisons[key] = {}
@@ -78,8 +87,7 @@ def compare_conditions(pooled: pd.DataFrame, traits: list[str], n_boot: int, see
             if key in PAIRED:
                 compared = compare_with_prefill(rows, n_boot, seed)
             else:
-                xa = rows.loc[rows["condition"] == a, "score"].to_numpy()
-                xb = rows.loc[rows["condition"] == b, "score"].to_numpy()
+                xa, xb = (per_request(rows, c)["score"].to_numpy() for c in (a, b))
                 compared = compare_groups(xa, xb, n_boot=n_boot, seed=seed)
             comparisons[key][trait] = {"position": position, **compared}
     flat = [(k, t) for k in comparisons for t in comparisons[k]]
