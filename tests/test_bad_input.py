@@ -263,6 +263,64 @@ def test_schema_names_the_bad_key(root, tmp_path):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c.update(extracton={}), "unknown key 'extracton' (did you mean 'extraction'?)"),
+        (
+            lambda c: c["extraction"].update(max_new_tokenz=4),
+            "unknown key 'max_new_tokenz' under extraction (did you mean 'max_new_tokens'?)",
+        ),
+        (
+            lambda c: c["finetune"].update(lr="2e-4"),  # what YAML makes of `lr: 2e-4`
+            "invalid value at finetune.lr: '2e-4' is not of type 'number': YAML reads 2e-4 as text; "
+            "write it with a dot, e.g. 2.0e-4",
+        ),
+        (
+            lambda c: c["traits"].append("harm"),
+            "invalid value at traits.7: name traits as '<group>/<trait>', e.g. safety/evil",
+        ),
+        (
+            lambda c: c["models"]["smollm2"].update(path="/elsewhere"),  # an overlay's merge
+            "invalid value at models.smollm2: give a variant exactly one source",
+        ),
+        (
+            lambda c: c["models"].update(mine={"dtype": "auto"}),
+            "invalid value at models.mine: give a variant exactly one source",
+        ),
+    ],
+    ids=[
+        "top_level_typo",
+        "nested_typo",
+        "exponent_as_text",
+        "trait_without_group",
+        "two_sources",
+        "no_source",
+    ],
+)
+def test_schema_errors_say_what_to_write(root, tmp_path, edit, message):
+    """jsonschema's words ("Additional properties are not allowed", "is valid under each of")
+    become the config's: the unknown key and its near miss, the number YAML read as text, the
+    trait's naming rule, one source per model variant."""
+    from traitscope.config import load_config
+
+    bad = yaml.safe_load((root / "config/config.yaml").read_text())
+    edit(bad)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(TraitscopeError, match=re.escape(f"{path}: {message}")):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
+
+
+def test_validate_config_takes_a_relative_schema_path(root, capsys, monkeypatch):
+    monkeypatch.chdir(root)
+    assert (
+        main(["validate-config", "--schema", "workflow/schemas/config.schema.yaml", "config/config.yaml"])
+        == 0
+    )
+    assert capsys.readouterr().out == "config/config.yaml: valid\n"
+
+
 def test_bad_prompt_sources_and_contrast_fields_are_named_before_running(root, tmp_path):
     """A prompt set or a contrast trait's side that names a dataset but none of its files, or a
     seed or match_length of the wrong type, fails validation naming the key or the trait file,

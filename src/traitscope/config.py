@@ -10,6 +10,8 @@ so this module names none of them. Everything runs before any job starts.
 from __future__ import annotations
 
 import copy
+import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ def load_schema(schema_path: str | Path) -> dict:
     Inlining keeps default-filling working inside fragments, which Snakemake's own
     `validate` does not do across file references.
     """
-    schema_path = Path(schema_path)
+    schema_path = Path(schema_path).resolve()  # fragments are found beside it, from any cwd
     schema = load_core_schema(schema_path)
     # each registered experiment brings its own section's fragment
     from traitscope.experiments.contract import registered, schema_file
@@ -112,17 +114,43 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
-        while err.context:  # anyOf/oneOf: the deepest error of an alternative names the key
+        # anyOf/oneOf: the deepest error of an alternative names the key, unless the schema
+        # says what the alternatives are for (`x-error`)
+        while err.context and not _message_of(err):
             err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
         raise invalid_value(source, [], err)
     check_capture_overrides(config, schema, source)
     return config
 
 
+NUMBER_AS_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")  # YAML 1.1 reads 2e-4 as text
+
+
+def _message_of(err: Any) -> str | None:
+    """The schema's own message for this error (`x-error`: one, or one per keyword), if any."""
+    reason = err.schema.get("x-error") if isinstance(err.schema, dict) else None
+    return reason.get(err.validator) if isinstance(reason, dict) else reason
+
+
 def invalid_value(source: str, prefix: list[str], err: Any) -> TraitscopeError:
-    """One line for a schema error: where it came from, the key (under `prefix`), the reason."""
-    key = ".".join([*prefix, *(str(p) for p in err.absolute_path)]) or "(top level)"
-    return TraitscopeError(f"{source}: invalid value at {key}: {err.message}")
+    """One line for a schema error: where it came from, the key (under `prefix`), the reason,
+    said in the config's words where jsonschema's are not (an unknown key, a number YAML read
+    as text, a schema's own `x-error`: a message, or one per failing keyword)."""
+    path = [*prefix, *(str(p) for p in err.absolute_path)]
+    key = ".".join(path) or "(top level)"
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in known]
+        if unknown:
+            near = difflib.get_close_matches(str(unknown[0]), known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(known)}"
+            where = f" under {key}" if path else ""
+            return TraitscopeError(f"{source}: unknown key {unknown[0]!r}{where}{hint}")
+    reason = _message_of(err)
+    if reason is None and err.validator == "type" and isinstance(err.instance, str):
+        if NUMBER_AS_TEXT.match(err.instance):
+            reason = f"{err.message}: YAML reads {err.instance} as text; write it with a dot, e.g. 2.0e-4"
+    return TraitscopeError(f"{source}: invalid value at {key}: {reason or err.message}")
 
 
 def _without_defaults(node: Any) -> Any:
