@@ -350,6 +350,22 @@ def test_bad_prompt_sources_and_contrast_fields_are_named_before_running(root, t
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(TraitscopeError, match=r"prompt_sets\.mine: my_requests\.json is not named harmful_"):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
+    # a misspelled file name is refused at validation, naming the trait file or the prompt set
+    negative = trait["negative"]
+    trait["negative"] = {"dataset": "refusal_direction", "file": "harmless_trian.json"}
+    trait_file.write_text(yaml.safe_dump(trait))
+    with pytest.raises(
+        TraitscopeError, match=rf"{trait_file}: 'negative': dataset 'refusal_direction' has no file"
+    ):
+        read_trait(trait_file)
+    bad["prompt_sets"]["mine"] = {"dataset": "harmbench", "file": "harmbench_behaviors_text_vall.csv"}
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(
+        TraitscopeError,
+        match=r"prompt_sets\.mine: dataset 'harmbench' has no file 'harmbench_behaviors_text_vall",
+    ):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
+    trait["negative"] = negative
     for key, value in (("seed", "abc"), ("match_length", "false")):
         trait_file.write_text(yaml.safe_dump({**trait, key: value}))
         with pytest.raises(

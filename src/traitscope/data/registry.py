@@ -128,7 +128,8 @@ def missing_source(spec: dict, labelled: bool = False) -> str | None:
     dataset needs `file` (one of its files) or `path` (a local copy); BeaverTails (a split) and
     AdvBench from the hub need neither. An instruction file's rows are harmful or harmless by
     its name (harmful_*, harmless_*), so a file named otherwise needs `label` unless the caller
-    labels the rows (`labelled`: a contrast trait's sides)."""
+    labels the rows (`labelled`: a contrast trait's sides). A `file` must be one of the dataset's
+    known files: a misspelled name would otherwise pass the dry-run and fail in its job."""
     dataset = spec.get("dataset")
     if dataset == "parquet":
         return None if spec.get("path") else "dataset parquet needs path: (a prompt-set Parquet file)"
@@ -137,6 +138,11 @@ def missing_source(spec: dict, labelled: bool = False) -> str | None:
     name = Path(spec.get("path") or spec.get("file") or "").name
     if not name:
         return f"dataset {dataset} needs file: (one of its files) or path: (a local file)"
+    if not spec.get("path"):  # a file fetched by name: one the registry knows, checked up front
+        try:
+            source(dataset).file(spec["file"])
+        except TraitscopeError as exc:
+            return str(exc)
     if dataset == "refusal_direction" and not labelled and "label" not in spec:
         if not name.startswith(("harmful", "harmless")):
             return f"{name} is not named harmful_* or harmless_*; give label: 1 (harmful) or 0 (harmless)"
