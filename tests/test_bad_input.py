@@ -408,8 +408,8 @@ def test_validate_config_bad_file_is_one_line(root, tmp_path, monkeypatch, capsy
     assert main(["validate-config", "bad.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     models = ", ".join(sorted(bad["models"]))  # safe_dump wrote the keys sorted
-    message = f"base_model: variant 'ghost' is not defined under models: ({models})"
-    assert err == [f"traitscope validate-config: error: {message}"]
+    message = f"bad.yaml: base_model: variant 'ghost' is not defined under models: ({models})"
+    assert err == [f"traitscope validate-config: error: {message}"]  # the file named, as for schema errors
 
 
 def test_validate_config_refuses_one_set_captured_two_ways(root, tmp_path, capsys):

@@ -380,8 +380,12 @@ def load_config(paths: str | Path | list[str | Path], schema_path: str | Path | 
         overlays = merge(overlays, data)
     config = merge(files[0], overlays)
     schema = Path(schema_path) if schema_path else find_schema(paths[0].parent)
-    validate_config(config, schema, " + ".join(map(str, paths)))
+    source = " + ".join(map(str, paths))
+    validate_config(config, schema, source)
     root = schema.parents[2]
     traits_dir = Path(config["traits_dir"])
-    check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir)
+    try:
+        check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir)
+    except TraitscopeError as exc:  # name the files, as the workflow does
+        raise TraitscopeError(f"{source}: {exc}") from None
     return config
