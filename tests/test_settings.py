@@ -33,7 +33,7 @@ def test_a_config_range_of_layers_is_expanded_once():
 def test_a_section_may_be_a_oneof_branch():
     """A nullable section's settings point at its object branch (`persona/oneOf/1`)."""
     assert from_schema(EMTrainingSettings) == EMTrainingSettings(pairs_per_question=None)
-    assert "pairs_per_question (default null): the first n" in fields_help(EMTrainingSettings)
+    assert "pairs_per_question (config default null): the first n" in fields_help(EMTrainingSettings)
 
 
 def test_build_names_the_missing_setting_and_leaves_dag_keys_out():
@@ -102,5 +102,6 @@ def test_cli_bad_settings_is_one_line_and_help_documents_every_field(tmp_path, c
         main(["capture", "--help"])
     out = capsys.readouterr().out
     for name, value in asdict(from_schema(CaptureSettings)).items():
-        assert f"  {name} (default {json.dumps(list(value) if isinstance(value, tuple) else value)})" in out
-    assert "max_tokens (default 16384)" in out
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value)
+        assert f"  {name} (config default {shown})" in out
+    assert "max_tokens (config default 16384)" in out

@@ -133,12 +133,16 @@ def from_schema(cls: type[S], **overrides: Any) -> S:
 
 
 def fields_help(cls: type[Settings]) -> str:
-    """One line per field: name, schema default and description (for `--help`)."""
+    """One line per field: name, schema default and description (for `--help`). Every key is
+    required on the command line, so the default is labelled the config's."""
     props = section_schema(cls.SECTION).get("properties", {})
-    lines = [f"--settings: a JSON object, the config section {cls.SECTION}; its keys:"]
+    lines = [
+        f"--settings: a JSON object, the config section {cls.SECTION}; give every key (the "
+        "workflow passes them all; the config's default is shown):"
+    ]
     for f in fields(cls):  # type: ignore[arg-type]
         prop = props.get(f.name, {})
-        default = f" (default {json.dumps(prop['default'])})" if "default" in prop else ""
+        default = f" (config default {json.dumps(prop['default'])})" if "default" in prop else ""
         lines.append(f"  {f.name}{default}: {prop.get('description', '')}".rstrip(": "))
     return "\n".join(lines)
 
