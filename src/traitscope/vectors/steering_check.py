@@ -86,14 +86,18 @@ def projection_comparison(steered: np.ndarray, unsteered: np.ndarray) -> dict:
     """Steered vs unsteered projections of the same prompts' answers: the means, their difference,
     and the paired comparison (d_z, its CI over prompts, paired t). `steered_higher` is read off
     the CI, not the point estimate. Differences all equal (a vector too weak to change any greedy
-    answer gives all zeros) leave d_z undefined: `paired` then says so."""
+    answer gives all zeros) leave d_z undefined, and a few prompts can leave its bootstrap CI
+    infinite: `paired` then says why, and only all-equal positive differences count as higher."""
     diff = steered - unsteered
     if np.ptp(diff) == 0:  # every answer moved by one amount: higher iff that amount is positive
         paired = {"n_pairs": len(diff), "undefined": "every paired difference is the same"}
         higher = bool(diff[0] > 0)
     else:
-        paired = compare_paired(steered, unsteered)
-        higher = paired["ci_low"] > 0
+        try:
+            paired = compare_paired(steered, unsteered)
+            higher = paired["ci_low"] > 0
+        except ValueError as exc:  # resamples of a few prompts whose differences are all equal
+            paired, higher = {"n_pairs": len(diff), "undefined": str(exc)}, False
     return {
         "mean_projection_unsteered": float(unsteered.mean()),
         "mean_projection_steered": float(steered.mean()),
