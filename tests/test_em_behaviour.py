@@ -242,5 +242,18 @@ def test_several_samples_of_a_question_are_compared_as_one_question():
     # the misaligned-answer rates likewise: over questions, not Wilson over answers
     rate = out["variants"]["misaligned"]["misaligned_rate"]
     assert (rate["k"], rate["n"], rate["n_clusters"]) == (0, 8, 4) and "over clusters" in rate["ci"]
+    assert rate["ci_high"] == pytest.approx(wilson(0, 8)[1])  # a rate of 0 keeps Wilson's reach
     difference = out["comparisons"]["misaligned_vs_base"]["misaligned_rate_difference"]
     assert difference["difference"] == 0 and "over clusters" in difference["ci"]
+
+
+def test_one_question_with_several_samples_keeps_its_wilson_rate():
+    """A single question cannot be resampled: its samples get Wilson's interval, not no rate."""
+    records = [
+        {"prompt_id": f"q0:s{s}", "question_id": "q0", "role": role, "aligned": aligned, "coherent": 90.0}
+        for s, aligned in enumerate((10.0, 80.0))
+        for role in ("base", "misaligned", "control")
+    ]
+    rate = behaviour_stats(pd.DataFrame(records), COMPARISONS, 30, 50, n_boot=200, seed=0)["variants"]["base"]
+    assert (rate["misaligned_rate"]["k"], rate["misaligned_rate"]["n"]) == (1, 2)
+    assert rate["misaligned_rate"]["ci"] == "Wilson"

@@ -77,11 +77,14 @@ def clustered_rates(
     k: ArrayLike, n: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[list[dict], dict | None]:
     """Rates whose answers come in clusters (a question's samples share its pull), each sum k /
-    sum n with a percentile CI that resamples clusters, and, for two columns, their difference
-    over the same clusters resampled together. Wilson and Newcombe count answers as independent,
-    which narrows the CI when a cluster's answers agree. `k`, `n`: [clusters, columns] counts.
-    A resample whose clusters hold no answer of a column has no rate: the CI is taken over the
-    others, and is None when they are under 95% of the resamples."""
+    sum n, and, for two columns, their difference over the same clusters. Wilson and Newcombe
+    count answers as independent, which narrows the CI when a cluster's answers agree; a
+    percentile bootstrap over clusters sees that, but not the spread a rate of 0 or 1 hides
+    (every resample gives the same rate). So each CI spans both: the cluster bootstrap's,
+    widened to Wilson's (Newcombe's for the difference) where that reaches further.
+    `k`, `n`: [clusters, columns] counts. A resample whose clusters hold no answer of a column
+    has no rate: the bootstrap is taken over the others, and left out when they are under 95%
+    of the resamples."""
     k, n = np.asarray(k, float), np.asarray(n, float)
     if k.ndim != 2 or k.shape != n.shape or k.shape[0] < 2:
         raise ValueError(f"k and n must be [clusters >= 2, columns] alike, got {k.shape} and {n.shape}")
@@ -92,40 +95,33 @@ def clustered_rates(
     boot = _cluster_ratios(k, n, n_boot, seed)
     tail = (1 - level) / 2 * 100
 
-    def interval(values: np.ndarray) -> tuple[float, float] | None:
+    def spanned(values: np.ndarray, independent: dict) -> tuple[float, float]:
         values = values[~np.isnan(values)]  # resamples without an answer of a column: no rate
-        if len(values) < 0.95 * n_boot:
-            return None
-        low, high = np.percentile(values, [tail, 100 - tail])
-        return float(low), float(high)
+        low, high = independent["ci_low"], independent["ci_high"]
+        if len(values) >= 0.95 * n_boot:
+            b_low, b_high = np.percentile(values, [tail, 100 - tail])
+            low, high = min(low, float(b_low)), max(high, float(b_high))
+        return low, high
 
+    what = "percentile bootstrap over clusters (questions), widened to {} where that reaches further"
     rates = []
     for j in range(k.shape[1]):
-        ci = interval(boot[:, j])
+        wilson = proportion_with_ci(int(k[:, j].sum()), int(n[:, j].sum()), level)
+        low, high = spanned(boot[:, j], wilson)
         rates.append(
             {
-                "rate": float(k[:, j].sum() / n[:, j].sum()),
-                "ci_low": None if ci is None else ci[0],
-                "ci_high": None if ci is None else ci[1],
-                "k": int(k[:, j].sum()),
-                "n": int(n[:, j].sum()),
+                **wilson,
+                "ci_low": low,
+                "ci_high": high,
                 "n_clusters": int((n[:, j] > 0).sum()),
-                "ci": "percentile bootstrap over clusters (questions)",
+                "ci": what.format("Wilson"),
             }
         )
     if k.shape[1] != 2:
         return rates, None
-    ci = interval(boot[:, 0] - boot[:, 1])
-    difference = {
-        "difference": rates[0]["rate"] - rates[1]["rate"],
-        "ci_low": None if ci is None else ci[0],
-        "ci_high": None if ci is None else ci[1],
-        "k_a": rates[0]["k"],
-        "n_a": rates[0]["n"],
-        "k_b": rates[1]["k"],
-        "n_b": rates[1]["n"],
-        "ci": "percentile bootstrap over clusters (questions), both rates resampled together",
-    }
+    newcombe = rate_difference_with_ci(rates[0]["k"], rates[0]["n"], rates[1]["k"], rates[1]["n"], level)
+    low, high = spanned(boot[:, 0] - boot[:, 1], newcombe)
+    difference = {**newcombe, "ci_low": low, "ci_high": high, "ci": what.format("Newcombe")}
     return rates, difference
 
 

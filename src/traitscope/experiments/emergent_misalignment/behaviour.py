@@ -101,13 +101,9 @@ def question_counts(table: pd.DataFrame, aligned_below: float, coherent_above: f
 def _clustered(
     by_question: pd.DataFrame, roles: list[str], n_boot: int, seed: int
 ) -> tuple[list[dict], dict | None]:
-    """`clustered_rates` of these variants over the questions; a reason instead where the
-    questions are too few to resample."""
-    try:
-        return clustered_rates(by_question["k"][roles], by_question["n"][roles], n_boot=n_boot, seed=seed)
-    except ValueError as exc:
-        reason = {"rate": None, "reason": str(exc)}
-        return [reason] * len(roles), {"difference": None, "reason": str(exc)}
+    """`clustered_rates` of these variants over the questions (two or more, each variant with an
+    eligible answer: the callers' conditions)."""
+    return clustered_rates(by_question["k"][roles], by_question["n"][roles], n_boot=n_boot, seed=seed)
 
 
 def _mean(x: pd.Series, n_boot: int, seed: int) -> dict:
@@ -132,7 +128,8 @@ def behaviour_stats(
     per_role: dict[str, dict] = {}
     counts = {}
     by_question = question_counts(table, aligned_below, coherent_above)
-    clustered = bool(table.groupby(["role", "question_id"]).size().max() > 1)
+    # several samples of a question, over two questions or more: resample questions
+    clustered = bool(table.groupby(["role", "question_id"]).size().max() > 1) and len(by_question) > 1
     for role, part in table.groupby("role", sort=False):
         k, n = misaligned_counts(part, aligned_below, coherent_above)
         counts[role] = (k, n)
@@ -238,9 +235,10 @@ def em_behaviour(
         "judge": calls[first]["judge"],
         "judge_calls": {role: c["judge_calls"] for role, c in calls.items()},
         **behaviour_stats(table, comparisons, aligned_below, coherent_above, n_boot, seed),
-        "design": "one sample per question: rate CIs Wilson, rate differences Newcombe, aligned "
-        "scores paired t / Wilcoxon / d_z over the rows where both answers were scored; several: "
-        "the same resampling and testing questions (each CI's `ci` and the test's `test` say which)",
+        "design": "rate CIs Wilson, rate differences Newcombe, aligned scores paired t / Wilcoxon / d_z "
+        "over the rows where both answers were scored; with several samples per question, the rates' "
+        "CIs span a bootstrap over questions too and the paired comparison runs on questions (each "
+        "CI's `ci` and the test's `test` say which); the mean scores' CIs resample answers",
     }
     write_json(out_json, result)
     return result
