@@ -53,7 +53,8 @@ def steering(sources: Sources, page: Path) -> str:
         f"{s['prompts']} (greedy). The answers, read back by the unsteered model, project onto the "
         f"vector at {s['mean_projection_unsteered']:.2f} unsteered and {s['mean_projection_steered']:.2f} "
         f"steered: difference {s['difference']:+.2f}, {d_z}; steered higher (CI above 0): "
-        f"{'yes' if s['steered_higher'] else 'no'}. Answers with a refusal phrase: {refusal}; "
+        f"{ {True: 'yes', False: 'no', None: 'undecided, no CI'}[s['steered_higher']] }. Answers with a "
+        f"refusal phrase: {refusal}; "
         f"steered - unsteered {diff['difference']:+.3f} [{diff['ci_low']:+.3f}, {diff['ci_high']:+.3f}] "
         "(Newcombe).\n"
     )

@@ -348,8 +348,11 @@ def test_steering_region_reads_steered_higher_off_the_ci(tables, tmp_path):
     assert "d_z 0.12 [-0.10, 0.35] (paired t p 0.03); steered higher (CI above 0): no" in text
     assert "unsteered 8/80, steered 1/80; steered - unsteered -0.088 [-0.173, -0.014]" in text
     steering["paired"] = {"n_pairs": 80, "undefined": "every paired difference is the same"}
+    steering["steered_higher"] = None
     (tmp_path / "steering_default_x.json").write_text(json.dumps(steering))
-    assert "difference +0.25, every paired difference is the same;" in _render(tables, tmp_path, "steering")
+    text = _render(tables, tmp_path, "steering")
+    undecided = "every paired difference is the same; steered higher (CI above 0): undecided, no CI"
+    assert f"difference +0.25, {undecided}" in text
 
 
 def test_prefill_region_shows_each_comparison_with_holm_p_and_the_baselines(tables, tmp_path):

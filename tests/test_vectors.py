@@ -360,11 +360,12 @@ def test_steering_comparison_is_paired_and_decided_by_its_ci():
     assert straddling["difference"] == pytest.approx(1.0)
     assert straddling["paired"]["ci_low"] < 0 < straddling["paired"]["ci_high"]
     assert not straddling["steered_higher"]
-    # a vector too weak to change any answer: d_z undefined, said so, not a crash
+    # a vector too weak to change any answer: d_z undefined, said so, not a crash; nor decided
     same = projection_comparison(unsteered.copy(), unsteered)
-    assert "undefined" in same["paired"] and not same["steered_higher"] and same["difference"] == 0
-    assert projection_comparison(unsteered + 0.5, unsteered)["steered_higher"]
+    assert "the same" in same["paired"]["undefined"] and same["steered_higher"] is None
+    assert same["difference"] == 0
+    assert projection_comparison(unsteered + 0.5, unsteered)["steered_higher"] is None
     # three prompts, differences 1, 1, 2: a resample of the two 1s has sd 0, so the CI is infinite
     few = projection_comparison(np.array([2.0, 2.0, 4.0]), np.array([1.0, 1.0, 2.0]))
-    assert "not finite" in few["paired"]["undefined"] and not few["steered_higher"]
+    assert "not finite" in few["paired"]["undefined"] and few["steered_higher"] is None
     assert few["difference"] == pytest.approx(4 / 3)

@@ -3,7 +3,7 @@
 Text generated with and without steering is read back by the unsteered model, and its
 response-mean activation is projected onto the trait vector: if the vector is causal,
 steered text projects higher. Each prompt is answered both ways, so the comparison is paired:
-d_z with a bootstrap CI over prompts (`projection_comparison`).
+d_z with a bootstrap CI over prompts, which decides `steered_higher` (`projection_comparison`).
 
 A persona trait is steered on its held-out questions. A prompt-contrast trait has no
 questions: it is steered on its held-out trait-negative prompts (for `safety/harmful_request`,
@@ -85,25 +85,21 @@ def steering_questions(trait: Trait | ContrastTrait, prompts: str | Path | None)
 def projection_comparison(steered: np.ndarray, unsteered: np.ndarray) -> dict:
     """Steered vs unsteered projections of the same prompts' answers: the means, their difference,
     and the paired comparison (d_z, its CI over prompts, paired t). `steered_higher` is read off
-    the CI, not the point estimate. Differences all equal (a vector too weak to change any greedy
-    answer gives all zeros) leave d_z undefined, and a few prompts can leave its bootstrap CI
-    infinite: `paired` then says why, and only all-equal positive differences count as higher."""
+    the CI: true when it lies above 0, false when it does not, None when there is none (all
+    differences equal, as a vector too weak to change any greedy answer gives, or so few prompts
+    that resamples of equal differences leave it infinite); `paired` then says why."""
     diff = steered - unsteered
-    if np.ptp(diff) == 0:  # every answer moved by one amount: higher iff that amount is positive
-        paired = {"n_pairs": len(diff), "undefined": "every paired difference is the same"}
-        higher = bool(diff[0] > 0)
-    else:
-        try:
-            paired = compare_paired(steered, unsteered)
-            higher = paired["ci_low"] > 0
-        except ValueError as exc:  # resamples of a few prompts whose differences are all equal
-            paired, higher = {"n_pairs": len(diff), "undefined": str(exc)}, False
+    try:
+        paired = compare_paired(steered, unsteered)
+        higher = bool(paired["ci_low"] > 0)
+    except ValueError as exc:
+        paired, higher = {"n_pairs": len(diff), "undefined": str(exc)}, None
     return {
         "mean_projection_unsteered": float(unsteered.mean()),
         "mean_projection_steered": float(steered.mean()),
         "difference": float(diff.mean()),
         "paired": paired,
-        "steered_higher": bool(higher),
+        "steered_higher": higher,
     }
 
 
