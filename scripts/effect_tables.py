@@ -1,8 +1,9 @@
 """The results regions of the main job's effect sizes, each read from a snapshot in
 benchmarks/results: the steering check (paired over the held-out questions), the prefill attack's
-condition comparisons (two groups of prompts) and emergent misalignment's variant comparisons
-(paired over questions and samples). Apart from snapshot_tables.py only to keep each file short;
-results_tables.py finds the regions in the pages and fills them.
+condition comparisons (two groups of requests, or paired by request for C1 vs C2) and emergent
+misalignment's variant comparisons (paired over questions and samples). Apart from
+snapshot_tables.py only to keep each file short; results_tables.py finds the regions in the
+pages and fills them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def _absent(pattern: str, copy: str) -> str:
 def _effect(r: dict, key: str) -> str:
     """An effect size with its CI and, where the comparison was corrected, its Holm p."""
     holm = f", Holm p {r['p_holm']:.2g}" if "p_holm" in r else ""
+    if r.get("ci_low") is None:  # too few units for a CI: the file says why
+        return f"no CI ({r.get('undefined', 'none computed')}){holm}"
     return f"{r[key]:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]{holm}"
 
 
@@ -62,8 +65,8 @@ def steering(sources: Sources, page: Path) -> str:
 
 def prefill(sources: Sources, page: Path) -> str:
     """The prefill attack's three comparisons (`prefill_default_*.json`, the run's
-    condition_comparison.json): Cohen's d with its CI and Holm p per trait, and the harmful x
-    prefill interaction on the response."""
+    condition_comparison.json): Cohen's d (d_z where paired by request) with its CI and Holm p
+    per trait, the harmful x prefill interaction on the response, and the surface baselines."""
     path = _snapshot(sources, "prefill_default_*.json")
     if path is None:
         return _absent("prefill_default_*.json", "results/prefill/condition_comparison.json")

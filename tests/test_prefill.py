@@ -401,3 +401,13 @@ def test_scoring_a_row_the_bag_of_words_was_fitted_on_is_an_error(tmp_path):
     ):
         run_analysis(tmp_path, bow_prompts=bow)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_three_requests_leave_the_paired_ci_undefined_without_a_crash(tmp_path):
+    """With 3 requests a resample often repeats one request's difference, so the paired d_z's
+    bootstrap CI is infinite: the entry says so and enters Holm's family with its t-test p."""
+    synthetic(tmp_path, n=3, request_sd=5.0, seed=2)
+    result = run_analysis(tmp_path)
+    paired = result["comparisons"]["C1_vs_C2"]["safety/harm"]
+    assert paired["ci_low"] is None and "not finite" in paired["undefined"] and paired["n_pairs"] == 3
+    assert 0 < paired["p_value"] <= paired["p_holm"] <= 1

@@ -4,7 +4,9 @@ interaction paired by request (the same requests without and with the prefill)."
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from scipy import stats as _sps
 
 from traitscope.errors import TraitscopeError
 from traitscope.stats import compare_groups, compare_paired, holm, within_interaction
@@ -47,11 +49,30 @@ def paired_by_request(rows: pd.DataFrame, without: str, with_: str) -> pd.DataFr
 
 
 def compare_with_prefill(rows: pd.DataFrame, n_boot: int, seed: int) -> dict:
-    """C1 vs C2 per request (d_z); with several prefills a request's pairs resample together."""
+    """C1 vs C2 per request (d_z); with several prefills a request's pairs resample together.
+    A few requests can leave d_z or its CI undefined (resamples of equal differences): then the
+    entry says why, keeps the paired t on the requests' mean differences where it is defined,
+    and takes p = 1 (no evidence) into Holm's family where it is not."""
     pairs = paired_by_request(rows, "C1", "C2")
     several = pairs["request"].duplicated().any()
     clusters = pairs["request"].to_numpy() if several else None
-    compared = compare_paired(pairs["without"], pairs["score"], n_boot=n_boot, seed=seed, clusters=clusters)
+    try:
+        compared = compare_paired(
+            pairs["without"], pairs["score"], n_boot=n_boot, seed=seed, clusters=clusters
+        )
+    except ValueError as exc:
+        means = (pairs["without"] - pairs["score"]).groupby(pairs["request"]).mean().to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_value = float(_sps.ttest_1samp(means, 0.0).pvalue) if len(means) > 1 else float("nan")
+        compared = {
+            "n_pairs": len(pairs),
+            "mean_diff": float(means.mean()),
+            "cohens_dz": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": p_value if np.isfinite(p_value) else 1.0,
+            "undefined": str(exc),
+        }
     return {"paired_by": "request", **compared}
 
 
