@@ -274,7 +274,7 @@ def test_schema_names_the_bad_key(root, tmp_path):
         (
             lambda c: c["finetune"].update(lr="2e-4"),  # what YAML makes of `lr: 2e-4`
             "invalid value at finetune.lr: '2e-4' is not of type 'number': YAML reads 2e-4 as text; "
-            "write it with a dot, e.g. 2.0e-4",
+            "write a dot and a signed exponent, e.g. 2.0e-4 or 1.0e+5",
         ),
         (
             lambda c: c["traits"].append("harm"),
@@ -363,6 +363,16 @@ def test_bad_prompt_sources_and_contrast_fields_are_named_before_running(root, t
     with pytest.raises(
         TraitscopeError,
         match=r"prompt_sets\.mine: dataset 'harmbench' has no file 'harmbench_behaviors_text_vall",
+    ):
+        load_config(path, root / "workflow/schemas/config.schema.yaml")
+    bad["prompt_sets"]["mine"] = {
+        "dataset": "advbench",
+        "file": "advbench_behaviors.csv",
+        "exclude": [{"dataset": "refusal_direction", "file": "harmful_trian.json"}],
+    }
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(
+        TraitscopeError, match=r"prompt_sets\.mine\.exclude\[0\]: dataset 'refusal_direction' has no file"
     ):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
     trait["negative"] = negative

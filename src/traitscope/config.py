@@ -123,7 +123,8 @@ def validate_config(config: dict, schema_path: str | Path, source: str = "config
     return config
 
 
-NUMBER_AS_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")  # YAML 1.1 reads 2e-4 as text
+# YAML 1.1 reads an exponent without a dot or a sign (2e-4, 2.0e4) as text
+NUMBER_AS_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def _message_of(err: Any) -> str | None:
@@ -149,7 +150,10 @@ def invalid_value(source: str, prefix: list[str], err: Any) -> TraitscopeError:
     reason = _message_of(err)
     if reason is None and err.validator == "type" and isinstance(err.instance, str):
         if NUMBER_AS_TEXT.match(err.instance):
-            reason = f"{err.message}: YAML reads {err.instance} as text; write it with a dot, e.g. 2.0e-4"
+            reason = (
+                f"{err.message}: YAML reads {err.instance} as text; write a dot and a signed "
+                "exponent, e.g. 2.0e-4 or 1.0e+5"
+            )
     return TraitscopeError(f"{source}: invalid value at {key}: {reason or err.message}")
 
 
@@ -320,6 +324,10 @@ def check(config: dict, traits_dir: str | Path | None = None) -> None:
         missing = missing_source(spec)
         if missing:
             raise TraitscopeError(f"prompt_sets.{name}: {missing}")
+        for i, excluded in enumerate(spec.get("exclude") or []):  # registry files, named up front
+            missing = missing_source(excluded, labelled=True)
+            if missing:
+                raise TraitscopeError(f"prompt_sets.{name}.exclude[{i}]: {missing}")
         if "label" in spec and spec.get("dataset") not in TAKES_LABEL:
             raise TraitscopeError(
                 f"prompt_sets.{name}.label: a {spec.get('dataset')} set's rows carry their own labels, "
