@@ -313,6 +313,10 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
     assert (pooled["n_a"], pooled["n_b"]) == (6, 6) and pooled["mean_a"] == pytest.approx(means.mean())
     beside = result["baselines"]["C2_vs_C4"]  # and so do the surface baselines beside it
     assert (beside["n_harmful"], beside["n_benign"]) == (6, 6)
+    # per-token steps are one prefill's tokens: each prefill tested on its own 6 + 6 requests
+    divergence = result["trajectory_divergence"]["safety/harm"]
+    assert set(divergence["by_prefill"]) == {"0", "1"} and divergence["prefill_index"] == 0
+    assert divergence["first_step"] == divergence["by_prefill"]["0"]
     # C1 vs C2: each request's two prefilled answers pair with its one plain answer, resampled together
     paired = result["comparisons"]["C1_vs_C2"]["safety/harm"]
     assert (paired["n_pairs"], paired["n_clusters"]) == (12, 6) and paired[

@@ -277,17 +277,30 @@ def prefill_analysis(
             c: {"position": "response_mean", **mean_with_ci(x, n_boot=n_boot, seed=seed)}
             for c, x in scores.items()
         }
+    # per-token steps are tokens of one prefill: with several, each is tested on its own rows
+    # (a request once per test), and the figure and `first_step` show the first prefill's
     traj = trajectories(projections, conditions)
+    indices = sorted(i for i in traj["prefill_index"].unique() if i >= 0)
     divergence = {}
     for trait in traits:
         t = traj[traj["trait"] == trait]
-        first = first_divergence(_matrix(t[t["condition"] == "C2"]), _matrix(t[t["condition"] == "C4"]))
+        first = {
+            i: first_divergence(
+                _matrix(t[(t["condition"] == "C2") & (t["prefill_index"] == i)]),
+                _matrix(t[(t["condition"] == "C4") & (t["prefill_index"] == i)]),
+            )
+            for i in indices
+        }
         divergence[trait] = {
-            "first_step": first,
+            "first_step": first[indices[0]],
+            "prefill_index": int(indices[0]),
             "step_0": "last prompt token",
             "alpha": 0.05,
             "test": "Welch t per step, Holm-corrected across steps",
         }
+        if len(indices) > 1:
+            divergence[trait]["by_prefill"] = {str(i): step for i, step in first.items()}
+    shown = traj[traj["prefill_index"].isin([-1, indices[0]])]
     result = {
         "design": {
             k: {"a": a, "b": b, "position": p, "paired": k in PAIRED} for k, (a, b, p) in COMPARISONS.items()
@@ -303,7 +316,8 @@ def prefill_analysis(
         "baselines": surface_baselines(pooled, conditions, traits, bow_prompts, n_boot, seed, own_bow),
     }
     save_figure(grid_png, figures.prefill_grid_figure(condition_means, traits))
-    save_figure(trajectory_png, figures.trajectory_figure(traj, traits, divergence, n_boot=n_boot, seed=seed))
+    trajectory = figures.trajectory_figure(shown, traits, divergence, n_boot=n_boot, seed=seed)
+    save_figure(trajectory_png, trajectory)
     write_json(out_json, result)  # last: its presence means every output was written
     return result
 
