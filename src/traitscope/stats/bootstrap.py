@@ -22,6 +22,14 @@ def _sample(x: ArrayLike, name: str, min_n: int = 2) -> np.ndarray:
     return arr
 
 
+def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n_clusters]: how often each cluster is drawn in each resample of whole clusters
+    with replacement. A statistic of per-cluster sums (n, sum x, sum x^2, k) is then one matrix
+    product per resample, however many answers a cluster holds."""
+    picks = np.random.default_rng(seed).integers(0, n_clusters, size=(n_boot, n_clusters))
+    return np.stack([np.bincount(row, minlength=n_clusters) for row in picks])
+
+
 def _percentile_bootstrap(
     samples: tuple[np.ndarray, ...],
     statistic: Callable,

@@ -8,7 +8,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
 
-from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci
+from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci, cluster_counts
 from traitscope.stats.rates import holm
 
 
@@ -72,8 +72,7 @@ def clustered_dz_ci(
         raise ValueError(f"a clustered CI needs at least 2 clusters, got {k}")
     # per-cluster sufficient statistics: a resample's d_z is a function of their sums
     n_c, s1, s2 = (np.bincount(index, weights=w, minlength=k) for w in (np.ones_like(diff), diff, diff**2))
-    picks = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
-    counts = np.stack([np.bincount(row, minlength=k) for row in picks])
+    counts = cluster_counts(k, n_boot, seed)
     n, t1, t2 = counts @ n_c, counts @ s1, counts @ s2
     mean = t1 / n
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 from scipy import stats as _sps
 from statsmodels.stats.multitest import multipletests
 
-from traitscope.stats.bootstrap import _sample
+from traitscope.stats.bootstrap import _sample, cluster_counts
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -66,9 +66,7 @@ def rate_difference_with_ci(k1: int, n1: int, k2: int, n2: int, level: float = 0
 def _cluster_ratios(k: np.ndarray, n: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, g] ratios sum k / sum n per column of `k`, `n` ([clusters, g]), each resample
     drawing whole clusters (rows) with replacement; NaN where a resample's n sums to 0."""
-    m = k.shape[0]
-    picks = np.random.default_rng(seed).integers(0, m, size=(n_boot, m))
-    counts = np.stack([np.bincount(row, minlength=m) for row in picks])
+    counts = cluster_counts(k.shape[0], n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (counts @ k) / (counts @ n)
 
