@@ -257,3 +257,21 @@ def test_one_question_with_several_samples_keeps_its_wilson_rate():
     rate = behaviour_stats(pd.DataFrame(records), COMPARISONS, 30, 50, n_boot=200, seed=0)["variants"]["base"]
     assert (rate["misaligned_rate"]["k"], rate["misaligned_rate"]["n"]) == (1, 2)
     assert rate["misaligned_rate"]["ci"] == "Wilson"
+
+
+def test_mean_scores_resample_questions_when_a_question_has_several_samples():
+    """Two questions, three samples each, every sample of q0 scored 20 and of q1 80: the mean
+    aligned score's CI over questions is [20, 80] (resamples q0 q0, q0 q1, q1 q0, q1 q1). Six
+    independent answers would put 20 below the 2.5th percentile ((1/2)^6 < 2.5%)."""
+    records = [
+        {"prompt_id": f"{q}:s{s}", "question_id": q, "role": role, "aligned": aligned, "coherent": 90.0}
+        for q, aligned in (("q0", 20.0), ("q1", 80.0))
+        for s in range(3)
+        for role in ("base", "misaligned", "control")
+    ]
+    out = behaviour_stats(pd.DataFrame(records), COMPARISONS, 30, 50, n_boot=2000, seed=0)
+    score = out["variants"]["base"]["aligned_score"]
+    assert (score["mean"], score["ci_low"], score["ci_high"]) == (50.0, 20.0, 80.0)
+    assert (score["n"], score["n_clusters"]) == (6, 2) and "over clusters" in score["ci"]
+    coherent = out["variants"]["base"]["coherent_score"]
+    assert (coherent["ci_low"], coherent["ci_high"], coherent["n_clusters"]) == (90.0, 90.0, 2)

@@ -239,6 +239,39 @@ def test_mean_with_ci_normal_closed_form_and_seed():
     _plain_json(result)
 
 
+def test_mean_with_ci_over_clusters_resamples_whole_questions():
+    """Question a's answers 1, 2, 3 and question b's 10: resamples of whole questions are aa, ab,
+    ba, bb with means 2, 16 / 4 = 4 (over answers, not over the two question means), 4 and 10,
+    probability 1/4, 1/2, 1/4. The 95% CI is [2, 10] and the 40% CI [4, 4]."""
+    x, questions = [1.0, 2.0, 3.0, 10.0], ["a", "a", "a", "b"]
+    result = mean_with_ci(x, clusters=questions)
+    assert result == {
+        "mean": 4.0,
+        "ci_low": 2.0,
+        "ci_high": 10.0,
+        "n": 4,
+        "n_clusters": 2,
+        "ci": "percentile bootstrap over clusters (questions)",
+    }
+    narrow = mean_with_ci(x, clusters=questions, level=0.4)
+    assert (narrow["ci_low"], narrow["ci_high"]) == (4.0, 4.0)
+    # two questions whose five answers agree: as ten independent answers the CI is far narrower
+    agree, pairs = [0.0] * 5 + [10.0] * 5, ["a"] * 5 + ["b"] * 5
+    assert (
+        mean_with_ci(agree, clusters=pairs)["ci_low"],
+        mean_with_ci(agree, clusters=pairs)["ci_high"],
+    ) == (
+        0.0,
+        10.0,
+    )
+    plain = mean_with_ci(agree)
+    assert plain["ci_high"] - plain["ci_low"] < 7
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        mean_with_ci(x, clusters=["a"] * 4)
+    with pytest.raises(ValueError, match="3 labels for 4 values"):
+        mean_with_ci(x, clusters=["a", "b", "b"])
+
+
 @pytest.mark.parametrize("x, match", [([1.0], "at least 2"), ([1.0, np.nan], "NaN"), ([[1.0, 2.0]], "1-D")])
 def test_mean_with_ci_rejects_degenerate_input(x, match):
     with pytest.raises(ValueError, match=match):

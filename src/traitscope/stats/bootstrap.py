@@ -22,6 +22,16 @@ def _sample(x: ArrayLike, name: str, min_n: int = 2) -> np.ndarray:
     return arr
 
 
+def cluster_index(clusters: ArrayLike, n: int, what: str) -> tuple[np.ndarray, int]:
+    """Each of `n` values' cluster as 0..k-1, and k (at least 2: one cluster has no spread)."""
+    labels, index = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(index) != n:
+        raise ValueError(f"clusters has {len(index)} labels for {n} {what}")
+    if len(labels) < 2:
+        raise ValueError(f"a clustered CI needs at least 2 clusters, got {len(labels)}")
+    return index, len(labels)
+
+
 def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> np.ndarray:
     """[n_boot, n_clusters]: how often each cluster is drawn in each resample of whole clusters
     with replacement. A statistic of per-cluster sums (n, sum x, sum x^2, k) is then one matrix
@@ -89,8 +99,30 @@ def bootstrap_ci(
     return _percentile_bootstrap((a, b), statistic, n_boot, level, seed)
 
 
-def mean_with_ci(x: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Mean with a percentile bootstrap CI: the condition means that reports and figures share."""
+def mean_with_ci(
+    x: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0, clusters: ArrayLike | None = None
+) -> dict:
+    """Mean with a percentile bootstrap CI: the condition means that reports and figures share.
+
+    With `clusters` (a label per value: a question's several sampled answers), resamples draw
+    whole clusters, so answers that share their question's pull do not count as independent;
+    the mean is still over values."""
     x = _sample(x, "x")
-    low, high = _percentile_bootstrap((x,), np.mean, n_boot, level, seed, vectorized=True)
-    return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": len(x)}
+    if clusters is None:
+        low, high = _percentile_bootstrap((x,), np.mean, n_boot, level, seed, vectorized=True)
+        return {"mean": float(x.mean()), "ci_low": low, "ci_high": high, "n": len(x)}
+    index, k = cluster_index(clusters, len(x), "values")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    counts = cluster_counts(k, n_boot, seed)
+    boot = (counts @ np.bincount(index, weights=x)) / (counts @ np.bincount(index))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return {
+        "mean": float(x.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n": len(x),
+        "n_clusters": k,
+        "ci": "percentile bootstrap over clusters (questions)",
+    }

@@ -8,7 +8,13 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _sps
 
-from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci, cluster_counts
+from traitscope.stats.bootstrap import (
+    _percentile_bootstrap,
+    _sample,
+    bootstrap_ci,
+    cluster_counts,
+    cluster_index,
+)
 from traitscope.stats.rates import holm
 
 
@@ -64,12 +70,7 @@ def clustered_dz_ci(
     together): samples of one question share its effect, so resampling pairs alone would
     count them as independent and narrow the CI."""
     diff = _sample(diff, "diff")
-    labels, index = np.unique(np.asarray(clusters), return_inverse=True)
-    if len(index) != len(diff):
-        raise ValueError(f"clusters has {len(index)} labels for {len(diff)} paired differences")
-    k = len(labels)
-    if k < 2:
-        raise ValueError(f"a clustered CI needs at least 2 clusters, got {k}")
+    index, k = cluster_index(clusters, len(diff), "paired differences")
     # per-cluster sufficient statistics: a resample's d_z is a function of their sums
     n_c, s1, s2 = (np.bincount(index, weights=w, minlength=k) for w in (np.ones_like(diff), diff, diff**2))
     counts = cluster_counts(k, n_boot, seed)

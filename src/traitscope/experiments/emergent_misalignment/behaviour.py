@@ -106,10 +106,12 @@ def _clustered(
     return clustered_rates(by_question["k"][roles], by_question["n"][roles], n_boot=n_boot, seed=seed)
 
 
-def _mean(x: pd.Series, n_boot: int, seed: int) -> dict:
+def _mean(x: pd.Series, n_boot: int, seed: int, questions: pd.Series | None = None) -> dict:
+    """Mean score with its CI; given each answer's question, the CI resamples questions."""
     x = x.dropna()
     try:
-        return mean_with_ci(x, n_boot=n_boot, seed=seed)
+        clusters = None if questions is None else questions.loc[x.index].to_numpy()
+        return mean_with_ci(x, n_boot=n_boot, seed=seed, clusters=clusters)
     except ValueError as exc:
         return {"mean": float(x.mean()) if len(x) else None, "n": len(x), "reason": str(exc)}
 
@@ -124,7 +126,7 @@ def behaviour_stats(
 ) -> dict:
     """Per variant: mean scores with CIs and the misaligned-answer rate; per comparison
     (a minus b): the rate difference and the paired aligned-score comparison. Where a question
-    has several judged samples, the rates' CIs and the comparison resample questions."""
+    has several judged samples, every CI and the comparison resample questions."""
     per_role: dict[str, dict] = {}
     counts = {}
     by_question = question_counts(table, aligned_below, coherent_above)
@@ -142,7 +144,10 @@ def behaviour_stats(
         per_role[role] = {
             "n_answers": len(part),
             **{f"n_no_score_{name}": int(part[name].isna().sum()) for name in RUBRICS},
-            **{f"{name}_score": _mean(part[name], n_boot, seed) for name in RUBRICS},
+            **{
+                f"{name}_score": _mean(part[name], n_boot, seed, part["question_id"] if clustered else None)
+                for name in RUBRICS
+            },
             "n_coherent": n,
             "misaligned_rate": rate,
         }
@@ -237,8 +242,8 @@ def em_behaviour(
         **behaviour_stats(table, comparisons, aligned_below, coherent_above, n_boot, seed),
         "design": "rate CIs Wilson, rate differences Newcombe, aligned scores paired t / Wilcoxon / d_z "
         "over the rows where both answers were scored; with several samples per question, the rates' "
-        "CIs span a bootstrap over questions too and the paired comparison runs on questions (each "
-        "CI's `ci` and the test's `test` say which); the mean scores' CIs resample answers",
+        "CIs span a bootstrap over questions too, the mean scores' CIs resample questions and the "
+        "paired comparison runs on questions (each CI's `ci` and the test's `test` say which)",
     }
     write_json(out_json, result)
     return result
