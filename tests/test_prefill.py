@@ -322,6 +322,13 @@ def test_several_prefills_get_their_own_key_comparison(tmp_path):
     assert (paired["n_pairs"], paired["n_clusters"]) == (12, 6) and paired[
         "test"
     ] == "paired_t on cluster means"
+    # the grid figure's cells count requests too: C2's mean over 6 requests, each its answers' mean
+    cell = result["condition_means"]["safety/harm"]["C2"]
+    c2_response = table[(table["condition"] == "C2") & (table["position"] == "response_mean")]
+    per_request = c2_response.groupby(c2_response["prompt_id"].str.split(":").str[-1])["score"].mean()
+    assert cell["n"] == 6 and cell["mean"] == pytest.approx(per_request.mean())
+    assert cell["ci_low"] >= per_request.min() and cell["ci_high"] <= per_request.max()
+    assert result["condition_means"]["safety/harm"]["C1"]["n"] == 6
 
 
 def test_length_baseline_beside_the_harmful_vs_benign_comparisons(tmp_path):

@@ -272,7 +272,9 @@ def prefill_analysis(
     for trait in traits:
         rows = pooled[(pooled["trait"] == trait) & (pooled["position"] == "response_mean")]
         interaction[trait] = prefill_interaction(rows)
-        scores = {c: rows.loc[rows["condition"] == c, "score"].to_numpy() for c in ("C1", "C2", "C3", "C4")}
+        # a cell counts requests: several prefills' answers to one request average first
+        by_request = rows.groupby(["condition", "request"], sort=False)["score"].mean()
+        scores = {c: by_request.loc[c].to_numpy() for c in ("C1", "C2", "C3", "C4")}
         condition_means[trait] = {
             c: {"position": "response_mean", **mean_with_ci(x, n_boot=n_boot, seed=seed)}
             for c, x in scores.items()
