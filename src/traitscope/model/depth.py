@@ -1,10 +1,13 @@
-"""A model's depth (decoder layers) read from its config.json, without loading any weights:
-so a layer list can be checked before a job pays for the model."""
+"""A model's depth (decoder layers) read from its config.json or its GGUF header, without
+loading any weights: so a layer list can be checked before a job pays for the model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 
 def expand_layers(layers: str | list[int] | tuple[int, ...] | dict) -> str | tuple[int, ...]:
@@ -45,3 +48,88 @@ def manifest_depth(manifest_path: str | Path) -> int | None:
     if manifest.get("source") == "hub":
         return None
     return folder_depth(manifest_path.parent / manifest.get("load_from", ""))
+
+
+# GGUF metadata value types (the GGUF spec): struct formats of the fixed-size ones
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _read(f: BinaryIO, fmt: str):
+    return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def _gguf_value(f: BinaryIO, kind: int):
+    """One metadata value; arrays are skipped (None): the depth is a scalar."""
+    if kind in _GGUF_SCALARS:
+        return _read(f, _GGUF_SCALARS[kind])
+    if kind == _GGUF_STRING:
+        return f.read(_read(f, "<Q")).decode()
+    if kind != _GGUF_ARRAY:
+        raise ValueError(f"unknown GGUF value type {kind}")
+    item, count = _read(f, "<I"), _read(f, "<Q")
+    if item in _GGUF_SCALARS:
+        f.seek(count * struct.calcsize(_GGUF_SCALARS[item]), 1)
+    else:
+        for _ in range(count):
+            _gguf_value(f, item)
+    return None
+
+
+def gguf_depth(path: str | Path) -> int | None:
+    """`<architecture>.block_count` from a GGUF's header, read key by key until found (SmolLM2's
+    13th key, before the tokenizer's arrays) in milliseconds, where `gguf.GGUFReader` maps the
+    whole file (2.9 s); None for a file that is not a GGUF (v2 or later) or is cut short."""
+    counts: dict[str, int] = {}
+    architecture = None
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF" or _read(f, "<I") < 2:
+                return None
+            _tensors, n_keys = _read(f, "<Q"), _read(f, "<Q")
+            for _ in range(n_keys):
+                key = f.read(_read(f, "<Q")).decode()
+                value = _gguf_value(f, _read(f, "<I"))
+                if key == "general.architecture":
+                    architecture = value
+                elif key.endswith(".block_count"):
+                    counts[key] = int(value)
+                if architecture is not None and f"{architecture}.block_count" in counts:
+                    return counts[f"{architecture}.block_count"]
+    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+def entry_depth(entry: dict) -> int | None:
+    """Decoder layers of a config's model entry where a local file tells it: a folder's
+    config.json, a `gguf_path`, or the one GGUF an installed `gguf_package` ships (found
+    without importing it); None for a hub id, a package that assembles its GGUF from parts
+    (only its job builds the file), or anything missing, where the job checks first thing."""
+    if entry.get("path"):
+        return folder_depth(entry["path"])
+    if entry.get("gguf_path"):
+        return gguf_depth(entry["gguf_path"])
+    if not entry.get("gguf_package"):
+        return None
+    try:
+        found = importlib.util.find_spec(entry["gguf_package"])
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(next(iter(found.submodule_search_locations)))
+    candidates = sorted(folder.glob(entry.get("gguf_file") or "*.gguf"))
+    return gguf_depth(candidates[0]) if len(candidates) == 1 else None
