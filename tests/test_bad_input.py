@@ -195,6 +195,14 @@ def _dry_run(root: Path, workdir: Path, *config: str) -> subprocess.CompletedPro
             ["base_model=3"],
             "\nconfig (config/config.yaml, --config): invalid value at base_model: 3 is not of type",
         ),
+        # a mistyped template file or mirror folder: Snakemake's MissingInputException, or
+        # nothing until a loader's job, before
+        (
+            None,
+            ["models={smollm2: {chat_template: resources/chat/nope.jinja}}"],
+            "models.smollm2.chat_template: 'resources/chat/nope.jinja' is neither Jinja text nor a file",
+        ),
+        (None, ["data_mirror=../no/such/mirror"], "data_mirror: folder ../no/such/mirror not found"),
         # the SAE's set, also read by the external analysis, was captured at the SAE's one
         # layer and pool only, silently
         (

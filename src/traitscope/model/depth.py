@@ -9,6 +9,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
+from traitscope.errors import TraitscopeError
+
 
 def expand_layers(layers: str | list[int] | tuple[int, ...] | dict) -> str | tuple[int, ...]:
     """A config layers value as "all" or a tuple: a range {start, stop, step} (stop exclusive)
@@ -133,3 +135,42 @@ def entry_depth(entry: dict) -> int | None:
     folder = Path(next(iter(found.submodule_search_locations)))
     candidates = sorted(folder.glob(entry.get("gguf_file") or "*.gguf"))
     return gguf_depth(candidates[0]) if len(candidates) == 1 else None
+
+
+def _layer_lists(config: dict) -> list[tuple[str, list[int]]]:
+    """Every explicit capture layer list of the config, with the key that sets it."""
+    found = [("capture.layers", config["capture"]["layers"])]
+    found += [
+        (f"prompt_sets.{n}.capture.layers", s.get("capture", {}).get("layers"))
+        for n, s in config["prompt_sets"].items()
+    ]
+    found += [
+        (f"experiments.{n}.capture.layers", s.get("capture", {}).get("layers"))
+        for n, s in config["experiments"].items()
+        if s.get("enabled") and isinstance(s.get("capture"), dict)
+    ]
+    return [(key, list(expand_layers(layers))) for key, layers in found if layers not in (None, "all")]
+
+
+def check_layers_fit(config: dict) -> None:
+    """Capture layers within the base model's depth, where a local folder's config.json or a
+    GGUF's header tells it without loading anything (hub models: the capture job checks first
+    thing)."""
+    for key, layers in _layer_lists(config):
+        require_layers_fit(key, layers, config)
+
+
+def require_layers_fit(key: str, layers: list[int], config: dict, variant: str | None = None) -> None:
+    """`layers` (set by `key`) within the depth of `variant`'s base model (default: the config's
+    base model), where a local file tells it (`entry_depth`)."""
+    name = variant or config["base_model"]
+    entry = config["models"][name]
+    while entry.get("lora") or entry.get("finetune"):
+        name = (entry.get("lora") or entry.get("finetune"))["base"]
+        entry = config["models"][name]
+    depth = entry_depth(entry)
+    beyond = [layer for layer in layers if depth is not None and layer >= depth]
+    if beyond:
+        raise TraitscopeError(
+            f"{key}: layer(s) {beyond} beyond {name}'s {depth} layers (0..{depth - 1}); fix {key}"
+        )

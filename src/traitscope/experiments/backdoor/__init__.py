@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 
-from traitscope.config import require_layers_fit, require_prompt_set, require_traits, require_variant
+from traitscope.config import require_prompt_set, require_traits, require_variant
 from traitscope.errors import TraitscopeError
 from traitscope.experiments.backdoor.analysis import backdoor_analysis
 from traitscope.experiments.backdoor.behaviour import behaviour_check, parse_answer  # noqa: F401  (re-exported)
@@ -53,6 +53,7 @@ from traitscope.experiments.backdoor.settings import (
 )
 from traitscope.experiments.backdoor.surface import surface_baselines  # noqa: F401  (re-exported)
 from traitscope.experiments.contract import CaptureRequest, Section, among_targets
+from traitscope.model.depth import require_layers_fit
 from traitscope.paths import capture_path, projections_path, prompts_path, trait_dir
 from traitscope.settings import add_settings_argument
 
