@@ -473,10 +473,24 @@ def test_auc_with_ci_hand_computed():
     assert result == {"auc": 0.5, "ci_low": 0.0, "ci_high": 1.0, "n_pos": 2, "n_neg": 2}
 
 
-def test_auc_with_ci_perfect_separation_is_stratified():
-    # each resample keeps both classes (stratified), so every bootstrap AUC is exactly 1
+def test_auc_with_ci_perfect_separation_reaches_the_exact_bound():
+    """Every stratified resample of a perfect separation scores 1, so the bootstrap says [1, 1]
+    at any n. The CI reaches to the exact bound instead: with m = min(n_pos, n_neg), AUCs under
+    0.025^(1/m) make m ordered pairs less likely than 2.5%: m = 2 gives sqrt(0.025) = 0.158,
+    m = 20 gives 0.8316 (a 0.7 gate: failed by 2 + 3 answers, passed by 20 + 25)."""
     result = auc_with_ci([5.0, 6.0, 7.0], [1.0, 2.0], n_boot=200)
-    assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
+    assert (result["auc"], result["ci_high"]) == (1.0, 1.0)
+    assert (
+        result["ci_low"] == pytest.approx(0.158113883)
+        and result["ci"] == "exact bound of a perfect separation"
+    )
+    big = auc_with_ci(np.arange(25.0) + 100, np.arange(20.0), n_boot=200)
+    assert big["ci_low"] == pytest.approx(0.831567, abs=1e-6) and big["ci_high"] == 1.0
+    reversed_ = auc_with_ci([1.0, 2.0], [5.0, 6.0, 7.0], n_boot=200)  # AUC 0: the bound mirrors
+    assert (reversed_["auc"], reversed_["ci_low"]) == (0.0, 0.0)
+    assert reversed_["ci_high"] == pytest.approx(1 - 0.158113883)
+    # short of perfect, the bootstrap's CI stands as it is
+    assert "ci" not in auc_with_ci([5.0, 6.0, 0.0], [1.0, 2.0], n_boot=200)
 
 
 def test_auc_with_ci_rejects_degenerate_input():

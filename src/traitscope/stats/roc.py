@@ -67,13 +67,24 @@ def auc_of_codes(pos: np.ndarray, neg: np.ndarray, k: int, axis: int = -1) -> np
 
 
 def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 0) -> dict:
-    """ROC-AUC with a stratified bootstrap CI (positives and negatives resampled separately)."""
+    """ROC-AUC with a stratified bootstrap CI (positives and negatives resampled separately).
+
+    A perfect separation (AUC 1 or 0) resamples to itself, so the bootstrap's CI is [1, 1] at
+    any n, and 2 + 2 answers would pass a gate that 200 pass. There the CI reaches to the exact
+    bound instead: m = min(n_pos, n_neg) disjoint pairs all ordered has probability at most
+    AUC^m, so every AUC under (0.025)^(1/m) makes the observation less likely than 2.5%."""
     pos, neg = _sample(pos, "pos"), _sample(neg, "neg")
     codes, k = rank_codes(pos, neg)
     low, high = _percentile_bootstrap(
         tuple(codes), partial(auc_of_codes, k=k), n_boot, 0.95, seed, vectorized=True
     )
-    return {"auc": auc(pos, neg), "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
+    value = auc(pos, neg)
+    result = {"auc": value, "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
+    if value in (0.0, 1.0):
+        bound = 0.025 ** (1 / min(len(pos), len(neg)))
+        low, high = (min(low, bound), high) if value == 1.0 else (low, max(high, 1 - bound))
+        result.update(ci_low=low, ci_high=high, ci="exact bound of a perfect separation")
+    return result
 
 
 def auc_difference_paired(
