@@ -145,6 +145,8 @@ def test_restarts_run_in_lockstep_and_resume_to_the_same_runs(tmp_path):
 
 def test_gated_scores_count_incoherent_or_unscored_answers_as_zero():
     assert so.gated_scores([80, 70, None, 90], [60, 40, 90, None], 50) == [80, 0.0, 0.0, 0.0]
+    # no floor: the trait score alone, whatever the coherence (unscored where the gate is off)
+    assert so.gated_scores([80, 70, None, 90], [60, 40, 90, None], None) == [80, 70, 0.0, 90]
 
 
 def test_pca_basis_is_the_top_principal_directions(trait_run):
@@ -371,6 +373,21 @@ def test_the_cosine_row_shows_its_noise_null():
     assert row.status == "inconclusive" and row.measured == 0.73
     assert "noise fitness ends at 0.644 (95% of 1000 simulated searches in [0.434, 0.792])" in row.detail
     assert "two-sided p 0.360" in row.detail
+
+
+def test_a_cosine_in_range_is_met_only_where_a_noise_search_ends_elsewhere():
+    """Runs 0.60, 0.62, 0.64 (t interval [0.57, 0.67]) lie within [0.3, 0.7]; but where a search
+    on a noise fitness ends there too (p 0.95) the range says nothing about the judge's pull."""
+    from traitscope.experiments.steering_optimisation.criteria import _cosine_row
+
+    runs = {"values": [0.60, 0.62, 0.64], "mean": 0.62, "n": 3, "ci_low": 0.57, "ci_high": 0.67}
+    null = {"n_sim": 1000, "runs": 3, "mean": 0.62, "low": 0.43, "high": 0.79, "p_two_sided": 0.95}
+    cosines = {"optimised_vs_mean_diff": 0.64, "restarts_vs_mean_diff": runs, "noise_null": null}
+    row = _cosine_row("safety/evil", cosines, 16)
+    assert row.status == "inconclusive" and "met needs the noise fitness's p under 0.05" in row.detail
+    row = _cosine_row("safety/evil", {**cosines, "noise_null": {**null, "p_two_sided": 0.004}}, 16)
+    assert row.status == "met"
+    assert _cosine_row("safety/evil", {**cosines, "noise_null": None}, 16).status == "inconclusive"
 
 
 def test_cmaes_report_refuses_files_that_do_not_line_up_with_the_traits(tmp_path):

@@ -155,10 +155,18 @@ BLIND_JUDGE = auc(0.5, 0.4, 0.6, 56)
 
 
 def cmaes(
-    optimised: list, mean_diff: list, none: list, cosine: float, cosine_ci=(None, None), judge=GOOD_JUDGE
+    optimised: list,
+    mean_diff: list,
+    none: list,
+    cosine: float,
+    cosine_ci=(None, None),
+    judge=GOOD_JUDGE,
+    coherence_floor=None,
+    null_p=0.001,
 ) -> dict:
     """extraction_gap.json from held-out trait scores per question (None: the judge gave none),
-    its gain computed as cmaes_report computes it."""
+    its gain computed as cmaes_report computes it; the noise-fitness search ends elsewhere
+    (two-sided p `null_p`)."""
     from traitscope.experiments.steering_optimisation import gain_vs_mean_diff
 
     def delta(diff: float) -> dict:
@@ -183,10 +191,18 @@ def cmaes(
                     )
                     | {"ci_low": cosine_ci[0], "ci_high": cosine_ci[1]},
                     "optimised_vs_start": 0.9,
+                    "noise_null": {
+                        "n_sim": 1000,
+                        "mean": 0.9,
+                        "low": 0.8,
+                        "high": 0.95,
+                        "p_two_sided": null_p,
+                    },
                 },
                 "judge_agreement": judge,
             }
-        }
+        },
+        "settings": {"coherence_floor": coherence_floor},
     }
 
 
@@ -287,6 +303,26 @@ def test_criteria_met(tmp_path):
     assert "- **inconclusive**: the 95% CI straddles the threshold" in md  # the legend
     html = (tmp_path / "out/summary.html").read_text()
     assert "<table" in html and "not measurable</b>: the number rests on a judge" in html
+
+
+def test_a_coherence_gate_makes_the_cosine_not_measurable(tmp_path):
+    """With a coherence floor the fitness also rests on the judge's coherence scores, which no
+    truth set checks: the cosine row (the vector that fitness chose) is not measurable; the
+    gain row, read from held-out trait scores alone, keeps its status."""
+    for floor, expected in ((30, "not measurable"), (None, "met")):
+        result = cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6), coherence_floor=floor)
+        gain, cosine = rows(
+            run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result)),
+            "steering_optimisation",
+        )
+        assert (gain["status"], cosine["status"]) == ("met", expected)
+    assert cosine["detail"].startswith("layer 16")
+    result = cmaes([13, 23], [11, 21], [10, 20], cosine=0.5, cosine_ci=(0.4, 0.6), coherence_floor=30)
+    cosine = rows(
+        run(tmp_path, write(tmp_path, traits=traits_summary(), steering_optimisation=result)),
+        "steering_optimisation",
+    )[1]
+    assert cosine["detail"].startswith("the fitness zeroed answers the judge rated under 30 for coherence")
 
 
 def test_criteria_not_met(tmp_path):

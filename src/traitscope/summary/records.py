@@ -25,7 +25,7 @@ STATUSES = {
     NOT_MET: "the 95% CI lies entirely on the failing side of the threshold",
     INCONCLUSIVE: "the 95% CI straddles the threshold, or the number has no CI (the detail says why)",
     NOT_MEASURABLE: "the number rests on a judge whose agreement with the truth (AUC, CI low) is under "
-    "the gate for this trait",
+    "the gate for this trait, or on judge scores no truth set checks (the detail says which)",
     NOT_RUN: "the experiment is not enabled in this config",
     NOT_MEASURED: "the run computes no number for it (the detail says why)",
 }

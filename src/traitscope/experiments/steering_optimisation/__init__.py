@@ -6,8 +6,10 @@ extraction position), starting at the mean-difference vector's coordinates in th
 A candidate's fitness is the mean LLM-judge trait score of the answers the model gives to a
 few training questions (the trait's first extraction questions, asked with no system
 prompt) while the candidate, scaled to a fixed steering norm, is added to the residual
-stream. An answer counts 0 unless the judge also rates it coherent at or above
-`coherence_floor` (or cannot score it), so gibberish cannot win. Generation uses fixed
+stream. With a `coherence_floor`, an answer counts 0 unless the judge also rates it coherent at
+or above it (or cannot score it), so gibberish cannot win where the judge can read coherence;
+the criteria then call the optimised vector's cosine not measurable, since no truth set checks
+that judge's coherence (null: no gate, the trait score alone). Generation uses fixed
 seeds, so candidates are compared on the same random draws and the fitness moves only
 with the vector. The CMA-ES state (and numpy's global random state, which pycma samples
 from) is saved after every generation: a killed run continues from its last generation

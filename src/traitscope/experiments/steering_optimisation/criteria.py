@@ -3,10 +3,22 @@ cosine; both rest on the judge and pass its gate."""
 
 from __future__ import annotations
 
-from traitscope.summary.records import NOT_MEASURED, Criterion, Result, above, fmt, judge_gate, within
+from traitscope.summary.records import (
+    INCONCLUSIVE,
+    MET,
+    NOT_MEASURABLE,
+    NOT_MEASURED,
+    Criterion,
+    Result,
+    above,
+    fmt,
+    judge_gate,
+    within,
+)
 
 CMAES_GAIN_MIN = 0.2  # optimised steering delta > 1.2 x the extracted (mean_diff) vector's
 COSINE_RANGE = (0.3, 0.7)  # optimised vs mean_diff
+NULL_ALPHA = 0.05  # the cosine must also differ from where a noise-fitness search ends
 
 
 def cmaes_criteria(result: Result) -> list[Criterion]:
@@ -62,8 +74,24 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
             gain_row = judge_gate(gain_row, trait, None, heldout.get("judge_truth_agreement"))
         else:
             gain_row = judge_gate(gain_row, trait, held, truth)
-        rows += [gain_row, judge_gate(cosine_row, trait, held, truth)]
+        cosine_row = _coherence_gate(judge_gate(cosine_row, trait, held, truth), result.get("settings"))
+        rows += [gain_row, cosine_row]
     return rows
+
+
+def _coherence_gate(row: Criterion, settings: dict) -> Criterion:
+    """The optimised vector is what the fitness chose: with a coherence floor, that fitness also
+    rests on the judge's coherence scores, whose agreement with the truth no truth set measures
+    (the local LLM judge's rates nearly every answer alike), so the row's status says so."""
+    floor = settings.get("coherence_floor")
+    if floor is None or row.status == NOT_MEASURABLE:
+        return row
+    row.status = NOT_MEASURABLE
+    row.detail = (
+        f"the fitness zeroed answers the judge rated under {floor} for coherence, an agreement no "
+        f"truth set measures (coherence_floor: null optimises the trait score alone); {row.detail}"
+    )
+    return row
 
 
 def _cosine_row(trait: str, cosines: dict, layer: int) -> Criterion:
@@ -77,14 +105,21 @@ def _cosine_row(trait: str, cosines: dict, layer: int) -> Criterion:
         detail = f"layer {layer}; one optimiser run: no CI{_null_text(cosines.get('noise_null'))}"
         return Criterion(criterion, within(None, None, low, high), chosen, n="1 vector", detail=detail)
     ci = runs["ci_low"], runs["ci_high"]
+    null = cosines.get("noise_null")
     detail = (
         f"layer {layer}; measured = mean over {runs['n']} optimiser runs (each run's best vector: "
         f"{', '.join(fmt(v) for v in runs['values'])}), CI a t interval over runs; the optimised "
-        f"vector (best of all runs) {fmt(chosen)}{_null_text(cosines.get('noise_null'))}"
+        f"vector (best of all runs) {fmt(chosen)}{_null_text(null)}"
     )
-    return Criterion(
-        criterion, within(*ci, low, high), runs["mean"], *ci, n=f"{runs['n']} optimiser runs", detail=detail
-    )
+    status = within(*ci, low, high)
+    if status == MET and (not null or null["p_two_sided"] >= NULL_ALPHA):
+        # in range, but where a search on a noise fitness ends too: the range does not tell
+        # the judge's pull from the optimiser's step size
+        status = INCONCLUSIVE
+        detail += (
+            f"; met needs the noise fitness's p under {NULL_ALPHA}" if null else "; no noise null to compare"
+        )
+    return Criterion(criterion, status, runs["mean"], *ci, n=f"{runs['n']} optimiser runs", detail=detail)
 
 
 def _null_text(null: dict | None) -> str:

@@ -90,7 +90,8 @@ def cmaes_optimise(
         before = judge.stats.as_dict()
         vectors = [vector_of(x) for x in population]
         answers = steered_answers(model, tokenizer, questions, vectors, layer, settings, runs)
-        trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers)
+        gate = settings.coherence_floor is not None
+        trait_scores, coherence = judge_answers(judge, trait.judge_rubric, questions, answers, coherence=gate)
         after = judge.stats.as_dict()
         calls = {k: after[k] - before[k] for k in ("judgements", "computed", "cache_hits", "requests")}
         out = []

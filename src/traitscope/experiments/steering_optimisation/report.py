@@ -101,8 +101,7 @@ def cmaes_report(
     first = per_opt[0]
     result = {
         "question": "how far are extracted vectors from vectors optimised for judged behaviour?",
-        "fitness": "mean judge trait score over training answers; an answer counts 0 unless judged "
-        f"coherent >= {first['settings']['coherence_floor']}",
+        "fitness": _fitness_text(first["settings"]["coherence_floor"]),
         "settings": first["settings"],
         "judge": first["judge"],
         "traits": per,
@@ -116,6 +115,13 @@ def cmaes_report(
     )
     write_json(out_json, result)  # last: its presence means every output was written
     return result
+
+
+def _fitness_text(floor: float | None) -> str:
+    text = "mean judge trait score over training answers"
+    if floor is None:
+        return text + "; no coherence gate"
+    return text + f"; an answer counts 0 unless judged coherent >= {floor}"
 
 
 def _cosine_null(opt: dict) -> dict:

@@ -24,7 +24,7 @@ class OptimisationSettings:
     restarts: int
     sigma0: float
     coefficient: float
-    coherence_floor: float
+    coherence_floor: float | None
     n_train: int
     n_heldout: int
     max_new_tokens: int

@@ -92,18 +92,28 @@ def steered_answers(
     return [texts[k * n : (k + 1) * n] for k in range(len(vectors))]
 
 
-def gated_scores(trait: list[float | None], coherence: list[float | None], floor: float) -> list[float]:
-    """Per answer: the trait score if the judge scored it and rated it coherent >= floor, else 0."""
-    return [t if (t is not None and c is not None and c >= floor) else 0.0 for t, c in zip(trait, coherence)]
+def gated_scores(
+    trait: list[float | None], coherence: list[float | None], floor: float | None
+) -> list[float]:
+    """Per answer: the trait score if the judge scored it and rated it coherent >= floor (any
+    coherence with no floor), else 0."""
+    return [
+        t if (t is not None and (floor is None or (c is not None and c >= floor))) else 0.0
+        for t, c in zip(trait, coherence)
+    ]
 
 
 def judge_answers(
-    judge: Any, rubric: str, questions: list[str], answers: list[list[str]]
+    judge: Any, rubric: str, questions: list[str], answers: list[list[str]], coherence: bool = True
 ) -> tuple[list, list]:
-    """Trait and coherence scores, one list per answer set (all sets judged in two calls)."""
+    """Trait and coherence scores, one list per answer set (all sets judged in two calls);
+    without `coherence` (no gate to apply), that call is skipped and its scores are None."""
     flat = [(q, a) for set_ in answers for q, a in zip(questions, set_)]
     trait = [j.score for j in judge.score([Item(rubric, q, a) for q, a in flat])]
-    coherence = [j.score for j in judge.score([Item(judge.settings.coherence, q, a) for q, a in flat])]
+    if coherence:
+        coherence = [j.score for j in judge.score([Item(judge.settings.coherence, q, a) for q, a in flat])]
+    else:
+        coherence = [None] * len(flat)
     n = len(questions)
     return (
         [trait[i * n : (i + 1) * n] for i in range(len(answers))],
