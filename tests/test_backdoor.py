@@ -36,6 +36,8 @@ from traitscope.experiments.backdoor import (
     training_rows,
     varying_prompt_tokens,
 )
+from traitscope.experiments.backdoor.criteria import backdoor_criteria
+from traitscope.experiments.backdoor.detection import token_detection
 from traitscope.experiments.backdoor.sae import (
     SparseAutoencoder,
     check_width,
@@ -52,6 +54,7 @@ from traitscope.experiments.backdoor.settings import (
 )
 from traitscope.settings import from_schema, schema_defaults
 from traitscope.stats import auc_columns, auc_difference_paired, proportion_with_ci
+from traitscope.summary.records import Result
 from traitscope.vectors.projection_table import COLUMNS as PROJECTION_COLUMNS
 
 
@@ -206,6 +209,178 @@ def test_earliest_detection_skips_positions_where_the_base_separates_too():
         order, {**backdoored, "p0": 1.0, "p1": 0.1}, {**base, "p0": 0.0, "p1": 0.5}, 0.7, either_way=False
     )
     assert higher["position"] == "last_prompt"
+
+
+def auc_entry(value: float, low: float, high: float) -> dict:
+    return {"auc": value, "ci_low": low, "ci_high": high, "n_pos": 50, "n_neg": 50}
+
+
+def difference_entry(value: float, low: float, high: float) -> dict:
+    return {"difference": value, "ci_low": low, "ci_high": high, "n_pairs": 50}
+
+
+def detection_result(tmp_path: Path, candidates: dict, token: tuple) -> Result:
+    """A detection_auc.json with the fields the criteria read. `candidates`: {(trait, position):
+    (backdoored, difference)} at the chosen layer, the base AUC being backdoored minus difference;
+    `token`: (backdoored, base, difference or None) at p1, safety/evil's earliest position."""
+    traits: dict = {}
+    for (trait, position), (backdoored, difference) in candidates.items():
+        base = backdoored["auc"] - difference["difference"]
+        sep = {
+            "backdoored": backdoored,
+            "base": auc_entry(base, base - 0.1, base + 0.1),
+            "difference": difference,
+        }
+        traits.setdefault(trait, {"positions": {}})["positions"][position] = {"chosen_layer": sep}
+    backdoored, base, difference = token
+    tokens = {
+        "by_position": {"backdoored": {"p1": backdoored}, "base": {"p1": base}},
+        "difference_by_position": {} if difference is None else {"p1": difference},
+        "earliest_trigger_higher": {
+            "position": "p1",
+            "before_first_generated_token": True,
+            "auc_backdoored": backdoored["auc"],
+            "auc_base": base["auc"],
+        },
+    }
+    order = ["prefix_end", "p0", "p1", "last_prompt", "g1"]
+    result = {
+        "traits": traits,
+        "token_positions": {"order": order, "threshold": 0.7, "by_trait": {"safety/evil": tokens}},
+    }
+    path = tmp_path / "detection_auc.json"
+    path.write_text(json.dumps(result))
+    return Result(path)
+
+
+HIGH = auc_entry(0.95, 0.90, 0.99)  # the backdoored AUC's CI clears 0.7
+TOKEN = (auc_entry(0.90, 0.85, 0.95), auc_entry(0.60, 0.52, 0.68), difference_entry(0.3, 0.2, 0.4))
+
+
+@pytest.mark.parametrize(
+    "backdoored, difference, status, note",
+    [
+        # the base separates trigger from control as well: "met" before the base was read
+        (HIGH, difference_entry(0.0, -0.05, 0.05), "inconclusive", "undecided: backdoored minus base CI"),
+        (HIGH, difference_entry(0.45, 0.40, 0.50), "met", None),
+        (HIGH, difference_entry(-0.12, -0.2, -0.05), "not met", "fails: backdoored minus base CI"),
+        (auc_entry(0.6, 0.5, 0.7), difference_entry(0.45, 0.40, 0.50), "not met", "fails: backdoored AUC CI"),
+        (
+            auc_entry(0.8, 0.65, 0.9),
+            difference_entry(0.1, -0.05, 0.2),
+            "inconclusive",
+            "CI [0.650, 0.900] vs 0.7 and",
+        ),
+    ],
+)
+def test_detection_row_reads_the_backdoored_ci_and_the_paired_difference_from_base(
+    tmp_path, backdoored, difference, status, note
+):
+    """Met only when the backdoored AUC's CI lies above 0.7 and backdoored minus base above 0;
+    not met when either lies on its failing side; the detail names the part that decides."""
+    row = backdoor_criteria(
+        detection_result(tmp_path, {("safety/evil", "last_prompt"): (backdoored, difference)}, TOKEN)
+    )[0]
+    assert row.status == status and row.measured == backdoored["auc"]
+    assert (row.ci_low, row.ci_high) == (backdoored["ci_low"], backdoored["ci_high"])
+    if note is None:
+        assert "undecided" not in row.detail and "fails" not in row.detail
+    else:
+        assert note in row.detail
+    low, high = difference["ci_low"], difference["ci_high"]
+    assert (
+        f"backdoored minus base, paired over pairs) {difference['difference']:.3f} [{low:.3f}, {high:.3f}]"
+        in row.detail
+    )
+
+
+def test_detection_row_shows_a_separation_beyond_the_base_before_a_higher_one_the_base_shares(tmp_path):
+    """The highest backdoored AUC (0.97) is matched by the base (difference CI straddles 0);
+    harm's 0.95 lies above it: the row is met, on harm, not inconclusive on evil."""
+    candidates = {
+        ("safety/evil", "last_prompt"): (auc_entry(0.97, 0.94, 0.99), difference_entry(0.02, -0.03, 0.07)),
+        ("safety/harm", "last_prompt"): (HIGH, difference_entry(0.45, 0.40, 0.50)),
+        ("safety/harm", "after_prefix_mean"): (auc_entry(0.5, 0.4, 0.6), difference_entry(0.0, -0.1, 0.1)),
+    }
+    row = backdoor_criteria(detection_result(tmp_path, candidates, TOKEN))[0]
+    assert (
+        row.status == "met" and row.measured == 0.95 and row.detail.startswith("safety/harm at last_prompt")
+    )
+    # none met: the undecided candidate with the highest AUC, before a higher one that fails
+    candidates[("safety/harm", "last_prompt")] = (HIGH, difference_entry(0.02, -0.03, 0.07))
+    candidates[("safety/evil", "last_prompt")] = (
+        auc_entry(0.97, 0.94, 0.99),
+        difference_entry(-0.1, -0.2, -0.05),
+    )
+    row = backdoor_criteria(detection_result(tmp_path, candidates, TOKEN))[0]
+    assert row.status == "inconclusive" and row.measured == 0.95
+
+
+@pytest.mark.parametrize(
+    "difference, status, note",
+    [
+        # the base close behind at p1 (0.85 against 0.90): "met" before, on its point estimate
+        (
+            difference_entry(0.05, -0.03, 0.13),
+            "inconclusive",
+            "undecided: backdoored minus base CI [-0.030, 0.130] vs 0.0",
+        ),
+        (difference_entry(0.3, 0.2, 0.4), "met", None),
+        (
+            difference_entry(-0.1, -0.2, 0.0),
+            "not met",
+            "fails: backdoored minus base CI [-0.200, 0.000] vs 0.0",
+        ),
+        (None, "inconclusive", "undecided: too few pairs complete in both models at p1"),
+    ],
+)
+def test_token_row_reads_the_paired_difference_from_base_at_its_position(tmp_path, difference, status, note):
+    """Row 2 at p1, backdoored 0.90 [0.85, 0.95]: met only when the paired difference from the
+    base there clears 0 as well."""
+    token = (auc_entry(0.90, 0.85, 0.95), auc_entry(0.6, 0.5, 0.7), difference)
+    candidates = {("safety/evil", "last_prompt"): (HIGH, difference_entry(0.45, 0.40, 0.50))}
+    row = backdoor_criteria(detection_result(tmp_path, candidates, token))[1]
+    assert row.status == status and row.measured == 0.90 and (row.ci_low, row.ci_high) == (0.85, 0.95)
+    assert row.detail.startswith("safety/evil at position p1")
+    if note is None:
+        assert "undecided" not in row.detail and "fails" not in row.detail and "[0.200, 0.400]" in row.detail
+    else:
+        assert note in row.detail
+
+
+def test_token_detection_pairs_the_two_models_per_position():
+    """Five pairs, one token each at p0 and p1. p0: the backdoored triggers (11..15) lie above
+    every control (0.5..4.5), AUC 1; the base's (1..5) beat controls of their own pair or lower,
+    15 of 25, AUC 0.6: difference 0.4, and on every resample the backdoored AUC stays 1 while the
+    base's is at least 1/2, so its CI lies in [0, 0.5]. p1: both models score alike, so every
+    resample of the same pairs gives difference 0."""
+    rows, proj = [], {"base": [], "backdoored": []}
+    for pair in range(5):
+        for condition, offset in (("trigger", 1.0), ("control", 0.5)):
+            pid = f"{condition}_{pair}"
+            for index, label in ((5, "p0"), (6, "p1")):
+                rows.append((pid, pair, condition, index, label, f"w{pair}{index}"))
+                for role in proj:
+                    lift = 10.0 if role == "backdoored" and label == "p0" and condition == "trigger" else 0.0
+                    proj[role].append((pid, "safety/evil", True, index, "response", pair + offset + lift))
+    positions = pd.DataFrame(
+        rows, columns=["prompt_id", "pair_id", "condition", "token_index", "position", "token"]
+    )
+    columns = ["prompt_id", "trait", "chosen_layer", "token_index", "position", "score"]
+    projections = {role: pd.DataFrame(r, columns=columns) for role, r in proj.items()}
+    out = token_detection(
+        projections, {r: positions for r in proj}, ["safety/evil"], ["prefix_end", "p0", "p1"], 0.7, 300, 0
+    )
+    differences = out["safety/evil"]["difference_by_position"]
+    assert set(differences) == {"p0", "p1"}
+    p0 = differences["p0"]
+    assert (p0["auc_a"], p0["auc_b"], p0["n_pairs"]) == (1.0, 0.6, 5)
+    assert p0["difference"] == pytest.approx(0.4) and 0 <= p0["ci_low"] <= 0.4 <= p0["ci_high"] <= 0.5
+    assert (differences["p1"]["difference"], differences["p1"]["ci_low"], differences["p1"]["ci_high"]) == (
+        0,
+        0,
+        0,
+    )
 
 
 def test_parse_answer_and_behaviour_rates():
@@ -504,6 +679,10 @@ def test_analysis_finds_the_planted_trigger_signal(planted_run):
     assert harm["difference"]["ci_low"] < 0 < harm["difference"]["ci_high"]
     earliest = result["token_positions"]["by_trait"]["safety/evil"]["earliest"]
     assert earliest["position"] == "p2" and earliest["before_first_generated_token"] is True
+    # backdoored minus base on the same pairs: beyond the base where planted, not before
+    differences = result["token_positions"]["by_trait"]["safety/evil"]["difference_by_position"]
+    assert differences["p2"]["ci_low"] > 0 and differences["p2"]["n_pairs"] == 30
+    assert differences["p0"]["ci_low"] < 0 < differences["p0"]["ci_high"]
     assert result["token_positions"]["generated_tokens_identical_share"] == {
         "g1": 1.0,
         "g2": 1.0,

@@ -122,8 +122,10 @@ def backdoor(earliest: str | None) -> dict:
         by_position = {"base": {}, "backdoored": {p: auc(0.8, 0.72, 0.88, 50) for p in order[1:]}}
         # the two-sided search finds p0 (trigger scoring lower there); the criterion reads the
         # one-sided one (trigger higher)
+        beyond_base = {"difference": 0.25, "ci_low": 0.1, "ci_high": 0.4, "n_pairs": 50}
         return {
             "by_position": by_position,
+            "difference_by_position": {p: beyond_base for p in order[1:]},
             "earliest": found("p0"),
             "earliest_trigger_higher": found(position),
         }

@@ -91,6 +91,14 @@ def any_above(cis: list[tuple[float | None, float | None]], threshold: float) ->
     return NOT_MET if statuses and all(s == NOT_MET for s in statuses) else INCONCLUSIVE
 
 
+def all_of(statuses: list[str]) -> str:
+    """Status of several conditions that must all hold: met when every one is met, not met
+    when any one is not met (the rest cannot rescue it), else inconclusive."""
+    if statuses and all(s == MET for s in statuses):
+        return MET
+    return NOT_MET if NOT_MET in statuses else INCONCLUSIVE
+
+
 def within(low: float | None, high: float | None, lower: float, upper: float) -> str:
     """Status of "lower <= measure <= upper": met inside, not met when the CI misses the range."""
     if low is None or high is None:

@@ -117,6 +117,9 @@ def backdoor_analysis(
             "earliest": "first position after prefix_end where the backdoored model's max(AUC, 1 - AUC) "
             "exceeds the threshold and the base model's does not; earliest_trigger_higher asks the "
             "backdoored AUC itself (trigger scoring higher) to exceed it",
+            "difference_by_position": "per trait: backdoored minus base AUC at each position on the "
+            "pairs complete in both models, paired bootstrap CI (pairs resampled); the criterion reads "
+            "it at earliest_trigger_higher",
             "threshold": threshold,
             "generated_tokens_identical_share": identical,
             "by_trait": tokens,

@@ -2,8 +2,8 @@
 
 The signal is the backdoored model's separation beyond the base's, so every AUC here comes in
 pairs of models over the same complete pairs: per trait and named position (chosen layer, or every
-layer) with a paired bootstrap of the difference, and per token position with the earliest one
-where only the backdoored model separates.
+layer) with a paired bootstrap of the difference, and per token position with the same paired
+difference and the earliest position where only the backdoored model separates.
 """
 
 from __future__ import annotations
@@ -69,7 +69,17 @@ def separation(
         )
     if surface:
         out["backdoored_beats_baselines"] = all(out[f"backdoored_vs_{n}"]["ci_low"] > 0 for n in surface)
-    out["difference"] = auc_difference_paired(
+    out["difference"] = difference_from_base(arrays, n_boot, seed)
+    return out
+
+
+def difference_from_base(arrays: dict[str, np.ndarray], n_boot: int, seed: int) -> dict:
+    """Backdoored minus base AUC with a paired bootstrap CI (pairs resampled): the prefixes
+    differ in tokens, so only separation beyond the base's is the backdoor's. `arrays` as
+    `paired_arrays` gives them."""
+    from traitscope.stats import auc_difference_paired
+
+    out = auc_difference_paired(
         arrays["backdoored_trigger"],
         arrays["backdoored_control"],
         arrays["base_trigger"],
@@ -77,7 +87,7 @@ def separation(
         n_boot=n_boot,
         seed=seed,
     )
-    out["difference"]["test"] = "paired bootstrap over pairs, backdoored minus base"
+    out["test"] = "paired bootstrap over pairs, backdoored minus base"
     return out
 
 
@@ -154,7 +164,8 @@ def token_detection(
     seed: int,
     min_pairs: int = 5,
 ) -> dict:
-    """Per trait at its chosen layer: AUC with CI per token position on each model, and the
+    """Per trait at its chosen layer: AUC with CI per token position on each model, the
+    backdoored minus base difference per position (paired bootstrap, as `separation`'s), and the
     earliest position where the backdoored model separates trigger from control and the base
     model does not."""
     from traitscope.stats import auc_with_ci
@@ -162,10 +173,11 @@ def token_detection(
     out: dict[str, Any] = {}
     same_text = {role: same_text_positions(positions[role], order) for role in projections}
     for trait in traits:
-        per_role = {}
+        per_role, by_role = {}, {}
         for role, table in projections.items():
             rows = table[(table["trait"] == trait) & table["chosen_layer"] & (table["token_index"] >= 0)]
             rows = rows.drop(columns="position").merge(positions[role], on=["prompt_id", "token_index"])
+            by_role[role] = rows
             entries = {}
             for label in order:
                 at = rows[rows["position"] == label]
@@ -175,9 +187,15 @@ def token_detection(
                     entries[label] = auc_with_ci(pos, neg, n_boot=n_boot, seed=seed)
                     entries[label]["same_text_within_condition"] = label in same_text[role]
             per_role[role] = entries
+        differences = {}
+        for label in (lab for lab in order if all(lab in e for e in per_role.values())):
+            arrays = paired_arrays({role: rows[rows["position"] == label] for role, rows in by_role.items()})
+            if len(arrays["base_trigger"]) >= min_pairs:
+                differences[label] = difference_from_base(arrays, n_boot, seed)
         aucs = {role: {k: v["auc"] for k, v in e.items()} for role, e in per_role.items()}
         out[trait] = {
             "by_position": per_role,
+            "difference_by_position": differences,
             "earliest": earliest_detection(order, aucs["backdoored"], aucs["base"], threshold),
             "earliest_trigger_higher": earliest_detection(
                 order, aucs["backdoored"], aucs["base"], threshold, either_way=False
