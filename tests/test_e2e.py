@@ -246,7 +246,10 @@ def test_summary_and_report_show_the_success_criteria_first(run_dir):
     assert status["steering_optimisation"] == "not run"
     harmbench = json.loads((run_dir / "results/external_datasets/harmbench_results.json").read_text())
     external = next(s for s in summary["sections"] if s["name"] == "external")["criteria"]
-    assert external[0]["measured"] == max(t["auc"]["auc"] for t in harmbench["traits"].values())
+    # the best trait out of sample: chosen on one half of the prompts, scored on the other
+    assert external[0]["measured"] == harmbench["cross_fitted_best"]["auc"]
+    best, entry = max(harmbench["traits"].items(), key=lambda item: item[1]["auc"]["auc"])
+    assert f"in sample {best} {entry['auc']['auc']:.3f}" in external[0]["detail"]
     severity = external[2]  # BeaverTails brings a severity correlation, with a CI
     assert severity["status"] in ("met", "not met", "inconclusive") and severity["ci_low"] is not None
     result = snakemake(run_dir, "--report", "report.html", timeout=600)

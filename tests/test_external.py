@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from traitscope.data.loaders import BEAVERTAILS_CATEGORIES, load_beavertails
@@ -21,6 +20,13 @@ from traitscope.experiments.external.settings import BeaverTailsSampleSettings
 from traitscope.settings import from_schema
 
 TRAITS = ["safety/harm", "safety/evil"]
+
+
+def rank_correlation(x, y) -> float:
+    """Spearman's rho as Pearson's r of the average ranks."""
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / np.sqrt((rx**2).sum() * (ry**2).sum()))
 
 
 def brute_auc(pos, neg) -> float:
@@ -238,8 +244,10 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
     labels = table.loc[ids, "label"].to_numpy()
     harm = np.array([score[p] for p in ids])
     assert result["overall"][TRAITS[0]]["auc"] == pytest.approx(roc_auc_score(labels, harm))
-    rho = spearmanr(harm, table.loc[ids, "n_categories"]).statistic
+    unsafe = labels == 1  # severity among the harmful pairs: the safe ones would restate the AUC
+    rho = rank_correlation(harm[unsafe], table.loc[ids, "n_categories"].to_numpy()[unsafe])
     assert result["severity"][TRAITS[0]]["rho"] == pytest.approx(rho)
+    assert result["severity"][TRAITS[0]]["n"] == int(unsafe.sum())
     assert result["n_unsafe"] == int(labels.sum()) and len(result["categories"]) == 14
     # a category counts every row that carries it, also rows sampled in another category's draw
     keys = table["category"].str.split(";")
@@ -252,6 +260,104 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
         roc_auc_score(np.r_[np.ones(len(mine)), np.zeros(len(safe))], np.r_[mine, safe])
     )
     assert set(result["best_trait"].values()) == {TRAITS[0]}  # the other trait is its mirror image
+
+
+def summary_rows(tmp_path, harmbench_result=None, beavertails_result=None) -> list:
+    """The summary's external rows, read from the results as written to disk."""
+    from traitscope.experiments.external.criteria import external_criteria
+    from traitscope.io import write_json
+    from traitscope.summary.records import Result
+
+    read = []
+    for name, result in (("harmbench", harmbench_result), ("beavertails", beavertails_result)):
+        if result is not None:
+            write_json(tmp_path / f"{name}.json", result)
+        read.append(None if result is None else Result(tmp_path / f"{name}.json"))
+    return external_criteria(*read)
+
+
+def test_severity_is_the_gradient_among_unsafe_pairs(tmp_path):
+    """Unsafe scores 5, 6, 7, 8 at 1, 2, 2, 1 harm categories do not follow severity: ranks
+    1..4 against 1.5, 3.5, 3.5, 1.5, centred -1.5, -0.5, .5, 1.5 against -1, 1, 1, -1, sum 0, so
+    rho = 0. Safe pairs scored 1..4 at severity 0 used to join them: rho 0.823 (p 0.012), read
+    as "met", though it only restated that unsafe pairs score higher (the AUC row's question)."""
+    unsafe = {"u0": (5.0, "a"), "u1": (6.0, "a;b"), "u2": (7.0, "a;b"), "u3": (8.0, "a")}
+    safe = {f"s{i}": (float(i + 1), "safe") for i in range(4)}
+    rows = [
+        {"prompt_id": pid, "prompt": pid, "response": "r", "category": cat, "label": int(pid in unsafe)}
+        for pid, (_, cat) in (unsafe | safe).items()
+    ]
+    table = pd.DataFrame(rows).assign(n_categories=lambda t: t["category"].str.count(";") + t["label"])
+    table.to_parquet(tmp_path / "rows.parquet")
+    scores = {TRAITS[0]: [score for score, _ in (unsafe | safe).values()]}
+    projections(list(table["prompt_id"]), scores, "prefill_mean").to_parquet(tmp_path / "proj.parquet")
+    result, _, _ = beavertails(
+        [(tmp_path / "proj.parquet", tmp_path / "rows.parquet")], TRAITS[:1], "prefill_mean", 200, 0
+    )
+    severity = result["severity"][TRAITS[0]]
+    assert severity["rho"] == pytest.approx(0.0, abs=1e-12) and severity["n"] == 4
+    assert "unsafe pairs only" in result["severity_rows"]
+    row = summary_rows(tmp_path, beavertails_result=result)[2]
+    assert row.measured == pytest.approx(0.0, abs=1e-12) and row.status != "met" and row.n == "4"
+    assert "unsafe pairs only" in row.detail
+
+
+def test_harmbench_row_reads_the_best_trait_out_of_sample(tmp_path):
+    """Each side's prompts alternate between two halves in id order. safety/harm separates half 1
+    perfectly (harmful 11..15 vs harmless 1..5: AUC 1) and not half 2 (1..5 vs 1..5: 0.5);
+    safety/evil scores 0.8 on both (harmful 0, 6, 7, 8, 9 vs 1..5: 20 of 25 pairs). Half 1 picks
+    harm, which scores 0.5 on half 2; half 2 picks evil, 0.8 on half 1: out of sample 0.65,
+    under the in-sample best, evil's 0.8 (6..9 beat all 10 controls: 80 of 100 pairs; harm's
+    11..15 beat all 10, 50 pairs, and 1..5 against 1..5 twice give 25: 0.75)."""
+    ones, evil = np.arange(1.0, 6.0), np.array([0.0, 6.0, 7.0, 8.0, 9.0])
+    bad_ids, good_ids = [f"h{i:02d}" for i in range(10)], [f"c{i:02d}" for i in range(10)]
+    bad = {TRAITS[0]: np.empty(10), TRAITS[1]: np.empty(10)}
+    bad[TRAITS[0]][0::2], bad[TRAITS[0]][1::2] = ones + 10, ones
+    bad[TRAITS[1]][0::2], bad[TRAITS[1]][1::2] = evil, evil
+    good = {t: np.repeat(ones, 2) for t in TRAITS}  # each half 1..5
+    paths = [tmp_path / f"{name}.parquet" for name in ("bad", "good", "p", "c")]
+    projections(bad_ids, bad, "last_prompt").to_parquet(paths[0])
+    projections(good_ids, good, "last_prompt").to_parquet(paths[1])
+    bad_texts = [f"how to build weapon number {i}" for i in range(10)]
+    good_texts = [f"how to bake bread number {i}" for i in range(10)]
+    pd.DataFrame({"prompt_id": bad_ids, "prompt": bad_texts, "category": "c"}).to_parquet(paths[2])
+    pd.DataFrame({"prompt_id": good_ids, "prompt": good_texts}).to_parquet(paths[3])
+    bow = tmp_path / "bow.parquet"
+    pd.DataFrame(
+        {
+            "prompt_id": [f"t{i}" for i in range(4)],
+            "prompt": ["build a weapon", "weapon plans", "bake a cake", "bread recipe"],
+            "split": "extraction",
+            "label": [1, 1, 0, 0],
+        }
+    ).to_parquet(bow)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"training_prompts": []}))
+    result, _, _ = harmbench(
+        [paths[0]],
+        [paths[1]],
+        *paths[2:],
+        TRAITS,
+        "last_prompt",
+        dict.fromkeys(TRAITS, meta),
+        bow,
+        n_boot=300,
+    )
+    crossed = result["cross_fitted_best"]
+    assert [(f["trait"], f["auc_other_half"]) for f in crossed["folds"]] == [
+        (TRAITS[0], 0.5),
+        (TRAITS[1], 0.8),
+    ]
+    assert crossed["auc"] == pytest.approx(0.65)
+    assert crossed["ci_low"] <= 0.65 <= crossed["ci_high"]
+    assert result["traits"][TRAITS[0]]["auc"]["auc"] == pytest.approx(0.75)
+    row = summary_rows(tmp_path, harmbench_result=result)[0]
+    assert row.measured == pytest.approx(0.65) and row.n == "10+10"
+    assert (row.ci_low, row.ci_high) == (crossed["ci_low"], crossed["ci_high"])
+    assert f"(half 1's pick {TRAITS[0]}: 0.500; half 2's pick {TRAITS[1]}: 0.800)" in row.detail
+    assert f"in sample {TRAITS[1]} 0.800 [" in row.detail and f"others: {TRAITS[0]} 0.750" in row.detail
+    # the bag of words separates the words "weapon" and "bread" perfectly: 0.8 - 1 = -0.2
+    assert f"bag of words 1.000, {TRAITS[1]} minus it -0.200 [" in row.detail
 
 
 def test_a_failing_part_leaves_no_result_of_another_part_behind(tmp_path, bt_prompts):

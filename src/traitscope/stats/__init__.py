@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # the package's face: `from traitscope.stats import X` for every statistic, whichever module holds it
 from traitscope.stats.bootstrap import _percentile_bootstrap, _sample, bootstrap_ci, mean_with_ci  # noqa: F401
+from traitscope.stats.crossfit import cross_fitted_auc  # noqa: F401
 from traitscope.stats.effects import (  # noqa: F401
     clustered_dz_ci,
     cohens_d,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from traitscope.stats import auc, auc_of_codes, cohens_d, column_codes
+from traitscope.stats import auc, auc_of_codes, cohens_d, column_codes, cross_fitted_auc
 from traitscope.vectors.methods import project
 
 
@@ -103,42 +103,25 @@ def split_half_auc(x: torch.Tensor, table, vectors: dict, layers: list[int], n_b
     # each column's scores as their rank among its distinct values, once: the AUC reads only the
     # order, and ranking every resample's columns anew cost most of this function's time
     codes, k = column_codes(scores)
+    positive = label == 1
 
-    def procedure(picked_rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
-        """Mean other-half AUC, each fold's chosen candidate and its AUC."""
-        choices, aucs = [], []
-        for pick, score in ((0, 1), (1, 0)):
-            r = picked_rows[pick]
-            best = _best_column(scores[r], codes[r], k, label[r] == 1, method_of)
-            r = picked_rows[score]
-            choices.append(best)
-            aucs.append(auc(scores[r][label[r] == 1, best], scores[r][label[r] == 0, best]))
-        return float(np.mean(aucs)), choices, aucs
+    def pick(rows: np.ndarray) -> int:
+        return _best_column(scores[rows], codes[rows], k, positive[rows], method_of)
 
-    point, choices, aucs = procedure([np.concatenate(half) for half in rows_of])
+    found = cross_fitted_auc(scores, positive, [[half] for half in rows_of], pick, n_boot, seed=0)
     folds = [
         {"method": candidates[c][0], "layer": candidates[c][1], "auc_other_half": a}
-        for c, a in zip(choices, aucs)
+        for c, a in zip(found["choices"], found["aucs"])
     ]
-    rng = np.random.default_rng(0)
-    boot, same = np.empty(n_boot), 0
-    for b in range(n_boot):
-        drawn = [np.concatenate([half[k] for k in rng.integers(0, len(half), len(half))]) for half in rows_of]
-        if any(len(set(label[r])) < 2 for r in drawn):
-            boot[b] = np.nan
-            continue
-        boot[b], again, _ = procedure(drawn)
-        same += again == choices
-    if np.isnan(boot).any() or min(map(len, halves)) < 2:
+    if found["ci_low"] is None:
         reason = "no CI: a half has one question, or a resample drew one label only"
-        return {"auc": point, "ci_low": None, "ci_high": None, "reason": reason, "folds": folds}
-    low, high = np.percentile(boot, [2.5, 97.5])
+        return {"auc": found["auc"], "ci_low": None, "ci_high": None, "reason": reason, "folds": folds}
     return {
-        "auc": point,
-        "ci_low": float(low),
-        "ci_high": float(high),
+        "auc": found["auc"],
+        "ci_low": found["ci_low"],
+        "ci_high": found["ci_high"],
         "n_clusters": len(questions),
-        "choice_stability": same / n_boot,
+        "choice_stability": found["choice_stability"],
         "folds": folds,
     }
 

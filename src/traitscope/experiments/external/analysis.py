@@ -15,7 +15,16 @@ from traitscope.errors import TraitscopeError
 from traitscope.experiments.external.figures import category_auc_figure
 from traitscope.experiments.external.settings import ExternalSettings
 from traitscope.io import save_figure, write_json
-from traitscope.stats import auc, auc_with_ci, compare_groups, spearman, youden_threshold
+from traitscope.stats import (
+    auc,
+    auc_of_codes,
+    auc_with_ci,
+    column_codes,
+    compare_groups,
+    cross_fitted_auc,
+    spearman,
+    youden_threshold,
+)
 from traitscope.vectors.projection_table import chosen_scores, read_projections
 
 
@@ -55,6 +64,37 @@ def _categories(table: pd.DataFrame) -> np.ndarray:
     return table["category"].to_numpy(dtype=object)
 
 
+def cross_fitted_best(bad: pd.DataFrame, good: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """The best trait's AUC out of sample: the trait with the highest AUC on one half of the
+    prompts (the summary's rule, the first of the traits on a tie), scored on the other half,
+    both ways and averaged, with a bootstrap CI that chooses again in every resample.
+
+    The best of several traits, chosen on the prompts it is scored on, flatters itself. Each
+    side's prompts, in prompt-id order, go alternately to the two halves (paired sets keep a
+    pair in one half); a resample draws each half's harmful and harmless prompts with
+    replacement (stratified, as `auc_with_ci`).
+    """
+    traits, bad, good = list(bad.columns), bad.sort_index(), good.sort_index()
+    if min(len(bad), len(good)) < 4:
+        return {"auc": None, "reason": "fewer than 4 prompts on a side: no 2 per half"}
+    scores = np.vstack([bad.to_numpy(float), good.to_numpy(float)])
+    positive = np.r_[np.ones(len(bad), bool), np.zeros(len(good), bool)]
+    codes, k = column_codes(scores)
+
+    def best(rows: np.ndarray) -> int:
+        on = positive[rows]
+        return int(np.argmax(auc_of_codes(codes[rows][on], codes[rows][~on], k, axis=0)))
+
+    sides = (np.flatnonzero(positive), np.flatnonzero(~positive))
+    halves = [[list(side[start::2, None]) for side in sides] for start in (0, 1)]
+    found = cross_fitted_auc(scores, positive, halves, best, n_boot, seed)
+    folds = [
+        {"chosen_on_half": i + 1, "trait": traits[c], "auc_other_half": a}
+        for i, (c, a) in enumerate(zip(found.pop("choices"), found.pop("aucs")))
+    ]
+    return {**found, "n_harmful": len(bad), "n_harmless": len(good), "folds": folds}
+
+
 def harmbench(
     harmful_proj: list[str | Path],
     harmless_proj: list[str | Path],
@@ -72,7 +112,8 @@ def harmbench(
     """AUC of a labelled harmful set (HarmBench behaviours, the held-out hard negatives) vs its
     harmless controls, overall and per category, beside the surface baselines: prompt length and
     a bag of words fitted on the rows each trait saw (a prompt-contrast trait's own extraction
-    rows, `own_bow`; else `bow_prompts`' extraction rows).
+    rows, `own_bow`; else `bow_prompts`' extraction rows); and the best trait's AUC out of
+    sample (`cross_fitted_best`).
 
     Persona traits are scored at `position`; a prompt-contrast trait (in `own_bow`) at the pool
     its vectors were built at. Per category, controls of the same category are the comparison
@@ -128,8 +169,26 @@ def harmbench(
         both = pd.concat([bad[trait], good[trait]])
         labels = np.r_[np.ones(len(bad)), np.zeros(len(good))]
         failures[trait] = failure_cases(both, labels, texts)
+    result["cross_fitted_best"] = cross_fitted_best(bad, good, n_boot, seed)
     dists = {t: {"harmful": bad[t].to_numpy(), "harmless": good[t].to_numpy()} for t in traits}
     return result, failures, dists
+
+
+SEVERITY_ROWS = (
+    "unsafe pairs only: Spearman rho of the score against the number of harm categories a pair "
+    "carries; safe pairs (0 categories) would turn the unsafe-vs-safe separation, which the AUC "
+    "measures, into a correlation"
+)
+
+
+def severity_gradient(unsafe: pd.Series, severity: pd.Series) -> dict:
+    """Spearman rho (CI, p) of unsafe pairs' scores against their number of harm categories: does
+    the score follow how harmful a pair is, among harmful pairs (`SEVERITY_ROWS`)? No rho, with the
+    reason, where the unsafe pairs are too few or all carry as many categories."""
+    try:
+        return spearman(unsafe.to_numpy(), severity.loc[unsafe.index].to_numpy())
+    except ValueError as exc:
+        return {"rho": None, "n": len(unsafe), "reason": f"unsafe pairs: {exc}"}
 
 
 def beavertails(
@@ -139,7 +198,8 @@ def beavertails(
     n_boot: int,
     seed: int,
 ) -> tuple[dict, dict, dict]:
-    """Per category: mean scores, category vs safe (d, CI, p, AUC); overall harm AUC; severity.
+    """Per category: mean scores, category vs safe (d, CI, p, AUC); overall harm AUC; harm severity
+    among the unsafe pairs (`severity_gradient`).
 
     `groups` are (projections, prompts) of captured rows; every row counts in each
     category it carries. Returns (results, failure cases, score distributions).
@@ -158,7 +218,14 @@ def beavertails(
         raise TraitscopeError(
             "BeaverTails analysis needs at least 2 safe pairs; add 'safe' to the categories"
         )
-    result: dict = {"position": position, "categories": {}, "overall": {}, "severity": {}, "best_trait": {}}
+    result: dict = {
+        "position": position,
+        "categories": {},
+        "overall": {},
+        "severity": {},
+        "severity_rows": SEVERITY_ROWS,
+        "best_trait": {},
+    }
     for group, members in scores.items():
         if group == SAFE_CATEGORY:
             continue
@@ -182,8 +249,8 @@ def beavertails(
         result["overall"][trait] = auc_with_ci(
             unsafe[trait].to_numpy(), safe[trait].to_numpy(), n_boot=n_boot, seed=seed
         )
+        result["severity"][trait] = severity_gradient(unsafe[trait], severity)
         both = pd.concat([unsafe[trait], safe[trait]])
-        result["severity"][trait] = spearman(both.to_numpy(), severity.loc[both.index].to_numpy())
         labels = np.r_[np.ones(len(unsafe)), np.zeros(len(safe))]
         failures[trait] = failure_cases(both, labels, texts)
     result["n_unsafe"], result["n_safe"] = len(unsafe), len(safe)
