@@ -260,6 +260,31 @@ def test_beavertails_overall_auc_per_category_and_severity(tmp_path, bt_prompts)
         roc_auc_score(np.r_[np.ones(len(mine)), np.zeros(len(safe))], np.r_[mine, safe])
     )
     assert set(result["best_trait"].values()) == {TRAITS[0]}  # the other trait is its mirror image
+    # the row reads the best trait out of sample: its mirror image never wins a half, so each
+    # half's pick is TRAITS[0], and each half scores it on the other half's pairs
+    crossed = result["cross_fitted_best"]
+    assert [f["trait"] for f in crossed["folds"]] == [TRAITS[0], TRAITS[0]]
+    ordered = sorted(ids)
+    halves = [
+        ordered_side[i::2]
+        for ordered_side in (
+            [p for p in ordered if table.loc[p, "label"] == 1],
+            [p for p in ordered if table.loc[p, "label"] == 0],
+        )
+        for i in (0, 1)
+    ]
+    unsafe_halves, safe_halves = halves[:2], halves[2:]
+    by_half = [
+        roc_auc_score(np.r_[np.ones(len(u)), np.zeros(len(f))], [score[p] for p in u + f])
+        for u, f in zip(unsafe_halves, safe_halves)
+    ]
+    assert crossed["auc"] == pytest.approx(np.mean(by_half))
+    assert (crossed["n_harmful"], crossed["n_harmless"]) == (result["n_unsafe"], result["n_safe"])
+    row = summary_rows(tmp_path, beavertails_result=result)[1]
+    assert (
+        row.measured == pytest.approx(crossed["auc"])
+        and "the best trait on each half of the pairs" in row.detail
+    )
 
 
 def summary_rows(tmp_path, harmbench_result=None, beavertails_result=None) -> list:

@@ -61,18 +61,23 @@ def harmbench(best: float, half: float = 0.09) -> dict:
             "safety/harm": {"auc": auc(0.45, 0.32, 0.58), "by_category": {}},
             "alignment/deception": {"auc": auc(best, best - 0.09, best + 0.08), "by_category": {}},
         },
-        "cross_fitted_best": {
-            "auc": crossed,
-            "ci_low": crossed - half,
-            "ci_high": crossed + half,
-            "choice_stability": 0.9,
-            "n_harmful": 40,
-            "n_harmless": 40,
-            "folds": [
-                {"chosen_on_half": 1, "trait": "alignment/deception", "auc_other_half": crossed - 0.01},
-                {"chosen_on_half": 2, "trait": "alignment/deception", "auc_other_half": crossed + 0.01},
-            ],
-        },
+        "cross_fitted_best": cross_fitted("alignment/deception", crossed, half, 40),
+    }
+
+
+def cross_fitted(trait: str, value: float, half: float, n: int) -> dict:
+    """`cross_fitted_best`: `trait` chosen on both halves, AUC `value` +-`half` out of sample."""
+    return {
+        "auc": value,
+        "ci_low": value - half,
+        "ci_high": value + half,
+        "choice_stability": 0.9,
+        "n_harmful": n,
+        "n_harmless": n,
+        "folds": [
+            {"chosen_on_half": 1, "trait": trait, "auc_other_half": value - 0.01},
+            {"chosen_on_half": 2, "trait": trait, "auc_other_half": value + 0.01},
+        ],
     }
 
 
@@ -85,6 +90,7 @@ def beavertails(rho: float, p: float) -> dict:
             "safety/evil": {"rho": 0.9, "p_value": 1e-9, "n": 400, "ci_low": 0.88, "ci_high": 0.92},
         },
         "severity_rows": "unsafe pairs only",
+        "cross_fitted_best": cross_fitted("safety/harm", 0.73, 0.02, 200),  # in sample 0.74
     }
 
 
@@ -583,18 +589,24 @@ def test_disabled_experiments_are_not_run(tmp_path):
 
 
 def test_external_results_of_an_earlier_version_are_not_read_as_the_new_criteria(tmp_path):
-    """A HarmBench result without the out-of-sample AUC, and a BeaverTails one whose severity rho
-    pooled the safe pairs, give no status: their numbers answer other questions."""
+    """HarmBench and BeaverTails results without the out-of-sample AUC, and a BeaverTails one
+    whose severity rho pooled the safe pairs, give no status: their numbers answer other
+    questions."""
     old_harmbench, old_beavertails = harmbench(0.83), beavertails(0.21, 0.001)
-    del old_harmbench["cross_fitted_best"], old_beavertails["severity_rows"]
+    del (
+        old_harmbench["cross_fitted_best"],
+        old_beavertails["severity_rows"],
+        old_beavertails["cross_fitted_best"],
+    )
     summary = run(
         tmp_path,
         write(tmp_path, traits=traits_summary(), harmbench=old_harmbench, beavertails=old_beavertails),
     )
     hb, bt, severity = rows(summary, "external")
-    assert hb["status"] == severity["status"] == "not measured" and bt["status"] == "met"
+    assert hb["status"] == bt["status"] == severity["status"] == "not measured"
     assert hb["measured"] is None and "in sample alignment/deception 0.830" in hb["detail"]
-    assert all("rerun external_analysis" in r["detail"] for r in (hb, severity))
+    assert "in sample safety/harm 0.740 [0.710, 0.780] (best of 2 traits on the scored pairs" in bt["detail"]
+    assert all("rerun external_analysis" in r["detail"] for r in (hb, bt, severity))
 
 
 def test_a_missing_field_names_the_file_and_field(tmp_path):

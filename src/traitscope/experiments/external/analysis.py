@@ -254,6 +254,7 @@ def beavertails(
         labels = np.r_[np.ones(len(unsafe)), np.zeros(len(safe))]
         failures[trait] = failure_cases(both, labels, texts)
     result["n_unsafe"], result["n_safe"] = len(unsafe), len(safe)
+    result["cross_fitted_best"] = cross_fitted_best(unsafe[traits], safe[traits], n_boot, seed)
     dists = {t: {"harmful": unsafe[t].to_numpy(), "harmless": safe[t].to_numpy()} for t in traits}
     return result, failures, dists
 

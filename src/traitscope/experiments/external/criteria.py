@@ -3,6 +3,8 @@ severity correlation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from traitscope.summary.records import (
     INCONCLUSIVE,
     MET,
@@ -11,7 +13,6 @@ from traitscope.summary.records import (
     Criterion,
     Result,
     above,
-    auc_row,
     ci_of,
     fmt,
 )
@@ -28,19 +29,36 @@ def external_criteria(harmbench: Result | None, beavertails: Result | None) -> l
 
 
 def harmbench_row(result: Result | None) -> Criterion:
-    """The best trait's AUC out of sample (chosen on one half of the prompts, scored on the other,
-    both ways: `cross_fitted_best`), its CI deciding the status; the in-sample best and its
-    difference to the bag of words beside it. Picking the best of several traits on the prompts
-    it is scored on flatters it."""
+    """HarmBench's best trait out of sample, the bag of words beside it (`_out_of_sample_row`)."""
     criterion = f"HarmBench vs harmless: ROC-AUC > {AUC_MIN}"
     if result is None:
         return Criterion(criterion, NOT_RUN, detail="dataset not configured")
     aucs = {t: result.get("traits", t, "auc") for t in result.get("traits")}
+    return _out_of_sample_row(
+        criterion, result, aucs, "prompts", lambda best: _beside_bag_of_words(result, best)
+    )
+
+
+def beavertails_row(result: Result | None) -> Criterion:
+    """BeaverTails' best trait (unsafe vs safe pairs) out of sample (`_out_of_sample_row`)."""
+    criterion = f"BeaverTails unsafe vs safe: ROC-AUC > {AUC_MIN}"
+    if result is None:
+        return Criterion(criterion, NOT_RUN, detail="dataset not configured")
+    return _out_of_sample_row(criterion, result, dict(result.get("overall")), "pairs", None)
+
+
+def _out_of_sample_row(
+    criterion: str, result: Result, aucs: dict, rows: str, beside: Callable[[str], str] | None
+) -> Criterion:
+    """The best trait's AUC out of sample (chosen on one half of the `rows`, scored on the other,
+    both ways: `cross_fitted_best`), its CI deciding the status; the in-sample best (and what
+    `beside` adds) in the detail. Picking the best of several traits on the rows it is scored
+    on flatters it."""
     best, others = _best(aucs)
     entry = aucs[best]
     in_sample = (
-        f"in sample {best} {_with_ci(entry)} (best of {len(aucs)} traits on the scored prompts; "
-        f"others: {others}); {_beside_bag_of_words(result, best)}"
+        f"in sample {best} {_with_ci(entry)} (best of {len(aucs)} traits on the scored {rows}; "
+        f"others: {others})" + (f"; {beside(best)}" if beside else "")
     )
     n = f"{entry['n_pos']}+{entry['n_neg']}"
     missing = "no out-of-sample AUC in the result (rerun external_analysis with this version)"
@@ -52,7 +70,7 @@ def harmbench_row(result: Result | None) -> Criterion:
         for f in crossed["folds"]
     )
     ci = (
-        "CI: bootstrap of the prompts within each half, the trait chosen again in each resample "
+        f"CI: bootstrap of the {rows} within each half, the trait chosen again in each resample "
         f"(the same choices in {crossed['choice_stability']:.0%} of them)"
     )
     return Criterion(
@@ -61,19 +79,9 @@ def harmbench_row(result: Result | None) -> Criterion:
         crossed["auc"],
         *ci_of(crossed),
         n=n,
-        detail=f"out of sample: the best trait on each half of the prompts, scored on the other half "
+        detail=f"out of sample: the best trait on each half of the {rows}, scored on the other half "
         f"({folds}); {ci}; {in_sample}",
     )
-
-
-def beavertails_row(result: Result | None) -> Criterion:
-    """The best trait's unsafe-vs-safe AUC over BeaverTails' pairs, the others' beside it."""
-    criterion = f"BeaverTails unsafe vs safe: ROC-AUC > {AUC_MIN}"
-    if result is None:
-        return Criterion(criterion, NOT_RUN, detail="dataset not configured")
-    aucs = dict(result.get("overall"))
-    best, others = _best(aucs)
-    return auc_row(criterion, aucs[best], AUC_MIN, f"{best} (best of {len(aucs)} traits; others: {others})")
 
 
 def severity_row(beavertails: Result | None) -> Criterion:
