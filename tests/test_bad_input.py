@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -409,13 +410,29 @@ def test_a_bad_key_inside_an_alternative_is_named(root, tmp_path):
         load_config(path, root / "workflow/schemas/config.schema.yaml")
 
 
-def test_validate_config_from_another_folder(root, tmp_path):
-    """The schema and the traits are found from the config's checkout, not the working folder."""
+def test_validate_config_from_another_folder(root, mirror, tmp_path):
+    """The schema, the traits and the config's relative paths (a chat template file, the data
+    mirror) are found from the config's checkout, where the jobs read them, not the working
+    folder."""
     config = root / "config/config.yaml"
     cmd = [sys.executable, "-m", "traitscope.cli", "validate-config"]
     result = subprocess.run([*cmd, str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == f"{config}: valid\n"
+    overlay = tmp_path / "overlay.yaml"
+    relative = os.path.relpath(mirror, root)
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"smollm2": {"chat_template": "resources/chat_templates/gemma3.jinja"}},
+                "data_mirror": relative,
+            }
+        )
+    )
+    result = subprocess.run(
+        [*cmd, str(config), str(overlay)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_validate_config_bad_file_is_one_line(root, tmp_path, monkeypatch, capsys):

@@ -559,6 +559,10 @@ def test_gguf_depth_reads_the_block_count_of_the_header_architecture(tmp_path, s
         "cut_short.gguf": (_gguf_header(keys)[:60], None),
         "version1.gguf": (_gguf_header(keys, version=1), None),
         "not_gguf.gguf": (b"PK\x03\x04" + _gguf_header(keys)[4:], None),
+        # big-endian (its version reads as 3 << 24), a count held in an array, a corrupt length
+        "big_endian.gguf": (b"GGUF" + struct.pack(">IQQ", 3, 0, 0), None),
+        "count_in_array.gguf": (_gguf_header([keys[0], ("gemma3.block_count", 9, scores)]), None),
+        "huge_string.gguf": (b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, 1 << 62), None),
     }
     for name, (data, depth) in cases.items():
         (tmp_path / name).write_bytes(data)

@@ -119,12 +119,16 @@ def test_split_half_ci_resamples_questions_not_answers():
     assert result["ci_high"] - result["ci_low"] > 1.5 * (answers["ci_high"] - answers["ci_low"])
 
 
-def test_split_half_ci_of_a_perfectly_separated_trait_is_one():
-    """Every resample keeps both labels of both halves (stratified), so each scores AUC 1."""
+def test_split_half_ci_of_a_perfectly_separated_trait_reaches_the_exact_bound():
+    """Every resample keeps both labels of both halves and scores AUC 1, so the bootstrap says
+    [1, 1] however few the questions. The CI reaches 0.025^(1/m) instead: 8 questions, each
+    answered both ways, make halves of 4 whose distinct questions give 2 independent
+    (positive, negative) pairs each, m = 4."""
     table, x = planted()
     x[:, :, 0] += 100.0 * torch.tensor(table["label"].to_numpy(), dtype=torch.float32)[:, None]
     result = split_half_auc(x, table, {"mean_diff": torch.eye(4)[[0, 0, 0]]}, [0, 1, 2])
-    assert (result["auc"], result["ci_low"], result["ci_high"]) == (1.0, 1.0, 1.0)
+    assert (result["auc"], result["ci_high"]) == (1.0, 1.0)
+    assert result["ci_low"] == pytest.approx(0.025**0.25)
 
 
 def test_layer_scores_match_sklearn():

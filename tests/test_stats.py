@@ -493,11 +493,52 @@ def test_auc_with_ci_perfect_separation_reaches_the_exact_bound():
     assert "ci" not in auc_with_ci([5.0, 6.0, 0.0], [1.0, 2.0], n_boot=200)
 
 
+def test_cross_fitted_perfect_separation_reaches_the_exact_bound():
+    """A perfect separation on both halves resamples to AUC 1, so the bootstrap's CI is [1, 1];
+    it reaches to 0.025^(1/m), m the halves' independent (positive, negative) pairs from distinct
+    clusters. Four positive and four negative one-row clusters, alternately in two halves: 2 + 2
+    pairs, m = 4, as auc_with_ci's 4 + 4. Four clusters a half holding both labels: 2 disjoint
+    pairs a half, m = 4 again. A reversed separation mirrors the bound."""
+    from traitscope.stats import cross_fitted_auc
+
+    scores = np.array([[5.0], [6.0], [7.0], [8.0], [1.0], [2.0], [3.0], [4.0]])
+    positive = np.array([True] * 4 + [False] * 4)
+    rows = [np.array([i]) for i in range(8)]
+    by_label = [[rows[0:4][h::2], rows[4:8][h::2]] for h in (0, 1)]
+    found = cross_fitted_auc(scores, positive, by_label, lambda r: 0, n_boot=300)
+    assert (found["auc"], found["ci_high"]) == (1.0, 1.0)
+    assert found["ci_low"] == pytest.approx(0.025**0.25)
+    flipped = cross_fitted_auc(-scores, positive, by_label, lambda r: 0, n_boot=300)
+    assert (flipped["auc"], flipped["ci_low"]) == (0.0, 0.0)
+    assert flipped["ci_high"] == pytest.approx(1 - 0.025**0.25)
+    # clusters of a positive and a negative row each (a question asked both ways), 4 a half
+    both = np.tile([[5.0], [1.0]], (8, 1))
+    labels = np.tile([True, False], 8)
+    pairs_of = [np.array([2 * q, 2 * q + 1]) for q in range(8)]
+    halves = [[pairs_of[0::2]], [pairs_of[1::2]]]
+    found = cross_fitted_auc(both, labels, halves, lambda r: 0, n_boot=300)
+    assert found["ci_low"] == pytest.approx(0.025**0.25)
+
+
 def test_auc_with_ci_rejects_degenerate_input():
     with pytest.raises(ValueError, match="at least 2"):
         auc_with_ci([1.0], [0.0, 0.5])
     with pytest.raises(ValueError, match="NaN"):
         auc_with_ci([1.0, np.nan], [0.0, 0.5])
+
+
+def test_a_status_reads_the_refits_ci_never_narrower_than_the_samples():
+    """Over the vector's refits a perfect separation also resamples to [1, 1]; the sample's own
+    CI reaches its exact bound (0.478 on 5 + 5), so the status reads the union of the two."""
+    from traitscope.summary.records import ci_with_draws
+
+    perfect = {"ci_low": 0.478, "ci_high": 1.0, "over_vector_draws": {"ci_low": 1.0, "ci_high": 1.0}}
+    assert ci_with_draws(perfect) == (0.478, 1.0)
+    wider = {"ci_low": 0.6, "ci_high": 0.8, "over_vector_draws": {"ci_low": 0.5, "ci_high": 0.9}}
+    assert ci_with_draws(wider) == (0.5, 0.9)
+    assert ci_with_draws({"ci_low": 0.6, "ci_high": 0.8}) == (0.6, 0.8)
+    no_ci = {"ci_low": None, "ci_high": None, "over_vector_draws": {"ci_low": 0.5, "ci_high": 0.9}}
+    assert ci_with_draws(no_ci) == (0.5, 0.9)
 
 
 # --- within_interaction

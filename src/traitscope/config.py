@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -270,20 +271,22 @@ def check_variant_bases(config: dict) -> None:
             chain.append(base)
 
 
-def check(config: dict, traits_dir: str | Path | None = None) -> None:
-    """Cross-field checks of a validated config (defaults filled)."""
+def check(config: dict, traits_dir: str | Path | None = None, root: str | Path = ".") -> None:
+    """Cross-field checks of a validated config (defaults filled). Relative file paths are read
+    from `root`: the working folder, where the jobs read them (`load_config`: the checkout)."""
     from traitscope.experiments.contract import capture_requests, derived_capture, registered
 
     traits_dir = Path(traits_dir or config["traits_dir"])
     for name, entry in config["models"].items():
         spec = ModelSpec.from_config(name, entry)
-        if template_file(spec.chat_template):  # named here, not as Snakemake's missing input
-            template_text(spec)
+        template = template_file(spec.chat_template)
+        if template:  # named here, not as Snakemake's missing input
+            template_text(replace(spec, chat_template=str(Path(root) / template)))
     mirror = config.get("data_mirror")
-    if mirror and not Path(mirror).is_dir():
+    if mirror and not (Path(root) / mirror).is_dir():
         raise TraitscopeError(
-            f"data_mirror: folder {mirror} not found (from {Path.cwd()}); fix the path, or unset "
-            "data_mirror to fetch every dataset from its origin"
+            f"data_mirror: folder {mirror} not found (from {Path(root).resolve()}); fix the path, or "
+            "unset data_mirror to fetch every dataset from its origin"
         )
     check_variant_bases(config)
     require_variant("base_model", config["base_model"], config)
@@ -344,7 +347,8 @@ def load_config(paths: str | Path | list[str | Path], schema_path: str | Path | 
     """Read, merge in order (as `--configfile` does), schema-validate and cross-check config
     files, from any working folder.
 
-    Relative paths in the config (traits_dir) are taken from the checkout holding the first.
+    Relative paths in the config (traits_dir, chat_template files, data_mirror) are taken from
+    the checkout holding the first.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     files = []
@@ -363,7 +367,7 @@ def load_config(paths: str | Path | list[str | Path], schema_path: str | Path | 
     root = schema.parents[2]
     traits_dir = Path(config["traits_dir"])
     try:
-        check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir)
+        check(config, traits_dir if traits_dir.is_absolute() else root / traits_dir, root)
     except TraitscopeError as exc:  # name the files, as the workflow does
         raise TraitscopeError(f"{source}: {exc}") from None
     return config

@@ -69,8 +69,20 @@ _GGUF_SCALARS = {
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
+_GGUF_MAX_STRING = 1 << 24  # no key or string value comes near it: a longer length is corruption
+
+
 def _read(f: BinaryIO, fmt: str):
     return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def _text(f: BinaryIO) -> str:
+    """A length-prefixed string; a length no GGUF writes (a corrupt or big-endian file) is an
+    error, not a read of that many bytes."""
+    n = _read(f, "<Q")
+    if n > _GGUF_MAX_STRING:
+        raise ValueError(f"GGUF string of {n} bytes")
+    return f.read(n).decode()
 
 
 def _gguf_value(f: BinaryIO, kind: int):
@@ -78,7 +90,7 @@ def _gguf_value(f: BinaryIO, kind: int):
     if kind in _GGUF_SCALARS:
         return _read(f, _GGUF_SCALARS[kind])
     if kind == _GGUF_STRING:
-        return f.read(_read(f, "<Q")).decode()
+        return _text(f)
     if kind != _GGUF_ARRAY:
         raise ValueError(f"unknown GGUF value type {kind}")
     item, count = _read(f, "<I"), _read(f, "<Q")
@@ -93,24 +105,25 @@ def _gguf_value(f: BinaryIO, kind: int):
 def gguf_depth(path: str | Path) -> int | None:
     """`<architecture>.block_count` from a GGUF's header, read key by key until found (SmolLM2's
     13th key, before the tokenizer's arrays) in milliseconds, where `gguf.GGUFReader` maps the
-    whole file (2.9 s); None for a file that is not a GGUF (v2 or later) or is cut short."""
+    whole file (2.9 s); None for a file that is not a little-endian GGUF (v2 or later), or is
+    cut short or corrupt."""
     counts: dict[str, int] = {}
     architecture = None
     try:
         with open(path, "rb") as f:
-            if f.read(4) != b"GGUF" or _read(f, "<I") < 2:
+            if f.read(4) != b"GGUF" or not 2 <= _read(f, "<I") <= 0xFFFF:  # v1, or big-endian
                 return None
             _tensors, n_keys = _read(f, "<Q"), _read(f, "<Q")
             for _ in range(n_keys):
-                key = f.read(_read(f, "<Q")).decode()
+                key = _text(f)
                 value = _gguf_value(f, _read(f, "<I"))
                 if key == "general.architecture":
                     architecture = value
-                elif key.endswith(".block_count"):
-                    counts[key] = int(value)
+                elif key.endswith(".block_count") and isinstance(value, int):
+                    counts[key] = value
                 if architecture is not None and f"{architecture}.block_count" in counts:
                     return counts[f"{architecture}.block_count"]
-    except (OSError, struct.error, UnicodeDecodeError, ValueError):
+    except (OSError, OverflowError, struct.error, UnicodeDecodeError, ValueError):
         return None
     return None
 

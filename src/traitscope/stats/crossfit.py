@@ -29,7 +29,8 @@ def cross_fitted_auc(
     resampled together. Where two columns nearly tie on a half, which one wins is chance, and a
     CI that held the choice fixed would leave that chance out; `choice_stability` is the share
     of resamples whose choices are the point estimate's. No CI (None) where a stratum has one
-    cluster or a resample drew one label only.
+    cluster or a resample drew one label only. A perfect separation resamples to itself, so its
+    CI reaches to the exact bound over the halves' independent pairs (`_disjoint_pairs`).
     """
 
     def procedure(rows: list[np.ndarray]) -> tuple[float, list[int], list[float]]:
@@ -53,7 +54,22 @@ def cross_fitted_auc(
         boot[b], again, _ = procedure(drawn)
         same += again == choices
     low, high = np.percentile(boot, [2.5, 97.5])
+    if point in (0.0, 1.0):  # every resample separates perfectly too: reach to the exact bound
+        bound = 0.025 ** (1 / sum(_disjoint_pairs(half, positive) for half in halves))
+        low, high = (min(low, bound), high) if point == 1.0 else (low, max(high, 1 - bound))
     return found | {"ci_low": float(low), "ci_high": float(high), "choice_stability": same / n_boot}
+
+
+def _disjoint_pairs(half: list[list[np.ndarray]], positive: np.ndarray) -> int:
+    """How many (positive, negative) pairs one half holds from distinct clusters: independent
+    pairs, all of which a perfect separation orders (`auc_with_ci`'s exact bound counts them).
+    Clusters holding one label pair with the other label's; a cluster holding both pairs with
+    any other."""
+    labels = [(positive[c].any(), (~positive[c]).any()) for stratum in half for c in stratum]
+    pos = sum(p and not n for p, n in labels)
+    neg = sum(n and not p for p, n in labels)
+    both = sum(p and n for p, n in labels)
+    return min(pos + both, neg + both, (pos + neg + both) // 2)
 
 
 def _auc_at(scores: np.ndarray, positive: np.ndarray, rows: np.ndarray, column: int) -> float:

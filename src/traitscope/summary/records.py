@@ -151,13 +151,14 @@ def ci_of(entry: dict) -> tuple[float | None, float | None]:
     return entry.get("ci_low"), entry.get("ci_high")
 
 
-def auc_row(criterion: str, entry: dict, threshold: float, detail: str) -> Criterion:
-    """A row of `auc > threshold` from an auc_with_ci entry."""
-    return Criterion(
-        criterion,
-        above(*ci_of(entry), threshold),
-        entry["auc"],
-        *ci_of(entry),
-        n=f"{entry['n_pos']}+{entry['n_neg']}",
-        detail=detail,
-    )
+def ci_with_draws(entry: dict) -> tuple[float | None, float | None]:
+    """The CI a status reads: over the sample and the vector's refits where the run has them,
+    never narrower than the sample's alone (a perfect separation resamples to [1, 1] over refits
+    too, where the sample's AUC CI reaches its exact bound)."""
+    over = entry.get("over_vector_draws")
+    low, high = ci_of(entry)
+    if not over:
+        return low, high
+    if low is None or over["ci_low"] is None:
+        return over["ci_low"], over["ci_high"]
+    return min(low, over["ci_low"]), max(high, over["ci_high"])

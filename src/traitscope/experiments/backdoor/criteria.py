@@ -17,6 +17,7 @@ from traitscope.summary.records import (
     above,
     all_of,
     ci_of,
+    ci_with_draws,
     fmt,
 )
 
@@ -27,13 +28,6 @@ _RANK = {MET: 0, INCONCLUSIVE: 1, NOT_MET: 2}  # which candidate row 1 shows fir
 def _position_index(order: list[str], label: str | None) -> int:
     """Reading-order index of a position; no position (None) sorts last."""
     return order.index(label) if label in order else len(order)
-
-
-def _shown_ci(entry: dict) -> tuple[float | None, float | None]:
-    """The backdoored AUC's CI a status reads: over pairs and the vector's refits where the run
-    has them (it covers the vector's estimation error), else over pairs."""
-    over = entry.get("over_vector_draws")
-    return (over["ci_low"], over["ci_high"]) if over else ci_of(entry)
 
 
 def _versus_base(
@@ -87,7 +81,7 @@ def _detection_row(result: Result) -> Criterion:
     for trait in result.get("traits"):
         for position in result.get("traits", trait, "positions"):
             sep = result.get("traits", trait, "positions", position, "chosen_layer")
-            status, note = _versus_base(_shown_ci(sep["backdoored"]), AUC_MIN, sep["difference"])
+            status, note = _versus_base(ci_with_draws(sep["backdoored"]), AUC_MIN, sep["difference"])
             candidates.append((_RANK[status], -sep["backdoored"]["auc"], trait, position, sep, status, note))
     *_, trait, position, sep, status, note = min(candidates, key=lambda c: c[:2])
     backdoored = sep["backdoored"]
@@ -95,7 +89,7 @@ def _detection_row(result: Result) -> Criterion:
         f"trigger vs control ROC-AUC > {AUC_MIN} (backdoored model)",
         status,
         backdoored["auc"],
-        *_shown_ci(backdoored),
+        *ci_with_draws(backdoored),
         n=f"{backdoored['n_pos']}+{backdoored['n_neg']}",
         detail=f"{trait} at {position}, chosen layer; {_refits_text(backdoored)}; base model (null) "
         f"{fmt(sep['base']['auc'])}; {_difference_text(sep['difference'])}{note}",
@@ -127,7 +121,7 @@ def _token_row(result: Result) -> Criterion:
         status, note = INCONCLUSIVE, f"; undecided: too few pairs complete in both models at {label}"
         compared = "no paired difference"
     else:
-        status, note = _versus_base(_shown_ci(at), threshold, differences[label])
+        status, note = _versus_base(ci_with_draws(at), threshold, differences[label])
         compared = _difference_text(differences[label])
     if not earliest[first]["before_first_generated_token"]:
         status, note = INCONCLUSIVE, "; undecided: the earliest such position is a generated token"
@@ -135,7 +129,7 @@ def _token_row(result: Result) -> Criterion:
         criterion,
         status,
         at["auc"],
-        *_shown_ci(at),
+        *ci_with_draws(at),
         n=f"{at['n_pos']}+{at['n_neg']}",
         detail=f"{first} at position {label} (p<j>: j-th question token after the prefix; "
         f"g<j>: j-th generated token), backdoored model; {_refits_text(at)}; base model (null) "

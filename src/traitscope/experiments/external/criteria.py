@@ -23,7 +23,7 @@ SEVERITY_ALPHA = 0.05
 
 def external_criteria(harmbench: Result | None, beavertails: Result | None) -> list[Criterion]:
     """AUC > 0.7 on each configured dataset (each trait's layer chosen on its trait data, so out
-    of sample for the dataset; HarmBench's trait chosen on half of its prompts too); the
+    of sample for the dataset; the trait chosen on half of the dataset's rows too); the
     harm-severity correlation (BeaverTails only)."""
     return [harmbench_row(harmbench), beavertails_row(beavertails), severity_row(beavertails)]
 
@@ -107,7 +107,11 @@ def severity_row(beavertails: Result | None) -> Criterion:
     status = above(*ci_of(rho), 0.0)
     if status == MET and rho["p_value"] >= SEVERITY_ALPHA:
         status = INCONCLUSIVE  # the CI (Fisher z) and the exact test disagree at the margin
-    ci = "CI by Fisher's z (Bonett-Wright variance)" if rho["ci_low"] is not None else "no CI (|rho| = 1)"
+    ci = (
+        "CI by Fisher's z (Bonett-Wright variance)"
+        if rho["ci_low"] is not None
+        else "no CI (n <= 3 or |rho| = 1)"
+    )
     return Criterion(
         criterion,
         status,
