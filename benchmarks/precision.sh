@@ -9,7 +9,8 @@
 #   bf16: TRAITSCOPE_CPU_BF16=1, auto decides as on an AVX512-BF16 CPU (native on such a CPU,
 #         emulated and slower elsewhere).
 #
-# Usage: benchmarks/precision.sh OUT.txt [snakemake args, e.g. --config data_mirror=../shared/data]
+# Usage: benchmarks/precision.sh OUT.txt [snakemake args, e.g. --config data_mirror=$PWD/../shared/data]
+# (an absolute mirror path: each run is a clone one folder deeper, where ../shared/data is not)
 set -euo pipefail
 out=$(realpath "$1")
 shift

@@ -7,7 +7,8 @@
 # checkout, in this machine's number format. The seeds come as a --configfile overlay, so the
 # snakemake args may not hold one of their own (Snakemake keeps only the last).
 #
-# Usage: benchmarks/seed_statuses.sh OUT.txt SEED [SEED ...] -- [snakemake args, e.g. --config data_mirror=../shared/data]
+# Usage: benchmarks/seed_statuses.sh OUT.txt SEED [SEED ...] -- [snakemake args, e.g. --config data_mirror=$PWD/../shared/data]
+# (an absolute mirror path: each run is a clone one folder deeper, where ../shared/data is not)
 set -euo pipefail
 out=$(realpath "$1")
 shift
