@@ -2,7 +2,7 @@
 # Precision robustness: the main job (every experiment config/config.yaml enables) from an empty
 # results/, once in fp32 and once in bf16, on this machine, then the two criteria tables side by
 # side (benchmarks/precision_compare.py). Each run is a clone of HEAD in a temporary folder beside
-# this checkout (so ../shared/data resolves as here) and imports that clone's code.
+# this checkout, one folder deeper than it, and imports that clone's code.
 #
 #   fp32: the kernels capped at AVX2 (ATen, MKL, oneDNN), so `dtype: auto` picks fp32 as it does
 #         on an AVX2-only CPU, and its wall time stands in for one;
