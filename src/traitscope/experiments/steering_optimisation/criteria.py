@@ -82,7 +82,7 @@ def cmaes_criteria(result: Result) -> list[Criterion]:
 def _coherence_gate(row: Criterion, settings: dict) -> Criterion:
     """The optimised vector is what the fitness chose: with a coherence floor, that fitness also
     rests on the judge's coherence scores, whose agreement with the truth no truth set measures
-    (the local LLM judge's rates nearly every answer alike), so the row's status says so."""
+    (the local LLM judge rates nearly every answer alike), so the row's status says so."""
     floor = settings.get("coherence_floor")
     if floor is None or row.status == NOT_MEASURABLE:
         return row
