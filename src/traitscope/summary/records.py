@@ -92,7 +92,7 @@ def any_above(cis: list[tuple[float | None, float | None]], threshold: float) ->
 
 
 def all_of(statuses: list[str]) -> str:
-    """Status of several conditions that must all hold: met when every one is met, not met
+    """Status of several requirements that must all hold: met when every one is met, not met
     when any one is not met (the rest cannot rescue it), else inconclusive."""
     if statuses and all(s == MET for s in statuses):
         return MET
