@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from traitscope.stats.roc import auc
+from traitscope.stats.roc import auc, perfect_separation_ci
 
 
 def cross_fitted_auc(
@@ -55,8 +55,8 @@ def cross_fitted_auc(
         same += again == choices
     low, high = np.percentile(boot, [2.5, 97.5])
     if point in (0.0, 1.0):  # every resample separates perfectly too: reach to the exact bound
-        bound = 0.025 ** (1 / sum(_disjoint_pairs(half, positive) for half in halves))
-        low, high = (min(low, bound), high) if point == 1.0 else (low, max(high, 1 - bound))
+        pairs = sum(_disjoint_pairs(half, positive) for half in halves)
+        low, high = perfect_separation_ci(point, low, high, pairs)
     return found | {"ci_low": float(low), "ci_high": float(high), "choice_stability": same / n_boot}
 
 

@@ -81,10 +81,17 @@ def auc_with_ci(pos: ArrayLike, neg: ArrayLike, n_boot: int = 2000, seed: int = 
     value = auc(pos, neg)
     result = {"auc": value, "ci_low": low, "ci_high": high, "n_pos": len(pos), "n_neg": len(neg)}
     if value in (0.0, 1.0):
-        bound = 0.025 ** (1 / min(len(pos), len(neg)))
-        low, high = (min(low, bound), high) if value == 1.0 else (low, max(high, 1 - bound))
+        low, high = perfect_separation_ci(value, low, high, min(len(pos), len(neg)))
         result.update(ci_low=low, ci_high=high, ci="exact bound of a perfect separation")
     return result
+
+
+def perfect_separation_ci(value: float, low: float, high: float, pairs: int) -> tuple[float, float]:
+    """A CI of an AUC of exactly 1 (or 0) reached to the exact bound: `pairs` independent
+    (positive, negative) pairs all ordered have probability at most AUC^pairs, so AUCs under
+    0.025^(1/pairs) (over 1 minus it, for 0) are excluded at 2.5%, and no further."""
+    bound = 0.025 ** (1 / pairs)
+    return (min(low, bound), high) if value == 1.0 else (low, max(high, 1 - bound))
 
 
 def auc_difference_paired(
