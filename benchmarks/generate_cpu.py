@@ -53,8 +53,9 @@ def main() -> None:
     layers = list(range(model.config.num_hidden_layers))
     stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
     lengths = [len(p) + args.new_tokens for p in prompts]
+    cpu_device = torch.device("cpu")
     shared = sum(
-        prefix.shared_prefix(prompts, idx) * len(idx)
+        sum(prefix.batch_prefixes(prompts, idx, len(idx), cpu_device)[1])
         for idx in token_budget_batches(lengths, args.max_tokens)
     )
 

@@ -7,8 +7,9 @@ import torch
 
 from traitscope.generation import generate as engine
 from traitscope.generation import static_decode
+from traitscope.generation.decode_attention import matmul_decode
 from traitscope.generation.generate import PerRow, generate
-from traitscope.generation.prefix import left_layout, shared_prefix
+from traitscope.generation.prefix import batch_prefixes, left_layout, shared_prefix
 from traitscope.model import chat
 from traitscope.model.hooks import add_to_layer, add_to_rows
 
@@ -78,40 +79,47 @@ def test_sampling_is_seeded(smollm2):
 
 
 SYSTEM = "You are a careful assistant who answers in one short, plain sentence."
+OTHER = "Reply as a pirate would, with gusto, in at most one sentence."
 SHARED = ["Name a colour.", "What is two plus two?", "Say hello to a new colleague in a friendly way."]
+# two system prompts interleaved, as a length-sorted batch mixes a trait set's instructions, and
+# a prompt under the template's default system prompt, which no other row shares
+MIXED = [(q, system) for q in SHARED for system in (SYSTEM, OTHER)] + [(SHARED[0], None)]
 
 
 @pytest.mark.parametrize("steer", [False, True])
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
-def test_shared_prefix_runs_once_and_generates_as_each_prompt_alone(smollm2, steer, cache, monkeypatch):
-    """Prompts under one system prompt: the prefix runs once at batch 1 and is broadcast."""
+def test_shared_prefixes_run_once_and_generate_as_each_prompt_alone(smollm2, steer, cache, monkeypatch):
+    """Prompts under two system prompts and one under the template's default: one prefix pass
+    runs the three groups' prefixes, each copied into its rows, and every row generates as it
+    does alone."""
     model, tok = smollm2
     if cache == "dynamic":
         monkeypatch.setattr(engine, "_static_decoder", lambda *_: None)
-    prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
-    assert shared_prefix(prompts, [0, 1, 2]) >= 20
+    prompts = [chat.encode(tok, chat.messages_for(q, s)).ids for q, s in MIXED]
+    assert shared_prefix(prompts, [0, 2, 4]) >= 20 and shared_prefix(prompts, [1, 3, 5]) >= 15
     calls = []
     real = engine.prefill_prefix
     for loop in (engine, static_decode):  # the DynamicCache loop's and the static decoder's
-        monkeypatch.setattr(loop, "prefill_prefix", lambda *a: calls.append(len(a[1])) or real(*a))
+        monkeypatch.setattr(loop, "prefill_prefix", lambda *a: calls.append(a[1].ids.shape) or real(*a))
     torch.manual_seed(1)
     vector = torch.randn(model.config.hidden_size) * 8.0
     with add_to_layer(model, 10, vector) if steer else torch.inference_mode():
         ours = generate(model, tok, prompts, 10, 4096, 0.0, 0, progress=False)
         reference = hf_greedy(model, tok, prompts, 10)
-    assert calls == [shared_prefix(prompts, [0, 1, 2])]
+    # one pass: the two instructions and the lone prompt's all-but-last tokens (the widest)
+    assert calls == [torch.Size([3, len(prompts[-1]) - 1])]
     assert ours == reference
 
 
 @pytest.mark.parametrize("bucket", [0, 3])
-def test_recorded_states_with_a_shared_prefix_equal_those_without(smollm2, monkeypatch, bucket):
-    """The broadcast prefix and the [prefix | padding | suffix] layout, turned back into plain
+def test_recorded_states_with_shared_prefixes_equal_those_without(smollm2, monkeypatch, bucket):
+    """The copied prefixes and the [prefix | padding | suffix] layout, turned back into plain
     left padding, give the states of a batch that shares nothing; also where the batch is padded
     with `bucket` finished rows, as CUDA graphs pad it to a reused size (the Gemma-2-2B plan's EM
     capture failed there: the prefix was cut to the real rows, the decode steps were not)."""
     model, tok = smollm2
     monkeypatch.setattr(static_decode._StaticDecoder, "rows", lambda self, n: n + bucket)
-    prompts = [chat.encode(tok, chat.messages_for(q, SYSTEM)).ids for q in SHARED]
+    prompts = [chat.encode(tok, chat.messages_for(q, s)).ids for q, s in MIXED]
 
     def run() -> list[engine.GeneratedBatch]:
         stops = {tok.eos_token_id}
@@ -124,9 +132,37 @@ def test_recorded_states_with_a_shared_prefix_equal_those_without(smollm2, monke
     assert shared.index == plain.index and shared.kept == plain.kept and shared.width == plain.width
     for layer in (3, 20):
         a, b = shared.hidden[layer], plain.hidden[layer]
+        assert a.shape == b.shape
         for row, i in enumerate(shared.index):
             start = shared.width - len(prompts[i])  # padding columns hold nothing defined
             torch.testing.assert_close(a[row, start:], b[row, start:], atol=2e-4, rtol=1e-4)
+
+
+def test_batch_prefixes_cuts_where_the_fewest_tokens_are_prefilled():
+    """Two instructions x three questions and a lone prompt (hand-counted prefill tokens,
+    groups x longest prefix + rows x longest suffix): sharing nothing costs 7 x 26 = 182; cut at
+    16 shared tokens, the instructions form two groups and the lone prompt one of its own,
+    3 x 25 + 7 x 3 = 96; cut at 20, the Y rows are alone too, 5 x 25 + 7 x 3 = 146."""
+    x, y, lone = [1] * 20, [2] * 16, [3] * 25 + [9]
+    questions = [[10, 11], [12, 13, 14], [15]]
+    prompts = [instruction + q for q in questions for instruction in (x, y)] + [lone]
+    prefixes, lengths = batch_prefixes(prompts, range(7), rows=8, device=torch.device("cpu"))
+    assert lengths == [20, 16, 20, 16, 20, 16, 25]
+    assert prefixes.ids.tolist() == [[0] * 5 + x, [0] * 9 + y, lone[:25]]
+    assert prefixes.group.tolist() == [0, 1, 0, 1, 0, 1, 2, 2]  # bucket row 7 repeats row 6
+    assert prefixes.row_mask.sum(-1).tolist() == [20, 16, 20, 16, 20, 16, 25, 25]
+    none, zeros = batch_prefixes([[1] * 9, [2] * 9], [0, 1], rows=2, device=torch.device("cpu"))
+    assert none is None and zeros == [0, 0]  # alone, each would prefill 8 + 1 of its 9 tokens
+
+
+def test_batch_prefixes_left_pads_groups_of_different_lengths():
+    b, c = [5] * 10, [6] * 14
+    prompts = [b + [1], c + [2], b + [3], c + [4]]
+    prefixes, lengths = batch_prefixes(prompts, [0, 1, 2, 3], rows=4, device=torch.device("cpu"))
+    assert lengths == [10, 14, 10, 14]
+    assert prefixes.ids.tolist() == [[0] * 4 + b, c] and prefixes.mask.sum(-1).tolist() == [10, 14]
+    assert prefixes.group.tolist() == [0, 1, 0, 1]
+    assert prefixes.row_mask[0].tolist() == [0] * 4 + [1] * 10
 
 
 def test_left_layout_moves_the_prefix_next_to_each_suffix():
@@ -240,3 +276,35 @@ def test_keyed_sampling_draws_the_softmax_distribution():
     freq = torch.bincount(tokens, minlength=4).double() / n
     expected = torch.softmax(logits[0].double() / 0.7, dim=-1)
     assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
+
+
+def test_inverse_cdf_draws_each_token_at_its_probability():
+    """Over many rows each token's frequency is its probability, and a token of probability 0
+    (here between two likely ones, and last) is never drawn."""
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]])
+    n = 40_000
+    tokens = engine.inverse_cdf(probs.expand(n, -1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    assert torch.allclose(freq, probs[0].double(), atol=0.01), freq
+    assert freq[1] == 0 and freq[4] == 0
+
+
+
+@pytest.mark.parametrize("boolean", [True, False])
+def test_matmul_decode_is_attention_over_the_unmasked_columns(boolean):
+    """Against attention written out in float64 (softmax of q.k / sqrt(d) over the allowed
+    columns, times v), with the query heads of a KV head grouped as `grouped_sdpa` passes them."""
+    torch.manual_seed(0)
+    rows, kv_heads, group, columns, d = 3, 2, 3, 7, 16
+    q = torch.randn(rows, kv_heads, group, d)
+    k, v = torch.randn(rows, kv_heads, columns, d), torch.randn(rows, kv_heads, columns, d)
+    allowed = torch.ones(rows, 1, 1, columns, dtype=torch.bool)
+    allowed[0, ..., :2] = False  # left padding
+    allowed[2, ..., 5:] = False  # columns not written yet
+    mask = allowed if boolean else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float).min)
+    out = matmul_decode(q, k, v, mask, d**-0.5)
+    for r in range(rows):
+        keep = allowed[r, 0, 0]
+        for h in range(kv_heads):
+            weights = torch.softmax(q[r, h].double() @ k[r, h, keep].double().T / d**0.5, dim=-1)
+            torch.testing.assert_close(out[r, h].double(), weights @ v[r, h, keep].double(), atol=1e-5, rtol=1e-5)

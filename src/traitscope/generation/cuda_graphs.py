@@ -15,7 +15,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from traitscope.generation.decode_attention import decode_attention, supported
+from traitscope.generation.decode_attention import decode_attention, matmul_decode, supported
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -39,10 +39,11 @@ WIDE_HEAD = 256
 
 def grouped_sdpa(fallback: Callable, written: torch.Tensor | None = None) -> Callable:
     """Attention for one new token per row that never repeats the KV heads: on CUDA in half
-    precision `decode_attention` over the first `written` cache columns (a device count), else
-    SDPA with the query heads sharing a KV head as that head's queries (same result; HF's "sdpa"
-    copies each KV head once per query head when a mask is given, several times the KV cache's
-    bytes per step). Dynamo leaves it alone: a compiled attention module calls it as it is."""
+    precision `decode_attention` over the first `written` cache columns (a device count), on a
+    CPU `matmul_decode`, else SDPA with the query heads sharing a KV head as that head's queries
+    (same result; HF's "sdpa" copies each KV head once per query head when a mask is given,
+    several times the KV cache's bytes per step). Dynamo leaves it alone: a compiled attention
+    module calls it as it is."""
 
     @torch.compiler.disable
     def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -55,14 +56,16 @@ def grouped_sdpa(fallback: Callable, written: torch.Tensor | None = None) -> Cal
             return decode_attention(query, key, value, attention_mask, written, scaling or d**-0.5), None
         if q != 1 or heads % groups or attention_mask is None:
             return fallback(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        wide = query.is_cuda and d >= WIDE_HEAD
+        grouped = query.reshape(b, groups, heads // groups, d)
+        if not query.is_cuda:  # reading the count costs a CPU no sync: only written columns
+            span = int(written) if written is not None else key.shape[-2]
+            key, value, attention_mask = key[:, :, :span], value[:, :, :span], attention_mask[..., :span]
+            out = matmul_decode(grouped, key, value, attention_mask, scaling or d**-0.5)
+            return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
+        wide = d >= WIDE_HEAD
         with sdpa_kernel(DECODE_BACKENDS, set_priority=True) if wide else nullcontext():
             out = torch.nn.functional.scaled_dot_product_attention(
-                query.reshape(b, groups, heads // groups, d),
-                key,
-                value,
-                attn_mask=attention_mask,
-                scale=scaling,
+                grouped, key, value, attn_mask=attention_mask, scale=scaling
             )
         return out.reshape(b, heads, 1, -1).transpose(1, 2).contiguous(), None
 

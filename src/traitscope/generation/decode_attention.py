@@ -1,11 +1,13 @@
-"""Decode attention on CUDA as one Triton kernel: one new token per row over a static KV cache.
+"""Decode attention, one new token per row: on CUDA one Triton kernel over a static KV cache, on
+a CPU two matmuls.
 
 PyTorch's kernels read every column of the cache at each decode step, written or not, and its
 memory-efficient kernel (the fastest of them here) reads it at ~70% of the copy bandwidth
 (Gemma-2-2B on an H100, benchmarks/profile_generate.py). This kernel reads the columns written
 so far only (a device count the CUDA graph reads at each replay) and keeps a KV head's query
 heads together, so each KV head is read once. Greedy tokens stay those of PyTorch's attention
-within bf16 rounding (tests/test_gpu.py).
+within bf16 rounding (tests/test_gpu.py). On a CPU, SDPA at one query a row costs about twice
+the two matmuls (`matmul_decode`; benchmarks/decode_kernels_cpu.py).
 """
 
 from __future__ import annotations
@@ -114,3 +116,18 @@ def decode_attention(
         num_warps=4, num_stages=2,
     )  # fmt: skip
     return out
+
+
+def matmul_decode(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of query [rows, kv_heads, group, d] over key/value [rows, kv_heads, columns, d]
+    under a boolean or additive mask [rows, 1, 1, columns], as two matmuls: float32 scores and
+    softmax as SDPA keeps them, the weights rounded to the values' dtype for the second matmul
+    as flash kernels round them. Returns [rows, kv_heads, group, d]."""
+    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask.float()
+    return torch.softmax(scores, dim=-1).to(value.dtype) @ value

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _joined
-from traitscope.generation.prefix import left_layout, prefill_prefix, shared_prefix
+from traitscope.generation.prefix import batch_prefixes, left_layout, prefill_prefix
 from traitscope.generation.static_decode import (  # noqa: F401  (re-exported: the engine's public face)
     _SESSIONS,
     _static_decoder,
@@ -56,8 +56,19 @@ def _kept(tokens: list[int], stops: set[int]) -> list[int]:
 def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return inverse_cdf(torch.softmax(logits.float() / temperature, dim=-1), generator)
+
+
+def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw a row from [rows, vocab] float32 probabilities: a uniform in [0, 1) times the
+    row's total (which rounds to under the total) against the cumulative sums. torch.multinomial
+    draws the same distribution from a random number per vocabulary entry, ~20x slower on a
+    CPU, where it took 13% of a capture (benchmarks/results/decode_kernels_cpu_epyc.txt). The
+    float32 sums shift a token's share by at most one rounding of the running total (< 1e-7),
+    and `right=True` lands only where the sum grows: never on a token of probability 0."""
+    cdf = probs.cumsum(-1)
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1)
 
 
 @dataclass
@@ -84,7 +95,7 @@ class PerRow:
 def _sampler(temperature: float, seed: int, device: torch.device, keys: torch.Tensor | None, n_keys: int):
     """Next-token choice for a batch. Keyed: Gumbel-max over one [n_keys, vocab] noise draw per
     step from a generator seeded alike in every batch, each row reading its key's noise (the
-    same distribution as softmax sampling); else multinomial sampling, or greedy at 0."""
+    same distribution as softmax sampling); else inverse-CDF sampling, or greedy at 0."""
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     if keys is None or temperature <= 0:
         return lambda logits: _next_token(logits, temperature, generator)
@@ -109,20 +120,21 @@ def _left_padded(prompts: Sequence[list[int]], rows: int, pad_id: int):
     return ids, mask
 
 
-def _eager_batch(model, prefix, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
-    """The reference loop (CPU, or a model that cannot be captured): a DynamicCache, one
-    forward pass per new token."""
+def _eager_batch(model, prefixes, ids, mask, max_new_tokens, sample, stops, finished, layers) -> Steps:
+    """The reference loop (a model the static cache cannot run): a DynamicCache, one forward
+    pass per new token."""
     from transformers import DynamicCache
 
     keyword = _cache_keyword(model)
     cache = DynamicCache(config=model.config)
     kw = {keyword: cache, "use_cache": True, "logits_to_keep": 1}
-    rows, shared = ids.shape[0], len(prefix)
-    mask = torch.cat([torch.ones_like(mask[:, :1]).expand(rows, shared), mask], dim=1)
+    shared = prefixes.width if prefixes is not None else 0
+    if prefixes is not None:
+        mask = torch.cat([prefixes.row_mask, mask], dim=1)
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     state = {"mask": mask, "position": position[:, -1]}
     with torch.inference_mode(), record(model, layers, stop_early=False) as store:
-        head = prefill_prefix(model, prefix, cache, rows, keyword, store, layers) if shared else {}
+        head = prefill_prefix(model, prefixes, cache, keyword, store, layers) if shared else {}
         out = model(input_ids=ids, attention_mask=mask, position_ids=position[:, shared:], **kw)
         prefill = {layer: _joined(head.get(layer), store[layer]) for layer in layers}
 
@@ -144,10 +156,10 @@ def _eager_batch(model, prefix, ids, mask, max_new_tokens, sample, stops, finish
     return fed, prefill, steps
 
 
-def _run_batch(model, decoder, call, prefix, ids, mask, n, max_new_tokens, sampler, stops, layers) -> Steps:
+def _run_batch(model, decoder, call, prefixes, ids, mask, n, max_new_tokens, sampler, stops, layers) -> Steps:
     """One batch; `sampler()` makes its token sampler afresh, so a retry draws the same noise."""
     finished = torch.arange(ids.shape[0], device=ids.device) >= n  # bucket padding never holds a stop
-    args = (prefix, ids, mask, max_new_tokens, sampler(), stops, finished, layers)
+    args = (prefixes, ids, mask, max_new_tokens, sampler(), stops, finished, layers)
     if decoder is None:
         return _eager_batch(model, *args)
     return decoder.batch(*args, call)
@@ -170,8 +182,8 @@ def generate_batches(
 
     `max_tokens` bounds prompt + generated tokens per batch, so memory stays flat as the
     prompt set grows. When layers are recorded, each kept token is fed once more so its
-    own activation exists (one decode pass beyond plain generation). A prefix that every
-    prompt of a batch shares (a system prompt) runs once (`prefix.shared_prefix`), unless rows
+    own activation exists (one decode pass beyond plain generation). A prefix that several
+    prompts of a batch share (a system prompt) runs once (`prefix.batch_prefixes`), unless rows
     are steered apart (`per_row`), which makes every row's prefix its own.
     """
     device = next(model.parameters()).device
@@ -187,14 +199,15 @@ def generate_batches(
             width = max(len(prompts[i]) for i in idx)
             static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
             rows = static.rows(len(idx)) if static is not None else len(idx)
-            shared = shared_prefix(prompts, idx) if per_row.steering is None else 0
-            prefix = torch.tensor(prompts[idx[0]][:shared], dtype=torch.long, device=device)
-            suffixes = [prompts[i][shared:] for i in idx]
+            prefixes, heads = (
+                batch_prefixes(prompts, idx, rows, device) if per_row.steering is None else (None, [0] * len(idx))
+            )
+            suffixes = [prompts[i][head:] for i, head in zip(idx, heads)]
             ids, mask = (t.to(device) for t in _left_padded(suffixes, rows, pad_id))
             row_keys = per_row.select(idx, rows, device)
             batch_seed = seed if row_keys is not None else seed + k  # keyed: every batch's noise alike
             sampler = partial(_sampler, temperature, batch_seed, device, row_keys, n_keys)
-            args = (prefix, ids, mask, len(idx), max_new_tokens, sampler, stops, layers)
+            args = (prefixes, ids, mask, len(idx), max_new_tokens, sampler, stops, layers)
             try:
                 fed, prefill, steps = _run_batch(model, static, call, *args)
             except Exception as error:  # this model or transformers version cannot be captured
@@ -205,9 +218,12 @@ def generate_batches(
                 decoder = None
                 fed, prefill, steps = _run_batch(model, None, call, *args)
             n = len(idx)
-            if shared:
+            if prefixes is not None:  # each prompt in its last columns; the first columns only pad
                 suffix_lengths = mask[:n].sum(-1)
-                prefill = {layer: left_layout(h[:n], shared, suffix_lengths) for layer, h in prefill.items()}
+                prefill = {
+                    layer: left_layout(h[:n], prefixes.width, suffix_lengths)[:, -width:]
+                    for layer, h in prefill.items()
+                }
             generated = torch.stack(fed, dim=1)[:n].tolist()
             hidden = {  # the real rows: a padded batch's extra rows (graph buckets) hold nothing
                 layer: torch.cat([prefill[layer][:n], *(s[layer][:n] for s in steps)], dim=1)

@@ -177,21 +177,22 @@ class _StaticDecoder:
         """Rows of a batch of n prompts: padded to a few sizes only where graphs are reused."""
         return _rows_bucket(n) if self.capture else n
 
-    def batch(self, prefix, ids, mask, max_new_tokens, sample, stops, finished, layers, call) -> Steps:
-        rows, shared = ids.shape[0], len(prefix)
-        mask = torch.cat([torch.ones_like(mask[:, :1]).expand(rows, shared), mask], dim=1)
+    def batch(self, prefixes, ids, mask, max_new_tokens, sample, stops, finished, layers, call) -> Steps:
+        shared = prefixes.width if prefixes is not None else 0
+        if prefixes is not None:
+            mask = torch.cat([prefixes.row_mask, mask], dim=1)
         width = mask.shape[1]
         length = width + max_new_tokens
         if self.capture:
             length = -(-length // CACHE_STEP) * CACHE_STEP
         device = ids.device
         with torch.inference_mode(), record(self.model, layers, stop_early=False) as store:
-            b = self._prepare(rows, length, device)
+            b = self._prepare(ids.shape[0], length, device)
             hooks = hooks_key(self.model)
             key = (tuple(layers), call if hooks is None else hooks)
             head = {}
-            if shared:
-                head = prefill_prefix(self.model, prefix, b.cache, rows, self.cache_kw, store, layers)
+            if prefixes is not None:
+                head = prefill_prefix(self.model, prefixes, b.cache, self.cache_kw, store, layers)
             keys = torch.nn.functional.pad(mask.bool(), (0, length - width))
             b.allowed.copy_(keys)
             slots = torch.arange(shared, width, device=device)

@@ -106,7 +106,7 @@ def tree_logits(model: Any, rows: list[list[int]], nodes: list[tuple[int, int]])
 
     from traitscope.generation.cuda_graphs import additive_mask
     from traitscope.generation.decode_loop import _cache_keyword
-    from traitscope.generation.prefix import prefill_prefix, shared_prefix
+    from traitscope.generation.prefix import Prefixes, prefill_prefix, shared_prefix
 
     device = next(model.parameters()).device
     shared = shared_prefix(rows, list(range(len(rows))))
@@ -141,8 +141,7 @@ def tree_logits(model: Any, rows: list[list[int]], nodes: list[tuple[int, int]])
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
         if shared:
-            prefix = torch.tensor(rows[0][:shared], dtype=torch.long, device=device)
-            prefill_prefix(model, prefix, cache, b, keyword, {}, [])
+            prefill_prefix(model, Prefixes.single(rows[0][:shared], b, device), cache, keyword, {}, [])
         out = model(
             input_ids=ids.to(device),
             attention_mask=additive_mask(allowed[:, None].to(device), model.dtype),
