@@ -289,7 +289,6 @@ def test_inverse_cdf_draws_each_token_at_its_probability():
     assert freq[1] == 0 and freq[4] == 0
 
 
-
 @pytest.mark.parametrize("boolean", [True, False])
 def test_matmul_decode_is_attention_over_the_unmasked_columns(boolean):
     """Against attention written out in float64 (softmax of q.k / sqrt(d) over the allowed
@@ -301,10 +300,12 @@ def test_matmul_decode_is_attention_over_the_unmasked_columns(boolean):
     allowed = torch.ones(rows, 1, 1, columns, dtype=torch.bool)
     allowed[0, ..., :2] = False  # left padding
     allowed[2, ..., 5:] = False  # columns not written yet
-    mask = allowed if boolean else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float).min)
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float).min)
+    mask = allowed if boolean else additive
     out = matmul_decode(q, k, v, mask, d**-0.5)
     for r in range(rows):
         keep = allowed[r, 0, 0]
         for h in range(kv_heads):
             weights = torch.softmax(q[r, h].double() @ k[r, h, keep].double().T / d**0.5, dim=-1)
-            torch.testing.assert_close(out[r, h].double(), weights @ v[r, h, keep].double(), atol=1e-5, rtol=1e-5)
+            expected = weights @ v[r, h, keep].double()
+            torch.testing.assert_close(out[r, h].double(), expected, atol=1e-5, rtol=1e-5)

@@ -199,9 +199,9 @@ def generate_batches(
             width = max(len(prompts[i]) for i in idx)
             static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
             rows = static.rows(len(idx)) if static is not None else len(idx)
-            prefixes, heads = (
-                batch_prefixes(prompts, idx, rows, device) if per_row.steering is None else (None, [0] * len(idx))
-            )
+            prefixes, heads = None, [0] * len(idx)
+            if per_row.steering is None:
+                prefixes, heads = batch_prefixes(prompts, idx, rows, device)
             suffixes = [prompts[i][head:] for i, head in zip(idx, heads)]
             ids, mask = (t.to(device) for t in _left_padded(suffixes, rows, pad_id))
             row_keys = per_row.select(idx, rows, device)

@@ -158,7 +158,8 @@ def prefill_prefix(
     hidden = {layer: store[layer].index_select(0, group) for layer in layers}
     position = torch.arange(prefixes.width, device=prefixes.ids.device)
     for i, (keys, values) in enumerate(_layer_states(scratch)):
-        cache.update(keys.index_select(0, group), values.index_select(0, group), i, {"cache_position": position})
+        keys, values = keys.index_select(0, group), values.index_select(0, group)
+        cache.update(keys, values, i, {"cache_position": position})
     return hidden
 
 
