@@ -222,17 +222,26 @@ def _random_gemma(dtype: torch.dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("steer", [False, True])
-def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeypatch, capsys, dtype, steer):
+@pytest.mark.parametrize("instructions", [False, True])
+def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(
+    monkeypatch, capsys, dtype, steer, instructions
+):
     """Greedy tokens equal HF eager `generate` (float32: bf16 argmax ties differ by kernel) and the
     recorded residual stream equals a fresh forward of prompt + kept response, steered or not.
     Several batches of one shape reuse a graph over a reset cache; a CPU steering vector is
-    captured too."""
+    captured too. With `instructions`, every prompt opens with one of two prefixes of different
+    lengths, which each batch's rows share by group (`prefix.batch_prefixes`)."""
     from traitscope.generation import generate as engine
     from traitscope.model.hooks import add_to_layer
 
     model = _random_gemma(dtype)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(3, 512, size=n).tolist() for n in (5, 6, 7, 8, 20, 21, 22, 30, 38, 40)]
+    budget = 120
+    if instructions:
+        a, b = rng.integers(3, 512, size=12).tolist(), rng.integers(3, 512, size=9).tolist()
+        prompts = [a + p for p in prompts] + [b + p for p in prompts]
+        budget = 400
     replays = []
     run = engine._StaticDecoder._run
 
@@ -245,9 +254,14 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(monkeyp
     vector = torch.randn(256, generator=torch.Generator().manual_seed(1)) * 20.0
     with add_to_layer(model, 2, vector) if steer else torch.inference_mode():
         batches = list(
-            engine.generate_batches(model, prompts, 16, 120, 0.0, 0, {1}, 0, layers, progress=False)
+            engine.generate_batches(model, prompts, 16, budget, 0.0, 0, {1}, 0, layers, progress=False)
         )
         assert len(batches) >= 3
+        if instructions:  # some batch mixes both prefixes
+            from traitscope.generation.prefix import batch_prefixes
+
+            groups = [batch_prefixes(prompts, b.index, len(b.index), torch.device("cpu"))[0] for b in batches]
+            assert max(g.ids.shape[0] for g in groups if g is not None) == 2
         kept = {i: k for b in batches for i, k in zip(b.index, b.kept)}
         if dtype == torch.float32:
             for i, ids in enumerate(prompts):
