@@ -1,14 +1,13 @@
-"""What two per-step kernels of CPU sampling cost, against a stand-in, at the shapes of a
-persona-trait capture's decode step (SmolLM2-135M: 9 query and 3 key/value heads of 64, a
-49,152-token vocabulary; ~90 rows a batch; 1 thread, as a main-job capture runs).
+"""What two per-step kernels of CPU sampling cost, the pipeline's against the ones they replaced,
+at the shapes of a persona-trait capture's decode step (SmolLM2-135M: 9 query and 3 key/value
+heads of 64, a 49,152-token vocabulary; ~90 rows a batch; 1 thread, as a main-job capture runs).
 
-A profile of deception's capture (480 prompts, 32 sampled tokens, bf16, 127 s) puts 17 s in
-torch.multinomial and 18 s in scaled_dot_product_attention. This prints each kernel's time and
-the ratio to a stand-in that computes the same thing another way: inverse-CDF sampling (one
-uniform a row against the cumulative probabilities) and attention written as two matmuls and a
-softmax. Both stand-ins change the draw (other random numbers, other roundings), which is why
-the pipeline does not use them: any such change needs the precision runs of both number formats
-(benchmarks/precision.sh) before it can land.
+A profile of deception's capture (480 prompts, 32 sampled tokens, bf16, 127 s) put 17 s in
+torch.multinomial and 18 s in scaled_dot_product_attention. This prints each one's time and the
+ratio to what the pipeline runs instead: inverse-CDF sampling (`generate.inverse_cdf`: one
+uniform a row against the cumulative probabilities) and attention as two matmuls with float32
+scores (`decode_attention.matmul_decode`). Both draw other answers than the kernels they
+replaced (other random numbers, other roundings).
 
     python benchmarks/decode_kernels_cpu.py [--rows 90] [--kv 86] [--repeat 50]
 """
@@ -21,6 +20,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from traitscope.generation.decode_attention import matmul_decode
+from traitscope.generation.generate import inverse_cdf
 
 VOCAB, HEADS, KV_HEADS, HEAD_DIM = 49152, 9, 3, 64
 
@@ -39,29 +41,18 @@ def sampling(rows: int, repeat: int) -> tuple[float, float]:
     probs = torch.softmax(torch.randn(rows, VOCAB) * 3, dim=-1)
     generator = torch.Generator().manual_seed(0)
     multinomial = per_call_ms(lambda: torch.multinomial(probs, 1, generator=generator), repeat)
-
-    def inverse_cdf():
-        u = torch.rand(rows, 1, generator=generator)
-        return torch.searchsorted(probs.cumsum(-1), u).clamp_max(VOCAB - 1)
-
-    return multinomial, per_call_ms(inverse_cdf, repeat)
+    return multinomial, per_call_ms(lambda: inverse_cdf(probs, generator), repeat)
 
 
 def attention(rows: int, kv: int, dtype: torch.dtype, repeat: int) -> tuple[float, float]:
-    """One decode step's attention (query length 1, left padding masked) by SDPA as transformers
-    calls it (the query's heads packed onto their key/value head: `pack_gqa`), and as matmuls
-    on the same packed layout with a float32 softmax."""
+    """One decode step's attention (query length 1, left padding masked) by SDPA as the decoder
+    called it (the query's heads packed onto their key/value head), and as two matmuls."""
     q = torch.randn(rows, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM, dtype=dtype)
     k, v = (torch.randn(rows, KV_HEADS, kv, HEAD_DIM, dtype=dtype) for _ in range(2))
     mask = torch.ones(rows, 1, 1, kv, dtype=torch.bool)
     mask[: rows // 8, :, :, :5] = False
     sdpa = per_call_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeat)
-
-    def manual():
-        scores = (q @ k.transpose(-1, -2)).float() / HEAD_DIM**0.5
-        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1).to(dtype) @ v
-
-    return sdpa, per_call_ms(manual, repeat)
+    return sdpa, per_call_ms(lambda: matmul_decode(q, k, v, mask, HEAD_DIM**-0.5), repeat)
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
 """Generation with recording on CPU, as a capture job runs it: shared-prefix prefill on vs off.
 
 Generates `--new-tokens` greedy tokens for the first `--n` prompts of a prompt set, recording
-every layer, with the engine's length-sorted token-budget batches; a prefix that every prompt of
-a batch shares (SmolLM2's default system prompt, an EM question's system prompt) runs once, or,
-for the baseline, in every row. Prints prompts/s of each and the ratio, measured back to back in
-one process after a warm-up. Usage (after the main job has prepared the model and prompt sets):
+every layer, with the engine's length-sorted token-budget batches; prefixes that groups of a
+batch's prompts share (a trait set's instructions, SmolLM2's default system prompt) run once
+(`prefix.batch_prefixes`), or, for the baseline, in every row. Prints prompts/s of each and the
+ratio, measured back to back in one process after a warm-up. Usage (after the main job has
+prepared the model and prompt sets):
 
     python benchmarks/generate_cpu.py --model results/models/smollm2/manifest.json \
-        --prompts results/prompts/em_benign.parquet
+        --prompts results/prompts/traits/alignment/deception.parquet
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main() -> None:
     lengths = [len(p) + args.new_tokens for p in prompts]
     cpu_device = torch.device("cpu")
     shared = sum(
-        sum(prefix.batch_prefixes(prompts, idx, len(idx), cpu_device)[1])
+        sum(prefix.batch_prefixes(prompts, idx, len(idx), cpu_device, 10**9)[1])
         for idx in token_budget_batches(lengths, args.max_tokens)
     )
 
@@ -86,7 +87,7 @@ def main() -> None:
     )
     print(
         f"{args.prompts}: {len(prompts)} prompts, {shared / sum(map(len, prompts)):.0%} of prompt tokens "
-        f"in a prefix their batch shares, {args.new_tokens} new tokens, {len(layers)} layers recorded, "
+        f"in their batch's prefix pass, {args.new_tokens} new tokens, {len(layers)} layers recorded, "
         f"dtype {model.dtype}"
     )
     run()  # warm-up

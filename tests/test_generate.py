@@ -139,26 +139,33 @@ def test_recorded_states_with_shared_prefixes_equal_those_without(smollm2, monke
 
 
 def test_batch_prefixes_cuts_where_the_fewest_tokens_are_prefilled():
-    """Two instructions x three questions and a lone prompt (hand-counted prefill tokens,
-    groups x longest prefix + rows x longest suffix): sharing nothing costs 7 x 26 = 182; cut at
-    16 shared tokens, the instructions form two groups and the lone prompt one of its own,
-    3 x 25 + 7 x 3 = 96; cut at 20, the Y rows are alone too, 5 x 25 + 7 x 3 = 146."""
+    """Two instructions x three questions and a lone prompt, in 8 rows (a bucket row repeats the
+    last), hand-counted prefill tokens (groups x longest prefix + rows x longest suffix): sharing
+    nothing costs 8 x 26 = 208; cut at 16 shared tokens, the instructions form two groups and
+    the lone prompt one of its own, 3 x 25 + 8 x 3 = 99; cut at 20, the Y rows are alone too,
+    5 x 25 + 8 x 3 = 149."""
     x, y, lone = [1] * 20, [2] * 16, [3] * 25 + [9]
     questions = [[10, 11], [12, 13, 14], [15]]
     prompts = [instruction + q for q in questions for instruction in (x, y)] + [lone]
-    prefixes, lengths = batch_prefixes(prompts, range(7), rows=8, device=torch.device("cpu"))
+    prefixes, lengths = batch_prefixes(prompts, range(7), rows=8, device=torch.device("cpu"), max_width=99)
     assert lengths == [20, 16, 20, 16, 20, 16, 25]
     assert prefixes.ids.tolist() == [[0] * 5 + x, [0] * 9 + y, lone[:25]]
     assert prefixes.group.tolist() == [0, 1, 0, 1, 0, 1, 2, 2]  # bucket row 7 repeats row 6
     assert prefixes.row_mask.sum(-1).tolist() == [20, 16, 20, 16, 20, 16, 25, 25]
-    none, zeros = batch_prefixes([[1] * 9, [2] * 9], [0, 1], rows=2, device=torch.device("cpu"))
+    none, zeros = batch_prefixes([[1] * 9, [2] * 9], [0, 1], rows=2, device=torch.device("cpu"), max_width=99)
     assert none is None and zeros == [0, 0]  # alone, each would prefill 8 + 1 of its 9 tokens
+    # at most 26 columns: cut at 16 or 20 the layout is 25 + 3 wide; every prompt alone (25 + 1,
+    # 7 x 25 + 8 x 1 = 183) is the one that fits; at 25 none does
+    alone, lengths = batch_prefixes(prompts, range(7), rows=8, device=torch.device("cpu"), max_width=26)
+    assert lengths == [len(p) - 1 for p in prompts] and alone.ids.shape == (7, 25)
+    narrow, lengths = batch_prefixes(prompts, range(7), rows=8, device=torch.device("cpu"), max_width=25)
+    assert narrow is None and lengths == [0] * 7
 
 
 def test_batch_prefixes_left_pads_groups_of_different_lengths():
     b, c = [5] * 10, [6] * 14
     prompts = [b + [1], c + [2], b + [3], c + [4]]
-    prefixes, lengths = batch_prefixes(prompts, [0, 1, 2, 3], rows=4, device=torch.device("cpu"))
+    prefixes, lengths = batch_prefixes(prompts, range(4), rows=4, device=torch.device("cpu"), max_width=99)
     assert lengths == [10, 14, 10, 14]
     assert prefixes.ids.tolist() == [[0] * 4 + b, c] and prefixes.mask.sum(-1).tolist() == [10, 14]
     assert prefixes.group.tolist() == [0, 1, 0, 1]
@@ -287,6 +294,19 @@ def test_inverse_cdf_draws_each_token_at_its_probability():
     freq = torch.bincount(tokens, minlength=5).double() / n
     assert torch.allclose(freq, probs[0].double(), atol=0.01), freq
     assert freq[1] == 0 and freq[4] == 0
+
+
+@pytest.mark.parametrize(
+    ("probs", "uniform", "token"),
+    [
+        ([0.0, 0.5, 0.5], 0.0, 1),  # a uniform of 0 skips the leading token of probability 0
+        ([0.5, 0.0, 0.5], 0.5, 2),  # on a boundary: the next token, not the one of probability 0
+        ([0.25, 0.25], 0.9, 1),  # rows that sum under 1 (float32 sums): the uniform is scaled
+    ],
+)
+def test_inverse_cdf_on_hand_computed_uniforms(monkeypatch, probs, uniform, token):
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, uniform))
+    assert engine.inverse_cdf(torch.tensor([probs]), None).tolist() == [token]
 
 
 @pytest.mark.parametrize("boolean", [True, False])

@@ -240,7 +240,8 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(
     budget = 120
     if instructions:
         a, b = rng.integers(3, 512, size=12).tolist(), rng.integers(3, 512, size=9).tolist()
-        prompts = [a + p for p in prompts] + [b + p for p in prompts]
+        short = [rng.integers(3, 512, size=n).tolist() for n in (5, 6, 7)]  # too short to share
+        prompts = [a + p for p in prompts] + [b + p for p in prompts] + short
         budget = 400
     replays = []
     run = engine._StaticDecoder._run
@@ -260,8 +261,10 @@ def test_graph_generation_equals_hf_generate_and_records_a_fresh_forward(
         if instructions:  # some batch mixes both prefixes
             from traitscope.generation.prefix import batch_prefixes
 
-            groups = [batch_prefixes(prompts, b.index, len(b.index), torch.device("cpu"))[0] for b in batches]
-            assert max(g.ids.shape[0] for g in groups if g is not None) == 2
+            cpu = torch.device("cpu")
+            shared = [batch_prefixes(prompts, b.index, len(b.index), cpu, 10**6) for b in batches]
+            assert max(g.ids.shape[0] for g, _ in shared if g is not None) == 2
+            assert any(g is not None and 0 in n for g, n in shared)  # beside rows sharing none
         kept = {i: k for b in batches for i, k in zip(b.index, b.kept)}
         if dtype == torch.float32:
             for i, ids in enumerate(prompts):

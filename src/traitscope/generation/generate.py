@@ -27,6 +27,7 @@ from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loo
 from traitscope.generation.prefix import batch_prefixes, left_layout, prefill_prefix
 from traitscope.generation.static_decode import (  # noqa: F401  (re-exported: the engine's public face)
     _SESSIONS,
+    CACHE_STEP,
     _static_decoder,
     _StaticDecoder,
     generation_session,
@@ -189,6 +190,7 @@ def generate_batches(
     device = next(model.parameters()).device
     decoder = _SESSIONS.get(model) or _static_decoder(model, device)
     call = object()  # keys the graphs that only this call may replay
+    window = getattr(model.config, "sliding_window", None)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     lengths = [len(p) + max_new_tokens for p in prompts]
     per_row = per_row or PerRow()
@@ -200,8 +202,11 @@ def generate_batches(
             static = decoder if decoder is not None and decoder.fits(width + max_new_tokens) else None
             rows = static.rows(len(idx)) if static is not None else len(idx)
             prefixes, heads = None, [0] * len(idx)
-            if per_row.steering is None:
-                prefixes, heads = batch_prefixes(prompts, idx, rows, device)
+            if per_row.steering is None:  # the [prefix | suffix] layout may widen the cache by half
+                widest = (3 * (width + max_new_tokens)) // 2
+                if window:  # no column past the window: the layout's gaps then change no mask
+                    widest = min(widest, window // CACHE_STEP * CACHE_STEP)
+                prefixes, heads = batch_prefixes(prompts, idx, rows, device, widest - max_new_tokens)
             suffixes = [prompts[i][head:] for i, head in zip(idx, heads)]
             ids, mask = (t.to(device) for t in _left_padded(suffixes, rows, pad_id))
             row_keys = per_row.select(idx, rows, device)

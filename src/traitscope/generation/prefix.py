@@ -64,43 +64,49 @@ def shared_prefix(prompts: Sequence[list[int]], idx: Sequence[int]) -> int:
 
 
 def _runs(order: list[int], adjacent: list[int], threshold: int) -> list[list[int]]:
-    """`order` cut wherever two neighbours share fewer than `threshold` opening tokens."""
-    runs = [[order[0]]]
-    for row, common in zip(order[1:], adjacent):
+    """Positions in `order` cut wherever two neighbours share fewer than `threshold` tokens."""
+    runs = [[0]]
+    for k, common in enumerate(adjacent, start=1):
         if common < threshold:
             runs.append([])
-        runs[-1].append(row)
+        runs[-1].append(k)
     return runs
 
 
 def batch_prefixes(
-    prompts: Sequence[list[int]], idx: Sequence[int], rows: int, device: torch.device
+    prompts: Sequence[list[int]], idx: Sequence[int], rows: int, device: torch.device, max_width: int
 ) -> tuple[Prefixes | None, list[int]]:
     """Group a batch's prompts by their opening tokens, each group sharing its common prefix.
 
     Sorted, neighbours share their opening tokens; the batch is cut wherever two share fewer
     than a threshold, at the threshold that prefills the fewest tokens: groups x the longest
     prefix (the prefix pass) plus rows x the longest suffix. A group of one runs all but its
-    last token in the prefix pass, so it never widens the suffixes. Returns the prefixes (None
-    where sharing saves nothing) and each prompt's prefix length (0: all its own). Rows past
-    len(idx) (bucket padding) repeat the last prompt, as `_left_padded` lays them out."""
+    last token in the prefix pass, so it never widens the suffixes; a group whose common prefix
+    is under MIN_SHARED tokens shares none. A layout is at most `max_width` columns (longest
+    prefix + longest suffix). Returns the prefixes (None where sharing saves nothing) and each
+    prompt's prefix length (0: all its own). Rows past len(idx) (bucket padding) repeat the
+    last prompt, as `_left_padded` lays them out."""
     batch = [prompts[i] for i in idx]
     order = sorted(range(len(batch)), key=lambda r: batch[r])
+    size = [len(batch[r]) for r in order]
     adjacent = [_common(batch[a], batch[b]) for a, b in zip(order, order[1:])]
-    best_cost, best = len(batch) * max(map(len, batch)), None
-    for threshold in sorted({n for n in adjacent if n >= MIN_SHARED} | {max(map(len, batch))}):
-        groups = [(run, shared_prefix(batch, run)) for run in _runs(order, adjacent, threshold)]
-        groups = [(run, n) for run, n in groups if n]
+    best_cost, best = rows * max(size), None
+    for threshold in sorted({n for n in adjacent if n >= MIN_SHARED} | {max(size)}):
         lengths = [0] * len(batch)
-        for run, n in groups:
-            for row in run:
-                lengths[row] = n
+        groups = []
+        for run in _runs(order, adjacent, threshold):
+            # sorted, a run's common prefix is the least two neighbours in it share
+            n = min([size[k] - 1 for k in run] + [adjacent[k - 1] for k in run[1:]])
+            if n >= MIN_SHARED:
+                groups.append(([order[k] for k in run], n))
+                for k in run:
+                    lengths[order[k]] = n
         if not groups:
             continue
-        cost = len(groups) * max(n for _, n in groups) + len(batch) * max(
-            len(p) - n for p, n in zip(batch, lengths)
-        )
-        if cost < best_cost:
+        longest = max(n for _, n in groups)
+        suffix = max(len(p) - n for p, n in zip(batch, lengths))
+        cost = len(groups) * longest + rows * suffix
+        if cost < best_cost and longest + suffix <= max_width:
             best_cost, best = cost, (groups, lengths)
     if best is None:
         return None, [0] * len(batch)
@@ -110,10 +116,10 @@ def batch_prefixes(
     ids = torch.zeros((len(groups), width), dtype=torch.long)
     mask = torch.zeros((len(groups), width), dtype=torch.long)
     group = [0] * len(batch)
-    for g, (run, n) in enumerate(groups):
-        ids[g, width - n :] = torch.tensor(batch[run[0]][:n])
+    for g, (members, n) in enumerate(groups):
+        ids[g, width - n :] = torch.tensor(batch[members[0]][:n])
         mask[g, width - n :] = 1
-        for row in run:
+        for row in members:
             group[row] = g
     padded = [min(row, len(batch) - 1) for row in range(rows)]
     group_rows = torch.tensor([group[r] for r in padded])
@@ -154,11 +160,12 @@ def prefill_prefix(
         logits_to_keep=1,
         **{cache_keyword: scratch},
     )
-    group = prefixes.group
-    hidden = {layer: store[layer].index_select(0, group) for layer in layers}
+    group = prefixes.group  # moved to each layer's device: a sharded model spreads them
+    hidden = {layer: store[layer].index_select(0, group.to(store[layer].device)) for layer in layers}
     position = torch.arange(prefixes.width, device=prefixes.ids.device)
     for i, (keys, values) in enumerate(_layer_states(scratch)):
-        keys, values = keys.index_select(0, group), values.index_select(0, group)
+        rows = group.to(keys.device)
+        keys, values = keys.index_select(0, rows), values.index_select(0, rows)
         cache.update(keys, values, i, {"cache_position": position})
     return hidden
 
