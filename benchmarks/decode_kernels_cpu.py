@@ -1,13 +1,13 @@
-"""What two per-step kernels of CPU sampling cost, the pipeline's against the ones they replaced,
-at the shapes of a persona-trait capture's decode step (SmolLM2-135M: 9 query and 3 key/value
-heads of 64, a 49,152-token vocabulary; ~90 rows a batch; 1 thread, as a main-job capture runs).
+"""What two per-step kernels of CPU sampling cost at the shapes of a persona-trait capture's
+decode step (SmolLM2-135M: 9 query and 3 key/value heads of 64, a 49,152-token vocabulary; ~90
+rows a batch; 1 thread, as a main-job capture runs).
 
-A profile of deception's capture (480 prompts, 32 sampled tokens, bf16, 127 s) put 17 s in
-torch.multinomial and 18 s in scaled_dot_product_attention. This prints each one's time and the
-ratio to what the pipeline runs instead: inverse-CDF sampling (`generate.inverse_cdf`: one
-uniform a row against the cumulative probabilities) and attention as two matmuls with float32
-scores (`decode_attention.matmul_decode`). Both draw other answers than the kernels they
-replaced (other random numbers, other roundings).
+torch.multinomial is timed against a stand-in that draws the same distribution another way
+(inverse CDF: one uniform a row against the cumulative probabilities), and SDPA, as the decoder
+called it before, against the pipeline's attention, two matmuls with float32 scores
+(`decode_attention.matmul_decode`). The inverse CDF draws every sampled answer anew; with it the
+two number formats' statuses disagreed on three rows in session 30's precision run
+(benchmarks/results/sampler_draw_precision_epyc.txt), so the pipeline keeps multinomial.
 
     python benchmarks/decode_kernels_cpu.py [--rows 90] [--kv 86] [--repeat 50]
 """
@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from traitscope.generation.decode_attention import matmul_decode
-from traitscope.generation.generate import inverse_cdf
 
 VOCAB, HEADS, KV_HEADS, HEAD_DIM = 49152, 9, 3, 64
 
@@ -41,7 +40,12 @@ def sampling(rows: int, repeat: int) -> tuple[float, float]:
     probs = torch.softmax(torch.randn(rows, VOCAB) * 3, dim=-1)
     generator = torch.Generator().manual_seed(0)
     multinomial = per_call_ms(lambda: torch.multinomial(probs, 1, generator=generator), repeat)
-    return multinomial, per_call_ms(lambda: inverse_cdf(probs, generator), repeat)
+
+    def inverse_cdf():
+        u = torch.rand(rows, 1, generator=generator)
+        return torch.searchsorted(probs.cumsum(-1), u).clamp_max(VOCAB - 1)
+
+    return multinomial, per_call_ms(inverse_cdf, repeat)
 
 
 def attention(rows: int, kv: int, dtype: torch.dtype, repeat: int) -> tuple[float, float]:

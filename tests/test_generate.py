@@ -285,30 +285,6 @@ def test_keyed_sampling_draws_the_softmax_distribution():
     assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
 
 
-def test_inverse_cdf_draws_each_token_at_its_probability():
-    """Over many rows each token's frequency is its probability, and a token of probability 0
-    (here between two likely ones, and last) is never drawn."""
-    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]])
-    n = 40_000
-    tokens = engine.inverse_cdf(probs.expand(n, -1), torch.Generator().manual_seed(0))
-    freq = torch.bincount(tokens, minlength=5).double() / n
-    assert torch.allclose(freq, probs[0].double(), atol=0.01), freq
-    assert freq[1] == 0 and freq[4] == 0
-
-
-@pytest.mark.parametrize(
-    ("probs", "uniform", "token"),
-    [
-        ([0.0, 0.5, 0.5], 0.0, 1),  # a uniform of 0 skips the leading token of probability 0
-        ([0.5, 0.0, 0.5], 0.5, 2),  # on a boundary: the next token, not the one of probability 0
-        ([0.25, 0.25], 0.9, 1),  # rows that sum under 1 (float32 sums): the uniform is scaled
-    ],
-)
-def test_inverse_cdf_on_hand_computed_uniforms(monkeypatch, probs, uniform, token):
-    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, uniform))
-    assert engine.inverse_cdf(torch.tensor([probs]), None).tolist() == [token]
-
-
 @pytest.mark.parametrize("boolean", [True, False])
 def test_matmul_decode_is_attention_over_the_unmasked_columns(boolean):
     """Against attention written out in float64 (softmax of q.k / sqrt(d) over the allowed

@@ -57,19 +57,8 @@ def _kept(tokens: list[int], stops: set[int]) -> list[int]:
 def _next_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
-    return inverse_cdf(torch.softmax(logits.float() / temperature, dim=-1), generator)
-
-
-def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw a row from [rows, vocab] float32 probabilities: a uniform in [0, 1) times the
-    row's total (which rounds to under the total) against the cumulative sums. torch.multinomial
-    draws the same distribution from a random number per vocabulary entry, ~20x slower on a
-    CPU, where it took 13% of a capture (benchmarks/results/decode_kernels_cpu_epyc.txt). The
-    float32 sums shift a token's share by at most one rounding of the running total (< 1e-7),
-    and `right=True` lands only where the sum grows: never on a token of probability 0."""
-    cdf = probs.cumsum(-1)
-    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
-    return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @dataclass
@@ -96,7 +85,7 @@ class PerRow:
 def _sampler(temperature: float, seed: int, device: torch.device, keys: torch.Tensor | None, n_keys: int):
     """Next-token choice for a batch. Keyed: Gumbel-max over one [n_keys, vocab] noise draw per
     step from a generator seeded alike in every batch, each row reading its key's noise (the
-    same distribution as softmax sampling); else inverse-CDF sampling, or greedy at 0."""
+    same distribution as softmax sampling); else multinomial sampling, or greedy at 0."""
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     if keys is None or temperature <= 0:
         return lambda logits: _next_token(logits, temperature, generator)
