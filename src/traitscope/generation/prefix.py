@@ -5,8 +5,8 @@ tokens), and a length-sorted batch mixes all twelve; a chat template's default s
 (SmolLM2's: 24 tokens with the user header) opens every prompt of a set without one. Rows are
 grouped by their opening tokens (`batch_prefixes`); each group's common prefix runs once, all
 groups' prefixes in one left-padded forward pass, and its keys, values and residual stream are
-copied into its rows. Only the rows' own suffixes are then prefilled, so the batch plan (and the
-sampled answers) stay those of length-sorted batches.
+copied into its rows. Only the rows' own suffixes are then prefilled; the batch plan stays that
+of length-sorted batches (a prefix computed apart rounds differently in bf16, not in fp32).
 
 A batch is laid out as [left-padded prefix | left-padded suffix]: padding sits before and between
 the two parts, masked, with positions counted over real tokens only, so each row computes what
