@@ -53,8 +53,8 @@ def attention(rows: int, kv: int, dtype: torch.dtype, repeat: int) -> tuple[floa
     called it (the query's heads packed onto their key/value head), and as two matmuls."""
     q = torch.randn(rows, KV_HEADS, HEADS // KV_HEADS, HEAD_DIM, dtype=dtype)
     k, v = (torch.randn(rows, KV_HEADS, kv, HEAD_DIM, dtype=dtype) for _ in range(2))
-    mask = torch.ones(rows, 1, 1, kv, dtype=torch.bool)
-    mask[: rows // 8, :, :, :5] = False
+    mask = torch.zeros(rows, 1, 1, kv, dtype=dtype)
+    mask[: rows // 8, :, :, :5] = torch.finfo(dtype).min  # additive, as the static decoder's
     sdpa = per_call_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeat)
     return sdpa, per_call_ms(lambda: matmul_decode(q, k, v, mask, HEAD_DIM**-0.5), repeat)
 

@@ -122,12 +122,8 @@ def matmul_decode(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """Attention of query [rows, kv_heads, group, d] over key/value [rows, kv_heads, columns, d]
-    under a boolean or additive mask [rows, 1, 1, columns], as two matmuls: float32 scores and
-    softmax as SDPA keeps them, the weights rounded to the values' dtype for the second matmul
-    as flash kernels round them. Returns [rows, kv_heads, group, d]."""
-    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:
-        scores = scores + mask.float()
+    under an additive mask [rows, 1, 1, columns] (the static decoder's), as two matmuls: float32
+    scores and softmax as SDPA keeps them, the weights rounded to the values' dtype for the
+    second matmul as flash kernels round them. Returns [rows, kv_heads, group, d]."""
+    scores = (query.float() @ key.float().transpose(-1, -2)) * scale + mask.float()
     return torch.softmax(scores, dim=-1).to(value.dtype) @ value

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _joined
-from traitscope.generation.prefix import batch_prefixes, left_layout, prefill_prefix
+from traitscope.generation.prefix import batch_prefixes, layout_mask, left_layout, prefill_prefix
 from traitscope.generation.static_decode import (  # noqa: F401  (re-exported: the engine's public face)
     _SESSIONS,
     CACHE_STEP,
@@ -118,9 +118,7 @@ def _eager_batch(model, prefixes, ids, mask, max_new_tokens, sample, stops, fini
     keyword = _cache_keyword(model)
     cache = DynamicCache(config=model.config)
     kw = {keyword: cache, "use_cache": True, "logits_to_keep": 1}
-    shared = prefixes.width if prefixes is not None else 0
-    if prefixes is not None:
-        mask = torch.cat([prefixes.row_mask, mask], dim=1)
+    mask, shared = layout_mask(prefixes, mask)
     position = (mask.cumsum(-1) - 1).clamp_min(0)
     state = {"mask": mask, "position": position[:, -1]}
     with torch.inference_mode(), record(model, layers, stop_early=False) as store:

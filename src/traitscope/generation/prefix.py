@@ -129,6 +129,13 @@ def batch_prefixes(
     return prefixes, lengths
 
 
+def layout_mask(prefixes: Prefixes | None, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The batch's attention mask over [prefix | suffix] columns, and its prefix columns."""
+    if prefixes is None:
+        return mask, 0
+    return torch.cat([prefixes.row_mask, mask], dim=1), prefixes.width
+
+
 def _layer_states(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(keys, values) per layer of a DynamicCache, in recent and older transformers layouts."""
     if hasattr(cache, "layers"):

@@ -26,7 +26,7 @@ from torch.nn.modules import module as nn_module
 
 from traitscope.generation.cuda_graphs import OnceToDevice, additive_mask, grouped_attention
 from traitscope.generation.decode_loop import Steps, _cache_keyword, _decode_loop, _forward_accepts, _joined
-from traitscope.generation.prefix import prefill_prefix
+from traitscope.generation.prefix import layout_mask, prefill_prefix
 from traitscope.model.hooks import record
 
 # static KV caches are sized in multiples of CACHE_STEP tokens and ROWS_STEP rows: coarser steps let
@@ -178,9 +178,7 @@ class _StaticDecoder:
         return _rows_bucket(n) if self.capture else n
 
     def batch(self, prefixes, ids, mask, max_new_tokens, sample, stops, finished, layers, call) -> Steps:
-        shared = prefixes.width if prefixes is not None else 0
-        if prefixes is not None:
-            mask = torch.cat([prefixes.row_mask, mask], dim=1)
+        mask, shared = layout_mask(prefixes, mask)
         width = mask.shape[1]
         length = width + max_new_tokens
         if self.capture:
